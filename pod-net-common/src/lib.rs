@@ -1,0 +1,25 @@
+//! Types shared by the pod-net eBPF programs and the userspace tools.
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel side reads it from
+//! BPF maps, the user side writes it with aya, and `bpftool` prints it with
+//! field names from BTF.
+#![no_std]
+
+pub mod endpoint;
+pub mod reason;
+
+pub use endpoint::{Endpoint, EndpointKey};
+pub use reason::{Counter, Reason};
+
+/// Names of the maps as the eBPF object defines them and as they are pinned
+/// under the pin dir.
+pub mod map_names {
+    pub const LOCAL_ENDPOINTS: &str = "local_endpoints";
+    pub const COUNTERS: &str = "counters";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    /// TC ingress of a pod's host-side veth: the packets the pod sends.
+    pub const POD_EGRESS: &str = "pod_egress";
+}

@@ -1,0 +1,120 @@
+//! The one table of counter reasons.
+//!
+//! Every packet a pod-net program sees is counted under exactly one reason.
+//! The codes index the per-CPU `counters` array; the names are what
+//! `pod-net stats`, the Prometheus labels and the docs print. Both are
+//! stable: new reasons are appended, none is renumbered or renamed.
+
+/// Per-reason counter value, one per CPU in the `counters` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain `#[repr(C)]` data with no padding.
+unsafe impl aya::Pod for Counter {}
+
+macro_rules! reasons {
+    ($($(#[doc = $doc:literal])* $variant:ident = $code:literal, $name:literal;)*) => {
+        /// Why a packet ended where it did. `#[repr(u32)]`: the code is the
+        /// index into the `counters` map.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Reason {
+            $($(#[doc = $doc])* $variant = $code,)*
+        }
+
+        impl Reason {
+            /// Every reason, in code order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)*];
+
+            /// The stable name printed by the tools.
+            #[must_use]
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $name,)*
+                }
+            }
+
+            /// One line on what the reason means, for `--help`-style output
+            /// and the Prometheus `# HELP` text.
+            #[must_use]
+            pub const fn help(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => concat!($($doc),*),)*
+                }
+            }
+
+            /// The reason with this code, if any.
+            #[must_use]
+            pub const fn from_code(code: u32) -> Option<Reason> {
+                match code {
+                    $($code => Some(Reason::$variant),)*
+                    _ => None,
+                }
+            }
+
+            /// The reason with this stable name, if any.
+            #[must_use]
+            pub fn from_name(name: &str) -> Option<Reason> {
+                match name {
+                    $($name => Some(Reason::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Delivered to a pod on this node with `bpf_redirect_peer`, skipping the bridge.
+    RedirectLocal = 0, "redirect_local";
+    /// Not IPv4 (ARP, IPv6, LLDP, ...): handed to the kernel untouched.
+    PassNotIp = 1, "pass_not_ip";
+    /// Broadcast or multicast destination MAC: handed to the kernel.
+    PassMulticast = 2, "pass_multicast";
+    /// Destination IP is not a pod pod-net knows: handed to the kernel.
+    PassUnknownDst = 3, "pass_unknown_dst";
+    /// Truncated or invalid headers: handed to the kernel, never redirected.
+    PassMalformed = 4, "pass_malformed";
+    /// Routed packet with TTL <= 1: handed to the kernel, which sends ICMP time exceeded.
+    PassTtlExceeded = 5, "pass_ttl_exceeded";
+}
+
+/// Number of reasons; the size of the `counters` map.
+pub const REASON_COUNT: usize = Reason::ALL.len();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_dense_and_names_unique() {
+        for (index, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, index, "{} is out of order", reason.name());
+            assert_eq!(Reason::from_code(*reason as u32), Some(*reason));
+            assert_eq!(Reason::from_name(reason.name()), Some(*reason));
+            assert!(!reason.help().is_empty());
+        }
+        for (i, a) in Reason::ALL.iter().enumerate() {
+            for b in &Reason::ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+            }
+        }
+    }
+
+    #[test]
+    fn names_follow_the_naming_scheme() {
+        for reason in Reason::ALL {
+            let name = reason.name();
+            let known_prefix = name.starts_with("pass_")
+                || name.starts_with("drop_")
+                || matches!(name, "redirect_local" | "encap" | "decap");
+            assert!(known_prefix, "{name} does not follow the scheme");
+        }
+    }
+}

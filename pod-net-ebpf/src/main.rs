@@ -1,0 +1,33 @@
+//! pod-net's kernel side.
+//!
+//! Each program's entry point only wires the pieces together: parse the
+//! headers, decide, act, and count the packet under exactly one reason.
+#![no_std]
+#![no_main]
+
+mod counters;
+mod egress;
+mod maps;
+mod parse;
+mod redirect;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+/// TC ingress of a pod's host-side veth: every packet the pod sends.
+#[classifier]
+pub fn pod_egress(ctx: TcContext) -> i32 {
+    let verdict = egress::decide_and_act(&ctx);
+    counters::count(verdict.reason, ctx.len());
+    verdict.action
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects any program with a reachable panic path.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

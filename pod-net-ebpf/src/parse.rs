@@ -1,0 +1,91 @@
+//! Bounds-checked access to packet headers.
+use aya_ebpf::programs::TcContext;
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+pub const ETH_P_IP: u16 = 0x0800;
+
+/// A pointer to a `T` at `offset` into the packet's linear data, if the
+/// whole `T` lies inside it. The check is the one the verifier needs.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// Makes the first `len` bytes linear, so direct access can reach them.
+/// Fails if the packet is shorter than `len`. Locally generated TCP keeps
+/// its headers linear already, so the pull is rare and never copies payload.
+#[inline(always)]
+pub fn ensure_linear(ctx: &TcContext, len: usize) -> Result<(), ()> {
+    if ctx.data() + len <= ctx.data_end() {
+        return Ok(());
+    }
+    if (ctx.len() as usize) < len {
+        return Err(());
+    }
+    ctx.pull_data(len as u32).map_err(|_| ())
+}
+
+/// The Ethernet and IPv4 headers of a packet, validated.
+pub struct Ipv4Packet {
+    pub eth: *mut EthHdr,
+    pub ip: *mut Ipv4Hdr,
+}
+
+/// What the L2/L3 parse found.
+pub enum Parsed {
+    Ipv4(Ipv4Packet),
+    /// Broadcast or multicast destination MAC.
+    Multicast,
+    /// A well-formed frame of another EtherType.
+    NotIpv4,
+    /// Too short, or an IPv4 header that cannot be right.
+    Malformed,
+}
+
+/// Parses Ethernet and, for IPv4, checks the IP header: version 4, IHL of at
+/// least 5 words, and a total length that fits the frame.
+#[inline(always)]
+pub fn parse_l2_l3(ctx: &TcContext) -> Parsed {
+    if ensure_linear(ctx, EthHdr::LEN).is_err() {
+        return Parsed::Malformed;
+    }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Parsed::Malformed;
+    };
+    // SAFETY: `ptr_at` checked the bounds.
+    let (dst0, ether_type) = unsafe { ((*eth).dst_addr[0], u16::from_be((*eth).ether_type)) };
+    if dst0 & 1 != 0 {
+        return Parsed::Multicast;
+    }
+    if ether_type != ETH_P_IP {
+        return Parsed::NotIpv4;
+    }
+    if ensure_linear(ctx, EthHdr::LEN + Ipv4Hdr::LEN).is_err() {
+        return Parsed::Malformed;
+    }
+    // `pull_data` may move the packet: take fresh pointers.
+    let (Some(eth), Some(ip)) = (
+        ptr_at::<EthHdr>(ctx, 0),
+        ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN),
+    ) else {
+        return Parsed::Malformed;
+    };
+    // SAFETY: `ptr_at` checked the bounds.
+    let (vihl, tot_len) = unsafe { ((*ip).vihl, u16::from_be_bytes((*ip).tot_len)) };
+    let header_len = u32::from(vihl & 0x0f) * 4;
+    let frame_ip_len = ctx.len().saturating_sub(EthHdr::LEN as u32);
+    // BIG TCP GSO packets over 64 KiB carry a total length of 0.
+    let big_tcp = tot_len == 0 && frame_ip_len > u32::from(u16::MAX);
+    if vihl >> 4 != 4
+        || header_len < Ipv4Hdr::LEN as u32
+        || (!big_tcp && (u32::from(tot_len) < header_len || u32::from(tot_len) > frame_ip_len))
+    {
+        return Parsed::Malformed;
+    }
+    Parsed::Ipv4(Ipv4Packet { eth, ip })
+}

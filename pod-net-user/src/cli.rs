@@ -1,0 +1,202 @@
+//! The `pod-net` command line. Names follow the design's CLI contract:
+//! scripts and tests depend on them.
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    endpoints::{self, AddOutcome, PodSpec},
+    loader,
+    mac::MacAddr,
+    pins::{DEFAULT_PIN_DIR, PinDir},
+    stats::Totals,
+    status, table,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pod-net",
+    version,
+    about = "eBPF fast path for Kubernetes-style pod networking"
+)]
+pub struct Cli {
+    /// Where programs, maps and links are pinned (one pin dir per node).
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and pin the datapath (again, to upgrade it in place), then exit.
+    Load,
+    /// Detach every program and remove the pin dir; traffic falls back to the kernel path.
+    Unload,
+    /// Check the datapath against the node; exits non-zero on any problem.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register, remove and list the pods on this node.
+    #[command(subcommand)]
+    Pod(PodCommand),
+    /// Packet and byte counters per reason.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PodCommand {
+    /// Register a pod address and attach the program to its host veth.
+    Add(PodAddArgs),
+    /// Remove a pod by address or by container ID.
+    Del(PodDelArgs),
+    /// List the registered pod addresses.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PodAddArgs {
+    /// The pod's IP address.
+    #[arg(long)]
+    pub ip: IpAddr,
+    /// The host-side veth of the pod.
+    #[arg(long, value_name = "HOST_IFNAME")]
+    pub veth: String,
+    /// The pod's MAC; read from the veth's peer when omitted.
+    #[arg(long, value_name = "POD_MAC")]
+    pub mac: Option<MacAddr>,
+    /// Container ID to record as the owner.
+    #[arg(long = "id", value_name = "CONTAINER_ID", default_value = "")]
+    pub container_id: String,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct PodDelArgs {
+    #[arg(long)]
+    pub ip: Option<IpAddr>,
+    #[arg(long = "id", value_name = "CONTAINER_ID")]
+    pub container_id: Option<String>,
+}
+
+/// Runs one command, printing its output; errors go back to `main`.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let pins = PinDir::new(&cli.pin_dir);
+    match cli.command {
+        Command::Load => {
+            let report = loader::load(&pins)?;
+            if report.mounted_bpffs {
+                println!("mounted bpffs at /sys/fs/bpf");
+            }
+            if report.replaced {
+                println!(
+                    "replaced the datapath at {} in place ({} link(s) updated, maps kept)",
+                    pins.root().display(),
+                    report.links_updated
+                );
+            } else {
+                println!("loaded the datapath at {}", pins.root().display());
+            }
+        }
+        Command::Unload => {
+            let report = loader::unload(&pins)?;
+            println!(
+                "unloaded {} ({} attachment(s) removed)",
+                pins.root().display(),
+                report.links_removed
+            );
+        }
+        Command::Status { json } => {
+            let status = status::check(&pins)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.to_text());
+            }
+            if !status.healthy {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Pod(command) => run_pod(&pins, command)?,
+        Command::Stats { json } => {
+            let totals = Totals::read(&pins)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&totals.to_json())?);
+            } else {
+                print!("{}", totals.to_table());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
+    match command {
+        PodCommand::Add(args) => {
+            let spec = PodSpec {
+                ip: Some(args.ip),
+                veth: args.veth,
+                mac: args.mac,
+                container_id: args.container_id,
+                pod_ifname: String::new(),
+            };
+            match endpoints::add(pins, &spec)? {
+                AddOutcome::Added => println!("added pod {} on {}", args.ip, spec.veth),
+                AddOutcome::Unchanged => {
+                    println!("pod {} on {} is already registered", args.ip, spec.veth);
+                }
+            }
+        }
+        PodCommand::Del(args) => {
+            let removed = match (args.ip, args.container_id) {
+                (Some(ip), _) => vec![endpoints::del_by_ip(pins, ip)?],
+                (None, Some(id)) => endpoints::del_by_container(pins, &id)?,
+                (None, None) => unreachable!("clap requires --ip or --id"),
+            };
+            for entry in removed {
+                println!("removed pod {}", entry.ip);
+            }
+        }
+        PodCommand::List { json } => {
+            let pods = endpoints::list(pins)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&pods)?);
+            } else {
+                let rows: Vec<Vec<String>> = pods
+                    .iter()
+                    .map(|pod| {
+                        vec![
+                            pod.ip.to_string(),
+                            pod.veth.clone().unwrap_or_else(|| "(gone)".to_owned()),
+                            pod.ifindex.to_string(),
+                            pod.mac.to_string(),
+                            pod.gateway_mac.to_string(),
+                            if pod.container_id.is_empty() {
+                                "-".to_owned()
+                            } else {
+                                pod.container_id.clone()
+                            },
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table::render(
+                        &["IP", "VETH", "IFINDEX", "MAC", "GATEWAY MAC", "CONTAINER"],
+                        &rows
+                    )
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Typed handles on the pinned maps of a loaded datapath.
+use std::net::IpAddr;
+
+use anyhow::{Context as _, Result};
+use aya::maps::{HashMap, Map, MapData, MapError, MapInfo, PerCpuArray};
+use pod_net_common::{Counter, Endpoint, EndpointKey, Reason, map_names};
+
+use crate::pins::PinDir;
+
+/// The maps of a loaded pin dir, opened from their pins.
+pub struct Datapath {
+    pub endpoints: HashMap<MapData, EndpointKey, Endpoint>,
+    /// Capacity of `local_endpoints`, as created.
+    pub endpoints_capacity: u32,
+    pub counters: PerCpuArray<MapData, Counter>,
+}
+
+impl Datapath {
+    /// Opens the pinned maps; fails clearly when `load` has not run here.
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        pins.require_loaded()?;
+        let (endpoints, endpoints_info) = open_map(pins, map_names::LOCAL_ENDPOINTS)?;
+        let (counters, _) = open_map(pins, map_names::COUNTERS)?;
+        Ok(Self {
+            endpoints: endpoints
+                .try_into()
+                .context("local_endpoints has an unexpected layout")?,
+            endpoints_capacity: endpoints_info.max_entries(),
+            counters: counters
+                .try_into()
+                .context("counters has an unexpected layout")?,
+        })
+    }
+
+    /// Every local endpoint, sorted by address.
+    pub fn endpoint_entries(&self) -> Result<Vec<(EndpointKey, Endpoint)>> {
+        let mut entries = self
+            .endpoints
+            .iter()
+            .collect::<Result<Vec<_>, MapError>>()
+            .context("reading local_endpoints")?;
+        entries.sort_by_key(|(key, _)| (key.family, key.addr));
+        Ok(entries)
+    }
+
+    /// Counter totals over all CPUs, per reason.
+    pub fn counter_totals(&self) -> Result<Vec<(Reason, Counter)>> {
+        Reason::ALL
+            .iter()
+            .map(|&reason| {
+                let per_cpu = self
+                    .counters
+                    .get(&(reason as u32), 0)
+                    .with_context(|| format!("reading counter {}", reason.name()))?;
+                let total = per_cpu.iter().fold(Counter::default(), |sum, cpu| Counter {
+                    packets: sum.packets + cpu.packets,
+                    bytes: sum.bytes + cpu.bytes,
+                });
+                Ok((reason, total))
+            })
+            .collect()
+    }
+}
+
+fn open_map(pins: &PinDir, name: &str) -> Result<(Map, MapInfo)> {
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let info = data
+        .info()
+        .with_context(|| format!("reading info of {}", path.display()))?;
+    let map = Map::from_map_data(data).with_context(|| format!("map {}", path.display()))?;
+    Ok((map, info))
+}
+
+/// The map key for a pod address.
+#[must_use]
+pub fn endpoint_key(ip: IpAddr) -> EndpointKey {
+    match ip {
+        IpAddr::V4(v4) => EndpointKey::ipv4(v4.octets()),
+        IpAddr::V6(v6) => EndpointKey::ipv6(v6.octets()),
+    }
+}
+
+/// The pod address a map key holds.
+#[must_use]
+pub fn endpoint_ip(key: &EndpointKey) -> IpAddr {
+    if key.family == pod_net_common::endpoint::FAMILY_IPV6 {
+        IpAddr::from(key.addr)
+    } else {
+        IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
+    }
+}

@@ -1,0 +1,260 @@
+//! Registering pods on this node: the `local_endpoints` entries and the
+//! program attachment on each pod's host veth, kept in step.
+use std::net::IpAddr;
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::MapError;
+use pod_net_common::{
+    Endpoint, EndpointKey,
+    endpoint::{CONTAINER_ID_LEN, IFNAME_LEN},
+};
+use serde::Serialize;
+
+use crate::{
+    attach::{self, Attached},
+    datapath::{Datapath, endpoint_ip, endpoint_key},
+    mac::MacAddr,
+    netdev::{self, Link},
+    pins::PinDir,
+};
+
+/// A pod to register, as the CLI or the CNI plugin describes it.
+#[derive(Clone, Debug, Default)]
+pub struct PodSpec {
+    pub ip: Option<IpAddr>,
+    pub veth: String,
+    /// The pod's MAC; read from the veth peer when absent.
+    pub mac: Option<MacAddr>,
+    pub container_id: String,
+    pub pod_ifname: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddOutcome {
+    Added,
+    /// The same entry was already there, and the program attached.
+    Unchanged,
+}
+
+/// One registered pod address, as `pod list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PodEntry {
+    pub ip: IpAddr,
+    pub ifindex: u32,
+    /// Current name of `ifindex`, if the interface still exists.
+    pub veth: Option<String>,
+    pub mac: MacAddr,
+    pub gateway_mac: MacAddr,
+    pub container_id: String,
+    pub pod_ifname: String,
+}
+
+/// Registers `spec`: resolves the veth and MACs, attaches the program, and
+/// stores the entry. Adding the same pod again changes nothing.
+pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<AddOutcome> {
+    let Some(ip) = spec.ip else {
+        bail!("a pod needs an IP address");
+    };
+    if ip.is_ipv6() {
+        bail!("{ip}: IPv6 pods are not supported yet; register the pod's IPv4 address");
+    }
+    let container_id = fixed_field::<CONTAINER_ID_LEN>("container ID", &spec.container_id)?;
+    let pod_ifname = fixed_field::<IFNAME_LEN>("pod interface name", &spec.pod_ifname)?;
+    let mut datapath = Datapath::open(pins)?;
+    let veth = netdev::require_veth(&spec.veth)?;
+    let mac = match spec.mac {
+        Some(mac) => mac,
+        None => peer_mac(&veth)?,
+    };
+    if mac.is_zero() || mac.is_multicast() {
+        bail!("pod MAC {mac} is not a unicast address");
+    }
+    let endpoint = Endpoint {
+        ifindex: veth.index,
+        flags: 0,
+        mac: mac.0,
+        gateway_mac: gateway_mac(&veth)?.0,
+        container_id,
+        pod_ifname,
+    };
+    let key = endpoint_key(ip);
+
+    let _lock = pins.lock()?;
+    let existing = match datapath.endpoints.get(&key, 0) {
+        Ok(existing) => Some(existing),
+        Err(MapError::KeyNotFound) => None,
+        Err(err) => return Err(err).context("reading local_endpoints"),
+    };
+    if let Some(existing) = existing
+        && existing != endpoint
+    {
+        bail!(
+            "{ip} is already registered on ifindex {} with MAC {}{}; run `pod-net pod del --ip {ip}` first",
+            existing.ifindex,
+            MacAddr(existing.mac),
+            owner_suffix(&existing),
+        );
+    }
+
+    let attached = attach::attach_pod_egress(pins, &veth)?;
+    if existing.is_some() {
+        return Ok(AddOutcome::Unchanged);
+    }
+    if let Err(err) = datapath.endpoints.insert(key, endpoint, 0) {
+        if attached == Attached::New {
+            // Leave the node as it was before this call.
+            let _ = attach::detach(pins, veth.index);
+        }
+        return Err(map_insert_error(err, datapath.endpoints_capacity));
+    }
+    Ok(AddOutcome::Added)
+}
+
+/// Removes the entry for `ip`, and the attachment when no other address of
+/// the pod uses that veth. Returns the removed entry.
+pub fn del_by_ip(pins: &PinDir, ip: IpAddr) -> Result<PodEntry> {
+    let mut datapath = Datapath::open(pins)?;
+    let _lock = pins.lock()?;
+    let key = endpoint_key(ip);
+    let endpoint = match datapath.endpoints.get(&key, 0) {
+        Ok(endpoint) => endpoint,
+        Err(MapError::KeyNotFound) => bail!("no pod with IP {ip} is registered"),
+        Err(err) => return Err(err).context("reading local_endpoints"),
+    };
+    remove_and_detach(pins, &mut datapath, &[(key, endpoint)])?;
+    Ok(pod_entry(&key, &endpoint))
+}
+
+/// Removes every entry registered under `container_id`. Returns them.
+pub fn del_by_container(pins: &PinDir, container_id: &str) -> Result<Vec<PodEntry>> {
+    let wanted = fixed_field::<CONTAINER_ID_LEN>("container ID", container_id)?;
+    let mut datapath = Datapath::open(pins)?;
+    let _lock = pins.lock()?;
+    let owned: Vec<_> = datapath
+        .endpoint_entries()?
+        .into_iter()
+        .filter(|(_, endpoint)| endpoint.container_id == wanted)
+        .collect();
+    if owned.is_empty() {
+        bail!("no pod with container ID {container_id:?} is registered");
+    }
+    remove_and_detach(pins, &mut datapath, &owned)?;
+    Ok(owned
+        .iter()
+        .map(|(key, endpoint)| pod_entry(key, endpoint))
+        .collect())
+}
+
+fn remove_and_detach(
+    pins: &PinDir,
+    datapath: &mut Datapath,
+    doomed: &[(EndpointKey, Endpoint)],
+) -> Result<()> {
+    for (key, _) in doomed {
+        match datapath.endpoints.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(err) => return Err(err).context("removing from local_endpoints"),
+        }
+    }
+    let remaining = datapath.endpoint_entries()?;
+    for (_, endpoint) in doomed {
+        let still_used = remaining
+            .iter()
+            .any(|(_, other)| other.ifindex == endpoint.ifindex);
+        if !still_used {
+            attach::detach(pins, endpoint.ifindex)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every registered pod address.
+pub fn list(pins: &PinDir) -> Result<Vec<PodEntry>> {
+    let datapath = Datapath::open(pins)?;
+    Ok(datapath
+        .endpoint_entries()?
+        .iter()
+        .map(|(key, endpoint)| pod_entry(key, endpoint))
+        .collect())
+}
+
+fn pod_entry(key: &EndpointKey, endpoint: &Endpoint) -> PodEntry {
+    let veth = netdev::link_by_index(endpoint.ifindex)
+        .ok()
+        .flatten()
+        .map(|link| link.name);
+    PodEntry {
+        ip: endpoint_ip(key),
+        ifindex: endpoint.ifindex,
+        veth,
+        mac: MacAddr(endpoint.mac),
+        gateway_mac: MacAddr(endpoint.gateway_mac),
+        container_id: field_text(&endpoint.container_id),
+        pod_ifname: field_text(&endpoint.pod_ifname),
+    }
+}
+
+/// The MAC of the pod end of `veth`, read across namespaces.
+fn peer_mac(veth: &Link) -> Result<MacAddr> {
+    let peer = netdev::veth_peer(veth)?;
+    peer.and_then(|peer| peer.mac).with_context(|| {
+        format!(
+            "cannot read the MAC of {}'s peer (is the pod end in a namespace without an id?); pass --mac",
+            veth.name
+        )
+    })
+}
+
+/// The MAC the pod uses as its gateway: the bridge's, when the veth is a
+/// bridge port (bridge CNI plugin), else the host veth's own (ptp plugin).
+fn gateway_mac(veth: &Link) -> Result<MacAddr> {
+    let gateway = match veth.master {
+        Some(master) => netdev::link_by_index(master)?
+            .with_context(|| format!("the bridge of {} has vanished", veth.name))?,
+        None => veth.clone(),
+    };
+    gateway
+        .mac
+        .with_context(|| format!("{} has no MAC address", gateway.name))
+}
+
+fn map_insert_error(err: MapError, capacity: u32) -> anyhow::Error {
+    if let MapError::SyscallError(syscall) = &err
+        && syscall.io_error.raw_os_error() == Some(libc::E2BIG)
+    {
+        return anyhow::anyhow!(
+            "local_endpoints is full ({capacity} entries); remove stale pods or load with a larger map"
+        );
+    }
+    anyhow::Error::new(err).context("writing local_endpoints")
+}
+
+fn owner_suffix(endpoint: &Endpoint) -> String {
+    let owner = field_text(&endpoint.container_id);
+    if owner.is_empty() {
+        String::new()
+    } else {
+        format!(" by container {owner}")
+    }
+}
+
+/// Copies `text` into a NUL-padded fixed field, refusing what does not fit.
+fn fixed_field<const N: usize>(what: &str, text: &str) -> Result<[u8; N]> {
+    if text.len() > N {
+        bail!("{what} {text:?} is longer than {N} bytes");
+    }
+    if text.bytes().any(|byte| byte == 0) {
+        bail!("{what} {text:?} contains a NUL byte");
+    }
+    let mut field = [0u8; N];
+    field[..text.len()].copy_from_slice(text.as_bytes());
+    Ok(field)
+}
+
+fn field_text(field: &[u8]) -> String {
+    let end = field
+        .iter()
+        .position(|&byte| byte == 0)
+        .unwrap_or(field.len());
+    String::from_utf8_lossy(&field[..end]).into_owned()
+}

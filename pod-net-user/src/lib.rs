@@ -1,0 +1,20 @@
+//! pod-net's userspace: loading the datapath, registering pods, and
+//! reporting what the programs do.
+
+pub mod attach;
+pub mod cli;
+pub mod datapath;
+pub mod endpoints;
+pub mod loader;
+pub mod mac;
+pub mod netdev;
+pub mod pins;
+pub mod stats;
+pub mod status;
+pub mod table;
+
+/// The eBPF object built from `pod-net-ebpf`, embedded at build time.
+#[must_use]
+pub fn ebpf_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pod-net-ebpf"))
+}

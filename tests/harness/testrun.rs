@@ -1,0 +1,127 @@
+//! A private, unpinned instance of the pod-net object for
+//! `BPF_PROG_TEST_RUN`: exact frames in, exact frames, return codes and
+//! counters out. Shared by the datapath tests and the test-run benchmark.
+#![allow(dead_code, reason = "each includer uses a different part")]
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+};
+use pod_net_common::{Counter, Endpoint, EndpointKey, Reason, map_names, program_names};
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+pub struct Harness {
+    ebpf: Ebpf,
+}
+
+/// What one run returned.
+#[derive(Debug)]
+pub struct Run {
+    pub action: u32,
+    pub output: Vec<u8>,
+    pub duration_ns: u128,
+}
+
+impl Harness {
+    /// Loads the embedded object with fresh maps and loads `pod_egress`.
+    pub fn new() -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .load(pod_net::ebpf_object())
+            .context("loading the eBPF object")?;
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(program_names::POD_EGRESS)
+            .context("no pod_egress program")?
+            .try_into()?;
+        program.load().context("verifier rejected pod_egress")?;
+        Ok(Self { ebpf })
+    }
+
+    /// Registers a pod address in the private `local_endpoints`.
+    pub fn add_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<()> {
+        let mut endpoints: HashMap<&mut MapData, EndpointKey, Endpoint> = self
+            .ebpf
+            .map_mut(map_names::LOCAL_ENDPOINTS)
+            .context("no local_endpoints map")?
+            .try_into()?;
+        endpoints.insert(EndpointKey::ipv4(ip.octets()), endpoint, 0)?;
+        Ok(())
+    }
+
+    /// Runs `pod_egress` once on `frame`.
+    pub fn run(&self, frame: &[u8]) -> Result<Run> {
+        self.run_repeated(frame, 1)
+    }
+
+    /// Runs `pod_egress` `repeat` times on `frame`; `duration_ns` is the
+    /// kernel's average per run.
+    pub fn run_repeated(&self, frame: &[u8], repeat: u32) -> Result<Run> {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(program_names::POD_EGRESS)
+            .context("no pod_egress program")?
+            .try_into()?;
+        // Room for growth: encapsulation adds headers.
+        let mut output = vec![0u8; frame.len() + 256];
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut output),
+            repeat,
+            ..TestRunOptions::default()
+        })?;
+        output.truncate(result.data_size_out as usize);
+        Ok(Run {
+            action: result.return_value,
+            output,
+            duration_ns: result.duration.as_nanos(),
+        })
+    }
+
+    /// Counter totals over all CPUs, per reason.
+    pub fn counters(&self) -> Result<Vec<(Reason, Counter)>> {
+        let counters: PerCpuArray<&MapData, Counter> = self
+            .ebpf
+            .map(map_names::COUNTERS)
+            .context("no counters map")?
+            .try_into()?;
+        Reason::ALL
+            .iter()
+            .map(|&reason| {
+                let values = counters.get(&(reason as u32), 0)?;
+                let total = values.iter().fold(Counter::default(), |sum, cpu| Counter {
+                    packets: sum.packets + cpu.packets,
+                    bytes: sum.bytes + cpu.bytes,
+                });
+                Ok((reason, total))
+            })
+            .collect()
+    }
+
+    /// Only the reasons with packets, as (name, packets, bytes).
+    pub fn nonzero_counters(&self) -> Result<Vec<(&'static str, u64, u64)>> {
+        Ok(self
+            .counters()?
+            .into_iter()
+            .filter(|(_, counter)| counter.packets != 0)
+            .map(|(reason, counter)| (reason.name(), counter.packets, counter.bytes))
+            .collect())
+    }
+}
+
+/// An endpoint value as `pod add` would store it.
+#[must_use]
+pub fn endpoint(ifindex: u32, mac: [u8; 6], gateway_mac: [u8; 6]) -> Endpoint {
+    Endpoint {
+        ifindex,
+        flags: 0,
+        mac,
+        gateway_mac,
+        container_id: [0; 64],
+        pod_ifname: [0; 16],
+    }
+}

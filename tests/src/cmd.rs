@@ -1,0 +1,49 @@
+//! Running the commands a rig is made of, with errors that say what failed.
+use std::{
+    ffi::OsStr,
+    process::{Command, Output},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Runs `program args..`, failing with its stderr unless it exits 0.
+pub fn run<I, S>(program: &str, args: I) -> Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut command = Command::new(program);
+    command.args(args);
+    run_command(&mut command)
+}
+
+/// Runs a prepared command, failing with its stderr unless it exits 0.
+pub fn run_command(command: &mut Command) -> Result<String> {
+    let output = output_of(command)?;
+    if !output.status.success() {
+        bail!(
+            "{} failed ({}): {}",
+            describe(command),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs a prepared command and returns its output whatever the exit status.
+pub fn output_of(command: &mut Command) -> Result<Output> {
+    command
+        .output()
+        .with_context(|| format!("starting {}", describe(command)))
+}
+
+/// The command line, for messages.
+#[must_use]
+pub fn describe(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| part.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

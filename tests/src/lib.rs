@@ -1,0 +1,9 @@
+//! Test support for pod-net: the veth-namespace rig (also behind
+//! `cargo xtask rig`), command helpers and the privilege gate.
+
+pub mod cmd;
+pub mod frames;
+pub mod privileges;
+pub mod rig;
+
+pub use rig::{Node, Pod, Rig, RigSpec};

@@ -1,0 +1,573 @@
+//! The veth-namespace rig: N nodes x M pods on one kernel, wired the way the
+//! bridge CNI plugin wires a Kubernetes node.
+//!
+//! ```text
+//!  node n (netns <id>-n<n>)                     pod p (netns <id>-n<n>-p<p>)
+//!   cni0  bridge, 10.244.n.1/24  ── veth-p<p> ══ eth0 10.244.n.(p+1)/24, default via .1
+//!   eth0  underlay 192.168.100.n/24 ══ peer node (2 nodes) or the switch bridge (3+)
+//! ```
+//!
+//! Every name carries the rig id `pnr-<pid>-<seq>`, so rigs in parallel tests
+//! never meet, and a rig whose process died is recognised and cleared by the
+//! next one. Nothing is sent anywhere but between these namespaces: pods
+//! have no route out of the rig, and the node namespaces have no link to the
+//! host's.
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd::{output_of, run, run_command};
+
+/// Prefix of every rig's names.
+const PREFIX: &str = "pnr-";
+/// Id of the long-lived rig that `cargo xtask rig up` makes.
+pub const MANUAL_ID: &str = "pnr-manual";
+const BPFFS: &str = "/sys/fs/bpf";
+
+static NEXT_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The shape of a rig.
+#[derive(Clone, Debug)]
+pub struct RigSpec {
+    pub nodes: u8,
+    pub pods_per_node: u8,
+    /// MTU of the pods' veths; the kernel default (1500) when `None`.
+    pub pod_mtu: Option<u32>,
+    /// MTU of the underlay links; the kernel default (1500) when `None`.
+    pub underlay_mtu: Option<u32>,
+}
+
+impl Default for RigSpec {
+    fn default() -> Self {
+        Self {
+            nodes: 1,
+            pods_per_node: 2,
+            pod_mtu: None,
+            underlay_mtu: None,
+        }
+    }
+}
+
+pub struct Rig {
+    id: String,
+    nodes: Vec<Node>,
+    /// The switch namespace joining 3+ nodes.
+    switch: Option<String>,
+    keep: bool,
+}
+
+pub struct Node {
+    /// 1-based.
+    pub index: u8,
+    pub netns: String,
+    pub pin_dir: PathBuf,
+    /// 192.168.100.<index>
+    pub underlay_ip: Ipv4Addr,
+    /// 10.244.<index>.1
+    pub gateway_ip: Ipv4Addr,
+    pub pods: Vec<Pod>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub node: u8,
+    /// 1-based.
+    pub index: u8,
+    pub netns: String,
+    /// 10.244.<node>.<index + 1>
+    pub ip: Ipv4Addr,
+    /// The pod end's MAC, `02:00:0a:f4:<node>:<index + 1>`.
+    pub mac: String,
+    /// The host-side veth in the node namespace.
+    pub host_veth: String,
+}
+
+impl Rig {
+    /// Builds a rig with a fresh id, after clearing what crashed rigs left.
+    pub fn build(spec: &RigSpec) -> Result<Self> {
+        clear_stale()?;
+        let id = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            NEXT_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        Self::build_with_id(id, spec, false)
+    }
+
+    /// Builds the long-lived rig of `cargo xtask rig up`, replacing an older
+    /// one. It survives this process; `remove_manual` takes it down.
+    pub fn build_manual(spec: &RigSpec) -> Result<Self> {
+        clear_stale()?;
+        remove_rig(MANUAL_ID)?;
+        Self::build_with_id(MANUAL_ID.to_owned(), spec, true)
+    }
+
+    /// Takes down the rig of `cargo xtask rig up`.
+    pub fn remove_manual() -> Result<()> {
+        remove_rig(MANUAL_ID)
+    }
+
+    fn build_with_id(id: String, spec: &RigSpec, keep: bool) -> Result<Self> {
+        if spec.nodes == 0 || spec.nodes > 200 || spec.pods_per_node > 200 {
+            bail!("a rig has 1..=200 nodes of 0..=200 pods");
+        }
+        let mut rig = Self {
+            id,
+            nodes: Vec::new(),
+            switch: None,
+            keep,
+        };
+        // Tear down what was built so far if any step fails.
+        rig.create(spec)?;
+        Ok(rig)
+    }
+
+    fn create(&mut self, spec: &RigSpec) -> Result<()> {
+        for index in 1..=spec.nodes {
+            let node = Node::create(&self.id, index, spec)?;
+            self.nodes.push(node);
+        }
+        self.create_underlay(spec)?;
+        Ok(())
+    }
+
+    fn create_underlay(&mut self, spec: &RigSpec) -> Result<()> {
+        let mtu = spec.underlay_mtu.map(|mtu| mtu.to_string());
+        match self.nodes.as_slice() {
+            [] | [_] => return Ok(()),
+            [a, b] => {
+                run(
+                    "ip",
+                    [
+                        "-n", &a.netns, "link", "add", "eth0", "type", "veth", "peer", "name",
+                        "eth0", "netns", &b.netns,
+                    ],
+                )?;
+            }
+            nodes => {
+                let switch = format!("{}-sw", self.id);
+                run("ip", ["netns", "add", &switch])?;
+                self.switch = Some(switch.clone());
+                run(
+                    "ip",
+                    ["-n", &switch, "link", "add", "br0", "type", "bridge"],
+                )?;
+                run("ip", ["-n", &switch, "link", "set", "br0", "up"])?;
+                for node in nodes {
+                    let port = format!("n{}", node.index);
+                    run(
+                        "ip",
+                        [
+                            "-n",
+                            &switch,
+                            "link",
+                            "add",
+                            &port,
+                            "type",
+                            "veth",
+                            "peer",
+                            "name",
+                            "eth0",
+                            "netns",
+                            &node.netns,
+                        ],
+                    )?;
+                    if let Some(mtu) = &mtu {
+                        run("ip", ["-n", &switch, "link", "set", &port, "mtu", mtu])?;
+                    }
+                    run(
+                        "ip",
+                        ["-n", &switch, "link", "set", &port, "master", "br0", "up"],
+                    )?;
+                }
+            }
+        }
+        for node in &self.nodes {
+            if let Some(mtu) = &mtu {
+                run("ip", ["-n", &node.netns, "link", "set", "eth0", "mtu", mtu])?;
+            }
+            let address = format!("{}/24", node.underlay_ip);
+            run(
+                "ip",
+                ["-n", &node.netns, "addr", "add", &address, "dev", "eth0"],
+            )?;
+            run("ip", ["-n", &node.netns, "link", "set", "eth0", "up"])?;
+        }
+        Ok(())
+    }
+
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    #[must_use]
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Node `index` (1-based).
+    ///
+    /// # Panics
+    /// If the rig has no such node.
+    #[must_use]
+    pub fn node(&self, index: u8) -> &Node {
+        &self.nodes[usize::from(index) - 1]
+    }
+
+    /// Pod `pod` on node `node` (both 1-based).
+    ///
+    /// # Panics
+    /// If the rig has no such pod.
+    #[must_use]
+    pub fn pod(&self, node: u8, pod: u8) -> &Pod {
+        &self.node(node).pods[usize::from(pod) - 1]
+    }
+
+    /// Every pod of every node.
+    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
+        self.nodes.iter().flat_map(|node| node.pods.iter())
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Err(err) = remove_rig(&self.id)
+        {
+            eprintln!("rig {}: teardown failed: {err:#}", self.id);
+        }
+    }
+}
+
+impl Node {
+    fn create(rig_id: &str, index: u8, spec: &RigSpec) -> Result<Self> {
+        let netns = format!("{rig_id}-n{index}");
+        let node = Self {
+            index,
+            pin_dir: Path::new(BPFFS).join(&netns),
+            underlay_ip: Ipv4Addr::new(192, 168, 100, index),
+            gateway_ip: Ipv4Addr::new(10, 244, index, 1),
+            pods: Vec::new(),
+            netns,
+        };
+        run("ip", ["netns", "add", &node.netns])?;
+        node.ip(&["link", "set", "lo", "up"])?;
+        node.sysctl("net.ipv4.ip_forward", "1")?;
+        node.ip(&["link", "add", "cni0", "type", "bridge"])?;
+        let gateway = format!("{}/24", node.gateway_ip);
+        node.ip(&["addr", "add", &gateway, "dev", "cni0"])?;
+        node.ip(&["link", "set", "cni0", "up"])?;
+        let mut node = node;
+        for pod_index in 1..=spec.pods_per_node {
+            let pod = node.create_pod(pod_index, spec)?;
+            node.pods.push(pod);
+        }
+        Ok(node)
+    }
+
+    fn create_pod(&self, index: u8, spec: &RigSpec) -> Result<Pod> {
+        let host_octet = index
+            .checked_add(1)
+            .context("pod index does not fit an address")?;
+        let pod = Pod {
+            node: self.index,
+            index,
+            netns: format!("{}-p{index}", self.netns),
+            ip: Ipv4Addr::new(10, 244, self.index, host_octet),
+            mac: format!("02:00:0a:f4:{:02x}:{host_octet:02x}", self.index),
+            host_veth: format!("veth-p{index}"),
+        };
+        run("ip", ["netns", "add", &pod.netns])?;
+        self.ip(&[
+            "link",
+            "add",
+            &pod.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pod.netns,
+        ])?;
+        if let Some(mtu) = spec.pod_mtu {
+            let mtu = mtu.to_string();
+            self.ip(&["link", "set", &pod.host_veth, "mtu", &mtu])?;
+            pod.ip(&["link", "set", "eth0", "mtu", &mtu])?;
+        }
+        self.ip(&["link", "set", &pod.host_veth, "master", "cni0", "up"])?;
+        pod.ip(&["link", "set", "lo", "up"])?;
+        pod.ip(&["link", "set", "eth0", "address", &pod.mac])?;
+        let address = format!("{}/24", pod.ip);
+        pod.ip(&["addr", "add", &address, "dev", "eth0"])?;
+        pod.ip(&["link", "set", "eth0", "up"])?;
+        let gateway = self.gateway_ip.to_string();
+        pod.ip(&["route", "add", "default", "via", &gateway])?;
+        Ok(pod)
+    }
+
+    /// `ip -n <node> args..`
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        run("ip", ["-n", self.netns.as_str()].iter().chain(args))
+    }
+
+    /// Sets a sysctl inside the node namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec(&["sysctl", "-q", "-w", &format!("{key}={value}")])
+            .map(drop)
+    }
+
+    /// Runs a command in the node namespace, failing unless it exits 0.
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
+        run_command(&mut self.command(args))
+    }
+
+    /// A command that will run in the node namespace. `nsenter` rather than
+    /// `ip netns exec`, which would remount /sys and hide bpffs.
+    #[must_use]
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .args(args);
+        command
+    }
+
+    /// `pod-net --pin-dir <this node's> args..` in the node namespace; fails
+    /// unless it exits 0.
+    pub fn pod_net(&self, args: &[&str]) -> Result<String> {
+        run_command(&mut self.pod_net_command(args))
+    }
+
+    /// The `pod-net` command for this node, to inspect its exit status.
+    #[must_use]
+    pub fn pod_net_command(&self, args: &[&str]) -> Command {
+        let binary = pod_net_binary();
+        let pin_dir = self.pin_dir.to_string_lossy().into_owned();
+        let mut full: Vec<&str> = vec![binary.to_str().unwrap_or("pod-net"), "--pin-dir", &pin_dir];
+        full.extend_from_slice(args);
+        self.command(&full)
+    }
+
+    /// Loads pod-net on this node and registers every pod.
+    pub fn load_and_register(&self) -> Result<()> {
+        self.pod_net(&["load"])?;
+        for pod in &self.pods {
+            self.register(pod)?;
+        }
+        Ok(())
+    }
+
+    /// `pod-net pod add` for one pod.
+    pub fn register(&self, pod: &Pod) -> Result<String> {
+        let ip = pod.ip.to_string();
+        self.pod_net(&["pod", "add", "--ip", &ip, "--veth", &pod.host_veth])
+    }
+
+    /// RX and TX packet counters of an interface in the node namespace.
+    pub fn link_packets(&self, ifname: &str) -> Result<LinkPackets> {
+        link_packets(&self.command(&["ip", "-j", "-s", "link", "show", "dev", ifname]))
+    }
+}
+
+impl Pod {
+    /// `ip -n <pod> args..`
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        run("ip", ["-n", self.netns.as_str()].iter().chain(args))
+    }
+
+    /// A command that will run in the pod namespace.
+    #[must_use]
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns]).args(args);
+        command
+    }
+
+    /// Runs a command in the pod, failing unless it exits 0.
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
+        run_command(&mut self.command(args))
+    }
+
+    /// Sends `count` pings to `target` (0.1 s apart, 1 s deadline each) and
+    /// fails unless all are answered.
+    pub fn ping(&self, target: Ipv4Addr, count: u32) -> Result<String> {
+        let count = count.to_string();
+        let target = target.to_string();
+        self.exec(&[
+            "ping", "-n", "-q", "-c", &count, "-i", "0.1", "-W", "1", &target,
+        ])
+    }
+
+    /// Starts a background process in the pod; it is killed when the guard
+    /// drops.
+    pub fn spawn(&self, args: &[&str]) -> Result<Background> {
+        let child = self
+            .command(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {args:?} in {}", self.netns))?;
+        Ok(Background { child })
+    }
+
+    /// RX and TX packet counters of the pod's `eth0`.
+    pub fn eth0_packets(&self) -> Result<LinkPackets> {
+        link_packets(&self.command(&["ip", "-j", "-s", "link", "show", "dev", "eth0"]))
+    }
+}
+
+/// A process started in a namespace, killed on drop.
+pub struct Background {
+    child: Child,
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Packet counters of one interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkPackets {
+    pub rx: u64,
+    pub tx: u64,
+}
+
+fn link_packets(command: &Command) -> Result<LinkPackets> {
+    let mut command = clone_command(command);
+    let text = run_command(&mut command)?;
+    let json: serde_json::Value = serde_json::from_str(&text).context("parsing ip -j output")?;
+    let stats = &json[0]["stats64"];
+    let number = |direction: &str| {
+        stats[direction]["packets"]
+            .as_u64()
+            .with_context(|| format!("no {direction} packets in {text}"))
+    };
+    Ok(LinkPackets {
+        rx: number("rx")?,
+        tx: number("tx")?,
+    })
+}
+
+fn clone_command(command: &Command) -> Command {
+    let mut clone = Command::new(command.get_program());
+    clone.args(command.get_args());
+    clone
+}
+
+/// Where the `pod-net` binary is: `$POD_NET_BIN`, or next to the running
+/// executable (target/<profile>/ for xtask, its parent for test binaries in
+/// target/<profile>/deps/).
+#[must_use]
+pub fn pod_net_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("POD_NET_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("pod-net"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| PathBuf::from("pod-net"))
+}
+
+/// Namespace names currently present.
+fn netns_names() -> Result<Vec<String>> {
+    let listing = run("ip", ["netns", "list"])?;
+    Ok(listing
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Removes every namespace and pin dir of rig `id`. Deleting a namespace
+/// deletes its veths, and with them the peers and TCX links on them.
+fn remove_rig(id: &str) -> Result<()> {
+    let ours = |name: &str| name == id || name.starts_with(&format!("{id}-"));
+    // Pods first: a node's veths go with its pods' namespaces.
+    let mut names: Vec<String> = netns_names()?
+        .into_iter()
+        .filter(|name| ours(name))
+        .collect();
+    names.sort_by_key(|name| std::cmp::Reverse(name.len()));
+    let mut failures = Vec::new();
+    for name in names {
+        let output = output_of(Command::new("ip").args(["netns", "del", &name]))?;
+        if !output.status.success() {
+            failures.push(name);
+        }
+    }
+    if let Ok(entries) = fs::read_dir(BPFFS) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_str().is_some_and(ours) {
+                fs::remove_dir_all(entry.path())
+                    .with_context(|| format!("removing {}", entry.path().display()))?;
+            }
+        }
+    }
+    if !failures.is_empty() {
+        bail!("could not delete namespaces {failures:?}");
+    }
+    Ok(())
+}
+
+/// Clears rigs whose creating process is gone (a crashed or killed run).
+pub fn clear_stale() -> Result<()> {
+    let mut dead = std::collections::BTreeSet::new();
+    let bpffs_names = fs::read_dir(BPFFS)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for name in netns_names()?.into_iter().chain(bpffs_names) {
+        if let Some(id) = stale_rig_id(&name) {
+            dead.insert(id);
+        }
+    }
+    for id in dead {
+        remove_rig(&id)?;
+    }
+    Ok(())
+}
+
+/// The rig id in `name` if it belongs to a rig whose process is dead.
+fn stale_rig_id(name: &str) -> Option<String> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let mut parts = rest.splitn(3, '-');
+    let pid: u32 = parts.next()?.parse().ok()?;
+    let seq: u32 = parts.next()?.parse().ok()?;
+    let alive = Path::new(&format!("/proc/{pid}")).exists();
+    (!alive).then(|| format!("{PREFIX}{pid}-{seq}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_ids_are_parsed_from_names() {
+        // PID 0 never names a live process in /proc.
+        assert_eq!(stale_rig_id("pnr-0-3-n1-p2"), Some("pnr-0-3".to_owned()));
+        assert_eq!(stale_rig_id("pnr-0-3"), Some("pnr-0-3".to_owned()));
+        assert_eq!(stale_rig_id("pnr-manual-n1"), None);
+        assert_eq!(stale_rig_id("other"), None);
+        let live = format!("pnr-{}-0-n1", std::process::id());
+        assert_eq!(stale_rig_id(&live), None);
+    }
+}

@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load and pin the datapath (again, to upgrade it in place), then exit.
-    Load,
+    Load(LoadArgs),
     /// Detach every program and remove the pin dir; traffic falls back to the kernel path.
     Unload,
     /// Check the datapath against the node; exits non-zero on any problem.
@@ -48,6 +48,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Capacity of the local-endpoint map (pod addresses on this node).
+    #[arg(long, value_name = "N")]
+    pub max_pods: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,8 +99,13 @@ pub struct PodDelArgs {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     let pins = PinDir::new(&cli.pin_dir);
     match cli.command {
-        Command::Load => {
-            let report = loader::load(&pins)?;
+        Command::Load(args) => {
+            let report = loader::load(
+                &pins,
+                &loader::LoadOptions {
+                    max_pods: args.max_pods,
+                },
+            )?;
             if report.mounted_bpffs {
                 println!("mounted bpffs at /sys/fs/bpf");
             }

@@ -54,6 +54,14 @@ const MAP_LAYOUTS: [MapLayout; 2] = [
     },
 ];
 
+/// What `load` may change about a new datapath.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Capacity of `local_endpoints`; the build's default when `None`. An
+    /// existing map keeps its size: resizing means `unload` first.
+    pub max_pods: Option<u32>,
+}
+
 #[derive(Debug)]
 pub struct LoadReport {
     pub mounted_bpffs: bool,
@@ -64,7 +72,10 @@ pub struct LoadReport {
 }
 
 /// Loads (or reloads) the datapath into `pins`.
-pub fn load(pins: &PinDir) -> Result<LoadReport> {
+pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
+    if options.max_pods == Some(0) {
+        bail!("--max-pods must be at least 1");
+    }
     let mounted_bpffs = ensure_bpffs(pins.root())?;
     for dir in [
         pins.root().to_path_buf(),
@@ -75,13 +86,14 @@ pub fn load(pins: &PinDir) -> Result<LoadReport> {
     }
     let _lock = pins.lock()?;
     check_pinned_layouts(pins)?;
+    check_pinned_capacity(pins, options)?;
 
     let new_map_pins: Vec<PathBuf> = MAP_LAYOUTS
         .iter()
         .map(|layout| pins.map(layout.name))
         .filter(|path| !path.exists())
         .collect();
-    let result = load_locked(pins);
+    let result = load_locked(pins, options);
     if result.is_err() {
         // Leave no maps behind that this failed attempt created.
         for path in &new_map_pins {
@@ -96,10 +108,13 @@ pub fn load(pins: &PinDir) -> Result<LoadReport> {
     })
 }
 
-fn load_locked(pins: &PinDir) -> Result<(bool, usize)> {
+fn load_locked(pins: &PinDir, options: &LoadOptions) -> Result<(bool, usize)> {
     let mut loader = EbpfLoader::new();
     for layout in &MAP_LAYOUTS {
         loader.map_pin_path(layout.name, pins.map(layout.name));
+    }
+    if let Some(max_pods) = options.max_pods {
+        loader.map_max_entries(map_names::LOCAL_ENDPOINTS, max_pods);
     }
     let mut ebpf = loader
         .load(ebpf_object())
@@ -186,6 +201,29 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
                     .unwrap_or_default(),
             );
         }
+    }
+    Ok(())
+}
+
+/// Refuses a `--max-pods` that differs from an existing map's capacity.
+fn check_pinned_capacity(pins: &PinDir, options: &LoadOptions) -> Result<()> {
+    let Some(wanted) = options.max_pods else {
+        return Ok(());
+    };
+    let path = pins.map(map_names::LOCAL_ENDPOINTS);
+    if !path.exists() {
+        return Ok(());
+    }
+    let capacity = MapData::from_pin(&path)
+        .and_then(|map| map.info())
+        .with_context(|| format!("reading pinned map {}", path.display()))?
+        .max_entries();
+    if capacity != wanted {
+        bail!(
+            "local_endpoints at {} holds up to {capacity} pods; it cannot be resized to {wanted} \
+             in place (`pod-net unload` first, which drops its entries)",
+            path.display()
+        );
     }
     Ok(())
 }

@@ -13,6 +13,7 @@
 //! have no route out of the rig, and the node namespaces have no link to the
 //! host's.
 use std::{
+    fmt::Write as _,
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -41,6 +42,9 @@ pub struct RigSpec {
     pub pod_mtu: Option<u32>,
     /// MTU of the underlay links; the kernel default (1500) when `None`.
     pub underlay_mtu: Option<u32>,
+    /// Keep IPv6 on. Off by default: link-local chatter (DAD, router
+    /// solicitations, MLD) would make packet counts inexact.
+    pub ipv6: bool,
 }
 
 impl Default for RigSpec {
@@ -50,6 +54,7 @@ impl Default for RigSpec {
             pods_per_node: 2,
             pod_mtu: None,
             underlay_mtu: None,
+            ipv6: false,
         }
     }
 }
@@ -152,7 +157,7 @@ impl Rig {
             }
             nodes => {
                 let switch = format!("{}-sw", self.id);
-                run("ip", ["netns", "add", &switch])?;
+                add_netns(&switch, spec)?;
                 self.switch = Some(switch.clone());
                 run(
                     "ip",
@@ -257,10 +262,20 @@ impl Node {
             pods: Vec::new(),
             netns,
         };
-        run("ip", ["netns", "add", &node.netns])?;
+        add_netns(&node.netns, spec)?;
         node.ip(&["link", "set", "lo", "up"])?;
         node.sysctl("net.ipv4.ip_forward", "1")?;
-        node.ip(&["link", "add", "cni0", "type", "bridge"])?;
+        // Like the bridge CNI plugin's cni0, minus multicast snooping: its
+        // IGMP reports would land in the pods and spoil exact packet counts.
+        node.ip(&[
+            "link",
+            "add",
+            "cni0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
         let gateway = format!("{}/24", node.gateway_ip);
         node.ip(&["addr", "add", &gateway, "dev", "cni0"])?;
         node.ip(&["link", "set", "cni0", "up"])?;
@@ -284,7 +299,7 @@ impl Node {
             mac: format!("02:00:0a:f4:{:02x}:{host_octet:02x}", self.index),
             host_veth: format!("veth-p{index}"),
         };
-        run("ip", ["netns", "add", &pod.netns])?;
+        add_netns(&pod.netns, spec)?;
         self.ip(&[
             "link",
             "add",
@@ -372,6 +387,33 @@ impl Node {
         self.pod_net(&["pod", "add", "--ip", &ip, "--veth", &pod.host_veth])
     }
 
+    /// Packet counts per reason, from `pod-net stats --json`.
+    pub fn counters(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let text = self.pod_net(&["stats", "--json"])?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).context("parsing pod-net stats --json")?;
+        let counters = json["counters"]
+            .as_object()
+            .context("stats --json has no counters object")?;
+        counters
+            .iter()
+            .map(|(name, value)| {
+                let packets = value["packets"]
+                    .as_u64()
+                    .with_context(|| format!("{name} has no packet count"))?;
+                Ok((name.clone(), packets))
+            })
+            .collect()
+    }
+
+    /// IDs of the TCX ingress programs on an interface of the node, as the
+    /// kernel reports them.
+    pub fn tcx_ingress_programs(&self, ifname: &str) -> Result<Vec<u32>> {
+        let binary = sibling_binary("pod-net-probe");
+        let text = self.exec(&[binary.to_str().unwrap_or("pod-net-probe"), "tcx", ifname])?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {text:?}"))
+    }
+
     /// RX and TX packet counters of an interface in the node namespace.
     pub fn link_packets(&self, ifname: &str) -> Result<LinkPackets> {
         link_packets(&self.command(&["ip", "-j", "-s", "link", "show", "dev", ifname]))
@@ -417,6 +459,79 @@ impl Pod {
             .spawn()
             .with_context(|| format!("starting {args:?} in {}", self.netns))?;
         Ok(Background { child })
+    }
+
+    /// Sends `frame` raw out of the pod's `eth0` (`AF_PACKET`), bypassing
+    /// the pod's stack: how tests put malformed frames on the wire.
+    pub fn inject(&self, frame: &[u8]) -> Result<()> {
+        let hex = frame.iter().fold(String::new(), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        });
+        let binary = sibling_binary("pod-net-probe");
+        self.exec(&[
+            binary.to_str().unwrap_or("pod-net-probe"),
+            "inject",
+            "eth0",
+            &hex,
+        ])
+        .map(drop)
+    }
+
+    /// Pins `other` in this pod's neighbour table, so no ARP runs during a
+    /// test that counts packets exactly.
+    pub fn pin_neighbour(&self, other: &Pod) -> Result<()> {
+        let ip = other.ip.to_string();
+        self.ip(&[
+            "neigh",
+            "replace",
+            &ip,
+            "lladdr",
+            &other.mac,
+            "nud",
+            "permanent",
+            "dev",
+            "eth0",
+        ])
+        .map(drop)
+    }
+
+    /// Waits (up to 5 s) until something in the pod listens on TCP `port`.
+    pub fn wait_listening(&self, port: u16) -> Result<()> {
+        let filter = format!("sport = :{port}");
+        for _ in 0..100 {
+            if !self.exec(&["ss", "-Hltn", &filter])?.trim().is_empty() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bail!("nothing listens on port {port} in {}", self.netns)
+    }
+
+    /// Starts an iperf3 server in the pod (one test, then it exits) and
+    /// waits until it listens.
+    pub fn iperf3_server(&self, extra: &[&str]) -> Result<Background> {
+        let mut args = vec!["iperf3", "-s", "-1"];
+        args.extend_from_slice(extra);
+        let server = self.spawn(&args)?;
+        self.wait_listening(5201)?;
+        Ok(server)
+    }
+
+    /// Runs an iperf3 client against `server` with `extra` arguments and
+    /// returns its JSON report, failing on any error iperf3 reports.
+    pub fn iperf3_client(&self, server: Ipv4Addr, extra: &[&str]) -> Result<serde_json::Value> {
+        let server = server.to_string();
+        let mut args = vec!["iperf3", "-c", server.as_str(), "-J"];
+        args.extend_from_slice(extra);
+        // iperf3 -J can exit 0 with an "error" in the report.
+        let text = self.exec(&args)?;
+        let report: serde_json::Value =
+            serde_json::from_str(&text).context("parsing iperf3 -J output")?;
+        if let Some(error) = report.get("error") {
+            bail!("iperf3 failed: {error}");
+        }
+        Ok(report)
     }
 
     /// RX and TX packet counters of the pod's `eth0`.
@@ -474,13 +589,40 @@ pub fn pod_net_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("POD_NET_BIN") {
         return PathBuf::from(path);
     }
+    sibling_binary("pod-net")
+}
+
+/// A workspace binary next to the running executable, or its bare name.
+fn sibling_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     exe.ancestors()
         .skip(1)
         .take(2)
-        .map(|dir| dir.join("pod-net"))
+        .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| PathBuf::from("pod-net"))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Creates a namespace, with IPv6 off unless the spec wants it.
+fn add_netns(name: &str, spec: &RigSpec) -> Result<()> {
+    run("ip", ["netns", "add", name])?;
+    if !spec.ipv6 {
+        for key in ["all", "default"] {
+            run(
+                "ip",
+                [
+                    "netns",
+                    "exec",
+                    name,
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
+                ],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Namespace names currently present.

@@ -1,0 +1,247 @@
+//! Bad input to the `pod-net` CLI: one clear line naming what was wrong, a
+//! non-zero exit, and nothing half-written or lost.
+use std::process::Output;
+
+use pod_net_tests::{Node, Rig, RigSpec, cmd::output_of, privileges::require_root};
+
+fn rig() -> Rig {
+    Rig::build(&RigSpec::default()).expect("build rig")
+}
+
+fn pod_net(node: &Node, args: &[&str]) -> Output {
+    output_of(&mut node.pod_net_command(args)).unwrap()
+}
+
+/// Asserts a failed run: exit code, and a single stderr line containing
+/// `needle`.
+fn assert_fails(output: &Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+}
+
+fn assert_one_line_error(output: &Output, needle: &str) {
+    assert_fails(output, 1, needle);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
+    assert!(stderr.starts_with("pod-net: error: "), "{stderr:?}");
+}
+
+fn pod_ips(node: &Node) -> Vec<String> {
+    let text = node.pod_net(&["pod", "list", "--json"]).unwrap();
+    let pods: serde_json::Value = serde_json::from_str(&text).unwrap();
+    pods.as_array()
+        .unwrap()
+        .iter()
+        .map(|pod| pod["ip"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn link_pins(node: &Node) -> usize {
+    std::fs::read_dir(node.pin_dir.join("links"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn commands_on_a_pin_dir_that_was_never_loaded() {
+    if !require_root("commands_on_a_pin_dir_that_was_never_loaded") {
+        return;
+    }
+    let rig = rig();
+    let node = rig.node(1);
+    let pod = rig.pod(1, 1);
+    let ip = pod.ip.to_string();
+    for args in [
+        vec!["pod", "list"],
+        vec!["pod", "add", "--ip", &ip, "--veth", &pod.host_veth],
+        vec!["pod", "del", "--ip", &ip],
+        vec!["stats"],
+    ] {
+        assert_one_line_error(&pod_net(node, &args), "pod-net is not loaded at");
+    }
+    assert_one_line_error(&pod_net(node, &["unload"]), "is not loaded at");
+    let status = pod_net(node, &["status"]);
+    assert_eq!(status.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("not loaded"));
+    assert!(
+        !node.pin_dir.exists(),
+        "a failed command created the pin dir"
+    );
+}
+
+#[test]
+fn pod_add_with_bad_interfaces_leaves_no_state() {
+    if !require_root("pod_add_with_bad_interfaces_leaves_no_state") {
+        return;
+    }
+    let rig = rig();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let ip = rig.pod(1, 1).ip.to_string();
+
+    let missing = pod_net(node, &["pod", "add", "--ip", &ip, "--veth", "nosuch0"]);
+    assert_one_line_error(&missing, "no interface named \"nosuch0\"");
+    let bridge = pod_net(node, &["pod", "add", "--ip", &ip, "--veth", "cni0"]);
+    assert_one_line_error(&bridge, "interface \"cni0\" is not a veth");
+
+    assert!(pod_ips(node).is_empty());
+    assert_eq!(link_pins(node), 0);
+}
+
+#[test]
+fn malformed_values_are_named() {
+    if !require_root("malformed_values_are_named") {
+        return;
+    }
+    let rig = rig();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let veth = rig.pod(1, 1).host_veth.as_str();
+
+    let bad_ip = pod_net(
+        node,
+        &["pod", "add", "--ip", "10.244.1.300", "--veth", veth],
+    );
+    assert_fails(&bad_ip, 2, "invalid value '10.244.1.300' for '--ip <IP>'");
+    let bad_mac = pod_net(
+        node,
+        &[
+            "pod",
+            "add",
+            "--ip",
+            "10.244.1.2",
+            "--veth",
+            veth,
+            "--mac",
+            "02:00:zz:00:00:01",
+        ],
+    );
+    assert_fails(&bad_mac, 2, "invalid MAC address \"02:00:zz:00:00:01\"");
+    let multicast_mac = pod_net(
+        node,
+        &[
+            "pod",
+            "add",
+            "--ip",
+            "10.244.1.2",
+            "--veth",
+            veth,
+            "--mac",
+            "01:00:5e:00:00:01",
+        ],
+    );
+    assert_one_line_error(
+        &multicast_mac,
+        "pod MAC 01:00:5e:00:00:01 is not a unicast address",
+    );
+    let long_id = "x".repeat(65);
+    let long = pod_net(
+        node,
+        &[
+            "pod",
+            "add",
+            "--ip",
+            "10.244.1.2",
+            "--veth",
+            veth,
+            "--id",
+            &long_id,
+        ],
+    );
+    assert_one_line_error(&long, "is longer than 64 bytes");
+    assert!(pod_ips(node).is_empty());
+    assert_eq!(link_pins(node), 0);
+}
+
+#[test]
+fn a_full_map_refuses_the_next_pod_and_keeps_the_others() {
+    if !require_root("a_full_map_refuses_the_next_pod_and_keeps_the_others") {
+        return;
+    }
+    let rig = rig();
+    let node = rig.node(1);
+    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
+    node.pod_net(&["load", "--max-pods", "1"]).unwrap();
+    node.register(a).unwrap();
+
+    let full = pod_net(
+        node,
+        &[
+            "pod",
+            "add",
+            "--ip",
+            &b.ip.to_string(),
+            "--veth",
+            &b.host_veth,
+        ],
+    );
+    assert_one_line_error(&full, "local_endpoints is full (1 entries)");
+    assert_eq!(pod_ips(node), [a.ip.to_string()]);
+    // The attach made for B was rolled back.
+    assert!(node.tcx_ingress_programs(&b.host_veth).unwrap().is_empty());
+    assert_eq!(node.tcx_ingress_programs(&a.host_veth).unwrap().len(), 1);
+    assert_eq!(link_pins(node), 1);
+
+    let resize = pod_net(node, &["load", "--max-pods", "8"]);
+    assert_one_line_error(&resize, "cannot be resized to 8 in place");
+    assert_eq!(pod_ips(node), [a.ip.to_string()]);
+}
+
+#[test]
+fn conflicting_and_unknown_pods_change_nothing() {
+    if !require_root("conflicting_and_unknown_pods_change_nothing") {
+        return;
+    }
+    let rig = rig();
+    let node = rig.node(1);
+    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
+    node.load_and_register().unwrap();
+    let before = node.pod_net(&["pod", "list", "--json"]).unwrap();
+
+    // A's address claimed from B's veth.
+    let conflict = pod_net(
+        node,
+        &[
+            "pod",
+            "add",
+            "--ip",
+            &a.ip.to_string(),
+            "--veth",
+            &b.host_veth,
+        ],
+    );
+    assert_one_line_error(&conflict, "is already registered on ifindex");
+    let unknown = pod_net(node, &["pod", "del", "--ip", "10.244.1.99"]);
+    assert_one_line_error(&unknown, "no pod with IP 10.244.1.99 is registered");
+    let unknown_id = pod_net(node, &["pod", "del", "--id", "nope"]);
+    assert_one_line_error(&unknown_id, "no pod with container ID \"nope\"");
+
+    assert_eq!(node.pod_net(&["pod", "list", "--json"]).unwrap(), before);
+    // Registering the same pod again is a no-op.
+    let again = node.register(a).unwrap();
+    assert!(again.contains("already registered"), "{again}");
+    assert_eq!(node.pod_net(&["pod", "list", "--json"]).unwrap(), before);
+}
+
+#[test]
+fn a_pin_dir_off_bpffs_is_refused() {
+    if !require_root("a_pin_dir_off_bpffs_is_refused") {
+        return;
+    }
+    let rig = rig();
+    let node = rig.node(1);
+    let dir = std::env::temp_dir().join(format!("{}-not-bpffs", rig.id()));
+    let output = output_of(
+        node.command(&[
+            pod_net_tests::rig::pod_net_binary().to_str().unwrap(),
+            "--pin-dir",
+            dir.to_str().unwrap(),
+            "load",
+        ])
+        .env_clear(),
+    )
+    .unwrap();
+    assert_one_line_error(&output, "is not on a bpf filesystem");
+    assert!(!dir.exists());
+}

@@ -239,6 +239,36 @@ impl Rig {
     pub fn pods(&self) -> impl Iterator<Item = &Pod> {
         self.nodes.iter().flat_map(|node| node.pods.iter())
     }
+
+    /// Two namespaces joined by a bare veth pair, 10.99.0.1 and .2: the
+    /// physical limit a pod path is measured against. Torn down with the rig.
+    pub fn direct_pair(&self) -> Result<(Pod, Pod)> {
+        let spec = RigSpec::default();
+        let ends: Vec<Pod> = (1..=2u8)
+            .map(|index| Pod {
+                node: 0,
+                index,
+                netns: format!("{}-d{index}", self.id),
+                ip: Ipv4Addr::new(10, 99, 0, index),
+                mac: format!("02:00:0a:63:00:{index:02x}"),
+                host_veth: String::new(),
+            })
+            .collect();
+        for end in &ends {
+            add_netns(&end.netns, &spec)?;
+        }
+        let (a, b) = (&ends[0], &ends[1]);
+        a.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.netns,
+        ])?;
+        for end in &ends {
+            end.ip(&["link", "set", "lo", "up"])?;
+            end.ip(&["link", "set", "eth0", "address", &end.mac])?;
+            end.ip(&["addr", "add", &format!("{}/24", end.ip), "dev", "eth0"])?;
+            end.ip(&["link", "set", "eth0", "up"])?;
+        }
+        Ok((ends[0].clone(), ends[1].clone()))
+    }
 }
 
 impl Drop for Rig {

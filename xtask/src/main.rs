@@ -1,5 +1,6 @@
 //! `cargo xtask`: the two commands a newcomer needs (`demo`, `test`) and the
 //! ones behind them.
+mod bench;
 mod demo;
 mod install;
 mod run;
@@ -35,6 +36,8 @@ enum Command {
         #[command(subcommand)]
         action: RigAction,
     },
+    /// Measure pod-net against the kernel path, side by side in one run.
+    Bench(bench::BenchArgs),
     /// Put `pod-net` on PATH and `pod-net-cni` in the CNI bin dir.
     Install {
         #[arg(long, default_value = "/usr/local/bin")]
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
         Command::Demo => setup::run().and_then(|()| demo::run()),
         Command::Test { args } => setup::run().and_then(|()| test::run(&args)),
         Command::Rig { action } => rig(&action),
+        Command::Bench(args) => setup::run().and_then(|()| bench::run(&args)),
         Command::Install {
             bin_dir,
             cni_bin_dir,

@@ -1,0 +1,60 @@
+//! `cargo xtask bench`: pod-net against the kernel path it replaces, both
+//! measured in the same run. Results go to target/bench/ as JSON and
+//! Markdown. Benchmarks are not tests: nothing here asserts a timing.
+mod measure;
+mod report;
+mod same_node;
+mod testrun;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+
+use crate::run::{cargo, show, workspace_root};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Suite {
+    SameNode,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Which benchmark to run.
+    #[arg(value_enum, default_value = "same-node")]
+    pub suite: Suite,
+    /// Rounds per path; each round measures every path once.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Seconds per TCP run (UDP and latency runs take 3).
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u32,
+}
+
+pub struct BenchOptions {
+    pub rounds: usize,
+    pub durations: measure::Durations,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    println!("bench: building pod-net (release)");
+    show(&mut cargo(&["build", "--release", "--bins"]))?;
+    // SAFETY: single-threaded here; the rig reads it to find the binary.
+    unsafe {
+        std::env::set_var(
+            "POD_NET_BIN",
+            workspace_root().join("target/release/pod-net"),
+        );
+    }
+    let options = BenchOptions {
+        rounds: args.rounds.max(1),
+        durations: measure::Durations {
+            tcp: args.seconds,
+            udp: 3,
+            latency: 3,
+        },
+    };
+    let (report, name) = match args.suite {
+        Suite::SameNode => (same_node::run(&options)?, "same-node"),
+    };
+    println!("\n{}", report.to_markdown());
+    report.write(&workspace_root().join("target/bench"), name)
+}

@@ -5,21 +5,29 @@
 //! field names from BTF.
 #![no_std]
 
+pub mod config;
 pub mod endpoint;
 pub mod reason;
+pub mod remote;
 
+pub use config::Config;
 pub use endpoint::{Endpoint, EndpointKey};
 pub use reason::{Counter, Reason};
+pub use remote::{RemoteAddr, RemoteNode};
 
 /// Names of the maps as the eBPF object defines them and as they are pinned
 /// under the pin dir.
 pub mod map_names {
     pub const LOCAL_ENDPOINTS: &str = "local_endpoints";
     pub const COUNTERS: &str = "counters";
+    pub const REMOTE_NODES: &str = "remote_nodes";
+    pub const CONFIG: &str = "config";
 }
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {
     /// TC ingress of a pod's host-side veth: the packets the pod sends.
     pub const POD_EGRESS: &str = "pod_egress";
+    /// TC ingress of the underlay interface: VXLAN from other nodes.
+    pub const UNDERLAY_INGRESS: &str = "underlay_ingress";
 }

@@ -83,6 +83,26 @@ reasons! {
     PassMalformed = 4, "pass_malformed";
     /// Routed packet with TTL <= 1: handed to the kernel, which sends ICMP time exceeded.
     PassTtlExceeded = 5, "pass_ttl_exceeded";
+    /// VXLAN-encapsulated in BPF and sent to the node hosting the destination.
+    Encap = 6, "encap";
+    /// VXLAN from another node, decapsulated and delivered into a pod on this node.
+    Decap = 7, "decap";
+    /// Too big for the underlay with the don't-fragment bit: the kernel answers ICMP fragmentation needed.
+    PassFragNeeded = 8, "pass_frag_needed";
+    /// Too big for the underlay without don't-fragment: the kernel fragments it into the tunnel device.
+    PassFragment = 9, "pass_fragment";
+    /// Underlay traffic that is not VXLAN for this node: handed to the kernel untouched.
+    PassNotVxlan = 10, "pass_not_vxlan";
+    /// A fragment of an outer VXLAN packet: the kernel reassembles and decapsulates it.
+    PassOuterFragment = 11, "pass_outer_fragment";
+    /// VXLAN whose inner destination is not a pod on this node: the kernel's tunnel device takes it.
+    PassInnerNotLocal = 12, "pass_inner_not_local";
+    /// VXLAN to this node's port with a VNI it does not serve: dropped.
+    DropVni = 13, "drop_vni";
+    /// VXLAN to this node's port with truncated or invalid headers: dropped.
+    DropMalformed = 14, "drop_malformed";
+    /// Making room for, or stripping, tunnel headers failed: handed to the kernel as it was.
+    PassResizeFailed = 15, "pass_resize_failed";
 }
 
 /// Number of reasons; the size of the `counters` map.

@@ -6,18 +6,33 @@
 #![no_main]
 
 mod counters;
+mod csum;
+mod decap;
 mod egress;
+mod encap;
 mod maps;
 mod parse;
 mod redirect;
+mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
 /// TC ingress of a pod's host-side veth: every packet the pod sends.
 #[classifier]
 pub fn pod_egress(ctx: TcContext) -> i32 {
+    // Bytes are counted as the packet arrived, before any encapsulation.
+    let len = ctx.len();
     let verdict = egress::decide_and_act(&ctx);
-    counters::count(verdict.reason, ctx.len());
+    counters::count(verdict.reason, len);
+    verdict.action
+}
+
+/// TC ingress of the underlay interface: VXLAN from other nodes.
+#[classifier]
+pub fn underlay_ingress(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    let verdict = decap::decide_and_act(&ctx);
+    counters::count(verdict.reason, len);
     verdict.action
 }
 

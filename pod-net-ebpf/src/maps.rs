@@ -1,17 +1,28 @@
 //! The BPF maps. BTF-defined so `bpftool map dump` prints field names; the
 //! loader pins them under the pin dir with the same names.
 use aya_ebpf::{
-    btf_maps::{HashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
     macros::btf_map,
 };
-use pod_net_common::{Counter, Endpoint, EndpointKey, reason::REASON_COUNT};
+use pod_net_common::{
+    Config, Counter, Endpoint, EndpointKey, RemoteAddr, RemoteNode, reason::REASON_COUNT,
+};
 
-/// Default capacity; `pod-net load` can override it before the map exists.
+/// Default capacities; `pod-net load` can set others before the maps exist.
 pub const LOCAL_ENDPOINTS_MAX: usize = 65536;
+pub const REMOTE_NODES_MAX: usize = 1_114_112;
 
 /// Pod IP -> the pod's host veth and MACs, for pods on this node.
 #[btf_map(name = "local_endpoints")]
 pub static LOCAL_ENDPOINTS: HashMap<EndpointKey, Endpoint, LOCAL_ENDPOINTS_MAX> = HashMap::new();
+
+/// Pod prefix -> the node hosting it. Longest prefix wins: a /32 pins one pod.
+#[btf_map(name = "remote_nodes")]
+pub static REMOTE_NODES: LpmTrie<RemoteAddr, RemoteNode, REMOTE_NODES_MAX> = LpmTrie::new();
+
+/// Node settings (index 0), written by `pod-net load`.
+#[btf_map(name = "config")]
+pub static CONFIG: Array<Config, 1> = Array::new();
 
 /// Packets and bytes per reason, per CPU.
 #[btf_map(name = "counters")]

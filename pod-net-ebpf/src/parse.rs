@@ -3,6 +3,8 @@ use aya_ebpf::programs::TcContext;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 pub const ETH_P_IP: u16 = 0x0800;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 
 /// A pointer to a `T` at `offset` into the packet's linear data, if the
 /// whole `T` lies inside it. The check is the one the verifier needs.
@@ -34,6 +36,15 @@ pub fn ensure_linear(ctx: &TcContext, len: usize) -> Result<(), ()> {
 pub struct Ipv4Packet {
     pub eth: *mut EthHdr,
     pub ip: *mut Ipv4Hdr,
+}
+
+impl Ipv4Packet {
+    /// Length of the IPv4 header, options included.
+    #[inline(always)]
+    pub fn ip_header_len(&self) -> usize {
+        // SAFETY: the header was bounds-checked by `parse_l2_l3`.
+        usize::from(unsafe { (*self.ip).vihl } & 0x0f) * 4
+    }
 }
 
 /// What the L2/L3 parse found.
@@ -69,23 +80,33 @@ pub fn parse_l2_l3(ctx: &TcContext) -> Parsed {
         return Parsed::Malformed;
     }
     // `pull_data` may move the packet: take fresh pointers.
-    let (Some(eth), Some(ip)) = (
-        ptr_at::<EthHdr>(ctx, 0),
-        ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN),
-    ) else {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::Malformed;
     };
-    // SAFETY: `ptr_at` checked the bounds.
-    let (vihl, tot_len) = unsafe { ((*ip).vihl, u16::from_be_bytes((*ip).tot_len)) };
-    let header_len = u32::from(vihl & 0x0f) * 4;
-    let frame_ip_len = ctx.len().saturating_sub(EthHdr::LEN as u32);
-    // BIG TCP GSO packets over 64 KiB carry a total length of 0.
-    let big_tcp = tot_len == 0 && frame_ip_len > u32::from(u16::MAX);
-    if vihl >> 4 != 4
-        || header_len < Ipv4Hdr::LEN as u32
-        || (!big_tcp && (u32::from(tot_len) < header_len || u32::from(tot_len) > frame_ip_len))
-    {
-        return Parsed::Malformed;
+    match valid_ipv4_at(ctx, EthHdr::LEN) {
+        Some(ip) => Parsed::Ipv4(Ipv4Packet { eth, ip }),
+        None => Parsed::Malformed,
     }
-    Parsed::Ipv4(Ipv4Packet { eth, ip })
+}
+
+/// The IPv4 header at `offset` if it is whole and sane.
+#[inline(always)]
+pub fn valid_ipv4_at(ctx: &TcContext, offset: usize) -> Option<*mut Ipv4Hdr> {
+    let ip = ptr_at::<Ipv4Hdr>(ctx, offset)?;
+    // SAFETY: `ptr_at` checked the bounds.
+    let sane = ipv4_header_is_sane(unsafe { &*ip }, ctx.len().saturating_sub(offset as u32));
+    sane.then_some(ip)
+}
+
+/// Version 4, an IHL of at least 5 words, and a total length between the
+/// header and the `available` bytes the frame has from the header on.
+#[inline(always)]
+pub fn ipv4_header_is_sane(ip: &Ipv4Hdr, available: u32) -> bool {
+    let tot_len = u32::from(u16::from_be_bytes(ip.tot_len));
+    let header_len = u32::from(ip.vihl & 0x0f) * 4;
+    // BIG TCP GSO packets over 64 KiB carry a total length of 0.
+    let big_tcp = tot_len == 0 && available > u32::from(u16::MAX);
+    ip.vihl >> 4 == 4
+        && header_len >= Ipv4Hdr::LEN as u32
+        && (big_tcp || (tot_len >= header_len && tot_len <= available))
 }

@@ -1,5 +1,5 @@
-//! Attaching the pinned `pod_egress` program to a pod's host veth with TCX,
-//! and pinning the link so it outlives the process that made it.
+//! Attaching pinned programs to interfaces with TCX, and pinning the links
+//! so they outlive the process that made them.
 use std::{fs, io};
 
 use anyhow::{Context as _, Result};
@@ -8,7 +8,6 @@ use aya::programs::{
     links::FdLink,
     tc::{TcAttachOptions, TcAttachType},
 };
-use pod_net_common::program_names;
 
 use crate::{netdev::Link, pins::PinDir};
 
@@ -19,36 +18,37 @@ pub enum Attached {
     AlreadyThere,
 }
 
-/// Attaches `pod_egress` to the TC ingress of `veth` (the packets its pod
-/// sends), unless a link pinned for this ifindex already exists.
-pub fn attach_pod_egress(pins: &PinDir, veth: &Link) -> Result<Attached> {
-    if pins.pinned_link(veth.index)?.is_some() {
+/// Attaches the pinned `program` to the TC ingress of `link`, unless a link
+/// of it pinned for this ifindex already exists.
+pub fn attach(pins: &PinDir, program: &str, link: &Link) -> Result<Attached> {
+    if pins.pinned_link(program, link.index)?.is_some() {
         return Ok(Attached::AlreadyThere);
     }
-    fs::create_dir_all(pins.links_dir())
-        .with_context(|| format!("creating {}", pins.links_dir().display()))?;
-    let program_path = pins.program(program_names::POD_EGRESS);
-    let mut program = SchedClassifier::from_pin(&program_path)
+    let links_dir = pins.program_links_dir(program);
+    fs::create_dir_all(&links_dir).with_context(|| format!("creating {}", links_dir.display()))?;
+    let program_path = pins.program(program);
+    let mut classifier = SchedClassifier::from_pin(&program_path)
         .with_context(|| format!("opening pinned program {}", program_path.display()))?;
-    let link_id = program
+    let link_id = classifier
         .attach_with_options(
-            &veth.name,
+            &link.name,
             TcAttachType::Ingress,
             TcAttachOptions::TcxOrder(LinkOrder::default()),
         )
-        .with_context(|| format!("attaching pod_egress to {} with TCX", veth.name))?;
-    let link = program.take_link(link_id)?;
-    let link = FdLink::try_from(link).context("TCX attach returned a non-fd link")?;
-    let link_path = pins.link(veth.index, &veth.name);
-    link.pin(&link_path)
+        .with_context(|| format!("attaching {program} to {} with TCX", link.name))?;
+    let fd_link = FdLink::try_from(classifier.take_link(link_id)?)
+        .context("TCX attach returned a non-fd link")?;
+    let link_path = pins.link(program, link.index, &link.name);
+    fd_link
+        .pin(&link_path)
         .with_context(|| format!("pinning link {}", link_path.display()))?;
     Ok(Attached::New)
 }
 
-/// Removes the pinned link on `ifindex`, which detaches the program there.
+/// Removes `program`'s pinned link on `ifindex`, which detaches it there.
 /// Returns whether there was one.
-pub fn detach(pins: &PinDir, ifindex: u32) -> Result<bool> {
-    let Some(link) = pins.pinned_link(ifindex)? else {
+pub fn detach(pins: &PinDir, program: &str, ifindex: u32) -> Result<bool> {
+    let Some(link) = pins.pinned_link(program, ifindex)? else {
         return Ok(false);
     };
     match fs::remove_file(&link.path) {
@@ -58,10 +58,10 @@ pub fn detach(pins: &PinDir, ifindex: u32) -> Result<bool> {
     }
 }
 
-/// Whether the pinned `pod_egress` program is among the TCX ingress
-/// programs of `ifname` right now.
-pub fn is_attached(pins: &PinDir, ifname: &str) -> Result<bool> {
-    let program_path = pins.program(program_names::POD_EGRESS);
+/// Whether the pinned `program` is among the TCX ingress programs of
+/// `ifname` right now.
+pub fn is_attached(pins: &PinDir, program: &str, ifname: &str) -> Result<bool> {
+    let program_path = pins.program(program);
     let ours = ProgramInfo::from_pin(&program_path)
         .with_context(|| format!("reading {}", program_path.display()))?
         .id();

@@ -1,15 +1,21 @@
 //! The `pod-net` command line. Names follow the design's CLI contract:
 //! scripts and tests depend on them.
-use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    cidr::Cidr,
     endpoints::{self, AddOutcome, PodSpec},
-    loader,
+    loader::{self, LoadOptions, LoadReport, UnderlayOptions},
     mac::MacAddr,
     pins::{DEFAULT_PIN_DIR, PinDir},
+    remotes::{self, NodeSpec},
     stats::Totals,
     status, table,
 };
@@ -43,6 +49,9 @@ pub enum Command {
     /// Register, remove and list the pods on this node.
     #[command(subcommand)]
     Pod(PodCommand),
+    /// Add, remove and list remote nodes and the pod prefixes they host.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Packet and byte counters per reason.
     Stats {
         #[arg(long)]
@@ -55,6 +64,48 @@ pub struct LoadArgs {
     /// Capacity of the local-endpoint map (pod addresses on this node).
     #[arg(long, value_name = "N")]
     pub max_pods: Option<u32>,
+    /// The interface VXLAN to and from other nodes goes through.
+    #[arg(long, value_name = "IFACE", requires = "node_ip")]
+    pub underlay: Option<String>,
+    /// This node's address on the underlay: the outer source of its VXLAN.
+    #[arg(long, value_name = "IPV4", requires = "underlay")]
+    pub node_ip: Option<Ipv4Addr>,
+    /// VXLAN network identifier (flannel's default is 1).
+    #[arg(long, default_value_t = 1, requires = "underlay")]
+    pub vni: u32,
+    /// VXLAN UDP port (flannel's default is 8472; IANA's is 4789).
+    #[arg(long, default_value_t = 8472, requires = "underlay")]
+    pub vxlan_port: u16,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Send a pod prefix (a node's pod CIDR, or one pod as /32) to a node.
+    Add(NodeAddArgs),
+    /// Stop sending a prefix anywhere.
+    Del {
+        #[arg(long)]
+        cidr: Cidr,
+    },
+    /// List the remote prefixes and their nodes.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct NodeAddArgs {
+    /// The pod prefix, like 10.244.2.0/24; a /32 pins a single pod.
+    #[arg(long)]
+    pub cidr: Cidr,
+    /// The node's underlay address.
+    #[arg(long, value_name = "IPV4")]
+    pub node_ip: Ipv4Addr,
+    /// The node's VXLAN endpoint MAC, for nodes that check it (flannel's
+    /// `VtepMAC`). pod-net nodes derive it from the node IP.
+    #[arg(long, value_name = "MAC")]
+    pub vtep_mac: Option<MacAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,31 +151,29 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let pins = PinDir::new(&cli.pin_dir);
     match cli.command {
         Command::Load(args) => {
-            let report = loader::load(
-                &pins,
-                &loader::LoadOptions {
-                    max_pods: args.max_pods,
-                },
-            )?;
-            if report.mounted_bpffs {
-                println!("mounted bpffs at /sys/fs/bpf");
-            }
-            if report.replaced {
-                println!(
-                    "replaced the datapath at {} in place ({} link(s) updated, maps kept)",
-                    pins.root().display(),
-                    report.links_updated
-                );
-            } else {
-                println!("loaded the datapath at {}", pins.root().display());
-            }
+            let options = LoadOptions {
+                max_pods: args.max_pods,
+                underlay: args.underlay.zip(args.node_ip).map(|(ifname, node_ip)| {
+                    UnderlayOptions {
+                        ifname,
+                        node_ip,
+                        vni: args.vni,
+                        vxlan_port: args.vxlan_port,
+                    }
+                }),
+            };
+            print_load_report(&pins, &loader::load(&pins, &options)?);
         }
         Command::Unload => {
             let report = loader::unload(&pins)?;
             println!(
-                "unloaded {} ({} attachment(s) removed)",
+                "unloaded {} ({} attachment(s) removed{})",
                 pins.root().display(),
-                report.links_removed
+                report.links_removed,
+                report
+                    .tunnel_device
+                    .map(|device| format!(", {device} deleted"))
+                    .unwrap_or_default()
             );
         }
         Command::Status { json } => {
@@ -139,6 +188,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Pod(command) => run_pod(&pins, command)?,
+        Command::Node(command) => run_node(&pins, command)?,
         Command::Stats { json } => {
             let totals = Totals::read(&pins)?;
             if json {
@@ -151,6 +201,89 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn print_load_report(pins: &PinDir, report: &LoadReport) {
+    if report.mounted_bpffs {
+        println!("mounted bpffs at /sys/fs/bpf");
+    }
+    if report.replaced {
+        println!(
+            "replaced the datapath at {} in place ({} link(s) updated, maps kept)",
+            pins.root().display(),
+            report.links_updated
+        );
+    } else {
+        println!("loaded the datapath at {}", pins.root().display());
+    }
+    if let Some(underlay) = &report.underlay {
+        println!(
+            "cross-node: VXLAN VNI {} port {} via {} from {} (VTEP MAC {}, kernel path {})",
+            underlay.vni,
+            underlay.vxlan_port,
+            underlay.ifname,
+            underlay.node_ip,
+            underlay.vtep_mac,
+            underlay.tunnel_device
+        );
+    }
+    for warning in &report.warnings {
+        eprintln!("pod-net: warning: {warning}");
+    }
+}
+
+fn run_node(pins: &PinDir, command: NodeCommand) -> Result<()> {
+    match command {
+        NodeCommand::Add(args) => {
+            let spec = NodeSpec {
+                cidr: args.cidr,
+                node_ip: args.node_ip,
+                vtep_mac: args.vtep_mac,
+            };
+            match remotes::add(pins, &spec)? {
+                remotes::AddOutcome::Added => {
+                    println!("added {} via node {}", spec.cidr, spec.node_ip);
+                }
+                remotes::AddOutcome::Unchanged => {
+                    println!("{} via node {} is already there", spec.cidr, spec.node_ip);
+                }
+            }
+        }
+        NodeCommand::Del { cidr } => {
+            let removed = remotes::del(pins, cidr)?;
+            println!(
+                "removed {} (was via node {})",
+                removed.cidr, removed.node_ip
+            );
+        }
+        NodeCommand::List { json } => {
+            let nodes = remotes::list(pins)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                let rows: Vec<Vec<String>> = nodes
+                    .iter()
+                    .map(|node| {
+                        vec![
+                            node.cidr.to_string(),
+                            node.node_ip.to_string(),
+                            format!(
+                                "{}{}",
+                                node.vtep_mac,
+                                if node.vtep_mac_given {
+                                    ""
+                                } else {
+                                    " (derived)"
+                                }
+                            ),
+                        ]
+                    })
+                    .collect();
+                print!("{}", table::render(&["CIDR", "NODE IP", "VTEP MAC"], &rows));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
     match command {
         PodCommand::Add(args) => {
@@ -161,11 +294,15 @@ fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
                 container_id: args.container_id,
                 pod_ifname: String::new(),
             };
-            match endpoints::add(pins, &spec)? {
+            let added = endpoints::add(pins, &spec)?;
+            match added.outcome {
                 AddOutcome::Added => println!("added pod {} on {}", args.ip, spec.veth),
                 AddOutcome::Unchanged => {
                     println!("pod {} on {} is already registered", args.ip, spec.veth);
                 }
+            }
+            if let Some(warning) = added.mtu_warning {
+                eprintln!("pod-net: warning: {warning}");
             }
         }
         PodCommand::Del(args) => {

@@ -2,8 +2,10 @@
 use std::net::IpAddr;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, Map, MapData, MapError, MapInfo, PerCpuArray};
-use pod_net_common::{Counter, Endpoint, EndpointKey, Reason, map_names};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray};
+use pod_net_common::{
+    Config, Counter, Endpoint, EndpointKey, Reason, RemoteAddr, RemoteNode, map_names,
+};
 
 use crate::pins::PinDir;
 
@@ -12,6 +14,10 @@ pub struct Datapath {
     pub endpoints: HashMap<MapData, EndpointKey, Endpoint>,
     /// Capacity of `local_endpoints`, as created.
     pub endpoints_capacity: u32,
+    pub remotes: LpmTrie<MapData, RemoteAddr, RemoteNode>,
+    /// Capacity of `remote_nodes`, as created.
+    pub remotes_capacity: u32,
+    pub config: Array<MapData, Config>,
     pub counters: PerCpuArray<MapData, Counter>,
 }
 
@@ -20,16 +26,30 @@ impl Datapath {
     pub fn open(pins: &PinDir) -> Result<Self> {
         pins.require_loaded()?;
         let (endpoints, endpoints_info) = open_map(pins, map_names::LOCAL_ENDPOINTS)?;
+        let (remotes, remotes_info) = open_map(pins, map_names::REMOTE_NODES)?;
+        let (config, _) = open_map(pins, map_names::CONFIG)?;
         let (counters, _) = open_map(pins, map_names::COUNTERS)?;
         Ok(Self {
             endpoints: endpoints
                 .try_into()
                 .context("local_endpoints has an unexpected layout")?,
             endpoints_capacity: endpoints_info.max_entries(),
+            remotes: remotes
+                .try_into()
+                .context("remote_nodes has an unexpected layout")?,
+            remotes_capacity: remotes_info.max_entries(),
+            config: config
+                .try_into()
+                .context("config has an unexpected layout")?,
             counters: counters
                 .try_into()
                 .context("counters has an unexpected layout")?,
         })
+    }
+
+    /// The node settings `load` wrote.
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).context("reading config")
     }
 
     /// Every local endpoint, sorted by address.

@@ -7,12 +7,14 @@ use aya::maps::MapError;
 use pod_net_common::{
     Endpoint, EndpointKey,
     endpoint::{CONTAINER_ID_LEN, IFNAME_LEN},
+    program_names,
 };
 use serde::Serialize;
 
 use crate::{
     attach::{self, Attached},
     datapath::{Datapath, endpoint_ip, endpoint_key},
+    loader,
     mac::MacAddr,
     netdev::{self, Link},
     pins::PinDir,
@@ -36,6 +38,14 @@ pub enum AddOutcome {
     Unchanged,
 }
 
+/// What `add` did, and what it noticed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Added {
+    pub outcome: AddOutcome,
+    /// Set when the pod's MTU plus VXLAN exceeds the underlay's.
+    pub mtu_warning: Option<String>,
+}
+
 /// One registered pod address, as `pod list` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PodEntry {
@@ -51,7 +61,7 @@ pub struct PodEntry {
 
 /// Registers `spec`: resolves the veth and MACs, attaches the program, and
 /// stores the entry. Adding the same pod again changes nothing.
-pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<AddOutcome> {
+pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<Added> {
     let Some(ip) = spec.ip else {
         bail!("a pod needs an IP address");
     };
@@ -96,18 +106,25 @@ pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<AddOutcome> {
         );
     }
 
-    let attached = attach::attach_pod_egress(pins, &veth)?;
+    let mtu_warning = loader::pod_mtu_warning(&datapath.config()?, veth.index)?;
+    let attached = attach::attach(pins, program_names::POD_EGRESS, &veth)?;
     if existing.is_some() {
-        return Ok(AddOutcome::Unchanged);
+        return Ok(Added {
+            outcome: AddOutcome::Unchanged,
+            mtu_warning,
+        });
     }
     if let Err(err) = datapath.endpoints.insert(key, endpoint, 0) {
         if attached == Attached::New {
             // Leave the node as it was before this call.
-            let _ = attach::detach(pins, veth.index);
+            let _ = attach::detach(pins, program_names::POD_EGRESS, veth.index);
         }
         return Err(map_insert_error(err, datapath.endpoints_capacity));
     }
-    Ok(AddOutcome::Added)
+    Ok(Added {
+        outcome: AddOutcome::Added,
+        mtu_warning,
+    })
 }
 
 /// Removes the entry for `ip`, and the attachment when no other address of
@@ -162,7 +179,7 @@ fn remove_and_detach(
             .iter()
             .any(|(_, other)| other.ifindex == endpoint.ifindex);
         if !still_used {
-            attach::detach(pins, endpoint.ifindex)?;
+            attach::detach(pins, program_names::POD_EGRESS, endpoint.ifindex)?;
         }
     }
     Ok(())

@@ -2,16 +2,20 @@
 //! reporting what the programs do.
 
 pub mod attach;
+pub mod cidr;
 pub mod cli;
 pub mod datapath;
 pub mod endpoints;
 pub mod loader;
 pub mod mac;
 pub mod netdev;
+pub mod netlink;
 pub mod pins;
+pub mod remotes;
 pub mod stats;
 pub mod status;
 pub mod table;
+pub mod tunnel;
 
 /// The eBPF object built from `pod-net-ebpf`, embedded at build time.
 #[must_use]

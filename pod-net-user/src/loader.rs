@@ -7,6 +7,7 @@
 //! existing link (`bpf_link_update`), so traffic never stops.
 use std::{
     fs, io,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -21,61 +22,118 @@ use aya::{
     },
 };
 use pod_net_common::{
-    Counter, Endpoint, EndpointKey, map_names, program_names, reason::REASON_COUNT,
+    Config, Counter, Endpoint, EndpointKey, RemoteAddr, RemoteNode, config::VXLAN_OVERHEAD,
+    map_names, program_names, reason::REASON_COUNT, remote::derived_vtep_mac,
 };
 
 use crate::{
+    attach,
+    datapath::Datapath,
     ebpf_object,
+    mac::MacAddr,
+    netdev::{self, Link},
     pins::{PinDir, ensure_bpffs},
+    tunnel::{self, TunnelSpec},
 };
+
+/// Every program in the object, all attached with TCX.
+pub const PROGRAMS: [&str; 2] = [program_names::POD_EGRESS, program_names::UNDERLAY_INGRESS];
 
 /// The key and value sizes this build's maps have. A pinned map of another
 /// layout must not be handed to the new programs.
 struct MapLayout {
     name: &'static str,
-    key_size: u32,
-    value_size: u32,
-    max_entries: Option<u32>,
+    key_size: usize,
+    value_size: usize,
+    max_entries: Option<usize>,
 }
 
-#[expect(clippy::cast_possible_truncation, reason = "map types are tiny")]
-const MAP_LAYOUTS: [MapLayout; 2] = [
+const MAP_LAYOUTS: [MapLayout; 4] = [
     MapLayout {
         name: map_names::LOCAL_ENDPOINTS,
-        key_size: size_of::<EndpointKey>() as u32,
-        value_size: size_of::<Endpoint>() as u32,
+        key_size: size_of::<EndpointKey>(),
+        value_size: size_of::<Endpoint>(),
         max_entries: None,
     },
     MapLayout {
+        name: map_names::REMOTE_NODES,
+        // The trie key is the prefix length, then the address.
+        key_size: size_of::<u32>() + size_of::<RemoteAddr>(),
+        value_size: size_of::<RemoteNode>(),
+        max_entries: None,
+    },
+    MapLayout {
+        name: map_names::CONFIG,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<Config>(),
+        max_entries: Some(1),
+    },
+    MapLayout {
         name: map_names::COUNTERS,
-        key_size: size_of::<u32>() as u32,
-        value_size: size_of::<Counter>() as u32,
-        max_entries: Some(REASON_COUNT as u32),
+        key_size: size_of::<u32>(),
+        value_size: size_of::<Counter>(),
+        max_entries: Some(REASON_COUNT),
     },
 ];
 
-/// What `load` may change about a new datapath.
+/// The cross-node settings: where VXLAN goes in and out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnderlayOptions {
+    pub ifname: String,
+    pub node_ip: Ipv4Addr,
+    pub vni: u32,
+    pub vxlan_port: u16,
+}
+
+/// What `load` may change about the datapath.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     /// Capacity of `local_endpoints`; the build's default when `None`. An
     /// existing map keeps its size: resizing means `unload` first.
     pub max_pods: Option<u32>,
+    /// Enable the cross-node path. A reload without it keeps what an
+    /// earlier `load` set.
+    pub underlay: Option<UnderlayOptions>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct LoadReport {
     pub mounted_bpffs: bool,
     /// A program was already pinned and has been replaced in place.
     pub replaced: bool,
-    /// Existing links switched to the new program.
+    /// Existing links switched to the new programs.
     pub links_updated: usize,
+    /// The underlay in use after this load, if any.
+    pub underlay: Option<UnderlaySummary>,
+    /// Things that work but will hurt (MTU mismatches).
+    pub warnings: Vec<String>,
 }
+
+#[derive(Debug)]
+pub struct UnderlaySummary {
+    pub ifname: String,
+    pub node_ip: Ipv4Addr,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    pub vtep_mac: MacAddr,
+    pub tunnel_device: String,
+}
+
+/// The largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
 
 /// Loads (or reloads) the datapath into `pins`.
 pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
     if options.max_pods == Some(0) {
         bail!("--max-pods must be at least 1");
     }
+    // Everything the underlay needs is checked before anything changes.
+    let underlay = options
+        .underlay
+        .as_ref()
+        .map(|underlay| resolve_underlay(underlay).map(|link| (underlay, link)))
+        .transpose()?;
+
     let mounted_bpffs = ensure_bpffs(pins.root())?;
     for dir in [
         pins.root().to_path_buf(),
@@ -87,13 +145,16 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
     let _lock = pins.lock()?;
     check_pinned_layouts(pins)?;
     check_pinned_capacity(pins, options)?;
+    if let Some((underlay, _)) = &underlay {
+        check_same_underlay(pins, underlay)?;
+    }
 
     let new_map_pins: Vec<PathBuf> = MAP_LAYOUTS
         .iter()
         .map(|layout| pins.map(layout.name))
         .filter(|path| !path.exists())
         .collect();
-    let result = load_locked(pins, options);
+    let result = load_programs(pins, options);
     if result.is_err() {
         // Leave no maps behind that this failed attempt created.
         for path in &new_map_pins {
@@ -101,14 +162,85 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         }
     }
     let (replaced, links_updated) = result?;
+
+    if let Some((underlay, link)) = &underlay {
+        enable_underlay(pins, underlay, link)?;
+    }
+    let datapath = Datapath::open(pins)?;
+    let config = datapath.config()?;
     Ok(LoadReport {
         mounted_bpffs,
         replaced,
         links_updated,
+        underlay: underlay_summary(&config),
+        warnings: mtu_warnings(&datapath, &config)?,
     })
 }
 
-fn load_locked(pins: &PinDir, options: &LoadOptions) -> Result<(bool, usize)> {
+/// The underlay interface, if it exists and carries `node_ip`.
+fn resolve_underlay(options: &UnderlayOptions) -> Result<Link> {
+    if options.vni > MAX_VNI {
+        bail!("VNI {} is out of range (0..={MAX_VNI})", options.vni);
+    }
+    if options.vxlan_port == 0 {
+        bail!("--vxlan-port must not be 0");
+    }
+    let Some(link) = netdev::link_by_name(&options.ifname)? else {
+        bail!(
+            "no interface named {:?} for --underlay in this network namespace",
+            options.ifname
+        );
+    };
+    let addresses = netdev::ipv4_addresses(link.index)?;
+    if !addresses.contains(&options.node_ip) {
+        bail!(
+            "--node-ip {} is not an address of {} (it has {})",
+            options.node_ip,
+            options.ifname,
+            if addresses.is_empty() {
+                "none".to_owned()
+            } else {
+                addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+    }
+    if link.mtu <= VXLAN_OVERHEAD + 68 {
+        bail!("{} has MTU {}, too small for VXLAN", link.name, link.mtu);
+    }
+    Ok(link)
+}
+
+/// Refuses to switch an already configured underlay in place.
+fn check_same_underlay(pins: &PinDir, wanted: &UnderlayOptions) -> Result<()> {
+    if !pins.is_loaded() {
+        return Ok(());
+    }
+    let config = Datapath::open(pins)?.config()?;
+    let Some(current) = underlay_summary(&config) else {
+        return Ok(());
+    };
+    if current.ifname != wanted.ifname
+        || current.node_ip != wanted.node_ip
+        || current.vni != wanted.vni
+        || current.vxlan_port != wanted.vxlan_port
+    {
+        bail!(
+            "already loaded with --underlay {} --node-ip {} --vni {} --vxlan-port {}; \
+             `pod-net unload` first to change them",
+            current.ifname,
+            current.node_ip,
+            current.vni,
+            current.vxlan_port
+        );
+    }
+    Ok(())
+}
+
+fn load_programs(pins: &PinDir, options: &LoadOptions) -> Result<(bool, usize)> {
     let mut loader = EbpfLoader::new();
     for layout in &MAP_LAYOUTS {
         loader.map_pin_path(layout.name, pins.map(layout.name));
@@ -119,29 +251,43 @@ fn load_locked(pins: &PinDir, options: &LoadOptions) -> Result<(bool, usize)> {
     let mut ebpf = loader
         .load(ebpf_object())
         .context("loading the pod-net eBPF object")?;
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(program_names::POD_EGRESS)
-        .context("the eBPF object has no pod_egress program")?
-        .try_into()?;
-    program
-        .load()
-        .context("the kernel verifier rejected pod_egress")?;
-
-    let program_path = pins.program(program_names::POD_EGRESS);
-    let replaced = program_path.exists();
-    let links_updated = if replaced {
-        switch_links(pins, program)?
-    } else {
-        0
-    };
-    pin_replacing(program, &program_path)?;
+    // Verify every program before touching any pin: a rejected program
+    // must leave the previous datapath exactly as it was.
+    for name in PROGRAMS {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("the eBPF object has no {name} program"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("the kernel verifier rejected {name}"))?;
+    }
+    let mut replaced = false;
+    let mut links_updated = 0;
+    for name in PROGRAMS {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("the eBPF object has no {name} program"))?
+            .try_into()?;
+        let program_path = pins.program(name);
+        if program_path.exists() {
+            replaced = true;
+            links_updated += switch_links(pins, name, program)?;
+        }
+        pin_replacing(program, &program_path)?;
+    }
     Ok((replaced, links_updated))
 }
 
-/// Points every pinned link at `program`, atomically per link.
-fn switch_links(pins: &PinDir, program: &mut SchedClassifier) -> Result<usize> {
+/// Points every pinned link of `name` at `program`, atomically per link.
+fn switch_links(pins: &PinDir, name: &str, program: &mut SchedClassifier) -> Result<usize> {
     let mut updated = 0;
-    for entry in pins.pinned_links()? {
+    for entry in pins.pinned_links(name)? {
+        if netdev::link_by_index(entry.ifindex)?.is_none() {
+            // The interface is gone and its link with it: drop the stale pin.
+            remove_pin(&entry.path)?;
+            continue;
+        }
         let pinned = PinnedLink::from_pin(&entry.path)
             .with_context(|| format!("opening pinned link {}", entry.path.display()))?;
         let link = SchedClassifierLink::try_from(FdLink::from(pinned))
@@ -168,6 +314,100 @@ fn pin_replacing(program: &mut SchedClassifier, path: &Path) -> Result<()> {
     fs::rename(&staging, path).with_context(|| format!("moving pin to {}", path.display()))
 }
 
+/// Writes the node settings, creates the kernel's tunnel device and attaches
+/// the decapsulating program to the underlay.
+fn enable_underlay(pins: &PinDir, options: &UnderlayOptions, link: &Link) -> Result<()> {
+    let vtep_mac = MacAddr(derived_vtep_mac(options.node_ip.octets()));
+    tunnel::ensure_device(&TunnelSpec {
+        vni: options.vni,
+        port: options.vxlan_port,
+        underlay: link,
+        node_ip: options.node_ip,
+        vtep_mac,
+    })?;
+    let config = Config {
+        node_ip: options.node_ip.octets(),
+        underlay_ifindex: link.index,
+        vni: options.vni,
+        vxlan_port: options.vxlan_port,
+        pad: 0,
+        vtep_mac: vtep_mac.0,
+        pad2: [0; 2],
+    };
+    let mut datapath = Datapath::open(pins)?;
+    datapath
+        .config
+        .set(0, config, 0)
+        .context("writing config")?;
+    attach::attach(pins, program_names::UNDERLAY_INGRESS, link)?;
+    Ok(())
+}
+
+/// What `config` says about the underlay, if pod-net has one.
+#[must_use]
+pub fn underlay_summary(config: &Config) -> Option<UnderlaySummary> {
+    if !config.has_underlay() {
+        return None;
+    }
+    let ifname = netdev::link_by_index(config.underlay_ifindex)
+        .ok()
+        .flatten()
+        .map_or_else(
+            || format!("(ifindex {})", config.underlay_ifindex),
+            |link| link.name,
+        );
+    Some(UnderlaySummary {
+        ifname,
+        node_ip: Ipv4Addr::from(config.node_ip),
+        vni: config.vni,
+        vxlan_port: config.vxlan_port,
+        vtep_mac: MacAddr(config.vtep_mac),
+        tunnel_device: tunnel::device_name(config.vni),
+    })
+}
+
+/// Pods whose MTU leaves no room for VXLAN on this underlay.
+fn mtu_warnings(datapath: &Datapath, config: &Config) -> Result<Vec<String>> {
+    if !config.has_underlay() {
+        return Ok(Vec::new());
+    }
+    let mut warnings = Vec::new();
+    for (_, endpoint) in datapath.endpoint_entries()? {
+        if let Some(warning) = pod_mtu_warning(config, endpoint.ifindex)? {
+            warnings.push(warning);
+        }
+    }
+    warnings.dedup();
+    Ok(warnings)
+}
+
+/// A warning when the pod behind `veth_ifindex` has an MTU that, plus the
+/// 50 bytes of VXLAN, exceeds the underlay MTU.
+pub fn pod_mtu_warning(config: &Config, veth_ifindex: u32) -> Result<Option<String>> {
+    if !config.has_underlay() {
+        return Ok(None);
+    }
+    let (Some(underlay), Some(veth)) = (
+        netdev::link_by_index(config.underlay_ifindex)?,
+        netdev::link_by_index(veth_ifindex)?,
+    ) else {
+        return Ok(None);
+    };
+    let pod_mtu = netdev::veth_peer(&veth)?.map_or(veth.mtu, |peer| peer.mtu);
+    Ok((pod_mtu + VXLAN_OVERHEAD > underlay.mtu).then(|| {
+        format!(
+            "pod behind {} has MTU {pod_mtu}; with VXLAN's {VXLAN_OVERHEAD} bytes that exceeds \
+             {}'s MTU {}, so cross-node packets over {} bytes take the kernel's path \
+             (ICMP fragmentation needed or fragments). Set the pod MTU to {}",
+            veth.name,
+            underlay.name,
+            underlay.mtu,
+            underlay.mtu - VXLAN_OVERHEAD,
+            underlay.mtu - VXLAN_OVERHEAD
+        )
+    }))
+}
+
 /// Refuses pinned maps whose layout differs from this build's.
 fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
     for layout in &MAP_LAYOUTS {
@@ -180,9 +420,9 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
             .with_context(|| format!("reading pinned map {}", path.display()))?;
         let entries_differ = layout
             .max_entries
-            .is_some_and(|expected| expected != info.max_entries());
-        if info.key_size() != layout.key_size
-            || info.value_size() != layout.value_size
+            .is_some_and(|expected| expected != info.max_entries() as usize);
+        if info.key_size() as usize != layout.key_size
+            || info.value_size() as usize != layout.value_size
             || entries_differ
         {
             bail!(
@@ -231,10 +471,11 @@ fn check_pinned_capacity(pins: &PinDir, options: &LoadOptions) -> Result<()> {
 #[derive(Debug, Default)]
 pub struct UnloadReport {
     pub links_removed: usize,
+    pub tunnel_device: Option<String>,
 }
 
-/// Detaches everything and removes the pin dir. Traffic falls back to the
-/// kernel path (the bridge) as the links go.
+/// Detaches everything, deletes the tunnel device and removes the pin dir.
+/// Traffic falls back to the kernel path (the bridge) as the links go.
 pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
     if !pins.root().exists() {
         bail!(
@@ -244,19 +485,37 @@ pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
     }
     let _lock = pins.lock()?;
     let mut report = UnloadReport::default();
-    for link in pins.pinned_links()? {
-        remove_pin(&link.path)?;
-        report.links_removed += 1;
+    let config = if pins.is_loaded() {
+        Datapath::open(pins)?.config().ok()
+    } else {
+        None
+    };
+    for program in PROGRAMS {
+        for link in pins.pinned_links(program)? {
+            remove_pin(&link.path)?;
+            report.links_removed += 1;
+        }
     }
-    remove_pin(&pins.program(program_names::POD_EGRESS))?;
+    if let Some(config) = config.filter(Config::has_underlay) {
+        tunnel::remove_device(config.vni)?;
+        report.tunnel_device = Some(tunnel::device_name(config.vni));
+    }
+    for program in PROGRAMS {
+        remove_pin(&pins.program(program))?;
+    }
     for layout in &MAP_LAYOUTS {
         remove_pin(&pins.map(layout.name))?;
     }
-    for dir in [
+    let mut dirs: Vec<PathBuf> = PROGRAMS
+        .iter()
+        .map(|program| pins.program_links_dir(program))
+        .collect();
+    dirs.extend([
         pins.links_dir(),
         pins.programs_dir(),
         pins.root().to_path_buf(),
-    ] {
+    ]);
+    for dir in dirs {
         match fs::remove_dir(&dir) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}

@@ -3,19 +3,19 @@
 //!
 //! Netlink rather than sysfs: sysfs shows the namespace it was mounted in,
 //! netlink always answers for the caller's own.
-use std::io;
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use anyhow::{Context as _, Result, bail};
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
 use netlink_packet_route::{
     RouteNetlinkMessage,
+    address::{AddressAttribute, AddressMessage},
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use crate::mac::MacAddr;
+use crate::{mac::MacAddr, netlink};
 
 /// What pod-net needs to know about one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,20 +73,47 @@ pub fn veth_peer(link: &Link) -> Result<Option<Link>> {
 
 /// Every interface in the caller's namespace.
 pub fn all_links() -> Result<Vec<Link>> {
-    let replies = request(
-        RouteNetlinkMessage::GetLink(LinkMessage::default()),
-        NLM_F_REQUEST | NLM_F_DUMP,
-    )
-    .context("netlink dump of interfaces")?;
-    Ok(replies.iter().map(link_from_message).collect())
+    let replies = netlink::get(RouteNetlinkMessage::GetLink(LinkMessage::default()), true)
+        .context("netlink dump of interfaces")?;
+    Ok(link_messages(&replies).map(link_from_message).collect())
 }
 
 fn get_link(message: LinkMessage) -> io::Result<Option<Link>> {
-    match request(RouteNetlinkMessage::GetLink(message), NLM_F_REQUEST) {
-        Ok(replies) => Ok(replies.first().map(link_from_message)),
+    match netlink::get(RouteNetlinkMessage::GetLink(message), false) {
+        Ok(replies) => Ok(link_messages(&replies).next().map(link_from_message)),
         Err(err) if err.raw_os_error() == Some(libc::ENODEV) => Ok(None),
         Err(err) => Err(err),
     }
+}
+
+fn link_messages(replies: &[RouteNetlinkMessage]) -> impl Iterator<Item = &LinkMessage> {
+    replies.iter().filter_map(|reply| match reply {
+        RouteNetlinkMessage::NewLink(link) => Some(link),
+        _ => None,
+    })
+}
+
+/// The IPv4 addresses on interface `index`.
+pub fn ipv4_addresses(index: u32) -> Result<Vec<Ipv4Addr>> {
+    let replies = netlink::get(
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        true,
+    )
+    .context("netlink dump of addresses")?;
+    Ok(replies
+        .iter()
+        .filter_map(|reply| match reply {
+            RouteNetlinkMessage::NewAddress(address) if address.header.index == index => {
+                Some(address)
+            }
+            _ => None,
+        })
+        .flat_map(|address| &address.attributes)
+        .filter_map(|attribute| match attribute {
+            AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        })
+        .collect())
 }
 
 fn link_from_message(message: &LinkMessage) -> Link {
@@ -125,55 +152,6 @@ fn link_from_message(message: &LinkMessage) -> Link {
         }
     }
     link
-}
-
-/// Sends one rtnetlink request and collects the link messages of the reply.
-fn request(payload: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<LinkMessage>> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-
-    let mut header = NetlinkHeader::default();
-    header.flags = flags;
-    header.sequence_number = 1;
-    let mut message = NetlinkMessage::new(header, NetlinkPayload::from(payload));
-    message.finalize();
-    let mut buffer = vec![0; message.buffer_len()];
-    message.serialize(&mut buffer);
-    socket.send(&buffer, 0)?;
-
-    let mut links = Vec::new();
-    let mut receive = Vec::with_capacity(64 * 1024);
-    loop {
-        receive.clear();
-        let size = socket.recv(&mut receive, 0)?;
-        let mut offset = 0;
-        while offset < size {
-            let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&receive[offset..size])
-                .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
-            let length = reply.header.length as usize;
-            match reply.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
-                    links.push(link);
-                }
-                NetlinkPayload::Error(error) => {
-                    return Err(match error.code {
-                        Some(code) => io::Error::from_raw_os_error(-code.get()),
-                        None => io::Error::other("unexpected netlink ACK"),
-                    });
-                }
-                NetlinkPayload::Done(_) => return Ok(links),
-                _ => {}
-            }
-            if length == 0 {
-                break;
-            }
-            offset += length;
-        }
-        if flags & NLM_F_DUMP != NLM_F_DUMP {
-            return Ok(links);
-        }
-    }
 }
 
 /// Resolves `name` to a veth on this node, with a clear error when it is

@@ -2,10 +2,10 @@
 //! datapath outlives every process, and how the tools find them again.
 //!
 //! ```text
-//! <pin-dir>/local_endpoints        map   (bpftool map dump pinned ...)
-//! <pin-dir>/counters               map
-//! <pin-dir>/progs/pod_egress       program
-//! <pin-dir>/links/if<N>-<ifname>   TCX link of the program on ifindex N
+//! <pin-dir>/local_endpoints                    map   (bpftool map dump pinned ...)
+//! <pin-dir>/remote_nodes, config, counters     maps
+//! <pin-dir>/progs/<program>                    programs
+//! <pin-dir>/links/<program>/if<N>-<ifname>     TCX link of <program> on ifindex N
 //! ```
 use std::{
     ffi::CString,
@@ -58,16 +58,24 @@ impl PinDir {
         self.root.join("links")
     }
 
-    /// Pin path of the TCX link on `ifindex`. The index makes a recreated
-    /// interface with the same name a different pin; the name is for people.
+    /// Where the links of `program` are pinned.
     #[must_use]
-    pub fn link(&self, ifindex: u32, ifname: &str) -> PathBuf {
-        self.links_dir().join(format!("if{ifindex}-{ifname}"))
+    pub fn program_links_dir(&self, program: &str) -> PathBuf {
+        self.links_dir().join(program)
     }
 
-    /// The pinned links, as (ifindex, ifname, path).
-    pub fn pinned_links(&self) -> Result<Vec<PinnedLinkEntry>> {
-        let dir = self.links_dir();
+    /// Pin path of `program`'s link on `ifindex`. The index makes a
+    /// recreated interface with the same name a different pin; the name is
+    /// for people.
+    #[must_use]
+    pub fn link(&self, program: &str, ifindex: u32, ifname: &str) -> PathBuf {
+        self.program_links_dir(program)
+            .join(format!("if{ifindex}-{ifname}"))
+    }
+
+    /// The pinned links of `program`, as (ifindex, ifname, path).
+    pub fn pinned_links(&self, program: &str) -> Result<Vec<PinnedLinkEntry>> {
+        let dir = self.program_links_dir(program);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -90,10 +98,10 @@ impl PinDir {
         Ok(links)
     }
 
-    /// The pinned link on `ifindex`, if any.
-    pub fn pinned_link(&self, ifindex: u32) -> Result<Option<PinnedLinkEntry>> {
+    /// The pinned link of `program` on `ifindex`, if any.
+    pub fn pinned_link(&self, program: &str, ifindex: u32) -> Result<Option<PinnedLinkEntry>> {
         Ok(self
-            .pinned_links()?
+            .pinned_links(program)?
             .into_iter()
             .find(|link| link.ifindex == ifindex))
     }
@@ -206,7 +214,8 @@ mod tests {
     #[test]
     fn link_names_round_trip() {
         let pins = PinDir::new("/sys/fs/bpf/x");
-        let path = pins.link(17, "veth-a1");
+        let path = pins.link("pod_egress", 17, "veth-a1");
+        assert!(path.starts_with("/sys/fs/bpf/x/links/pod_egress"));
         let name = path.file_name().unwrap().to_str().unwrap();
         assert_eq!(name, "if17-veth-a1");
         assert_eq!(parse_link_name(name), Some((17, "veth-a1")));

@@ -5,15 +5,17 @@ use std::{collections::BTreeSet, fmt::Write as _};
 
 use anyhow::Result;
 use aya::programs::ProgramInfo;
-use pod_net_common::program_names;
+use pod_net_common::{Config, Endpoint, EndpointKey, program_names};
 use serde::Serialize;
 
 use crate::{
     attach,
     datapath::{Datapath, endpoint_ip},
+    loader::{PROGRAMS, underlay_summary},
     mac::MacAddr,
     netdev::{self, LinkKind},
     pins::{PinDir, is_on_bpffs},
+    tunnel,
 };
 
 #[derive(Debug, Serialize)]
@@ -21,11 +23,28 @@ pub struct Status {
     pub pin_dir: String,
     pub healthy: bool,
     pub loaded: bool,
-    pub program_id: Option<u32>,
+    pub programs: Vec<ProgramStatus>,
+    pub underlay: Option<UnderlayStatus>,
     pub pods: usize,
-    pub attachments: usize,
     pub maps: Vec<MapFill>,
     pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProgramStatus {
+    pub name: &'static str,
+    pub id: Option<u32>,
+    pub attachments: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UnderlayStatus {
+    pub interface: String,
+    pub node_ip: String,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    pub vtep_mac: MacAddr,
+    pub tunnel_device: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,9 +75,9 @@ pub fn check(pins: &PinDir) -> Result<Status> {
         pin_dir: pins.root().display().to_string(),
         healthy: false,
         loaded: false,
-        program_id: None,
+        programs: Vec::new(),
+        underlay: None,
         pods: 0,
-        attachments: 0,
         maps: Vec::new(),
         problems: Vec::new(),
     };
@@ -82,33 +101,62 @@ pub fn check(pins: &PinDir) -> Result<Status> {
         return Ok(finish(status));
     }
     status.loaded = true;
-    status.program_id = ProgramInfo::from_pin(pins.program(program_names::POD_EGRESS))
-        .ok()
-        .map(|info| info.id());
+    for name in PROGRAMS {
+        status.programs.push(ProgramStatus {
+            name,
+            id: ProgramInfo::from_pin(pins.program(name))
+                .ok()
+                .map(|info| info.id()),
+            attachments: pins.pinned_links(name)?.len(),
+        });
+    }
 
     let datapath = Datapath::open(pins)?;
     let entries = datapath.endpoint_entries()?;
+    let remotes = datapath.remotes.keys().count();
     status.pods = entries.len();
+    fill(
+        &mut status,
+        "local_endpoints",
+        entries.len(),
+        datapath.endpoints_capacity,
+    );
+    fill(
+        &mut status,
+        "remote_nodes",
+        remotes,
+        datapath.remotes_capacity,
+    );
+    check_pods(pins, &entries, &mut status)?;
+    check_underlay(pins, &datapath.config()?, &mut status)?;
+    check_stale_links(pins, &entries, &mut status)?;
+    Ok(finish(status))
+}
+
+/// Records a map's fill level, and a problem past 90 %.
+fn fill(status: &mut Status, name: &'static str, entries: usize, capacity: u32) {
     status.maps.push(MapFill {
-        name: "local_endpoints",
-        entries: entries.len(),
-        capacity: datapath.endpoints_capacity,
+        name,
+        entries,
+        capacity,
     });
-    if u64::try_from(entries.len()).unwrap_or(u64::MAX) * 10
-        >= u64::from(datapath.endpoints_capacity) * 9
-    {
+    if u64::try_from(entries).unwrap_or(u64::MAX) * 10 >= u64::from(capacity) * 9 {
         status.problem(
-            format!(
-                "local_endpoints is {} of {} entries full",
-                entries.len(),
-                datapath.endpoints_capacity
-            ),
-            "remove stale pods (`pod-net pod list`) or load with a larger map",
+            format!("{name} is {entries} of {capacity} entries full"),
+            "remove stale entries or load with a larger map",
         );
     }
+}
 
+/// Every pod entry points at an existing veth, with the MAC its pod has now,
+/// and the program is attached there.
+fn check_pods(
+    pins: &PinDir,
+    entries: &[(EndpointKey, Endpoint)],
+    status: &mut Status,
+) -> Result<()> {
     let mut veths = BTreeSet::new();
-    for (key, endpoint) in &entries {
+    for (key, endpoint) in entries {
         let ip = endpoint_ip(key);
         let Some(link) = netdev::link_by_index(endpoint.ifindex)? else {
             status.problem(
@@ -142,9 +190,11 @@ pub fn check(pins: &PinDir) -> Result<Status> {
                 format!("re-register the pod: `pod-net pod del --ip {ip}`, then `pod add`"),
             );
         }
-        if veths.insert(link.index) && !attach::is_attached(pins, &link.name)? {
+        if veths.insert(link.index)
+            && !attach::is_attached(pins, program_names::POD_EGRESS, &link.name)?
+        {
             status.problem(
-                format!("pod {ip}: the program is not attached to {}", link.name),
+                format!("pod {ip}: pod_egress is not attached to {}", link.name),
                 format!(
                     "re-attach with `pod-net pod add --ip {ip} --veth {}`",
                     link.name
@@ -152,17 +202,66 @@ pub fn check(pins: &PinDir) -> Result<Status> {
             );
         }
     }
+    Ok(())
+}
 
-    let links = pins.pinned_links()?;
-    status.attachments = links.len();
-    for link in links {
+/// The underlay exists, decapsulates, and the kernel's tunnel device is there.
+fn check_underlay(pins: &PinDir, config: &Config, status: &mut Status) -> Result<()> {
+    let Some(summary) = underlay_summary(config) else {
+        return Ok(());
+    };
+    status.underlay = Some(UnderlayStatus {
+        interface: summary.ifname.clone(),
+        node_ip: summary.node_ip.to_string(),
+        vni: summary.vni,
+        vxlan_port: summary.vxlan_port,
+        vtep_mac: summary.vtep_mac,
+        tunnel_device: summary.tunnel_device.clone(),
+    });
+    let reload = format!(
+        "run `pod-net load --underlay {} --node-ip {}` again",
+        summary.ifname, summary.node_ip
+    );
+    match netdev::link_by_index(config.underlay_ifindex)? {
+        None => status.problem(
+            format!(
+                "the underlay (ifindex {}) no longer exists",
+                config.underlay_ifindex
+            ),
+            "`pod-net unload`, then load with the node's current underlay",
+        ),
+        Some(link) => {
+            if !attach::is_attached(pins, program_names::UNDERLAY_INGRESS, &link.name)? {
+                status.problem(
+                    format!("underlay_ingress is not attached to {}", link.name),
+                    reload.clone(),
+                );
+            }
+        }
+    }
+    if netdev::link_by_name(&tunnel::device_name(config.vni))?.is_none() {
+        status.problem(
+            format!("the tunnel device {} is missing", summary.tunnel_device),
+            reload,
+        );
+    }
+    Ok(())
+}
+
+/// Links whose interface no pod (or the underlay) uses any more.
+fn check_stale_links(
+    pins: &PinDir,
+    entries: &[(EndpointKey, Endpoint)],
+    status: &mut Status,
+) -> Result<()> {
+    for link in pins.pinned_links(program_names::POD_EGRESS)? {
         if !entries
             .iter()
             .any(|(_, endpoint)| endpoint.ifindex == link.ifindex)
         {
             status.problem(
                 format!(
-                    "link {} attaches the program to ifindex {} but no pod uses it",
+                    "link {} attaches pod_egress to ifindex {} but no pod uses it",
                     link.path.display(),
                     link.ifindex
                 ),
@@ -170,7 +269,7 @@ pub fn check(pins: &PinDir) -> Result<Status> {
             );
         }
     }
-    Ok(finish(status))
+    Ok(())
 }
 
 fn finish(mut status: Status) -> Status {
@@ -182,29 +281,42 @@ impl Status {
     #[must_use]
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "pin dir:  {}", self.pin_dir);
-        if self.loaded {
-            let id = self
-                .program_id
+        let _ = writeln!(out, "pin dir:   {}", self.pin_dir);
+        for program in &self.programs {
+            let id = program
+                .id
                 .map_or_else(|| "?".to_owned(), |id| id.to_string());
-            let _ = writeln!(out, "program:  pod_egress (id {id})");
             let _ = writeln!(
                 out,
-                "pods:     {} on {} attached veths",
-                self.pods, self.attachments
+                "program:   {} (id {id}) on {} interface(s)",
+                program.name, program.attachments
             );
-            for map in &self.maps {
-                let _ = writeln!(
-                    out,
-                    "map:      {} {}/{}",
-                    map.name, map.entries, map.capacity
-                );
-            }
+        }
+        if let Some(underlay) = &self.underlay {
+            let _ = writeln!(
+                out,
+                "underlay:  {} {} VNI {} port {} VTEP {} (kernel path {})",
+                underlay.interface,
+                underlay.node_ip,
+                underlay.vni,
+                underlay.vxlan_port,
+                underlay.vtep_mac,
+                underlay.tunnel_device
+            );
+        } else if self.loaded {
+            out.push_str("underlay:  none (same-node only)\n");
+        }
+        for map in &self.maps {
+            let _ = writeln!(
+                out,
+                "map:       {} {}/{}",
+                map.name, map.entries, map.capacity
+            );
         }
         if self.healthy {
-            out.push_str("health:   ok\n");
+            out.push_str("health:    ok\n");
         } else {
-            let _ = writeln!(out, "health:   {} problem(s)", self.problems.len());
+            let _ = writeln!(out, "health:    {} problem(s)", self.problems.len());
             for problem in &self.problems {
                 let _ = writeln!(out, "  - {}\n    hint: {}", problem.what, problem.hint);
             }

@@ -8,13 +8,21 @@ use std::net::Ipv4Addr;
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{SchedClassifier, TestRun, TestRunOptions},
 };
-use pod_net_common::{Counter, Endpoint, EndpointKey, Reason, map_names, program_names};
+use pod_net_common::{
+    Config, Counter, Endpoint, EndpointKey, Reason, RemoteAddr, RemoteNode, map_names,
+    program_names,
+    remote::{IPV4_MAPPED_PREFIX_BITS, REMOTE_F_VTEP_MAC, derived_vtep_mac},
+};
 
 pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
+/// Test run resolves interfaces in the test's own namespace; the loopback
+/// device (ifindex 1, MTU 65536) stands in for the underlay.
+pub const LOOPBACK_IFINDEX: u32 = 1;
 
 pub struct Harness {
     ebpf: Ebpf,
@@ -29,16 +37,20 @@ pub struct Run {
 }
 
 impl Harness {
-    /// Loads the embedded object with fresh maps and loads `pod_egress`.
+    /// Loads the embedded object with fresh maps and loads every program.
     pub fn new() -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .load(pod_net::ebpf_object())
             .context("loading the eBPF object")?;
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(program_names::POD_EGRESS)
-            .context("no pod_egress program")?
-            .try_into()?;
-        program.load().context("verifier rejected pod_egress")?;
+        for name in [program_names::POD_EGRESS, program_names::UNDERLAY_INGRESS] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("no {name} program"))?
+                .try_into()?;
+            program
+                .load()
+                .with_context(|| format!("verifier rejected {name}"))?;
+        }
         Ok(Self { ebpf })
     }
 
@@ -53,18 +65,84 @@ impl Harness {
         Ok(())
     }
 
-    /// Runs `pod_egress` once on `frame`.
-    pub fn run(&self, frame: &[u8]) -> Result<Run> {
-        self.run_repeated(frame, 1)
+    /// Writes the node settings: this node at `node_ip`, VXLAN `vni` on
+    /// `port`, with loopback as the underlay.
+    pub fn set_underlay(&mut self, node_ip: Ipv4Addr, vni: u32, port: u16) -> Result<()> {
+        let mut config: Array<&mut MapData, Config> = self
+            .ebpf
+            .map_mut(map_names::CONFIG)
+            .context("no config map")?
+            .try_into()?;
+        config.set(
+            0,
+            Config {
+                node_ip: node_ip.octets(),
+                underlay_ifindex: LOOPBACK_IFINDEX,
+                vni,
+                vxlan_port: port,
+                pad: 0,
+                vtep_mac: derived_vtep_mac(node_ip.octets()),
+                pad2: [0; 2],
+            },
+            0,
+        )?;
+        Ok(())
     }
 
-    /// Runs `pod_egress` `repeat` times on `frame`; `duration_ns` is the
-    /// kernel's average per run.
+    /// Sends `prefix/len` to the node at `node_ip`, with an explicit VTEP MAC
+    /// when given.
+    pub fn add_remote(
+        &mut self,
+        prefix: Ipv4Addr,
+        len: u32,
+        node_ip: Ipv4Addr,
+        vtep_mac: Option<[u8; 6]>,
+    ) -> Result<()> {
+        let mut remotes: LpmTrie<&mut MapData, RemoteAddr, RemoteNode> = self
+            .ebpf
+            .map_mut(map_names::REMOTE_NODES)
+            .context("no remote_nodes map")?
+            .try_into()?;
+        let value = RemoteNode {
+            node_ip: node_ip.octets(),
+            flags: if vtep_mac.is_some() {
+                REMOTE_F_VTEP_MAC
+            } else {
+                0
+            },
+            vtep_mac: vtep_mac.unwrap_or_else(|| derived_vtep_mac(node_ip.octets())),
+            pad: [0; 2],
+        };
+        let key = Key::new(
+            IPV4_MAPPED_PREFIX_BITS + len,
+            RemoteAddr::ipv4_mapped(prefix.octets()),
+        );
+        remotes.insert(&key, value, 0)?;
+        Ok(())
+    }
+
+    /// Runs `pod_egress` once on `frame`.
+    pub fn run(&self, frame: &[u8]) -> Result<Run> {
+        self.run_program(program_names::POD_EGRESS, frame, 1)
+    }
+
+    /// Runs `underlay_ingress` once on `frame`.
+    pub fn run_underlay(&self, frame: &[u8]) -> Result<Run> {
+        self.run_program(program_names::UNDERLAY_INGRESS, frame, 1)
+    }
+
+    /// Runs `pod_egress` `repeat` times on `frame`.
     pub fn run_repeated(&self, frame: &[u8], repeat: u32) -> Result<Run> {
+        self.run_program(program_names::POD_EGRESS, frame, repeat)
+    }
+
+    /// Runs program `name` `repeat` times on `frame`; `duration_ns` is the
+    /// kernel's average per run.
+    pub fn run_program(&self, name: &str, frame: &[u8], repeat: u32) -> Result<Run> {
         let program: &SchedClassifier = self
             .ebpf
-            .program(program_names::POD_EGRESS)
-            .context("no pod_egress program")?
+            .program(name)
+            .with_context(|| format!("no {name} program"))?
             .try_into()?;
         // Room for growth: encapsulation adds headers.
         let mut output = vec![0u8; frame.len() + 256];

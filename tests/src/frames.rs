@@ -99,6 +99,45 @@ pub fn arp_request(sender_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> V
     frame
 }
 
+/// A UDP header for `payload_len` bytes, with a zero checksum (as VXLAN
+/// over IPv4 sends it).
+#[must_use]
+pub fn udp_header(src_port: u16, dst_port: u16, payload_len: usize) -> Vec<u8> {
+    let len = u16::try_from(8 + payload_len).unwrap_or(u16::MAX);
+    let mut header = Vec::with_capacity(8);
+    header.extend_from_slice(&src_port.to_be_bytes());
+    header.extend_from_slice(&dst_port.to_be_bytes());
+    header.extend_from_slice(&len.to_be_bytes());
+    header.extend_from_slice(&[0, 0]);
+    header
+}
+
+/// A VXLAN header (RFC 7348): the I flag and a 24-bit VNI.
+#[must_use]
+pub fn vxlan_header(vni: u32) -> [u8; 8] {
+    let [_, a, b, c] = vni.to_be_bytes();
+    [0x08, 0, 0, 0, a, b, c, 0]
+}
+
+/// `inner` (a whole Ethernet frame) inside outer Ethernet, IPv4 (`outer`,
+/// protocol UDP), UDP and VXLAN headers.
+#[must_use]
+pub fn vxlan_frame(
+    outer_macs: ([u8; 6], [u8; 6]),
+    outer: &Ipv4,
+    ports: (u16, u16),
+    vni: u32,
+    inner: &[u8],
+) -> Vec<u8> {
+    let udp_payload = 8 + inner.len();
+    let mut frame = ethernet(outer_macs.0, outer_macs.1, ETH_P_IP);
+    frame.extend_from_slice(&outer.header(8 + udp_payload));
+    frame.extend_from_slice(&udp_header(ports.0, ports.1, udp_payload));
+    frame.extend_from_slice(&vxlan_header(vni));
+    frame.extend_from_slice(inner);
+    frame
+}
+
 /// The RFC 1071 ones'-complement checksum of `bytes`.
 #[must_use]
 pub fn internet_checksum(bytes: &[u8]) -> u16 {

@@ -240,6 +240,20 @@ impl Rig {
         self.nodes.iter().flat_map(|node| node.pods.iter())
     }
 
+    /// Loads pod-net with the underlay on every node, registers every pod,
+    /// and tells every node where every other node's pods are.
+    pub fn pod_net_mesh(&self) -> Result<()> {
+        for node in &self.nodes {
+            node.load_cross_node()?;
+        }
+        for node in &self.nodes {
+            for peer in self.nodes.iter().filter(|peer| peer.index != node.index) {
+                node.add_peer(peer, None)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Two namespaces joined by a bare veth pair, 10.99.0.1 and .2: the
     /// physical limit a pod path is measured against. Torn down with the rig.
     pub fn direct_pair(&self) -> Result<(Pod, Pod)> {
@@ -407,6 +421,122 @@ impl Node {
         self.pod_net(&["load"])?;
         for pod in &self.pods {
             self.register(pod)?;
+        }
+        Ok(())
+    }
+
+    /// Loads pod-net with this node's underlay (`eth0`, 192.168.100.N) and
+    /// registers every pod.
+    pub fn load_cross_node(&self) -> Result<()> {
+        let node_ip = self.underlay_ip.to_string();
+        self.pod_net(&["load", "--underlay", "eth0", "--node-ip", &node_ip])?;
+        for pod in &self.pods {
+            self.register(pod)?;
+        }
+        Ok(())
+    }
+
+    /// This node's pod CIDR, 10.244.N.0/24.
+    #[must_use]
+    pub fn pod_cidr(&self) -> String {
+        format!("10.244.{}.0/24", self.index)
+    }
+
+    /// The VTEP MAC pod-net derives for this node (`0e:6e:` + its IP).
+    #[must_use]
+    pub fn derived_vtep_mac(&self) -> String {
+        let [a, b, c, d] = self.underlay_ip.octets();
+        format!("0e:6e:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+    }
+
+    /// The MAC this rig gives a flannel-style node's `flannel.1`.
+    #[must_use]
+    pub fn flannel_vtep_mac(&self) -> String {
+        format!("02:fa:00:00:00:{:02x}", self.index)
+    }
+
+    /// `pod-net node add` for `peer`'s pod CIDR, with `vtep_mac` when the
+    /// peer checks inner MACs (a flannel node).
+    pub fn add_peer(&self, peer: &Node, vtep_mac: Option<&str>) -> Result<String> {
+        let cidr = peer.pod_cidr();
+        let node_ip = peer.underlay_ip.to_string();
+        let mut args = vec!["node", "add", "--cidr", &cidr, "--node-ip", &node_ip];
+        if let Some(mac) = vtep_mac {
+            args.extend(["--vtep-mac", mac]);
+        }
+        self.pod_net(&args)
+    }
+
+    /// Sets this node up the way flannel's VXLAN backend does, without
+    /// pod-net: `flannel.1` (VNI 1, port 8472, no learning, MTU 1450), and
+    /// for each peer a route via its `10.244.M.0` on `flannel.1`, a
+    /// permanent neighbour entry with the peer's VTEP MAC, and an FDB entry
+    /// sending that MAC to the peer's underlay address.
+    pub fn flannel_style(&self, peers: &[(&Node, String)]) -> Result<()> {
+        let local = self.underlay_ip.to_string();
+        let mac = self.flannel_vtep_mac();
+        self.ip(&[
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "dstport",
+            "8472",
+            "dev",
+            "eth0",
+            "local",
+            &local,
+            "nolearning",
+        ])?;
+        self.ip(&[
+            "link",
+            "set",
+            "flannel.1",
+            "mtu",
+            "1450",
+            "address",
+            &mac,
+            "up",
+        ])?;
+        let own = format!("10.244.{}.0/32", self.index);
+        self.ip(&["addr", "add", &own, "dev", "flannel.1"])?;
+        for (peer, peer_mac) in peers {
+            let gateway = format!("10.244.{}.0", peer.index);
+            let peer_ip = peer.underlay_ip.to_string();
+            self.ip(&[
+                "route",
+                "add",
+                &peer.pod_cidr(),
+                "via",
+                &gateway,
+                "dev",
+                "flannel.1",
+                "onlink",
+            ])?;
+            self.ip(&[
+                "neigh",
+                "replace",
+                &gateway,
+                "lladdr",
+                peer_mac,
+                "dev",
+                "flannel.1",
+                "nud",
+                "permanent",
+            ])?;
+            self.exec(&[
+                "bridge",
+                "fdb",
+                "append",
+                peer_mac,
+                "dev",
+                "flannel.1",
+                "dst",
+                &peer_ip,
+            ])?;
         }
         Ok(())
     }

@@ -18,7 +18,13 @@ pub fn run(extra: &[String]) -> Result<()> {
     println!("test: building the binaries");
     show(&mut cargo(&["build", "--bins"]))?;
     println!("test: cargo test");
-    let mut test = cargo(&["test", "--workspace", "--exclude", "pod-net-ebpf"]);
+    let mut test = cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "pod-net-ebpf",
+        "--no-fail-fast",
+    ]);
     if !extra.is_empty() {
         test.arg("--").args(extra);
     }

@@ -1,0 +1,38 @@
+//! Node-wide settings, written by `pod-net load` into the one-entry
+//! `config` array.
+
+/// Value of the `config` map (index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Config {
+    /// This node's underlay IPv4 address, network order; zero when pod-net
+    /// was loaded without an underlay (same-node only).
+    pub node_ip: [u8; 4],
+    /// ifindex of the underlay interface.
+    pub underlay_ifindex: u32,
+    /// VXLAN network identifier (24 bits).
+    pub vni: u32,
+    /// VXLAN UDP destination port, host order.
+    pub vxlan_port: u16,
+    pub pad: u16,
+    /// This node's VTEP MAC: the inner source MAC of what it encapsulates.
+    pub vtep_mac: [u8; 6],
+    pub pad2: [u8; 2],
+}
+
+impl Config {
+    #[must_use]
+    pub const fn has_underlay(&self) -> bool {
+        self.underlay_ifindex != 0
+    }
+}
+
+/// Bytes VXLAN adds in front of the inner frame: outer IPv4 (20), UDP (8),
+/// VXLAN (8) and the inner Ethernet header (14); the outer Ethernet header
+/// takes the place of the original one.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+#[cfg(feature = "user")]
+// SAFETY: plain `#[repr(C)]` data with no padding.
+unsafe impl aya::Pod for Config {}

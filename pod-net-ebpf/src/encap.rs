@@ -1,0 +1,211 @@
+//! VXLAN encapsulation in BPF (RFC 7348) for pods on other nodes.
+//!
+//! The frame grows by 50 bytes in front of its IP header
+//! (`bpf_skb_adjust_room` with the encap flags, so GSO keeps working as UDP
+//! tunnel GSO), the outer headers are written in place, and
+//! `bpf_redirect_neigh` sends it out of the underlay with the next hop's MAC
+//! resolved by the kernel's FIB and neighbour table.
+use aya_ebpf::{
+    bindings::{
+        BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED,
+    },
+    helpers::{bpf_check_mtu, bpf_get_hash_recalc, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use pod_net_common::{
+    Config, Reason, RemoteNode,
+    config::VXLAN_OVERHEAD,
+    remote::{REMOTE_F_VTEP_MAC, derived_vtep_mac},
+};
+
+use crate::{
+    csum::{decrement_ttl, ipv4_header_checksum},
+    parse::{ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet, ptr_at},
+    verdict::Verdict,
+};
+
+/// Everything in front of the inner IP header after encapsulation.
+#[repr(C)]
+pub struct VxlanHeaders {
+    pub outer_eth: EthHdr,
+    pub outer_ip: Ipv4Hdr,
+    pub udp: UdpHdr,
+    pub vxlan: [u8; 8],
+    pub inner_eth: EthHdr,
+}
+
+pub const VXLAN_FLAG_VNI: u8 = 0x08;
+const IP_DF: u8 = 0x40;
+const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
+    | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
+    | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
+    | ((EthHdr::LEN as u64) << 56);
+/// The kernel's default ephemeral range, as `udp_flow_src_port` uses it.
+const SOURCE_PORT_MIN: u32 = 32768;
+const SOURCE_PORT_SPAN: u32 = 60999 - 32768;
+
+#[inline(always)]
+pub fn to_remote_node(
+    ctx: &TcContext,
+    packet: &Ipv4Packet,
+    remote: &RemoteNode,
+    config: &Config,
+) -> Verdict {
+    // SAFETY: `parse_l2_l3` bounds-checked the header.
+    let (ttl, tos, dont_fragment) = unsafe {
+        let ip = &*packet.ip;
+        (ip.ttl, ip.tos, ip.frags[0] & IP_DF != 0)
+    };
+    // A router hop: the kernel answers expired TTLs with ICMP.
+    if ttl <= 1 {
+        return Verdict::pass(Reason::PassTtlExceeded);
+    }
+    if exceeds_underlay_mtu(ctx, packet, config) {
+        // The kernel routes it into the tunnel device, whose MTU leaves room
+        // for the headers: DF gets ICMP fragmentation needed, the rest is
+        // fragmented. Nothing too big is sent, or lost, silently.
+        return Verdict::pass(if dont_fragment {
+            Reason::PassFragNeeded
+        } else {
+            Reason::PassFragment
+        });
+    }
+    // SAFETY: plain helper call on our own context.
+    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+
+    if ctx
+        .adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
+        .is_err()
+    {
+        return Verdict::pass(Reason::PassResizeFailed);
+    }
+    // The packet moved: every pointer is taken afresh.
+    let (Some(headers), Some(inner_ip)) = (
+        ptr_at::<VxlanHeaders>(ctx, 0),
+        ptr_at::<Ipv4Hdr>(ctx, size_of::<VxlanHeaders>()),
+    ) else {
+        return Verdict::pass(Reason::PassResizeFailed);
+    };
+    let outer_len = (ctx.len() - EthHdr::LEN as u32) as u16;
+    // SAFETY: both pointers were bounds-checked just above.
+    unsafe {
+        decrement_ttl(&mut *inner_ip);
+        *headers = build_headers(config, remote, outer_len, tos, source_port(hash));
+    }
+    // SAFETY: a plain helper call; it only records the target.
+    let action =
+        unsafe { bpf_redirect_neigh(config.underlay_ifindex, core::ptr::null_mut(), 0, 0) };
+    Verdict::redirected(action, Reason::Encap)
+}
+
+/// The outer headers for a packet whose outer IP datagram is `outer_len`
+/// bytes. The outer MACs stay zero: `bpf_redirect_neigh` fills them in.
+#[inline(always)]
+fn build_headers(
+    config: &Config,
+    remote: &RemoteNode,
+    outer_len: u16,
+    tos: u8,
+    source_port: u16,
+) -> VxlanHeaders {
+    let mut outer_ip = Ipv4Hdr {
+        vihl: 0x45,
+        // DSCP and ECN carried over, as RFC 6040's normal mode has it.
+        tos,
+        tot_len: outer_len.to_be_bytes(),
+        id: [0, 0],
+        // DF: the MTU check above guarantees every segment fits.
+        frags: [IP_DF, 0],
+        ttl: 64,
+        proto: IPPROTO_UDP,
+        check: [0, 0],
+        src_addr: config.node_ip,
+        dst_addr: remote.node_ip,
+    };
+    outer_ip.check = ipv4_header_checksum(&outer_ip);
+    let vni = config.vni;
+    let inner_dst = if remote.flags & REMOTE_F_VTEP_MAC != 0 {
+        remote.vtep_mac
+    } else {
+        derived_vtep_mac(remote.node_ip)
+    };
+    VxlanHeaders {
+        outer_eth: EthHdr {
+            dst_addr: [0; 6],
+            src_addr: [0; 6],
+            ether_type: ETH_P_IP.to_be(),
+        },
+        outer_ip,
+        udp: UdpHdr {
+            src: source_port.to_be_bytes(),
+            dst: config.vxlan_port.to_be_bytes(),
+            len: (outer_len - Ipv4Hdr::LEN as u16).to_be_bytes(),
+            // Zero UDP checksum over IPv4, as RFC 7348 recommends.
+            check: [0, 0],
+        },
+        vxlan: [
+            VXLAN_FLAG_VNI,
+            0,
+            0,
+            0,
+            (vni >> 16) as u8,
+            (vni >> 8) as u8,
+            vni as u8,
+            0,
+        ],
+        inner_eth: EthHdr {
+            dst_addr: inner_dst,
+            src_addr: config.vtep_mac,
+            ether_type: ETH_P_IP.to_be(),
+        },
+    }
+}
+
+/// A source port from the flow hash, in the kernel's ephemeral range, so
+/// ECMP in the underlay spreads flows and keeps each on one path.
+#[inline(always)]
+fn source_port(hash: u32) -> u16 {
+    (SOURCE_PORT_MIN + ((u64::from(hash) * u64::from(SOURCE_PORT_SPAN)) >> 32) as u32) as u16
+}
+
+/// Whether the encapsulated packet, or for GSO any of its segments, would
+/// exceed the underlay MTU.
+#[inline(always)]
+fn exceeds_underlay_mtu(ctx: &TcContext, packet: &Ipv4Packet, config: &Config) -> bool {
+    let mut mtu: u32 = 0;
+    // SAFETY: plain helper call; `mtu` lives across it.
+    let verdict = unsafe {
+        bpf_check_mtu(
+            ctx.skb.skb.cast(),
+            config.underlay_ifindex,
+            &raw mut mtu,
+            VXLAN_OVERHEAD as i32,
+            0,
+        )
+    };
+    if verdict == i64::from(BPF_MTU_CHK_RET_FRAG_NEEDED) {
+        return true;
+    }
+    // For GSO the helper only compares the whole skb; check one segment.
+    // SAFETY: reading a field of our own context.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if verdict != 0 || gso_size == 0 {
+        return false;
+    }
+    let ip_len = packet.ip_header_len() as u32;
+    // SAFETY: bounds-checked by `parse_l2_l3`.
+    let protocol = unsafe { (*packet.ip).proto };
+    let l4_len = if protocol == IPPROTO_TCP {
+        match ptr_at::<[u8; 13]>(ctx, EthHdr::LEN + packet.ip_header_len()) {
+            // The data offset, in 32-bit words, is the high nibble of byte 12.
+            // SAFETY: bounds-checked by `ptr_at`.
+            Some(tcp) => u32::from(unsafe { (*tcp)[12] } >> 4) * 4,
+            None => return false,
+        }
+    } else {
+        size_of::<UdpHdr>() as u32
+    };
+    ip_len + l4_len + gso_size + VXLAN_OVERHEAD > mtu
+}

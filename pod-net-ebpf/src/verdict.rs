@@ -1,0 +1,37 @@
+//! What a program returns, and the one reason it is counted under.
+use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
+use pod_net_common::Reason;
+
+pub struct Verdict {
+    pub action: i32,
+    pub reason: Reason,
+}
+
+impl Verdict {
+    /// Hand the packet to the kernel, as it is at that point.
+    #[inline(always)]
+    pub const fn pass(reason: Reason) -> Self {
+        Self {
+            action: TC_ACT_OK as i32,
+            reason,
+        }
+    }
+
+    /// Drop: the packet was addressed to pod-net and is not valid.
+    #[inline(always)]
+    pub const fn drop(reason: Reason) -> Self {
+        Self {
+            action: TC_ACT_SHOT as i32,
+            reason,
+        }
+    }
+
+    /// The packet was redirected (the helper's return value is the action).
+    #[inline(always)]
+    pub const fn redirected(action: i64, reason: Reason) -> Self {
+        Self {
+            action: action as i32,
+            reason,
+        }
+    }
+}

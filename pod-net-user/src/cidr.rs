@@ -1,0 +1,140 @@
+//! Pod CIDRs as the CLI reads and prints them: `10.244.2.0/24`, or a
+//! single pod as `/32`.
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
+
+use serde::{Serialize, Serializer};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    /// The longest prefix for the address family.
+    #[must_use]
+    pub const fn max_prefix(addr: IpAddr) -> u8 {
+        match addr {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        }
+    }
+
+    /// Whether `ip` lies inside this prefix.
+    #[must_use]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => mask_v4(ip, self.prefix_len) == net,
+            (IpAddr::V6(net), IpAddr::V6(ip)) => mask_v6(ip, self.prefix_len) == net,
+            _ => false,
+        }
+    }
+}
+
+fn mask_v4(ip: Ipv4Addr, prefix_len: u8) -> Ipv4Addr {
+    let bits = u32::from(ip);
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0);
+    Ipv4Addr::from(bits & mask)
+}
+
+fn mask_v6(ip: Ipv6Addr, prefix_len: u8) -> Ipv6Addr {
+    let bits = u128::from(ip);
+    let mask = u128::MAX
+        .checked_shl(128 - u32::from(prefix_len))
+        .unwrap_or(0);
+    Ipv6Addr::from(bits & mask)
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// Why a CIDR did not parse.
+#[derive(Debug, PartialEq, Eq)]
+pub struct InvalidCidr(String);
+
+impl fmt::Display for InvalidCidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidCidr {}
+
+impl FromStr for Cidr {
+    type Err = InvalidCidr;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = text.split_once('/').ok_or_else(|| {
+            InvalidCidr(format!(
+                "invalid CIDR {text:?}: expected ADDRESS/PREFIX like 10.244.2.0/24"
+            ))
+        })?;
+        let addr: IpAddr = addr.parse().map_err(|_| {
+            InvalidCidr(format!(
+                "invalid CIDR {text:?}: {addr:?} is not an IP address"
+            ))
+        })?;
+        let prefix_len: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|&len| len <= Self::max_prefix(addr))
+            .ok_or_else(|| {
+                InvalidCidr(format!(
+                    "invalid CIDR {text:?}: prefix length must be 0..={}",
+                    Self::max_prefix(addr)
+                ))
+            })?;
+        let masked = match addr {
+            IpAddr::V4(v4) => IpAddr::V4(mask_v4(v4, prefix_len)),
+            IpAddr::V6(v6) => IpAddr::V6(mask_v6(v6, prefix_len)),
+        };
+        if masked != addr {
+            return Err(InvalidCidr(format!(
+                "invalid CIDR {text:?}: host bits are set (did you mean {masked}/{prefix_len}?)"
+            )));
+        }
+        Ok(Self { addr, prefix_len })
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_networks_and_single_pods() {
+        let cidr: Cidr = "10.244.2.0/24".parse().unwrap();
+        assert_eq!(cidr.to_string(), "10.244.2.0/24");
+        assert!(cidr.contains("10.244.2.77".parse().unwrap()));
+        assert!(!cidr.contains("10.244.3.1".parse().unwrap()));
+        let pod: Cidr = "10.244.2.5/32".parse().unwrap();
+        assert!(pod.contains("10.244.2.5".parse().unwrap()));
+        let v6: Cidr = "fd00:10:244:2::/64".parse().unwrap();
+        assert_eq!(v6.prefix_len, 64);
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        let error = |text: &str| text.parse::<Cidr>().unwrap_err().to_string();
+        assert!(error("10.244.2.0").contains("expected ADDRESS/PREFIX"));
+        assert!(error("10.244.2/24").contains("is not an IP address"));
+        assert!(error("10.244.2.0/33").contains("prefix length must be 0..=32"));
+        assert!(error("10.244.2.1/24").contains("did you mean 10.244.2.0/24?"));
+        assert!(error("10.244.2.0/x").contains("prefix length"));
+    }
+}

@@ -1,0 +1,203 @@
+//! The kernel's own path beside the fast path: a flannel-style VXLAN device
+//! (`pnvxlan<VNI>`) with a route, neighbour and FDB entry per remote node.
+//!
+//! pod-net hands the kernel what it does not accelerate: TTL expiry, packets
+//! too big for the underlay, traffic from the node itself to remote pods,
+//! VXLAN whose inner destination is not a pod here. The kernel then routes
+//! it through this device, which encapsulates exactly like the fast path
+//! (same VNI, port and VTEP MACs), so nothing is lost, and the device's MTU
+//! (underlay MTU - 50) makes the kernel send ICMP fragmentation needed
+//! where it must.
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context as _, Result, bail};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+    },
+    route::{
+        RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
+        RouteScope, RouteType,
+    },
+};
+use pod_net_common::config::VXLAN_OVERHEAD;
+
+use crate::{
+    cidr::Cidr,
+    mac::MacAddr,
+    netdev::{self, Link, LinkKind},
+    netlink::{self, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE},
+};
+
+/// The tunnel device's name for a VNI.
+#[must_use]
+pub fn device_name(vni: u32) -> String {
+    format!("pnvxlan{vni}")
+}
+
+/// What the tunnel device is made of.
+pub struct TunnelSpec<'a> {
+    pub vni: u32,
+    pub port: u16,
+    pub underlay: &'a Link,
+    pub node_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
+}
+
+/// Creates the tunnel device if it is missing, and brings it up.
+pub fn ensure_device(spec: &TunnelSpec<'_>) -> Result<Link> {
+    let name = device_name(spec.vni);
+    let mtu = spec
+        .underlay
+        .mtu
+        .checked_sub(VXLAN_OVERHEAD)
+        .context("the underlay MTU is too small for VXLAN")?;
+    if let Some(existing) = netdev::link_by_name(&name)? {
+        if existing.kind != LinkKind::Vxlan {
+            bail!("{name} exists and is not a vxlan device; remove it or pick another --vni");
+        }
+        return Ok(existing);
+    }
+    let mut message = LinkMessage::default();
+    message.header.flags = LinkFlags::Up;
+    message.header.change_mask = LinkFlags::Up;
+    message.attributes = vec![
+        LinkAttribute::IfName(name.clone()),
+        LinkAttribute::Address(spec.vtep_mac.0.to_vec()),
+        LinkAttribute::Mtu(mtu),
+        LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::Id(spec.vni),
+                InfoVxlan::Port(spec.port),
+                InfoVxlan::Link(spec.underlay.index),
+                InfoVxlan::Local(spec.node_ip),
+                InfoVxlan::Learning(false),
+            ])),
+        ]),
+    ];
+    netlink::change(
+        RouteNetlinkMessage::NewLink(message),
+        NLM_F_CREATE | NLM_F_EXCL,
+    )
+    .with_context(|| format!("creating tunnel device {name}"))?;
+    netdev::link_by_name(&name)?.with_context(|| format!("{name} vanished after creation"))
+}
+
+/// Deletes the tunnel device (its routes and neighbours go with it).
+pub fn remove_device(vni: u32) -> Result<()> {
+    let name = device_name(vni);
+    let Some(link) = netdev::link_by_name(&name)? else {
+        return Ok(());
+    };
+    let mut message = LinkMessage::default();
+    message.header.index = link.index;
+    netlink::change(RouteNetlinkMessage::DelLink(message), 0)
+        .with_context(|| format!("deleting tunnel device {name}"))
+}
+
+/// Routes `cidr` to `node_ip` through the tunnel device, with the neighbour
+/// and FDB entries that let the kernel encapsulate without learning.
+pub fn add_route(device: &Link, cidr: Cidr, node_ip: Ipv4Addr, vtep_mac: MacAddr) -> Result<()> {
+    netlink::change(
+        RouteNetlinkMessage::NewNeighbour(neighbour(device, node_ip, vtep_mac)),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+    .with_context(|| format!("adding neighbour {node_ip} on {}", device.name))?;
+    netlink::change(
+        RouteNetlinkMessage::NewNeighbour(fdb_entry(device, node_ip, vtep_mac)),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+    .with_context(|| format!("adding FDB entry {vtep_mac} on {}", device.name))?;
+    netlink::change(
+        RouteNetlinkMessage::NewRoute(route(device, cidr, node_ip)),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+    .with_context(|| format!("adding route {cidr} via {node_ip} on {}", device.name))
+}
+
+/// Removes the route for `cidr`; with `last_for_node`, also the node's
+/// neighbour and FDB entries.
+pub fn remove_route(
+    device: &Link,
+    cidr: Cidr,
+    node_ip: Ipv4Addr,
+    vtep_mac: MacAddr,
+    last_for_node: bool,
+) -> Result<()> {
+    ignore_missing(netlink::change(
+        RouteNetlinkMessage::DelRoute(route(device, cidr, node_ip)),
+        0,
+    ))
+    .with_context(|| format!("removing route {cidr} on {}", device.name))?;
+    if last_for_node {
+        ignore_missing(netlink::change(
+            RouteNetlinkMessage::DelNeighbour(fdb_entry(device, node_ip, vtep_mac)),
+            0,
+        ))
+        .with_context(|| format!("removing FDB entry {vtep_mac} on {}", device.name))?;
+        ignore_missing(netlink::change(
+            RouteNetlinkMessage::DelNeighbour(neighbour(device, node_ip, vtep_mac)),
+            0,
+        ))
+        .with_context(|| format!("removing neighbour {node_ip} on {}", device.name))?;
+    }
+    Ok(())
+}
+
+fn ignore_missing(result: std::io::Result<()>) -> std::io::Result<()> {
+    match result {
+        Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => Ok(()),
+        other => other,
+    }
+}
+
+fn route(device: &Link, cidr: Cidr, node_ip: Ipv4Addr) -> RouteMessage {
+    let mut message = RouteMessage::default();
+    message.header = RouteHeader {
+        address_family: AddressFamily::Inet,
+        destination_prefix_length: cidr.prefix_len,
+        table: RouteHeader::RT_TABLE_MAIN,
+        protocol: RouteProtocol::Static,
+        scope: RouteScope::Universe,
+        kind: RouteType::Unicast,
+        flags: RouteFlags::Onlink,
+        ..RouteHeader::default()
+    };
+    let IpAddr::V4(destination) = cidr.addr else {
+        unreachable!("IPv6 CIDRs are refused before routes are made");
+    };
+    message.attributes = vec![
+        RouteAttribute::Destination(RouteAddress::Inet(destination)),
+        RouteAttribute::Gateway(RouteAddress::Inet(node_ip)),
+        RouteAttribute::Oif(device.index),
+    ];
+    message
+}
+
+fn neighbour(device: &Link, node_ip: Ipv4Addr, vtep_mac: MacAddr) -> NeighbourMessage {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Inet;
+    message.header.ifindex = device.index;
+    message.header.state = NeighbourState::Permanent;
+    message.attributes = vec![
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(node_ip)),
+        NeighbourAttribute::LinkLocalAddress(vtep_mac.0.to_vec()),
+    ];
+    message
+}
+
+fn fdb_entry(device: &Link, node_ip: Ipv4Addr, vtep_mac: MacAddr) -> NeighbourMessage {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Bridge;
+    message.header.ifindex = device.index;
+    message.header.state = NeighbourState::Permanent;
+    message.header.flags = NeighbourFlags::Own;
+    message.attributes = vec![
+        NeighbourAttribute::LinkLocalAddress(vtep_mac.0.to_vec()),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(node_ip)),
+    ];
+    message
+}

@@ -1,0 +1,327 @@
+//! Cross-node fast path on the rig: nodes joined by a veth underlay (a
+//! switch bridge for three), pods on each, VXLAN in BPF, and the kernel's
+//! own vxlan device as an interop peer.
+use std::collections::BTreeMap;
+
+use pod_net_tests::{Node, Pod, Rig, RigSpec, cmd::output_of, privileges::require_root};
+
+fn rig(nodes: u8, pods_per_node: u8, pod_mtu: Option<u32>) -> Rig {
+    Rig::build(&RigSpec {
+        nodes,
+        pods_per_node,
+        pod_mtu,
+        ..RigSpec::default()
+    })
+    .expect("build rig")
+}
+
+fn delta(before: &BTreeMap<String, u64>, node: &Node, reason: &str) -> u64 {
+    node.counters().unwrap()[reason] - before[reason]
+}
+
+/// Sends `bytes` of TCP from `client` to `server` with iperf3 and checks
+/// it all went out.
+fn tcp(client: &Pod, server: &Pod, bytes: &str) {
+    let _server = server.iperf3_server(&[]).unwrap();
+    let report = client.iperf3_client(server.ip, &["-n", bytes]).unwrap();
+    let sent = report["end"]["sum_sent"]["bytes"].as_u64().unwrap();
+    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
+    assert!(
+        sent > 0 && received > sent / 2,
+        "{client:?} -> {server:?}: {sent}/{received}"
+    );
+}
+
+#[test]
+fn three_nodes_every_pod_pair_pings_and_carries_tcp() {
+    if !require_root("three_nodes_every_pod_pair_pings_and_carries_tcp") {
+        return;
+    }
+    let rig = rig(3, 2, Some(1450));
+    rig.pod_net_mesh().unwrap();
+    let before: Vec<_> = rig
+        .nodes()
+        .iter()
+        .map(|node| node.counters().unwrap())
+        .collect();
+
+    let pods: Vec<&Pod> = rig.pods().collect();
+    for a in &pods {
+        for b in pods.iter().filter(|b| b.node != a.node) {
+            a.ping(b.ip, 2)
+                .unwrap_or_else(|err| panic!("{} -> {}: {err:#}", a.ip, b.ip));
+        }
+    }
+    for (from, to) in [(1, 2), (2, 3), (3, 1), (2, 1)] {
+        tcp(rig.pod(from, 1), rig.pod(to, 2), "8M");
+    }
+
+    for (node, before) in rig.nodes().iter().zip(&before) {
+        let after = node.counters().unwrap();
+        // Each node's 2 pods ping 4 remote pods twice: 16 requests out,
+        // 16 replies out, and as many in.
+        assert!(
+            after["encap"] - before["encap"] >= 32,
+            "node {}",
+            node.index
+        );
+        assert!(
+            after["decap"] - before["decap"] >= 32,
+            "node {}",
+            node.index
+        );
+        for reason in [
+            "drop_vni",
+            "drop_malformed",
+            "pass_frag_needed",
+            "pass_inner_not_local",
+        ] {
+            assert_eq!(
+                after[reason], before[reason],
+                "node {} {reason}",
+                node.index
+            );
+        }
+    }
+}
+
+#[test]
+fn node_entries_change_the_path_at_runtime() {
+    if !require_root("node_entries_change_the_path_at_runtime") {
+        return;
+    }
+    let rig = rig(3, 1, Some(1450));
+    rig.pod_net_mesh().unwrap();
+    let (node_1, node_2, node_3) = (rig.node(1), rig.node(2), rig.node(3));
+    let (a, b) = (rig.pod(1, 1), rig.pod(2, 1));
+    a.ping(b.ip, 2).unwrap();
+
+    // Without the entry, node 1 neither encapsulates nor has a route: the
+    // kernel says so to the pod, and the counter says so to the operator.
+    node_1
+        .pod_net(&["node", "del", "--cidr", &node_2.pod_cidr()])
+        .unwrap();
+    let before = node_1.counters().unwrap();
+    let ping = output_of(&mut a.command(&[
+        "ping",
+        "-n",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        &b.ip.to_string(),
+    ]))
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&ping.stdout);
+    assert!(!ping.status.success());
+    assert!(stdout.contains("Unreachable"), "{stdout}");
+    assert_eq!(delta(&before, node_1, "pass_unknown_dst"), 2);
+    assert_eq!(delta(&before, node_1, "encap"), 0);
+
+    node_1.add_peer(node_2, None).unwrap();
+    let before = node_1.counters().unwrap();
+    a.ping(b.ip, 2).unwrap();
+    assert_eq!(delta(&before, node_1, "encap"), 2);
+
+    // Pin B to node 3 with a /32: node 1 now sends it there, node 3 finds
+    // no such pod and hands it to its kernel, which routes it on to node 2.
+    let pinned = format!("{}/32", b.ip);
+    let node_3_ip = node_3.underlay_ip.to_string();
+    node_1
+        .pod_net(&["node", "add", "--cidr", &pinned, "--node-ip", &node_3_ip])
+        .unwrap();
+    let before_3 = node_3.counters().unwrap();
+    let before_2 = node_2.counters().unwrap();
+    a.ping(b.ip, 2).unwrap();
+    assert_eq!(delta(&before_3, node_3, "pass_inner_not_local"), 2);
+    assert!(delta(&before_2, node_2, "decap") >= 2);
+
+    node_1.pod_net(&["node", "del", "--cidr", &pinned]).unwrap();
+    let before_3 = node_3.counters().unwrap();
+    a.ping(b.ip, 2).unwrap();
+    assert_eq!(delta(&before_3, node_3, "pass_inner_not_local"), 0);
+}
+
+#[test]
+fn interop_with_the_kernel_vxlan_device() {
+    if !require_root("interop_with_the_kernel_vxlan_device") {
+        return;
+    }
+    let rig = rig(2, 1, Some(1450));
+    let (pod_net_node, flannel_node) = (rig.node(1), rig.node(2));
+    // Node 2 runs no pod-net: flannel's kernel VXLAN, pointing at node 1's
+    // derived VTEP MAC. Node 1 sends node 2 inner frames to flannel.1's MAC.
+    flannel_node
+        .flannel_style(&[(pod_net_node, pod_net_node.derived_vtep_mac())])
+        .unwrap();
+    pod_net_node.load_cross_node().unwrap();
+    pod_net_node
+        .add_peer(flannel_node, Some(&flannel_node.flannel_vtep_mac()))
+        .unwrap();
+    let (a, b) = (rig.pod(1, 1), rig.pod(2, 1));
+
+    let capture = std::env::temp_dir().join(format!("{}-underlay.pcap", rig.id()));
+    let capture_path = capture.to_str().unwrap().to_owned();
+    let tshark = flannel_node
+        .command(&[
+            "tshark",
+            "-q",
+            "-i",
+            "eth0",
+            "-f",
+            "udp port 8472",
+            "-w",
+            &capture_path,
+            "-a",
+            "duration:6",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_file(&capture);
+
+    let before = pod_net_node.counters().unwrap();
+    a.ping(b.ip, 3).unwrap();
+    b.ping(a.ip, 3).unwrap();
+    tcp(a, b, "8M");
+    tcp(b, a, "8M");
+    assert!(delta(&before, pod_net_node, "encap") >= 6);
+    assert!(delta(&before, pod_net_node, "decap") >= 6);
+
+    let status = wait_with_timeout(tshark, 15);
+    assert!(status, "tshark did not finish");
+    let decoded = flannel_node
+        .exec(&[
+            "tshark",
+            "-r",
+            &capture_path,
+            "-d",
+            "udp.port==8472,vxlan",
+            "-T",
+            "fields",
+            "-e",
+            "vxlan.vni",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-Y",
+            "icmp",
+        ])
+        .unwrap();
+    let _ = std::fs::remove_file(&capture);
+    // Outer and inner addresses, comma-separated, per packet.
+    let a_to_b = format!(
+        "1\t{},{}\t{},{}",
+        pod_net_node.underlay_ip, a.ip, flannel_node.underlay_ip, b.ip
+    );
+    let b_to_a = format!(
+        "1\t{},{}\t{},{}",
+        flannel_node.underlay_ip, b.ip, pod_net_node.underlay_ip, a.ip
+    );
+    assert!(
+        decoded.lines().any(|line| line == a_to_b),
+        "no {a_to_b:?} in\n{decoded}"
+    );
+    assert!(
+        decoded.lines().any(|line| line == b_to_a),
+        "no {b_to_a:?} in\n{decoded}"
+    );
+    assert_eq!(decoded.lines().count(), 12, "{decoded}");
+}
+
+#[test]
+fn a_pod_mtu_without_room_for_vxlan_gets_frag_needed_not_silence() {
+    if !require_root("a_pod_mtu_without_room_for_vxlan_gets_frag_needed") {
+        return;
+    }
+    // Pods at 1500 on a 1500 underlay: misconfigured, as pod add warns.
+    let rig = rig(2, 1, None);
+    rig.pod_net_mesh().unwrap();
+    let (a, b) = (rig.pod(1, 1), rig.pod(2, 1));
+    let before = rig.node(1).counters().unwrap();
+    let ping = output_of(&mut a.command(&[
+        "ping",
+        "-n",
+        "-c",
+        "1",
+        "-W",
+        "1",
+        "-M",
+        "do",
+        "-s",
+        "1472",
+        &b.ip.to_string(),
+    ]))
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&ping.stdout);
+    assert!(!ping.status.success());
+    assert!(
+        stdout.contains("Frag needed and DF set (mtu = 1450)"),
+        "{stdout}"
+    );
+    assert_eq!(delta(&before, rig.node(1), "pass_frag_needed"), 1);
+    // What fits the tunnel goes through.
+    a.exec(&[
+        "ping",
+        "-n",
+        "-c",
+        "1",
+        "-W",
+        "1",
+        "-M",
+        "do",
+        "-s",
+        "1422",
+        &b.ip.to_string(),
+    ])
+    .unwrap();
+    // TCP learns the path MTU and carries on.
+    tcp(a, b, "8M");
+}
+
+#[test]
+fn tcp_fits_when_the_pod_mtu_leaves_room_for_vxlan() {
+    if !require_root("tcp_fits_when_the_pod_mtu_leaves_room_for_vxlan") {
+        return;
+    }
+    let rig = rig(2, 1, Some(1450));
+    rig.pod_net_mesh().unwrap();
+    let (a, b) = (rig.pod(1, 1), rig.pod(2, 1));
+    let before = rig.node(1).counters().unwrap();
+    tcp(a, b, "32M");
+    tcp(b, a, "32M");
+    let node_1 = rig.node(1);
+    assert!(delta(&before, node_1, "encap") > 100);
+    assert!(delta(&before, node_1, "decap") > 100);
+    for reason in ["pass_frag_needed", "pass_fragment", "pass_resize_failed"] {
+        assert_eq!(delta(&before, node_1, reason), 0, "{reason}");
+    }
+}
+
+fn wait_for_file(path: &std::path::Path) {
+    for _ in 0..100 {
+        if path.exists() {
+            // dumpcap creates the file once it captures.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("tshark never started capturing");
+}
+
+fn wait_with_timeout(mut child: std::process::Child, seconds: u64) -> bool {
+    for _ in 0..seconds * 10 {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}

@@ -1,0 +1,391 @@
+//! Cross-node programs under `BPF_PROG_TEST_RUN`: VXLAN encapsulation on a
+//! pod's egress and decapsulation on the underlay, exact bytes in and out.
+#[path = "../harness/testrun.rs"]
+mod testrun;
+
+use std::net::Ipv4Addr;
+
+use pod_net_tests::{
+    frames::{self, ETH_P_IP, IPPROTO_ICMP, IPPROTO_UDP, Ipv4},
+    privileges::require_root,
+};
+use testrun::{Harness, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, endpoint};
+
+const NODE_1: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
+const NODE_2: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
+const NODE_3: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 3);
+const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
+const PINNED_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 9);
+const MAC_A: [u8; 6] = [0x02, 0, 0x0a, 0xf4, 1, 2];
+const GATEWAY_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
+const NODE_1_VTEP: [u8; 6] = [0x0e, 0x6e, 192, 168, 100, 1];
+const NODE_2_VTEP: [u8; 6] = [0x0e, 0x6e, 192, 168, 100, 2];
+const FLANNEL_VTEP: [u8; 6] = [0x5a, 0x11, 0x22, 0x33, 0x44, 0x55];
+const VNI: u32 = 1;
+const PORT: u16 = 8472;
+const A_IFINDEX: u32 = 42;
+
+/// Node 1's datapath: pod A local; 10.244.2.0/24 on node 2, except
+/// 10.244.2.9/32, pinned to node 3 (a flannel node with its own VTEP MAC).
+fn node_1() -> Harness {
+    let mut harness = Harness::new().expect("load pod-net object");
+    harness.set_underlay(NODE_1, VNI, PORT).unwrap();
+    harness
+        .add_endpoint(POD_A, endpoint(A_IFINDEX, MAC_A, GATEWAY_MAC))
+        .unwrap();
+    harness
+        .add_remote(Ipv4Addr::new(10, 244, 2, 0), 24, NODE_2, None)
+        .unwrap();
+    harness
+        .add_remote(PINNED_POD, 32, NODE_3, Some(FLANNEL_VTEP))
+        .unwrap();
+    harness
+}
+
+fn ping_from_a(dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
+    let ip = Ipv4 {
+        ttl,
+        ..Ipv4::new(POD_A, dst, IPPROTO_ICMP)
+    };
+    frames::ping_frame(GATEWAY_MAC, MAC_A, &ip)
+}
+
+/// What node 1 must emit for `inner` (a frame A sent to its gateway): the
+/// outer headers to `node` with inner destination MAC `vtep`, the inner
+/// Ethernet rewritten, and the inner TTL one lower. The UDP source port is
+/// the flow hash's, so it is taken from `output` and checked separately.
+fn expected_encap(inner: &[u8], node: Ipv4Addr, vtep: [u8; 6], output: &[u8]) -> Vec<u8> {
+    let mut inner = inner.to_vec();
+    inner[0..6].copy_from_slice(&vtep);
+    inner[6..12].copy_from_slice(&NODE_1_VTEP);
+    let ttl = inner[22] - 1;
+    let hop = Ipv4 {
+        ttl,
+        ..Ipv4::new(
+            POD_A,
+            Ipv4Addr::from(<[u8; 4]>::try_from(&inner[30..34]).unwrap()),
+            inner[23],
+        )
+    };
+    let inner_ip_len = inner.len() - 14 - 20;
+    inner[14..34].copy_from_slice(&hop.header(inner_ip_len));
+    let outer = Ipv4 {
+        identification: 0,
+        ..Ipv4::new(NODE_1, node, IPPROTO_UDP)
+    };
+    let source_port = u16::from_be_bytes([output[34], output[35]]);
+    frames::vxlan_frame(([0; 6], [0; 6]), &outer, (source_port, PORT), VNI, &inner)
+}
+
+#[test]
+fn pod_traffic_to_a_remote_cidr_is_vxlan_encapsulated() {
+    if !require_root("pod_traffic_to_a_remote_cidr_is_vxlan_encapsulated") {
+        return;
+    }
+    let harness = node_1();
+    let frame = ping_from_a(REMOTE_POD, 64);
+    let run = harness.run(&frame).unwrap();
+
+    assert_eq!(run.action, TC_ACT_REDIRECT);
+    assert_eq!(run.output.len(), frame.len() + 50);
+    assert_eq!(
+        run.output,
+        expected_encap(&frame, NODE_2, NODE_2_VTEP, &run.output)
+    );
+    // Outer IPv4: version/IHL, DF, TTL 64, UDP, and a checksum that verifies.
+    let outer_ip = &run.output[14..34];
+    assert_eq!(outer_ip[0], 0x45);
+    assert_eq!(
+        u16::from_be_bytes([outer_ip[2], outer_ip[3]]) as usize,
+        frame.len() - 14 + 50
+    );
+    assert_eq!(&outer_ip[6..10], &[0x40, 0, 64, IPPROTO_UDP]);
+    assert_eq!(frames::internet_checksum(outer_ip), 0);
+    // UDP: source port in the ephemeral range, destination 8472, length.
+    let source_port = u16::from_be_bytes([run.output[34], run.output[35]]);
+    assert!((32768..61000).contains(&source_port), "{source_port}");
+    assert_eq!(&run.output[36..38], &PORT.to_be_bytes());
+    assert_eq!(
+        u16::from_be_bytes([run.output[38], run.output[39]]) as usize,
+        frame.len() - 14 + 50 - 20
+    );
+    // VXLAN: I flag, VNI 1.
+    assert_eq!(&run.output[42..50], &[0x08, 0, 0, 0, 0, 0, 1, 0]);
+    // Inner IPv4 checksum still verifies after the TTL decrement.
+    assert_eq!(frames::internet_checksum(&run.output[64..84]), 0);
+    assert_eq!(
+        harness.nonzero_counters().unwrap(),
+        [("encap", 1, frame.len() as u64)]
+    );
+}
+
+#[test]
+fn the_source_port_follows_the_flow() {
+    if !require_root("the_source_port_follows_the_flow") {
+        return;
+    }
+    let harness = node_1();
+    let port_of = |frame: &[u8]| {
+        let run = harness.run(frame).unwrap();
+        u16::from_be_bytes([run.output[34], run.output[35]])
+    };
+    let flow = ping_from_a(REMOTE_POD, 64);
+    assert_eq!(port_of(&flow), port_of(&flow), "one flow, two ports");
+    let ports: std::collections::BTreeSet<u16> = (10..30)
+        .map(|host| port_of(&ping_from_a(Ipv4Addr::new(10, 244, 2, host), 64)))
+        .collect();
+    assert!(ports.len() > 10, "little entropy: {ports:?}");
+}
+
+#[test]
+fn a_pinned_pod_wins_over_its_cidr_and_uses_the_given_vtep_mac() {
+    if !require_root("a_pinned_pod_wins_over_its_cidr") {
+        return;
+    }
+    let harness = node_1();
+    let frame = ping_from_a(PINNED_POD, 64);
+    let run = harness.run(&frame).unwrap();
+    assert_eq!(run.action, TC_ACT_REDIRECT);
+    assert_eq!(
+        run.output,
+        expected_encap(&frame, NODE_3, FLANNEL_VTEP, &run.output)
+    );
+}
+
+#[test]
+fn expired_ttl_and_unconfigured_underlay_go_to_the_kernel() {
+    if !require_root("expired_ttl_and_unconfigured_underlay_go_to_the_kernel") {
+        return;
+    }
+    let harness = node_1();
+    let expiring = ping_from_a(REMOTE_POD, 1);
+    let run = harness.run(&expiring).unwrap();
+    assert_eq!((run.action, run.output), (TC_ACT_OK, expiring.clone()));
+    assert_eq!(
+        harness.nonzero_counters().unwrap(),
+        [("pass_ttl_exceeded", 1, expiring.len() as u64)]
+    );
+
+    // Remote entries without `load --underlay`: nothing to encapsulate with.
+    let mut bare = Harness::new().unwrap();
+    bare.add_remote(Ipv4Addr::new(10, 244, 2, 0), 24, NODE_2, None)
+        .unwrap();
+    let frame = ping_from_a(REMOTE_POD, 64);
+    let run = bare.run(&frame).unwrap();
+    assert_eq!((run.action, run.output), (TC_ACT_OK, frame.clone()));
+    assert_eq!(
+        bare.nonzero_counters().unwrap(),
+        [("pass_unknown_dst", 1, frame.len() as u64)]
+    );
+}
+
+/// A VXLAN frame from node 2 to node 1 carrying `inner`.
+fn from_node_2(inner: &[u8], vni: u32, port: u16) -> Vec<u8> {
+    let outer = Ipv4::new(NODE_2, NODE_1, IPPROTO_UDP);
+    frames::vxlan_frame(
+        ([0x02, 0, 0, 0, 0, 1], [0x02, 0, 0, 0, 0, 2]),
+        &outer,
+        (50000, port),
+        vni,
+        inner,
+    )
+}
+
+/// A ping from a pod on node 2 to pod A, as node 2 encapsulates it.
+fn inner_to_a(ttl: u8) -> Vec<u8> {
+    let ip = Ipv4 {
+        ttl,
+        ..Ipv4::new(REMOTE_POD, POD_A, IPPROTO_ICMP)
+    };
+    frames::ping_frame(NODE_1_VTEP, NODE_2_VTEP, &ip)
+}
+
+#[test]
+fn vxlan_for_a_local_pod_is_decapsulated_into_it() {
+    if !require_root("vxlan_for_a_local_pod_is_decapsulated_into_it") {
+        return;
+    }
+    let harness = node_1();
+    let inner = inner_to_a(63);
+    let frame = from_node_2(&inner, VNI, PORT);
+    let run = harness.run_underlay(&frame).unwrap();
+
+    assert_eq!(run.action, TC_ACT_REDIRECT);
+    let mut expected = inner.clone();
+    expected[0..6].copy_from_slice(&MAC_A);
+    expected[6..12].copy_from_slice(&GATEWAY_MAC);
+    let hop = Ipv4 {
+        ttl: 62,
+        ..Ipv4::new(REMOTE_POD, POD_A, IPPROTO_ICMP)
+    };
+    expected[14..34].copy_from_slice(&hop.header(inner.len() - 34));
+    assert_eq!(run.output, expected);
+    assert_eq!(
+        harness.nonzero_counters().unwrap(),
+        [("decap", 1, frame.len() as u64)]
+    );
+}
+
+#[test]
+fn outer_ip_options_do_not_stop_decapsulation() {
+    if !require_root("outer_ip_options_do_not_stop_decapsulation") {
+        return;
+    }
+    let harness = node_1();
+    let inner = inner_to_a(63);
+    let plain = from_node_2(&inner, VNI, PORT);
+    // Rebuild the outer IPv4 header with IHL 6 (one NOP/EOL option word).
+    let mut header = plain[14..34].to_vec();
+    header[0] = 0x46;
+    let total = u16::from_be_bytes([header[2], header[3]]) + 4;
+    header[2..4].copy_from_slice(&total.to_be_bytes());
+    header[10..12].copy_from_slice(&[0, 0]);
+    header.extend_from_slice(&[1, 1, 1, 0]);
+    let checksum = frames::internet_checksum(&header);
+    header[10..12].copy_from_slice(&checksum.to_be_bytes());
+    let mut frame = plain[..14].to_vec();
+    frame.extend_from_slice(&header);
+    frame.extend_from_slice(&plain[34..]);
+
+    let run = harness.run_underlay(&frame).unwrap();
+    assert_eq!(run.action, TC_ACT_REDIRECT);
+    let plain_run = node_1().run_underlay(&plain).unwrap();
+    assert_eq!(run.output, plain_run.output);
+}
+
+/// Underlay frames that must not be decapsulated, and where each lands.
+fn underlay_cases() -> Vec<(&'static str, Vec<u8>, u32, &'static str)> {
+    let inner = inner_to_a(63);
+    let good = from_node_2(&inner, VNI, PORT);
+
+    let wrong_vni = from_node_2(&inner, 7, PORT);
+    let wrong_port = from_node_2(&inner, VNI, 4789);
+    let mut no_i_flag = good.clone();
+    no_i_flag[42] = 0;
+    let not_for_us = {
+        let outer = Ipv4::new(NODE_2, NODE_3, IPPROTO_UDP);
+        frames::vxlan_frame(
+            ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]),
+            &outer,
+            (50000, PORT),
+            VNI,
+            &inner,
+        )
+    };
+    // Cut inside the VXLAN header, and inside the inner IPv4 header; the
+    // outer IP and UDP lengths match the cut, as a sender would write them.
+    let cut = |keep: usize| {
+        let payload = &good[42..42 + keep];
+        let outer = Ipv4::new(NODE_2, NODE_1, IPPROTO_UDP);
+        let mut frame = frames::ethernet([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], ETH_P_IP);
+        frame.extend_from_slice(&outer.header(8 + keep));
+        frame.extend_from_slice(&frames::udp_header(50000, PORT, keep));
+        frame.extend_from_slice(payload);
+        frame
+    };
+    let truncated_vxlan = cut(4);
+    let truncated_inner = cut(8 + 14 + 10);
+    let mut bad_inner_ihl = good.clone();
+    bad_inner_ihl[64] = 0x43;
+    let fragment = {
+        let outer = Ipv4 {
+            flags_fragment: 0x2000,
+            ..Ipv4::new(NODE_2, NODE_1, IPPROTO_UDP)
+        };
+        frames::vxlan_frame(
+            ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]),
+            &outer,
+            (50000, PORT),
+            VNI,
+            &inner,
+        )
+    };
+    let not_local = {
+        let ip = Ipv4::new(REMOTE_POD, Ipv4Addr::new(10, 244, 1, 99), IPPROTO_ICMP);
+        from_node_2(
+            &frames::ping_frame(NODE_1_VTEP, NODE_2_VTEP, &ip),
+            VNI,
+            PORT,
+        )
+    };
+    let inner_arp = from_node_2(
+        &frames::arp_request(NODE_2_VTEP, REMOTE_POD, POD_A),
+        VNI,
+        PORT,
+    );
+    let inner_ttl_1 = from_node_2(&inner_to_a(1), VNI, PORT);
+    let plain_arp = frames::arp_request([2, 0, 0, 0, 0, 2], NODE_2, NODE_1);
+
+    vec![
+        ("wrong VNI", wrong_vni, TC_ACT_SHOT, "drop_vni"),
+        (
+            "VXLAN without the I flag",
+            no_i_flag,
+            TC_ACT_SHOT,
+            "drop_malformed",
+        ),
+        (
+            "truncated VXLAN header",
+            truncated_vxlan,
+            TC_ACT_SHOT,
+            "drop_malformed",
+        ),
+        (
+            "truncated inner IPv4",
+            truncated_inner,
+            TC_ACT_SHOT,
+            "drop_malformed",
+        ),
+        (
+            "inner IHL of 3 words",
+            bad_inner_ihl,
+            TC_ACT_SHOT,
+            "drop_malformed",
+        ),
+        ("wrong port", wrong_port, TC_ACT_OK, "pass_not_vxlan"),
+        (
+            "another node's address",
+            not_for_us,
+            TC_ACT_OK,
+            "pass_not_vxlan",
+        ),
+        (
+            "plain ARP on the underlay",
+            plain_arp,
+            TC_ACT_OK,
+            "pass_not_vxlan",
+        ),
+        ("outer fragment", fragment, TC_ACT_OK, "pass_outer_fragment"),
+        (
+            "inner destination not local",
+            not_local,
+            TC_ACT_OK,
+            "pass_inner_not_local",
+        ),
+        ("inner ARP", inner_arp, TC_ACT_OK, "pass_not_ip"),
+        ("inner TTL 1", inner_ttl_1, TC_ACT_OK, "pass_ttl_exceeded"),
+    ]
+}
+
+#[test]
+fn everything_else_on_the_underlay_lands_in_its_reason_and_is_never_redirected() {
+    if !require_root("everything_else_on_the_underlay_lands_in_its_reason") {
+        return;
+    }
+    for (name, frame, action, reason) in underlay_cases() {
+        let harness = node_1();
+        let run = harness
+            .run_underlay(&frame)
+            .unwrap_or_else(|err| panic!("{name}: {err:#}"));
+        assert_eq!(run.action, action, "{name}: wrong action");
+        if action == TC_ACT_OK {
+            assert_eq!(run.output, frame, "{name}: bytes changed");
+        }
+        assert_eq!(
+            harness.nonzero_counters().unwrap(),
+            [(reason, 1, frame.len() as u64)],
+            "{name}: wrong counter"
+        );
+    }
+}

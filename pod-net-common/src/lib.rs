@@ -22,6 +22,7 @@ pub mod map_names {
     pub const COUNTERS: &str = "counters";
     pub const REMOTE_NODES: &str = "remote_nodes";
     pub const CONFIG: &str = "config";
+    pub const POD_VETHS: &str = "pod_veths";
 }
 
 /// Names of the programs in the eBPF object.
@@ -30,4 +31,6 @@ pub mod program_names {
     pub const POD_EGRESS: &str = "pod_egress";
     /// TC ingress of the underlay interface: VXLAN from other nodes.
     pub const UNDERLAY_INGRESS: &str = "underlay_ingress";
+    /// XDP on the underlay interface (`load --xdp`).
+    pub const UNDERLAY_XDP: &str = "underlay_xdp";
 }

@@ -1,18 +1,19 @@
-//! VXLAN from other nodes, on the underlay's TC ingress: strip the outer
-//! headers and deliver into the pod, or leave the packet to the kernel.
+//! VXLAN from other nodes: which packets are pod-net's to decapsulate, and
+//! the TC program's way of doing it. `xdp` does the same on the XDP hook.
 use aya_ebpf::{
     bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
-use pod_net_common::{Config, EndpointKey, Reason};
+use pod_net_common::{Config, Endpoint, EndpointKey, Reason};
 
 use crate::{
     csum::decrement_ttl,
     encap::VXLAN_FLAG_VNI,
     maps::{CONFIG, LOCAL_ENDPOINTS},
     parse::{
-        ETH_P_IP, IPPROTO_UDP, Parsed, ensure_linear, ipv4_header_is_sane, parse_l2_l3, ptr_at,
+        ETH_P_IP, IPPROTO_UDP, Packet, Parsed, ensure_linear, ipv4_header_is_sane, parse_l2_l3,
+        ptr_at,
     },
     redirect,
     verdict::Verdict,
@@ -21,47 +22,18 @@ use crate::{
 const VXLAN_HLEN: usize = 8;
 const IP_FRAGMENT_MASK: u16 = 0x3fff;
 
-#[inline(always)]
-pub fn decide_and_act(ctx: &TcContext) -> Verdict {
-    let Some(config) = CONFIG.get(0) else {
-        return Verdict::pass(Reason::PassNotVxlan);
-    };
-    let Some(udp_offset) = vxlan_for_us(ctx, config) else {
-        return Verdict::pass(Reason::PassNotVxlan);
-    };
-    if udp_offset == FRAGMENT {
-        return Verdict::pass(Reason::PassOuterFragment);
-    }
-    decapsulate(ctx, config, udp_offset)
-}
-
-/// Marker offset for "an outer fragment": no UDP header to look at.
-const FRAGMENT: usize = 0;
-
-/// The offset of the UDP header if this is UDP to this node's VXLAN port
-/// (`FRAGMENT` for a fragment of UDP to this node), else `None`.
-#[inline(always)]
-fn vxlan_for_us(ctx: &TcContext, config: &Config) -> Option<usize> {
-    let Parsed::Ipv4(outer) = parse_l2_l3(ctx) else {
-        return None;
-    };
-    // SAFETY: bounds-checked by `parse_l2_l3`.
-    let (dst, protocol, frags) = unsafe {
-        let ip = &*outer.ip;
-        (ip.dst_addr, ip.proto, u16::from_be_bytes(ip.frags))
-    };
-    if dst != config.node_ip || protocol != IPPROTO_UDP {
-        return None;
-    }
-    if frags & IP_FRAGMENT_MASK != 0 {
-        return Some(FRAGMENT);
-    }
-    let udp_offset = EthHdr::LEN + outer.ip_header_len();
-    ensure_linear(ctx, udp_offset + size_of::<UdpHdr>()).ok()?;
-    let udp = ptr_at::<UdpHdr>(ctx, udp_offset)?;
-    // SAFETY: bounds-checked by `ptr_at`.
-    let port = u16::from_be_bytes(unsafe { (*udp).dst });
-    (port == config.vxlan_port).then_some(udp_offset)
+/// What an underlay packet is to pod-net.
+pub enum Inbound {
+    /// Not pod-net's, or pod-net leaves it to the kernel.
+    Pass(Reason),
+    /// Addressed to pod-net and invalid.
+    Drop(Reason),
+    /// VXLAN for a pod on this node: strip `outer_len` bytes after the
+    /// outer Ethernet header and deliver.
+    Deliver {
+        endpoint: &'static Endpoint,
+        outer_len: usize,
+    },
 }
 
 /// The headers after the outer IP header, read through one pointer so the
@@ -74,49 +46,94 @@ struct TunnelHeaders {
     inner_ip: Ipv4Hdr,
 }
 
+/// Classifies an underlay packet without changing it.
 #[inline(always)]
-fn decapsulate(ctx: &TcContext, config: &Config, udp_offset: usize) -> Verdict {
-    if ensure_linear(ctx, udp_offset + size_of::<TunnelHeaders>()).is_err() {
-        return Verdict::drop(Reason::DropMalformed);
+pub fn classify(ctx: &impl Packet, config: &Config) -> Inbound {
+    let Parsed::Ipv4(outer) = parse_l2_l3(ctx) else {
+        return Inbound::Pass(Reason::PassNotVxlan);
+    };
+    // SAFETY: bounds-checked by `parse_l2_l3`.
+    let (dst, protocol, frags) = unsafe {
+        let ip = &*outer.ip;
+        (ip.dst_addr, ip.proto, u16::from_be_bytes(ip.frags))
+    };
+    if dst != config.node_ip || protocol != IPPROTO_UDP {
+        return Inbound::Pass(Reason::PassNotVxlan);
     }
-    let Some(headers) = ptr_at::<TunnelHeaders>(ctx, udp_offset) else {
-        return Verdict::drop(Reason::DropMalformed);
+    if frags & IP_FRAGMENT_MASK != 0 {
+        return Inbound::Pass(Reason::PassOuterFragment);
+    }
+    let udp_offset = EthHdr::LEN + outer.ip_header_len();
+    if ensure_linear(ctx, udp_offset + size_of::<UdpHdr>()).is_err() {
+        return Inbound::Pass(Reason::PassNotVxlan);
+    }
+    let Some(udp) = ptr_at::<UdpHdr>(ctx, udp_offset) else {
+        return Inbound::Pass(Reason::PassNotVxlan);
     };
     // SAFETY: bounds-checked by `ptr_at`.
-    let headers = unsafe { &mut *headers };
+    if u16::from_be_bytes(unsafe { (*udp).dst }) != config.vxlan_port {
+        return Inbound::Pass(Reason::PassNotVxlan);
+    }
+
+    // UDP to this node's VXLAN port: pod-net's from here on.
+    if ensure_linear(ctx, udp_offset + size_of::<TunnelHeaders>()).is_err() {
+        return Inbound::Drop(Reason::DropMalformed);
+    }
+    let Some(headers) = ptr_at::<TunnelHeaders>(ctx, udp_offset) else {
+        return Inbound::Drop(Reason::DropMalformed);
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let headers = unsafe { &*headers };
     if headers.vxlan[0] & VXLAN_FLAG_VNI == 0 {
-        return Verdict::drop(Reason::DropMalformed);
+        return Inbound::Drop(Reason::DropMalformed);
     }
     let vni = u32::from_be_bytes([0, headers.vxlan[4], headers.vxlan[5], headers.vxlan[6]]);
     if vni != config.vni {
-        return Verdict::drop(Reason::DropVni);
+        return Inbound::Drop(Reason::DropVni);
     }
     if u16::from_be(headers.inner_eth.ether_type) != ETH_P_IP {
         // ARP and friends: the kernel's tunnel device takes them.
-        return Verdict::pass(Reason::PassNotIp);
+        return Inbound::Pass(Reason::PassNotIp);
     }
     let inner_ip_offset = udp_offset + size_of::<TunnelHeaders>() - Ipv4Hdr::LEN;
-    if !ipv4_header_is_sane(
-        &headers.inner_ip,
-        ctx.len().saturating_sub(inner_ip_offset as u32),
-    ) {
-        return Verdict::drop(Reason::DropMalformed);
+    let available = ctx.len().saturating_sub(inner_ip_offset as u32);
+    if !ipv4_header_is_sane(&headers.inner_ip, available) {
+        return Inbound::Drop(Reason::DropMalformed);
     }
+    let key = EndpointKey::ipv4(headers.inner_ip.dst_addr);
     // SAFETY: the value is only read, before anything can replace it.
-    let Some(endpoint) =
-        (unsafe { LOCAL_ENDPOINTS.get(EndpointKey::ipv4(headers.inner_ip.dst_addr)) })
-    else {
-        return Verdict::pass(Reason::PassInnerNotLocal);
+    let Some(endpoint) = (unsafe { LOCAL_ENDPOINTS.get(key) }) else {
+        return Inbound::Pass(Reason::PassInnerNotLocal);
     };
     // The receiving node is a router hop too.
     if headers.inner_ip.ttl <= 1 {
-        return Verdict::pass(Reason::PassTtlExceeded);
+        return Inbound::Pass(Reason::PassTtlExceeded);
     }
-    let outer_len = (inner_ip_offset - EthHdr::LEN) as i32;
+    Inbound::Deliver {
+        endpoint,
+        outer_len: inner_ip_offset - EthHdr::LEN,
+    }
+}
+
+/// The TC program: decapsulate with `bpf_skb_adjust_room` and deliver with
+/// `bpf_redirect_peer`.
+#[inline(always)]
+pub fn decide_and_act(ctx: &TcContext) -> Verdict {
+    let Some(config) = CONFIG.get(0) else {
+        return Verdict::pass(Reason::PassNotVxlan);
+    };
+    let (endpoint, outer_len) = match classify(ctx, config) {
+        Inbound::Pass(reason) => return Verdict::pass(reason),
+        Inbound::Drop(reason) => return Verdict::drop(reason),
+        Inbound::Deliver {
+            endpoint,
+            outer_len,
+        } => (endpoint, outer_len),
+    };
     // FIXED_GSO: for a GSO packet the MSS is the inner one already.
     if ctx
         .adjust_room(
-            -outer_len,
+            -(outer_len as i32),
             BPF_ADJ_ROOM_MAC,
             u64::from(BPF_F_ADJ_ROOM_FIXED_GSO),
         )

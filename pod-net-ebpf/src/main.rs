@@ -14,8 +14,12 @@ mod maps;
 mod parse;
 mod redirect;
 mod verdict;
+mod xdp;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 /// TC ingress of a pod's host-side veth: every packet the pod sends.
 #[classifier]
@@ -33,6 +37,17 @@ pub fn underlay_ingress(ctx: TcContext) -> i32 {
     let len = ctx.len();
     let verdict = decap::decide_and_act(&ctx);
     counters::count(verdict.reason, len);
+    verdict.action
+}
+
+/// XDP on the underlay (`load --xdp`): VXLAN for local pods, before skbs.
+#[xdp]
+pub fn underlay_xdp(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    let verdict = xdp::decide_and_act(&ctx);
+    if let Some(reason) = verdict.reason {
+        counters::count(reason, len);
+    }
     verdict.action
 }
 

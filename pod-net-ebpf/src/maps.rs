@@ -1,7 +1,7 @@
 //! The BPF maps. BTF-defined so `bpftool map dump` prints field names; the
 //! loader pins them under the pin dir with the same names.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray},
     macros::btf_map,
 };
 use pod_net_common::{
@@ -19,6 +19,10 @@ pub static LOCAL_ENDPOINTS: HashMap<EndpointKey, Endpoint, LOCAL_ENDPOINTS_MAX> 
 /// Pod prefix -> the node hosting it. Longest prefix wins: a /32 pins one pod.
 #[btf_map(name = "remote_nodes")]
 pub static REMOTE_NODES: LpmTrie<RemoteAddr, RemoteNode, REMOTE_NODES_MAX> = LpmTrie::new();
+
+/// Host veth ifindex -> itself: the XDP path's redirect targets.
+#[btf_map(name = "pod_veths")]
+pub static POD_VETHS: DevMapHash<LOCAL_ENDPOINTS_MAX> = DevMapHash::new();
 
 /// Node settings (index 0), written by `pod-net load`.
 #[btf_map(name = "config")]

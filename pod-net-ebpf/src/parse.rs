@@ -1,15 +1,81 @@
-//! Bounds-checked access to packet headers.
-use aya_ebpf::programs::TcContext;
+//! Bounds-checked access to packet headers, for TC and XDP alike.
+use aya_ebpf::programs::{TcContext, XdpContext};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
+/// What the parsers need of a program context.
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// The whole packet's length, linear or not.
+    fn len(&self) -> u32;
+    /// Makes the first `len` bytes directly accessible; fails if the
+    /// packet is shorter.
+    fn ensure_linear(&self, len: usize) -> Result<(), ()>;
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
+
+    /// Locally generated TCP keeps its headers linear already, so the pull
+    /// is rare and never copies payload.
+    #[inline(always)]
+    fn ensure_linear(&self, len: usize) -> Result<(), ()> {
+        if self.data() + len <= self.data_end() {
+            return Ok(());
+        }
+        if (TcContext::len(self) as usize) < len {
+            return Err(());
+        }
+        self.pull_data(len as u32).map_err(|_| ())
+    }
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (XdpContext::data_end(self) - XdpContext::data(self)) as u32
+    }
+
+    /// XDP frames here are linear: the bytes are there or not at all, and
+    /// `ptr_at` checks that. (A second check here would let LLVM fold the
+    /// two into one the verifier cannot follow.)
+    #[inline(always)]
+    fn ensure_linear(&self, _len: usize) -> Result<(), ()> {
+        Ok(())
+    }
+}
+
 /// A pointer to a `T` at `offset` into the packet's linear data, if the
 /// whole `T` lies inside it. The check is the one the verifier needs.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
@@ -18,18 +84,10 @@ pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-/// Makes the first `len` bytes linear, so direct access can reach them.
-/// Fails if the packet is shorter than `len`. Locally generated TCP keeps
-/// its headers linear already, so the pull is rare and never copies payload.
+/// See [`Packet::ensure_linear`].
 #[inline(always)]
-pub fn ensure_linear(ctx: &TcContext, len: usize) -> Result<(), ()> {
-    if ctx.data() + len <= ctx.data_end() {
-        return Ok(());
-    }
-    if (ctx.len() as usize) < len {
-        return Err(());
-    }
-    ctx.pull_data(len as u32).map_err(|_| ())
+pub fn ensure_linear(ctx: &impl Packet, len: usize) -> Result<(), ()> {
+    ctx.ensure_linear(len)
 }
 
 /// The Ethernet and IPv4 headers of a packet, validated.
@@ -61,7 +119,7 @@ pub enum Parsed {
 /// Parses Ethernet and, for IPv4, checks the IP header: version 4, IHL of at
 /// least 5 words, and a total length that fits the frame.
 #[inline(always)]
-pub fn parse_l2_l3(ctx: &TcContext) -> Parsed {
+pub fn parse_l2_l3(ctx: &impl Packet) -> Parsed {
     if ensure_linear(ctx, EthHdr::LEN).is_err() {
         return Parsed::Malformed;
     }
@@ -91,7 +149,7 @@ pub fn parse_l2_l3(ctx: &TcContext) -> Parsed {
 
 /// The IPv4 header at `offset` if it is whole and sane.
 #[inline(always)]
-pub fn valid_ipv4_at(ctx: &TcContext, offset: usize) -> Option<*mut Ipv4Hdr> {
+pub fn valid_ipv4_at(ctx: &impl Packet, offset: usize) -> Option<*mut Ipv4Hdr> {
     let ip = ptr_at::<Ipv4Hdr>(ctx, offset)?;
     // SAFETY: `ptr_at` checked the bounds.
     let sane = ipv4_header_is_sane(unsafe { &*ip }, ctx.len().saturating_sub(offset as u32));

@@ -4,10 +4,12 @@ use std::{fs, io};
 
 use anyhow::{Context as _, Result};
 use aya::programs::{
-    LinkOrder, ProgramInfo, SchedClassifier,
+    LinkOrder, ProgramInfo, SchedClassifier, Xdp, XdpMode,
     links::FdLink,
     tc::{TcAttachOptions, TcAttachType},
 };
+use aya_obj::programs::XdpAttachType;
+use pod_net_common::program_names;
 
 use crate::{netdev::Link, pins::PinDir};
 
@@ -38,6 +40,30 @@ pub fn attach(pins: &PinDir, program: &str, link: &Link) -> Result<Attached> {
         .with_context(|| format!("attaching {program} to {} with TCX", link.name))?;
     let fd_link = FdLink::try_from(classifier.take_link(link_id)?)
         .context("TCX attach returned a non-fd link")?;
+    let link_path = pins.link(program, link.index, &link.name);
+    fd_link
+        .pin(&link_path)
+        .with_context(|| format!("pinning link {}", link_path.display()))?;
+    Ok(Attached::New)
+}
+
+/// Attaches the pinned XDP program to `link` (native mode where the driver
+/// has it), unless already attached there.
+pub fn attach_xdp(pins: &PinDir, link: &Link) -> Result<Attached> {
+    let program = program_names::UNDERLAY_XDP;
+    if pins.pinned_link(program, link.index)?.is_some() {
+        return Ok(Attached::AlreadyThere);
+    }
+    let links_dir = pins.program_links_dir(program);
+    fs::create_dir_all(&links_dir).with_context(|| format!("creating {}", links_dir.display()))?;
+    let program_path = pins.program(program);
+    let mut xdp = Xdp::from_pin(&program_path, XdpAttachType::Interface)
+        .with_context(|| format!("opening pinned program {}", program_path.display()))?;
+    let link_id = xdp
+        .attach_to_if_index(link.index, XdpMode::Default)
+        .with_context(|| format!("attaching {program} to {}", link.name))?;
+    let fd_link =
+        FdLink::try_from(xdp.take_link(link_id)?).context("XDP attach returned a non-fd link")?;
     let link_path = pins.link(program, link.index, &link.name);
     fd_link
         .pin(&link_path)

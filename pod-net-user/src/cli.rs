@@ -76,6 +76,13 @@ pub struct LoadArgs {
     /// VXLAN UDP port (flannel's default is 8472; IANA's is 4789).
     #[arg(long, default_value_t = 8472, requires = "underlay")]
     pub vxlan_port: u16,
+    /// Decapsulate on the underlay with XDP as well (off by default: see
+    /// the README's benchmark). Stays on across reloads until --no-xdp.
+    #[arg(long, conflicts_with = "no_xdp")]
+    pub xdp: bool,
+    /// Turn the XDP receive path off again.
+    #[arg(long)]
+    pub no_xdp: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +168,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                         vxlan_port: args.vxlan_port,
                     }
                 }),
+                xdp: match (args.xdp, args.no_xdp) {
+                    (true, _) => Some(true),
+                    (_, true) => Some(false),
+                    _ => None,
+                },
             };
             print_load_report(&pins, &loader::load(&pins, &options)?);
         }
@@ -224,6 +236,9 @@ fn print_load_report(pins: &PinDir, report: &LoadReport) {
             underlay.vtep_mac,
             underlay.tunnel_device
         );
+    }
+    if report.xdp {
+        println!("XDP receive path on the underlay: on");
     }
     for warning in &report.warnings {
         eprintln!("pod-net: warning: {warning}");

@@ -2,7 +2,9 @@
 use std::net::IpAddr;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray};
+use aya::maps::{
+    Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray,
+};
 use pod_net_common::{
     Config, Counter, Endpoint, EndpointKey, Reason, RemoteAddr, RemoteNode, map_names,
 };
@@ -11,6 +13,7 @@ use crate::pins::PinDir;
 
 /// The maps of a loaded pin dir, opened from their pins.
 pub struct Datapath {
+    pins: PinDir,
     pub endpoints: HashMap<MapData, EndpointKey, Endpoint>,
     /// Capacity of `local_endpoints`, as created.
     pub endpoints_capacity: u32,
@@ -30,6 +33,7 @@ impl Datapath {
         let (config, _) = open_map(pins, map_names::CONFIG)?;
         let (counters, _) = open_map(pins, map_names::COUNTERS)?;
         Ok(Self {
+            pins: pins.clone(),
             endpoints: endpoints
                 .try_into()
                 .context("local_endpoints has an unexpected layout")?,
@@ -45,6 +49,13 @@ impl Datapath {
                 .try_into()
                 .context("counters has an unexpected layout")?,
         })
+    }
+
+    /// The XDP redirect targets, opened on demand (only the XDP path needs
+    /// them).
+    pub fn pod_veths(&self) -> Result<DevMapHash<MapData>> {
+        let (map, _) = open_map(&self.pins, map_names::POD_VETHS)?;
+        map.try_into().context("pod_veths has an unexpected layout")
     }
 
     /// The node settings `load` wrote.

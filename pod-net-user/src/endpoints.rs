@@ -18,6 +18,7 @@ use crate::{
     mac::MacAddr,
     netdev::{self, Link},
     pins::PinDir,
+    xdp,
 };
 
 /// A pod to register, as the CLI or the CNI plugin describes it.
@@ -107,6 +108,9 @@ pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<Added> {
     }
 
     let mtu_warning = loader::pod_mtu_warning(&datapath.config()?, veth.index)?;
+    if xdp::is_on(pins)? {
+        xdp::prepare_pod(&datapath, &veth)?;
+    }
     let attached = attach::attach(pins, program_names::POD_EGRESS, &veth)?;
     if existing.is_some() {
         return Ok(Added {
@@ -180,6 +184,7 @@ fn remove_and_detach(
             .any(|(_, other)| other.ifindex == endpoint.ifindex);
         if !still_used {
             attach::detach(pins, program_names::POD_EGRESS, endpoint.ifindex)?;
+            xdp::forget_pod(datapath, endpoint.ifindex)?;
         }
     }
     Ok(())

@@ -10,12 +10,14 @@ pub mod loader;
 pub mod mac;
 pub mod netdev;
 pub mod netlink;
+pub mod netns;
 pub mod pins;
 pub mod remotes;
 pub mod stats;
 pub mod status;
 pub mod table;
 pub mod tunnel;
+pub mod xdp;
 
 /// The eBPF object built from `pod-net-ebpf`, embedded at build time.
 #[must_use]

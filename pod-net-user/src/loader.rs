@@ -16,9 +16,10 @@ use aya::{
     EbpfLoader,
     maps::MapData,
     programs::{
-        SchedClassifier,
+        Program,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 use pod_net_common::{
@@ -34,10 +35,15 @@ use crate::{
     netdev::{self, Link},
     pins::{PinDir, ensure_bpffs},
     tunnel::{self, TunnelSpec},
+    xdp,
 };
 
-/// Every program in the object, all attached with TCX.
-pub const PROGRAMS: [&str; 2] = [program_names::POD_EGRESS, program_names::UNDERLAY_INGRESS];
+/// Every program in the object.
+pub const PROGRAMS: [&str; 3] = [
+    program_names::POD_EGRESS,
+    program_names::UNDERLAY_INGRESS,
+    program_names::UNDERLAY_XDP,
+];
 
 /// The key and value sizes this build's maps have. A pinned map of another
 /// layout must not be handed to the new programs.
@@ -48,7 +54,7 @@ struct MapLayout {
     max_entries: Option<usize>,
 }
 
-const MAP_LAYOUTS: [MapLayout; 4] = [
+const MAP_LAYOUTS: [MapLayout; 5] = [
     MapLayout {
         name: map_names::LOCAL_ENDPOINTS,
         key_size: size_of::<EndpointKey>(),
@@ -60,6 +66,13 @@ const MAP_LAYOUTS: [MapLayout; 4] = [
         // The trie key is the prefix length, then the address.
         key_size: size_of::<u32>() + size_of::<RemoteAddr>(),
         value_size: size_of::<RemoteNode>(),
+        max_entries: None,
+    },
+    MapLayout {
+        name: map_names::POD_VETHS,
+        key_size: size_of::<u32>(),
+        // struct bpf_devmap_val: ifindex, then a program fd or id.
+        value_size: 2 * size_of::<u32>(),
         max_entries: None,
     },
     MapLayout {
@@ -94,6 +107,9 @@ pub struct LoadOptions {
     /// Enable the cross-node path. A reload without it keeps what an
     /// earlier `load` set.
     pub underlay: Option<UnderlayOptions>,
+    /// Turn the XDP receive path on the underlay on or off; `None` keeps
+    /// what an earlier `load` set.
+    pub xdp: Option<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +121,8 @@ pub struct LoadReport {
     pub links_updated: usize,
     /// The underlay in use after this load, if any.
     pub underlay: Option<UnderlaySummary>,
+    /// Whether the XDP receive path is on after this load.
+    pub xdp: bool,
     /// Things that work but will hurt (MTU mismatches).
     pub warnings: Vec<String>,
 }
@@ -168,11 +186,15 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
     }
     let datapath = Datapath::open(pins)?;
     let config = datapath.config()?;
+    if let Some(wanted) = options.xdp {
+        xdp::set(pins, &datapath, &config, wanted)?;
+    }
     Ok(LoadReport {
         mounted_bpffs,
         replaced,
         links_updated,
         underlay: underlay_summary(&config),
+        xdp: xdp::is_on(pins)?,
         warnings: mtu_warnings(&datapath, &config)?,
     })
 }
@@ -254,22 +276,23 @@ fn load_programs(pins: &PinDir, options: &LoadOptions) -> Result<(bool, usize)> 
     // Verify every program before touching any pin: a rejected program
     // must leave the previous datapath exactly as it was.
     for name in PROGRAMS {
-        let program: &mut SchedClassifier = ebpf
+        let program = ebpf
             .program_mut(name)
-            .with_context(|| format!("the eBPF object has no {name} program"))?
-            .try_into()?;
-        program
-            .load()
-            .with_context(|| format!("the kernel verifier rejected {name}"))?;
+            .with_context(|| format!("the eBPF object has no {name} program"))?;
+        match program {
+            Program::SchedClassifier(program) => program.load(),
+            Program::Xdp(program) => program.load(),
+            _ => bail!("{name} is neither TC nor XDP"),
+        }
+        .with_context(|| format!("the kernel verifier rejected {name}"))?;
     }
     let mut replaced = false;
     let mut links_updated = 0;
     for name in PROGRAMS {
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .with_context(|| format!("the eBPF object has no {name} program"))?
-            .try_into()?;
         let program_path = pins.program(name);
+        let program = ebpf
+            .program_mut(name)
+            .with_context(|| format!("the eBPF object has no {name} program"))?;
         if program_path.exists() {
             replaced = true;
             links_updated += switch_links(pins, name, program)?;
@@ -280,7 +303,7 @@ fn load_programs(pins: &PinDir, options: &LoadOptions) -> Result<(bool, usize)> 
 }
 
 /// Points every pinned link of `name` at `program`, atomically per link.
-fn switch_links(pins: &PinDir, name: &str, program: &mut SchedClassifier) -> Result<usize> {
+fn switch_links(pins: &PinDir, name: &str, program: &mut Program) -> Result<usize> {
     let mut updated = 0;
     for entry in pins.pinned_links(name)? {
         if netdev::link_by_index(entry.ifindex)?.is_none() {
@@ -290,11 +313,18 @@ fn switch_links(pins: &PinDir, name: &str, program: &mut SchedClassifier) -> Res
         }
         let pinned = PinnedLink::from_pin(&entry.path)
             .with_context(|| format!("opening pinned link {}", entry.path.display()))?;
-        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-            .with_context(|| format!("{} is not a TCX link", entry.path.display()))?;
-        program
-            .attach_to_link(link)
-            .with_context(|| format!("updating the program in {}", entry.path.display()))?;
+        let link = FdLink::from(pinned);
+        let not_ours = || format!("{} is not a {name} link", entry.path.display());
+        match program {
+            Program::SchedClassifier(program) => program
+                .attach_to_link(SchedClassifierLink::try_from(link).with_context(not_ours)?)
+                .map(drop),
+            Program::Xdp(program) => program
+                .attach_to_link(XdpLink::try_from(link).with_context(not_ours)?)
+                .map(drop),
+            _ => bail!("{name} is neither TC nor XDP"),
+        }
+        .with_context(|| format!("updating the program in {}", entry.path.display()))?;
         updated += 1;
     }
     Ok(updated)
@@ -302,15 +332,18 @@ fn switch_links(pins: &PinDir, name: &str, program: &mut SchedClassifier) -> Res
 
 /// Pins `program` at `path`, replacing an older pin by rename so the path
 /// never goes missing.
-fn pin_replacing(program: &mut SchedClassifier, path: &Path) -> Result<()> {
+fn pin_replacing(program: &mut Program, path: &Path) -> Result<()> {
     // bpffs refuses names with dots.
     let mut staging = path.as_os_str().to_owned();
     staging.push("_staging");
     let staging = PathBuf::from(staging);
     let _ = fs::remove_file(&staging);
-    program
-        .pin(&staging)
-        .with_context(|| format!("pinning program at {}", staging.display()))?;
+    match program {
+        Program::SchedClassifier(program) => program.pin(&staging),
+        Program::Xdp(program) => program.pin(&staging),
+        _ => bail!("{} is neither TC nor XDP", path.display()),
+    }
+    .with_context(|| format!("pinning program at {}", staging.display()))?;
     fs::rename(&staging, path).with_context(|| format!("moving pin to {}", path.display()))
 }
 

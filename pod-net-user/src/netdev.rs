@@ -154,6 +154,51 @@ fn link_from_message(message: &LinkMessage) -> Link {
     link
 }
 
+/// Turns GRO on or off for `ifname` in the caller's namespace (the ethtool
+/// ioctl). On a veth, GRO also gives it the NAPI receive queue that XDP
+/// redirects into the veth need.
+pub fn set_gro(ifname: &str, on: bool) -> Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfreqData {
+        name: [u8; 16],
+        data: *mut EthtoolValue,
+        pad: [u8; 16],
+    }
+    if ifname.len() >= 16 {
+        bail!("interface name {ifname:?} is too long");
+    }
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_SGRO,
+        data: u32::from(on),
+    };
+    let mut request = IfreqData {
+        name: [0; 16],
+        data: &raw mut value,
+        pad: [0; 16],
+    };
+    request.name[..ifname.len()].copy_from_slice(ifname.as_bytes());
+    // SAFETY: a datagram socket we close below, and an ioctl whose argument
+    // outlives it.
+    let result = unsafe {
+        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if socket < 0 {
+            return Err(io::Error::last_os_error()).context("opening a socket for ethtool");
+        }
+        let rc = libc::ioctl(socket, SIOCETHTOOL, &raw mut request);
+        let error = io::Error::last_os_error();
+        libc::close(socket);
+        if rc < 0 { Err(error) } else { Ok(()) }
+    };
+    result.with_context(|| format!("setting GRO {} on {ifname}", if on { "on" } else { "off" }))
+}
+
 /// Resolves `name` to a veth on this node, with a clear error when it is
 /// missing or of another kind.
 pub fn require_veth(name: &str) -> Result<Link> {

@@ -8,8 +8,8 @@ use std::net::Ipv4Addr;
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use pod_net_common::{
     Config, Counter, Endpoint, EndpointKey, Reason, RemoteAddr, RemoteNode, map_names,
@@ -20,6 +20,9 @@ use pod_net_common::{
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
 /// Test run resolves interfaces in the test's own namespace; the loopback
 /// device (ifindex 1, MTU 65536) stands in for the underlay.
 pub const LOOPBACK_IFINDEX: u32 = 1;
@@ -51,6 +54,11 @@ impl Harness {
                 .load()
                 .with_context(|| format!("verifier rejected {name}"))?;
         }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(program_names::UNDERLAY_XDP)
+            .context("no underlay_xdp program")?
+            .try_into()?;
+        xdp.load().context("verifier rejected underlay_xdp")?;
         Ok(Self { ebpf })
     }
 
@@ -62,6 +70,18 @@ impl Harness {
             .context("no local_endpoints map")?
             .try_into()?;
         endpoints.insert(EndpointKey::ipv4(ip.octets()), endpoint, 0)?;
+        Ok(())
+    }
+
+    /// Makes `ifindex` an XDP redirect target (as `load --xdp` does for a
+    /// pod's host veth).
+    pub fn add_pod_veth(&mut self, ifindex: u32) -> Result<()> {
+        let mut pod_veths: DevMapHash<&mut MapData> = self
+            .ebpf
+            .map_mut(map_names::POD_VETHS)
+            .context("no pod_veths map")?
+            .try_into()?;
+        pod_veths.insert(ifindex, ifindex, None, 0)?;
         Ok(())
     }
 
@@ -129,6 +149,27 @@ impl Harness {
     /// Runs `underlay_ingress` once on `frame`.
     pub fn run_underlay(&self, frame: &[u8]) -> Result<Run> {
         self.run_program(program_names::UNDERLAY_INGRESS, frame, 1)
+    }
+
+    /// Runs `underlay_xdp` once on `frame`.
+    pub fn run_xdp(&self, frame: &[u8]) -> Result<Run> {
+        let program: &Xdp = self
+            .ebpf
+            .program(program_names::UNDERLAY_XDP)
+            .context("no underlay_xdp program")?
+            .try_into()?;
+        let mut output = vec![0u8; frame.len() + 256];
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut output),
+            ..TestRunOptions::default()
+        })?;
+        output.truncate(result.data_size_out as usize);
+        Ok(Run {
+            action: result.return_value,
+            output,
+            duration_ns: result.duration.as_nanos(),
+        })
     }
 
     /// Runs `pod_egress` `repeat` times on `frame`.

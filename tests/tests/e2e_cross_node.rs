@@ -302,6 +302,16 @@ fn tcp_fits_when_the_pod_mtu_leaves_room_for_vxlan() {
     }
 }
 
+/// Frames XDP redirected into `veth` (its `tx_queue_0_xdp_xmit` statistic).
+fn xdp_xmit(node: &Node, veth: &str) -> u64 {
+    let stats = node.exec(&["ethtool", "-S", veth]).unwrap();
+    stats
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("tx_queue_0_xdp_xmit: "))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no xdp_xmit statistic in {stats}"))
+}
+
 fn wait_for_file(path: &std::path::Path) {
     for _ in 0..100 {
         if path.exists() {
@@ -324,4 +334,49 @@ fn wait_with_timeout(mut child: std::process::Child, seconds: u64) -> bool {
     let _ = child.kill();
     let _ = child.wait();
     false
+}
+
+#[test]
+fn the_xdp_receive_path_delivers_and_can_be_turned_off() {
+    if !require_root("the_xdp_receive_path_delivers_and_can_be_turned_off") {
+        return;
+    }
+    let rig = rig(2, 1, Some(1450));
+    rig.pod_net_mesh().unwrap();
+    let (node_2, a, b) = (rig.node(2), rig.pod(1, 1), rig.pod(2, 1));
+    let output = node_2.pod_net(&["load", "--xdp"]).unwrap();
+    assert!(
+        output.contains("XDP receive path on the underlay: on"),
+        "{output}"
+    );
+    // XDP redirects into a veth need NAPI on the pod's end: GRO is on.
+    let features = b.exec(&["ethtool", "-k", "eth0"]).unwrap();
+    assert!(
+        features.contains("generic-receive-offload: on"),
+        "{features}"
+    );
+    assert_eq!(node_2.tcx_ingress_programs("eth0").unwrap().len(), 1);
+
+    let before = node_2.counters().unwrap();
+    let xdp_before = xdp_xmit(node_2, &b.host_veth);
+    a.ping(b.ip, 5).unwrap();
+    b.ping(a.ip, 5).unwrap();
+    // Pings carry complete checksums: all ten arrive through XDP, which
+    // sends them into B's host veth (the TC path would skip it entirely).
+    assert_eq!(delta(&before, node_2, "decap"), 10);
+    assert_eq!(xdp_xmit(node_2, &b.host_veth) - xdp_before, 10);
+    // TCP from a veth carries offloaded (partial) checksums: TC delivers it.
+    tcp(a, b, "8M");
+
+    node_2.pod_net(&["load", "--no-xdp"]).unwrap();
+    let status = node_2.pod_net(&["status", "--json"]).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let xdp = status["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|program| program["name"] == "underlay_xdp")
+        .unwrap();
+    assert_eq!(xdp["attachments"], 0);
+    a.ping(b.ip, 2).unwrap();
 }

@@ -9,7 +9,10 @@ use pod_net_tests::{
     frames::{self, ETH_P_IP, IPPROTO_ICMP, IPPROTO_UDP, Ipv4},
     privileges::require_root,
 };
-use testrun::{Harness, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, endpoint};
+use testrun::{
+    Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS,
+    XDP_REDIRECT, endpoint,
+};
 
 const NODE_1: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
 const NODE_2: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
@@ -387,5 +390,101 @@ fn everything_else_on_the_underlay_lands_in_its_reason_and_is_never_redirected()
             [(reason, 1, frame.len() as u64)],
             "{name}: wrong counter"
         );
+    }
+}
+
+/// Node 1 with pod A behind loopback's ifindex, which is in `pod_veths` as
+/// `load --xdp` would put A's host veth there.
+fn node_1_with_xdp() -> Harness {
+    let mut harness = Harness::new().expect("load pod-net object");
+    harness.set_underlay(NODE_1, VNI, PORT).unwrap();
+    harness
+        .add_endpoint(POD_A, endpoint(LOOPBACK_IFINDEX, MAC_A, GATEWAY_MAC))
+        .unwrap();
+    harness.add_pod_veth(LOOPBACK_IFINDEX).unwrap();
+    harness
+}
+
+#[test]
+fn xdp_decapsulates_into_the_pods_veth_with_the_same_bytes_as_tc() {
+    if !require_root("xdp_decapsulates_into_the_pods_veth") {
+        return;
+    }
+    let harness = node_1_with_xdp();
+    let frame = from_node_2(&inner_to_a(63), VNI, PORT);
+    let xdp = harness.run_xdp(&frame).unwrap();
+    assert_eq!(xdp.action, XDP_REDIRECT);
+    assert_eq!(
+        harness.nonzero_counters().unwrap(),
+        [("decap", 1, frame.len() as u64)]
+    );
+
+    let tc = node_1_with_xdp().run_underlay(&frame).unwrap();
+    assert_eq!(tc.action, TC_ACT_REDIRECT);
+    assert_eq!(xdp.output, tc.output);
+}
+
+#[test]
+fn xdp_leaves_partial_checksums_and_non_vxlan_to_tc_and_drops_what_tc_drops() {
+    if !require_root("xdp_leaves_partial_checksums_to_tc") {
+        return;
+    }
+    // A UDP datagram whose checksum holds only the pseudo-header sum, as a
+    // sender leaves it for offload.
+    let payload = b"offloaded checksum";
+    let inner_ip = Ipv4 {
+        ttl: 63,
+        ..Ipv4::new(REMOTE_POD, POD_A, IPPROTO_UDP)
+    };
+    let udp_len = 8 + payload.len();
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&REMOTE_POD.octets());
+    pseudo.extend_from_slice(&POD_A.octets());
+    pseudo.extend_from_slice(&[0, IPPROTO_UDP]);
+    pseudo.extend_from_slice(&u16::try_from(udp_len).unwrap().to_be_bytes());
+    let partial = !frames::internet_checksum(&pseudo);
+    let mut udp = frames::udp_header(40000, 5201, payload.len());
+    udp[6..8].copy_from_slice(&partial.to_be_bytes());
+    let mut inner = frames::ethernet(NODE_1_VTEP, NODE_2_VTEP, ETH_P_IP);
+    inner.extend_from_slice(&inner_ip.header(udp_len));
+    inner.extend_from_slice(&udp);
+    inner.extend_from_slice(payload);
+
+    for (name, frame, action, counted) in [
+        (
+            "partial UDP checksum",
+            from_node_2(&inner, VNI, PORT),
+            XDP_PASS,
+            None,
+        ),
+        (
+            "wrong port",
+            from_node_2(&inner_to_a(63), VNI, 4789),
+            XDP_PASS,
+            None,
+        ),
+        (
+            "inner TTL 1",
+            from_node_2(&inner_to_a(1), VNI, PORT),
+            XDP_PASS,
+            None,
+        ),
+        (
+            "wrong VNI",
+            from_node_2(&inner_to_a(63), 9, PORT),
+            XDP_DROP,
+            Some("drop_vni"),
+        ),
+    ] {
+        let harness = node_1_with_xdp();
+        let run = harness.run_xdp(&frame).unwrap();
+        assert_eq!(run.action, action, "{name}");
+        if action == XDP_PASS {
+            assert_eq!(run.output, frame, "{name}: bytes changed");
+        }
+        let expected: Vec<(&str, u64, u64)> = counted
+            .map(|reason| vec![(reason, 1, frame.len() as u64)])
+            .unwrap_or_default();
+        assert_eq!(harness.nonzero_counters().unwrap(), expected, "{name}");
     }
 }

@@ -1,8 +1,9 @@
-//! `cargo xtask demo`: the main job on a rig. One node with two pods on a
-//! cni0 bridge, pod-net loaded, the pods registered, ping and TCP between
-//! them through the fast path, the counters, and teardown.
+//! `cargo xtask demo`: the main job on a rig. Two nodes joined by an
+//! underlay, two pods on each node's cni0 bridge, pod-net loaded with VXLAN
+//! on both, ping and TCP within a node (bridge bypassed) and across nodes
+//! (VXLAN in BPF), the counters, and teardown.
 use anyhow::Result;
-use pod_net_tests::{Rig, RigSpec};
+use pod_net_tests::{Node, Pod, Rig, RigSpec};
 
 use crate::run::{cargo, show, workspace_root};
 
@@ -14,51 +15,75 @@ pub fn run() -> Result<()> {
         std::env::set_var("POD_NET_BIN", workspace_root().join("target/debug/pod-net"));
     }
 
-    println!("demo: building a rig: 1 node, 2 pods on cni0 (10.244.1.0/24)");
+    println!(
+        "demo: building a rig: 2 nodes (underlay 192.168.100.0/24), 2 pods each on cni0 \
+         (10.244.N.0/24, MTU 1450)"
+    );
     let rig = Rig::build(&RigSpec {
-        nodes: 1,
+        nodes: 2,
         pods_per_node: 2,
+        pod_mtu: Some(1450),
         ..RigSpec::default()
     })?;
-    let node = rig.node(1);
-    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
-
-    step(node, &["load"])?;
-    for pod in &node.pods {
-        let ip = pod.ip.to_string();
-        step(node, &["pod", "add", "--ip", &ip, "--veth", &pod.host_veth])?;
+    let (node_1, node_2) = (rig.node(1), rig.node(2));
+    for node in [node_1, node_2] {
+        let node_ip = node.underlay_ip.to_string();
+        step(node, &["load", "--underlay", "eth0", "--node-ip", &node_ip])?;
+        for pod in &node.pods {
+            let ip = pod.ip.to_string();
+            step(node, &["pod", "add", "--ip", &ip, "--veth", &pod.host_veth])?;
+        }
     }
-    step(node, &["pod", "list"])?;
+    for (node, peer) in [(node_1, node_2), (node_2, node_1)] {
+        let cidr = peer.pod_cidr();
+        let node_ip = peer.underlay_ip.to_string();
+        step(
+            node,
+            &["node", "add", "--cidr", &cidr, "--node-ip", &node_ip],
+        )?;
+    }
+    step(node_1, &["pod", "list"])?;
+    step(node_1, &["node", "list"])?;
 
-    println!("\n$ ping {} -> {} (5 pings)", a.ip, b.ip);
-    print!("{}", a.ping(b.ip, 5)?);
-
-    println!("\n$ iperf3 TCP {} -> {} (3 s)", a.ip, b.ip);
-    let _server = b.iperf3_server(&[])?;
-    let report = a.iperf3_client(b.ip, &["-t", "3"])?;
-    let gbits = report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_default()
-        / 1e9;
-    println!("received {gbits:.1} Gbit/s");
-
-    let host_veth = node.link_packets(&b.host_veth)?;
+    let (a, b, c) = (rig.pod(1, 1), rig.pod(1, 2), rig.pod(2, 1));
+    traffic("same node", a, b)?;
+    let host_veth = node_1.link_packets(&b.host_veth)?;
     let pod_eth0 = b.eth0_packets()?;
     println!(
-        "\nbridge bypass: {}'s eth0 received {} packets; its host veth {} transmitted {}",
+        "bridge bypass: {}'s eth0 received {} packets; its host veth {} transmitted {}",
         b.ip, pod_eth0.rx, b.host_veth, host_veth.tx
     );
+    traffic("across nodes", a, c)?;
 
-    step(node, &["stats"])?;
-    step(node, &["status"])?;
+    step(node_1, &["stats"])?;
+    step(node_2, &["stats"])?;
+    step(node_1, &["status"])?;
     println!("\ndemo: tearing the rig down");
     drop(rig);
     Ok(())
 }
 
+/// Ping and a 3-second TCP run from `client` to `server`.
+fn traffic(label: &str, client: &Pod, server: &Pod) -> Result<()> {
+    println!("\n$ ping {} -> {} ({label}, 5 pings)", client.ip, server.ip);
+    print!("{}", client.ping(server.ip, 5)?);
+    println!(
+        "\n$ iperf3 TCP {} -> {} ({label}, 3 s)",
+        client.ip, server.ip
+    );
+    let _server = server.iperf3_server(&[])?;
+    let report = client.iperf3_client(server.ip, &["-t", "3"])?;
+    let gbits = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_default()
+        / 1e9;
+    println!("received {gbits:.1} Gbit/s");
+    Ok(())
+}
+
 /// Runs and prints one `pod-net` command on `node`.
-fn step(node: &pod_net_tests::Node, args: &[&str]) -> Result<()> {
-    println!("\n$ pod-net {}", args.join(" "));
+fn step(node: &Node, args: &[&str]) -> Result<()> {
+    println!("\n$ pod-net {}   # node {}", args.join(" "), node.index);
     print!("{}", node.pod_net(args)?);
     Ok(())
 }

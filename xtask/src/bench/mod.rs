@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: pod-net against the kernel path it replaces, both
 //! measured in the same run. Results go to target/bench/ as JSON and
 //! Markdown. Benchmarks are not tests: nothing here asserts a timing.
+mod compare;
+mod cross_node;
 mod measure;
 mod report;
 mod same_node;
@@ -14,6 +16,7 @@ use crate::run::{cargo, show, workspace_root};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Suite {
     SameNode,
+    CrossNode,
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +57,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let (report, name) = match args.suite {
         Suite::SameNode => (same_node::run(&options)?, "same-node"),
+        Suite::CrossNode => (cross_node::run(&options)?, "cross-node"),
     };
     println!("\n{}", report.to_markdown());
     report.write(&workspace_root().join("target/bench"), name)

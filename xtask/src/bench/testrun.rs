@@ -13,13 +13,24 @@ pub struct TestRunFigures {
 }
 
 impl TestRunFigures {
+    /// One line on `cases`, for the report notes.
     #[must_use]
-    pub fn describe(&self) -> String {
-        self.cases
+    pub fn describe(&self, cases: &[&str]) -> String {
+        let figures = cases
             .iter()
-            .map(|(case, summary)| format!("{case} {:.1} ns/packet", summary.median))
+            .filter_map(|case| {
+                self.cases
+                    .get(*case)
+                    .map(|summary| format!("{case} {:.0} ns", summary.median))
+            })
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", ");
+        format!(
+            "BPF_PROG_TEST_RUN, median of {} samples of one-packet runs on fresh copies \
+             (programs rewrite their packet, so repeats would time their own output): {figures}. \
+             pass_not_ip is close to the fixed cost of a single test run.",
+            self.rounds
+        )
     }
 }
 

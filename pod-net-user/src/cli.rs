@@ -308,6 +308,7 @@ fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
                 mac: args.mac,
                 container_id: args.container_id,
                 pod_ifname: String::new(),
+                replace: false,
             };
             let added = endpoints::add(pins, &spec)?;
             match added.outcome {

@@ -30,6 +30,9 @@ pub struct PodSpec {
     pub mac: Option<MacAddr>,
     pub container_id: String,
     pub pod_ifname: String,
+    /// Overwrite an entry another owner left for this IP. CNI ADD does: the
+    /// IP was just allocated to this pod, so any older entry is stale.
+    pub replace: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +101,7 @@ pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<Added> {
     };
     if let Some(existing) = existing
         && existing != endpoint
+        && !spec.replace
     {
         bail!(
             "{ip} is already registered on ifindex {} with MAC {}{}; run `pod-net pod del --ip {ip}` first",
@@ -112,7 +116,7 @@ pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<Added> {
         xdp::prepare_pod(&datapath, &veth)?;
     }
     let attached = attach::attach(pins, program_names::POD_EGRESS, &veth)?;
-    if existing.is_some() {
+    if existing == Some(endpoint) {
         return Ok(Added {
             outcome: AddOutcome::Unchanged,
             mtu_warning,
@@ -143,27 +147,48 @@ pub fn del_by_ip(pins: &PinDir, ip: IpAddr) -> Result<PodEntry> {
         Err(err) => return Err(err).context("reading local_endpoints"),
     };
     remove_and_detach(pins, &mut datapath, &[(key, endpoint)])?;
-    Ok(pod_entry(&key, &endpoint))
+    Ok(pod_entry(&key, &endpoint, &netdev::link_names()?))
 }
 
 /// Removes every entry registered under `container_id`. Returns them.
 pub fn del_by_container(pins: &PinDir, container_id: &str) -> Result<Vec<PodEntry>> {
     let wanted = fixed_field::<CONTAINER_ID_LEN>("container ID", container_id)?;
-    let mut datapath = Datapath::open(pins)?;
-    let _lock = pins.lock()?;
-    let owned: Vec<_> = datapath
-        .endpoint_entries()?
-        .into_iter()
-        .filter(|(_, endpoint)| endpoint.container_id == wanted)
-        .collect();
-    if owned.is_empty() {
+    let removed = remove_matching(pins, |endpoint| endpoint.container_id == wanted)?;
+    if removed.is_empty() {
         bail!("no pod with container ID {container_id:?} is registered");
     }
-    remove_and_detach(pins, &mut datapath, &owned)?;
-    Ok(owned
+    let names = netdev::link_names()?;
+    Ok(removed
         .iter()
-        .map(|(key, endpoint)| pod_entry(key, endpoint))
+        .map(|(key, endpoint)| pod_entry(key, endpoint, &names))
         .collect())
+}
+
+/// Removes every entry `doomed` selects, detaching the program where no
+/// entry is left on a veth, and returns them. Selecting nothing is not an
+/// error.
+pub fn remove_matching(
+    pins: &PinDir,
+    doomed: impl Fn(&Endpoint) -> bool,
+) -> Result<Vec<(EndpointKey, Endpoint)>> {
+    let mut datapath = Datapath::open(pins)?;
+    let _lock = pins.lock()?;
+    let selected: Vec<_> = datapath
+        .endpoint_entries()?
+        .into_iter()
+        .filter(|(_, endpoint)| doomed(endpoint))
+        .collect();
+    remove_and_detach(pins, &mut datapath, &selected)?;
+    Ok(selected)
+}
+
+/// The owner fields of an entry, as text.
+#[must_use]
+pub fn owner(endpoint: &Endpoint) -> (String, String) {
+    (
+        field_text(&endpoint.container_id),
+        field_text(&endpoint.pod_ifname),
+    )
 }
 
 fn remove_and_detach(
@@ -193,18 +218,20 @@ fn remove_and_detach(
 /// Every registered pod address.
 pub fn list(pins: &PinDir) -> Result<Vec<PodEntry>> {
     let datapath = Datapath::open(pins)?;
+    let names = netdev::link_names()?;
     Ok(datapath
         .endpoint_entries()?
         .iter()
-        .map(|(key, endpoint)| pod_entry(key, endpoint))
+        .map(|(key, endpoint)| pod_entry(key, endpoint, &names))
         .collect())
 }
 
-fn pod_entry(key: &EndpointKey, endpoint: &Endpoint) -> PodEntry {
-    let veth = netdev::link_by_index(endpoint.ifindex)
-        .ok()
-        .flatten()
-        .map(|link| link.name);
+fn pod_entry(
+    key: &EndpointKey,
+    endpoint: &Endpoint,
+    names: &std::collections::HashMap<u32, String>,
+) -> PodEntry {
+    let veth = names.get(&endpoint.ifindex).cloned();
     PodEntry {
         ip: endpoint_ip(key),
         ifindex: endpoint.ifindex,
@@ -229,7 +256,7 @@ fn peer_mac(veth: &Link) -> Result<MacAddr> {
 
 /// The MAC the pod uses as its gateway: the bridge's, when the veth is a
 /// bridge port (bridge CNI plugin), else the host veth's own (ptp plugin).
-fn gateway_mac(veth: &Link) -> Result<MacAddr> {
+pub fn gateway_mac(veth: &Link) -> Result<MacAddr> {
     let gateway = match veth.master {
         Some(master) => netdev::link_by_index(master)?
             .with_context(|| format!("the bridge of {} has vanished", veth.name))?,

@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod cidr;
 pub mod cli;
+pub mod cni;
 pub mod datapath;
 pub mod endpoints;
 pub mod loader;

@@ -93,6 +93,15 @@ fn link_messages(replies: &[RouteNetlinkMessage]) -> impl Iterator<Item = &LinkM
     })
 }
 
+/// ifindex -> name for every interface in the caller's namespace (one dump
+/// instead of a query per entry).
+pub fn link_names() -> Result<std::collections::HashMap<u32, String>> {
+    Ok(all_links()?
+        .into_iter()
+        .map(|link| (link.index, link.name))
+        .collect())
+}
+
 /// The IPv4 addresses on interface `index`.
 pub fn ipv4_addresses(index: u32) -> Result<Vec<Ipv4Addr>> {
     let replies = netlink::get(

@@ -17,7 +17,21 @@ use crate::netlink;
 /// Runs `work` on a thread that has entered the namespace our namespace
 /// knows as `nsid`. The calling thread never changes namespace.
 pub fn run_in<T: Send>(nsid: i32, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let netns = find(nsid)?;
+    run_in_file(&find(nsid)?, work)
+}
+
+/// Runs `work` inside the network namespace at `path` (like a CNI
+/// runtime's `CNI_NETNS`).
+pub fn run_in_path<T: Send>(
+    path: &std::path::Path,
+    work: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    let netns = File::open(path)
+        .with_context(|| format!("opening network namespace {}", path.display()))?;
+    run_in_file(&netns, work)
+}
+
+fn run_in_file<T: Send>(netns: &File, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::{
     attach,
     datapath::{Datapath, endpoint_ip},
+    endpoints,
     loader::{PROGRAMS, underlay_summary},
     mac::MacAddr,
     netdev::{self, LinkKind},
@@ -188,6 +189,19 @@ fn check_pods(
                     MacAddr(endpoint.mac)
                 ),
                 format!("re-register the pod: `pod-net pod del --ip {ip}`, then `pod add`"),
+            );
+        }
+        if let Ok(gateway) = endpoints::gateway_mac(&link)
+            && gateway.0 != endpoint.gateway_mac
+        {
+            status.problem(
+                format!(
+                    "pod {ip}: stored gateway MAC {} but the pod's gateway now has {gateway}",
+                    MacAddr(endpoint.gateway_mac)
+                ),
+                format!(
+                    "give the bridge a fixed MAC, and re-register the pod: `pod-net pod del --ip {ip}`, then `pod add`"
+                ),
             );
         }
         if veths.insert(link.index)

@@ -2,6 +2,7 @@
 //! `cargo xtask rig`), command helpers and the privilege gate.
 
 pub mod cmd;
+pub mod cni;
 pub mod frames;
 pub mod privileges;
 pub mod rig;

@@ -254,6 +254,24 @@ impl Rig {
         Ok(())
     }
 
+    /// An empty network namespace named `<rig id>-<name>` (lo up), the way
+    /// a container runtime makes a sandbox before calling CNI. Returns its
+    /// path. Torn down with the rig.
+    pub fn sandbox(&self, name: &str) -> Result<String> {
+        let netns = format!("{}-{name}", self.id);
+        add_netns(&netns, &RigSpec::default())?;
+        run("ip", ["-n", netns.as_str(), "link", "set", "lo", "up"])?;
+        Ok(format!("/run/netns/{netns}"))
+    }
+
+    /// A scratch directory for this rig (IPAM state, captures), removed
+    /// with the rig.
+    pub fn scratch_dir(&self) -> Result<PathBuf> {
+        let dir = std::env::temp_dir().join(&self.id);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
     /// Two namespaces joined by a bare veth pair, 10.99.0.1 and .2: the
     /// physical limit a pod path is measured against. Torn down with the rig.
     pub fn direct_pair(&self) -> Result<(Pod, Pod)> {
@@ -320,6 +338,10 @@ impl Node {
             "mcast_snooping",
             "0",
         ])?;
+        // A fixed MAC, as on a real node: otherwise the bridge takes its
+        // lowest port's, and it moves as pods come and go.
+        let bridge_mac = format!("02:bb:00:00:00:{index:02x}");
+        node.ip(&["link", "set", "cni0", "address", &bridge_mac])?;
         let gateway = format!("{}/24", node.gateway_ip);
         node.ip(&["addr", "add", &gateway, "dev", "cni0"])?;
         node.ip(&["link", "set", "cni0", "up"])?;
@@ -753,7 +775,8 @@ pub fn pod_net_binary() -> PathBuf {
 }
 
 /// A workspace binary next to the running executable, or its bare name.
-fn sibling_binary(name: &str) -> PathBuf {
+#[must_use]
+pub fn sibling_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     exe.ancestors()
         .skip(1)
@@ -812,9 +835,12 @@ fn remove_rig(id: &str) -> Result<()> {
             failures.push(name);
         }
     }
-    if let Ok(entries) = fs::read_dir(BPFFS) {
+    for dir in [PathBuf::from(BPFFS), std::env::temp_dir()] {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
-            if entry.file_name().to_str().is_some_and(ours) {
+            if entry.file_name().to_str().is_some_and(ours) && entry.path().is_dir() {
                 fs::remove_dir_all(entry.path())
                     .with_context(|| format!("removing {}", entry.path().display()))?;
             }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: pod-net against the kernel path it replaces, both
 //! measured in the same run. Results go to target/bench/ as JSON and
 //! Markdown. Benchmarks are not tests: nothing here asserts a timing.
+mod cni;
 mod compare;
 mod cross_node;
 mod measure;
@@ -17,6 +18,7 @@ use crate::run::{cargo, show, workspace_root};
 pub enum Suite {
     SameNode,
     CrossNode,
+    Cni,
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +60,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let (report, name) = match args.suite {
         Suite::SameNode => (same_node::run(&options)?, "same-node"),
         Suite::CrossNode => (cross_node::run(&options)?, "cross-node"),
+        Suite::Cni => (cni::run(options.rounds)?, "cni"),
     };
     println!("\n{}", report.to_markdown());
     report.write(&workspace_root().join("target/bench"), name)

@@ -1,0 +1,407 @@
+//! `pod-net-cni`: a chained CNI plugin (spec 0.4.0, 1.0.0, 1.1.0) that runs
+//! after `bridge` or `ptp` and registers the pod with the pinned datapath.
+//!
+//! Everything goes through [`run`], which maps the environment and stdin to
+//! what the plugin prints and its exit status, so the binary stays a shell.
+mod types;
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::Path,
+};
+
+use anyhow::Context as _;
+use pod_net_common::program_names;
+pub use types::SUPPORTED_VERSIONS;
+use types::{Attachment, CniError, NetConf, PrevResult, codes};
+
+use crate::{
+    attach,
+    datapath::{Datapath, endpoint_ip},
+    endpoints::{self, PodSpec},
+    mac::MacAddr,
+    netdev::{self, Link, LinkKind},
+    netns,
+    pins::PinDir,
+};
+
+/// What the plugin prints on stdout, and its exit status.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub stdout: String,
+    pub exit_code: u8,
+}
+
+/// A failure as CNI reports it.
+#[derive(Debug)]
+struct Failure {
+    code: u32,
+    msg: String,
+    details: String,
+}
+
+impl Failure {
+    fn new(code: u32, msg: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    fn with_details(code: u32, msg: impl Into<String>, error: &anyhow::Error) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+            details: format!("{error:#}"),
+        }
+    }
+}
+
+type Step<T> = Result<T, Failure>;
+
+/// The `CNI_*` variables, as read from the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Env {
+    pub command: Option<String>,
+    pub container_id: Option<String>,
+    pub netns: Option<String>,
+    pub ifname: Option<String>,
+    pub args: Option<String>,
+    pub path: Option<String>,
+}
+
+impl Env {
+    #[must_use]
+    pub fn from_process() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        Self {
+            command: var("CNI_COMMAND"),
+            container_id: var("CNI_CONTAINERID"),
+            netns: var("CNI_NETNS"),
+            ifname: var("CNI_IFNAME"),
+            args: var("CNI_ARGS"),
+            path: var("CNI_PATH"),
+        }
+    }
+}
+
+/// Runs one plugin invocation.
+#[must_use]
+pub fn run(env: &Env, stdin: &[u8]) -> Outcome {
+    let version_hint = serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|conf| conf["cniVersion"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "1.1.0".to_owned());
+    match dispatch(env, stdin) {
+        Ok(stdout) => Outcome {
+            stdout,
+            exit_code: 0,
+        },
+        Err(failure) => {
+            let error = CniError {
+                cni_version: version_hint,
+                code: failure.code,
+                msg: failure.msg,
+                details: failure.details,
+            };
+            Outcome {
+                stdout: serde_json::to_string(&error).unwrap_or_default(),
+                exit_code: 1,
+            }
+        }
+    }
+}
+
+fn dispatch(env: &Env, stdin: &[u8]) -> Step<String> {
+    let Some(command) = env.command.as_deref() else {
+        return Err(Failure::new(codes::BAD_ENV, "CNI_COMMAND is not set"));
+    };
+    if command == "VERSION" {
+        return Ok(version());
+    }
+    let conf = parse_conf(stdin)?;
+    let pins = PinDir::new(&conf.pin_dir);
+    match command {
+        "ADD" => add(env, &conf, &pins),
+        "DEL" => del(env, &pins).map(|()| String::new()),
+        "CHECK" => check(env, &conf, &pins).map(|()| String::new()),
+        "GC" => gc(&conf, &pins).map(|()| String::new()),
+        "STATUS" => status(&pins).map(|()| String::new()),
+        other => Err(Failure::new(
+            codes::BAD_ENV,
+            format!("CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, GC, STATUS, VERSION"),
+        )),
+    }
+}
+
+fn version() -> String {
+    serde_json::json!({
+        "cniVersion": "1.1.0",
+        "supportedVersions": SUPPORTED_VERSIONS,
+    })
+    .to_string()
+}
+
+fn parse_conf(stdin: &[u8]) -> Step<NetConf> {
+    let value: serde_json::Value = serde_json::from_slice(stdin).map_err(|err| {
+        Failure::new(
+            codes::DECODE_FAILURE,
+            format!("the network configuration on stdin is not JSON: {err}"),
+        )
+    })?;
+    let conf: NetConf = serde_json::from_value(value).map_err(|err| {
+        Failure::new(
+            codes::INVALID_CONFIG,
+            format!("invalid network configuration: {err}"),
+        )
+    })?;
+    if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
+        return Err(Failure::new(
+            codes::INCOMPATIBLE_VERSION,
+            format!(
+                "cniVersion {} is not supported (supported: {})",
+                conf.cni_version,
+                SUPPORTED_VERSIONS.join(", ")
+            ),
+        ));
+    }
+    if conf.plugin_type.is_empty() || conf.name.is_empty() {
+        return Err(Failure::new(
+            codes::INVALID_CONFIG,
+            "invalid network configuration: name and type must not be empty",
+        ));
+    }
+    Ok(conf)
+}
+
+fn required<'a>(value: Option<&'a String>, name: &str) -> Step<&'a str> {
+    value
+        .map(String::as_str)
+        .ok_or_else(|| Failure::new(codes::BAD_ENV, format!("{name} is not set")))
+}
+
+/// The pod's side as the previous plugin left it: the sandbox interface's
+/// IPs from prevResult, and its MAC and host veth from the kernel.
+struct Sandbox {
+    ips: Vec<IpAddr>,
+    mac: MacAddr,
+    host_veth: Link,
+}
+
+fn inspect_sandbox(env: &Env, conf: &NetConf) -> Step<Sandbox> {
+    let netns = required(env.netns.as_ref(), "CNI_NETNS")?;
+    let ifname = required(env.ifname.as_ref(), "CNI_IFNAME")?.to_owned();
+    let prev_result = conf.prev_result.as_ref().ok_or_else(|| {
+        Failure::new(
+            codes::INVALID_CONFIG,
+            "no prevResult: pod-net-cni is chained after a plugin that creates the pod's \
+             interface (bridge or ptp)",
+        )
+    })?;
+    let prev: PrevResult = serde_json::from_str(prev_result.get())
+        .map_err(|err| Failure::new(codes::INVALID_CONFIG, format!("invalid prevResult: {err}")))?;
+    // The sandbox interface by name and sandbox, not by position: bridge
+    // lists cni0 and the host veth first.
+    let index = prev
+        .interfaces
+        .iter()
+        .position(|interface| interface.name == ifname && !interface.sandbox.is_empty())
+        .ok_or_else(|| {
+            Failure::new(
+                codes::INVALID_CONFIG,
+                format!("prevResult lists no sandbox interface named {ifname}"),
+            )
+        })?;
+    let ips = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface == Some(index))
+        .map(|ip| {
+            let address = ip.address.split('/').next().unwrap_or_default();
+            address.parse::<IpAddr>().map_err(|_| {
+                Failure::new(
+                    codes::INVALID_CONFIG,
+                    format!("prevResult has an invalid address {:?}", ip.address),
+                )
+            })
+        })
+        .collect::<Step<Vec<IpAddr>>>()?;
+
+    let pod_link = netns::run_in_path(Path::new(netns), move || {
+        netdev::link_by_name(&ifname)?.with_context(|| format!("no {ifname} in the sandbox"))
+    })
+    .map_err(|err| Failure::with_details(codes::IO_FAILURE, "cannot inspect the sandbox", &err))?;
+    let mac = pod_link
+        .mac
+        .ok_or_else(|| Failure::new(codes::IO_FAILURE, format!("{} has no MAC", pod_link.name)))?;
+    let host_index = pod_link.peer_index.ok_or_else(|| {
+        Failure::new(
+            codes::INVALID_CONFIG,
+            format!("{} in the sandbox is not a veth", pod_link.name),
+        )
+    })?;
+    let host_veth = netdev::link_by_index(host_index)
+        .ok()
+        .flatten()
+        .filter(|link| link.kind == LinkKind::Veth && link.peer_index == Some(pod_link.index))
+        .ok_or_else(|| {
+            Failure::new(
+                codes::INVALID_CONFIG,
+                format!(
+                    "the host end of {} (ifindex {host_index}) is not a veth in this namespace",
+                    pod_link.name
+                ),
+            )
+        })?;
+    Ok(Sandbox {
+        ips,
+        mac,
+        host_veth,
+    })
+}
+
+fn require_loaded(pins: &PinDir) -> Step<()> {
+    if pins.is_loaded() {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            codes::TRY_AGAIN_LATER,
+            format!(
+                "pod-net is not loaded at {} yet; run `pod-net load` on this node",
+                pins.root().display()
+            ),
+        ))
+    }
+}
+
+fn add(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<String> {
+    let container_id = required(env.container_id.as_ref(), "CNI_CONTAINERID")?;
+    let ifname = required(env.ifname.as_ref(), "CNI_IFNAME")?;
+    required(env.path.as_ref(), "CNI_PATH")?;
+    let sandbox = inspect_sandbox(env, conf)?;
+    require_loaded(pins)?;
+    for ip in sandbox.ips.iter().filter(|ip| ip.is_ipv4()) {
+        let spec = PodSpec {
+            ip: Some(*ip),
+            veth: sandbox.host_veth.name.clone(),
+            mac: Some(sandbox.mac),
+            container_id: container_id.to_owned(),
+            pod_ifname: ifname.to_owned(),
+            replace: true,
+        };
+        endpoints::add(pins, &spec).map_err(|err| {
+            Failure::with_details(codes::IO_FAILURE, format!("registering {ip}"), &err)
+        })?;
+    }
+    // The result is the previous one, byte for byte.
+    Ok(conf
+        .prev_result
+        .as_ref()
+        .map(|raw| raw.get().to_owned())
+        .unwrap_or_default())
+}
+
+fn del(env: &Env, pins: &PinDir) -> Step<()> {
+    let container_id = required(env.container_id.as_ref(), "CNI_CONTAINERID")?;
+    let ifname = required(env.ifname.as_ref(), "CNI_IFNAME")?;
+    // Nothing loaded means nothing to clean up: DEL must succeed.
+    if !pins.is_loaded() {
+        return Ok(());
+    }
+    endpoints::remove_matching(pins, |endpoint| {
+        endpoints::owner(endpoint) == (container_id.to_owned(), ifname.to_owned())
+    })
+    .map(drop)
+    .map_err(|err| Failure::with_details(codes::IO_FAILURE, "removing the pod", &err))
+}
+
+fn check(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<()> {
+    let container_id = required(env.container_id.as_ref(), "CNI_CONTAINERID")?;
+    let ifname = required(env.ifname.as_ref(), "CNI_IFNAME")?;
+    let sandbox = inspect_sandbox(env, conf)?;
+    require_loaded(pins)?;
+    let failed = |msg: String| Failure::new(codes::CHECK_FAILED, msg);
+    let datapath = Datapath::open(pins)
+        .map_err(|err| Failure::with_details(codes::IO_FAILURE, "opening the datapath", &err))?;
+    let entries: HashMap<IpAddr, _> = datapath
+        .endpoint_entries()
+        .map_err(|err| Failure::with_details(codes::IO_FAILURE, "reading the datapath", &err))?
+        .into_iter()
+        .map(|(key, endpoint)| (endpoint_ip(&key), endpoint))
+        .collect();
+    for ip in sandbox.ips.iter().filter(|ip| ip.is_ipv4()) {
+        let endpoint = entries
+            .get(ip)
+            .ok_or_else(|| failed(format!("{ip} is not registered")))?;
+        if endpoints::owner(endpoint) != (container_id.to_owned(), ifname.to_owned()) {
+            return Err(failed(format!("{ip} is registered to another container")));
+        }
+        if endpoint.ifindex != sandbox.host_veth.index {
+            return Err(failed(format!(
+                "{ip} points at ifindex {}, not {}",
+                endpoint.ifindex, sandbox.host_veth.name
+            )));
+        }
+        if endpoint.mac != sandbox.mac.0 {
+            return Err(failed(format!(
+                "{ip} has MAC {} stored, the pod has {}",
+                MacAddr(endpoint.mac),
+                sandbox.mac
+            )));
+        }
+    }
+    let attached = attach::is_attached(pins, program_names::POD_EGRESS, &sandbox.host_veth.name)
+        .map_err(|err| Failure::with_details(codes::IO_FAILURE, "querying TCX", &err))?;
+    if !attached {
+        return Err(failed(format!(
+            "pod_egress is not attached to {}",
+            sandbox.host_veth.name
+        )));
+    }
+    Ok(())
+}
+
+fn gc(conf: &NetConf, pins: &PinDir) -> Step<()> {
+    let Some(valid) = conf
+        .valid_attachments
+        .as_ref()
+        .or(conf.attachments.as_ref())
+    else {
+        return Err(Failure::new(
+            codes::INVALID_CONFIG,
+            "GC needs cni.dev/valid-attachments",
+        ));
+    };
+    if !pins.is_loaded() {
+        return Ok(());
+    }
+    let keep: HashSet<(String, String)> = valid
+        .iter()
+        .map(
+            |Attachment {
+                 container_id,
+                 ifname,
+             }| (container_id.clone(), ifname.clone()),
+        )
+        .collect();
+    endpoints::remove_matching(pins, |endpoint| {
+        let owner = endpoints::owner(endpoint);
+        // Entries without an owner were made by hand (`pod-net pod add`).
+        !owner.0.is_empty() && !keep.contains(&owner)
+    })
+    .map(drop)
+    .map_err(|err| Failure::with_details(codes::IO_FAILURE, "removing stale pods", &err))
+}
+
+fn status(pins: &PinDir) -> Step<()> {
+    if pins.is_loaded() {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            codes::NOT_AVAILABLE,
+            format!("pod-net is not loaded at {}", pins.root().display()),
+        ))
+    }
+}

@@ -1,0 +1,493 @@
+//! pod-net-cni driven like a container runtime drives it: chained after
+//! Debian's reference `bridge` and `ptp` plugins with `host-local` IPAM,
+//! with libcni's semantics (see `pod_net_tests::cni`).
+use std::{path::PathBuf, thread};
+
+use pod_net_tests::{
+    Node, Rig, RigSpec,
+    cni::{
+        self, Attachment, REFERENCE_PLUGINS, Runtime, bridge_conflist, ptp_conflist, result_ipv4,
+    },
+    privileges::require_root,
+    rig::sibling_binary,
+};
+use serde_json::{Value, json};
+
+fn empty_node() -> Rig {
+    Rig::build(&RigSpec {
+        nodes: 1,
+        pods_per_node: 0,
+        ..RigSpec::default()
+    })
+    .expect("build rig")
+}
+
+fn plugin_path() -> Vec<PathBuf> {
+    let ours = sibling_binary("pod-net-cni");
+    assert!(
+        ours.is_file(),
+        "build pod-net-cni first (cargo build --bins)"
+    );
+    vec![
+        ours.parent().unwrap().to_path_buf(),
+        PathBuf::from(REFERENCE_PLUGINS),
+    ]
+}
+
+fn attachment(rig: &Rig, name: &str) -> Attachment {
+    Attachment {
+        container_id: format!("ctr-{name}-{}", rig.id()),
+        netns: Some(rig.sandbox(name).unwrap()),
+        ifname: "eth0".into(),
+    }
+}
+
+fn bridge_runtime<'a>(rig: &'a Rig, node: &'a Node) -> Runtime<'a> {
+    let ipam = rig.scratch_dir().unwrap().join("ipam");
+    Runtime::new(
+        node,
+        bridge_conflist("10.244.1.0/24", &ipam, &node.pin_dir),
+        plugin_path(),
+    )
+}
+
+/// pod-net-cni alone, as a runtime would call it, with `env` and `config`.
+fn call(node: &Node, env: &[(&str, String)], config: &Value) -> Result<String, cni::CniFailure> {
+    cni::run_plugin(
+        node,
+        &sibling_binary("pod-net-cni"),
+        env,
+        config.to_string().as_bytes(),
+    )
+    .map_err(|err| {
+        cni::failure(&err)
+            .cloned()
+            .unwrap_or_else(|| panic!("{err:#}"))
+    })
+}
+
+fn sandbox_exec(attachment: &Attachment, args: &[&str]) -> anyhow::Result<String> {
+    let netns = attachment.netns.as_ref().unwrap();
+    let name = netns.trim_start_matches("/run/netns/");
+    let mut full = vec!["netns", "exec", name];
+    full.extend_from_slice(args);
+    pod_net_tests::cmd::run("ip", full)
+}
+
+fn registered(node: &Node) -> Vec<(String, String, String)> {
+    let text = node.pod_net(&["pod", "list", "--json"]).unwrap();
+    let pods: Vec<Value> = serde_json::from_str(&text).unwrap();
+    pods.iter()
+        .map(|pod| {
+            (
+                pod["ip"].as_str().unwrap().to_owned(),
+                pod["container_id"].as_str().unwrap().to_owned(),
+                pod["pod_ifname"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn counter(node: &Node, reason: &str) -> u64 {
+    node.counters().unwrap()[reason]
+}
+
+#[test]
+fn bridge_chain_registers_pods_that_talk_through_the_fast_path() {
+    if !require_root("bridge_chain_registers_pods") {
+        return;
+    }
+    let rig = empty_node();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let runtime = bridge_runtime(&rig, node);
+    let (a, b) = (attachment(&rig, "a"), attachment(&rig, "b"));
+    let result_a = runtime.add(&a).unwrap();
+    let result_b = runtime.add(&b).unwrap();
+    // The chain's result is bridge's, passed through byte for byte.
+    assert_eq!(result_a["interfaces"][0]["name"], "cni0");
+    let (ip_a, ip_b) = (
+        result_ipv4(&result_a).unwrap(),
+        result_ipv4(&result_b).unwrap(),
+    );
+    let mut expected = vec![
+        (ip_a.to_string(), a.container_id.clone(), "eth0".to_owned()),
+        (ip_b.to_string(), b.container_id.clone(), "eth0".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(registered(node), expected);
+    runtime.check(&a).unwrap();
+    runtime.check(&b).unwrap();
+
+    // Warm up ARP, then count: every echo request and reply is redirected.
+    sandbox_exec(&a, &["ping", "-c", "1", "-W", "1", &ip_b.to_string()]).unwrap();
+    let before = counter(node, "redirect_local");
+    sandbox_exec(
+        &a,
+        &["ping", "-c", "5", "-i", "0.1", "-W", "1", &ip_b.to_string()],
+    )
+    .unwrap();
+    assert_eq!(counter(node, "redirect_local") - before, 10);
+
+    runtime.del(&b).unwrap();
+    runtime.del(&a).unwrap();
+    assert!(registered(node).is_empty());
+    assert!(
+        std::fs::read_dir(node.pin_dir.join("links/pod_egress"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn ptp_chain_registers_pods_that_talk_through_the_fast_path() {
+    if !require_root("ptp_chain_registers_pods") {
+        return;
+    }
+    let rig = empty_node();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let ipam = rig.scratch_dir().unwrap().join("ipam");
+    let runtime = Runtime::new(
+        node,
+        ptp_conflist("10.245.0.0/24", &ipam, &node.pin_dir),
+        plugin_path(),
+    );
+    let (a, b) = (attachment(&rig, "a"), attachment(&rig, "b"));
+    let ip_a = result_ipv4(&runtime.add(&a).unwrap()).unwrap();
+    let ip_b = result_ipv4(&runtime.add(&b).unwrap()).unwrap();
+    runtime.check(&a).unwrap();
+
+    sandbox_exec(&a, &["ping", "-c", "1", "-W", "1", &ip_b.to_string()]).unwrap();
+    let before = counter(node, "redirect_local");
+    sandbox_exec(
+        &b,
+        &["ping", "-c", "4", "-i", "0.1", "-W", "1", &ip_a.to_string()],
+    )
+    .unwrap();
+    assert_eq!(counter(node, "redirect_local") - before, 8);
+    runtime.del(&a).unwrap();
+    runtime.del(&b).unwrap();
+    assert!(registered(node).is_empty());
+}
+
+#[test]
+fn del_succeeds_twice_without_netns_after_the_veth_and_without_pins() {
+    if !require_root("del_succeeds_twice") {
+        return;
+    }
+    let rig = empty_node();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let runtime = bridge_runtime(&rig, node);
+    let a = attachment(&rig, "a");
+    runtime.add(&a).unwrap();
+    runtime.del(&a).unwrap();
+    // Twice, now without a cached result (no prevResult at all).
+    runtime.del(&a).unwrap();
+
+    // The sandbox (and with it the veth) is gone before DEL comes.
+    let b = attachment(&rig, "b");
+    runtime.add(&b).unwrap();
+    let netns = b.netns.clone().unwrap();
+    pod_net_tests::cmd::run(
+        "ip",
+        ["netns", "del", netns.trim_start_matches("/run/netns/")],
+    )
+    .unwrap();
+    let no_netns = Attachment {
+        netns: None,
+        ..b.clone()
+    };
+    runtime.del(&no_netns).unwrap();
+    assert!(registered(node).is_empty());
+
+    // Garbage prevResult, and no datapath at all: still a success.
+    let garbage = json!({"cniVersion": "1.0.0", "name": "n", "type": "pod-net-cni",
+        "pinDir": node.pin_dir, "prevResult": {"ips": 5, "interfaces": "x"}});
+    let env = |command: &str| {
+        vec![
+            ("CNI_COMMAND", command.to_owned()),
+            ("CNI_CONTAINERID", "gone".to_owned()),
+            ("CNI_IFNAME", "eth0".to_owned()),
+        ]
+    };
+    call(node, &env("DEL"), &garbage).unwrap();
+    node.pod_net(&["unload"]).unwrap();
+    call(node, &env("DEL"), &garbage).unwrap();
+}
+
+#[test]
+fn a_late_del_does_not_remove_a_new_pod_that_reused_the_ip() {
+    if !require_root("a_late_del_does_not_remove_a_new_pod") {
+        return;
+    }
+    let rig = empty_node();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    // An IPAM range of one address, so the next pod must reuse it.
+    let ipam_dir = rig.scratch_dir().unwrap().join("ipam");
+    let mut conflist = bridge_conflist("10.244.1.0/24", &ipam_dir, &node.pin_dir);
+    conflist["plugins"][0]["ipam"]["rangeStart"] = json!("10.244.1.7");
+    conflist["plugins"][0]["ipam"]["rangeEnd"] = json!("10.244.1.7");
+    let runtime = Runtime::new(node, conflist.clone(), plugin_path());
+    let old = attachment(&rig, "old");
+    let ip = result_ipv4(&runtime.add(&old).unwrap()).unwrap();
+    // The old pod's DEL reaches IPAM but not pod-net (say, the node
+    // rebooted in between); a new pod gets the same IP.
+    let ipam = Runtime::new(
+        node,
+        json!({"cniVersion": "1.0.0", "name": "podnet-bridge", "plugins": [conflist["plugins"][0].clone()]}),
+        plugin_path(),
+    );
+    ipam.del(&old).unwrap();
+    let new = attachment(&rig, "new");
+    assert_eq!(result_ipv4(&runtime.add(&new).unwrap()).unwrap(), ip);
+    assert_eq!(
+        registered(node),
+        vec![(ip.to_string(), new.container_id.clone(), "eth0".into())]
+    );
+    // Now the old pod's DEL arrives late.
+    let old_del = json!({"cniVersion": "1.0.0", "name": "podnet-bridge", "type": "pod-net-cni", "pinDir": node.pin_dir});
+    call(
+        node,
+        &[
+            ("CNI_COMMAND", "DEL".into()),
+            ("CNI_CONTAINERID", old.container_id.clone()),
+            ("CNI_IFNAME", "eth0".into()),
+        ],
+        &old_del,
+    )
+    .unwrap();
+    assert_eq!(
+        registered(node),
+        vec![(ip.to_string(), new.container_id.clone(), "eth0".into())]
+    );
+    runtime.check(&new).unwrap();
+}
+
+#[test]
+fn check_notices_a_pod_that_lost_its_entry() {
+    if !require_root("check_notices_a_pod_that_lost_its_entry") {
+        return;
+    }
+    let rig = empty_node();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let runtime = bridge_runtime(&rig, node);
+    let a = attachment(&rig, "a");
+    let ip = result_ipv4(&runtime.add(&a).unwrap()).unwrap();
+    runtime.check(&a).unwrap();
+    node.pod_net(&["pod", "del", "--ip", &ip.to_string()])
+        .unwrap();
+    let error = runtime.check(&a).unwrap_err();
+    let failure = cni::failure(&error).expect("a CNI error");
+    assert_eq!(failure.code, Some(100), "{failure}");
+    assert!(failure.msg.contains("is not registered"), "{failure}");
+}
+
+#[test]
+fn gc_removes_what_the_runtime_no_longer_has() {
+    if !require_root("gc_removes_what_the_runtime_no_longer_has") {
+        return;
+    }
+    let rig = empty_node();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let runtime = bridge_runtime(&rig, node);
+    let pods: Vec<Attachment> = ["a", "b", "c"]
+        .iter()
+        .map(|name| attachment(&rig, name))
+        .collect();
+    let ips: Vec<String> = pods
+        .iter()
+        .map(|pod| result_ipv4(&runtime.add(pod).unwrap()).unwrap().to_string())
+        .collect();
+    // A hand-registered entry (no container ID) is not GC's to remove.
+    let gc = |key: &str, keep: &[&Attachment]| {
+        let valid: Vec<Value> = keep
+            .iter()
+            .map(|pod| json!({"containerID": pod.container_id, "ifname": pod.ifname}))
+            .collect();
+        let config = json!({"cniVersion": "1.1.0", "name": "podnet-bridge", "type": "pod-net-cni",
+            "pinDir": node.pin_dir, key: valid});
+        call(node, &[("CNI_COMMAND", "GC".into())], &config).unwrap();
+    };
+    gc("cni.dev/valid-attachments", &[&pods[0], &pods[2]]);
+    let left: Vec<String> = registered(node).into_iter().map(|(ip, _, _)| ip).collect();
+    let mut expected = vec![ips[0].clone(), ips[2].clone()];
+    expected.sort();
+    assert_eq!(left, expected);
+    gc("cni.dev/attachments", &[&pods[2]]);
+    let left: Vec<String> = registered(node).into_iter().map(|(ip, _, _)| ip).collect();
+    assert_eq!(left, vec![ips[2].clone()]);
+}
+
+#[test]
+fn thirty_two_parallel_adds_and_dels_leave_consistent_maps() {
+    if !require_root("thirty_two_parallel_adds_and_dels") {
+        return;
+    }
+    let rig = empty_node();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let runtime = bridge_runtime(&rig, node);
+    let pods: Vec<Attachment> = (0..32)
+        .map(|i| attachment(&rig, &format!("p{i}")))
+        .collect();
+    let results: Vec<Value> = thread::scope(|scope| {
+        let handles: Vec<_> = pods
+            .iter()
+            .map(|pod| scope.spawn(|| runtime.add(pod)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap().unwrap())
+            .collect()
+    });
+    let mut expected: Vec<(String, String, String)> = pods
+        .iter()
+        .zip(&results)
+        .map(|(pod, result)| {
+            (
+                result_ipv4(result).unwrap().to_string(),
+                pod.container_id.clone(),
+                "eth0".to_owned(),
+            )
+        })
+        .collect();
+    expected.sort();
+    let mut listed = registered(node);
+    listed.sort();
+    assert_eq!(listed, expected);
+    let status = node.pod_net(&["status"]).unwrap();
+    assert!(status.contains("health:    ok"), "{status}");
+    assert!(status.contains("pod_egress (id"), "{status}");
+
+    thread::scope(|scope| {
+        let handles: Vec<_> = pods
+            .iter()
+            .map(|pod| scope.spawn(|| runtime.del(pod)))
+            .collect();
+        for handle in handles {
+            handle.join().unwrap().unwrap();
+        }
+    });
+    assert!(registered(node).is_empty());
+    assert!(
+        std::fs::read_dir(node.pin_dir.join("links/pod_egress"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn bad_input_gets_the_cni_error_code_it_should() {
+    if !require_root("bad_input_gets_the_cni_error_code") {
+        return;
+    }
+    let rig = empty_node();
+    let node = rig.node(1);
+    let plugin = sibling_binary("pod-net-cni");
+    let raw = |env: &[(&str, String)], stdin: &[u8]| {
+        cni::run_plugin(node, &plugin, env, stdin)
+            .map_err(|err| cni::failure(&err).cloned().unwrap())
+    };
+    let add_env = vec![
+        ("CNI_COMMAND", "ADD".to_owned()),
+        ("CNI_CONTAINERID", "c1".to_owned()),
+        ("CNI_NETNS", "/run/netns/nope".to_owned()),
+        ("CNI_IFNAME", "eth0".to_owned()),
+        ("CNI_PATH", "/usr/lib/cni".to_owned()),
+    ];
+    let good =
+        json!({"cniVersion": "1.0.0", "name": "n", "type": "pod-net-cni", "pinDir": node.pin_dir});
+
+    let code = |result: Result<String, cni::CniFailure>| {
+        let failure = result.unwrap_err();
+        assert_eq!(failure.exit_code, Some(1), "{failure}");
+        let error: Value = serde_json::from_str(&failure.stdout).unwrap();
+        assert!(error["msg"].as_str().is_some_and(|msg| !msg.is_empty()));
+        assert!(error["cniVersion"].is_string());
+        failure.code.unwrap()
+    };
+    assert_eq!(code(raw(&add_env, b"{not json")), 6);
+    assert_eq!(
+        code(raw(&add_env, br#"{"name": "n", "type": "pod-net-cni"}"#)),
+        7
+    );
+    assert_eq!(
+        code(raw(
+            &add_env,
+            br#"{"cniVersion": "1.0.0", "name": "n", "type": "pod-net-cni", "pinDir": 5}"#
+        )),
+        7
+    );
+    assert_eq!(
+        code(raw(
+            &add_env,
+            br#"{"cniVersion": "0.3.1", "name": "n", "type": "pod-net-cni"}"#
+        )),
+        1
+    );
+    assert_eq!(
+        code(raw(&add_env, good.to_string().as_bytes())),
+        7,
+        "no prevResult"
+    );
+    assert_eq!(
+        code(raw(&[], good.to_string().as_bytes())),
+        4,
+        "no CNI_COMMAND"
+    );
+    assert_eq!(
+        code(raw(
+            &[("CNI_COMMAND", "FROB".into())],
+            good.to_string().as_bytes()
+        )),
+        4
+    );
+    let no_container: Vec<_> = add_env
+        .iter()
+        .filter(|(name, _)| *name != "CNI_CONTAINERID")
+        .cloned()
+        .collect();
+    assert_eq!(code(raw(&no_container, good.to_string().as_bytes())), 4);
+    // STATUS: 50 until pod-net is loaded, then fine.
+    assert_eq!(
+        code(raw(
+            &[("CNI_COMMAND", "STATUS".into())],
+            good.to_string().as_bytes()
+        )),
+        50
+    );
+    node.pod_net(&["load"]).unwrap();
+    raw(
+        &[("CNI_COMMAND", "STATUS".into())],
+        good.to_string().as_bytes(),
+    )
+    .unwrap();
+    let version: Value =
+        serde_json::from_str(&raw(&[("CNI_COMMAND", "VERSION".into())], b"").unwrap()).unwrap();
+    assert_eq!(
+        version["supportedVersions"],
+        json!(["0.4.0", "1.0.0", "1.1.0"])
+    );
+}
+
+#[test]
+fn add_before_pod_net_is_loaded_says_try_again_later() {
+    if !require_root("add_before_pod_net_is_loaded") {
+        return;
+    }
+    let rig = empty_node();
+    let node = rig.node(1);
+    let runtime = bridge_runtime(&rig, node);
+    let a = attachment(&rig, "a");
+    let error = runtime.add(&a).unwrap_err();
+    let failure = cni::failure(&error).expect("a CNI error");
+    assert_eq!(failure.code, Some(11), "{failure}");
+    assert!(failure.msg.contains("not loaded"), "{failure}");
+}

@@ -19,6 +19,11 @@ pub struct Config {
     /// This node's VTEP MAC: the inner source MAC of what it encapsulates.
     pub vtep_mac: [u8; 6],
     pub pad2: [u8; 2],
+    /// `event::CONFIG_F_*` bits.
+    pub flags: u32,
+    /// Budget one event costs in the per-CPU rate limit (1e9 / events per
+    /// second); 0 while events are off.
+    pub event_cost_ns: u32,
 }
 
 impl Config {

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod endpoint;
+pub mod event;
 pub mod reason;
 pub mod remote;
 
@@ -23,6 +24,8 @@ pub mod map_names {
     pub const REMOTE_NODES: &str = "remote_nodes";
     pub const CONFIG: &str = "config";
     pub const POD_VETHS: &str = "pod_veths";
+    pub const EVENTS: &str = "events";
+    pub const EVENT_LIMITS: &str = "event_limits";
 }
 
 /// Names of the programs in the eBPF object.

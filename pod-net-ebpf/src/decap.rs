@@ -4,6 +4,7 @@ use aya_ebpf::{
     bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
     programs::TcContext,
 };
+use aya_log_ebpf::warn;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use pod_net_common::{Config, Endpoint, EndpointKey, Reason};
 
@@ -131,14 +132,13 @@ pub fn decide_and_act(ctx: &TcContext) -> Verdict {
         } => (endpoint, outer_len),
     };
     // FIXED_GSO: for a GSO packet the MSS is the inner one already.
-    if ctx
-        .adjust_room(
-            -(outer_len as i32),
-            BPF_ADJ_ROOM_MAC,
-            u64::from(BPF_F_ADJ_ROOM_FIXED_GSO),
-        )
-        .is_err()
-    {
+    if let Err(error) = ctx.adjust_room(
+        -(outer_len as i32),
+        BPF_ADJ_ROOM_MAC,
+        u64::from(BPF_F_ADJ_ROOM_FIXED_GSO),
+    ) {
+        // Rare and worth a line in the agent's log.
+        warn!(ctx, "decap: bpf_skb_adjust_room failed: {}", error);
         return Verdict::pass(Reason::PassResizeFailed);
     }
     let (Some(eth), Some(ip)) = (

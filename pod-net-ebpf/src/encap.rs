@@ -13,6 +13,7 @@ use aya_ebpf::{
     helpers::{bpf_check_mtu, bpf_get_hash_recalc, bpf_redirect_neigh},
     programs::TcContext,
 };
+use aya_log_ebpf::warn;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use pod_net_common::{
     Config, Reason, RemoteNode,
@@ -75,10 +76,9 @@ pub fn to_remote_node(
     // SAFETY: plain helper call on our own context.
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
 
-    if ctx
-        .adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS)
-        .is_err()
-    {
+    if let Err(error) = ctx.adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, ENCAP_FLAGS) {
+        // Rare and worth a line in the agent's log.
+        warn!(ctx, "encap: bpf_skb_adjust_room failed: {}", error);
         return Verdict::pass(Reason::PassResizeFailed);
     }
     // The packet moved: every pointer is taken afresh.

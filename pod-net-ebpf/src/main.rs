@@ -10,6 +10,7 @@ mod csum;
 mod decap;
 mod egress;
 mod encap;
+mod events;
 mod maps;
 mod parse;
 mod redirect;
@@ -24,19 +25,30 @@ use aya_ebpf::{
 /// TC ingress of a pod's host-side veth: every packet the pod sends.
 #[classifier]
 pub fn pod_egress(ctx: TcContext) -> i32 {
-    // Bytes are counted as the packet arrived, before any encapsulation.
-    let len = ctx.len();
-    let verdict = egress::decide_and_act(&ctx);
-    counters::count(verdict.reason, len);
-    verdict.action
+    run_tc(&ctx, egress::decide_and_act)
 }
 
 /// TC ingress of the underlay interface: VXLAN from other nodes.
 #[classifier]
 pub fn underlay_ingress(ctx: TcContext) -> i32 {
+    run_tc(&ctx, decap::decide_and_act)
+}
+
+/// Decides and acts on one packet, then counts it under its one reason
+/// and, when a monitor is listening, reports it.
+#[inline(always)]
+fn run_tc(ctx: &TcContext, decide_and_act: fn(&TcContext) -> verdict::Verdict) -> i32 {
+    // Bytes are counted as the packet arrived, before any encapsulation.
     let len = ctx.len();
-    let verdict = decap::decide_and_act(&ctx);
+    let config = maps::CONFIG.get(0);
+    let snapshot = events::wanted(config).then(|| events::snapshot(ctx));
+    let verdict = decide_and_act(ctx);
     counters::count(verdict.reason, len);
+    if let (Some(config), Some(snapshot)) = (config, snapshot) {
+        // SAFETY: reading a field of our own context.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        events::emit(config, &snapshot, verdict.reason, ifindex, len);
+    }
     verdict.action
 }
 
@@ -44,9 +56,14 @@ pub fn underlay_ingress(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn underlay_xdp(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u32;
+    let config = maps::CONFIG.get(0);
+    let snapshot = events::wanted(config).then(|| events::snapshot(&ctx));
     let verdict = xdp::decide_and_act(&ctx);
     if let Some(reason) = verdict.reason {
         counters::count(reason, len);
+        if let (Some(config), Some(snapshot)) = (config, snapshot) {
+            events::emit(config, &snapshot, reason, ctx.ingress_ifindex() as u32, len);
+        }
     }
     verdict.action
 }

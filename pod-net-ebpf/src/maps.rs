@@ -1,11 +1,13 @@
 //! The BPF maps. BTF-defined so `bpftool map dump` prints field names; the
 //! loader pins them under the pin dir with the same names.
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use pod_net_common::{
-    Config, Counter, Endpoint, EndpointKey, RemoteAddr, RemoteNode, reason::REASON_COUNT,
+    Config, Counter, Endpoint, EndpointKey, RemoteAddr, RemoteNode,
+    event::{Event, RateLimit},
+    reason::REASON_COUNT,
 };
 
 /// Default capacities; `pod-net load` can set others before the maps exist.
@@ -31,3 +33,11 @@ pub static CONFIG: Array<Config, 1> = Array::new();
 /// Packets and bytes per reason, per CPU.
 #[btf_map(name = "counters")]
 pub static COUNTERS: PerCpuArray<Counter, REASON_COUNT> = PerCpuArray::new();
+
+/// Events for `pod-net monitor` (256 KiB).
+#[btf_map(name = "events")]
+pub static EVENTS: RingBuf<Event, { 256 * 1024 }> = RingBuf::new();
+
+/// The per-CPU event rate limit.
+#[btf_map(name = "event_limits")]
+pub static EVENT_LIMITS: PerCpuArray<RateLimit, 1> = PerCpuArray::new();

@@ -10,13 +10,15 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    agent, apply,
     cidr::Cidr,
     endpoints::{self, AddOutcome, PodSpec},
     loader::{self, LoadOptions, LoadReport, UnderlayOptions},
     mac::MacAddr,
+    metrics, monitor,
     pins::{DEFAULT_PIN_DIR, PinDir},
     remotes::{self, NodeSpec},
-    stats::Totals,
+    stats::{self, Totals},
     status, table,
 };
 
@@ -53,10 +55,65 @@ pub enum Command {
     #[command(subcommand)]
     Node(NodeCommand),
     /// Packet and byte counters per reason.
-    Stats {
-        #[arg(long)]
-        json: bool,
-    },
+    Stats(StatsArgs),
+    /// Stream drop and trace events until Ctrl-C.
+    Monitor(MonitorArgs),
+    /// Make the maps match a node config file (TOML or JSON).
+    Apply(ApplyArgs),
+    /// Run the node daemon: /metrics, program logs, config reconciling.
+    Agent(AgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// A node config (as for `apply -f`) to keep the maps in step with.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where to serve Prometheus /metrics.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9565")]
+    pub metrics_addr: std::net::SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The node config: `[[pods]]` (`ip`, `veth`, `mac`) and `[[nodes]]` (`cidr`,
+    /// `node_ip`, `vtep_mac`).
+    #[arg(short = 'f', long = "file", value_name = "NODE_CONFIG")]
+    pub file: PathBuf,
+    /// Print the changes without making them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[arg(long, conflicts_with = "prometheus")]
+    pub json: bool,
+    /// The Prometheus text exposition format.
+    #[arg(long)]
+    pub prometheus: bool,
+    /// Refresh every SECS seconds with rates per second, until Ctrl-C.
+    #[arg(long, value_name = "SECS", conflicts_with_all = ["json", "prometheus"])]
+    pub watch: Option<u64>,
+    /// With --watch: stop after N refreshes.
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub count: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// Also report fast-path packets (`redirect_local`, `encap`, `decap`).
+    #[arg(long)]
+    pub all: bool,
+    /// Events per second per CPU before the rate limit holds them back.
+    #[arg(long, value_name = "N", default_value_t = pod_net_common::event::DEFAULT_EVENTS_PER_SECOND)]
+    pub rate: u32,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after N events.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -201,14 +258,49 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Pod(command) => run_pod(&pins, command)?,
         Command::Node(command) => run_node(&pins, command)?,
-        Command::Stats { json } => {
-            let totals = Totals::read(&pins)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&totals.to_json())?);
+        Command::Stats(args) => {
+            if let Some(seconds) = args.watch {
+                stats::watch(&pins, seconds, args.count)?;
+            } else if args.prometheus {
+                print!("{}", metrics::render(&pins)?);
+            } else if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&Totals::read(&pins)?.to_json())?
+                );
             } else {
-                print!("{}", totals.to_table());
+                print!("{}", Totals::read(&pins)?.to_table());
             }
         }
+        Command::Apply(args) => {
+            let config = apply::read(&args.file)?;
+            let changes = apply::plan(&pins, &config)?;
+            for change in &changes {
+                println!("{change}");
+            }
+            if args.dry_run {
+                println!("{} change(s) (dry run: nothing changed)", changes.len());
+            } else {
+                apply::execute(&pins, &changes)?;
+                println!("{} change(s) applied", changes.len());
+            }
+        }
+        Command::Agent(args) => agent::run(
+            pins,
+            agent::AgentOptions {
+                config: args.config,
+                metrics_addr: args.metrics_addr,
+            },
+        )?,
+        Command::Monitor(args) => monitor::run(
+            &pins,
+            &monitor::MonitorOptions {
+                all: args.all,
+                rate: args.rate,
+                json: args.json,
+                count: args.count,
+            },
+        )?,
     }
     Ok(ExitCode::SUCCESS)
 }

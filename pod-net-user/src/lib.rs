@@ -1,6 +1,8 @@
 //! pod-net's userspace: loading the datapath, registering pods, and
 //! reporting what the programs do.
 
+pub mod agent;
+pub mod apply;
 pub mod attach;
 pub mod cidr;
 pub mod cli;
@@ -9,6 +11,8 @@ pub mod datapath;
 pub mod endpoints;
 pub mod loader;
 pub mod mac;
+pub mod metrics;
+pub mod monitor;
 pub mod netdev;
 pub mod netlink;
 pub mod netns;

@@ -24,7 +24,7 @@ use aya::{
 };
 use pod_net_common::{
     Config, Counter, Endpoint, EndpointKey, RemoteAddr, RemoteNode, config::VXLAN_OVERHEAD,
-    map_names, program_names, reason::REASON_COUNT, remote::derived_vtep_mac,
+    event::RateLimit, map_names, program_names, reason::REASON_COUNT, remote::derived_vtep_mac,
 };
 
 use crate::{
@@ -54,7 +54,7 @@ struct MapLayout {
     max_entries: Option<usize>,
 }
 
-const MAP_LAYOUTS: [MapLayout; 5] = [
+const MAP_LAYOUTS: [MapLayout; 8] = [
     MapLayout {
         name: map_names::LOCAL_ENDPOINTS,
         key_size: size_of::<EndpointKey>(),
@@ -80,6 +80,26 @@ const MAP_LAYOUTS: [MapLayout; 5] = [
         key_size: size_of::<u32>(),
         value_size: size_of::<Config>(),
         max_entries: Some(1),
+    },
+    MapLayout {
+        name: map_names::EVENTS,
+        // A ring buffer has no key or value; its size is in max_entries.
+        key_size: 0,
+        value_size: 0,
+        max_entries: Some(256 * 1024),
+    },
+    MapLayout {
+        name: map_names::EVENT_LIMITS,
+        key_size: size_of::<u32>(),
+        value_size: size_of::<RateLimit>(),
+        max_entries: Some(1),
+    },
+    MapLayout {
+        // aya-log's ring buffer: pinned so the agent's logger outlives reloads.
+        name: "AYA_LOGS",
+        key_size: 0,
+        value_size: 0,
+        max_entries: Some(128 * 1024),
     },
     MapLayout {
         name: map_names::COUNTERS,
@@ -358,16 +378,17 @@ fn enable_underlay(pins: &PinDir, options: &UnderlayOptions, link: &Link) -> Res
         node_ip: options.node_ip,
         vtep_mac,
     })?;
+    let mut datapath = Datapath::open(pins)?;
+    let current = datapath.config()?;
     let config = Config {
         node_ip: options.node_ip.octets(),
         underlay_ifindex: link.index,
         vni: options.vni,
         vxlan_port: options.vxlan_port,
-        pad: 0,
         vtep_mac: vtep_mac.0,
-        pad2: [0; 2],
+        // A monitor may be listening: keep its settings.
+        ..current
     };
-    let mut datapath = Datapath::open(pins)?;
     datapath
         .config
         .set(0, config, 0)

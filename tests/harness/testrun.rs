@@ -102,7 +102,7 @@ impl Harness {
                 vxlan_port: port,
                 pad: 0,
                 vtep_mac: derived_vtep_mac(node_ip.octets()),
-                pad2: [0; 2],
+                ..Config::default()
             },
             0,
         )?;

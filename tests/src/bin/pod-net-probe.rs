@@ -6,6 +6,8 @@
 //! - `pod-net-probe tcx IFACE` prints the IDs of the TCX ingress programs on
 //!   IFACE as a JSON array (`BPF_PROG_QUERY`; Debian's bpftool 7.1 predates
 //!   TCX in `net show`).
+//! - `pod-net-probe get HOST:PORT PATH` prints the body of an HTTP GET
+//!   (the agent's `/metrics`, from inside its namespace).
 #![expect(
     clippy::cast_possible_wrap,
     reason = "ifindex and sockaddr sizes are small"
@@ -21,7 +23,8 @@ fn main() -> ExitCode {
             decode_hex(hex).and_then(|frame| inject(iface, &frame))
         }
         [_, command, iface] if command == "tcx" => tcx_ingress(iface),
-        _ => Err("usage: pod-net-probe inject IFACE HEX | tcx IFACE".into()),
+        [_, command, address, path] if command == "get" => http_get(address, path),
+        _ => Err("usage: pod-net-probe inject IFACE HEX | tcx IFACE | get HOST:PORT PATH".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -30,6 +33,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn http_get(address: &str, path: &str) -> Result<(), String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address).map_err(|err| err.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|err| err.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|err| err.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("no end of headers")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or_default().to_owned());
+    }
+    print!("{body}");
+    Ok(())
 }
 
 fn tcx_ingress(iface: &str) -> Result<(), String> {

@@ -1,0 +1,57 @@
+//! Drop and trace events for `pod-net monitor`, through the `events` ring
+//! buffer. Off unless a monitor turns them on (`Config::flags`), and
+//! rate-limited per CPU so a flood cannot starve anything.
+
+/// `Config::flags`: emit an event for every packet that leaves the fast
+/// path (all `pass_*` and `drop_*` reasons).
+pub const CONFIG_F_EVENTS: u32 = 1;
+/// `Config::flags`: also emit events for fast-path packets.
+pub const CONFIG_F_EVENTS_ALL: u32 = 2;
+
+/// One event, as the programs write it into the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct Event {
+    /// `bpf_ktime_get_ns` (monotonic) when the packet was seen.
+    pub timestamp_ns: u64,
+    /// The `Reason` code the packet was counted under.
+    pub reason: u32,
+    /// Interface the program ran on.
+    pub ifindex: u32,
+    /// Packet length as it arrived.
+    pub len: u32,
+    /// 4, 6, or 0 when the frame was not IP (or too short to tell).
+    pub ip_version: u8,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP); 0 if unknown.
+    pub protocol: u8,
+    pub pad: [u8; 2],
+    /// Addresses as in map keys: IPv4 in the first four bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// TCP/UDP ports, host order; 0 for other protocols.
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub pad2: [u8; 4],
+}
+
+/// Per-CPU token bucket for events, in nanoseconds of budget.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct RateLimit {
+    pub budget_ns: u64,
+    pub last_ns: u64,
+    /// Events not emitted because the budget was spent or the ring full.
+    pub suppressed: u64,
+}
+
+/// Events per second per CPU `monitor` allows unless told otherwise.
+pub const DEFAULT_EVENTS_PER_SECOND: u32 = 1000;
+
+#[cfg(feature = "user")]
+// SAFETY: plain `#[repr(C)]` data with no padding.
+unsafe impl aya::Pod for Event {}
+#[cfg(feature = "user")]
+// SAFETY: plain `#[repr(C)]` data with no padding.
+unsafe impl aya::Pod for RateLimit {}

@@ -1,0 +1,271 @@
+//! `pod-net apply -f FILE`: a node's pods and remote nodes declared in TOML
+//! or JSON, reconciled into the maps. What the file lacks is added, what
+//! it no longer holds is removed, and the difference is printed. A file
+//! that does not parse or validate changes nothing.
+//!
+//! Pods owned by a CNI runtime (those with a container ID) are the
+//! runtime's; apply leaves them alone.
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Deserializer, de::Error as _};
+
+use crate::{
+    cidr::Cidr,
+    datapath::{Datapath, endpoint_ip},
+    endpoints::{self, PodSpec},
+    mac::MacAddr,
+    netdev,
+    pins::PinDir,
+    remotes::{self, NodeSpec},
+};
+
+/// The file's contents.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    #[serde(default)]
+    pub pods: Vec<PodConfig>,
+    #[serde(default)]
+    pub nodes: Vec<RemoteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodConfig {
+    pub ip: IpAddr,
+    pub veth: String,
+    #[serde(default, deserialize_with = "optional_from_str")]
+    pub mac: Option<MacAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    #[serde(deserialize_with = "from_str")]
+    pub cidr: Cidr,
+    pub node_ip: Ipv4Addr,
+    #[serde(default, deserialize_with = "optional_from_str")]
+    pub vtep_mac: Option<MacAddr>,
+}
+
+fn from_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(D::Error::custom)
+}
+
+fn optional_from_str<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    from_str(deserializer).map(Some)
+}
+
+/// Reads and parses `path` (TOML, or JSON when it starts with `{`). The
+/// error names the line and the field.
+pub fn read(path: &Path) -> Result<NodeConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(&text).with_context(|| format!("{} is not a valid node config", path.display()))
+}
+
+/// Parses a node config from text.
+pub fn parse(text: &str) -> Result<NodeConfig> {
+    if text.trim_start().starts_with('{') {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+            let line = err.inner().line();
+            anyhow::anyhow!("line {line}, field {}: {}", err.path(), err.inner())
+        })
+    } else {
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|err| anyhow::anyhow!("{}", one_line(&err.to_string())))?;
+        serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let line = err
+                .inner()
+                .span()
+                .map(|span| text[..span.start].lines().count().max(1));
+            match line {
+                Some(line) => anyhow::anyhow!(
+                    "line {line}, field {}: {}",
+                    err.path(),
+                    err.inner().message()
+                ),
+                None => anyhow::anyhow!("field {}: {}", err.path(), err.inner().message()),
+            }
+        })
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One change apply makes (or would make).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    AddPod(PodConfig),
+    RemovePod { ip: IpAddr },
+    AddNode(RemoteConfig),
+    RemoveNode { cidr: Cidr },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AddPod(pod) => write!(f, "+ pod {} on {}", pod.ip, pod.veth),
+            Self::RemovePod { ip } => write!(f, "- pod {ip}"),
+            Self::AddNode(node) => write!(f, "+ node {} via {}", node.cidr, node.node_ip),
+            Self::RemoveNode { cidr } => write!(f, "- node {cidr}"),
+        }
+    }
+}
+
+/// The changes that make the maps match `config`. Validates everything
+/// first, so a bad entry fails before anything changes.
+pub fn plan(pins: &PinDir, config: &NodeConfig) -> Result<Vec<Change>> {
+    let datapath = Datapath::open(pins)?;
+    validate(&datapath, config)?;
+    let mut changes = Vec::new();
+
+    // Pods: keyed by IP; an entry whose veth or MAC differs is replaced.
+    let names = netdev::link_names()?;
+    let current: BTreeMap<IpAddr, (String, MacAddr)> = datapath
+        .endpoint_entries()?
+        .into_iter()
+        .filter(|(_, endpoint)| endpoints::owner(endpoint).0.is_empty())
+        .map(|(key, endpoint)| {
+            let veth = names.get(&endpoint.ifindex).cloned().unwrap_or_default();
+            (endpoint_ip(&key), (veth, MacAddr(endpoint.mac)))
+        })
+        .collect();
+    let wanted: BTreeMap<IpAddr, &PodConfig> =
+        config.pods.iter().map(|pod| (pod.ip, pod)).collect();
+    for (ip, (veth, mac)) in &current {
+        let keep = wanted
+            .get(ip)
+            .is_some_and(|pod| pod.veth == *veth && pod.mac.is_none_or(|wanted| wanted == *mac));
+        if !keep {
+            changes.push(Change::RemovePod { ip: *ip });
+        }
+    }
+    for pod in &config.pods {
+        let unchanged = current.get(&pod.ip).is_some_and(|(veth, mac)| {
+            pod.veth == *veth && pod.mac.is_none_or(|wanted| wanted == *mac)
+        });
+        if !unchanged {
+            changes.push(Change::AddPod(pod.clone()));
+        }
+    }
+
+    // Remote nodes: keyed by exact prefix.
+    let current: BTreeMap<Cidr, remotes::NodeEntry> = remotes::list(pins)?
+        .into_iter()
+        .map(|entry| (entry.cidr, entry))
+        .collect();
+    let same = |entry: &remotes::NodeEntry, node: &RemoteConfig| {
+        entry.node_ip == node.node_ip
+            && match node.vtep_mac {
+                Some(mac) => entry.vtep_mac_given && entry.vtep_mac == mac,
+                None => !entry.vtep_mac_given,
+            }
+    };
+    let wanted: BTreeMap<Cidr, &RemoteConfig> =
+        config.nodes.iter().map(|node| (node.cidr, node)).collect();
+    for (cidr, entry) in &current {
+        if !wanted.get(cidr).is_some_and(|node| same(entry, node)) {
+            changes.push(Change::RemoveNode { cidr: *cidr });
+        }
+    }
+    for node in &config.nodes {
+        if !current
+            .get(&node.cidr)
+            .is_some_and(|entry| same(entry, node))
+        {
+            changes.push(Change::AddNode(node.clone()));
+        }
+    }
+    Ok(changes)
+}
+
+/// Checks what can be checked without changing anything.
+fn validate(datapath: &Datapath, config: &NodeConfig) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for (index, pod) in config.pods.iter().enumerate() {
+        let at = || format!("pods[{index}] ({})", pod.ip);
+        if !seen.insert(pod.ip) {
+            bail!("{}: listed twice", at());
+        }
+        if pod.ip.is_ipv6() {
+            bail!("{}: IPv6 pods are not supported yet", at());
+        }
+        netdev::require_veth(&pod.veth).with_context(at)?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (index, node) in config.nodes.iter().enumerate() {
+        if !seen.insert(node.cidr) {
+            bail!("nodes[{index}] ({}): listed twice", node.cidr);
+        }
+    }
+    if !config.nodes.is_empty() && !datapath.config()?.has_underlay() {
+        bail!(
+            "the file lists remote nodes but pod-net was loaded without an underlay; \
+             run `pod-net load --underlay IFACE --node-ip IPV4` first"
+        );
+    }
+    Ok(())
+}
+
+/// Makes `changes`: removals first, so an IP or prefix that moves is free.
+pub fn execute(pins: &PinDir, changes: &[Change]) -> Result<()> {
+    for change in changes {
+        match change {
+            Change::RemovePod { ip } => {
+                endpoints::del_by_ip(pins, *ip).with_context(|| change.to_string())?;
+            }
+            Change::RemoveNode { cidr } => {
+                remotes::del(pins, *cidr).with_context(|| change.to_string())?;
+            }
+            Change::AddPod(_) | Change::AddNode(_) => {}
+        }
+    }
+    for change in changes {
+        match change {
+            Change::AddPod(pod) => {
+                let spec = PodSpec {
+                    ip: Some(pod.ip),
+                    veth: pod.veth.clone(),
+                    mac: pod.mac,
+                    ..PodSpec::default()
+                };
+                endpoints::add(pins, &spec).with_context(|| change.to_string())?;
+            }
+            Change::AddNode(node) => {
+                let spec = NodeSpec {
+                    cidr: node.cidr,
+                    node_ip: node.node_ip,
+                    vtep_mac: node.vtep_mac,
+                };
+                remotes::add(pins, &spec).with_context(|| change.to_string())?;
+            }
+            Change::RemovePod { .. } | Change::RemoveNode { .. } => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! The Prometheus text exposition of pod-net's counters and map fill
+//! levels, shared by `pod-net stats --prometheus` and the agent's
+//! `/metrics`.
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use aya::maps::PerCpuArray;
+use pod_net_common::{event::RateLimit, map_names};
+
+use crate::{datapath::Datapath, pins::PinDir};
+
+/// Everything `/metrics` serves, read from the pinned maps now.
+pub fn render(pins: &PinDir) -> Result<String> {
+    let datapath = Datapath::open(pins)?;
+    let totals = datapath.counter_totals()?;
+    let mut out = String::new();
+    family(
+        &mut out,
+        "pod_net_packets_total",
+        "counter",
+        "Packets the pod-net programs handled, by the one reason each was counted under.",
+    );
+    for (reason, counter) in &totals {
+        let _ = writeln!(
+            out,
+            "pod_net_packets_total{{reason=\"{}\"}} {}",
+            reason.name(),
+            counter.packets
+        );
+    }
+    family(
+        &mut out,
+        "pod_net_bytes_total",
+        "counter",
+        "Bytes of those packets, as they arrived.",
+    );
+    for (reason, counter) in &totals {
+        let _ = writeln!(
+            out,
+            "pod_net_bytes_total{{reason=\"{}\"}} {}",
+            reason.name(),
+            counter.bytes
+        );
+    }
+    let remotes = datapath.remotes.keys().count();
+    let maps = [
+        (
+            map_names::LOCAL_ENDPOINTS,
+            datapath.endpoint_entries()?.len(),
+            datapath.endpoints_capacity,
+        ),
+        (map_names::REMOTE_NODES, remotes, datapath.remotes_capacity),
+    ];
+    family(
+        &mut out,
+        "pod_net_map_entries",
+        "gauge",
+        "Entries in a pod-net map.",
+    );
+    for (name, entries, _) in maps {
+        let _ = writeln!(out, "pod_net_map_entries{{map=\"{name}\"}} {entries}");
+    }
+    family(
+        &mut out,
+        "pod_net_map_capacity",
+        "gauge",
+        "Capacity of a pod-net map (max_entries).",
+    );
+    for (name, _, capacity) in maps {
+        let _ = writeln!(out, "pod_net_map_capacity{{map=\"{name}\"}} {capacity}");
+    }
+    family(
+        &mut out,
+        "pod_net_events_suppressed_total",
+        "counter",
+        "Monitor events not emitted: over the rate limit or the ring buffer full.",
+    );
+    let _ = writeln!(
+        out,
+        "pod_net_events_suppressed_total {}",
+        events_suppressed(pins)?
+    );
+    Ok(out)
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Events the rate limit or a full ring held back, over all CPUs.
+pub fn events_suppressed(pins: &PinDir) -> Result<u64> {
+    let map = aya::maps::MapData::from_pin(pins.map(map_names::EVENT_LIMITS))?;
+    let limits: PerCpuArray<_, RateLimit> = aya::maps::Map::from_map_data(map)?.try_into()?;
+    Ok(limits
+        .get(&0, 0)?
+        .iter()
+        .map(|limit| limit.suppressed)
+        .sum())
+}

@@ -1,0 +1,202 @@
+//! `pod-net monitor`: turns events on, prints them as they come, and turns
+//! them off again on Ctrl-C (or SIGTERM).
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Map, MapData, RingBuf};
+use pod_net_common::{
+    Reason,
+    event::{CONFIG_F_EVENTS, CONFIG_F_EVENTS_ALL, Event},
+    map_names,
+};
+
+use crate::{datapath::Datapath, metrics, netdev, pins::PinDir};
+
+/// What to watch.
+#[derive(Clone, Debug)]
+pub struct MonitorOptions {
+    /// Fast-path packets too, not only what leaves the fast path.
+    pub all: bool,
+    /// Events per second per CPU before the rate limit holds them back.
+    pub rate: u32,
+    /// Print JSON lines instead of text.
+    pub json: bool,
+    /// Stop after this many events (scripts and tests); forever if `None`.
+    pub count: Option<u64>,
+}
+
+/// Runs until Ctrl-C, SIGTERM or `count` events.
+pub fn run(pins: &PinDir, options: &MonitorOptions) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing the signal handler")?;
+    }
+    let map = MapData::from_pin(pins.map(map_names::EVENTS))
+        .context("opening the events ring buffer (is pod-net loaded?)")?;
+    let mut ring: RingBuf<MapData> = Map::from_map_data(map)?.try_into()?;
+    let suppressed_before = metrics::events_suppressed(pins)?;
+    set_events(pins, Some(options))?;
+    stream(&mut ring, options, &stop);
+    // Stop the programs from producing events.
+    set_events(pins, None)?;
+    let suppressed = metrics::events_suppressed(pins)?.saturating_sub(suppressed_before);
+    if suppressed > 0 {
+        eprintln!("pod-net: {suppressed} event(s) held back by the rate limit");
+    }
+    Ok(())
+}
+
+fn stream(ring: &mut RingBuf<MapData>, options: &MonitorOptions, stop: &AtomicBool) {
+    let clock = Clock::new();
+    let mut names = netdev::link_names().unwrap_or_default();
+    let mut seen = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        while let Some(item) = ring.next() {
+            let Some(event) =
+                bytemuck::try_from_bytes::<Event>(&item[..size_of::<Event>().min(item.len())])
+                    .ok()
+                    .copied()
+            else {
+                continue;
+            };
+            if !names.contains_key(&event.ifindex) {
+                names = netdev::link_names().unwrap_or_default();
+            }
+            println!("{}", format_event(&event, &clock, &names, options.json));
+            seen += 1;
+            if options.count.is_some_and(|count| seen >= count) {
+                return;
+            }
+        }
+        wait_readable(ring.as_raw_fd(), Duration::from_millis(200));
+    }
+}
+
+/// Turns events on (with the options' level and rate) or off.
+fn set_events(pins: &PinDir, options: Option<&MonitorOptions>) -> Result<()> {
+    let mut datapath = Datapath::open(pins)?;
+    let _lock = pins.lock()?;
+    let mut config = datapath.config()?;
+    config.flags &= !(CONFIG_F_EVENTS | CONFIG_F_EVENTS_ALL);
+    config.event_cost_ns = 0;
+    if let Some(options) = options {
+        config.flags |= CONFIG_F_EVENTS;
+        if options.all {
+            config.flags |= CONFIG_F_EVENTS_ALL;
+        }
+        config.event_cost_ns = 1_000_000_000 / options.rate.max(1);
+    }
+    datapath.config.set(0, config, 0).context("writing config")
+}
+
+fn wait_readable(fd: i32, timeout: Duration) {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one pollfd on the stack; EINTR (a signal) just returns.
+    unsafe { libc::poll(&raw mut poll, 1, millis) };
+}
+
+/// Turns the programs' monotonic timestamps into wall-clock time.
+struct Clock {
+    offset_ns: i128,
+}
+
+impl Clock {
+    fn new() -> Self {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime fills the struct.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+        let monotonic = i128::from(now.tv_sec) * 1_000_000_000 + i128::from(now.tv_nsec);
+        let realtime = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos().cast_signed());
+        Self {
+            offset_ns: realtime - monotonic,
+        }
+    }
+
+    /// `HH:MM:SS.mmm` (UTC) for a monotonic timestamp.
+    fn format(&self, monotonic_ns: u64) -> String {
+        let wall = i128::from(monotonic_ns) + self.offset_ns;
+        let millis = (wall / 1_000_000).rem_euclid(86_400_000);
+        format!(
+            "{:02}:{:02}:{:02}.{:03}",
+            millis / 3_600_000,
+            millis / 60_000 % 60,
+            millis / 1000 % 60,
+            millis % 1000
+        )
+    }
+}
+
+fn format_event(event: &Event, clock: &Clock, names: &HashMap<u32, String>, json: bool) -> String {
+    let reason = Reason::from_code(event.reason).map_or("unknown", Reason::name);
+    let interface = names
+        .get(&event.ifindex)
+        .cloned()
+        .unwrap_or_else(|| format!("ifindex {}", event.ifindex));
+    let (src, dst) = match event.ip_version {
+        4 => (
+            Some(IpAddr::from(
+                <[u8; 4]>::try_from(&event.src[..4]).unwrap_or_default(),
+            )),
+            Some(IpAddr::from(
+                <[u8; 4]>::try_from(&event.dst[..4]).unwrap_or_default(),
+            )),
+        ),
+        6 => (Some(IpAddr::from(event.src)), Some(IpAddr::from(event.dst))),
+        _ => (None, None),
+    };
+    let protocol = match event.protocol {
+        1 => "icmp".to_owned(),
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        58 => "icmpv6".to_owned(),
+        0 => String::new(),
+        other => format!("proto {other}"),
+    };
+    if json {
+        return serde_json::json!({
+            "time": clock.format(event.timestamp_ns),
+            "reason": reason,
+            "interface": interface,
+            "ifindex": event.ifindex,
+            "len": event.len,
+            "protocol": protocol,
+            "src": src.map(|ip| ip.to_string()),
+            "dst": dst.map(|ip| ip.to_string()),
+            "src_port": event.src_port,
+            "dst_port": event.dst_port,
+        })
+        .to_string();
+    }
+    let endpoint = |ip: Option<IpAddr>, port: u16| match (ip, port) {
+        (Some(ip), 0) => ip.to_string(),
+        (Some(ip), port) => format!("{ip}:{port}"),
+        (None, _) => "-".to_owned(),
+    };
+    format!(
+        "{} {reason:<20} {interface:<12} {} -> {} {protocol} len {}",
+        clock.format(event.timestamp_ns),
+        endpoint(src, event.src_port),
+        endpoint(dst, event.dst_port),
+        event.len
+    )
+}

@@ -1,0 +1,445 @@
+//! What an operator sees: stats in three formats, monitor events, the
+//! agent, declarative apply, status as a health probe, and bpftool.
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use pod_net_tests::{
+    Node, Rig, RigSpec,
+    cmd::output_of,
+    frames::{self, IPPROTO_ICMP, Ipv4},
+    privileges::require_root,
+    rig::sibling_binary,
+};
+use serde_json::Value;
+
+fn loaded_rig() -> Rig {
+    let rig = Rig::build(&RigSpec::default()).expect("build rig");
+    rig.node(1).load_and_register().expect("load");
+    rig
+}
+
+fn probe(node: &Node, args: &[&str]) -> String {
+    let binary = sibling_binary("pod-net-probe");
+    let mut full = vec![binary.to_str().unwrap()];
+    full.extend_from_slice(args);
+    node.exec(&full).unwrap()
+}
+
+fn parse_prometheus(text: &str) -> prometheus_parse::Scrape {
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned())))
+        .expect("exposition parses");
+    // The parser skips what it cannot read: every sample line must count.
+    let sample_lines = text
+        .lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .count();
+    assert_eq!(
+        scrape.samples.len(),
+        sample_lines,
+        "unparsed lines in:\n{text}"
+    );
+    scrape
+}
+
+/// The value of one sample; pod-net's are all whole and non-negative.
+fn sample(scrape: &prometheus_parse::Scrape, metric: &str, label: (&str, &str)) -> u64 {
+    let found = scrape
+        .samples
+        .iter()
+        .find(|sample| sample.metric == metric && sample.labels.get(label.0) == Some(label.1))
+        .unwrap_or_else(|| panic!("no {metric}{{{}={}}}", label.0, label.1));
+    let value = match found.value {
+        prometheus_parse::Value::Counter(value)
+        | prometheus_parse::Value::Gauge(value)
+        | prometheus_parse::Value::Untyped(value) => value,
+        ref other => panic!("unexpected value {other:?}"),
+    };
+    assert!(value >= 0.0 && value.fract() == 0.0, "{metric}: {value}");
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "checked above"
+    )]
+    let whole = value as u64;
+    whole
+}
+
+#[test]
+fn json_and_prometheus_agree_with_the_traffic() {
+    if !require_root("json_and_prometheus_agree_with_the_traffic") {
+        return;
+    }
+    let rig = loaded_rig();
+    let node = rig.node(1);
+    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
+    a.pin_neighbour(b).unwrap();
+    b.pin_neighbour(a).unwrap();
+    a.ping(b.ip, 7).unwrap();
+
+    let json: Value = serde_json::from_str(&node.pod_net(&["stats", "--json"]).unwrap()).unwrap();
+    assert_eq!(json["counters"]["redirect_local"]["packets"], 14);
+    assert_eq!(json["counters"]["redirect_local"]["bytes"], 14 * 98);
+    let text = node.pod_net(&["stats", "--prometheus"]).unwrap();
+    let scrape = parse_prometheus(&text);
+    for reason in pod_net_common::Reason::ALL {
+        let packets = sample(&scrape, "pod_net_packets_total", ("reason", reason.name()));
+        assert_eq!(
+            packets,
+            json["counters"][reason.name()]["packets"].as_u64().unwrap()
+        );
+        let bytes = sample(&scrape, "pod_net_bytes_total", ("reason", reason.name()));
+        assert_eq!(
+            bytes,
+            json["counters"][reason.name()]["bytes"].as_u64().unwrap()
+        );
+    }
+    assert_eq!(
+        sample(&scrape, "pod_net_map_entries", ("map", "local_endpoints")),
+        2
+    );
+    assert_eq!(
+        sample(&scrape, "pod_net_map_capacity", ("map", "local_endpoints")),
+        65536
+    );
+    assert!(text.contains("# TYPE pod_net_packets_total counter"));
+    assert!(text.contains("# HELP pod_net_packets_total "));
+
+    let watch = node
+        .pod_net(&["stats", "--watch", "1", "--count", "1"])
+        .unwrap();
+    assert!(watch.starts_with("REASON"), "{watch}");
+    assert!(watch.contains("PKT/S"), "{watch}");
+}
+
+#[test]
+fn monitor_reports_a_malformed_frame_only_while_enabled() {
+    if !require_root("monitor_reports_a_malformed_frame_only_while_enabled") {
+        return;
+    }
+    let rig = loaded_rig();
+    let node = rig.node(1);
+    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
+    let bad_frame = |ttl: u8| {
+        let ip = Ipv4 {
+            ttl,
+            ..Ipv4::new(a.ip, b.ip, IPPROTO_ICMP)
+        };
+        let mut frame = frames::ping_frame(frames::mac(&b.mac), frames::mac(&a.mac), &ip);
+        frame[14] = 0x43; // IHL of 3 words: malformed
+        frame
+    };
+
+    // No monitor: this one must leave no event behind.
+    a.inject(&bad_frame(11)).unwrap();
+    let monitor = KillOnDrop(Some(
+        node.pod_net_command(&["monitor", "--json", "--count", "1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    // Wait for the monitor to switch events on.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while config_flags(node) == 0 {
+        assert!(Instant::now() < deadline, "monitor never enabled events");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.inject(&bad_frame(22)).unwrap();
+    let output = monitor.wait_with_output();
+    assert!(output.status.success());
+    let event: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(event["reason"], "pass_malformed");
+    assert_eq!(event["interface"], a.host_veth.as_str());
+    assert_eq!(event["src"], a.ip.to_string());
+    assert_eq!(event["dst"], b.ip.to_string());
+    assert_eq!(event["protocol"], "icmp");
+    // Exiting turned events off again.
+    assert_eq!(config_flags(node), 0);
+}
+
+/// A child that is killed if the test fails before it is waited for.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn wait_with_output(mut self) -> std::process::Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The `flags` field of the config map, through bpftool.
+fn config_flags(node: &Node) -> u64 {
+    let path = node.pin_dir.join("config");
+    let text = node
+        .exec(&[
+            "bpftool",
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            path.to_str().unwrap(),
+        ])
+        .unwrap();
+    let dump: Value = serde_json::from_str(&text).unwrap();
+    // `-j` puts the BTF-typed view under "formatted".
+    dump[0]["formatted"]["value"]["flags"].as_u64().unwrap()
+}
+
+#[test]
+fn bpftool_sees_the_same_pods_as_pod_list() {
+    if !require_root("bpftool_sees_the_same_pods_as_pod_list") {
+        return;
+    }
+    let rig = loaded_rig();
+    let node = rig.node(1);
+    let path = node.pin_dir.join("local_endpoints");
+    let dump: Value = serde_json::from_str(
+        &node
+            .exec(&[
+                "bpftool",
+                "-j",
+                "map",
+                "dump",
+                "pinned",
+                path.to_str().unwrap(),
+            ])
+            .unwrap(),
+    )
+    .unwrap();
+    let from_bpftool: BTreeMap<String, (u64, String)> = dump
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let entry = &entry["formatted"];
+            let addr: Vec<u64> = entry["key"]["addr"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|byte| byte.as_u64().unwrap())
+                .collect();
+            let ip = format!("{}.{}.{}.{}", addr[0], addr[1], addr[2], addr[3]);
+            let mac: Vec<String> = entry["value"]["mac"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|byte| format!("{:02x}", byte.as_u64().unwrap()))
+                .collect();
+            (
+                ip,
+                (entry["value"]["ifindex"].as_u64().unwrap(), mac.join(":")),
+            )
+        })
+        .collect();
+    let list: Value =
+        serde_json::from_str(&node.pod_net(&["pod", "list", "--json"]).unwrap()).unwrap();
+    let from_list: BTreeMap<String, (u64, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pod| {
+            (
+                pod["ip"].as_str().unwrap().to_owned(),
+                (
+                    pod["ifindex"].as_u64().unwrap(),
+                    pod["mac"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(from_bpftool, from_list);
+    assert_eq!(from_list.len(), 2);
+}
+
+#[test]
+fn status_is_clean_until_a_veth_disappears_behind_its_back() {
+    if !require_root("status_is_clean_until_a_veth_disappears") {
+        return;
+    }
+    let rig = loaded_rig();
+    let node = rig.node(1);
+    let healthy = output_of(&mut node.pod_net_command(&["status"])).unwrap();
+    assert!(
+        healthy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&healthy.stdout)
+    );
+    assert!(String::from_utf8_lossy(&healthy.stdout).contains("health:    ok"));
+
+    let gone = rig.pod(1, 2);
+    node.ip(&["link", "del", &gone.host_veth]).unwrap();
+    let broken = output_of(&mut node.pod_net_command(&["status", "--json"])).unwrap();
+    assert_eq!(broken.status.code(), Some(1));
+    let status: Value = serde_json::from_slice(&broken.stdout).unwrap();
+    assert_eq!(status["healthy"], false);
+    let problems = status["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|problem| problem["what"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pod {}: its veth", gone.ip))
+            && problem["hint"]
+                .as_str()
+                .unwrap()
+                .contains("pod-net pod del --ip")),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn apply_adds_removes_dry_runs_and_refuses_a_bad_file() {
+    if !require_root("apply_adds_removes_dry_runs") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec::default()).unwrap();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
+    let dir = rig.scratch_dir().unwrap();
+    let file = dir.join("node.toml");
+    let write = |text: String| std::fs::write(&file, text).unwrap();
+    let pod = |pod: &pod_net_tests::Pod| {
+        format!(
+            "[[pods]]\nip = \"{}\"\nveth = \"{}\"\n",
+            pod.ip, pod.host_veth
+        )
+    };
+    let ips = || -> Vec<String> {
+        let list: Value =
+            serde_json::from_str(&node.pod_net(&["pod", "list", "--json"]).unwrap()).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|pod| pod["ip"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let path = file.to_str().unwrap();
+
+    write(pod(a) + &pod(b));
+    let dry = node.pod_net(&["apply", "-f", path, "--dry-run"]).unwrap();
+    assert!(
+        dry.contains(&format!("+ pod {} on {}", a.ip, a.host_veth)),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("2 change(s) (dry run: nothing changed)"),
+        "{dry}"
+    );
+    assert!(ips().is_empty());
+    node.pod_net(&["apply", "-f", path]).unwrap();
+    assert_eq!(ips(), [a.ip.to_string(), b.ip.to_string()]);
+    // The same file again changes nothing.
+    assert!(
+        node.pod_net(&["apply", "-f", path])
+            .unwrap()
+            .contains("0 change(s) applied")
+    );
+
+    write(pod(b));
+    let removed = node.pod_net(&["apply", "-f", path]).unwrap();
+    assert!(removed.contains(&format!("- pod {}", a.ip)), "{removed}");
+    assert_eq!(ips(), [b.ip.to_string()]);
+
+    // A malformed file names its line and field and changes nothing.
+    write(
+        pod(a) + "[[pods]]\nip = \"10.244.1.9\"\nveth = \"veth-p2\"\nmac = \"02:zz:00:00:00:01\"\n",
+    );
+    let bad = output_of(&mut node.pod_net_command(&["apply", "-f", path])).unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stderr.contains("line 7, field pods[1].mac"), "{stderr}");
+    assert_eq!(ips(), [b.ip.to_string()]);
+    // So does one that parses but names a veth that is not there.
+    write(pod(a) + "[[pods]]\nip = \"10.244.1.9\"\nveth = \"nosuch\"\n");
+    let missing = output_of(&mut node.pod_net_command(&["apply", "-f", path])).unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no interface named \"nosuch\""));
+    assert_eq!(ips(), [b.ip.to_string()]);
+}
+
+#[test]
+fn the_agent_serves_metrics_follows_its_config_and_leaves_traffic_on_sigterm() {
+    if !require_root("the_agent_serves_metrics") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec::default()).unwrap();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
+    let file = rig.scratch_dir().unwrap().join("agent.toml");
+    let pod = |pod: &pod_net_tests::Pod| {
+        format!(
+            "[[pods]]\nip = \"{}\"\nveth = \"{}\"\n",
+            pod.ip, pod.host_veth
+        )
+    };
+    std::fs::write(&file, pod(a)).unwrap();
+    let mut agent = KillOnDrop(Some(
+        node.pod_net_command(&[
+            "agent",
+            "--config",
+            file.to_str().unwrap(),
+            "--metrics-addr",
+            "127.0.0.1:9565",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    ));
+    let wait_for = |what: &str, check: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let registered = |ip: &str| {
+        node.pod_net(&["pod", "list", "--json"])
+            .unwrap()
+            .contains(ip)
+    };
+    wait_for("the initial config", &|| registered(&a.ip.to_string()));
+    wait_for("/metrics", &|| {
+        let binary = sibling_binary("pod-net-probe");
+        output_of(&mut node.command(&[
+            binary.to_str().unwrap(),
+            "get",
+            "127.0.0.1:9565",
+            "/metrics",
+        ]))
+        .is_ok_and(|output| output.status.success())
+    });
+    let scrape = parse_prometheus(&probe(node, &["get", "127.0.0.1:9565", "/metrics"]));
+    assert_eq!(
+        sample(&scrape, "pod_net_map_entries", ("map", "local_endpoints")),
+        1
+    );
+
+    // A change to the file is applied within a bounded wait.
+    std::fs::write(&file, pod(a) + &pod(b)).unwrap();
+    wait_for("the changed config", &|| registered(&b.ip.to_string()));
+
+    // SIGTERM: the agent exits cleanly and the datapath keeps forwarding.
+    // SAFETY: signalling our own child.
+    let child = agent.0.as_mut().unwrap();
+    unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "agent exited with {status}");
+    let before = node.counters().unwrap()["redirect_local"];
+    a.ping(b.ip, 3).unwrap();
+    assert!(node.counters().unwrap()["redirect_local"] >= before + 6);
+    let mut log = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(
+        log.contains("stopping; the datapath keeps forwarding"),
+        "{log}"
+    );
+}

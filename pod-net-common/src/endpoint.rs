@@ -46,6 +46,10 @@ impl EndpointKey {
     }
 }
 
+/// `Endpoint::flags`: the pod's traffic takes the kernel path (bridge,
+/// iptables FORWARD, NetworkPolicy) both ways.
+pub const ENDPOINT_F_NO_BYPASS: u32 = 1;
+
 /// Length of the container ID field; longer IDs are refused.
 pub const CONTAINER_ID_LEN: usize = 64;
 /// Length of the pod-side interface name field (IFNAMSIZ).

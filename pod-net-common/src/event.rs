@@ -8,6 +8,13 @@ pub const CONFIG_F_EVENTS: u32 = 1;
 /// `Config::flags`: also emit events for fast-path packets.
 pub const CONFIG_F_EVENTS_ALL: u32 = 2;
 
+/// `Config::flags`: do not check that a pod's packets carry one of its
+/// own registered source IPs (anti-spoofing is on unless this is set).
+pub const CONFIG_F_NO_ANTI_SPOOF: u32 = 4;
+/// `Config::flags`: do not hand replies of possibly NATed flows to the
+/// kernel (for clusters without kube-proxy NAT between pods).
+pub const CONFIG_F_NO_NAT_CHECK: u32 = 8;
+
 /// One event, as the programs write it into the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod endpoint;
 pub mod event;
+pub mod nat;
 pub mod reason;
 pub mod remote;
 
@@ -26,6 +27,7 @@ pub mod map_names {
     pub const POD_VETHS: &str = "pod_veths";
     pub const EVENTS: &str = "events";
     pub const EVENT_LIMITS: &str = "event_limits";
+    pub const NAT_FLOWS: &str = "nat_flows";
 }
 
 /// Names of the programs in the eBPF object.

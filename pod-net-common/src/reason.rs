@@ -103,6 +103,12 @@ reasons! {
     DropMalformed = 14, "drop_malformed";
     /// Making room for, or stripping, tunnel headers failed: handed to the kernel as it was.
     PassResizeFailed = 15, "pass_resize_failed";
+    /// Reply of a flow the kernel may have NATed (kube-proxy): the kernel's conntrack reverses the NAT.
+    PassNat = 16, "pass_nat";
+    /// Source IP is not one of the sending pod's registered IPs: dropped.
+    DropSpoofed = 17, "drop_spoofed";
+    /// From or to a pod registered with --no-bypass: the kernel path (bridge, iptables) takes it.
+    PassNoBypass = 18, "pass_no_bypass";
 }
 
 /// Number of reasons; the size of the `counters` map.

@@ -6,12 +6,16 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
-use pod_net_common::{Config, Endpoint, EndpointKey, Reason};
+use pod_net_common::{
+    Config, Endpoint, EndpointKey, Reason, endpoint::ENDPOINT_F_NO_BYPASS,
+    event::CONFIG_F_NO_NAT_CHECK,
+};
 
 use crate::{
     csum::decrement_ttl,
     encap::VXLAN_FLAG_VNI,
-    maps::{CONFIG, LOCAL_ENDPOINTS},
+    maps::LOCAL_ENDPOINTS,
+    nat,
     parse::{
         ETH_P_IP, IPPROTO_UDP, Packet, Parsed, ensure_linear, ipv4_header_is_sane, parse_l2_l3,
         ptr_at,
@@ -106,6 +110,17 @@ pub fn classify(ctx: &impl Packet, config: &Config) -> Inbound {
     let Some(endpoint) = (unsafe { LOCAL_ENDPOINTS.get(key) }) else {
         return Inbound::Pass(Reason::PassInnerNotLocal);
     };
+    if endpoint.flags & ENDPOINT_F_NO_BYPASS != 0 {
+        return Inbound::Pass(Reason::PassNoBypass);
+    }
+    // A reply to a local pod's flow that this node's kernel may have
+    // NATed: its conntrack must see it (the tunnel device decapsulates).
+    if config.flags & CONFIG_F_NO_NAT_CHECK == 0
+        && let Some((_, dst_port)) = nat::ports(ctx, &headers.inner_ip, inner_ip_offset)
+        && nat::is_reply_to_nat_client(headers.inner_ip.dst_addr, dst_port, headers.inner_ip.proto)
+    {
+        return Inbound::Pass(Reason::PassNat);
+    }
     // The receiving node is a router hop too.
     if headers.inner_ip.ttl <= 1 {
         return Inbound::Pass(Reason::PassTtlExceeded);
@@ -119,10 +134,7 @@ pub fn classify(ctx: &impl Packet, config: &Config) -> Inbound {
 /// The TC program: decapsulate with `bpf_skb_adjust_room` and deliver with
 /// `bpf_redirect_peer`.
 #[inline(always)]
-pub fn decide_and_act(ctx: &TcContext) -> Verdict {
-    let Some(config) = CONFIG.get(0) else {
-        return Verdict::pass(Reason::PassNotVxlan);
-    };
+pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
     let (endpoint, outer_len) = match classify(ctx, config) {
         Inbound::Pass(reason) => return Verdict::pass(reason),
         Inbound::Drop(reason) => return Verdict::drop(reason),

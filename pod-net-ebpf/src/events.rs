@@ -21,8 +21,8 @@ pub struct Snapshot {
 
 /// Whether any events are wanted.
 #[inline(always)]
-pub fn wanted(config: Option<&Config>) -> bool {
-    config.is_some_and(|config| config.flags & (CONFIG_F_EVENTS | CONFIG_F_EVENTS_ALL) != 0)
+pub fn wanted(config: &Config) -> bool {
+    config.flags & (CONFIG_F_EVENTS | CONFIG_F_EVENTS_ALL) != 0
 }
 
 /// Reads addresses, protocol and ports, as far as the frame has them.

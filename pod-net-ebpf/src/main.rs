@@ -12,6 +12,7 @@ mod egress;
 mod encap;
 mod events;
 mod maps;
+mod nat;
 mod parse;
 mod redirect;
 mod verdict;
@@ -21,6 +22,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use pod_net_common::Config;
 
 /// TC ingress of a pod's host-side veth: every packet the pod sends.
 #[classifier]
@@ -37,14 +39,17 @@ pub fn underlay_ingress(ctx: TcContext) -> i32 {
 /// Decides and acts on one packet, then counts it under its one reason
 /// and, when a monitor is listening, reports it.
 #[inline(always)]
-fn run_tc(ctx: &TcContext, decide_and_act: fn(&TcContext) -> verdict::Verdict) -> i32 {
+fn run_tc(ctx: &TcContext, decide_and_act: fn(&TcContext, &Config) -> verdict::Verdict) -> i32 {
     // Bytes are counted as the packet arrived, before any encapsulation.
     let len = ctx.len();
-    let config = maps::CONFIG.get(0);
+    // The array always has its one entry; all zeros means the defaults.
+    let Some(config) = maps::CONFIG.get(0) else {
+        return aya_ebpf::bindings::TC_ACT_OK as i32;
+    };
     let snapshot = events::wanted(config).then(|| events::snapshot(ctx));
-    let verdict = decide_and_act(ctx);
+    let verdict = decide_and_act(ctx, config);
     counters::count(verdict.reason, len);
-    if let (Some(config), Some(snapshot)) = (config, snapshot) {
+    if let Some(snapshot) = snapshot {
         // SAFETY: reading a field of our own context.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
         events::emit(config, &snapshot, verdict.reason, ifindex, len);
@@ -56,12 +61,14 @@ fn run_tc(ctx: &TcContext, decide_and_act: fn(&TcContext) -> verdict::Verdict) -
 #[xdp]
 pub fn underlay_xdp(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u32;
-    let config = maps::CONFIG.get(0);
+    let Some(config) = maps::CONFIG.get(0) else {
+        return aya_ebpf::bindings::xdp_action::XDP_PASS;
+    };
     let snapshot = events::wanted(config).then(|| events::snapshot(&ctx));
-    let verdict = xdp::decide_and_act(&ctx);
+    let verdict = xdp::decide_and_act(&ctx, config);
     if let Some(reason) = verdict.reason {
         counters::count(reason, len);
-        if let (Some(config), Some(snapshot)) = (config, snapshot) {
+        if let Some(snapshot) = snapshot {
             events::emit(config, &snapshot, reason, ctx.ingress_ifindex() as u32, len);
         }
     }

@@ -1,12 +1,13 @@
 //! The BPF maps. BTF-defined so `bpftool map dump` prints field names; the
 //! loader pins them under the pin dir with the same names.
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use pod_net_common::{
     Config, Counter, Endpoint, EndpointKey, RemoteAddr, RemoteNode,
     event::{Event, RateLimit},
+    nat::NatFlowKey,
     reason::REASON_COUNT,
 };
 
@@ -41,3 +42,8 @@ pub static EVENTS: RingBuf<Event, { 256 * 1024 }> = RingBuf::new();
 /// The per-CPU event rate limit.
 #[btf_map(name = "event_limits")]
 pub static EVENT_LIMITS: PerCpuArray<RateLimit, 1> = PerCpuArray::new();
+
+/// The pod end of TCP/UDP flows that went to the kernel (maybe NATed);
+/// value: unused marker.
+#[btf_map(name = "nat_flows")]
+pub static NAT_FLOWS: LruHashMap<NatFlowKey, u32, 65536> = LruHashMap::new();

@@ -9,12 +9,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
-use pod_net_common::Reason;
+use pod_net_common::{Config, Reason};
 
 use crate::{
     csum::decrement_ttl,
     decap::{Inbound, classify},
-    maps::{CONFIG, POD_VETHS},
+    maps::POD_VETHS,
     parse::{IPPROTO_TCP, IPPROTO_UDP, ptr_at},
 };
 
@@ -66,10 +66,7 @@ const PASS_TO_TC: XdpVerdict = XdpVerdict {
 };
 
 #[inline(always)]
-pub fn decide_and_act(ctx: &XdpContext) -> XdpVerdict {
-    let Some(config) = CONFIG.get(0) else {
-        return PASS_TO_TC;
-    };
+pub fn decide_and_act(ctx: &XdpContext, config: &Config) -> XdpVerdict {
     let (endpoint, outer_len) = match classify(ctx, config) {
         Inbound::Deliver {
             endpoint,

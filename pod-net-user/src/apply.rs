@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use pod_net_common::endpoint::ENDPOINT_F_NO_BYPASS;
 use serde::{Deserialize, Deserializer, de::Error as _};
 
 use crate::{
@@ -42,6 +43,9 @@ pub struct PodConfig {
     pub veth: String,
     #[serde(default, deserialize_with = "optional_from_str")]
     pub mac: Option<MacAddr>,
+    /// Keep the pod on the kernel path (`pod add --no-bypass`).
+    #[serde(default)]
+    pub no_bypass: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -146,30 +150,30 @@ pub fn plan(pins: &PinDir, config: &NodeConfig) -> Result<Vec<Change>> {
 
     // Pods: keyed by IP; an entry whose veth or MAC differs is replaced.
     let names = netdev::link_names()?;
-    let current: BTreeMap<IpAddr, (String, MacAddr)> = datapath
+    let current: BTreeMap<IpAddr, (String, MacAddr, bool)> = datapath
         .endpoint_entries()?
         .into_iter()
         .filter(|(_, endpoint)| endpoints::owner(endpoint).0.is_empty())
         .map(|(key, endpoint)| {
             let veth = names.get(&endpoint.ifindex).cloned().unwrap_or_default();
-            (endpoint_ip(&key), (veth, MacAddr(endpoint.mac)))
+            let no_bypass = endpoint.flags & ENDPOINT_F_NO_BYPASS != 0;
+            (endpoint_ip(&key), (veth, MacAddr(endpoint.mac), no_bypass))
         })
         .collect();
+    let same = |pod: &PodConfig, (veth, mac, no_bypass): &(String, MacAddr, bool)| {
+        pod.veth == *veth
+            && pod.mac.is_none_or(|wanted| wanted == *mac)
+            && pod.no_bypass == *no_bypass
+    };
     let wanted: BTreeMap<IpAddr, &PodConfig> =
         config.pods.iter().map(|pod| (pod.ip, pod)).collect();
-    for (ip, (veth, mac)) in &current {
-        let keep = wanted
-            .get(ip)
-            .is_some_and(|pod| pod.veth == *veth && pod.mac.is_none_or(|wanted| wanted == *mac));
-        if !keep {
+    for (ip, entry) in &current {
+        if !wanted.get(ip).is_some_and(|pod| same(pod, entry)) {
             changes.push(Change::RemovePod { ip: *ip });
         }
     }
     for pod in &config.pods {
-        let unchanged = current.get(&pod.ip).is_some_and(|(veth, mac)| {
-            pod.veth == *veth && pod.mac.is_none_or(|wanted| wanted == *mac)
-        });
-        if !unchanged {
+        if !current.get(&pod.ip).is_some_and(|entry| same(pod, entry)) {
             changes.push(Change::AddPod(pod.clone()));
         }
     }
@@ -252,6 +256,7 @@ pub fn execute(pins: &PinDir, changes: &[Change]) -> Result<()> {
                     ip: Some(pod.ip),
                     veth: pod.veth.clone(),
                     mac: pod.mac,
+                    no_bypass: pod.no_bypass,
                     ..PodSpec::default()
                 };
                 endpoints::add(pins, &spec).with_context(|| change.to_string())?;

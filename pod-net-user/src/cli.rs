@@ -140,6 +140,22 @@ pub struct LoadArgs {
     /// Turn the XDP receive path off again.
     #[arg(long)]
     pub no_xdp: bool,
+    /// Drop pod packets whose source IP is not one of the pod's (default
+    /// on). Kept across reloads until changed.
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub anti_spoofing: Option<bool>,
+    /// Hand replies of flows the kernel may have NATed (kube-proxy) to the
+    /// kernel (default on). Kept across reloads until changed.
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub nat_check: Option<bool>,
+}
+
+fn on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected on or off, not {other:?}")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,6 +215,10 @@ pub struct PodAddArgs {
     /// Container ID to record as the owner.
     #[arg(long = "id", value_name = "CONTAINER_ID", default_value = "")]
     pub container_id: String,
+    /// Send this pod's traffic, both ways, through the kernel (bridge,
+    /// iptables FORWARD, NetworkPolicy) instead of the fast path.
+    #[arg(long)]
+    pub no_bypass: bool,
 }
 
 #[derive(Debug, Args)]
@@ -230,6 +250,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     (_, true) => Some(false),
                     _ => None,
                 },
+                anti_spoofing: args.anti_spoofing,
+                nat_check: args.nat_check,
             };
             print_load_report(&pins, &loader::load(&pins, &options)?);
         }
@@ -332,6 +354,12 @@ fn print_load_report(pins: &PinDir, report: &LoadReport) {
     if report.xdp {
         println!("XDP receive path on the underlay: on");
     }
+    if !report.anti_spoofing {
+        println!("anti-spoofing: off");
+    }
+    if !report.nat_check {
+        println!("NAT check: off (replies of kernel-NATed flows take the fast path)");
+    }
     for warning in &report.warnings {
         eprintln!("pod-net: warning: {warning}");
     }
@@ -401,6 +429,7 @@ fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
                 container_id: args.container_id,
                 pod_ifname: String::new(),
                 replace: false,
+                no_bypass: args.no_bypass,
             };
             let added = endpoints::add(pins, &spec)?;
             match added.outcome {

@@ -6,7 +6,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::MapError;
 use pod_net_common::{
     Endpoint, EndpointKey,
-    endpoint::{CONTAINER_ID_LEN, IFNAME_LEN},
+    endpoint::{CONTAINER_ID_LEN, ENDPOINT_F_NO_BYPASS, IFNAME_LEN},
     program_names,
 };
 use serde::Serialize;
@@ -33,6 +33,8 @@ pub struct PodSpec {
     /// Overwrite an entry another owner left for this IP. CNI ADD does: the
     /// IP was just allocated to this pod, so any older entry is stale.
     pub replace: bool,
+    /// Keep the pod's traffic on the kernel path (`ENDPOINT_F_NO_BYPASS`).
+    pub no_bypass: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +63,8 @@ pub struct PodEntry {
     pub gateway_mac: MacAddr,
     pub container_id: String,
     pub pod_ifname: String,
+    /// Registered with `--no-bypass`: the kernel path carries its traffic.
+    pub no_bypass: bool,
 }
 
 /// Registers `spec`: resolves the veth and MACs, attaches the program, and
@@ -85,7 +89,11 @@ pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<Added> {
     }
     let endpoint = Endpoint {
         ifindex: veth.index,
-        flags: 0,
+        flags: if spec.no_bypass {
+            ENDPOINT_F_NO_BYPASS
+        } else {
+            0
+        },
         mac: mac.0,
         gateway_mac: gateway_mac(&veth)?.0,
         container_id,
@@ -240,6 +248,7 @@ fn pod_entry(
         gateway_mac: MacAddr(endpoint.gateway_mac),
         container_id: field_text(&endpoint.container_id),
         pod_ifname: field_text(&endpoint.pod_ifname),
+        no_bypass: endpoint.flags & ENDPOINT_F_NO_BYPASS != 0,
     }
 }
 

@@ -23,8 +23,14 @@ use aya::{
     },
 };
 use pod_net_common::{
-    Config, Counter, Endpoint, EndpointKey, RemoteAddr, RemoteNode, config::VXLAN_OVERHEAD,
-    event::RateLimit, map_names, program_names, reason::REASON_COUNT, remote::derived_vtep_mac,
+    Config, Counter, Endpoint, EndpointKey, RemoteAddr, RemoteNode,
+    config::VXLAN_OVERHEAD,
+    event::{CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK, RateLimit},
+    map_names,
+    nat::NatFlowKey,
+    program_names,
+    reason::REASON_COUNT,
+    remote::derived_vtep_mac,
 };
 
 use crate::{
@@ -54,7 +60,7 @@ struct MapLayout {
     max_entries: Option<usize>,
 }
 
-const MAP_LAYOUTS: [MapLayout; 8] = [
+const MAP_LAYOUTS: [MapLayout; 9] = [
     MapLayout {
         name: map_names::LOCAL_ENDPOINTS,
         key_size: size_of::<EndpointKey>(),
@@ -80,6 +86,12 @@ const MAP_LAYOUTS: [MapLayout; 8] = [
         key_size: size_of::<u32>(),
         value_size: size_of::<Config>(),
         max_entries: Some(1),
+    },
+    MapLayout {
+        name: map_names::NAT_FLOWS,
+        key_size: size_of::<NatFlowKey>(),
+        value_size: size_of::<u32>(),
+        max_entries: None,
     },
     MapLayout {
         name: map_names::EVENTS,
@@ -130,9 +142,19 @@ pub struct LoadOptions {
     /// Turn the XDP receive path on the underlay on or off; `None` keeps
     /// what an earlier `load` set.
     pub xdp: Option<bool>,
+    /// Drop pod packets whose source IP is not the pod's (on by default);
+    /// `None` keeps the current setting.
+    pub anti_spoofing: Option<bool>,
+    /// Hand replies of possibly NATed flows to the kernel (on by default);
+    /// `None` keeps the current setting.
+    pub nat_check: Option<bool>,
 }
 
 #[derive(Debug, Default)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts about one load, printed as such"
+)]
 pub struct LoadReport {
     pub mounted_bpffs: bool,
     /// A program was already pinned and has been replaced in place.
@@ -143,6 +165,8 @@ pub struct LoadReport {
     pub underlay: Option<UnderlaySummary>,
     /// Whether the XDP receive path is on after this load.
     pub xdp: bool,
+    pub anti_spoofing: bool,
+    pub nat_check: bool,
     /// Things that work but will hurt (MTU mismatches).
     pub warnings: Vec<String>,
 }
@@ -204,8 +228,22 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
     if let Some((underlay, link)) = &underlay {
         enable_underlay(pins, underlay, link)?;
     }
-    let datapath = Datapath::open(pins)?;
-    let config = datapath.config()?;
+    let mut datapath = Datapath::open(pins)?;
+    let mut config = datapath.config()?;
+    for (wanted, off_flag) in [
+        (options.anti_spoofing, CONFIG_F_NO_ANTI_SPOOF),
+        (options.nat_check, CONFIG_F_NO_NAT_CHECK),
+    ] {
+        match wanted {
+            Some(true) => config.flags &= !off_flag,
+            Some(false) => config.flags |= off_flag,
+            None => {}
+        }
+    }
+    datapath
+        .config
+        .set(0, config, 0)
+        .context("writing config")?;
     if let Some(wanted) = options.xdp {
         xdp::set(pins, &datapath, &config, wanted)?;
     }
@@ -215,6 +253,8 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         links_updated,
         underlay: underlay_summary(&config),
         xdp: xdp::is_on(pins)?,
+        anti_spoofing: config.flags & CONFIG_F_NO_ANTI_SPOOF == 0,
+        nat_check: config.flags & CONFIG_F_NO_NAT_CHECK == 0,
         warnings: mtu_warnings(&datapath, &config)?,
     })
 }

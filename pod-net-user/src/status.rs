@@ -5,7 +5,11 @@ use std::{collections::BTreeSet, fmt::Write as _};
 
 use anyhow::Result;
 use aya::programs::ProgramInfo;
-use pod_net_common::{Config, Endpoint, EndpointKey, program_names};
+use pod_net_common::{
+    Config, Endpoint, EndpointKey,
+    event::{CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK},
+    program_names,
+};
 use serde::Serialize;
 
 use crate::{
@@ -20,12 +24,20 @@ use crate::{
 };
 
 #[derive(Debug, Serialize)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent yes/no facts, serialized as such"
+)]
 pub struct Status {
     pub pin_dir: String,
     pub healthy: bool,
     pub loaded: bool,
     pub programs: Vec<ProgramStatus>,
     pub underlay: Option<UnderlayStatus>,
+    /// Pod packets with a source IP not theirs are dropped.
+    pub anti_spoofing: bool,
+    /// Replies of flows the kernel may have NATed go to the kernel.
+    pub nat_check: bool,
     pub pods: usize,
     pub maps: Vec<MapFill>,
     pub problems: Vec<Problem>,
@@ -78,6 +90,8 @@ pub fn check(pins: &PinDir) -> Result<Status> {
         loaded: false,
         programs: Vec::new(),
         underlay: None,
+        anti_spoofing: false,
+        nat_check: false,
         pods: 0,
         maps: Vec::new(),
         problems: Vec::new(),
@@ -113,6 +127,9 @@ pub fn check(pins: &PinDir) -> Result<Status> {
     }
 
     let datapath = Datapath::open(pins)?;
+    let config = datapath.config()?;
+    status.anti_spoofing = config.flags & CONFIG_F_NO_ANTI_SPOOF == 0;
+    status.nat_check = config.flags & CONFIG_F_NO_NAT_CHECK == 0;
     let entries = datapath.endpoint_entries()?;
     let remotes = datapath.remotes.keys().count();
     status.pods = entries.len();
@@ -129,7 +146,7 @@ pub fn check(pins: &PinDir) -> Result<Status> {
         datapath.remotes_capacity,
     );
     check_pods(pins, &entries, &mut status)?;
-    check_underlay(pins, &datapath.config()?, &mut status)?;
+    check_underlay(pins, &config, &mut status)?;
     check_stale_links(pins, &entries, &mut status)?;
     Ok(finish(status))
 }
@@ -319,6 +336,15 @@ impl Status {
             );
         } else if self.loaded {
             out.push_str("underlay:  none (same-node only)\n");
+        }
+        if self.loaded {
+            let on = |flag: bool| if flag { "on" } else { "off" };
+            let _ = writeln!(
+                out,
+                "checks:    anti-spoofing {}, NAT check {}",
+                on(self.anti_spoofing),
+                on(self.nat_check)
+            );
         }
         for map in &self.maps {
             let _ = writeln!(

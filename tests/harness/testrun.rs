@@ -11,9 +11,9 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
+pub use pod_net_common::Endpoint;
 use pod_net_common::{
-    Config, Counter, Endpoint, EndpointKey, Reason, RemoteAddr, RemoteNode, map_names,
-    program_names,
+    Config, Counter, EndpointKey, Reason, RemoteAddr, RemoteNode, map_names, program_names,
     remote::{IPV4_MAPPED_PREFIX_BITS, REMOTE_F_VTEP_MAC, derived_vtep_mac},
 };
 
@@ -102,10 +102,23 @@ impl Harness {
                 vxlan_port: port,
                 pad: 0,
                 vtep_mac: derived_vtep_mac(node_ip.octets()),
-                ..Config::default()
+                ..config.get(&0, 0)?
             },
             0,
         )?;
+        Ok(())
+    }
+
+    /// Sets `Config::flags` (anti-spoofing, NAT check, events), keeping
+    /// the rest of the config.
+    pub fn set_flags(&mut self, flags: u32) -> Result<()> {
+        let mut config: Array<&mut MapData, Config> = self
+            .ebpf
+            .map_mut(map_names::CONFIG)
+            .context("no config map")?
+            .try_into()?;
+        let current = config.get(&0, 0)?;
+        config.set(0, Config { flags, ..current }, 0)?;
         Ok(())
     }
 

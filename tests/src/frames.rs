@@ -6,6 +6,7 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const BROADCAST: [u8; 6] = [0xff; 6];
 
@@ -84,6 +85,28 @@ pub fn ping_frame(dst_mac: [u8; 6], src_mac: [u8; 6], ip: &Ipv4) -> Vec<u8> {
     let mut frame = ethernet(dst_mac, src_mac, ETH_P_IP);
     frame.extend_from_slice(&ip.header(icmp.len()));
     frame.extend_from_slice(&icmp);
+    frame
+}
+
+/// Ethernet + IPv4 + a 20-byte TCP SYN from `ports.0` to `ports.1`.
+#[must_use]
+pub fn tcp_syn_frame(macs: ([u8; 6], [u8; 6]), ip: &Ipv4, ports: (u16, u16)) -> Vec<u8> {
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend_from_slice(&ports.0.to_be_bytes());
+    tcp.extend_from_slice(&ports.1.to_be_bytes());
+    tcp.extend_from_slice(&1u32.to_be_bytes());
+    tcp.extend_from_slice(&0u32.to_be_bytes());
+    tcp.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip.src.octets());
+    pseudo.extend_from_slice(&ip.dst.octets());
+    pseudo.extend_from_slice(&[0, IPPROTO_TCP, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let checksum = internet_checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&checksum.to_be_bytes());
+    let mut frame = ethernet(macs.0, macs.1, ETH_P_IP);
+    frame.extend_from_slice(&ip.header(tcp.len()));
+    frame.extend_from_slice(&tcp);
     frame
 }
 

@@ -9,7 +9,7 @@ use pod_net_tests::{
     frames::{self, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, Ipv4},
     privileges::require_root,
 };
-use testrun::{Harness, TC_ACT_OK, TC_ACT_REDIRECT, endpoint};
+use testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, endpoint};
 
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
@@ -19,8 +19,12 @@ const MAC_B: [u8; 6] = [0x02, 0, 0x0a, 0xf4, 1, 3];
 const GATEWAY_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
 const B_IFINDEX: u32 = 42;
 
+/// Pod A sends from the test-run device (loopback), pod B is elsewhere.
 fn harness_with_pod_b() -> Harness {
     let mut harness = Harness::new().expect("load pod-net object");
+    harness
+        .add_endpoint(POD_A, endpoint(LOOPBACK_IFINDEX, MAC_A, GATEWAY_MAC))
+        .expect("register pod A");
     harness
         .add_endpoint(POD_B, endpoint(B_IFINDEX, MAC_B, GATEWAY_MAC))
         .expect("register pod B");

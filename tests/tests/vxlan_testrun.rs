@@ -27,7 +27,8 @@ const NODE_2_VTEP: [u8; 6] = [0x0e, 0x6e, 192, 168, 100, 2];
 const FLANNEL_VTEP: [u8; 6] = [0x5a, 0x11, 0x22, 0x33, 0x44, 0x55];
 const VNI: u32 = 1;
 const PORT: u16 = 8472;
-const A_IFINDEX: u32 = 42;
+/// Test run's device is loopback: A's packets arrive there.
+const A_IFINDEX: u32 = LOOPBACK_IFINDEX;
 
 /// Node 1's datapath: pod A local; 10.244.2.0/24 on node 2, except
 /// 10.244.2.9/32, pinned to node 3 (a flannel node with its own VTEP MAC).
@@ -172,6 +173,8 @@ fn expired_ttl_and_unconfigured_underlay_go_to_the_kernel() {
 
     // Remote entries without `load --underlay`: nothing to encapsulate with.
     let mut bare = Harness::new().unwrap();
+    bare.add_endpoint(POD_A, endpoint(A_IFINDEX, MAC_A, GATEWAY_MAC))
+        .unwrap();
     bare.add_remote(Ipv4Addr::new(10, 244, 2, 0), 24, NODE_2, None)
         .unwrap();
     let frame = ping_from_a(REMOTE_POD, 64);

@@ -26,6 +26,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("ethtool", "veth offload settings"),
     ("procps", "sysctl inside namespaces"),
+    (
+        "iptables",
+        "kube-proxy-style DNAT and FORWARD rules in tests",
+    ),
 ];
 
 /// The LLVM bpf-linker must be built against.

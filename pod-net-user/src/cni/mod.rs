@@ -290,6 +290,7 @@ fn add(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<String> {
             container_id: container_id.to_owned(),
             pod_ifname: ifname.to_owned(),
             replace: true,
+            no_bypass: conf.no_bypass,
         };
         endpoints::add(pins, &spec).map_err(|err| {
             Failure::with_details(codes::IO_FAILURE, format!("registering {ip}"), &err)

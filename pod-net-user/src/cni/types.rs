@@ -22,6 +22,10 @@ pub struct NetConf {
     /// Where `pod-net load` pinned the datapath.
     #[serde(default = "default_pin_dir")]
     pub pin_dir: String,
+    /// Keep this network's pods on the kernel path (bridge, iptables
+    /// FORWARD, NetworkPolicy) instead of the fast path.
+    #[serde(default)]
+    pub no_bypass: bool,
     /// The result of the plugins before this one, kept verbatim.
     #[serde(default)]
     pub prev_result: Option<Box<RawValue>>,

@@ -1,0 +1,279 @@
+//! A seeded fuzzer for the programs under `BPF_PROG_TEST_RUN`: random and
+//! mutated frames (truncated, oversized, IP options, fragments, bogus
+//! VXLAN, wrong checksums, VLAN tags). Every frame must land in exactly one
+//! counter reason, and no frame an independent parser calls malformed may
+//! be redirected. `POD_NET_FUZZ_ITERATIONS` runs longer (CI: a bounded
+//! corpus); `POD_NET_FUZZ_SEED` replays a run.
+#[path = "../harness/testrun.rs"]
+mod testrun;
+
+use std::net::Ipv4Addr;
+
+use pod_net_tests::{
+    frames::{self, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4},
+    privileges::require_root,
+};
+use testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_REDIRECT, XDP_DROP, XDP_REDIRECT, endpoint};
+
+const NODE_1: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
+const NODE_2: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
+const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
+const MAC_A: [u8; 6] = [2, 0, 0x0a, 0xf4, 1, 2];
+const MAC_B: [u8; 6] = [2, 0, 0x0a, 0xf4, 1, 3];
+const GATEWAY: [u8; 6] = [2, 0xbb, 0, 0, 0, 1];
+
+/// splitmix64: small, seeded, good enough to pick mutations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound as u64) as usize
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.next() as u8
+    }
+}
+
+fn iterations() -> usize {
+    std::env::var("POD_NET_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(3000)
+}
+
+fn seed() -> u64 {
+    std::env::var("POD_NET_FUZZ_SEED")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0x0070_6f64_2d6e_6574)
+}
+
+/// Node 1 with pods A (sending, on the test-run device) and B, node 2's
+/// CIDR, and XDP targets.
+fn node_1() -> Harness {
+    let mut harness = Harness::new().expect("load pod-net object");
+    harness.set_underlay(NODE_1, 1, 8472).unwrap();
+    harness
+        .add_endpoint(POD_A, endpoint(LOOPBACK_IFINDEX, MAC_A, GATEWAY))
+        .unwrap();
+    harness
+        .add_endpoint(POD_B, endpoint(43, MAC_B, GATEWAY))
+        .unwrap();
+    harness
+        .add_remote(Ipv4Addr::new(10, 244, 2, 0), 24, NODE_2, None)
+        .unwrap();
+    harness.add_pod_veth(LOOPBACK_IFINDEX).unwrap();
+    harness
+}
+
+/// A well-formed frame from pod A: ICMP, TCP or UDP to B, a remote pod or
+/// an unknown address.
+fn pod_frame(rng: &mut Rng) -> Vec<u8> {
+    let dst = [POD_B, REMOTE, Ipv4Addr::new(10, 96, 0, 1)][rng.below(3)];
+    let protocol = [IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP][rng.below(3)];
+    let ip = Ipv4 {
+        ttl: [1, 2, 64][rng.below(3)],
+        ..Ipv4::new(POD_A, dst, protocol)
+    };
+    let dst_mac = if dst == POD_B && rng.below(2) == 0 {
+        MAC_B
+    } else {
+        GATEWAY
+    };
+    match protocol {
+        IPPROTO_TCP => frames::tcp_syn_frame((dst_mac, MAC_A), &ip, (40000, 80)),
+        IPPROTO_UDP => {
+            let payload = vec![0x5a; rng.below(64)];
+            let mut frame = frames::ethernet(dst_mac, MAC_A, ETH_P_IP);
+            frame.extend_from_slice(&ip.header(8 + payload.len()));
+            frame.extend_from_slice(&frames::udp_header(40000, 53, payload.len()));
+            frame.extend_from_slice(&payload);
+            frame
+        }
+        _ => frames::ping_frame(dst_mac, MAC_A, &ip),
+    }
+}
+
+/// A well-formed VXLAN frame from node 2 to node 1 carrying a pod frame to
+/// A (local) or elsewhere.
+fn vxlan_frame(rng: &mut Rng) -> Vec<u8> {
+    let dst = [POD_A, POD_B, Ipv4Addr::new(10, 244, 1, 99)][rng.below(3)];
+    let ip = Ipv4 {
+        ttl: [1, 63][rng.below(2)],
+        ..Ipv4::new(REMOTE, dst, IPPROTO_ICMP)
+    };
+    let inner = frames::ping_frame([0x0e; 6], [0x0e; 6], &ip);
+    frames::vxlan_frame(
+        ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]),
+        &Ipv4::new(NODE_2, NODE_1, IPPROTO_UDP),
+        (50000, 8472),
+        1,
+        &inner,
+    )
+}
+
+/// Mutates `frame` in one of the ways real networks and attackers do.
+fn mutate(rng: &mut Rng, frame: &mut Vec<u8>, ip_offset: usize) {
+    match rng.below(9) {
+        // Truncate anywhere past the Ethernet header.
+        0 => {
+            let keep = 15 + rng.below(frame.len().saturating_sub(15).max(1));
+            frame.truncate(keep);
+        }
+        // Oversize with junk.
+        1 => frame.extend((0..rng.below(1500)).map(|_| rng.byte())),
+        // IP options: a larger IHL.
+        2 => frame[ip_offset] = 0x40 | (5 + rng.below(11)) as u8,
+        // Fragments: MF and/or an offset.
+        3 => {
+            frame[ip_offset + 6] = [0x20, 0x00, 0x20, 0x01][rng.below(4)];
+            frame[ip_offset + 7] = rng.byte();
+        }
+        // A wrong IP checksum.
+        4 => frame[ip_offset + 10] ^= 0xff,
+        // A VLAN tag in front of the EtherType.
+        5 => {
+            let tag = [0x81, 0x00, 0x00, rng.byte()];
+            frame.splice(12..12, tag);
+        }
+        // Random bytes anywhere.
+        _ => {
+            for _ in 0..=rng.below(4) {
+                let at = rng.below(frame.len());
+                frame[at] = rng.byte();
+            }
+        }
+    }
+}
+
+/// An independent judgement: is the IPv4 header at `offset` unusable?
+fn ipv4_malformed(frame: &[u8], offset: usize) -> bool {
+    let Some(header) = frame.get(offset..offset + 20) else {
+        return true;
+    };
+    let ihl = usize::from(header[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    header[0] >> 4 != 4 || ihl < 20 || total < ihl || offset + total > frame.len()
+}
+
+fn ether_type(frame: &[u8]) -> u16 {
+    u16::from_be_bytes([frame[12], frame[13]])
+}
+
+/// A pod frame is malformed if it claims IPv4 and its header is unusable.
+fn pod_frame_malformed(frame: &[u8]) -> bool {
+    ether_type(frame) == ETH_P_IP && ipv4_malformed(frame, 14)
+}
+
+/// A VXLAN frame is malformed if any header on the way to the inner IPv4
+/// one is unusable or cut.
+fn vxlan_malformed(frame: &[u8]) -> bool {
+    if ether_type(frame) != ETH_P_IP || ipv4_malformed(frame, 14) {
+        return true;
+    }
+    let inner = 14 + usize::from(frame[14] & 0x0f) * 4 + 8 + 8 + 14;
+    frame.len() < inner + 20
+        || frame[inner - 2..inner] != [0x08, 0x00]
+        || ipv4_malformed(frame, inner)
+}
+
+fn total_packets(harness: &Harness) -> u64 {
+    harness
+        .counters()
+        .unwrap()
+        .iter()
+        .map(|(_, counter)| counter.packets)
+        .sum()
+}
+
+#[test]
+fn every_fuzzed_frame_lands_in_one_reason_and_no_malformed_frame_is_redirected() {
+    if !require_root("every_fuzzed_frame_lands_in_one_reason") {
+        return;
+    }
+    let mut rng = Rng(seed());
+    let harness = node_1();
+    let (mut runs, mut refused, mut redirected) = (0u64, 0u64, 0u64);
+    for iteration in 0..iterations() {
+        let vxlan = rng.below(2) == 0;
+        let mut frame = if vxlan {
+            vxlan_frame(&mut rng)
+        } else {
+            pod_frame(&mut rng)
+        };
+        let mutations = rng.below(3);
+        for _ in 0..mutations {
+            let ip_offset = if vxlan && rng.below(2) == 0 { 64 } else { 14 };
+            if frame.len() > ip_offset + 20 {
+                mutate(&mut rng, &mut frame, ip_offset);
+            }
+        }
+        let context = || format!("seed {:#x} iteration {iteration}: {frame:02x?}", seed());
+        let before = total_packets(&harness);
+        if vxlan {
+            let malformed = vxlan_malformed(&frame);
+            // XDP first: it counts only what it delivers or drops.
+            if let Ok(run) = harness.run_xdp(&frame) {
+                let counted = total_packets(&harness) - before;
+                let owned = run.action == XDP_REDIRECT || run.action == XDP_DROP;
+                assert_eq!(counted, u64::from(owned), "xdp {}", context());
+                assert!(
+                    !(malformed && run.action == XDP_REDIRECT),
+                    "xdp redirected {}",
+                    context()
+                );
+            }
+            let before = total_packets(&harness);
+            match harness.run_underlay(&frame) {
+                Ok(run) => {
+                    runs += 1;
+                    assert_eq!(total_packets(&harness) - before, 1, "tc {}", context());
+                    assert!(
+                        !(malformed && run.action == TC_ACT_REDIRECT),
+                        "tc redirected {}",
+                        context()
+                    );
+                    redirected += u64::from(run.action == TC_ACT_REDIRECT);
+                }
+                // Test run refuses frames the kernel would never build.
+                Err(_) => refused += 1,
+            }
+        } else {
+            let malformed = pod_frame_malformed(&frame);
+            match harness.run(&frame) {
+                Ok(run) => {
+                    runs += 1;
+                    assert_eq!(total_packets(&harness) - before, 1, "{}", context());
+                    assert!(
+                        !(malformed && run.action == TC_ACT_REDIRECT),
+                        "redirected {}",
+                        context()
+                    );
+                    redirected += u64::from(run.action == TC_ACT_REDIRECT);
+                }
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    // The corpus must have exercised both outcomes.
+    assert!(
+        runs > iterations() as u64 / 2,
+        "only {runs} runs ({refused} refused)"
+    );
+    assert!(
+        redirected > 0 && redirected < runs,
+        "{redirected} of {runs} redirected"
+    );
+    eprintln!("fuzz: {runs} runs, {redirected} redirected, {refused} refused by test run");
+}

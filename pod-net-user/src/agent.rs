@@ -18,7 +18,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{apply, metrics, pins::PinDir};
+use crate::{apply, gc, metrics, pins::PinDir};
 
 /// How often the config file's modification time is checked.
 const CONFIG_POLL: Duration = Duration::from_millis(500);
@@ -26,6 +26,8 @@ const CONFIG_POLL: Duration = Duration::from_millis(500);
 pub struct AgentOptions {
     pub config: Option<PathBuf>,
     pub metrics_addr: SocketAddr,
+    /// How often to run `pod-net gc`'s repairs; `None` never.
+    pub gc_interval: Option<Duration>,
 }
 
 /// Runs until SIGTERM or SIGINT.
@@ -59,6 +61,9 @@ async fn serve(pins: PinDir, options: AgentOptions) -> Result<()> {
         .config
         .clone()
         .map(|path| tokio::spawn(reconcile_forever(pins.clone(), path)));
+    let repair = options
+        .gc_interval
+        .map(|interval| tokio::spawn(repair_forever(pins.clone(), interval)));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -77,8 +82,8 @@ async fn serve(pins: PinDir, options: AgentOptions) -> Result<()> {
         }
     }
     logs.abort();
-    if let Some(reconcile) = reconcile {
-        reconcile.abort();
+    for task in [reconcile, repair].into_iter().flatten() {
+        task.abort();
     }
     info!("stopping; the datapath keeps forwarding");
     Ok(())
@@ -170,6 +175,22 @@ async fn reconcile_forever(pins: PinDir, path: PathBuf) {
             applied = modified;
         }
         tokio::time::sleep(CONFIG_POLL).await;
+    }
+}
+
+/// Repairs half-done state (a killed CNI call, a pod deleted without DEL)
+/// now and every `interval`, as `pod-net gc` would.
+async fn repair_forever(pins: PinDir, interval: Duration) {
+    loop {
+        match gc::run(&pins, false) {
+            Ok(repairs) => {
+                for repair in repairs {
+                    warn!("gc: {repair}");
+                }
+            }
+            Err(err) => error!("gc failed: {err:#}"),
+        }
+        tokio::time::sleep(interval).await;
     }
 }
 

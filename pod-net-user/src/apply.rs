@@ -18,6 +18,7 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 
 use crate::{
     cidr::Cidr,
+    crashpoint,
     datapath::{Datapath, endpoint_ip},
     endpoints::{self, PodSpec},
     mac::MacAddr,
@@ -242,6 +243,7 @@ pub fn execute(pins: &PinDir, changes: &[Change]) -> Result<()> {
         match change {
             Change::RemovePod { ip } => {
                 endpoints::del_by_ip(pins, *ip).with_context(|| change.to_string())?;
+                crashpoint::here(crashpoint::APPLY_CHANGED);
             }
             Change::RemoveNode { cidr } => {
                 remotes::del(pins, *cidr).with_context(|| change.to_string())?;
@@ -260,6 +262,7 @@ pub fn execute(pins: &PinDir, changes: &[Change]) -> Result<()> {
                     ..PodSpec::default()
                 };
                 endpoints::add(pins, &spec).with_context(|| change.to_string())?;
+                crashpoint::here(crashpoint::APPLY_CHANGED);
             }
             Change::AddNode(node) => {
                 let spec = NodeSpec {

@@ -4,8 +4,8 @@ use std::{fs, io};
 
 use anyhow::{Context as _, Result};
 use aya::programs::{
-    LinkOrder, ProgramInfo, SchedClassifier, Xdp, XdpMode,
-    links::FdLink,
+    LinkOrder, SchedClassifier, Xdp, XdpMode,
+    links::{FdLink, PinnedLink},
     tc::{TcAttachOptions, TcAttachType},
 };
 use aya_obj::programs::XdpAttachType;
@@ -20,12 +20,14 @@ pub enum Attached {
     AlreadyThere,
 }
 
-/// Attaches the pinned `program` to the TC ingress of `link`, unless a link
-/// of it pinned for this ifindex already exists.
+/// Attaches the pinned `program` to the TC ingress of `link`, unless its
+/// pinned link for this ifindex is attached there already. A pin whose link
+/// no longer is (the interface went and its ifindex was reused) is replaced.
 pub fn attach(pins: &PinDir, program: &str, link: &Link) -> Result<Attached> {
-    if pins.pinned_link(program, link.index)?.is_some() {
+    if is_attached(pins, program, link)? {
         return Ok(Attached::AlreadyThere);
     }
+    detach(pins, program, link.index)?;
     let links_dir = pins.program_links_dir(program);
     fs::create_dir_all(&links_dir).with_context(|| format!("creating {}", links_dir.display()))?;
     let program_path = pins.program(program);
@@ -84,14 +86,22 @@ pub fn detach(pins: &PinDir, program: &str, ifindex: u32) -> Result<bool> {
     }
 }
 
-/// Whether the pinned `program` is among the TCX ingress programs of
-/// `ifname` right now.
-pub fn is_attached(pins: &PinDir, program: &str, ifname: &str) -> Result<bool> {
-    let program_path = pins.program(program);
-    let ours = ProgramInfo::from_pin(&program_path)
-        .with_context(|| format!("reading {}", program_path.display()))?
-        .id();
-    let (_, programs) = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
-        .with_context(|| format!("querying TCX ingress programs of {ifname}"))?;
-    Ok(programs.iter().any(|program| program.id() == ours))
+/// Whether `program`'s pinned link for `link` is live: the program it runs
+/// is among the TCX ingress programs of `link` right now. Asking the link,
+/// not the pinned program, stays right in the middle of a reload, when
+/// links already run the new program and the old one is still pinned.
+pub fn is_attached(pins: &PinDir, program: &str, link: &Link) -> Result<bool> {
+    let Some(pinned) = pins.pinned_link(program, link.index)? else {
+        return Ok(false);
+    };
+    let link_program = FdLink::from(
+        PinnedLink::from_pin(&pinned.path)
+            .with_context(|| format!("opening pinned link {}", pinned.path.display()))?,
+    )
+    .info()
+    .with_context(|| format!("reading pinned link {}", pinned.path.display()))?
+    .program_id();
+    let (_, programs) = SchedClassifier::query_tcx(&link.name, TcAttachType::Ingress)
+        .with_context(|| format!("querying TCX ingress programs of {}", link.name))?;
+    Ok(programs.iter().any(|info| info.id() == link_program))
 }

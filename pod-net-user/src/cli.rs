@@ -13,6 +13,7 @@ use crate::{
     agent, apply,
     cidr::Cidr,
     endpoints::{self, AddOutcome, PodSpec},
+    gc,
     loader::{self, LoadOptions, LoadReport, UnderlayOptions},
     mac::MacAddr,
     metrics, monitor,
@@ -62,6 +63,14 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Run the node daemon: /metrics, program logs, config reconciling.
     Agent(AgentArgs),
+    /// Repair half-done state: entries of vanished pods, pods without the program, orphan attachments.
+    Gc {
+        /// Print what would be repaired; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +81,9 @@ pub struct AgentArgs {
     /// Where to serve Prometheus /metrics.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9565")]
     pub metrics_addr: std::net::SocketAddr,
+    /// Run `pod-net gc`'s repairs at start and every SECS seconds (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub gc_interval: u64,
 }
 
 #[derive(Debug, Args)]
@@ -312,8 +324,26 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             agent::AgentOptions {
                 config: args.config,
                 metrics_addr: args.metrics_addr,
+                gc_interval: (args.gc_interval > 0)
+                    .then(|| std::time::Duration::from_secs(args.gc_interval)),
             },
         )?,
+        Command::Gc { dry_run, json } => {
+            let repairs = gc::run(&pins, dry_run)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&repairs)?);
+            } else {
+                for repair in &repairs {
+                    println!("{repair}");
+                }
+                let verb = if dry_run {
+                    "to make (dry run: nothing changed)"
+                } else {
+                    "made"
+                };
+                println!("{} repair(s) {verb}", repairs.len());
+            }
+        }
         Command::Monitor(args) => monitor::run(
             &pins,
             &monitor::MonitorOptions {

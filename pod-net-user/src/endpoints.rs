@@ -1,6 +1,6 @@
 //! Registering pods on this node: the `local_endpoints` entries and the
 //! program attachment on each pod's host veth, kept in step.
-use std::net::IpAddr;
+use std::{collections::HashSet, net::IpAddr};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::MapError;
@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::{
     attach::{self, Attached},
+    crashpoint,
     datapath::{Datapath, endpoint_ip, endpoint_key},
     loader,
     mac::MacAddr,
@@ -124,6 +125,7 @@ pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<Added> {
         xdp::prepare_pod(&datapath, &veth)?;
     }
     let attached = attach::attach(pins, program_names::POD_EGRESS, &veth)?;
+    crashpoint::here(crashpoint::POD_ADD_ATTACHED);
     if existing == Some(endpoint) {
         return Ok(Added {
             outcome: AddOutcome::Unchanged,
@@ -199,6 +201,9 @@ pub fn owner(endpoint: &Endpoint) -> (String, String) {
     )
 }
 
+/// Removes the `doomed` entries, then every `pod_egress` link on a veth no
+/// entry uses any more: the doomed pods' own, and any an add that was
+/// killed between attaching and storing its entry left behind.
 fn remove_and_detach(
     pins: &PinDir,
     datapath: &mut Datapath,
@@ -210,14 +215,20 @@ fn remove_and_detach(
             Err(err) => return Err(err).context("removing from local_endpoints"),
         }
     }
-    let remaining = datapath.endpoint_entries()?;
+    crashpoint::here(crashpoint::POD_DEL_REMOVED);
+    let in_use: HashSet<u32> = datapath
+        .endpoint_entries()?
+        .iter()
+        .map(|(_, endpoint)| endpoint.ifindex)
+        .collect();
     for (_, endpoint) in doomed {
-        let still_used = remaining
-            .iter()
-            .any(|(_, other)| other.ifindex == endpoint.ifindex);
-        if !still_used {
-            attach::detach(pins, program_names::POD_EGRESS, endpoint.ifindex)?;
+        if !in_use.contains(&endpoint.ifindex) {
             xdp::forget_pod(datapath, endpoint.ifindex)?;
+        }
+    }
+    for link in pins.pinned_links(program_names::POD_EGRESS)? {
+        if !in_use.contains(&link.ifindex) {
+            attach::detach(pins, program_names::POD_EGRESS, link.ifindex)?;
         }
     }
     Ok(())

@@ -34,7 +34,7 @@ use pod_net_common::{
 };
 
 use crate::{
-    attach,
+    attach, crashpoint,
     datapath::Datapath,
     ebpf_object,
     mac::MacAddr,
@@ -356,6 +356,7 @@ fn load_programs(pins: &PinDir, options: &LoadOptions) -> Result<(bool, usize)> 
         if program_path.exists() {
             replaced = true;
             links_updated += switch_links(pins, name, program)?;
+            crashpoint::here(crashpoint::LOAD_REPLACED);
         }
         pin_replacing(program, &program_path)?;
     }

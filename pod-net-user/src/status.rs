@@ -1,7 +1,7 @@
 //! `pod-net status`: is the datapath whole, and does it match the node?
 //! Each problem comes with a hint; any problem makes the exit code non-zero
 //! so the command can serve as a health probe.
-use std::{collections::BTreeSet, fmt::Write as _};
+use std::fmt::Write as _;
 
 use anyhow::Result;
 use aya::programs::ProgramInfo;
@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::{
     attach,
     datapath::{Datapath, endpoint_ip},
-    endpoints,
+    endpoints, gc,
     loader::{PROGRAMS, underlay_summary},
     mac::MacAddr,
     netdev::{self, LinkKind},
@@ -145,9 +145,9 @@ pub fn check(pins: &PinDir) -> Result<Status> {
         remotes,
         datapath.remotes_capacity,
     );
-    check_pods(pins, &entries, &mut status)?;
+    check_pods(&entries, &mut status)?;
+    check_repairs(pins, &datapath, &mut status)?;
     check_underlay(pins, &config, &mut status)?;
-    check_stale_links(pins, &entries, &mut status)?;
     Ok(finish(status))
 }
 
@@ -166,36 +166,18 @@ fn fill(status: &mut Status, name: &'static str, entries: usize, capacity: u32) 
     }
 }
 
-/// Every pod entry points at an existing veth, with the MAC its pod has now,
-/// and the program is attached there.
-fn check_pods(
-    pins: &PinDir,
-    entries: &[(EndpointKey, Endpoint)],
-    status: &mut Status,
-) -> Result<()> {
-    let mut veths = BTreeSet::new();
+/// Every registered veth still has the MACs its entries hold. (Entries
+/// whose veth is gone, and missing or orphan attachments, are gc's repairs.)
+fn check_pods(entries: &[(EndpointKey, Endpoint)], status: &mut Status) -> Result<()> {
     for (key, endpoint) in entries {
         let ip = endpoint_ip(key);
-        let Some(link) = netdev::link_by_index(endpoint.ifindex)? else {
-            status.problem(
-                format!(
-                    "pod {ip}: its veth (ifindex {}) no longer exists",
-                    endpoint.ifindex
-                ),
-                format!("remove the stale entry with `pod-net pod del --ip {ip}`"),
-            );
+        let Some(link) =
+            netdev::link_by_index(endpoint.ifindex)?.filter(|link| link.kind == LinkKind::Veth)
+        else {
             continue;
         };
-        if link.kind != LinkKind::Veth {
-            status.problem(
-                format!(
-                    "pod {ip}: ifindex {} is now {}, not a veth",
-                    endpoint.ifindex, link.name
-                ),
-                format!("re-register the pod: `pod-net pod del --ip {ip}`, then `pod add`"),
-            );
-            continue;
-        }
+        let reregister =
+            format!("re-register the pod: `pod-net pod del --ip {ip}`, then `pod add`");
         if let Ok(Some(peer)) = netdev::veth_peer(&link)
             && let Some(mac) = peer.mac
             && mac.0 != endpoint.mac
@@ -205,7 +187,7 @@ fn check_pods(
                     "pod {ip}: stored MAC {} but the pod's interface has {mac}",
                     MacAddr(endpoint.mac)
                 ),
-                format!("re-register the pod: `pod-net pod del --ip {ip}`, then `pod add`"),
+                reregister.clone(),
             );
         }
         if let Ok(gateway) = endpoints::gateway_mac(&link)
@@ -216,22 +198,20 @@ fn check_pods(
                     "pod {ip}: stored gateway MAC {} but the pod's gateway now has {gateway}",
                     MacAddr(endpoint.gateway_mac)
                 ),
-                format!(
-                    "give the bridge a fixed MAC, and re-register the pod: `pod-net pod del --ip {ip}`, then `pod add`"
-                ),
+                format!("give the bridge a fixed MAC, and {reregister}"),
             );
         }
-        if veths.insert(link.index)
-            && !attach::is_attached(pins, program_names::POD_EGRESS, &link.name)?
-        {
-            status.problem(
-                format!("pod {ip}: pod_egress is not attached to {}", link.name),
-                format!(
-                    "re-attach with `pod-net pod add --ip {ip} --veth {}`",
-                    link.name
-                ),
-            );
-        }
+    }
+    Ok(())
+}
+
+/// Half-done state: whatever `pod-net gc` would repair is a problem.
+fn check_repairs(pins: &PinDir, datapath: &Datapath, status: &mut Status) -> Result<()> {
+    for repair in gc::plan(pins, datapath)? {
+        status.problem(
+            format!("needs repair: {repair}"),
+            "run `pod-net gc` (`--dry-run` shows the plan)",
+        );
     }
     Ok(())
 }
@@ -262,7 +242,7 @@ fn check_underlay(pins: &PinDir, config: &Config, status: &mut Status) -> Result
             "`pod-net unload`, then load with the node's current underlay",
         ),
         Some(link) => {
-            if !attach::is_attached(pins, program_names::UNDERLAY_INGRESS, &link.name)? {
+            if !attach::is_attached(pins, program_names::UNDERLAY_INGRESS, &link)? {
                 status.problem(
                     format!("underlay_ingress is not attached to {}", link.name),
                     reload.clone(),
@@ -275,30 +255,6 @@ fn check_underlay(pins: &PinDir, config: &Config, status: &mut Status) -> Result
             format!("the tunnel device {} is missing", summary.tunnel_device),
             reload,
         );
-    }
-    Ok(())
-}
-
-/// Links whose interface no pod (or the underlay) uses any more.
-fn check_stale_links(
-    pins: &PinDir,
-    entries: &[(EndpointKey, Endpoint)],
-    status: &mut Status,
-) -> Result<()> {
-    for link in pins.pinned_links(program_names::POD_EGRESS)? {
-        if !entries
-            .iter()
-            .any(|(_, endpoint)| endpoint.ifindex == link.ifindex)
-        {
-            status.problem(
-                format!(
-                    "link {} attaches pod_egress to ifindex {} but no pod uses it",
-                    link.path.display(),
-                    link.ifindex
-                ),
-                format!("remove it with `rm {}`", link.path.display()),
-            );
-        }
     }
     Ok(())
 }

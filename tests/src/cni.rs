@@ -11,6 +11,7 @@
 use std::{
     collections::BTreeMap,
     io::Write as _,
+    os::unix::process::ExitStatusExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::Mutex,
@@ -29,6 +30,8 @@ pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 pub struct CniFailure {
     pub plugin: String,
     pub exit_code: Option<i32>,
+    /// The signal that killed the plugin, if one did.
+    pub signal: Option<i32>,
     pub code: Option<u64>,
     pub msg: String,
     pub stdout: String,
@@ -38,8 +41,8 @@ impl std::fmt::Display for CniFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} failed (exit {:?}, code {:?}): {}",
-            self.plugin, self.exit_code, self.code, self.msg
+            "{} failed (exit {:?}, signal {:?}, code {:?}): {}",
+            self.plugin, self.exit_code, self.signal, self.code, self.msg
         )
     }
 }
@@ -61,6 +64,8 @@ pub struct Runtime<'a> {
     conflist: Value,
     plugin_path: Vec<PathBuf>,
     cache: Mutex<BTreeMap<(String, String), Value>>,
+    /// Set for every plugin call, beside the `CNI_*` variables.
+    extra_env: Mutex<Vec<(&'static str, String)>>,
 }
 
 impl<'a> Runtime<'a> {
@@ -72,7 +77,20 @@ impl<'a> Runtime<'a> {
             conflist,
             plugin_path,
             cache: Mutex::new(BTreeMap::new()),
+            extra_env: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Sets `name=value` for the plugin calls that follow (an empty value
+    /// unsets it).
+    pub fn set_env(&self, name: &'static str, value: &str) -> Result<()> {
+        let mut extra = self
+            .extra_env
+            .lock()
+            .map_err(|_| anyhow::anyhow!("env poisoned"))?;
+        extra.retain(|(existing, _)| *existing != name);
+        extra.push((name, value.to_owned()));
+        Ok(())
     }
 
     fn plugins(&self) -> Vec<Value> {
@@ -162,13 +180,20 @@ impl<'a> Runtime<'a> {
             .map(|dir| dir.join(plugin_type))
             .find(|candidate| candidate.is_file())
             .with_context(|| format!("no plugin {plugin_type} in {:?}", self.plugin_path))?;
-        let env = vec![
+        let mut env = vec![
             ("CNI_COMMAND", command.to_owned()),
             ("CNI_CONTAINERID", attachment.container_id.clone()),
             ("CNI_NETNS", attachment.netns.clone().unwrap_or_default()),
             ("CNI_IFNAME", attachment.ifname.clone()),
             ("CNI_PATH", self.path_var()),
         ];
+        env.extend(
+            self.extra_env
+                .lock()
+                .map_err(|_| anyhow::anyhow!("env poisoned"))?
+                .iter()
+                .cloned(),
+        );
         run_plugin(self.node, &binary, &env, &serde_json::to_vec(config)?)
     }
 
@@ -219,6 +244,7 @@ pub fn run_plugin(
     Err(CniFailure {
         plugin: binary.display().to_string(),
         exit_code: output.status.code(),
+        signal: output.status.signal(),
         code: error["code"].as_u64(),
         msg: error["msg"].as_str().map_or_else(
             || String::from_utf8_lossy(&output.stderr).into_owned(),

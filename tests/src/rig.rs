@@ -366,19 +366,29 @@ impl Node {
             host_veth: format!("veth-p{index}"),
         };
         add_netns(&pod.netns, spec)?;
-        self.ip(&[
-            "link",
-            "add",
-            &pod.host_veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &pod.netns,
-        ])?;
-        if let Some(mtu) = spec.pod_mtu {
+        self.plug(&pod, spec.pod_mtu, None)?;
+        Ok(pod)
+    }
+
+    /// Gives `pod` a new veth pair, deleting the old one, with the host end
+    /// at `ifindex` when given: a sandbox whose interface was recreated, on
+    /// purpose at an index the kernel has handed out before.
+    pub fn replug(&self, pod: &Pod, ifindex: Option<u32>) -> Result<()> {
+        if self.ip(&["link", "show", &pod.host_veth]).is_ok() {
+            self.ip(&["link", "del", &pod.host_veth])?;
+        }
+        self.plug(pod, None, ifindex)
+    }
+
+    fn plug(&self, pod: &Pod, mtu: Option<u32>, ifindex: Option<u32>) -> Result<()> {
+        let index = ifindex.map(|index| index.to_string());
+        let mut add = vec!["link", "add", pod.host_veth.as_str()];
+        if let Some(index) = &index {
+            add.extend(["index", index.as_str()]);
+        }
+        add.extend(["type", "veth", "peer", "name", "eth0", "netns", &pod.netns]);
+        self.ip(&add)?;
+        if let Some(mtu) = mtu {
             let mtu = mtu.to_string();
             self.ip(&["link", "set", &pod.host_veth, "mtu", &mtu])?;
             pod.ip(&["link", "set", "eth0", "mtu", &mtu])?;
@@ -391,7 +401,7 @@ impl Node {
         pod.ip(&["link", "set", "eth0", "up"])?;
         let gateway = self.gateway_ip.to_string();
         pod.ip(&["route", "add", "default", "via", &gateway])?;
-        Ok(pod)
+        Ok(())
     }
 
     /// `ip -n <node> args..`
@@ -631,6 +641,22 @@ impl Pod {
         ])
     }
 
+    /// Starts `count` pings to `target`, 2 ms apart (1 s deadline each): a
+    /// bounded flood to run while something changes under it.
+    pub fn ping_flood(&self, target: Ipv4Addr, count: u32) -> Result<PingFlood> {
+        let count = count.to_string();
+        let target = target.to_string();
+        let child = self
+            .command(&[
+                "ping", "-n", "-q", "-i", "0.002", "-c", &count, "-W", "1", &target,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting ping in {}", self.netns))?;
+        Ok(PingFlood { child })
+    }
+
     /// Starts a background process in the pod; it is killed when the guard
     /// drops.
     pub fn spawn(&self, args: &[&str]) -> Result<Background> {
@@ -723,6 +749,30 @@ impl Pod {
 }
 
 /// A process started in a namespace, killed on drop.
+/// A running [`Pod::ping_flood`].
+pub struct PingFlood {
+    child: Child,
+}
+
+impl PingFlood {
+    /// Waits for the flood to end: (transmitted, received, ping's output).
+    pub fn finish(self) -> Result<(u64, u64, String)> {
+        let output = self.child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|line| line.contains("packets transmitted"))
+            .with_context(|| format!("no summary in {text}"))?;
+        let mut numbers = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|part| part.parse::<u64>().ok());
+        let (Some(sent), Some(received)) = (numbers.next(), numbers.next()) else {
+            bail!("cannot read {line:?}");
+        };
+        Ok((sent, received, text))
+    }
+}
+
 pub struct Background {
     child: Child,
 }

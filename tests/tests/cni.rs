@@ -296,7 +296,7 @@ fn gc_removes_what_the_runtime_no_longer_has() {
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
     let runtime = bridge_runtime(&rig, node);
-    let pods: Vec<Attachment> = ["a", "b", "c"]
+    let pods: Vec<Attachment> = ["a", "b", "c", "d"]
         .iter()
         .map(|name| attachment(&rig, name))
         .collect();
@@ -314,7 +314,10 @@ fn gc_removes_what_the_runtime_no_longer_has() {
             "pinDir": node.pin_dir, key: valid});
         call(node, &[("CNI_COMMAND", "GC".into())], &config).unwrap();
     };
-    gc("cni.dev/valid-attachments", &[&pods[0], &pods[2]]);
+    // d is still valid to the runtime, but its interface vanished without
+    // a DEL: GC removes what has no veth left.
+    sandbox_exec(&pods[3], &["ip", "link", "del", "eth0"]).unwrap();
+    gc("cni.dev/valid-attachments", &[&pods[0], &pods[2], &pods[3]]);
     let left: Vec<String> = registered(node).into_iter().map(|(ip, _, _)| ip).collect();
     let mut expected = vec![ips[0].clone(), ips[2].clone()];
     expected.sort();
@@ -322,6 +325,13 @@ fn gc_removes_what_the_runtime_no_longer_has() {
     gc("cni.dev/attachments", &[&pods[2]]);
     let left: Vec<String> = registered(node).into_iter().map(|(ip, _, _)| ip).collect();
     assert_eq!(left, vec![ips[2].clone()]);
+    // Nothing half-done is left behind: no orphan attachment, no stale pin.
+    assert!(
+        node.pod_net_command(&["status"])
+            .status()
+            .unwrap()
+            .success()
+    );
 }
 
 #[test]

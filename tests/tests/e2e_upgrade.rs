@@ -1,45 +1,9 @@
 //! Hitless upgrade: `pod-net load` over a loaded datapath, twenty times,
 //! while pods ping each other as fast as a bounded flood goes, on one node
 //! and across nodes. Not one packet may be lost.
-use std::{process::Stdio, thread, time::Duration};
+use std::{thread, time::Duration};
 
-use pod_net_tests::{Pod, Rig, RigSpec, privileges::require_root};
-
-/// Starts `count` pings from `from` to `to`, 2 ms apart.
-fn flood(from: &Pod, to: &Pod, count: u32) -> std::process::Child {
-    let count = count.to_string();
-    from.command(&[
-        "ping",
-        "-n",
-        "-q",
-        "-i",
-        "0.002",
-        "-c",
-        &count,
-        "-W",
-        "1",
-        &to.ip.to_string(),
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap()
-}
-
-/// (transmitted, received) from ping's summary.
-fn summary(child: std::process::Child) -> (u64, u64, String) {
-    let output = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let line = text
-        .lines()
-        .find(|line| line.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no summary in {text}"));
-    let numbers: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|part| part.parse().ok())
-        .collect();
-    (numbers[0], numbers[1], text)
-}
+use pod_net_tests::{Rig, RigSpec, privileges::require_root};
 
 #[test]
 fn twenty_reloads_under_a_ping_flood_lose_nothing() {
@@ -60,8 +24,8 @@ fn twenty_reloads_under_a_ping_flood_lose_nothing() {
     a.ping(c.ip, 1).unwrap();
     let before = rig.node(1).counters().unwrap();
 
-    let same_node = flood(a, b, 4000);
-    let cross_node = flood(a, c, 4000);
+    let same_node = a.ping_flood(b.ip, 4000).unwrap();
+    let cross_node = a.ping_flood(c.ip, 4000).unwrap();
     thread::sleep(Duration::from_millis(300));
     for round in 0..20 {
         for node in rig.nodes() {
@@ -69,9 +33,9 @@ fn twenty_reloads_under_a_ping_flood_lose_nothing() {
             assert!(output.contains("in place"), "round {round}: {output}");
         }
     }
-    let (sent, received, text) = summary(same_node);
+    let (sent, received, text) = same_node.finish().unwrap();
     assert_eq!((sent, received), (4000, 4000), "same node:\n{text}");
-    let (sent, received, text) = summary(cross_node);
+    let (sent, received, text) = cross_node.finish().unwrap();
     assert_eq!((sent, received), (4000, 4000), "cross node:\n{text}");
 
     // And the floods really took the fast path throughout.

@@ -286,12 +286,18 @@ fn status_is_clean_until_a_veth_disappears_behind_its_back() {
         problems.iter().any(|problem| problem["what"]
             .as_str()
             .unwrap()
-            .contains(&format!("pod {}: its veth", gone.ip))
-            && problem["hint"]
-                .as_str()
-                .unwrap()
-                .contains("pod-net pod del --ip")),
+            .contains(&format!("remove pod {}: its veth", gone.ip))
+            && problem["hint"].as_str().unwrap().contains("pod-net gc")),
         "{problems:?}"
+    );
+
+    // The hint works: gc repairs it, and status is healthy again.
+    node.pod_net(&["gc"]).unwrap();
+    let repaired = output_of(&mut node.pod_net_command(&["status"])).unwrap();
+    assert!(
+        repaired.status.success(),
+        "{}",
+        String::from_utf8_lossy(&repaired.stdout)
     );
 }
 

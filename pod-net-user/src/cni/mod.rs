@@ -20,6 +20,7 @@ use crate::{
     attach,
     datapath::{Datapath, endpoint_ip},
     endpoints::{self, PodSpec},
+    gc,
     mac::MacAddr,
     netdev::{self, Link, LinkKind},
     netns,
@@ -353,7 +354,7 @@ fn check(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<()> {
             )));
         }
     }
-    let attached = attach::is_attached(pins, program_names::POD_EGRESS, &sandbox.host_veth.name)
+    let attached = attach::is_attached(pins, program_names::POD_EGRESS, &sandbox.host_veth)
         .map_err(|err| Failure::with_details(codes::IO_FAILURE, "querying TCX", &err))?;
     if !attached {
         return Err(failed(format!(
@@ -392,8 +393,12 @@ fn gc(conf: &NetConf, pins: &PinDir) -> Step<()> {
         // Entries without an owner were made by hand (`pod-net pod add`).
         !owner.0.is_empty() && !keep.contains(&owner)
     })
-    .map(drop)
-    .map_err(|err| Failure::with_details(codes::IO_FAILURE, "removing stale pods", &err))
+    .map_err(|err| Failure::with_details(codes::IO_FAILURE, "removing stale pods", &err))?;
+    // Then what no runtime knows about: pods whose veth is gone, and
+    // attachments an interrupted ADD or DEL left behind.
+    gc::run(pins, false)
+        .map(drop)
+        .map_err(|err| Failure::with_details(codes::IO_FAILURE, "repairing the datapath", &err))
 }
 
 fn status(pins: &PinDir) -> Step<()> {

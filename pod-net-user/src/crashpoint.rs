@@ -1,0 +1,33 @@
+//! Fault injection for the crash-safety tests: with
+//! `POD_NET_CRASH_AT=<point>` in its environment, a process kills itself
+//! with SIGKILL when it reaches `<point>`, the same as an operator's
+//! `kill -9` or the OOM killer at the worst moment. Unset (always, outside
+//! tests), each point costs one environment lookup.
+//!
+//! The points sit between two writes that belong together, where a crash
+//! leaves the half-done state `pod-net gc` repairs.
+pub const POD_ADD_ATTACHED: &str = "pod-add-attached";
+pub const POD_DEL_REMOVED: &str = "pod-del-removed";
+pub const APPLY_CHANGED: &str = "apply-changed";
+pub const LOAD_REPLACED: &str = "load-replaced";
+
+/// Every point, for tests and the README.
+pub const ALL: [&str; 4] = [
+    POD_ADD_ATTACHED,
+    POD_DEL_REMOVED,
+    APPLY_CHANGED,
+    LOAD_REPLACED,
+];
+
+const VARIABLE: &str = "POD_NET_CRASH_AT";
+
+/// Dies here, by SIGKILL, when `POD_NET_CRASH_AT` names `point`.
+pub fn here(point: &str) {
+    if std::env::var_os(VARIABLE).is_some_and(|wanted| wanted == point) {
+        // SAFETY: kill(2) on our own pid; SIGKILL cannot be caught, so no
+        // destructor, flush or unlock runs, as in a real crash.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! `pod-net gc`: repairs what an interrupted command or a vanished pod left
+//! behind, so that the maps and the attachments agree with each other and
+//! with the node's interfaces.
+//!
+//! - An entry whose veth is gone (or whose ifindex is now something else)
+//!   is removed: the pod was deleted without a DEL.
+//! - A registered pod's veth without the program gets it back.
+//! - A pinned link on a veth no entry uses is removed: an add that died
+//!   between attaching and storing the entry, or a del between the two.
+//! - A `pod_veths` (XDP) entry no pod uses is removed.
+//!
+//! Everything runs under the pin dir lock, so it never races a live add.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::IpAddr,
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::MapError;
+use pod_net_common::{EndpointKey, program_names};
+use serde::Serialize;
+
+use crate::{
+    attach,
+    datapath::{Datapath, endpoint_ip, endpoint_key},
+    netdev::{self, Link, LinkKind},
+    pins::PinDir,
+    xdp,
+};
+
+/// One thing gc does (or, with `--dry-run`, would do).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "repair", rename_all = "snake_case")]
+pub enum Repair {
+    /// The entry's interface is gone or is no longer a veth.
+    RemoveStaleEntry { ip: IpAddr, ifindex: u32 },
+    /// A registered pod's veth runs without `pod_egress`.
+    Reattach { ifindex: u32, veth: String },
+    /// `pod_egress` is pinned on an interface no entry uses.
+    DetachOrphan { ifindex: u32, ifname: String },
+    /// `pod_veths` holds an interface no entry uses.
+    ForgetXdpVeth { ifindex: u32 },
+}
+
+impl fmt::Display for Repair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::RemoveStaleEntry { ip, ifindex } => write!(
+                f,
+                "remove pod {ip}: its veth (ifindex {ifindex}) no longer exists"
+            ),
+            Self::Reattach { veth, .. } => {
+                write!(f, "re-attach pod_egress to {veth}: it has registered pods")
+            }
+            Self::DetachOrphan { ifindex, ifname } => write!(
+                f,
+                "detach pod_egress from {ifname} (ifindex {ifindex}): no pod is registered there"
+            ),
+            Self::ForgetXdpVeth { ifindex } => write!(
+                f,
+                "remove ifindex {ifindex} from pod_veths: no pod is registered there"
+            ),
+        }
+    }
+}
+
+/// Finds and, unless `dry_run`, makes the repairs. Returns them.
+pub fn run(pins: &PinDir, dry_run: bool) -> Result<Vec<Repair>> {
+    let mut datapath = Datapath::open(pins)?;
+    let _lock = pins.lock()?;
+    let repairs = plan(pins, &datapath)?;
+    if !dry_run {
+        execute(pins, &mut datapath, &repairs)?;
+    }
+    Ok(repairs)
+}
+
+/// The repairs the node needs now. Read-only.
+pub fn plan(pins: &PinDir, datapath: &Datapath) -> Result<Vec<Repair>> {
+    let links: BTreeMap<u32, Link> = netdev::all_links()?
+        .into_iter()
+        .map(|link| (link.index, link))
+        .collect();
+    let mut repairs = Vec::new();
+    let mut used = BTreeSet::new();
+    for (key, endpoint) in datapath.endpoint_entries()? {
+        match links.get(&endpoint.ifindex) {
+            Some(link) if link.kind == LinkKind::Veth => {
+                used.insert(endpoint.ifindex);
+            }
+            _ => repairs.push(Repair::RemoveStaleEntry {
+                ip: endpoint_ip(&key),
+                ifindex: endpoint.ifindex,
+            }),
+        }
+    }
+    for ifindex in &used {
+        let veth = &links[ifindex];
+        if !attach::is_attached(pins, program_names::POD_EGRESS, veth)? {
+            repairs.push(Repair::Reattach {
+                ifindex: *ifindex,
+                veth: veth.name.clone(),
+            });
+        }
+    }
+    for pinned in pins.pinned_links(program_names::POD_EGRESS)? {
+        if !used.contains(&pinned.ifindex) {
+            repairs.push(Repair::DetachOrphan {
+                ifindex: pinned.ifindex,
+                ifname: pinned.ifname,
+            });
+        }
+    }
+    for ifindex in datapath.pod_veths()?.keys() {
+        let ifindex = ifindex.context("reading pod_veths")?;
+        if !used.contains(&ifindex) {
+            repairs.push(Repair::ForgetXdpVeth { ifindex });
+        }
+    }
+    Ok(repairs)
+}
+
+fn execute(pins: &PinDir, datapath: &mut Datapath, repairs: &[Repair]) -> Result<()> {
+    let xdp_on = xdp::is_on(pins)?;
+    for repair in repairs {
+        make(pins, datapath, xdp_on, repair).with_context(|| repair.to_string())?;
+    }
+    Ok(())
+}
+
+fn make(pins: &PinDir, datapath: &mut Datapath, xdp_on: bool, repair: &Repair) -> Result<()> {
+    match repair {
+        Repair::RemoveStaleEntry { ip, .. } => remove_entry(datapath, &endpoint_key(*ip)),
+        Repair::Reattach { ifindex, .. } => {
+            let veth = netdev::link_by_index(*ifindex)?
+                .with_context(|| format!("ifindex {ifindex} vanished during gc"))?;
+            if xdp_on {
+                xdp::prepare_pod(datapath, &veth)?;
+            }
+            attach::attach(pins, program_names::POD_EGRESS, &veth).map(drop)
+        }
+        Repair::DetachOrphan { ifindex, .. } => {
+            attach::detach(pins, program_names::POD_EGRESS, *ifindex).map(drop)
+        }
+        Repair::ForgetXdpVeth { ifindex } => xdp::forget_pod(datapath, *ifindex),
+    }
+}
+
+fn remove_entry(datapath: &mut Datapath, key: &EndpointKey) -> Result<()> {
+    match datapath.endpoints.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(err) => Err(err).context("removing from local_endpoints"),
+    }
+}

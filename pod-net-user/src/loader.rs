@@ -197,13 +197,12 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         .transpose()?;
 
     let mounted_bpffs = ensure_bpffs(pins.root())?;
-    for dir in [
-        pins.root().to_path_buf(),
-        pins.programs_dir(),
-        pins.links_dir(),
-    ] {
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    let root = pins.root();
+    let new_dirs: Vec<PathBuf> = [root.to_path_buf(), pins.programs_dir(), pins.links_dir()]
+        .into_iter()
+        .filter(|dir| !dir.exists())
+        .collect();
+    fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let _lock = pins.lock()?;
     check_pinned_layouts(pins)?;
     check_pinned_capacity(pins, options)?;
@@ -216,11 +215,14 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         .map(|layout| pins.map(layout.name))
         .filter(|path| !path.exists())
         .collect();
-    let result = load_programs(pins, options);
+    let result = create_pin_subdirs(pins).and_then(|()| load_programs(pins, options));
     if result.is_err() {
-        // Leave no maps behind that this failed attempt created.
+        // Leave nothing behind that this failed attempt created.
         for path in &new_map_pins {
             let _ = fs::remove_file(path);
+        }
+        for dir in new_dirs.iter().rev() {
+            let _ = fs::remove_dir(dir);
         }
     }
     let (replaced, links_updated) = result?;
@@ -257,6 +259,13 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         nat_check: config.flags & CONFIG_F_NO_NAT_CHECK == 0,
         warnings: mtu_warnings(&datapath, &config)?,
     })
+}
+
+fn create_pin_subdirs(pins: &PinDir) -> Result<()> {
+    for dir in [pins.programs_dir(), pins.links_dir()] {
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// The underlay interface, if it exists and carries `node_ip`.

@@ -3,7 +3,7 @@
 //! and across nodes. Not one packet may be lost.
 use std::{thread, time::Duration};
 
-use pod_net_tests::{Rig, RigSpec, privileges::require_root};
+use pod_net_tests::{Rig, RigSpec, cmd::output_of, privileges::require_root};
 
 #[test]
 fn twenty_reloads_under_a_ping_flood_lose_nothing() {
@@ -43,4 +43,46 @@ fn twenty_reloads_under_a_ping_flood_lose_nothing() {
     assert!(after["redirect_local"] - before["redirect_local"] >= 8000);
     assert!(after["encap"] - before["encap"] >= 4000);
     assert!(after["decap"] - before["decap"] >= 4000);
+}
+
+/// A pinned map this build cannot read (another version's layout) is
+/// refused by name, and kept with its entries: never silently dropped.
+#[test]
+fn a_map_of_another_layout_is_refused_and_kept() {
+    if !require_root("a_map_of_another_layout_is_refused_and_kept") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec {
+        nodes: 1,
+        pods_per_node: 0,
+        ..RigSpec::default()
+    })
+    .unwrap();
+    let node = rig.node(1);
+    std::fs::create_dir_all(&node.pin_dir).unwrap();
+    let map = node.pin_dir.join("local_endpoints");
+    let map = map.to_str().unwrap();
+    let bpftool = |args: &str| {
+        let args: Vec<&str> = args.split_whitespace().collect();
+        pod_net_tests::cmd::run("bpftool", &args).unwrap()
+    };
+    bpftool(&format!(
+        "map create {map} type hash key 8 value 16 entries 16 name local_endpoints"
+    ));
+    let entry = "key 1 2 3 4 5 6 7 8 value 9 9 9 9 9 9 9 9 9 9 9 9 9 9 9 9";
+    bpftool(&format!("map update pinned {map} {entry}"));
+    let before = bpftool(&format!("-j map dump pinned {map}"));
+
+    let output = output_of(&mut node.pod_net_command(&["load"])).unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("pinned map {map} has key/value size 8/16"))
+            && stderr.contains("another pod-net version"),
+        "{stderr}"
+    );
+    // Nothing replaced, nothing loaded: the old map and its entry stand.
+    assert_eq!(bpftool(&format!("-j map dump pinned {map}")), before);
+    assert!(!node.pin_dir.join("progs").exists());
 }

@@ -238,42 +238,41 @@ fn validate(datapath: &Datapath, config: &NodeConfig) -> Result<()> {
 }
 
 /// Makes `changes`: removals first, so an IP or prefix that moves is free.
+/// Remote entries go in batches (one map call and one netlink socket for
+/// all of them); pods one by one, as each needs its veth attached.
 pub fn execute(pins: &PinDir, changes: &[Change]) -> Result<()> {
+    let mut gone_nodes = Vec::new();
+    let mut new_nodes = Vec::new();
     for change in changes {
         match change {
             Change::RemovePod { ip } => {
                 endpoints::del_by_ip(pins, *ip).with_context(|| change.to_string())?;
                 crashpoint::here(crashpoint::APPLY_CHANGED);
             }
-            Change::RemoveNode { cidr } => {
-                remotes::del(pins, *cidr).with_context(|| change.to_string())?;
-            }
-            Change::AddPod(_) | Change::AddNode(_) => {}
+            Change::RemoveNode { cidr } => gone_nodes.push(*cidr),
+            Change::AddNode(node) => new_nodes.push(NodeSpec {
+                cidr: node.cidr,
+                node_ip: node.node_ip,
+                vtep_mac: node.vtep_mac,
+            }),
+            Change::AddPod(_) => {}
         }
     }
+    remotes::del_many(pins, &gone_nodes)
+        .with_context(|| format!("removing {} remote entries", gone_nodes.len()))?;
     for change in changes {
-        match change {
-            Change::AddPod(pod) => {
-                let spec = PodSpec {
-                    ip: Some(pod.ip),
-                    veth: pod.veth.clone(),
-                    mac: pod.mac,
-                    no_bypass: pod.no_bypass,
-                    ..PodSpec::default()
-                };
-                endpoints::add(pins, &spec).with_context(|| change.to_string())?;
-                crashpoint::here(crashpoint::APPLY_CHANGED);
-            }
-            Change::AddNode(node) => {
-                let spec = NodeSpec {
-                    cidr: node.cidr,
-                    node_ip: node.node_ip,
-                    vtep_mac: node.vtep_mac,
-                };
-                remotes::add(pins, &spec).with_context(|| change.to_string())?;
-            }
-            Change::RemovePod { .. } | Change::RemoveNode { .. } => {}
+        if let Change::AddPod(pod) = change {
+            let spec = PodSpec {
+                ip: Some(pod.ip),
+                veth: pod.veth.clone(),
+                mac: pod.mac,
+                no_bypass: pod.no_bypass,
+                ..PodSpec::default()
+            };
+            endpoints::add(pins, &spec).with_context(|| change.to_string())?;
+            crashpoint::here(crashpoint::APPLY_CHANGED);
         }
     }
-    Ok(())
+    remotes::add_many(pins, &new_nodes)
+        .with_context(|| format!("adding {} remote entries", new_nodes.len()))
 }

@@ -130,9 +130,12 @@ pub struct MonitorArgs {
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// Capacity of the local-endpoint map (pod addresses on this node).
+    /// Capacity of the local-endpoint map (pod addresses on this node; default 65536).
     #[arg(long, value_name = "N")]
     pub max_pods: Option<u32>,
+    /// Capacity of the remote map (node CIDRs and pinned pod /32s; default 1114112).
+    #[arg(long, value_name = "N")]
+    pub max_remotes: Option<u32>,
     /// The interface VXLAN to and from other nodes goes through.
     #[arg(long, value_name = "IFACE", requires = "node_ip")]
     pub underlay: Option<String>,
@@ -249,6 +252,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Load(args) => {
             let options = LoadOptions {
                 max_pods: args.max_pods,
+                max_remotes: args.max_remotes,
                 underlay: args.underlay.zip(args.node_ip).map(|(ifname, node_ip)| {
                     UnderlayOptions {
                         ifname,

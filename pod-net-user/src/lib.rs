@@ -13,6 +13,7 @@ pub mod endpoints;
 pub mod gc;
 pub mod loader;
 pub mod mac;
+pub mod map_batch;
 pub mod metrics;
 pub mod monitor;
 pub mod netdev;

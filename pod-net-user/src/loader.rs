@@ -133,9 +133,13 @@ pub struct UnderlayOptions {
 /// What `load` may change about the datapath.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
-    /// Capacity of `local_endpoints`; the build's default when `None`. An
-    /// existing map keeps its size: resizing means `unload` first.
+    /// Capacity of `local_endpoints` (and `pod_veths`); the build's default
+    /// when `None`. An existing map keeps its size: resizing means `unload`
+    /// first.
     pub max_pods: Option<u32>,
+    /// Capacity of `remote_nodes` (prefixes: node CIDRs and pinned pods),
+    /// likewise.
+    pub max_remotes: Option<u32>,
     /// Enable the cross-node path. A reload without it keeps what an
     /// earlier `load` set.
     pub underlay: Option<UnderlayOptions>,
@@ -188,6 +192,9 @@ pub const MAX_VNI: u32 = (1 << 24) - 1;
 pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
     if options.max_pods == Some(0) {
         bail!("--max-pods must be at least 1");
+    }
+    if options.max_remotes == Some(0) {
+        bail!("--max-remotes must be at least 1");
     }
     // Everything the underlay needs is checked before anything changes.
     let underlay = options
@@ -336,8 +343,12 @@ fn load_programs(pins: &PinDir, options: &LoadOptions) -> Result<(bool, usize)> 
     for layout in &MAP_LAYOUTS {
         loader.map_pin_path(layout.name, pins.map(layout.name));
     }
+    if let Some(max_remotes) = options.max_remotes {
+        loader.map_max_entries(map_names::REMOTE_NODES, max_remotes);
+    }
     if let Some(max_pods) = options.max_pods {
         loader.map_max_entries(map_names::LOCAL_ENDPOINTS, max_pods);
+        loader.map_max_entries(map_names::POD_VETHS, max_pods);
     }
     let mut ebpf = loader
         .load(ebpf_object())
@@ -549,25 +560,35 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a `--max-pods` that differs from an existing map's capacity.
+/// Refuses a `--max-pods` or `--max-remotes` that differs from an
+/// existing map's capacity: a map cannot grow in place.
 fn check_pinned_capacity(pins: &PinDir, options: &LoadOptions) -> Result<()> {
-    let Some(wanted) = options.max_pods else {
-        return Ok(());
-    };
-    let path = pins.map(map_names::LOCAL_ENDPOINTS);
-    if !path.exists() {
-        return Ok(());
-    }
-    let capacity = MapData::from_pin(&path)
-        .and_then(|map| map.info())
-        .with_context(|| format!("reading pinned map {}", path.display()))?
-        .max_entries();
-    if capacity != wanted {
-        bail!(
-            "local_endpoints at {} holds up to {capacity} pods; it cannot be resized to {wanted} \
-             in place (`pod-net unload` first, which drops its entries)",
-            path.display()
-        );
+    for (map, flag, wanted) in [
+        (map_names::LOCAL_ENDPOINTS, "--max-pods", options.max_pods),
+        (
+            map_names::REMOTE_NODES,
+            "--max-remotes",
+            options.max_remotes,
+        ),
+    ] {
+        let Some(wanted) = wanted else {
+            continue;
+        };
+        let path = pins.map(map);
+        if !path.exists() {
+            continue;
+        }
+        let capacity = MapData::from_pin(&path)
+            .and_then(|map| map.info())
+            .with_context(|| format!("reading pinned map {}", path.display()))?
+            .max_entries();
+        if capacity != wanted {
+            bail!(
+                "{map} at {} holds up to {capacity} entries; it cannot be resized to {flag} \
+                 {wanted} in place (`pod-net unload` first, which drops its entries)",
+                path.display()
+            );
+        }
     }
     Ok(())
 }

@@ -98,60 +98,81 @@ pub fn remove_device(vni: u32) -> Result<()> {
         .with_context(|| format!("deleting tunnel device {name}"))
 }
 
-/// Routes `cidr` to `node_ip` through the tunnel device, with the neighbour
-/// and FDB entries that let the kernel encapsulate without learning.
-pub fn add_route(device: &Link, cidr: Cidr, node_ip: Ipv4Addr, vtep_mac: MacAddr) -> Result<()> {
-    netlink::change(
-        RouteNetlinkMessage::NewNeighbour(neighbour(device, node_ip, vtep_mac)),
-        NLM_F_CREATE | NLM_F_REPLACE,
-    )
-    .with_context(|| format!("adding neighbour {node_ip} on {}", device.name))?;
-    netlink::change(
-        RouteNetlinkMessage::NewNeighbour(fdb_entry(device, node_ip, vtep_mac)),
-        NLM_F_CREATE | NLM_F_REPLACE,
-    )
-    .with_context(|| format!("adding FDB entry {vtep_mac} on {}", device.name))?;
-    netlink::change(
-        RouteNetlinkMessage::NewRoute(route(device, cidr, node_ip)),
-        NLM_F_CREATE | NLM_F_REPLACE,
-    )
-    .with_context(|| format!("adding route {cidr} via {node_ip} on {}", device.name))
+/// Where one prefix goes: a remote node and its VTEP MAC.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteRoute {
+    pub cidr: Cidr,
+    pub node_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
 }
 
-/// Removes the route for `cidr`; with `last_for_node`, also the node's
-/// neighbour and FDB entries.
-pub fn remove_route(
+/// Routes each prefix to its node through the tunnel device, with the
+/// neighbour and FDB entries (one per node) that let the kernel
+/// encapsulate without learning. All requests go on one netlink socket.
+pub fn add_routes(device: &Link, routes: &[RemoteRoute]) -> Result<()> {
+    let mut messages = Vec::new();
+    let mut describe = Vec::new();
+    let mut nodes = std::collections::BTreeSet::new();
+    for remote in routes {
+        if nodes.insert((remote.node_ip, remote.vtep_mac.0)) {
+            let (node_ip, vtep_mac) = (remote.node_ip, remote.vtep_mac);
+            messages.push((
+                RouteNetlinkMessage::NewNeighbour(neighbour(device, node_ip, vtep_mac)),
+                NLM_F_CREATE | NLM_F_REPLACE,
+            ));
+            describe.push(format!("adding neighbour {node_ip} on {}", device.name));
+            messages.push((
+                RouteNetlinkMessage::NewNeighbour(fdb_entry(device, node_ip, vtep_mac)),
+                NLM_F_CREATE | NLM_F_REPLACE,
+            ));
+            describe.push(format!("adding FDB entry {vtep_mac} on {}", device.name));
+        }
+    }
+    for remote in routes {
+        messages.push((
+            RouteNetlinkMessage::NewRoute(route(device, remote.cidr, remote.node_ip)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        ));
+        describe.push(format!(
+            "adding route {} via {} on {}",
+            remote.cidr, remote.node_ip, device.name
+        ));
+    }
+    netlink::change_all(messages, &[])
+        .map_err(|(index, error)| anyhow::Error::new(error).context(describe[index].clone()))
+}
+
+/// Removes the routes for `routes`, then the neighbour and FDB entries of
+/// `gone_nodes` (nodes no prefix uses any more). What is already gone is
+/// not an error.
+pub fn remove_routes(
     device: &Link,
-    cidr: Cidr,
-    node_ip: Ipv4Addr,
-    vtep_mac: MacAddr,
-    last_for_node: bool,
+    routes: &[RemoteRoute],
+    gone_nodes: &[(Ipv4Addr, MacAddr)],
 ) -> Result<()> {
-    ignore_missing(netlink::change(
-        RouteNetlinkMessage::DelRoute(route(device, cidr, node_ip)),
-        0,
-    ))
-    .with_context(|| format!("removing route {cidr} on {}", device.name))?;
-    if last_for_node {
-        ignore_missing(netlink::change(
+    let mut messages = Vec::new();
+    let mut describe = Vec::new();
+    for remote in routes {
+        messages.push((
+            RouteNetlinkMessage::DelRoute(route(device, remote.cidr, remote.node_ip)),
+            0,
+        ));
+        describe.push(format!("removing route {} on {}", remote.cidr, device.name));
+    }
+    for &(node_ip, vtep_mac) in gone_nodes {
+        messages.push((
             RouteNetlinkMessage::DelNeighbour(fdb_entry(device, node_ip, vtep_mac)),
             0,
-        ))
-        .with_context(|| format!("removing FDB entry {vtep_mac} on {}", device.name))?;
-        ignore_missing(netlink::change(
+        ));
+        describe.push(format!("removing FDB entry {vtep_mac} on {}", device.name));
+        messages.push((
             RouteNetlinkMessage::DelNeighbour(neighbour(device, node_ip, vtep_mac)),
             0,
-        ))
-        .with_context(|| format!("removing neighbour {node_ip} on {}", device.name))?;
+        ));
+        describe.push(format!("removing neighbour {node_ip} on {}", device.name));
     }
-    Ok(())
-}
-
-fn ignore_missing(result: std::io::Result<()>) -> std::io::Result<()> {
-    match result {
-        Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => Ok(()),
-        other => other,
-    }
+    netlink::change_all(messages, &[libc::ENOENT, libc::ESRCH])
+        .map_err(|(index, error)| anyhow::Error::new(error).context(describe[index].clone()))
 }
 
 fn route(device: &Link, cidr: Cidr, node_ip: Ipv4Addr) -> RouteMessage {

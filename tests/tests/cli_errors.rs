@@ -184,8 +184,82 @@ fn a_full_map_refuses_the_next_pod_and_keeps_the_others() {
     assert_eq!(link_pins(node), 1);
 
     let resize = pod_net(node, &["load", "--max-pods", "8"]);
-    assert_one_line_error(&resize, "cannot be resized to 8 in place");
+    assert_one_line_error(&resize, "cannot be resized to --max-pods 8 in place");
     assert_eq!(pod_ips(node), [a.ip.to_string()]);
+}
+
+#[test]
+fn a_full_remote_map_refuses_and_keeps_the_others() {
+    if !require_root("a_full_remote_map_refuses_and_keeps_the_others") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec {
+        nodes: 2,
+        pods_per_node: 0,
+        ..RigSpec::default()
+    })
+    .unwrap();
+    let node = rig.node(1);
+    node.pod_net(&[
+        "load",
+        "--underlay",
+        "eth0",
+        "--node-ip",
+        "192.168.100.1",
+        "--max-remotes",
+        "2",
+    ])
+    .unwrap();
+    let kernel_routes = || node.ip(&["route", "show", "dev", "pnvxlan1"]).unwrap();
+    let remote_cidrs = || {
+        let text = node.pod_net(&["node", "list", "--json"]).unwrap();
+        let entries: serde_json::Value = serde_json::from_str(&text).unwrap();
+        entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["cidr"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let add = |cidr: &str| {
+        pod_net(
+            node,
+            &["node", "add", "--cidr", cidr, "--node-ip", "192.168.100.2"],
+        )
+    };
+    assert!(add("10.244.2.0/24").status.success());
+
+    // apply's batch: three new entries, room for one. None are added.
+    let file = rig.scratch_dir().unwrap().join("nodes.toml");
+    let entry = |cidr: &str| format!("[[nodes]]\ncidr = \"{cidr}\"\nnode_ip = \"192.168.100.2\"\n");
+    std::fs::write(
+        &file,
+        [
+            entry("10.244.2.0/24"),
+            entry("10.244.3.0/24"),
+            entry("10.244.4.7/32"),
+            entry("10.244.5.0/24"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let routes_before = kernel_routes();
+    let full = pod_net(node, &["apply", "-f", file.to_str().unwrap()]);
+    assert_one_line_error(
+        &full,
+        "remote_nodes is full (2 entries): 1 of the 3 new entries fit, so none were added",
+    );
+    assert_eq!(remote_cidrs(), ["10.244.2.0/24"]);
+    assert_eq!(kernel_routes(), routes_before);
+
+    // One at a time: the second fits, the third does not.
+    assert!(add("10.244.3.0/24").status.success());
+    assert_one_line_error(&add("10.244.4.7/32"), "remote_nodes is full (2 entries)");
+    assert_eq!(remote_cidrs(), ["10.244.2.0/24", "10.244.3.0/24"]);
+    assert!(!kernel_routes().contains("10.244.4.7"));
+
+    let resize = pod_net(node, &["load", "--max-remotes", "8"]);
+    assert_one_line_error(&resize, "cannot be resized to --max-remotes 8 in place");
 }
 
 #[test]

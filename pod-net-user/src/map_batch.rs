@@ -1,0 +1,213 @@
+//! Batched map writes: `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_DELETE_BATCH`,
+//! one syscall for many entries (aya 0.14 has no batch calls). `apply`
+//! writes a cluster's worth of remote entries this way. Where the kernel
+//! has no batch operation for a map type, each entry gets its own syscall.
+use std::{
+    io,
+    mem::size_of,
+    os::fd::{AsRawFd as _, BorrowedFd},
+};
+
+use aya::Pod;
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// The kernel's ENOTSUPP (not EOPNOTSUPP): no batch operation for the map.
+const ENOTSUPP: i32 = 524;
+
+/// Fail instead of overwriting an existing entry.
+pub const BPF_NOEXIST: u64 = 1;
+
+/// A batch that stopped part way: `done` entries were written (or
+/// deleted) before entry `done` failed with `error`.
+#[derive(Debug)]
+pub struct BatchError {
+    pub done: usize,
+    pub error: io::Error,
+}
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// The element-command member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Writes `keys[i] -> values[i]` for every i, replacing what is there.
+pub fn update<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), BatchError> {
+    if keys.len() != values.len() {
+        return Err(BatchError {
+            done: 0,
+            error: io::Error::new(io::ErrorKind::InvalidInput, "one value per key"),
+        });
+    }
+    let mut done = 0;
+    while done < keys.len() {
+        let chunk = chunk_len(keys.len() - done);
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: chunk,
+            map_fd: fd_number(map),
+            ..BatchAttr::default()
+        };
+        match bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
+            Ok(()) => done += chunk as usize,
+            Err(error) if done == 0 && error.raw_os_error() == Some(ENOTSUPP) => {
+                return one_by_one(keys.len(), |index| {
+                    update_elem(map, &keys[index], &values[index], 0)
+                });
+            }
+            Err(error) => {
+                return Err(BatchError {
+                    done: done + processed(&attr, chunk),
+                    error,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `keys[i] -> values[i]` for every i, failing with EEXIST on the
+/// first key already present. One syscall per entry: the kernel's batch
+/// update takes no `BPF_NOEXIST`.
+pub fn insert_new<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), BatchError> {
+    if keys.len() != values.len() {
+        return Err(BatchError {
+            done: 0,
+            error: io::Error::new(io::ErrorKind::InvalidInput, "one value per key"),
+        });
+    }
+    one_by_one(keys.len(), |index| {
+        update_elem(map, &keys[index], &values[index], BPF_NOEXIST)
+    })
+}
+
+fn update_elem<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    key: &K,
+    value: &V,
+    flags: u64,
+) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: fd_number(map),
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_ref(value) as u64,
+        flags,
+        ..ElemAttr::default()
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+}
+
+/// How many entries of a failed batch call the kernel processed. It writes
+/// the count back only once it has started; an early refusal leaves the
+/// request's own count, which cannot be a failure's index.
+fn processed(attr: &BatchAttr, requested: u32) -> usize {
+    if attr.count < requested {
+        attr.count as usize
+    } else {
+        0
+    }
+}
+
+/// Deletes every key in `keys`; a missing key fails with ENOENT.
+pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> Result<(), BatchError> {
+    let mut done = 0;
+    while done < keys.len() {
+        let chunk = chunk_len(keys.len() - done);
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            count: chunk,
+            map_fd: fd_number(map),
+            ..BatchAttr::default()
+        };
+        match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
+            Ok(()) => done += chunk as usize,
+            Err(error) if done == 0 && error.raw_os_error() == Some(ENOTSUPP) => {
+                return one_by_one(keys.len(), |index| {
+                    let mut attr = ElemAttr {
+                        map_fd: fd_number(map),
+                        key: (&raw const keys[index]) as u64,
+                        ..ElemAttr::default()
+                    };
+                    bpf(BPF_MAP_DELETE_ELEM, &mut attr)
+                });
+            }
+            Err(error) => {
+                return Err(BatchError {
+                    done: done + processed(&attr, chunk),
+                    error,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn one_by_one(
+    count: usize,
+    mut each: impl FnMut(usize) -> io::Result<()>,
+) -> Result<(), BatchError> {
+    for index in 0..count {
+        each(index).map_err(|error| BatchError { done: index, error })?;
+    }
+    Ok(())
+}
+
+/// Entries per syscall: the count field is 32 bits.
+fn chunk_len(left: usize) -> u32 {
+    u32::try_from(left).unwrap_or(u32::MAX)
+}
+
+fn fd_number(fd: BorrowedFd<'_>) -> u32 {
+    // A live descriptor is never negative.
+    u32::try_from(fd.as_raw_fd()).unwrap_or_default()
+}
+
+fn bpf<T>(command: libc::c_long, attr: &mut T) -> io::Result<()> {
+    // SAFETY: `attr` is a `union bpf_attr` member laid out as the kernel
+    // expects, its pointers point into slices that outlive the call, and
+    // the size passed is the struct's own.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            std::ptr::from_mut(attr),
+            size_of::<T>(),
+        )
+    };
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

@@ -23,6 +23,7 @@ pub mod map_names {
     pub const LOCAL_ENDPOINTS: &str = "local_endpoints";
     pub const COUNTERS: &str = "counters";
     pub const REMOTE_NODES: &str = "remote_nodes";
+    pub const REMOTE_PODS: &str = "remote_pods";
     pub const CONFIG: &str = "config";
     pub const POD_VETHS: &str = "pod_veths";
     pub const EVENTS: &str = "events";

@@ -1,13 +1,19 @@
-//! The remote map: pod prefix -> the node that hosts it (an LPM trie).
+//! The remote maps: where a pod address lives, when it is on another node.
 //!
-//! A node's pod CIDR is one entry; a /32 pins a single pod and wins by
-//! longest prefix. Addresses are 16 bytes: IPv4 is stored IPv4-mapped
-//! (`::ffff:a.b.c.d`, prefix length + 96), so IPv6 entries fit the same trie.
+//! - `remote_pods`, a hash: one pod's address -> its node (a /32). Exact
+//!   match, O(1), so a million pinned pods cost what ten do.
+//! - `remote_nodes`, an LPM trie: a node's pod CIDR -> the node.
+//!
+//! A /32 is the longest prefix there is, so looking in `remote_pods` first
+//! and then in the trie is exactly longest-prefix match over both.
+//! Addresses are 16 bytes: IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`,
+//! trie prefix length + 96), so IPv6 entries fit the same maps.
 
 /// Bits of an IPv4-mapped prefix before the IPv4 part.
 pub const IPV4_MAPPED_PREFIX_BITS: u32 = 96;
 
-/// The data part of an LPM key (`prefixlen` comes first in the trie key).
+/// A `remote_pods` key, and the data part of a `remote_nodes` key
+/// (`prefixlen` comes first in the trie key).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -37,7 +43,7 @@ impl RemoteAddr {
 /// drop inner frames not addressed to their own MAC.
 pub const REMOTE_F_VTEP_MAC: u32 = 1;
 
-/// Value of the `remote_nodes` trie.
+/// Value of `remote_pods` and `remote_nodes`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]

@@ -2,7 +2,7 @@
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use network_types::eth::EthHdr;
 use pod_net_common::{
-    Config, EndpointKey, Reason, RemoteAddr,
+    Config, EndpointKey, Reason, RemoteAddr, RemoteNode,
     endpoint::ENDPOINT_F_NO_BYPASS,
     event::{CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK},
     remote::IPV4_MAPPED_PREFIX_BITS,
@@ -11,7 +11,7 @@ use pod_net_common::{
 use crate::{
     csum::decrement_ttl,
     encap,
-    maps::{LOCAL_ENDPOINTS, REMOTE_NODES},
+    maps::{LOCAL_ENDPOINTS, REMOTE_NODES, REMOTE_PODS},
     nat,
     parse::{Ipv4Packet, Parsed, parse_l2_l3},
     redirect,
@@ -69,9 +69,8 @@ pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
         }
         return redirect::into_pod(packet.eth, endpoint, Reason::RedirectLocal);
     }
-    let key = Key::new(IPV4_MAPPED_PREFIX_BITS + 32, RemoteAddr::ipv4_mapped(dst));
     if config.has_underlay()
-        && let Some(remote) = REMOTE_NODES.get(&key)
+        && let Some(remote) = remote_node(dst)
     {
         return encap::to_remote_node(ctx, &packet, remote, config);
     }
@@ -80,6 +79,16 @@ pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
         nat::remember_client(src, src_port, protocol);
     }
     Verdict::pass(Reason::PassUnknownDst)
+}
+
+/// The node hosting remote pod address `dst`: its own /32 entry, else its
+/// node's CIDR (longest prefix over both maps, as a /32 is the longest).
+#[inline(always)]
+fn remote_node(dst: [u8; 4]) -> Option<&'static RemoteNode> {
+    let addr = RemoteAddr::ipv4_mapped(dst);
+    // SAFETY: the values are only read, before anything can replace them.
+    unsafe { REMOTE_PODS.get(&addr) }
+        .or_else(|| REMOTE_NODES.get(&Key::new(IPV4_MAPPED_PREFIX_BITS + 32, addr)))
 }
 
 /// A frame addressed to the pod's own MAC was bridged at L2, so its IP

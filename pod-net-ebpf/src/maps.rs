@@ -13,13 +13,23 @@ use pod_net_common::{
 
 /// Default capacities; `pod-net load` can set others before the maps exist.
 pub const LOCAL_ENDPOINTS_MAX: usize = 65536;
-pub const REMOTE_NODES_MAX: usize = 1_114_112;
+pub const REMOTE_PODS_MAX: usize = 1_048_576;
+pub const REMOTE_NODES_MAX: usize = 65536;
+
+/// Allocate hash entries as they are added: an empty 1M-entry
+/// `remote_pods` costs nothing until it fills.
+const BPF_F_NO_PREALLOC: usize = 1;
 
 /// Pod IP -> the pod's host veth and MACs, for pods on this node.
 #[btf_map(name = "local_endpoints")]
 pub static LOCAL_ENDPOINTS: HashMap<EndpointKey, Endpoint, LOCAL_ENDPOINTS_MAX> = HashMap::new();
 
-/// Pod prefix -> the node hosting it. Longest prefix wins: a /32 pins one pod.
+/// One remote pod's address -> the node hosting it (a pinned /32).
+#[btf_map(name = "remote_pods")]
+pub static REMOTE_PODS: HashMap<RemoteAddr, RemoteNode, REMOTE_PODS_MAX, BPF_F_NO_PREALLOC> =
+    HashMap::new();
+
+/// A remote node's pod CIDR -> the node. Consulted after `remote_pods`.
 #[btf_map(name = "remote_nodes")]
 pub static REMOTE_NODES: LpmTrie<RemoteAddr, RemoteNode, REMOTE_NODES_MAX> = LpmTrie::new();
 

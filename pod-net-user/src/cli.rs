@@ -133,9 +133,12 @@ pub struct LoadArgs {
     /// Capacity of the local-endpoint map (pod addresses on this node; default 65536).
     #[arg(long, value_name = "N")]
     pub max_pods: Option<u32>,
-    /// Capacity of the remote map (node CIDRs and pinned pod /32s; default 1114112).
+    /// Capacity of the remote-pod map (pod /32s pinned to a node; default 1048576).
     #[arg(long, value_name = "N")]
-    pub max_remotes: Option<u32>,
+    pub max_remote_pods: Option<u32>,
+    /// Capacity of the remote-CIDR map (nodes' pod CIDRs; default 65536).
+    #[arg(long, value_name = "N")]
+    pub max_remote_cidrs: Option<u32>,
     /// The interface VXLAN to and from other nodes goes through.
     #[arg(long, value_name = "IFACE", requires = "node_ip")]
     pub underlay: Option<String>,
@@ -252,7 +255,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Load(args) => {
             let options = LoadOptions {
                 max_pods: args.max_pods,
-                max_remotes: args.max_remotes,
+                max_remote_pods: args.max_remote_pods,
+                max_remote_cidrs: args.max_remote_cidrs,
                 underlay: args.underlay.zip(args.node_ip).map(|(ifname, node_ip)| {
                     UnderlayOptions {
                         ifname,

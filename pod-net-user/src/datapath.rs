@@ -11,12 +11,25 @@ use pod_net_common::{
 
 use crate::pins::PinDir;
 
+/// A map's fill level.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
 /// The maps of a loaded pin dir, opened from their pins.
 pub struct Datapath {
     pins: PinDir,
     pub endpoints: HashMap<MapData, EndpointKey, Endpoint>,
     /// Capacity of `local_endpoints`, as created.
     pub endpoints_capacity: u32,
+    /// Remote pods pinned to a node (/32s).
+    pub remote_pods: HashMap<MapData, RemoteAddr, RemoteNode>,
+    /// Capacity of `remote_pods`, as created.
+    pub remote_pods_capacity: u32,
+    /// Remote nodes' pod CIDRs.
     pub remotes: LpmTrie<MapData, RemoteAddr, RemoteNode>,
     /// Capacity of `remote_nodes`, as created.
     pub remotes_capacity: u32,
@@ -29,6 +42,7 @@ impl Datapath {
     pub fn open(pins: &PinDir) -> Result<Self> {
         pins.require_loaded()?;
         let (endpoints, endpoints_info) = open_map(pins, map_names::LOCAL_ENDPOINTS)?;
+        let (remote_pods, remote_pods_info) = open_map(pins, map_names::REMOTE_PODS)?;
         let (remotes, remotes_info) = open_map(pins, map_names::REMOTE_NODES)?;
         let (config, _) = open_map(pins, map_names::CONFIG)?;
         let (counters, _) = open_map(pins, map_names::COUNTERS)?;
@@ -38,6 +52,10 @@ impl Datapath {
                 .try_into()
                 .context("local_endpoints has an unexpected layout")?,
             endpoints_capacity: endpoints_info.max_entries(),
+            remote_pods: remote_pods
+                .try_into()
+                .context("remote_pods has an unexpected layout")?,
+            remote_pods_capacity: remote_pods_info.max_entries(),
             remotes: remotes
                 .try_into()
                 .context("remote_nodes has an unexpected layout")?,
@@ -49,6 +67,27 @@ impl Datapath {
                 .try_into()
                 .context("counters has an unexpected layout")?,
         })
+    }
+
+    /// How full each map that can fill up is.
+    pub fn map_fills(&self) -> Result<Vec<MapFill>> {
+        Ok(vec![
+            MapFill {
+                name: map_names::LOCAL_ENDPOINTS,
+                entries: self.endpoints.keys().count(),
+                capacity: self.endpoints_capacity,
+            },
+            MapFill {
+                name: map_names::REMOTE_PODS,
+                entries: self.remote_pods.keys().count(),
+                capacity: self.remote_pods_capacity,
+            },
+            MapFill {
+                name: map_names::REMOTE_NODES,
+                entries: self.remotes.keys().count(),
+                capacity: self.remotes_capacity,
+            },
+        ])
     }
 
     /// The XDP redirect targets, opened on demand (only the XDP path needs

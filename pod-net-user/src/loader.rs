@@ -60,11 +60,17 @@ struct MapLayout {
     max_entries: Option<usize>,
 }
 
-const MAP_LAYOUTS: [MapLayout; 9] = [
+const MAP_LAYOUTS: [MapLayout; 10] = [
     MapLayout {
         name: map_names::LOCAL_ENDPOINTS,
         key_size: size_of::<EndpointKey>(),
         value_size: size_of::<Endpoint>(),
+        max_entries: None,
+    },
+    MapLayout {
+        name: map_names::REMOTE_PODS,
+        key_size: size_of::<RemoteAddr>(),
+        value_size: size_of::<RemoteNode>(),
         max_entries: None,
     },
     MapLayout {
@@ -137,9 +143,10 @@ pub struct LoadOptions {
     /// when `None`. An existing map keeps its size: resizing means `unload`
     /// first.
     pub max_pods: Option<u32>,
-    /// Capacity of `remote_nodes` (prefixes: node CIDRs and pinned pods),
-    /// likewise.
-    pub max_remotes: Option<u32>,
+    /// Capacity of `remote_pods` (pod addresses pinned to a node), likewise.
+    pub max_remote_pods: Option<u32>,
+    /// Capacity of `remote_nodes` (node pod CIDRs), likewise.
+    pub max_remote_cidrs: Option<u32>,
     /// Enable the cross-node path. A reload without it keeps what an
     /// earlier `load` set.
     pub underlay: Option<UnderlayOptions>,
@@ -193,8 +200,13 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
     if options.max_pods == Some(0) {
         bail!("--max-pods must be at least 1");
     }
-    if options.max_remotes == Some(0) {
-        bail!("--max-remotes must be at least 1");
+    for (flag, value) in [
+        ("--max-remote-pods", options.max_remote_pods),
+        ("--max-remote-cidrs", options.max_remote_cidrs),
+    ] {
+        if value == Some(0) {
+            bail!("{flag} must be at least 1");
+        }
     }
     // Everything the underlay needs is checked before anything changes.
     let underlay = options
@@ -343,8 +355,11 @@ fn load_programs(pins: &PinDir, options: &LoadOptions) -> Result<(bool, usize)> 
     for layout in &MAP_LAYOUTS {
         loader.map_pin_path(layout.name, pins.map(layout.name));
     }
-    if let Some(max_remotes) = options.max_remotes {
-        loader.map_max_entries(map_names::REMOTE_NODES, max_remotes);
+    if let Some(max_remote_pods) = options.max_remote_pods {
+        loader.map_max_entries(map_names::REMOTE_PODS, max_remote_pods);
+    }
+    if let Some(max_remote_cidrs) = options.max_remote_cidrs {
+        loader.map_max_entries(map_names::REMOTE_NODES, max_remote_cidrs);
     }
     if let Some(max_pods) = options.max_pods {
         loader.map_max_entries(map_names::LOCAL_ENDPOINTS, max_pods);
@@ -560,15 +575,20 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a `--max-pods` or `--max-remotes` that differs from an
-/// existing map's capacity: a map cannot grow in place.
+/// Refuses a `--max-*` capacity that differs from an existing map's: a map
+/// cannot grow in place.
 fn check_pinned_capacity(pins: &PinDir, options: &LoadOptions) -> Result<()> {
     for (map, flag, wanted) in [
         (map_names::LOCAL_ENDPOINTS, "--max-pods", options.max_pods),
         (
+            map_names::REMOTE_PODS,
+            "--max-remote-pods",
+            options.max_remote_pods,
+        ),
+        (
             map_names::REMOTE_NODES,
-            "--max-remotes",
-            options.max_remotes,
+            "--max-remote-cidrs",
+            options.max_remote_cidrs,
         ),
     ] {
         let Some(wanted) = wanted else {

@@ -42,23 +42,19 @@ pub fn render(pins: &PinDir) -> Result<String> {
             counter.bytes
         );
     }
-    let remotes = datapath.remotes.keys().count();
-    let maps = [
-        (
-            map_names::LOCAL_ENDPOINTS,
-            datapath.endpoint_entries()?.len(),
-            datapath.endpoints_capacity,
-        ),
-        (map_names::REMOTE_NODES, remotes, datapath.remotes_capacity),
-    ];
+    let maps = datapath.map_fills()?;
     family(
         &mut out,
         "pod_net_map_entries",
         "gauge",
         "Entries in a pod-net map.",
     );
-    for (name, entries, _) in maps {
-        let _ = writeln!(out, "pod_net_map_entries{{map=\"{name}\"}} {entries}");
+    for map in &maps {
+        let _ = writeln!(
+            out,
+            "pod_net_map_entries{{map=\"{}\"}} {}",
+            map.name, map.entries
+        );
     }
     family(
         &mut out,
@@ -66,8 +62,12 @@ pub fn render(pins: &PinDir) -> Result<String> {
         "gauge",
         "Capacity of a pod-net map (max_entries).",
     );
-    for (name, _, capacity) in maps {
-        let _ = writeln!(out, "pod_net_map_capacity{{map=\"{name}\"}} {capacity}");
+    for map in &maps {
+        let _ = writeln!(
+            out,
+            "pod_net_map_capacity{{map=\"{}\"}} {}",
+            map.name, map.capacity
+        );
     }
     family(
         &mut out,

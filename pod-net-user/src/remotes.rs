@@ -1,13 +1,15 @@
-//! Remote nodes: which node hosts which pod prefix. Each entry is written
-//! to the `remote_nodes` trie (the fast path) and routed through the tunnel
-//! device (the kernel's path for what the fast path leaves to it).
+//! Remote nodes: which node hosts which pod address. A single pod (a /32)
+//! goes in the `remote_pods` hash, a node's pod CIDR in the `remote_nodes`
+//! trie (see `pod_net_common::remote`); every entry is also routed through
+//! the tunnel device, the kernel's path for what the fast path leaves to it.
 use std::{
+    collections::{BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr},
     os::fd::AsFd as _,
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{MapData, MapError, lpm_trie::Key};
+use aya::maps::{MapData, lpm_trie::Key};
 use pod_net_common::{
     Config, RemoteAddr, RemoteNode, map_names,
     remote::{IPV4_MAPPED_PREFIX_BITS, REMOTE_F_VTEP_MAC, derived_vtep_mac},
@@ -52,22 +54,17 @@ pub struct NodeEntry {
 
 /// Adds a remote entry; the same entry again changes nothing.
 pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
-    let mut datapath = Datapath::open(pins)?;
+    let datapath = Datapath::open(pins)?;
     let config = datapath.config()?;
     let device = tunnel_device(&config)?;
-    let (key, value) = entry_for(spec, &config)?;
+    let value = node_value(spec, &config)?;
     let route = [remote_route(spec.cidr, &value)];
 
     let _lock = pins.lock()?;
-    // NOEXIST fails only on exactly this prefix; a lookup by its key then
-    // returns that entry (a shorter prefix would not fail the insert).
-    match datapath.remotes.insert(&key, value, map_batch::BPF_NOEXIST) {
+    match insert_new(pins, &[spec.cidr], &[value]) {
         Ok(()) => {}
-        Err(err) if errno(&err) == Some(libc::EEXIST) => {
-            let existing = datapath
-                .remotes
-                .get(&key, 0)
-                .context("reading remote_nodes")?;
+        Err(InsertFailure::Exists(_)) => {
+            let existing = exact_value(&datapath, spec.cidr)?;
             if existing == value {
                 // Make sure the kernel's side is there too.
                 tunnel::add_routes(&device, &route)?;
@@ -80,19 +77,20 @@ pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
                 spec.cidr
             );
         }
-        Err(err) => return Err(insert_error(err, datapath.remotes_capacity)),
+        Err(failure) => return Err(failure.into_error(&datapath, &[spec.cidr])),
     }
     if let Err(err) = tunnel::add_routes(&device, &route) {
         // Leave the node as it was.
-        let _ = datapath.remotes.remove(&key);
+        let _ = delete(pins, &[spec.cidr]);
         return Err(err);
     }
     Ok(AddOutcome::Added)
 }
 
-/// Adds many new entries at once (what `apply` does): one batched map
-/// write and one netlink socket. Any prefix already present, or a full
-/// map, fails the whole call and leaves the entries as they were.
+/// Adds many new entries at once (what `apply` does): the lock taken once,
+/// the maps written entry after entry in one go, and every route on one
+/// netlink socket. A prefix already present, or a full map, fails the
+/// whole call and leaves the entries as they were.
 pub fn add_many(pins: &PinDir, specs: &[NodeSpec]) -> Result<()> {
     if specs.is_empty() {
         return Ok(());
@@ -100,42 +98,22 @@ pub fn add_many(pins: &PinDir, specs: &[NodeSpec]) -> Result<()> {
     let datapath = Datapath::open(pins)?;
     let config = datapath.config()?;
     let device = tunnel_device(&config)?;
-    let (keys, values): (Vec<_>, Vec<_>) = specs
+    let values = specs
         .iter()
-        .map(|spec| entry_for(spec, &config).with_context(|| spec.cidr.to_string()))
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .unzip();
-    let routes: Vec<RemoteRoute> = specs
+        .map(|spec| node_value(spec, &config).with_context(|| spec.cidr.to_string()))
+        .collect::<Result<Vec<_>>>()?;
+    let cidrs: Vec<Cidr> = specs.iter().map(|spec| spec.cidr).collect();
+    let routes: Vec<RemoteRoute> = cidrs
         .iter()
         .zip(&values)
-        .map(|(spec, value)| remote_route(spec.cidr, value))
+        .map(|(cidr, value)| remote_route(*cidr, value))
         .collect();
 
     let _lock = pins.lock()?;
-    let map = open_trie(pins)?;
-    let fd = map.fd().as_fd();
-    if let Err(BatchError { done, error }) = map_batch::insert_new(fd, &keys, &values) {
-        let _ = map_batch::delete(fd, &keys[..done]);
-        let cidr = specs
-            .get(done)
-            .map_or_else(String::new, |spec| spec.cidr.to_string());
-        return Err(match error.raw_os_error() {
-            Some(libc::ENOSPC) => anyhow::anyhow!(
-                "remote_nodes is full ({} entries): {} of the {} new entries fit, so none were added; remove stale entries or load with a larger --max-remotes",
-                datapath.remotes_capacity,
-                done,
-                specs.len()
-            ),
-            Some(libc::EEXIST) => {
-                anyhow::anyhow!("{cidr} is already in remote_nodes; nothing was added")
-            }
-            _ => anyhow::Error::new(error).context(format!("writing {cidr} to remote_nodes")),
-        });
-    }
+    insert_new(pins, &cidrs, &values).map_err(|failure| failure.into_error(&datapath, &cidrs))?;
     if let Err(err) = tunnel::add_routes(&device, &routes) {
         // Leave the node as it was.
-        let _ = map_batch::delete(fd, &keys);
+        let _ = delete(pins, &cidrs);
         let _ = tunnel::remove_routes(&device, &routes, &[]);
         return Err(err.context("nothing was added"));
     }
@@ -160,8 +138,7 @@ pub fn del_many(pins: &PinDir, cidrs: &[Cidr]) -> Result<Vec<NodeEntry>> {
     let datapath = Datapath::open(pins)?;
     let config = datapath.config()?;
     let _lock = pins.lock()?;
-    let mut current: std::collections::HashMap<Cidr, RemoteNode> =
-        entries(&datapath)?.into_iter().collect();
+    let mut current: HashMap<Cidr, RemoteNode> = entries(&datapath)?.into_iter().collect();
     let mut removed = Vec::with_capacity(cidrs.len());
     for &cidr in cidrs {
         let node = current
@@ -169,19 +146,19 @@ pub fn del_many(pins: &PinDir, cidrs: &[Cidr]) -> Result<Vec<NodeEntry>> {
             .with_context(|| format!("no remote node entry for {cidr}"))?;
         removed.push((cidr, node));
     }
-    let keys: Vec<_> = removed.iter().map(|(cidr, _)| trie_key(*cidr)).collect();
-    let map = open_trie(pins)?;
-    let fd = map.fd().as_fd();
-    if let Err(BatchError { done, error }) = map_batch::delete(fd, &keys) {
+    if let Err((done, error)) = delete(pins, cidrs) {
         // Put back what went, so the call changes nothing.
-        let values: Vec<RemoteNode> = removed[..done].iter().map(|(_, node)| *node).collect();
-        let _ = map_batch::update(fd, &keys[..done], &values);
-        return Err(anyhow::Error::new(error).context("removing from remote_nodes"));
+        let was: HashMap<Cidr, RemoteNode> = removed.iter().copied().collect();
+        let (cidrs, values): (Vec<Cidr>, Vec<RemoteNode>) = done
+            .iter()
+            .filter_map(|cidr| was.get(cidr).map(|node| (*cidr, *node)))
+            .unzip();
+        let _ = insert_new(pins, &cidrs, &values);
+        return Err(error.context("removing remote entries"));
     }
     // A node's neighbour and FDB entries go with its last prefix.
-    let still_used: std::collections::HashSet<[u8; 4]> =
-        current.values().map(|node| node.node_ip).collect();
-    let gone_nodes: std::collections::BTreeSet<(Ipv4Addr, [u8; 6])> = removed
+    let still_used: HashSet<[u8; 4]> = current.values().map(|node| node.node_ip).collect();
+    let gone_nodes: BTreeSet<(Ipv4Addr, [u8; 6])> = removed
         .iter()
         .filter(|(_, node)| !still_used.contains(&node.node_ip))
         .map(|(_, node)| (Ipv4Addr::from(node.node_ip), node.vtep_mac))
@@ -203,8 +180,169 @@ pub fn del_many(pins: &PinDir, cidrs: &[Cidr]) -> Result<Vec<NodeEntry>> {
         .collect())
 }
 
-/// The trie key and value for `spec`, after the checks no map can make.
-fn entry_for(spec: &NodeSpec, config: &Config) -> Result<(Key<RemoteAddr>, RemoteNode)> {
+/// Which map holds a prefix: one pod's address goes in `remote_pods`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Table {
+    Pods,
+    Cidrs,
+}
+
+impl Table {
+    fn of(cidr: Cidr) -> Self {
+        if cidr.prefix_len == 32 {
+            Self::Pods
+        } else {
+            Self::Cidrs
+        }
+    }
+
+    const fn map_name(self) -> &'static str {
+        match self {
+            Self::Pods => map_names::REMOTE_PODS,
+            Self::Cidrs => map_names::REMOTE_NODES,
+        }
+    }
+
+    const fn load_flag(self) -> &'static str {
+        match self {
+            Self::Pods => "--max-remote-pods",
+            Self::Cidrs => "--max-remote-cidrs",
+        }
+    }
+
+    fn capacity(self, datapath: &Datapath) -> u32 {
+        match self {
+            Self::Pods => datapath.remote_pods_capacity,
+            Self::Cidrs => datapath.remotes_capacity,
+        }
+    }
+}
+
+/// Why [`insert_new`] stopped; it has undone what it wrote.
+enum InsertFailure {
+    /// `cidrs[index]` is already there.
+    Exists(usize),
+    /// A map filled up at `cidrs[index]`.
+    Full {
+        table: Table,
+        index: usize,
+    },
+    Other(anyhow::Error),
+}
+
+impl InsertFailure {
+    fn into_error(self, datapath: &Datapath, cidrs: &[Cidr]) -> anyhow::Error {
+        match self {
+            Self::Exists(index) => anyhow::anyhow!(
+                "{} already has a remote entry; nothing was added",
+                cidrs[index]
+            ),
+            Self::Full { table, index } => {
+                let wanted = cidrs
+                    .iter()
+                    .filter(|cidr| Table::of(**cidr) == table)
+                    .count();
+                let fit = cidrs[..index]
+                    .iter()
+                    .filter(|cidr| Table::of(**cidr) == table)
+                    .count();
+                let enough = if cidrs.len() == 1 {
+                    String::new()
+                } else {
+                    format!(": {fit} of the {wanted} new entries fit, so none were added")
+                };
+                anyhow::anyhow!(
+                    "{} is full ({} entries){enough}; remove stale entries or load with a larger {}",
+                    table.map_name(),
+                    table.capacity(datapath),
+                    table.load_flag()
+                )
+            }
+            Self::Other(error) => error,
+        }
+    }
+}
+
+/// Writes `cidrs[i] -> values[i]`, each into its table, refusing (with
+/// `BPF_NOEXIST`) to overwrite. On any failure, removes what it wrote.
+fn insert_new(pins: &PinDir, cidrs: &[Cidr], values: &[RemoteNode]) -> Result<(), InsertFailure> {
+    let mut written: Vec<Cidr> = Vec::new();
+    for table in [Table::Pods, Table::Cidrs] {
+        let (indices, table_values): (Vec<usize>, Vec<RemoteNode>) = cidrs
+            .iter()
+            .zip(values)
+            .enumerate()
+            .filter(|(_, (cidr, _))| Table::of(**cidr) == table)
+            .map(|(index, (_, value))| (index, *value))
+            .unzip();
+        let selected: Vec<Cidr> = indices.iter().map(|&index| cidrs[index]).collect();
+        let map = open_table(pins, table).map_err(InsertFailure::Other)?;
+        let fd = map.fd().as_fd();
+        let result = match table {
+            Table::Pods => map_batch::insert_new(fd, &pod_keys(&selected), &table_values),
+            Table::Cidrs => map_batch::insert_new(fd, &trie_keys(&selected), &table_values),
+        };
+        if let Err(BatchError { done, error }) = result {
+            written.extend_from_slice(&selected[..done]);
+            let _ = delete(pins, &written);
+            let index = indices.get(done).copied().unwrap_or_default();
+            return Err(match error.raw_os_error() {
+                Some(libc::EEXIST) => InsertFailure::Exists(index),
+                Some(libc::ENOSPC | libc::E2BIG) => InsertFailure::Full { table, index },
+                _ => InsertFailure::Other(anyhow::Error::new(error).context(format!(
+                    "writing {} to {}",
+                    cidrs[index],
+                    table.map_name()
+                ))),
+            });
+        }
+        written.extend(selected);
+    }
+    Ok(())
+}
+
+/// Deletes exactly these prefixes, each from its table. On failure,
+/// returns the ones already deleted.
+fn delete(pins: &PinDir, cidrs: &[Cidr]) -> Result<(), (Vec<Cidr>, anyhow::Error)> {
+    let mut deleted = Vec::new();
+    for table in [Table::Pods, Table::Cidrs] {
+        let selected: Vec<Cidr> = cidrs
+            .iter()
+            .copied()
+            .filter(|cidr| Table::of(*cidr) == table)
+            .collect();
+        if selected.is_empty() {
+            continue;
+        }
+        let map = open_table(pins, table).map_err(|error| (deleted.clone(), error))?;
+        let result = match table {
+            Table::Pods => map_batch::delete(map.fd().as_fd(), &pod_keys(&selected)),
+            Table::Cidrs => map_batch::delete(map.fd().as_fd(), &trie_keys(&selected)),
+        };
+        if let Err(BatchError { done, error }) = result {
+            deleted.extend_from_slice(&selected[..done]);
+            let error =
+                anyhow::Error::new(error).context(format!("removing from {}", table.map_name()));
+            return Err((deleted, error));
+        }
+        deleted.extend(selected);
+    }
+    Ok(())
+}
+
+/// The value stored under exactly `cidr`, which must be present.
+fn exact_value(datapath: &Datapath, cidr: Cidr) -> Result<RemoteNode> {
+    // A trie lookup by a key matches the longest stored prefix no longer
+    // than the key's: `cidr` itself, when it is stored.
+    match Table::of(cidr) {
+        Table::Pods => datapath.remote_pods.get(&pod_keys(&[cidr])[0], 0),
+        Table::Cidrs => datapath.remotes.get(&trie_key(cidr), 0),
+    }
+    .with_context(|| format!("reading the entry for {cidr}"))
+}
+
+/// The stored value for `spec`, after the checks no map can make.
+fn node_value(spec: &NodeSpec, config: &Config) -> Result<RemoteNode> {
     if spec.cidr.addr.is_ipv6() {
         bail!("{}: IPv6 prefixes are not supported yet", spec.cidr);
     }
@@ -216,7 +354,7 @@ fn entry_for(spec: &NodeSpec, config: &Config) -> Result<(Key<RemoteAddr>, Remot
     if spec.node_ip == Ipv4Addr::from(config.node_ip) {
         bail!("{} is this node's own underlay address", spec.node_ip);
     }
-    let value = RemoteNode {
+    Ok(RemoteNode {
         node_ip: spec.node_ip.octets(),
         flags: if spec.vtep_mac.is_some() {
             REMOTE_F_VTEP_MAC
@@ -227,8 +365,7 @@ fn entry_for(spec: &NodeSpec, config: &Config) -> Result<(Key<RemoteAddr>, Remot
             .vtep_mac
             .map_or_else(|| derived_vtep_mac(spec.node_ip.octets()), |mac| mac.0),
         pad: [0; 2],
-    };
-    Ok((trie_key(spec.cidr), value))
+    })
 }
 
 fn remote_route(cidr: Cidr, node: &RemoteNode) -> RemoteRoute {
@@ -239,17 +376,10 @@ fn remote_route(cidr: Cidr, node: &RemoteNode) -> RemoteRoute {
     }
 }
 
-/// The trie as raw map data, for the batch calls.
-fn open_trie(pins: &PinDir) -> Result<MapData> {
-    let path = pins.map(map_names::REMOTE_NODES);
+/// A table as raw map data, for the entry-by-entry calls.
+fn open_table(pins: &PinDir, table: Table) -> Result<MapData> {
+    let path = pins.map(table.map_name());
     MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
-}
-
-fn errno(err: &MapError) -> Option<i32> {
-    match err {
-        MapError::SyscallError(syscall) => syscall.io_error.raw_os_error(),
-        _ => None,
-    }
 }
 
 /// Every remote entry, sorted by prefix.
@@ -288,25 +418,39 @@ fn tunnel_device(config: &Config) -> Result<Link> {
 
 /// The trie key for an IPv4 prefix (IPv4-mapped).
 fn trie_key(cidr: Cidr) -> Key<RemoteAddr> {
-    let IpAddr::V4(addr) = cidr.addr else {
-        unreachable!("IPv6 prefixes are refused before keys are made");
-    };
     Key::new(
         IPV4_MAPPED_PREFIX_BITS + u32::from(cidr.prefix_len),
-        RemoteAddr::ipv4_mapped(addr.octets()),
+        mapped(cidr),
     )
 }
 
-/// Every (prefix, node) in the trie.
+fn trie_keys(cidrs: &[Cidr]) -> Vec<Key<RemoteAddr>> {
+    cidrs.iter().copied().map(trie_key).collect()
+}
+
+fn pod_keys(cidrs: &[Cidr]) -> Vec<RemoteAddr> {
+    cidrs.iter().copied().map(mapped).collect()
+}
+
+fn mapped(cidr: Cidr) -> RemoteAddr {
+    let IpAddr::V4(addr) = cidr.addr else {
+        unreachable!("IPv6 prefixes are refused before keys are made");
+    };
+    RemoteAddr::ipv4_mapped(addr.octets())
+}
+
+/// Every (prefix, node) in both tables.
 fn entries(datapath: &Datapath) -> Result<Vec<(Cidr, RemoteNode)>> {
-    datapath
-        .remotes
-        .iter()
-        .map(|entry| {
-            let (key, value) = entry.context("reading remote_nodes")?;
-            Ok((cidr_of(&key), value))
-        })
-        .collect()
+    let pods = datapath.remote_pods.iter().map(|entry| {
+        let (addr, value) = entry.context("reading remote_pods")?;
+        let key = Key::new(IPV4_MAPPED_PREFIX_BITS + 32, addr);
+        Ok((cidr_of(&key), value))
+    });
+    let cidrs = datapath.remotes.iter().map(|entry| {
+        let (key, value) = entry.context("reading remote_nodes")?;
+        Ok((cidr_of(&key), value))
+    });
+    pods.chain(cidrs).collect()
 }
 
 /// The prefix a trie key stands for. The kernel keeps prefix lengths at
@@ -327,13 +471,4 @@ fn cidr_of(key: &Key<RemoteAddr>) -> Cidr {
             prefix_len,
         }
     }
-}
-
-fn insert_error(err: MapError, capacity: u32) -> anyhow::Error {
-    if errno(&err) == Some(libc::ENOSPC) {
-        return anyhow::anyhow!(
-            "remote_nodes is full ({capacity} entries); remove stale entries or load with a larger --max-remotes"
-        );
-    }
-    anyhow::Error::new(err).context("writing remote_nodes")
 }

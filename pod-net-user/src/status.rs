@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::{
     attach,
-    datapath::{Datapath, endpoint_ip},
+    datapath::{Datapath, MapFill, endpoint_ip},
     endpoints, gc,
     loader::{PROGRAMS, underlay_summary},
     mac::MacAddr,
@@ -58,13 +58,6 @@ pub struct UnderlayStatus {
     pub vxlan_port: u16,
     pub vtep_mac: MacAddr,
     pub tunnel_device: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct MapFill {
-    pub name: &'static str,
-    pub entries: usize,
-    pub capacity: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -131,20 +124,10 @@ pub fn check(pins: &PinDir) -> Result<Status> {
     status.anti_spoofing = config.flags & CONFIG_F_NO_ANTI_SPOOF == 0;
     status.nat_check = config.flags & CONFIG_F_NO_NAT_CHECK == 0;
     let entries = datapath.endpoint_entries()?;
-    let remotes = datapath.remotes.keys().count();
     status.pods = entries.len();
-    fill(
-        &mut status,
-        "local_endpoints",
-        entries.len(),
-        datapath.endpoints_capacity,
-    );
-    fill(
-        &mut status,
-        "remote_nodes",
-        remotes,
-        datapath.remotes_capacity,
-    );
+    for map in datapath.map_fills()? {
+        fill(&mut status, map);
+    }
     check_pods(&entries, &mut status)?;
     check_repairs(pins, &datapath, &mut status)?;
     check_underlay(pins, &config, &mut status)?;
@@ -152,18 +135,19 @@ pub fn check(pins: &PinDir) -> Result<Status> {
 }
 
 /// Records a map's fill level, and a problem past 90 %.
-fn fill(status: &mut Status, name: &'static str, entries: usize, capacity: u32) {
-    status.maps.push(MapFill {
+fn fill(status: &mut Status, map: MapFill) {
+    let MapFill {
         name,
         entries,
         capacity,
-    });
+    } = map;
     if u64::try_from(entries).unwrap_or(u64::MAX) * 10 >= u64::from(capacity) * 9 {
         status.problem(
             format!("{name} is {entries} of {capacity} entries full"),
             "remove stale entries or load with a larger map",
         );
     }
+    status.maps.push(map);
 }
 
 /// Every registered veth still has the MACs its entries hold. (Entries

@@ -123,7 +123,8 @@ impl Harness {
     }
 
     /// Sends `prefix/len` to the node at `node_ip`, with an explicit VTEP MAC
-    /// when given.
+    /// when given: a /32 into `remote_pods`, a shorter prefix into the
+    /// `remote_nodes` trie, as `pod-net node add` does.
     pub fn add_remote(
         &mut self,
         prefix: Ipv4Addr,
@@ -131,11 +132,6 @@ impl Harness {
         node_ip: Ipv4Addr,
         vtep_mac: Option<[u8; 6]>,
     ) -> Result<()> {
-        let mut remotes: LpmTrie<&mut MapData, RemoteAddr, RemoteNode> = self
-            .ebpf
-            .map_mut(map_names::REMOTE_NODES)
-            .context("no remote_nodes map")?
-            .try_into()?;
         let value = RemoteNode {
             node_ip: node_ip.octets(),
             flags: if vtep_mac.is_some() {
@@ -146,11 +142,22 @@ impl Harness {
             vtep_mac: vtep_mac.unwrap_or_else(|| derived_vtep_mac(node_ip.octets())),
             pad: [0; 2],
         };
-        let key = Key::new(
-            IPV4_MAPPED_PREFIX_BITS + len,
-            RemoteAddr::ipv4_mapped(prefix.octets()),
-        );
-        remotes.insert(&key, value, 0)?;
+        let addr = RemoteAddr::ipv4_mapped(prefix.octets());
+        if len == 32 {
+            let mut pods: HashMap<&mut MapData, RemoteAddr, RemoteNode> = self
+                .ebpf
+                .map_mut(map_names::REMOTE_PODS)
+                .context("no remote_pods map")?
+                .try_into()?;
+            pods.insert(addr, value, 0)?;
+        } else {
+            let mut remotes: LpmTrie<&mut MapData, RemoteAddr, RemoteNode> = self
+                .ebpf
+                .map_mut(map_names::REMOTE_NODES)
+                .context("no remote_nodes map")?
+                .try_into()?;
+            remotes.insert(&Key::new(IPV4_MAPPED_PREFIX_BITS + len, addr), value, 0)?;
+        }
         Ok(())
     }
 
@@ -212,6 +219,18 @@ impl Harness {
             output,
             duration_ns: result.duration.as_nanos(),
         })
+    }
+
+    /// The kernel's id of map `name`, for bpftool.
+    pub fn map_id(&self, name: &str) -> Result<u32> {
+        let (aya::maps::Map::HashMap(data) | aya::maps::Map::LpmTrie(data)) =
+            self.ebpf
+                .map(name)
+                .with_context(|| format!("no {name} map"))?
+        else {
+            anyhow::bail!("{name} is neither a hash map nor an LPM trie");
+        };
+        Ok(data.info()?.id())
     }
 
     /// Counter totals over all CPUs, per reason.

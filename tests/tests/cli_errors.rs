@@ -189,8 +189,8 @@ fn a_full_map_refuses_the_next_pod_and_keeps_the_others() {
 }
 
 #[test]
-fn a_full_remote_map_refuses_and_keeps_the_others() {
-    if !require_root("a_full_remote_map_refuses_and_keeps_the_others") {
+fn full_remote_maps_refuse_and_keep_the_others() {
+    if !require_root("full_remote_maps_refuse_and_keep_the_others") {
         return;
     }
     let rig = Rig::build(&RigSpec {
@@ -206,7 +206,9 @@ fn a_full_remote_map_refuses_and_keeps_the_others() {
         "eth0",
         "--node-ip",
         "192.168.100.1",
-        "--max-remotes",
+        "--max-remote-pods",
+        "1",
+        "--max-remote-cidrs",
         "2",
     ])
     .unwrap();
@@ -229,7 +231,8 @@ fn a_full_remote_map_refuses_and_keeps_the_others() {
     };
     assert!(add("10.244.2.0/24").status.success());
 
-    // apply's batch: three new entries, room for one. None are added.
+    // apply's bulk write: a pod /32 and two CIDRs are new, and only one
+    // CIDR has room. Nothing is added, in either map or the kernel.
     let file = rig.scratch_dir().unwrap().join("nodes.toml");
     let entry = |cidr: &str| format!("[[nodes]]\ncidr = \"{cidr}\"\nnode_ip = \"192.168.100.2\"\n");
     std::fs::write(
@@ -247,19 +250,38 @@ fn a_full_remote_map_refuses_and_keeps_the_others() {
     let full = pod_net(node, &["apply", "-f", file.to_str().unwrap()]);
     assert_one_line_error(
         &full,
-        "remote_nodes is full (2 entries): 1 of the 3 new entries fit, so none were added",
+        "remote_nodes is full (2 entries): 1 of the 2 new entries fit, so none were added; \
+         remove stale entries or load with a larger --max-remote-cidrs",
     );
     assert_eq!(remote_cidrs(), ["10.244.2.0/24"]);
     assert_eq!(kernel_routes(), routes_before);
 
-    // One at a time: the second fits, the third does not.
+    // One at a time: each map takes what fits, and names itself when full.
     assert!(add("10.244.3.0/24").status.success());
-    assert_one_line_error(&add("10.244.4.7/32"), "remote_nodes is full (2 entries)");
-    assert_eq!(remote_cidrs(), ["10.244.2.0/24", "10.244.3.0/24"]);
-    assert!(!kernel_routes().contains("10.244.4.7"));
+    assert_one_line_error(
+        &add("10.244.6.0/24"),
+        "remote_nodes is full (2 entries); remove stale entries or load with a larger \
+         --max-remote-cidrs",
+    );
+    assert!(add("10.244.4.7/32").status.success());
+    assert_one_line_error(
+        &add("10.244.4.8/32"),
+        "remote_pods is full (1 entries); remove stale entries or load with a larger \
+         --max-remote-pods",
+    );
+    assert_eq!(
+        remote_cidrs(),
+        ["10.244.2.0/24", "10.244.3.0/24", "10.244.4.7/32"]
+    );
+    let routes = kernel_routes();
+    assert!(routes.contains("10.244.4.7 via 192.168.100.2"), "{routes}");
+    assert!(
+        !routes.contains("10.244.4.8") && !routes.contains("10.244.6.0"),
+        "{routes}"
+    );
 
-    let resize = pod_net(node, &["load", "--max-remotes", "8"]);
-    assert_one_line_error(&resize, "cannot be resized to --max-remotes 8 in place");
+    let resize = pod_net(node, &["load", "--max-remote-pods", "8"]);
+    assert_one_line_error(&resize, "cannot be resized to --max-remote-pods 8 in place");
 }
 
 #[test]

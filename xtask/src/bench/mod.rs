@@ -7,6 +7,7 @@ mod cross_node;
 mod measure;
 mod report;
 mod same_node;
+mod scale;
 mod testrun;
 
 use anyhow::Result;
@@ -19,6 +20,7 @@ pub enum Suite {
     SameNode,
     CrossNode,
     Cni,
+    Scale,
 }
 
 #[derive(Debug, Args)]
@@ -57,11 +59,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             latency: 3,
         },
     };
-    let (report, name) = match args.suite {
-        Suite::SameNode => (same_node::run(&options)?, "same-node"),
-        Suite::CrossNode => (cross_node::run(&options)?, "cross-node"),
-        Suite::Cni => (cni::run(options.rounds)?, "cni"),
+    let (reports, name) = match args.suite {
+        Suite::SameNode => (vec![same_node::run(&options)?], "same-node"),
+        Suite::CrossNode => (vec![cross_node::run(&options)?], "cross-node"),
+        Suite::Cni => (vec![cni::run(options.rounds)?], "cni"),
+        Suite::Scale => (scale::run(options.rounds)?, "scale"),
     };
-    println!("\n{}", report.to_markdown());
-    report.write(&workspace_root().join("target/bench"), name)
+    for (index, report) in reports.iter().enumerate() {
+        println!("\n{}", report.to_markdown());
+        let name = if index == 0 {
+            name.to_owned()
+        } else {
+            format!("{name}-{index}")
+        };
+        report.write(&workspace_root().join("target/bench"), &name)?;
+    }
+    Ok(())
 }

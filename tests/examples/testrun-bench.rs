@@ -19,10 +19,11 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use anyhow::Context as _;
 use pod_net_common::{
+    event::CONFIG_F_NO_NAT_CHECK,
     map_names,
     program_names::{POD_EGRESS, UNDERLAY_INGRESS},
 };
-use pod_net_tests::frames::{self, IPPROTO_ICMP, IPPROTO_UDP, Ipv4};
+use pod_net_tests::frames::{self, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4};
 use serde_json::{Value, json};
 use testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, endpoint};
 
@@ -58,12 +59,22 @@ fn main() -> anyhow::Result<()> {
     let cases = cases();
     let small = instance()?;
     if !scale {
+        // Also the TCP cases on an instance loaded with --nat-check off:
+        // what the per-packet NAT check costs.
+        let mut nat_off = instance()?;
+        nat_off.set_flags(CONFIG_F_NO_NAT_CHECK)?;
         let mut results = BTreeMap::new();
         for case in &cases {
-            let samples = (0..SAMPLES)
-                .map(|_| sample(&small, case))
-                .collect::<anyhow::Result<Vec<f64>>>()?;
-            results.insert(case.name, samples);
+            let mut runs = vec![(case.name.to_owned(), &small)];
+            if case.name.ends_with("_tcp") {
+                runs.push((format!("{} (NAT check off)", case.name), &nat_off));
+            }
+            for (name, harness) in runs {
+                let samples = (0..SAMPLES)
+                    .map(|_| sample(harness, case))
+                    .collect::<anyhow::Result<Vec<f64>>>()?;
+                results.insert(name, samples);
+            }
         }
         println!("{}", serde_json::to_string(&results)?);
         return Ok(());
@@ -164,6 +175,28 @@ fn cases() -> Vec<Case> {
             program: POD_EGRESS,
             frame: to(B, MAC_B),
             expected: TC_ACT_REDIRECT,
+        },
+        Case {
+            name: "redirect_local_tcp",
+            program: POD_EGRESS,
+            frame: frames::tcp_syn_frame(
+                (MAC_B, MAC_A),
+                &Ipv4::new(A, B, IPPROTO_TCP),
+                (40000, 5201),
+            ),
+            expected: TC_ACT_REDIRECT,
+        },
+        Case {
+            // To a Service IP: the kernel may NAT it, so the NAT check
+            // remembers the flow.
+            name: "pass_unknown_dst_tcp",
+            program: POD_EGRESS,
+            frame: frames::tcp_syn_frame(
+                (GATEWAY, MAC_A),
+                &Ipv4::new(A, Ipv4Addr::new(10, 96, 0, 10), IPPROTO_TCP),
+                (40000, 443),
+            ),
+            expected: TC_ACT_OK,
         },
         Case {
             name: "encap",

@@ -12,14 +12,17 @@ use super::{
 };
 
 pub fn run(options: &BenchOptions) -> Result<Report> {
-    // Node 1 stays a plain bridge node; node 2 runs pod-net.
+    // Node 1 stays a plain bridge node; node 2 runs pod-net as loaded by
+    // default; node 3 runs it without the per-packet NAT check.
     let rig = Rig::build(&RigSpec {
-        nodes: 2,
+        nodes: 3,
         pods_per_node: 2,
         ..RigSpec::default()
     })?;
     let (direct_a, direct_b) = rig.direct_pair()?;
     rig.node(2).load_and_register()?;
+    rig.node(3).pod_net(&["load", "--nat-check", "off"])?;
+    rig.node(3).load_and_register()?;
     let paths = [
         Path {
             name: "direct veth",
@@ -36,6 +39,11 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
             client: rig.pod(2, 1),
             server: rig.pod(2, 2),
         },
+        Path {
+            name: "pod-net, NAT check off",
+            client: rig.pod(3, 1),
+            server: rig.pod(3, 2),
+        },
     ];
     let samples = compare::sample_round_robin(&paths, options)?;
     let test_run = testrun::ns_per_packet()?;
@@ -46,8 +54,18 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
         baselines: vec!["bridge".into(), "direct veth".into()],
         rows: compare::rows(&paths, &samples),
         notes: vec![
-            test_run.describe(&["redirect_local", "pass_unknown_dst", "pass_not_ip"]),
+            test_run.describe(&[
+                "redirect_local",
+                "redirect_local_tcp",
+                "redirect_local_tcp (NAT check off)",
+                "pass_unknown_dst_tcp",
+                "pass_unknown_dst_tcp (NAT check off)",
+                "pass_not_ip",
+            ]),
             compare::METHOD.into(),
+            "\"NAT check off\" is `load --nat-check off`: no lookup of kube-proxy-NATed flows \
+             per packet (only for nodes without Services through iptables)."
+                .into(),
         ],
     })
 }

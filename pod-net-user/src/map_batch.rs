@@ -59,28 +59,62 @@ pub fn update<K: Pod, V: Pod>(
     keys: &[K],
     values: &[V],
 ) -> Result<(), BatchError> {
-    if keys.len() != values.len() {
-        return Err(BatchError {
-            done: 0,
-            error: io::Error::new(io::ErrorKind::InvalidInput, "one value per key"),
-        });
-    }
+    same_length(keys, values)?;
+    batched(BPF_MAP_UPDATE_BATCH, map, keys, Some(values), |index| {
+        update_elem(map, &keys[index], &values[index], 0)
+    })
+}
+
+/// Deletes every key in `keys`; a missing key fails with ENOENT.
+pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> Result<(), BatchError> {
+    batched::<K, K>(BPF_MAP_DELETE_BATCH, map, keys, None, |index| {
+        let mut attr = ElemAttr {
+            map_fd: fd_number(map),
+            key: std::ptr::from_ref(&keys[index]) as u64,
+            ..ElemAttr::default()
+        };
+        bpf(BPF_MAP_DELETE_ELEM, &mut attr)
+    })
+}
+
+/// Writes `keys[i] -> values[i]` for every i, failing with EEXIST on the
+/// first key already present. One syscall per entry: the kernel's batch
+/// update takes no `BPF_NOEXIST`.
+pub fn insert_new<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), BatchError> {
+    same_length(keys, values)?;
+    one_by_one(keys.len(), |index| {
+        update_elem(map, &keys[index], &values[index], BPF_NOEXIST)
+    })
+}
+
+/// Runs batch `command` over `keys` (and `values`), as many entries per
+/// call as the count field takes; where the kernel has no batch call for
+/// the map type, `one` does each entry instead.
+fn batched<K: Pod, V: Pod>(
+    command: libc::c_long,
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: Option<&[V]>,
+    one: impl FnMut(usize) -> io::Result<()>,
+) -> Result<(), BatchError> {
     let mut done = 0;
     while done < keys.len() {
         let chunk = chunk_len(keys.len() - done);
         let mut attr = BatchAttr {
             keys: keys[done..].as_ptr() as u64,
-            values: values[done..].as_ptr() as u64,
+            values: values.map_or(0, |values| values[done..].as_ptr() as u64),
             count: chunk,
             map_fd: fd_number(map),
             ..BatchAttr::default()
         };
-        match bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
+        match bpf(command, &mut attr) {
             Ok(()) => done += chunk as usize,
             Err(error) if done == 0 && error.raw_os_error() == Some(ENOTSUPP) => {
-                return one_by_one(keys.len(), |index| {
-                    update_elem(map, &keys[index], &values[index], 0)
-                });
+                return one_by_one(keys.len(), one);
             }
             Err(error) => {
                 return Err(BatchError {
@@ -93,23 +127,15 @@ pub fn update<K: Pod, V: Pod>(
     Ok(())
 }
 
-/// Writes `keys[i] -> values[i]` for every i, failing with EEXIST on the
-/// first key already present. One syscall per entry: the kernel's batch
-/// update takes no `BPF_NOEXIST`.
-pub fn insert_new<K: Pod, V: Pod>(
-    map: BorrowedFd<'_>,
-    keys: &[K],
-    values: &[V],
-) -> Result<(), BatchError> {
-    if keys.len() != values.len() {
-        return Err(BatchError {
+fn same_length<K, V>(keys: &[K], values: &[V]) -> Result<(), BatchError> {
+    if keys.len() == values.len() {
+        Ok(())
+    } else {
+        Err(BatchError {
             done: 0,
             error: io::Error::new(io::ErrorKind::InvalidInput, "one value per key"),
-        });
+        })
     }
-    one_by_one(keys.len(), |index| {
-        update_elem(map, &keys[index], &values[index], BPF_NOEXIST)
-    })
 }
 
 fn update_elem<K: Pod, V: Pod>(
@@ -137,40 +163,6 @@ fn processed(attr: &BatchAttr, requested: u32) -> usize {
     } else {
         0
     }
-}
-
-/// Deletes every key in `keys`; a missing key fails with ENOENT.
-pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> Result<(), BatchError> {
-    let mut done = 0;
-    while done < keys.len() {
-        let chunk = chunk_len(keys.len() - done);
-        let mut attr = BatchAttr {
-            keys: keys[done..].as_ptr() as u64,
-            count: chunk,
-            map_fd: fd_number(map),
-            ..BatchAttr::default()
-        };
-        match bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
-            Ok(()) => done += chunk as usize,
-            Err(error) if done == 0 && error.raw_os_error() == Some(ENOTSUPP) => {
-                return one_by_one(keys.len(), |index| {
-                    let mut attr = ElemAttr {
-                        map_fd: fd_number(map),
-                        key: (&raw const keys[index]) as u64,
-                        ..ElemAttr::default()
-                    };
-                    bpf(BPF_MAP_DELETE_ELEM, &mut attr)
-                });
-            }
-            Err(error) => {
-                return Err(BatchError {
-                    done: done + processed(&attr, chunk),
-                    error,
-                });
-            }
-        }
-    }
-    Ok(())
 }
 
 fn one_by_one(

@@ -17,8 +17,10 @@ use anyhow::{Context as _, Result};
 use pod_net_tests::{Node, Rig, RigSpec, cmd::run_command};
 use serde_json::Value;
 
-use super::report::{Report, Row, Summary};
-use crate::run::cargo;
+use super::{
+    report::{Report, Row, Summary},
+    testrun,
+};
 
 /// Remote pods in the apply benchmark, spread over this many nodes.
 const APPLY_PODS: u32 = 100_000;
@@ -42,25 +44,7 @@ pub fn run(rounds: usize) -> Result<Vec<Report>> {
 
 /// One run of the example: timings per size and case, memlock per size.
 fn scale_test_run() -> Result<Value> {
-    let output = cargo(&[
-        "run",
-        "--quiet",
-        "--release",
-        "--package",
-        "pod-net-tests",
-        "--example",
-        "testrun-bench",
-        "--",
-        "--scale",
-    ])
-    .output()
-    .context("running testrun-bench --scale")?;
-    anyhow::ensure!(
-        output.status.success(),
-        "testrun-bench --scale failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).context("parsing testrun-bench --scale output")
+    testrun::run_example(&["--scale"])
 }
 
 fn test_run_report(runs: &[Value], rounds: usize) -> Result<Report> {

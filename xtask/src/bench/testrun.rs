@@ -34,8 +34,9 @@ impl TestRunFigures {
     }
 }
 
-pub fn ns_per_packet() -> Result<TestRunFigures> {
-    let output = cargo(&[
+/// Runs the `testrun-bench` example with `args`; its JSON output.
+pub fn run_example<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T> {
+    let mut command = cargo(&[
         "run",
         "--quiet",
         "--release",
@@ -43,16 +44,22 @@ pub fn ns_per_packet() -> Result<TestRunFigures> {
         "pod-net-tests",
         "--example",
         "testrun-bench",
-    ])
-    .output()
-    .context("running the testrun-bench example")?;
+        "--",
+    ]);
+    let output = command
+        .args(args)
+        .output()
+        .context("running the testrun-bench example")?;
     anyhow::ensure!(
         output.status.success(),
-        "testrun-bench failed: {}",
+        "testrun-bench {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let cases: BTreeMap<String, Vec<f64>> =
-        serde_json::from_slice(&output.stdout).context("parsing testrun-bench output")?;
+    serde_json::from_slice(&output.stdout).context("parsing testrun-bench output")
+}
+
+pub fn ns_per_packet() -> Result<TestRunFigures> {
+    let cases: BTreeMap<String, Vec<f64>> = run_example(&[])?;
     let rounds = cases.values().map(Vec::len).max().unwrap_or(0);
     Ok(TestRunFigures {
         rounds,

@@ -73,7 +73,7 @@ macro_rules! reasons {
 reasons! {
     /// Delivered to a pod on this node with `bpf_redirect_peer`, skipping the bridge.
     RedirectLocal = 0, "redirect_local";
-    /// Not IPv4 (ARP, IPv6, LLDP, ...): handed to the kernel untouched.
+    /// Neither IPv4 nor IPv6 (ARP, LLDP, ...): handed to the kernel untouched.
     PassNotIp = 1, "pass_not_ip";
     /// Broadcast or multicast destination MAC: handed to the kernel.
     PassMulticast = 2, "pass_multicast";
@@ -109,10 +109,19 @@ reasons! {
     DropSpoofed = 17, "drop_spoofed";
     /// From or to a pod registered with --no-bypass: the kernel path (bridge, iptables) takes it.
     PassNoBypass = 18, "pass_no_bypass";
+    /// IPv6 neighbour discovery (router and neighbour solicitations and advertisements, redirects): handed to the kernel.
+    PassNdp = 19, "pass_ndp";
+    /// IPv6 with extension headers before the transport header: handed to the kernel, which parses them.
+    PassIpv6Ext = 20, "pass_ipv6_ext";
 }
 
-/// Number of reasons; the size of the `counters` map.
+/// Number of reasons.
 pub const REASON_COUNT: usize = Reason::ALL.len();
+
+/// Slots in the `counters` map: room for reasons a later version appends,
+/// so the map keeps its layout and an upgrade keeps its counts.
+pub const COUNTER_SLOTS: usize = 64;
+const _: () = assert!(REASON_COUNT <= COUNTER_SLOTS);
 
 #[cfg(test)]
 mod tests {

@@ -1,24 +1,29 @@
 //! VXLAN from other nodes: which packets are pod-net's to decapsulate, and
 //! the TC program's way of doing it. `xdp` does the same on the XDP hook.
 use aya_ebpf::{
-    bindings::{BPF_F_ADJ_ROOM_FIXED_GSO, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    bindings::{
+        BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_DECAP_L3_IPV6, BPF_F_ADJ_ROOM_FIXED_GSO,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    },
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+};
 use pod_net_common::{
-    Config, Endpoint, EndpointKey, Reason, endpoint::ENDPOINT_F_NO_BYPASS,
-    event::CONFIG_F_NO_NAT_CHECK,
+    Config, Endpoint, Reason, endpoint::ENDPOINT_F_NO_BYPASS, event::CONFIG_F_NO_NAT_CHECK,
 };
 
 use crate::{
-    csum::decrement_ttl,
     encap::VXLAN_FLAG_VNI,
     maps::LOCAL_ENDPOINTS,
     nat,
     parse::{
-        ETH_P_IP, IPPROTO_UDP, Packet, Parsed, ensure_linear, ipv4_header_is_sane, parse_l2_l3,
-        ptr_at,
+        ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, Ip, IpPacket, Packet, Parsed, ensure_linear,
+        parse_l2_l3, ptr_at, valid_ipv4_at, valid_ipv6_at,
     },
     redirect,
     verdict::Verdict,
@@ -34,10 +39,12 @@ pub enum Inbound {
     /// Addressed to pod-net and invalid.
     Drop(Reason),
     /// VXLAN for a pod on this node: strip `outer_len` bytes after the
-    /// outer Ethernet header and deliver.
+    /// outer Ethernet header and deliver. `inner` is the inner network
+    /// header as it is before stripping (its kind is what matters after).
     Deliver {
         endpoint: &'static Endpoint,
         outer_len: usize,
+        inner: Ip,
     },
 }
 
@@ -48,18 +55,20 @@ struct TunnelHeaders {
     udp: UdpHdr,
     vxlan: [u8; VXLAN_HLEN],
     inner_eth: EthHdr,
-    inner_ip: Ipv4Hdr,
 }
 
 /// Classifies an underlay packet without changing it.
 #[inline(always)]
 pub fn classify(ctx: &impl Packet, config: &Config) -> Inbound {
-    let Parsed::Ipv4(outer) = parse_l2_l3(ctx) else {
+    let Parsed::Ip(IpPacket {
+        ip: Ip::V4(outer), ..
+    }) = parse_l2_l3(ctx)
+    else {
         return Inbound::Pass(Reason::PassNotVxlan);
     };
     // SAFETY: bounds-checked by `parse_l2_l3`.
     let (dst, protocol, frags) = unsafe {
-        let ip = &*outer.ip;
+        let ip = &*outer;
         (ip.dst_addr, ip.proto, u16::from_be_bytes(ip.frags))
     };
     if dst != config.node_ip || protocol != IPPROTO_UDP {
@@ -68,7 +77,7 @@ pub fn classify(ctx: &impl Packet, config: &Config) -> Inbound {
     if frags & IP_FRAGMENT_MASK != 0 {
         return Inbound::Pass(Reason::PassOuterFragment);
     }
-    let udp_offset = EthHdr::LEN + outer.ip_header_len();
+    let udp_offset = EthHdr::LEN + Ip::V4(outer).header_len();
     if ensure_linear(ctx, udp_offset + size_of::<UdpHdr>()).is_err() {
         return Inbound::Pass(Reason::PassNotVxlan);
     }
@@ -96,18 +105,34 @@ pub fn classify(ctx: &impl Packet, config: &Config) -> Inbound {
     if vni != config.vni {
         return Inbound::Drop(Reason::DropVni);
     }
-    if u16::from_be(headers.inner_eth.ether_type) != ETH_P_IP {
+    let inner_offset = udp_offset + size_of::<TunnelHeaders>();
+    let inner = match u16::from_be(headers.inner_eth.ether_type) {
+        ETH_P_IP => {
+            if ensure_linear(ctx, inner_offset + Ipv4Hdr::LEN).is_err() {
+                return Inbound::Drop(Reason::DropMalformed);
+            }
+            match valid_ipv4_at(ctx, inner_offset) {
+                Some(ip) => Ip::V4(ip),
+                None => return Inbound::Drop(Reason::DropMalformed),
+            }
+        }
+        ETH_P_IPV6 => {
+            if ensure_linear(ctx, inner_offset + Ipv6Hdr::LEN).is_err() {
+                return Inbound::Drop(Reason::DropMalformed);
+            }
+            match valid_ipv6_at(ctx, inner_offset) {
+                Ok(ip) => Ip::V6(ip),
+                Err(Parsed::Malformed) => return Inbound::Drop(Reason::DropMalformed),
+                Err(Parsed::Ndp) => return Inbound::Pass(Reason::PassNdp),
+                Err(_) => return Inbound::Pass(Reason::PassIpv6Ext),
+            }
+        }
         // ARP and friends: the kernel's tunnel device takes them.
-        return Inbound::Pass(Reason::PassNotIp);
-    }
-    let inner_ip_offset = udp_offset + size_of::<TunnelHeaders>() - Ipv4Hdr::LEN;
-    let available = ctx.len().saturating_sub(inner_ip_offset as u32);
-    if !ipv4_header_is_sane(&headers.inner_ip, available) {
-        return Inbound::Drop(Reason::DropMalformed);
-    }
-    let key = EndpointKey::ipv4(headers.inner_ip.dst_addr);
+        _ => return Inbound::Pass(Reason::PassNotIp),
+    };
+    let dst = inner.dst();
     // SAFETY: the value is only read, before anything can replace it.
-    let Some(endpoint) = (unsafe { LOCAL_ENDPOINTS.get(key) }) else {
+    let Some(endpoint) = (unsafe { LOCAL_ENDPOINTS.get(dst.endpoint_key()) }) else {
         return Inbound::Pass(Reason::PassInnerNotLocal);
     };
     if endpoint.flags & ENDPOINT_F_NO_BYPASS != 0 {
@@ -116,18 +141,19 @@ pub fn classify(ctx: &impl Packet, config: &Config) -> Inbound {
     // A reply to a local pod's flow that this node's kernel may have
     // NATed: its conntrack must see it (the tunnel device decapsulates).
     if config.flags & CONFIG_F_NO_NAT_CHECK == 0
-        && let Some((_, dst_port)) = nat::ports(ctx, &headers.inner_ip, inner_ip_offset)
-        && nat::is_reply_to_nat_client(headers.inner_ip.dst_addr, dst_port, headers.inner_ip.proto)
+        && let Some((_, dst_port)) = nat::ports(ctx, inner, inner_offset)
+        && nat::is_reply_to_nat_client(dst, dst_port, inner.protocol())
     {
         return Inbound::Pass(Reason::PassNat);
     }
     // The receiving node is a router hop too.
-    if headers.inner_ip.ttl <= 1 {
+    if inner.hop_limit() <= 1 {
         return Inbound::Pass(Reason::PassTtlExceeded);
     }
     Inbound::Deliver {
         endpoint,
-        outer_len: inner_ip_offset - EthHdr::LEN,
+        outer_len: inner_offset - EthHdr::LEN,
+        inner,
     }
 }
 
@@ -135,31 +161,36 @@ pub fn classify(ctx: &impl Packet, config: &Config) -> Inbound {
 /// `bpf_redirect_peer`.
 #[inline(always)]
 pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
-    let (endpoint, outer_len) = match classify(ctx, config) {
+    let (endpoint, outer_len, inner) = match classify(ctx, config) {
         Inbound::Pass(reason) => return Verdict::pass(reason),
         Inbound::Drop(reason) => return Verdict::drop(reason),
         Inbound::Deliver {
             endpoint,
             outer_len,
-        } => (endpoint, outer_len),
+            inner,
+        } => (endpoint, outer_len, inner),
     };
     // FIXED_GSO: for a GSO packet the MSS is the inner one already.
+    // DECAP_L3: the skb's protocol becomes the inner packet's; the MAC
+    // header left in front is the outer one, so its EtherType is set too.
+    let decap_l3 = match inner {
+        Ip::V4(_) => BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
+        Ip::V6(_) => BPF_F_ADJ_ROOM_DECAP_L3_IPV6,
+    };
     if let Err(error) = ctx.adjust_room(
         -(outer_len as i32),
         BPF_ADJ_ROOM_MAC,
-        u64::from(BPF_F_ADJ_ROOM_FIXED_GSO),
+        u64::from(BPF_F_ADJ_ROOM_FIXED_GSO | decap_l3),
     ) {
         // Rare and worth a line in the agent's log.
         warn!(ctx, "decap: bpf_skb_adjust_room failed: {}", error);
         return Verdict::pass(Reason::PassResizeFailed);
     }
-    let (Some(eth), Some(ip)) = (
-        ptr_at::<EthHdr>(ctx, 0),
-        ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN),
-    ) else {
+    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), inner.at(ctx, EthHdr::LEN)) else {
         return Verdict::pass(Reason::PassResizeFailed);
     };
+    ip.decrement_hop_limit();
     // SAFETY: bounds-checked just above.
-    unsafe { decrement_ttl(&mut *ip) };
+    unsafe { (*eth).ether_type = ip.ether_type().to_be() };
     redirect::into_pod(eth, endpoint, Reason::Decap)
 }

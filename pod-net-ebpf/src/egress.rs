@@ -2,40 +2,41 @@
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use network_types::eth::EthHdr;
 use pod_net_common::{
-    Config, EndpointKey, Reason, RemoteAddr, RemoteNode,
+    Config, Reason, RemoteNode,
     endpoint::ENDPOINT_F_NO_BYPASS,
     event::{CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK},
-    remote::IPV4_MAPPED_PREFIX_BITS,
 };
 
 use crate::{
-    csum::decrement_ttl,
     encap,
+    ip::Addr,
     maps::{LOCAL_ENDPOINTS, REMOTE_NODES, REMOTE_PODS},
     nat,
-    parse::{Ipv4Packet, Parsed, parse_l2_l3},
+    parse::{IpPacket, Parsed, parse_l2_l3},
     redirect,
     verdict::Verdict,
 };
 
+/// Prefix length of a single address in the trie (IPv4 is IPv4-mapped).
+const ADDRESS_BITS: u32 = 128;
+
 #[inline(always)]
 pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
     let packet = match parse_l2_l3(ctx) {
-        Parsed::Ipv4(packet) => packet,
+        Parsed::Ip(packet) => packet,
         Parsed::Multicast => return Verdict::pass(Reason::PassMulticast),
-        Parsed::NotIpv4 => return Verdict::pass(Reason::PassNotIp),
+        Parsed::NotIp => return Verdict::pass(Reason::PassNotIp),
+        Parsed::Ndp => return Verdict::pass(Reason::PassNdp),
+        Parsed::Ipv6Extension => return Verdict::pass(Reason::PassIpv6Ext),
         Parsed::Malformed => return Verdict::pass(Reason::PassMalformed),
     };
-    // SAFETY: `parse_l2_l3` bounds-checked the IPv4 header. Copies: the
-    // header is rewritten further down.
-    let (src, dst, protocol) = unsafe {
-        let ip = &*packet.ip;
-        (ip.src_addr, ip.dst_addr, ip.proto)
-    };
+    let ip = packet.ip;
+    // Copies: the header is rewritten further down.
+    let (src, dst, protocol) = (ip.src(), ip.dst(), ip.protocol());
 
     // The sender: one of this veth's pods, unless anti-spoofing is off.
     // SAFETY: the value is only read, before anything can replace it.
-    let sender = unsafe { LOCAL_ENDPOINTS.get(EndpointKey::ipv4(src)) };
+    let sender = unsafe { LOCAL_ENDPOINTS.get(src.endpoint_key()) };
     // SAFETY: reading a field of our own context.
     let veth = unsafe { (*ctx.skb.skb).ifindex };
     if config.flags & CONFIG_F_NO_ANTI_SPOOF == 0
@@ -46,16 +47,14 @@ pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
     if sender.is_some_and(|sender| sender.flags & ENDPOINT_F_NO_BYPASS != 0) {
         return Verdict::pass(Reason::PassNoBypass);
     }
-    let nat_check = config.flags & CONFIG_F_NO_NAT_CHECK == 0;
-    let ports = if nat_check {
-        // SAFETY: as above; the reference ends with the call.
-        nat::ports(ctx, unsafe { &*packet.ip }, EthHdr::LEN)
+    let ports = if config.flags & CONFIG_F_NO_NAT_CHECK == 0 {
+        nat::ports(ctx, ip, EthHdr::LEN)
     } else {
         None
     };
 
     // SAFETY: the value is only read, before anything can replace it.
-    if let Some(endpoint) = unsafe { LOCAL_ENDPOINTS.get(EndpointKey::ipv4(dst)) } {
+    if let Some(endpoint) = unsafe { LOCAL_ENDPOINTS.get(dst.endpoint_key()) } {
         if endpoint.flags & ENDPOINT_F_NO_BYPASS != 0 {
             return Verdict::pass(Reason::PassNoBypass);
         }
@@ -81,33 +80,30 @@ pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
     Verdict::pass(Reason::PassUnknownDst)
 }
 
-/// The node hosting remote pod address `dst`: its own /32 entry, else its
-/// node's CIDR (longest prefix over both maps, as a /32 is the longest).
+/// The node hosting remote pod address `dst`: its own entry (a /32 or
+/// /128), else its node's CIDR (longest prefix over both maps, as a single
+/// address is the longest prefix there is).
 #[inline(always)]
-fn remote_node(dst: [u8; 4]) -> Option<&'static RemoteNode> {
-    let addr = RemoteAddr::ipv4_mapped(dst);
+fn remote_node(dst: Addr) -> Option<&'static RemoteNode> {
+    let addr = dst.remote_key();
     // SAFETY: the values are only read, before anything can replace them.
-    unsafe { REMOTE_PODS.get(&addr) }
-        .or_else(|| REMOTE_NODES.get(&Key::new(IPV4_MAPPED_PREFIX_BITS + 32, addr)))
+    unsafe { REMOTE_PODS.get(&addr) }.or_else(|| REMOTE_NODES.get(&Key::new(ADDRESS_BITS, addr)))
 }
 
 /// A frame addressed to the pod's own MAC was bridged at L2, so its IP
 /// header stays as it is. Any other frame was sent to the gateway and the
-/// kernel would route it: like that hop, decrement the TTL; TTL <= 1 is the
-/// kernel's to answer with ICMP time exceeded. Returns whether it expired.
+/// kernel would route it: like that hop, decrement the TTL or hop limit;
+/// at 1 or less it is the kernel's to answer with ICMP time exceeded.
+/// Returns whether it expired.
 #[inline(always)]
-fn routed_hop_expired(packet: &Ipv4Packet, pod_mac: &[u8; 6]) -> bool {
-    // SAFETY: `parse_l2_l3` bounds-checked both headers; the packet is
-    // writable because the program writes to it.
-    unsafe {
-        if (*packet.eth).dst_addr == *pod_mac {
-            return false;
-        }
-        let ip = &mut *packet.ip;
-        if ip.ttl <= 1 {
-            return true;
-        }
-        decrement_ttl(ip);
+fn routed_hop_expired(packet: &IpPacket, pod_mac: &[u8; 6]) -> bool {
+    // SAFETY: `parse_l2_l3` bounds-checked the Ethernet header.
+    if unsafe { (*packet.eth).dst_addr } == *pod_mac {
+        return false;
     }
+    if packet.ip.hop_limit() <= 1 {
+        return true;
+    }
+    packet.ip.decrement_hop_limit();
     false
 }

@@ -22,8 +22,8 @@ use pod_net_common::{
 };
 
 use crate::{
-    csum::{decrement_ttl, ipv4_header_checksum},
-    parse::{ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Packet, ptr_at},
+    csum::ipv4_header_checksum,
+    parse::{ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, Ip, IpPacket, ptr_at},
     verdict::Verdict,
 };
 
@@ -50,29 +50,27 @@ const SOURCE_PORT_SPAN: u32 = 60999 - 32768;
 #[inline(always)]
 pub fn to_remote_node(
     ctx: &TcContext,
-    packet: &Ipv4Packet,
+    packet: &IpPacket,
     remote: &RemoteNode,
     config: &Config,
 ) -> Verdict {
-    // SAFETY: `parse_l2_l3` bounds-checked the header.
-    let (ttl, tos, dont_fragment) = unsafe {
-        let ip = &*packet.ip;
-        (ip.ttl, ip.tos, ip.frags[0] & IP_DF != 0)
-    };
+    let ip = packet.ip;
     // A router hop: the kernel answers expired TTLs with ICMP.
-    if ttl <= 1 {
+    if ip.hop_limit() <= 1 {
         return Verdict::pass(Reason::PassTtlExceeded);
     }
-    if exceeds_underlay_mtu(ctx, packet, config) {
+    if exceeds_underlay_mtu(ctx, ip, config) {
         // The kernel routes it into the tunnel device, whose MTU leaves room
-        // for the headers: DF gets ICMP fragmentation needed, the rest is
-        // fragmented. Nothing too big is sent, or lost, silently.
-        return Verdict::pass(if dont_fragment {
-            Reason::PassFragNeeded
-        } else {
+        // for the headers: DF (and all IPv6) gets ICMP fragmentation needed
+        // or packet too big, the rest is fragmented. Nothing too big is
+        // sent, or lost, silently.
+        return Verdict::pass(if ip.may_fragment() {
             Reason::PassFragment
+        } else {
+            Reason::PassFragNeeded
         });
     }
+    let tos = ip.traffic_class();
     // SAFETY: plain helper call on our own context.
     let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
 
@@ -84,37 +82,44 @@ pub fn to_remote_node(
     // The packet moved: every pointer is taken afresh.
     let (Some(headers), Some(inner_ip)) = (
         ptr_at::<VxlanHeaders>(ctx, 0),
-        ptr_at::<Ipv4Hdr>(ctx, size_of::<VxlanHeaders>()),
+        ip.at(ctx, size_of::<VxlanHeaders>()),
     ) else {
         return Verdict::pass(Reason::PassResizeFailed);
     };
     let outer_len = (ctx.len() - EthHdr::LEN as u32) as u16;
-    // SAFETY: both pointers were bounds-checked just above.
-    unsafe {
-        decrement_ttl(&mut *inner_ip);
-        *headers = build_headers(config, remote, outer_len, tos, source_port(hash));
-    }
+    inner_ip.decrement_hop_limit();
+    let outer = Outer {
+        len: outer_len,
+        tos,
+        source_port: source_port(hash),
+        inner_ether_type: ip.ether_type(),
+    };
+    // SAFETY: bounds-checked just above.
+    unsafe { *headers = build_headers(config, remote, &outer) };
     // SAFETY: a plain helper call; it only records the target.
     let action =
         unsafe { bpf_redirect_neigh(config.underlay_ifindex, core::ptr::null_mut(), 0, 0) };
     Verdict::redirected(action, Reason::Encap)
 }
 
-/// The outer headers for a packet whose outer IP datagram is `outer_len`
-/// bytes. The outer MACs stay zero: `bpf_redirect_neigh` fills them in.
-#[inline(always)]
-fn build_headers(
-    config: &Config,
-    remote: &RemoteNode,
-    outer_len: u16,
+/// What the outer headers carry that depends on the packet.
+struct Outer {
+    /// The outer IP datagram's length.
+    len: u16,
+    /// DSCP and ECN, carried over as RFC 6040's normal mode has it.
     tos: u8,
     source_port: u16,
-) -> VxlanHeaders {
+    inner_ether_type: u16,
+}
+
+/// The outer headers for a packet. The outer MACs stay zero:
+/// `bpf_redirect_neigh` fills them in.
+#[inline(always)]
+fn build_headers(config: &Config, remote: &RemoteNode, outer: &Outer) -> VxlanHeaders {
     let mut outer_ip = Ipv4Hdr {
         vihl: 0x45,
-        // DSCP and ECN carried over, as RFC 6040's normal mode has it.
-        tos,
-        tot_len: outer_len.to_be_bytes(),
+        tos: outer.tos,
+        tot_len: outer.len.to_be_bytes(),
         id: [0, 0],
         // DF: the MTU check above guarantees every segment fits.
         frags: [IP_DF, 0],
@@ -139,9 +144,9 @@ fn build_headers(
         },
         outer_ip,
         udp: UdpHdr {
-            src: source_port.to_be_bytes(),
+            src: outer.source_port.to_be_bytes(),
             dst: config.vxlan_port.to_be_bytes(),
-            len: (outer_len - Ipv4Hdr::LEN as u16).to_be_bytes(),
+            len: (outer.len - Ipv4Hdr::LEN as u16).to_be_bytes(),
             // Zero UDP checksum over IPv4, as RFC 7348 recommends.
             check: [0, 0],
         },
@@ -158,7 +163,7 @@ fn build_headers(
         inner_eth: EthHdr {
             dst_addr: inner_dst,
             src_addr: config.vtep_mac,
-            ether_type: ETH_P_IP.to_be(),
+            ether_type: outer.inner_ether_type.to_be(),
         },
     }
 }
@@ -173,7 +178,7 @@ fn source_port(hash: u32) -> u16 {
 /// Whether the encapsulated packet, or for GSO any of its segments, would
 /// exceed the underlay MTU.
 #[inline(always)]
-fn exceeds_underlay_mtu(ctx: &TcContext, packet: &Ipv4Packet, config: &Config) -> bool {
+fn exceeds_underlay_mtu(ctx: &TcContext, ip: Ip, config: &Config) -> bool {
     let mut mtu: u32 = 0;
     // SAFETY: plain helper call; `mtu` lives across it.
     let verdict = unsafe {
@@ -194,11 +199,9 @@ fn exceeds_underlay_mtu(ctx: &TcContext, packet: &Ipv4Packet, config: &Config) -
     if verdict != 0 || gso_size == 0 {
         return false;
     }
-    let ip_len = packet.ip_header_len() as u32;
-    // SAFETY: bounds-checked by `parse_l2_l3`.
-    let protocol = unsafe { (*packet.ip).proto };
-    let l4_len = if protocol == IPPROTO_TCP {
-        match ptr_at::<[u8; 13]>(ctx, EthHdr::LEN + packet.ip_header_len()) {
+    let ip_len = ip.header_len() as u32;
+    let l4_len = if ip.protocol() == IPPROTO_TCP {
+        match ptr_at::<[u8; 13]>(ctx, EthHdr::LEN + ip.header_len()) {
             // The data offset, in 32-bit words, is the high nibble of byte 12.
             // SAFETY: bounds-checked by `ptr_at`.
             Some(tcp) => u32::from(unsafe { (*tcp)[12] } >> 4) * 4,

@@ -2,22 +2,24 @@
 //! snapshot of the addresses before acting, only when a monitor asked for
 //! events; otherwise the cost is one flag test.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
 use pod_net_common::{
     Config, Reason,
     event::{CONFIG_F_EVENTS, CONFIG_F_EVENTS_ALL, Event},
 };
 
 use crate::{
-    maps::{EVENT_LIMITS, EVENTS},
-    parse::{ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, Packet, ptr_at},
+    maps::{EVENT_LIMITS, EVENT_SCRATCH, EVENTS},
+    nat,
+    parse::{ETH_P_IP, ETH_P_IPV6, Ip, Packet, ptr_at},
 };
 
-/// What the event will say about the packet, taken before it changes.
-#[derive(Clone, Copy, Default)]
-pub struct Snapshot {
-    event: Event,
-}
+/// Proof that this CPU's `event_scratch` slot holds what the event will
+/// say about the packet, taken before the packet changes.
+pub struct Snapshot(());
 
 /// Whether any events are wanted.
 #[inline(always)]
@@ -25,42 +27,58 @@ pub fn wanted(config: &Config) -> bool {
     config.flags & (CONFIG_F_EVENTS | CONFIG_F_EVENTS_ALL) != 0
 }
 
+/// Takes the snapshot into this CPU's scratch slot.
+#[inline(always)]
+pub fn snapshot(ctx: &impl Packet) -> Option<Snapshot> {
+    let event = EVENT_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's own slot; programs run to completion on it.
+    let event = unsafe { &mut *event };
+    *event = Event::default();
+    read_headers(ctx, event);
+    Some(Snapshot(()))
+}
+
 /// Reads addresses, protocol and ports, as far as the frame has them.
 #[inline(always)]
-pub fn snapshot(ctx: &impl Packet) -> Snapshot {
-    let mut event = Event::default();
+fn read_headers(ctx: &impl Packet, event: &mut Event) {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Snapshot { event };
+        return;
     };
     // SAFETY: bounds-checked by `ptr_at`.
-    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
-        return Snapshot { event };
-    }
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
-        return Snapshot { event };
+    let ip = match u16::from_be(unsafe { (*eth).ether_type }) {
+        ETH_P_IP => ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN).map(Ip::V4),
+        ETH_P_IPV6 => ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN).map(Ip::V6),
+        _ => None,
+    };
+    let Some(ip) = ip else {
+        return;
     };
     // SAFETY: bounds-checked by `ptr_at`.
-    let ip = unsafe { &*ip };
-    event.ip_version = 4;
-    event.protocol = ip.proto;
-    event.src[..4].copy_from_slice(&ip.src_addr);
-    event.dst[..4].copy_from_slice(&ip.dst_addr);
-    if ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP {
-        let l4 = EthHdr::LEN + usize::from(ip.vihl & 0x0f) * 4;
-        if let Some(ports) = ptr_at::<[u8; 4]>(ctx, l4) {
-            // SAFETY: bounds-checked by `ptr_at`.
-            let ports = unsafe { *ports };
-            event.src_port = u16::from_be_bytes([ports[0], ports[1]]);
-            event.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+    unsafe {
+        match ip {
+            Ip::V4(header) => {
+                event.ip_version = 4;
+                event.src[..4].copy_from_slice(&(*header).src_addr);
+                event.dst[..4].copy_from_slice(&(*header).dst_addr);
+            }
+            Ip::V6(header) => {
+                event.ip_version = 6;
+                event.src = (*header).src_addr;
+                event.dst = (*header).dst_addr;
+            }
         }
     }
-    Snapshot { event }
+    event.protocol = ip.protocol();
+    if let Some((src_port, dst_port)) = nat::ports(ctx, ip, EthHdr::LEN) {
+        event.src_port = src_port;
+        event.dst_port = dst_port;
+    }
 }
 
 /// Emits the event for a packet counted under `reason`, if the monitor's
 /// flags select it and the CPU's rate budget allows.
 #[inline(always)]
-pub fn emit(config: &Config, snapshot: &Snapshot, reason: Reason, ifindex: u32, len: u32) {
+pub fn emit(config: &Config, _taken: &Snapshot, reason: Reason, ifindex: u32, len: u32) {
     let fast_path = matches!(
         reason,
         Reason::RedirectLocal | Reason::Encap | Reason::Decap
@@ -73,12 +91,16 @@ pub fn emit(config: &Config, snapshot: &Snapshot, reason: Reason, ifindex: u32, 
     if !take_budget(now, u64::from(config.event_cost_ns)) {
         return;
     }
-    let mut event = snapshot.event;
+    let Some(event) = EVENT_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's own slot, filled by `snapshot`.
+    let event = unsafe { &mut *event };
     event.timestamp_ns = now;
     event.reason = reason as u32;
     event.ifindex = ifindex;
     event.len = len;
-    if EVENTS.output(event, 0).is_err()
+    if EVENTS.output(&*event, 0).is_err()
         && let Some(limit) = EVENT_LIMITS.get_ptr_mut(0)
     {
         // SAFETY: this CPU's own slot.

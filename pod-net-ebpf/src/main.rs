@@ -11,6 +11,7 @@ mod decap;
 mod egress;
 mod encap;
 mod events;
+mod ip;
 mod maps;
 mod nat;
 mod parse;
@@ -46,7 +47,11 @@ fn run_tc(ctx: &TcContext, decide_and_act: fn(&TcContext, &Config) -> verdict::V
     let Some(config) = maps::CONFIG.get(0) else {
         return aya_ebpf::bindings::TC_ACT_OK as i32;
     };
-    let snapshot = events::wanted(config).then(|| events::snapshot(ctx));
+    let snapshot = if events::wanted(config) {
+        events::snapshot(ctx)
+    } else {
+        None
+    };
     let verdict = decide_and_act(ctx, config);
     counters::count(verdict.reason, len);
     if let Some(snapshot) = snapshot {
@@ -64,7 +69,11 @@ pub fn underlay_xdp(ctx: XdpContext) -> u32 {
     let Some(config) = maps::CONFIG.get(0) else {
         return aya_ebpf::bindings::xdp_action::XDP_PASS;
     };
-    let snapshot = events::wanted(config).then(|| events::snapshot(&ctx));
+    let snapshot = if events::wanted(config) {
+        events::snapshot(&ctx)
+    } else {
+        None
+    };
     let verdict = xdp::decide_and_act(&ctx, config);
     if let Some(reason) = verdict.reason {
         counters::count(reason, len);

@@ -8,7 +8,7 @@ use pod_net_common::{
     Config, Counter, Endpoint, EndpointKey, RemoteAddr, RemoteNode,
     event::{Event, RateLimit},
     nat::NatFlowKey,
-    reason::REASON_COUNT,
+    reason::COUNTER_SLOTS,
 };
 
 /// Default capacities; `pod-net load` can set others before the maps exist.
@@ -43,11 +43,16 @@ pub static CONFIG: Array<Config, 1> = Array::new();
 
 /// Packets and bytes per reason, per CPU.
 #[btf_map(name = "counters")]
-pub static COUNTERS: PerCpuArray<Counter, REASON_COUNT> = PerCpuArray::new();
+pub static COUNTERS: PerCpuArray<Counter, COUNTER_SLOTS> = PerCpuArray::new();
 
 /// Events for `pod-net monitor` (256 KiB).
 #[btf_map(name = "events")]
 pub static EVENTS: RingBuf<Event, { 256 * 1024 }> = RingBuf::new();
+
+/// Where a packet's event is put together: too big for the programs'
+/// stack, and per CPU, as a program runs to completion on one.
+#[btf_map(name = "event_scratch")]
+pub static EVENT_SCRATCH: PerCpuArray<Event, 1> = PerCpuArray::new();
 
 /// The per-CPU event rate limit.
 #[btf_map(name = "event_limits")]

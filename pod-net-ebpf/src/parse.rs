@@ -1,10 +1,20 @@
 //! Bounds-checked access to packet headers, for TC and XDP alike.
 use aya_ebpf::programs::{TcContext, XdpContext};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
+
+pub use crate::ip::Ip;
 
 pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// ICMPv6 types of neighbour discovery (RFC 4861): router solicitation
+/// and advertisement, neighbour solicitation and advertisement, redirect.
+const NDP_TYPES: core::ops::RangeInclusive<u8> = 133..=137;
 
 /// What the parsers need of a program context.
 pub trait Packet {
@@ -90,34 +100,29 @@ pub fn ensure_linear(ctx: &impl Packet, len: usize) -> Result<(), ()> {
     ctx.ensure_linear(len)
 }
 
-/// The Ethernet and IPv4 headers of a packet, validated.
-pub struct Ipv4Packet {
+/// The Ethernet and network headers of a packet, validated.
+pub struct IpPacket {
     pub eth: *mut EthHdr,
-    pub ip: *mut Ipv4Hdr,
-}
-
-impl Ipv4Packet {
-    /// Length of the IPv4 header, options included.
-    #[inline(always)]
-    pub fn ip_header_len(&self) -> usize {
-        // SAFETY: the header was bounds-checked by `parse_l2_l3`.
-        usize::from(unsafe { (*self.ip).vihl } & 0x0f) * 4
-    }
+    pub ip: Ip,
 }
 
 /// What the L2/L3 parse found.
 pub enum Parsed {
-    Ipv4(Ipv4Packet),
+    Ip(IpPacket),
     /// Broadcast or multicast destination MAC.
     Multicast,
     /// A well-formed frame of another EtherType.
-    NotIpv4,
-    /// Too short, or an IPv4 header that cannot be right.
+    NotIp,
+    /// IPv6 neighbour discovery: the kernel's.
+    Ndp,
+    /// IPv6 with an extension header before the transport header.
+    Ipv6Extension,
+    /// Too short, or a network header that cannot be right.
     Malformed,
 }
 
-/// Parses Ethernet and, for IPv4, checks the IP header: version 4, IHL of at
-/// least 5 words, and a total length that fits the frame.
+/// Parses Ethernet and the IPv4 or IPv6 header after it, and checks the
+/// header: version, header length, and a length that fits the frame.
 #[inline(always)]
 pub fn parse_l2_l3(ctx: &impl Packet) -> Parsed {
     if ensure_linear(ctx, EthHdr::LEN).is_err() {
@@ -131,19 +136,75 @@ pub fn parse_l2_l3(ctx: &impl Packet) -> Parsed {
     if dst0 & 1 != 0 {
         return Parsed::Multicast;
     }
-    if ether_type != ETH_P_IP {
-        return Parsed::NotIpv4;
-    }
-    if ensure_linear(ctx, EthHdr::LEN + Ipv4Hdr::LEN).is_err() {
-        return Parsed::Malformed;
-    }
-    // `pull_data` may move the packet: take fresh pointers.
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Parsed::Malformed;
+    let ip_len = match ether_type {
+        ETH_P_IP => Ipv4Hdr::LEN,
+        ETH_P_IPV6 => Ipv6Hdr::LEN,
+        _ => return Parsed::NotIp,
     };
-    match valid_ipv4_at(ctx, EthHdr::LEN) {
-        Some(ip) => Parsed::Ipv4(Ipv4Packet { eth, ip }),
-        None => Parsed::Malformed,
+    if ensure_linear(ctx, EthHdr::LEN + ip_len).is_err() {
+        return Parsed::Malformed;
+    }
+    let ip = if ether_type == ETH_P_IP {
+        valid_ipv4_at(ctx, EthHdr::LEN).map(Ip::V4)
+    } else {
+        match valid_ipv6_at(ctx, EthHdr::LEN) {
+            Ok(ip) => Some(Ip::V6(ip)),
+            Err(other) => return other,
+        }
+    };
+    // Pulls may have moved the packet: the Ethernet pointer comes last.
+    match (ip, ptr_at::<EthHdr>(ctx, 0)) {
+        (Some(ip), Some(eth)) => Parsed::Ip(IpPacket { eth, ip }),
+        _ => Parsed::Malformed,
+    }
+}
+
+/// An IPv6 header and the start of the ICMPv6 message after it.
+#[repr(C)]
+struct Ipv6Icmp {
+    ip: Ipv6Hdr,
+    icmp: [u8; 4],
+}
+
+/// The IPv6 header at `offset` if it is whole and sane and followed by
+/// TCP, UDP or ICMPv6 other than neighbour discovery; otherwise what the
+/// packet is instead.
+#[inline(always)]
+pub fn valid_ipv6_at(ctx: &impl Packet, offset: usize) -> Result<*mut Ipv6Hdr, Parsed> {
+    let ip = ptr_at::<Ipv6Hdr>(ctx, offset).ok_or(Parsed::Malformed)?;
+    // SAFETY: `ptr_at` checked the bounds.
+    let (version, payload_len, next_hdr) = unsafe {
+        (
+            (*ip).vcf[0] >> 4,
+            u32::from(u16::from_be_bytes((*ip).payload_len)),
+            (*ip).next_hdr,
+        )
+    };
+    let available = ctx.len().saturating_sub((offset + Ipv6Hdr::LEN) as u32);
+    // BIG TCP GSO packets over 64 KiB carry a payload length of 0.
+    let big_tcp = payload_len == 0 && available > u32::from(u16::MAX);
+    if version != 6 || !(big_tcp || payload_len <= available) {
+        return Err(Parsed::Malformed);
+    }
+    match next_hdr {
+        IPPROTO_TCP | IPPROTO_UDP => Ok(ip),
+        IPPROTO_ICMPV6 => {
+            // The header and the ICMPv6 type, code and checksum (which
+            // every ICMPv6 message has) through one pointer, so the
+            // verifier sees one bounds check for both.
+            if ensure_linear(ctx, offset + size_of::<Ipv6Icmp>()).is_err() {
+                return Err(Parsed::Malformed);
+            }
+            let both = ptr_at::<Ipv6Icmp>(ctx, offset).ok_or(Parsed::Malformed)?;
+            // SAFETY: `ptr_at` checked the bounds.
+            if NDP_TYPES.contains(&unsafe { (*both).icmp[0] }) {
+                return Err(Parsed::Ndp);
+            }
+            // SAFETY: as above; the pull may have moved the packet, and
+            // this pointer was taken after it.
+            Ok(unsafe { &raw mut (*both).ip })
+        }
+        _ => Err(Parsed::Ipv6Extension),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::{
     csum::decrement_ttl,
     decap::{Inbound, classify},
     maps::POD_VETHS,
-    parse::{IPPROTO_TCP, IPPROTO_UDP, ptr_at},
+    parse::{IPPROTO_TCP, IPPROTO_UDP, Ip, ptr_at},
 };
 
 /// Whether the TCP or UDP checksum of the IPv4 packet at `ip_offset` holds
@@ -71,6 +71,7 @@ pub fn decide_and_act(ctx: &XdpContext, config: &Config) -> XdpVerdict {
         Inbound::Deliver {
             endpoint,
             outer_len,
+            inner: Ip::V4(_),
         } => (endpoint, outer_len),
         Inbound::Drop(reason) => {
             return XdpVerdict {
@@ -78,10 +79,9 @@ pub fn decide_and_act(ctx: &XdpContext, config: &Config) -> XdpVerdict {
                 reason: Some(reason),
             };
         }
-        Inbound::Pass(_) => return PASS_TO_TC,
+        // Inner IPv6 takes the TC path, which delivers it.
+        Inbound::Deliver { .. } | Inbound::Pass(_) => return PASS_TO_TC,
     };
-    // A pod registered before XDP was enabled may lack its devmap entry;
-    // TC delivers those.
     if POD_VETHS.get(endpoint.ifindex).is_none() {
         return PASS_TO_TC;
     }

@@ -29,7 +29,7 @@ use pod_net_common::{
     map_names,
     nat::NatFlowKey,
     program_names,
-    reason::REASON_COUNT,
+    reason::COUNTER_SLOTS,
     remote::derived_vtep_mac,
 };
 
@@ -123,7 +123,7 @@ const MAP_LAYOUTS: [MapLayout; 10] = [
         name: map_names::COUNTERS,
         key_size: size_of::<u32>(),
         value_size: size_of::<Counter>(),
-        max_entries: Some(REASON_COUNT),
+        max_entries: Some(COUNTER_SLOTS),
     },
 ];
 

@@ -3,7 +3,7 @@
 //! counters out. Shared by the datapath tests and the test-run benchmark.
 #![allow(dead_code, reason = "each includer uses a different part")]
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -63,13 +63,17 @@ impl Harness {
     }
 
     /// Registers a pod address in the private `local_endpoints`.
-    pub fn add_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<()> {
+    pub fn add_endpoint(&mut self, ip: impl Into<IpAddr>, endpoint: Endpoint) -> Result<()> {
         let mut endpoints: HashMap<&mut MapData, EndpointKey, Endpoint> = self
             .ebpf
             .map_mut(map_names::LOCAL_ENDPOINTS)
             .context("no local_endpoints map")?
             .try_into()?;
-        endpoints.insert(EndpointKey::ipv4(ip.octets()), endpoint, 0)?;
+        let key = match ip.into() {
+            IpAddr::V4(ip) => EndpointKey::ipv4(ip.octets()),
+            IpAddr::V6(ip) => EndpointKey::ipv6(ip.octets()),
+        };
+        endpoints.insert(key, endpoint, 0)?;
         Ok(())
     }
 
@@ -127,7 +131,7 @@ impl Harness {
     /// `remote_nodes` trie, as `pod-net node add` does.
     pub fn add_remote(
         &mut self,
-        prefix: Ipv4Addr,
+        prefix: impl Into<IpAddr>,
         len: u32,
         node_ip: Ipv4Addr,
         vtep_mac: Option<[u8; 6]>,
@@ -142,8 +146,16 @@ impl Harness {
             vtep_mac: vtep_mac.unwrap_or_else(|| derived_vtep_mac(node_ip.octets())),
             pad: [0; 2],
         };
-        let addr = RemoteAddr::ipv4_mapped(prefix.octets());
-        if len == 32 {
+        // IPv4 is IPv4-mapped: 96 bits in front of its own.
+        let (addr, trie_len, address_len) = match prefix.into() {
+            IpAddr::V4(ip) => (
+                RemoteAddr::ipv4_mapped(ip.octets()),
+                IPV4_MAPPED_PREFIX_BITS + len,
+                32,
+            ),
+            IpAddr::V6(ip) => (RemoteAddr { addr: ip.octets() }, len, 128),
+        };
+        if len == address_len {
             let mut pods: HashMap<&mut MapData, RemoteAddr, RemoteNode> = self
                 .ebpf
                 .map_mut(map_names::REMOTE_PODS)
@@ -156,7 +168,7 @@ impl Harness {
                 .map_mut(map_names::REMOTE_NODES)
                 .context("no remote_nodes map")?
                 .try_into()?;
-            remotes.insert(&Key::new(IPV4_MAPPED_PREFIX_BITS + len, addr), value, 0)?;
+            remotes.insert(&Key::new(trie_len, addr), value, 0)?;
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Hand-built frames with exact bytes, for `BPF_PROG_TEST_RUN` cases and
 //! raw-socket injection.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
@@ -8,6 +8,7 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 pub const BROADCAST: [u8; 6] = [0xff; 6];
 
 /// An Ethernet header.
@@ -64,6 +65,83 @@ impl Ipv4 {
         header[10..12].copy_from_slice(&checksum.to_be_bytes());
         header
     }
+}
+
+/// The fields of an IPv6 header a test varies.
+#[derive(Clone, Copy, Debug)]
+pub struct Ipv6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub hop_limit: u8,
+    pub next_header: u8,
+}
+
+impl Ipv6 {
+    #[must_use]
+    pub fn new(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8) -> Self {
+        Self {
+            src,
+            dst,
+            hop_limit: 64,
+            next_header,
+        }
+    }
+
+    /// A 40-byte header for `payload_len` bytes of payload.
+    #[must_use]
+    pub fn header(&self, payload_len: usize) -> Vec<u8> {
+        let payload = u16::try_from(payload_len).unwrap_or(u16::MAX);
+        let mut header = vec![0x60, 0, 0, 0];
+        header.extend_from_slice(&payload.to_be_bytes());
+        header.push(self.next_header);
+        header.push(self.hop_limit);
+        header.extend_from_slice(&self.src.octets());
+        header.extend_from_slice(&self.dst.octets());
+        header
+    }
+
+    /// The transport checksum of `l4` (its checksum field zero) over the
+    /// IPv6 pseudo-header.
+    #[must_use]
+    pub fn l4_checksum(&self, l4: &[u8]) -> u16 {
+        let mut pseudo = Vec::with_capacity(40 + l4.len());
+        pseudo.extend_from_slice(&self.src.octets());
+        pseudo.extend_from_slice(&self.dst.octets());
+        pseudo.extend_from_slice(&u32::try_from(l4.len()).unwrap_or(u32::MAX).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, self.next_header]);
+        pseudo.extend_from_slice(l4);
+        internet_checksum(&pseudo)
+    }
+}
+
+/// Ethernet + IPv6 + `ICMPv6` echo request: a complete ping6 frame.
+#[must_use]
+pub fn ping6_frame(dst_mac: [u8; 6], src_mac: [u8; 6], ip: &Ipv6) -> Vec<u8> {
+    let mut icmp = vec![128, 0, 0, 0, 0x42, 0x42, 0, 1];
+    icmp.extend_from_slice(b"pod-net test payload");
+    let checksum = ip.l4_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    let mut frame = ethernet(dst_mac, src_mac, ETH_P_IPV6);
+    frame.extend_from_slice(&ip.header(icmp.len()));
+    frame.extend_from_slice(&icmp);
+    frame
+}
+
+/// Ethernet + IPv6 + a 20-byte TCP SYN from `ports.0` to `ports.1`.
+#[must_use]
+pub fn tcp6_syn_frame(macs: ([u8; 6], [u8; 6]), ip: &Ipv6, ports: (u16, u16)) -> Vec<u8> {
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend_from_slice(&ports.0.to_be_bytes());
+    tcp.extend_from_slice(&ports.1.to_be_bytes());
+    tcp.extend_from_slice(&1u32.to_be_bytes());
+    tcp.extend_from_slice(&0u32.to_be_bytes());
+    tcp.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    let checksum = ip.l4_checksum(&tcp);
+    tcp[16..18].copy_from_slice(&checksum.to_be_bytes());
+    let mut frame = ethernet(macs.0, macs.1, ETH_P_IPV6);
+    frame.extend_from_slice(&ip.header(tcp.len()));
+    frame.extend_from_slice(&tcp);
+    frame
 }
 
 /// An ICMP echo request with `data` as payload.

@@ -111,10 +111,20 @@ fn passing_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let mut arp_reply = frames::ethernet(MAC_B, MAC_A, ETH_P_ARP);
     arp_reply.extend_from_slice(&arp_request[14..]);
 
-    let mut ipv6 = frames::ethernet(MAC_B, MAC_A, ETH_P_IPV6);
-    ipv6.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 58, 64]);
-    ipv6.extend_from_slice(&[0xfd; 32]);
-    ipv6.extend_from_slice(&[128, 0, 0, 0, 0, 1, 0, 1]);
+    // A unicast neighbour solicitation (NUD), and IPv6 with a hop-by-hop
+    // options header: both the kernel's.
+    let mut neighbour_solicitation = frames::ethernet(MAC_B, MAC_A, ETH_P_IPV6);
+    neighbour_solicitation.extend_from_slice(&[0x60, 0, 0, 0, 0, 24, 58, 255]);
+    neighbour_solicitation.extend_from_slice(&[0xfd; 32]);
+    neighbour_solicitation.extend_from_slice(&[135, 0, 0, 0, 0, 0, 0, 0]);
+    neighbour_solicitation.extend_from_slice(&[0xfd; 16]);
+    let mut hop_by_hop = frames::ethernet(MAC_B, MAC_A, ETH_P_IPV6);
+    hop_by_hop.extend_from_slice(&[0x60, 0, 0, 0, 0, 16, 0, 64]);
+    hop_by_hop.extend_from_slice(&[0xfd; 32]);
+    hop_by_hop.extend_from_slice(&[58, 0, 1, 4, 0, 0, 0, 0]);
+    hop_by_hop.extend_from_slice(&[128, 0, 0, 0, 0, 1, 0, 1]);
+    let mut ethertype_not_ip = frames::ethernet(MAC_B, MAC_A, 0x88cc);
+    ethertype_not_ip.extend_from_slice(&[0; 46]);
 
     let broadcast = frames::ping_frame(frames::BROADCAST, MAC_A, &to_b);
     let mut multicast = ping_b.clone();
@@ -134,7 +144,13 @@ fn passing_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     vec![
         ("ARP request", arp_request, "pass_multicast"),
         ("ARP reply", arp_reply, "pass_not_ip"),
-        ("IPv6", ipv6, "pass_not_ip"),
+        ("LLDP", ethertype_not_ip, "pass_not_ip"),
+        (
+            "IPv6 neighbour solicitation",
+            neighbour_solicitation,
+            "pass_ndp",
+        ),
+        ("IPv6 hop-by-hop options", hop_by_hop, "pass_ipv6_ext"),
         ("broadcast", broadcast, "pass_multicast"),
         ("IPv4 multicast MAC", multicast, "pass_multicast"),
         ("unknown destination", unknown, "pass_unknown_dst"),

@@ -1,16 +1,19 @@
 //! A seeded fuzzer for the programs under `BPF_PROG_TEST_RUN`: random and
-//! mutated frames (truncated, oversized, IP options, fragments, bogus
-//! VXLAN, wrong checksums, VLAN tags). Every frame must land in exactly one
+//! mutated IPv4 and IPv6 frames (truncated, oversized, IP options,
+//! fragments, bogus VXLAN, wrong checksums, VLAN tags). Every frame must land in exactly one
 //! counter reason, and no frame an independent parser calls malformed may
 //! be redirected. `POD_NET_FUZZ_ITERATIONS` runs longer (CI: a bounded
 //! corpus); `POD_NET_FUZZ_SEED` replays a run.
 #[path = "../harness/testrun.rs"]
 mod testrun;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use pod_net_tests::{
-    frames::{self, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4},
+    frames::{
+        self, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4,
+        Ipv6,
+    },
     privileges::require_root,
 };
 use testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_REDIRECT, XDP_DROP, XDP_REDIRECT, endpoint};
@@ -20,6 +23,9 @@ const NODE_2: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
+const POD_A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 2);
+const POD_B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 3);
+const REMOTE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 7);
 const MAC_A: [u8; 6] = [2, 0, 0x0a, 0xf4, 1, 2];
 const MAC_B: [u8; 6] = [2, 0, 0x0a, 0xf4, 1, 3];
 const GATEWAY: [u8; 6] = [2, 0xbb, 0, 0, 0, 1];
@@ -71,49 +77,118 @@ fn node_1() -> Harness {
         .add_endpoint(POD_B, endpoint(43, MAC_B, GATEWAY))
         .unwrap();
     harness
+        .add_endpoint(POD_A6, endpoint(LOOPBACK_IFINDEX, MAC_A, GATEWAY))
+        .unwrap();
+    harness
+        .add_endpoint(POD_B6, endpoint(43, MAC_B, GATEWAY))
+        .unwrap();
+    harness
         .add_remote(Ipv4Addr::new(10, 244, 2, 0), 24, NODE_2, None)
+        .unwrap();
+    harness
+        .add_remote(
+            Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 0),
+            64,
+            NODE_2,
+            None,
+        )
         .unwrap();
     harness.add_pod_veth(LOOPBACK_IFINDEX).unwrap();
     harness
 }
 
-/// A well-formed frame from pod A: ICMP, TCP or UDP to B, a remote pod or
-/// an unknown address.
+/// A well-formed frame from pod A, IPv4 or IPv6: ICMP, TCP or UDP to B, a
+/// remote pod or an unknown address.
 fn pod_frame(rng: &mut Rng) -> Vec<u8> {
-    let dst = [POD_B, REMOTE, Ipv4Addr::new(10, 96, 0, 1)][rng.below(3)];
-    let protocol = [IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP][rng.below(3)];
-    let ip = Ipv4 {
-        ttl: [1, 2, 64][rng.below(3)],
-        ..Ipv4::new(POD_A, dst, protocol)
+    let v6 = rng.below(2) == 0;
+    let dst: IpAddr = if v6 {
+        [
+            POD_B6,
+            REMOTE6,
+            Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 1),
+        ][rng.below(3)]
+        .into()
+    } else {
+        [POD_B, REMOTE, Ipv4Addr::new(10, 96, 0, 1)][rng.below(3)].into()
     };
-    let dst_mac = if dst == POD_B && rng.below(2) == 0 {
+    let to_b = dst == IpAddr::from(POD_B) || dst == IpAddr::from(POD_B6);
+    let dst_mac = if to_b && rng.below(2) == 0 {
         MAC_B
     } else {
         GATEWAY
     };
-    match protocol {
-        IPPROTO_TCP => frames::tcp_syn_frame((dst_mac, MAC_A), &ip, (40000, 80)),
-        IPPROTO_UDP => {
-            let payload = vec![0x5a; rng.below(64)];
-            let mut frame = frames::ethernet(dst_mac, MAC_A, ETH_P_IP);
-            frame.extend_from_slice(&ip.header(8 + payload.len()));
-            frame.extend_from_slice(&frames::udp_header(40000, 53, payload.len()));
-            frame.extend_from_slice(&payload);
-            frame
+    let hops = [1, 2, 64][rng.below(3)];
+    let transport = rng.below(3);
+    let (ether_type, header, l4) = match dst {
+        IpAddr::V4(dst) => {
+            let protocol = [IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP][transport];
+            let ip = Ipv4 {
+                ttl: hops,
+                ..Ipv4::new(POD_A, dst, protocol)
+            };
+            let l4 = transport_payload(rng, transport);
+            (ETH_P_IP, ip.header(l4.len()), l4)
         }
-        _ => frames::ping_frame(dst_mac, MAC_A, &ip),
+        IpAddr::V6(dst) => {
+            let protocol = [IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP][transport];
+            let ip = Ipv6 {
+                hop_limit: hops,
+                ..Ipv6::new(POD_A6, dst, protocol)
+            };
+            let l4 = transport_payload(rng, transport);
+            (ETH_P_IPV6, ip.header(l4.len()), l4)
+        }
+    };
+    let mut frame = frames::ethernet(dst_mac, MAC_A, ether_type);
+    frame.extend_from_slice(&header);
+    frame.extend_from_slice(&l4);
+    frame
+}
+
+/// An echo request, a TCP SYN or a UDP datagram (checksums left zero: the
+/// programs do not check them).
+fn transport_payload(rng: &mut Rng, transport: usize) -> Vec<u8> {
+    match transport {
+        0 => [8, 0, 0, 0, 0x42, 0x42, 0, 1].to_vec(),
+        1 => {
+            let mut tcp = vec![
+                0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff,
+            ];
+            tcp.extend_from_slice(&[0; 4]);
+            tcp
+        }
+        _ => {
+            let payload = vec![0x5a; rng.below(64)];
+            let mut udp = frames::udp_header(40000, 53, payload.len());
+            udp.extend_from_slice(&payload);
+            udp
+        }
     }
 }
 
-/// A well-formed VXLAN frame from node 2 to node 1 carrying a pod frame to
-/// A (local) or elsewhere.
+/// A well-formed VXLAN frame from node 2 to node 1 carrying a pod frame,
+/// IPv4 or IPv6, to A (local) or elsewhere.
 fn vxlan_frame(rng: &mut Rng) -> Vec<u8> {
-    let dst = [POD_A, POD_B, Ipv4Addr::new(10, 244, 1, 99)][rng.below(3)];
-    let ip = Ipv4 {
-        ttl: [1, 63][rng.below(2)],
-        ..Ipv4::new(REMOTE, dst, IPPROTO_ICMP)
+    let hops = [1, 63][rng.below(2)];
+    let inner = if rng.below(2) == 0 {
+        let dst = [
+            POD_A6,
+            POD_B6,
+            Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 0x99),
+        ][rng.below(3)];
+        let ip = Ipv6 {
+            hop_limit: hops,
+            ..Ipv6::new(REMOTE6, dst, IPPROTO_ICMPV6)
+        };
+        frames::ping6_frame([0x0e; 6], [0x0e; 6], &ip)
+    } else {
+        let dst = [POD_A, POD_B, Ipv4Addr::new(10, 244, 1, 99)][rng.below(3)];
+        let ip = Ipv4 {
+            ttl: hops,
+            ..Ipv4::new(REMOTE, dst, IPPROTO_ICMP)
+        };
+        frames::ping_frame([0x0e; 6], [0x0e; 6], &ip)
     };
-    let inner = frames::ping_frame([0x0e; 6], [0x0e; 6], &ip);
     frames::vxlan_frame(
         ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]),
         &Ipv4::new(NODE_2, NODE_1, IPPROTO_UDP),
@@ -167,25 +242,42 @@ fn ipv4_malformed(frame: &[u8], offset: usize) -> bool {
     header[0] >> 4 != 4 || ihl < 20 || total < ihl || offset + total > frame.len()
 }
 
-fn ether_type(frame: &[u8]) -> u16 {
-    u16::from_be_bytes([frame[12], frame[13]])
+/// An independent judgement: is the IPv6 header at `offset` unusable?
+fn ipv6_malformed(frame: &[u8], offset: usize) -> bool {
+    let Some(header) = frame.get(offset..offset + 40) else {
+        return true;
+    };
+    let payload = usize::from(u16::from_be_bytes([header[4], header[5]]));
+    header[0] >> 4 != 6 || offset + 40 + payload > frame.len()
 }
 
-/// A pod frame is malformed if it claims IPv4 and its header is unusable.
+fn ether_type(frame: &[u8], offset: usize) -> u16 {
+    u16::from_be_bytes([frame[offset - 2], frame[offset - 1]])
+}
+
+/// Whether the network header at `offset`, after an EtherType, is unusable
+/// (or neither IPv4 nor IPv6, which is never to be redirected either).
+fn ip_malformed(frame: &[u8], offset: usize) -> bool {
+    match ether_type(frame, offset) {
+        ETH_P_IP => ipv4_malformed(frame, offset),
+        ETH_P_IPV6 => ipv6_malformed(frame, offset),
+        _ => true,
+    }
+}
+
+/// A pod frame is malformed if its network header is unusable.
 fn pod_frame_malformed(frame: &[u8]) -> bool {
-    ether_type(frame) == ETH_P_IP && ipv4_malformed(frame, 14)
+    ip_malformed(frame, 14)
 }
 
-/// A VXLAN frame is malformed if any header on the way to the inner IPv4
-/// one is unusable or cut.
+/// A VXLAN frame is malformed if any header on the way to the inner
+/// network one is unusable or cut.
 fn vxlan_malformed(frame: &[u8]) -> bool {
-    if ether_type(frame) != ETH_P_IP || ipv4_malformed(frame, 14) {
+    if ether_type(frame, 14) != ETH_P_IP || ipv4_malformed(frame, 14) {
         return true;
     }
     let inner = 14 + usize::from(frame[14] & 0x0f) * 4 + 8 + 8 + 14;
-    frame.len() < inner + 20
-        || frame[inner - 2..inner] != [0x08, 0x00]
-        || ipv4_malformed(frame, inner)
+    frame.len() < inner || ip_malformed(frame, inner)
 }
 
 fn total_packets(harness: &Harness) -> u64 {

@@ -113,6 +113,8 @@ reasons! {
     PassNdp = 19, "pass_ndp";
     /// IPv6 with extension headers before the transport header: handed to the kernel, which parses them.
     PassIpv6Ext = 20, "pass_ipv6_ext";
+    /// IPv6 from or to a link-local address: on-link traffic the kernel bridges.
+    PassLinkLocal = 21, "pass_link_local";
 }
 
 /// Number of reasons.

@@ -33,6 +33,10 @@ pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
     let ip = packet.ip;
     // Copies: the header is rewritten further down.
     let (src, dst, protocol) = (ip.src(), ip.dst(), ip.protocol());
+    // Link-local addresses are not registered and stay on the link.
+    if src.is_link_local() || dst.is_link_local() {
+        return Verdict::pass(Reason::PassLinkLocal);
+    }
 
     // The sender: one of this veth's pods, unless anti-spoofing is off.
     // SAFETY: the value is only read, before anything can replace it.

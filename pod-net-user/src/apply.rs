@@ -217,9 +217,6 @@ fn validate(datapath: &Datapath, config: &NodeConfig) -> Result<()> {
         if !seen.insert(pod.ip) {
             bail!("{}: listed twice", at());
         }
-        if pod.ip.is_ipv6() {
-            bail!("{}: IPv6 pods are not supported yet", at());
-        }
         netdev::require_veth(&pod.veth).with_context(at)?;
     }
     let mut seen = std::collections::HashSet::new();

@@ -1,5 +1,5 @@
-//! Pod CIDRs as the CLI reads and prints them: `10.244.2.0/24`, or a
-//! single pod as `/32`.
+//! Pod CIDRs as the CLI reads and prints them: `10.244.2.0/24` or
+//! `fd00:10:244:2::/64`, or a single pod as `/32` or `/128`.
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -22,6 +22,12 @@ impl Cidr {
             IpAddr::V4(_) => 32,
             IpAddr::V6(_) => 128,
         }
+    }
+
+    /// Whether the prefix is one address (a /32, or a /128 for IPv6).
+    #[must_use]
+    pub const fn is_single_address(&self) -> bool {
+        self.prefix_len == Self::max_prefix(self.addr)
     }
 
     /// Whether `ip` lies inside this prefix.

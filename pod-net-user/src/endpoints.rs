@@ -74,9 +74,6 @@ pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<Added> {
     let Some(ip) = spec.ip else {
         bail!("a pod needs an IP address");
     };
-    if ip.is_ipv6() {
-        bail!("{ip}: IPv6 pods are not supported yet; register the pod's IPv4 address");
-    }
     let container_id = fixed_field::<CONTAINER_ID_LEN>("container ID", &spec.container_id)?;
     let pod_ifname = fixed_field::<IFNAME_LEN>("pod interface name", &spec.pod_ifname)?;
     let mut datapath = Datapath::open(pins)?;

@@ -189,7 +189,7 @@ enum Table {
 
 impl Table {
     fn of(cidr: Cidr) -> Self {
-        if cidr.prefix_len == 32 {
+        if cidr.is_single_address() {
             Self::Pods
         } else {
             Self::Cidrs
@@ -343,9 +343,6 @@ fn exact_value(datapath: &Datapath, cidr: Cidr) -> Result<RemoteNode> {
 
 /// The stored value for `spec`, after the checks no map can make.
 fn node_value(spec: &NodeSpec, config: &Config) -> Result<RemoteNode> {
-    if spec.cidr.addr.is_ipv6() {
-        bail!("{}: IPv6 prefixes are not supported yet", spec.cidr);
-    }
     if let Some(mac) = spec.vtep_mac
         && (mac.is_zero() || mac.is_multicast())
     {
@@ -416,12 +413,14 @@ fn tunnel_device(config: &Config) -> Result<Link> {
     })
 }
 
-/// The trie key for an IPv4 prefix (IPv4-mapped).
+/// The trie key for a prefix (IPv4 is IPv4-mapped: 96 more bits).
 fn trie_key(cidr: Cidr) -> Key<RemoteAddr> {
-    Key::new(
-        IPV4_MAPPED_PREFIX_BITS + u32::from(cidr.prefix_len),
-        mapped(cidr),
-    )
+    let mapped_bits = if cidr.addr.is_ipv4() {
+        IPV4_MAPPED_PREFIX_BITS
+    } else {
+        0
+    };
+    Key::new(mapped_bits + u32::from(cidr.prefix_len), mapped(cidr))
 }
 
 fn trie_keys(cidrs: &[Cidr]) -> Vec<Key<RemoteAddr>> {
@@ -432,19 +431,22 @@ fn pod_keys(cidrs: &[Cidr]) -> Vec<RemoteAddr> {
     cidrs.iter().copied().map(mapped).collect()
 }
 
+/// The 16-byte form of a prefix's address (IPv4-mapped for IPv4).
 fn mapped(cidr: Cidr) -> RemoteAddr {
-    let IpAddr::V4(addr) = cidr.addr else {
-        unreachable!("IPv6 prefixes are refused before keys are made");
-    };
-    RemoteAddr::ipv4_mapped(addr.octets())
+    match cidr.addr {
+        IpAddr::V4(addr) => RemoteAddr::ipv4_mapped(addr.octets()),
+        IpAddr::V6(addr) => RemoteAddr {
+            addr: addr.octets(),
+        },
+    }
 }
 
 /// Every (prefix, node) in both tables.
 fn entries(datapath: &Datapath) -> Result<Vec<(Cidr, RemoteNode)>> {
     let pods = datapath.remote_pods.iter().map(|entry| {
         let (addr, value) = entry.context("reading remote_pods")?;
-        let key = Key::new(IPV4_MAPPED_PREFIX_BITS + 32, addr);
-        Ok((cidr_of(&key), value))
+        // A single address: 128 bits, IPv4-mapped or not.
+        Ok((cidr_of(&Key::new(128, addr)), value))
     });
     let cidrs = datapath.remotes.iter().map(|entry| {
         let (key, value) = entry.context("reading remote_nodes")?;

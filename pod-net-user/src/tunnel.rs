@@ -8,7 +8,7 @@
 //! (same VNI, port and VTEP MACs), so nothing is lost, and the device's MTU
 //! (underlay MTU - 50) makes the kernel send ICMP fragmentation needed
 //! where it must.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result, bail};
 use netlink_packet_route::{
@@ -109,15 +109,21 @@ pub struct RemoteRoute {
 /// Routes each prefix to its node through the tunnel device, with the
 /// neighbour and FDB entries (one per node) that let the kernel
 /// encapsulate without learning. All requests go on one netlink socket.
+///
+/// IPv6 prefixes cannot have an IPv4 next hop (the kernel refuses `RTA_VIA`
+/// for IPv6), so they go via a link-local next hop derived from the node's
+/// address (`fe80::` + its four bytes), with a neighbour entry giving it
+/// the node's VTEP MAC; the FDB entry then sends that MAC over IPv4.
 pub fn add_routes(device: &Link, routes: &[RemoteRoute]) -> Result<()> {
     let mut messages = Vec::new();
     let mut describe = Vec::new();
     let mut nodes = std::collections::BTreeSet::new();
+    let mut nodes6 = std::collections::BTreeSet::new();
     for remote in routes {
-        if nodes.insert((remote.node_ip, remote.vtep_mac.0)) {
-            let (node_ip, vtep_mac) = (remote.node_ip, remote.vtep_mac);
+        let (node_ip, vtep_mac) = (remote.node_ip, remote.vtep_mac);
+        if nodes.insert((node_ip, vtep_mac.0)) {
             messages.push((
-                RouteNetlinkMessage::NewNeighbour(neighbour(device, node_ip, vtep_mac)),
+                RouteNetlinkMessage::NewNeighbour(neighbour(device, node_ip.into(), vtep_mac)),
                 NLM_F_CREATE | NLM_F_REPLACE,
             ));
             describe.push(format!("adding neighbour {node_ip} on {}", device.name));
@@ -126,6 +132,14 @@ pub fn add_routes(device: &Link, routes: &[RemoteRoute]) -> Result<()> {
                 NLM_F_CREATE | NLM_F_REPLACE,
             ));
             describe.push(format!("adding FDB entry {vtep_mac} on {}", device.name));
+        }
+        if remote.cidr.addr.is_ipv6() && nodes6.insert((node_ip, vtep_mac.0)) {
+            let next_hop = link_local_next_hop(node_ip);
+            messages.push((
+                RouteNetlinkMessage::NewNeighbour(neighbour(device, next_hop.into(), vtep_mac)),
+                NLM_F_CREATE | NLM_F_REPLACE,
+            ));
+            describe.push(format!("adding neighbour {next_hop} on {}", device.name));
         }
     }
     for remote in routes {
@@ -165,20 +179,53 @@ pub fn remove_routes(
             0,
         ));
         describe.push(format!("removing FDB entry {vtep_mac} on {}", device.name));
-        messages.push((
-            RouteNetlinkMessage::DelNeighbour(neighbour(device, node_ip, vtep_mac)),
-            0,
-        ));
-        describe.push(format!("removing neighbour {node_ip} on {}", device.name));
+        for neighbour_ip in [IpAddr::from(node_ip), link_local_next_hop(node_ip).into()] {
+            messages.push((
+                RouteNetlinkMessage::DelNeighbour(neighbour(device, neighbour_ip, vtep_mac)),
+                0,
+            ));
+            describe.push(format!(
+                "removing neighbour {neighbour_ip} on {}",
+                device.name
+            ));
+        }
     }
     netlink::change_all(messages, &[libc::ENOENT, libc::ESRCH])
         .map_err(|(index, error)| anyhow::Error::new(error).context(describe[index].clone()))
 }
 
+/// The IPv6 next hop standing for a node: `fe80::` + its IPv4 address.
+#[must_use]
+pub fn link_local_next_hop(node_ip: Ipv4Addr) -> Ipv6Addr {
+    let [a, b, c, d] = node_ip.octets();
+    Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([a, b]),
+        u16::from_be_bytes([c, d]),
+    )
+}
+
 fn route(device: &Link, cidr: Cidr, node_ip: Ipv4Addr) -> RouteMessage {
     let mut message = RouteMessage::default();
+    let (family, destination, gateway) = match cidr.addr {
+        IpAddr::V4(destination) => (
+            AddressFamily::Inet,
+            RouteAddress::Inet(destination),
+            RouteAddress::Inet(node_ip),
+        ),
+        IpAddr::V6(destination) => (
+            AddressFamily::Inet6,
+            RouteAddress::Inet6(destination),
+            RouteAddress::Inet6(link_local_next_hop(node_ip)),
+        ),
+    };
     message.header = RouteHeader {
-        address_family: AddressFamily::Inet,
+        address_family: family,
         destination_prefix_length: cidr.prefix_len,
         table: RouteHeader::RT_TABLE_MAIN,
         protocol: RouteProtocol::Static,
@@ -187,24 +234,27 @@ fn route(device: &Link, cidr: Cidr, node_ip: Ipv4Addr) -> RouteMessage {
         flags: RouteFlags::Onlink,
         ..RouteHeader::default()
     };
-    let IpAddr::V4(destination) = cidr.addr else {
-        unreachable!("IPv6 CIDRs are refused before routes are made");
-    };
     message.attributes = vec![
-        RouteAttribute::Destination(RouteAddress::Inet(destination)),
-        RouteAttribute::Gateway(RouteAddress::Inet(node_ip)),
+        RouteAttribute::Destination(destination),
+        RouteAttribute::Gateway(gateway),
         RouteAttribute::Oif(device.index),
     ];
     message
 }
 
-fn neighbour(device: &Link, node_ip: Ipv4Addr, vtep_mac: MacAddr) -> NeighbourMessage {
+/// A permanent neighbour entry: `ip` (a node, or its IPv6 next hop) has
+/// the node's VTEP MAC.
+fn neighbour(device: &Link, ip: IpAddr, vtep_mac: MacAddr) -> NeighbourMessage {
     let mut message = NeighbourMessage::default();
-    message.header.family = AddressFamily::Inet;
+    let (family, destination) = match ip {
+        IpAddr::V4(ip) => (AddressFamily::Inet, NeighbourAddress::Inet(ip)),
+        IpAddr::V6(ip) => (AddressFamily::Inet6, NeighbourAddress::Inet6(ip)),
+    };
+    message.header.family = family;
     message.header.ifindex = device.index;
     message.header.state = NeighbourState::Permanent;
     message.attributes = vec![
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(node_ip)),
+        NeighbourAttribute::Destination(destination),
         NeighbourAttribute::LinkLocalAddress(vtep_mac.0.to_vec()),
     ];
     message

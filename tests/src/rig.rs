@@ -15,7 +15,7 @@
 use std::{
     fmt::Write as _,
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -42,8 +42,10 @@ pub struct RigSpec {
     pub pod_mtu: Option<u32>,
     /// MTU of the underlay links; the kernel default (1500) when `None`.
     pub underlay_mtu: Option<u32>,
-    /// Keep IPv6 on. Off by default: link-local chatter (DAD, router
-    /// solicitations, MLD) would make packet counts inexact.
+    /// Dual stack: IPv6 on, and pods at `fd00:10:244:<node>::<index + 1>/64`
+    /// beside their IPv4 address, gateway `fd00:10:244:<node>::1` on cni0.
+    /// Off by default: link-local chatter (DAD, router solicitations, MLD)
+    /// would make packet counts inexact.
     pub ipv6: bool,
 }
 
@@ -65,6 +67,8 @@ pub struct Rig {
     /// The switch namespace joining 3+ nodes.
     switch: Option<String>,
     keep: bool,
+    /// Dual stack: sandboxes get IPv6 too.
+    ipv6: bool,
 }
 
 pub struct Node {
@@ -76,6 +80,8 @@ pub struct Node {
     pub underlay_ip: Ipv4Addr,
     /// 10.244.<index>.1
     pub gateway_ip: Ipv4Addr,
+    /// `fd00:10:244:<index>::1`, in a dual-stack rig.
+    pub gateway_ip6: Option<Ipv6Addr>,
     pub pods: Vec<Pod>,
 }
 
@@ -87,6 +93,8 @@ pub struct Pod {
     pub netns: String,
     /// 10.244.<node>.<index + 1>
     pub ip: Ipv4Addr,
+    /// `fd00:10:244:<node>::<index + 1>`, in a dual-stack rig.
+    pub ip6: Option<Ipv6Addr>,
     /// The pod end's MAC, `02:00:0a:f4:<node>:<index + 1>`.
     pub mac: String,
     /// The host-side veth in the node namespace.
@@ -127,6 +135,7 @@ impl Rig {
             nodes: Vec::new(),
             switch: None,
             keep,
+            ipv6: spec.ipv6,
         };
         // Tear down what was built so far if any step fails.
         rig.create(spec)?;
@@ -259,7 +268,11 @@ impl Rig {
     /// path. Torn down with the rig.
     pub fn sandbox(&self, name: &str) -> Result<String> {
         let netns = format!("{}-{name}", self.id);
-        add_netns(&netns, &RigSpec::default())?;
+        let spec = RigSpec {
+            ipv6: self.ipv6,
+            ..RigSpec::default()
+        };
+        add_netns(&netns, &spec)?;
         run("ip", ["-n", netns.as_str(), "link", "set", "lo", "up"])?;
         Ok(format!("/run/netns/{netns}"))
     }
@@ -282,6 +295,7 @@ impl Rig {
                 index,
                 netns: format!("{}-d{index}", self.id),
                 ip: Ipv4Addr::new(10, 99, 0, index),
+                ip6: None,
                 mac: format!("02:00:0a:63:00:{index:02x}"),
                 host_veth: String::new(),
             })
@@ -321,6 +335,7 @@ impl Node {
             pin_dir: Path::new(BPFFS).join(&netns),
             underlay_ip: Ipv4Addr::new(192, 168, 100, index),
             gateway_ip: Ipv4Addr::new(10, 244, index, 1),
+            gateway_ip6: spec.ipv6.then(|| pod_ip6(index, 1)),
             pods: Vec::new(),
             netns,
         };
@@ -344,6 +359,11 @@ impl Node {
         node.ip(&["link", "set", "cni0", "address", &bridge_mac])?;
         let gateway = format!("{}/24", node.gateway_ip);
         node.ip(&["addr", "add", &gateway, "dev", "cni0"])?;
+        if let Some(gateway) = node.gateway_ip6 {
+            node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            let gateway = format!("{gateway}/64");
+            node.ip(&["addr", "add", &gateway, "dev", "cni0", "nodad"])?;
+        }
         node.ip(&["link", "set", "cni0", "up"])?;
         let mut node = node;
         for pod_index in 1..=spec.pods_per_node {
@@ -362,6 +382,7 @@ impl Node {
             index,
             netns: format!("{}-p{index}", self.netns),
             ip: Ipv4Addr::new(10, 244, self.index, host_octet),
+            ip6: spec.ipv6.then(|| pod_ip6(self.index, host_octet)),
             mac: format!("02:00:0a:f4:{:02x}:{host_octet:02x}", self.index),
             host_veth: format!("veth-p{index}"),
         };
@@ -401,6 +422,12 @@ impl Node {
         pod.ip(&["link", "set", "eth0", "up"])?;
         let gateway = self.gateway_ip.to_string();
         pod.ip(&["route", "add", "default", "via", &gateway])?;
+        if let (Some(ip6), Some(gateway)) = (pod.ip6, self.gateway_ip6) {
+            let address = format!("{ip6}/64");
+            pod.ip(&["-6", "addr", "add", &address, "dev", "eth0", "nodad"])?;
+            let gateway = gateway.to_string();
+            pod.ip(&["-6", "route", "add", "default", "via", &gateway])?;
+        }
         Ok(())
     }
 
@@ -474,6 +501,13 @@ impl Node {
         format!("10.244.{}.0/24", self.index)
     }
 
+    /// `fd00:10:244:<index>::/64`, in a dual-stack rig.
+    #[must_use]
+    pub fn pod_cidr6(&self) -> Option<String> {
+        self.gateway_ip6
+            .map(|_| format!("{}/64", pod_ip6(self.index, 0)))
+    }
+
     /// The VTEP MAC pod-net derives for this node (`0e:6e:` + its IP).
     #[must_use]
     pub fn derived_vtep_mac(&self) -> String {
@@ -490,13 +524,16 @@ impl Node {
     /// `pod-net node add` for `peer`'s pod CIDR, with `vtep_mac` when the
     /// peer checks inner MACs (a flannel node).
     pub fn add_peer(&self, peer: &Node, vtep_mac: Option<&str>) -> Result<String> {
-        let cidr = peer.pod_cidr();
         let node_ip = peer.underlay_ip.to_string();
-        let mut args = vec!["node", "add", "--cidr", &cidr, "--node-ip", &node_ip];
-        if let Some(mac) = vtep_mac {
-            args.extend(["--vtep-mac", mac]);
+        let mut output = String::new();
+        for cidr in std::iter::once(peer.pod_cidr()).chain(peer.pod_cidr6()) {
+            let mut args = vec!["node", "add", "--cidr", &cidr, "--node-ip", &node_ip];
+            if let Some(mac) = vtep_mac {
+                args.extend(["--vtep-mac", mac]);
+            }
+            output.push_str(&self.pod_net(&args)?);
         }
-        self.pod_net(&args)
+        Ok(output)
     }
 
     /// Sets this node up the way flannel's VXLAN backend does, without
@@ -575,8 +612,19 @@ impl Node {
 
     /// `pod-net pod add` for one pod.
     pub fn register(&self, pod: &Pod) -> Result<String> {
-        let ip = pod.ip.to_string();
-        self.pod_net(&["pod", "add", "--ip", &ip, "--veth", &pod.host_veth])
+        let mut output = String::new();
+        for ip in std::iter::once(IpAddr::from(pod.ip)).chain(pod.ip6.map(IpAddr::from)) {
+            let ip = ip.to_string();
+            output.push_str(&self.pod_net(&[
+                "pod",
+                "add",
+                "--ip",
+                &ip,
+                "--veth",
+                &pod.host_veth,
+            ])?);
+        }
+        Ok(output)
     }
 
     /// Packet counts per reason, from `pod-net stats --json`.
@@ -633,9 +681,9 @@ impl Pod {
 
     /// Sends `count` pings to `target` (0.1 s apart, 1 s deadline each) and
     /// fails unless all are answered.
-    pub fn ping(&self, target: Ipv4Addr, count: u32) -> Result<String> {
+    pub fn ping(&self, target: impl Into<IpAddr>, count: u32) -> Result<String> {
         let count = count.to_string();
-        let target = target.to_string();
+        let target = target.into().to_string();
         self.exec(&[
             "ping", "-n", "-q", "-c", &count, "-i", "0.1", "-W", "1", &target,
         ])
@@ -728,8 +776,12 @@ impl Pod {
 
     /// Runs an iperf3 client against `server` with `extra` arguments and
     /// returns its JSON report, failing on any error iperf3 reports.
-    pub fn iperf3_client(&self, server: Ipv4Addr, extra: &[&str]) -> Result<serde_json::Value> {
-        let server = server.to_string();
+    pub fn iperf3_client(
+        &self,
+        server: impl Into<IpAddr>,
+        extra: &[&str],
+    ) -> Result<serde_json::Value> {
+        let server = server.into().to_string();
         let mut args = vec!["iperf3", "-c", server.as_str(), "-J"];
         args.extend_from_slice(extra);
         // iperf3 -J can exit 0 with an "error" in the report.
@@ -834,6 +886,20 @@ pub fn sibling_binary(name: &str) -> PathBuf {
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// `fd00:10:244:<node>::<host>`.
+fn pod_ip6(node: u8, host: u8) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0xfd00,
+        0x10,
+        0x244,
+        u16::from(node),
+        0,
+        0,
+        0,
+        u16::from(host),
+    )
 }
 
 /// Creates a namespace, with IPv6 off unless the spec wants it.

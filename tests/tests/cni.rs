@@ -501,3 +501,84 @@ fn add_before_pod_net_is_loaded_says_try_again_later() {
     assert_eq!(failure.code, Some(11), "{failure}");
     assert!(failure.msg.contains("not loaded"), "{failure}");
 }
+
+#[test]
+fn dual_stack_pods_are_registered_with_both_addresses() {
+    if !require_root("dual_stack_pods_are_registered_with_both_addresses") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec {
+        nodes: 1,
+        pods_per_node: 0,
+        ipv6: true,
+        ..RigSpec::default()
+    })
+    .unwrap();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    // host-local with an IPv4 and an IPv6 range, as a dual-stack cluster
+    // configures it.
+    let ipam = rig.scratch_dir().unwrap().join("ipam");
+    let mut conflist = bridge_conflist("10.244.1.0/24", &ipam, &node.pin_dir);
+    conflist["plugins"][0]["ipam"] = json!({
+        "type": "host-local",
+        "dataDir": ipam,
+        "ranges": [
+            [{"subnet": "10.244.1.0/24"}],
+            [{"subnet": "fd00:10:244:1::/64"}],
+        ],
+        "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+    });
+    let runtime = Runtime::new(node, conflist, plugin_path());
+    let (a, b) = (attachment(&rig, "a"), attachment(&rig, "b"));
+    let ips = |result: &Value| -> Vec<String> {
+        result["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ip| {
+                ip["address"]
+                    .as_str()
+                    .unwrap()
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let a_ips = ips(&runtime.add(&a).unwrap());
+    let b_ips = ips(&runtime.add(&b).unwrap());
+    assert_eq!((a_ips.len(), b_ips.len()), (2, 2), "{a_ips:?} {b_ips:?}");
+
+    // Four entries, each owned by its container.
+    let mut expected: Vec<(String, String, String)> = a_ips
+        .iter()
+        .map(|ip| (ip.clone(), a.container_id.clone(), "eth0".to_owned()))
+        .chain(
+            b_ips
+                .iter()
+                .map(|ip| (ip.clone(), b.container_id.clone(), "eth0".to_owned())),
+        )
+        .collect();
+    expected.sort();
+    let mut got = registered(node);
+    got.sort();
+    assert_eq!(got, expected);
+    runtime.check(&a).unwrap();
+
+    // Both families take the fast path.
+    for b_ip in &b_ips {
+        let before = counter(node, "redirect_local");
+        sandbox_exec(
+            &a,
+            &["ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", b_ip],
+        )
+        .unwrap();
+        assert!(counter(node, "redirect_local") - before >= 6, "{b_ip}");
+    }
+
+    runtime.del(&a).unwrap();
+    runtime.del(&b).unwrap();
+    assert!(registered(node).is_empty());
+}

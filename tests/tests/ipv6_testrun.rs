@@ -247,3 +247,21 @@ fn ipv6_replies_to_a_flow_the_kernel_took_go_to_the_kernel() {
         ]
     );
 }
+
+#[test]
+fn link_local_ipv6_stays_with_the_kernel() {
+    if !require_root("link_local_ipv6_stays_with_the_kernel") {
+        return;
+    }
+    let harness = node_1();
+    let link_local = |last| Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, last);
+    // Unregistered, yet not spoofed: on-link, the bridge's to carry.
+    let frame = ping6(MAC_B, link_local(1), link_local(2), 64);
+    let run = harness.run(&frame).unwrap();
+    assert_eq!(run.action, TC_ACT_OK);
+    assert_eq!(run.output, frame);
+    assert_eq!(
+        harness.nonzero_counters().unwrap(),
+        [("pass_link_local", 1, frame.len() as u64)]
+    );
+}

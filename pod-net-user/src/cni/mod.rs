@@ -283,7 +283,7 @@ fn add(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<String> {
     required(env.path.as_ref(), "CNI_PATH")?;
     let sandbox = inspect_sandbox(env, conf)?;
     require_loaded(pins)?;
-    for ip in sandbox.ips.iter().filter(|ip| ip.is_ipv4()) {
+    for ip in &sandbox.ips {
         let spec = PodSpec {
             ip: Some(*ip),
             veth: sandbox.host_veth.name.clone(),
@@ -333,7 +333,7 @@ fn check(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<()> {
         .into_iter()
         .map(|(key, endpoint)| (endpoint_ip(&key), endpoint))
         .collect();
-    for ip in sandbox.ips.iter().filter(|ip| ip.is_ipv4()) {
+    for ip in &sandbox.ips {
         let endpoint = entries
             .get(ip)
             .ok_or_else(|| failed(format!("{ip} is not registered")))?;

@@ -130,18 +130,24 @@ pub fn ping6_frame(dst_mac: [u8; 6], src_mac: [u8; 6], ip: &Ipv6) -> Vec<u8> {
 /// Ethernet + IPv6 + a 20-byte TCP SYN from `ports.0` to `ports.1`.
 #[must_use]
 pub fn tcp6_syn_frame(macs: ([u8; 6], [u8; 6]), ip: &Ipv6, ports: (u16, u16)) -> Vec<u8> {
-    let mut tcp = Vec::with_capacity(20);
-    tcp.extend_from_slice(&ports.0.to_be_bytes());
-    tcp.extend_from_slice(&ports.1.to_be_bytes());
-    tcp.extend_from_slice(&1u32.to_be_bytes());
-    tcp.extend_from_slice(&0u32.to_be_bytes());
-    tcp.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    let mut tcp = tcp_syn(ports);
     let checksum = ip.l4_checksum(&tcp);
     tcp[16..18].copy_from_slice(&checksum.to_be_bytes());
     let mut frame = ethernet(macs.0, macs.1, ETH_P_IPV6);
     frame.extend_from_slice(&ip.header(tcp.len()));
     frame.extend_from_slice(&tcp);
     frame
+}
+
+/// A 20-byte TCP SYN segment, checksum field zero.
+fn tcp_syn(ports: (u16, u16)) -> Vec<u8> {
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend_from_slice(&ports.0.to_be_bytes());
+    tcp.extend_from_slice(&ports.1.to_be_bytes());
+    tcp.extend_from_slice(&1u32.to_be_bytes());
+    tcp.extend_from_slice(&0u32.to_be_bytes());
+    tcp.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    tcp
 }
 
 /// An ICMP echo request with `data` as payload.
@@ -169,12 +175,7 @@ pub fn ping_frame(dst_mac: [u8; 6], src_mac: [u8; 6], ip: &Ipv4) -> Vec<u8> {
 /// Ethernet + IPv4 + a 20-byte TCP SYN from `ports.0` to `ports.1`.
 #[must_use]
 pub fn tcp_syn_frame(macs: ([u8; 6], [u8; 6]), ip: &Ipv4, ports: (u16, u16)) -> Vec<u8> {
-    let mut tcp = Vec::with_capacity(20);
-    tcp.extend_from_slice(&ports.0.to_be_bytes());
-    tcp.extend_from_slice(&ports.1.to_be_bytes());
-    tcp.extend_from_slice(&1u32.to_be_bytes());
-    tcp.extend_from_slice(&0u32.to_be_bytes());
-    tcp.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    let mut tcp = tcp_syn(ports);
     let mut pseudo = Vec::new();
     pseudo.extend_from_slice(&ip.src.octets());
     pseudo.extend_from_slice(&ip.dst.octets());

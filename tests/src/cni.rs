@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::rig::Node;
+use crate::rig::{Node, Rig, sibling_binary};
 
 /// Where Debian's containernetworking-plugins puts the reference plugins.
 pub const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
@@ -56,6 +56,43 @@ pub struct Attachment {
     /// Path of the pod's network namespace (`/run/netns/...`).
     pub netns: Option<String>,
     pub ifname: String,
+}
+
+impl Attachment {
+    /// Container `name` of `rig`'s, with a fresh sandbox and `eth0`.
+    pub fn in_sandbox(rig: &Rig, name: &str) -> Result<Self> {
+        Ok(Self {
+            container_id: format!("ctr-{name}-{}", rig.id()),
+            netns: Some(rig.sandbox(name)?),
+            ifname: "eth0".into(),
+        })
+    }
+
+    /// Runs `args` inside the sandbox; its stdout, or an error unless it
+    /// exits 0.
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
+        let netns = self
+            .netns
+            .as_deref()
+            .context("the attachment has no netns")?;
+        let mut full = vec!["netns", "exec", netns.trim_start_matches("/run/netns/")];
+        full.extend_from_slice(args);
+        crate::cmd::run("ip", full)
+    }
+}
+
+/// Where a runtime finds the plugins: pod-net-cni beside the test binary
+/// (`cargo build --bins`), then Debian's reference plugins.
+pub fn plugin_path() -> Result<Vec<PathBuf>> {
+    let ours = sibling_binary("pod-net-cni");
+    if !ours.is_file() {
+        bail!(
+            "no {}: build pod-net-cni first (cargo build --bins)",
+            ours.display()
+        );
+    }
+    let dir = ours.parent().context("pod-net-cni has no directory")?;
+    Ok(vec![dir.to_path_buf(), PathBuf::from(REFERENCE_PLUGINS)])
 }
 
 /// A runtime on one node: a conflist, where plugins are, and a result cache.

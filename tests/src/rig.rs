@@ -734,22 +734,26 @@ impl Pod {
         .map(drop)
     }
 
-    /// Pins `other` in this pod's neighbour table, so no ARP runs during a
-    /// test that counts packets exactly.
+    /// Pins `other`'s addresses (IPv4, and IPv6 in a dual-stack rig) in
+    /// this pod's neighbour table, so no ARP or neighbour discovery runs
+    /// during a test that counts packets exactly.
     pub fn pin_neighbour(&self, other: &Pod) -> Result<()> {
-        let ip = other.ip.to_string();
-        self.ip(&[
-            "neigh",
-            "replace",
-            &ip,
-            "lladdr",
-            &other.mac,
-            "nud",
-            "permanent",
-            "dev",
-            "eth0",
-        ])
-        .map(drop)
+        let addresses = std::iter::once(IpAddr::from(other.ip)).chain(other.ip6.map(IpAddr::from));
+        for ip in addresses {
+            let ip = ip.to_string();
+            self.ip(&[
+                "neigh",
+                "replace",
+                &ip,
+                "lladdr",
+                &other.mac,
+                "nud",
+                "permanent",
+                "dev",
+                "eth0",
+            ])?;
+        }
+        Ok(())
     }
 
     /// Waits (up to 5 s) until something in the pod listens on TCP `port`.

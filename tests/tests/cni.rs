@@ -5,9 +5,7 @@ use std::{path::PathBuf, thread};
 
 use pod_net_tests::{
     Node, Rig, RigSpec,
-    cni::{
-        self, Attachment, REFERENCE_PLUGINS, Runtime, bridge_conflist, ptp_conflist, result_ipv4,
-    },
+    cni::{self, Attachment, Runtime, bridge_conflist, ptp_conflist, result_ipv4},
     privileges::require_root,
     rig::sibling_binary,
 };
@@ -23,23 +21,11 @@ fn empty_node() -> Rig {
 }
 
 fn plugin_path() -> Vec<PathBuf> {
-    let ours = sibling_binary("pod-net-cni");
-    assert!(
-        ours.is_file(),
-        "build pod-net-cni first (cargo build --bins)"
-    );
-    vec![
-        ours.parent().unwrap().to_path_buf(),
-        PathBuf::from(REFERENCE_PLUGINS),
-    ]
+    cni::plugin_path().unwrap()
 }
 
 fn attachment(rig: &Rig, name: &str) -> Attachment {
-    Attachment {
-        container_id: format!("ctr-{name}-{}", rig.id()),
-        netns: Some(rig.sandbox(name).unwrap()),
-        ifname: "eth0".into(),
-    }
+    Attachment::in_sandbox(rig, name).unwrap()
 }
 
 fn bridge_runtime<'a>(rig: &'a Rig, node: &'a Node) -> Runtime<'a> {
@@ -64,14 +50,6 @@ fn call(node: &Node, env: &[(&str, String)], config: &Value) -> Result<String, c
             .cloned()
             .unwrap_or_else(|| panic!("{err:#}"))
     })
-}
-
-fn sandbox_exec(attachment: &Attachment, args: &[&str]) -> anyhow::Result<String> {
-    let netns = attachment.netns.as_ref().unwrap();
-    let name = netns.trim_start_matches("/run/netns/");
-    let mut full = vec!["netns", "exec", name];
-    full.extend_from_slice(args);
-    pod_net_tests::cmd::run("ip", full)
 }
 
 fn registered(node: &Node) -> Vec<(String, String, String)> {
@@ -120,13 +98,11 @@ fn bridge_chain_registers_pods_that_talk_through_the_fast_path() {
     runtime.check(&b).unwrap();
 
     // Warm up ARP, then count: every echo request and reply is redirected.
-    sandbox_exec(&a, &["ping", "-c", "1", "-W", "1", &ip_b.to_string()]).unwrap();
+    a.exec(&["ping", "-c", "1", "-W", "1", &ip_b.to_string()])
+        .unwrap();
     let before = counter(node, "redirect_local");
-    sandbox_exec(
-        &a,
-        &["ping", "-c", "5", "-i", "0.1", "-W", "1", &ip_b.to_string()],
-    )
-    .unwrap();
+    a.exec(&["ping", "-c", "5", "-i", "0.1", "-W", "1", &ip_b.to_string()])
+        .unwrap();
     assert_eq!(counter(node, "redirect_local") - before, 10);
 
     runtime.del(&b).unwrap();
@@ -159,13 +135,11 @@ fn ptp_chain_registers_pods_that_talk_through_the_fast_path() {
     let ip_b = result_ipv4(&runtime.add(&b).unwrap()).unwrap();
     runtime.check(&a).unwrap();
 
-    sandbox_exec(&a, &["ping", "-c", "1", "-W", "1", &ip_b.to_string()]).unwrap();
+    a.exec(&["ping", "-c", "1", "-W", "1", &ip_b.to_string()])
+        .unwrap();
     let before = counter(node, "redirect_local");
-    sandbox_exec(
-        &b,
-        &["ping", "-c", "4", "-i", "0.1", "-W", "1", &ip_a.to_string()],
-    )
-    .unwrap();
+    b.exec(&["ping", "-c", "4", "-i", "0.1", "-W", "1", &ip_a.to_string()])
+        .unwrap();
     assert_eq!(counter(node, "redirect_local") - before, 8);
     runtime.del(&a).unwrap();
     runtime.del(&b).unwrap();
@@ -316,7 +290,7 @@ fn gc_removes_what_the_runtime_no_longer_has() {
     };
     // d is still valid to the runtime, but its interface vanished without
     // a DEL: GC removes what has no veth left.
-    sandbox_exec(&pods[3], &["ip", "link", "del", "eth0"]).unwrap();
+    pods[3].exec(&["ip", "link", "del", "eth0"]).unwrap();
     gc("cni.dev/valid-attachments", &[&pods[0], &pods[2], &pods[3]]);
     let left: Vec<String> = registered(node).into_iter().map(|(ip, _, _)| ip).collect();
     let mut expected = vec![ips[0].clone(), ips[2].clone()];
@@ -570,11 +544,8 @@ fn dual_stack_pods_are_registered_with_both_addresses() {
     // Both families take the fast path.
     for b_ip in &b_ips {
         let before = counter(node, "redirect_local");
-        sandbox_exec(
-            &a,
-            &["ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", b_ip],
-        )
-        .unwrap();
+        a.exec(&["ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", b_ip])
+            .unwrap();
         assert!(counter(node, "redirect_local") - before >= 6, "{b_ip}");
     }
 

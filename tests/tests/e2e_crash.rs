@@ -7,7 +7,6 @@
 //! process SIGKILL itself there (see `pod_net::crashpoint`).
 use std::{
     os::unix::process::ExitStatusExt as _,
-    path::PathBuf,
     process::{Child, Output, Stdio},
     thread,
     time::Duration,
@@ -17,9 +16,8 @@ use pod_net::crashpoint;
 use pod_net_tests::{
     Node, Pod, Rig, RigSpec,
     cmd::output_of,
-    cni::{self, Attachment, REFERENCE_PLUGINS, Runtime, bridge_conflist, result_ipv4},
+    cni::{self, Attachment, Runtime, bridge_conflist, result_ipv4},
     privileges::require_root,
-    rig::sibling_binary,
 };
 use serde_json::Value;
 
@@ -136,20 +134,12 @@ fn sigkill_mid_cni_add_keeps_the_others_forwarding_and_del_repairs() {
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
     let ipam = rig.scratch_dir().unwrap().join("ipam");
-    let ours = sibling_binary("pod-net-cni");
     let runtime = Runtime::new(
         node,
         bridge_conflist("10.244.1.0/24", &ipam, &node.pin_dir),
-        vec![
-            ours.parent().unwrap().to_path_buf(),
-            PathBuf::from(REFERENCE_PLUGINS),
-        ],
+        cni::plugin_path().unwrap(),
     );
-    let attachment = |name: &str| Attachment {
-        container_id: format!("ctr-{name}-{}", rig.id()),
-        netns: Some(rig.sandbox(name).unwrap()),
-        ifname: "eth0".into(),
-    };
+    let attachment = |name: &str| Attachment::in_sandbox(&rig, name).unwrap();
     let (a, b, c) = (attachment("a"), attachment("b"), attachment("c"));
     let a_ip = result_ipv4(&runtime.add(&a).unwrap()).unwrap();
     let b_ip = result_ipv4(&runtime.add(&b).unwrap()).unwrap();
@@ -164,26 +154,12 @@ fn sigkill_mid_cni_add_keeps_the_others_forwarding_and_del_repairs() {
     runtime.set_env(CRASH_AT, "").unwrap();
 
     // a and b, fully registered, still take the fast path both ways.
-    let sandbox_ping = |from: &Attachment, to: std::net::Ipv4Addr| {
-        let netns = from.netns.as_deref().unwrap();
+    let ping = |from: &Attachment, to: std::net::Ipv4Addr| {
         let to = to.to_string();
-        output_of(std::process::Command::new("nsenter").args([
-            &format!("--net={netns}"),
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            "5",
-            "-i",
-            "0.1",
-            "-W",
-            "1",
-            &to,
-        ]))
-        .unwrap()
+        from.exec(&["ping", "-n", "-q", "-c", "5", "-i", "0.1", "-W", "1", &to])
     };
     let before = redirects(node);
-    assert!(sandbox_ping(&a, b_ip).status.success());
+    ping(&a, b_ip).unwrap();
     assert!(redirects(node) - before >= 10);
 
     // status names the orphan attachment; the runtime's DEL after the
@@ -200,7 +176,7 @@ fn sigkill_mid_cni_add_keeps_the_others_forwarding_and_del_repairs() {
     let c = attachment("c2");
     runtime.add(&c).unwrap();
     let before = redirects(node);
-    assert!(sandbox_ping(&c, a_ip).status.success());
+    ping(&c, a_ip).unwrap();
     assert!(redirects(node) - before >= 10);
     assert_eq!(problems(node), []);
 }

@@ -27,25 +27,6 @@ fn counter(node: &Node, reason: &str) -> u64 {
     node.counters().unwrap()[reason]
 }
 
-/// Pins `to`'s IPv6 address in `from`'s neighbour table, so no neighbour
-/// discovery runs while packets are counted.
-fn pin_neighbour6(from: &Pod, to: &Pod) {
-    let ip = ip6(to).to_string();
-    from.ip(&[
-        "-6",
-        "neigh",
-        "replace",
-        &ip,
-        "lladdr",
-        &to.mac,
-        "nud",
-        "permanent",
-        "dev",
-        "eth0",
-    ])
-    .unwrap();
-}
-
 /// Sends 4 MB of TCP over IPv6 from `client` to `server`.
 fn tcp6(client: &Pod, server: &Pod) {
     let _server = server.iperf3_server(&[]).unwrap();
@@ -76,8 +57,8 @@ fn ipv6_pods_on_one_node_bypass_the_bridge() {
         "{registered:?}"
     );
 
-    pin_neighbour6(a, b);
-    pin_neighbour6(b, a);
+    a.pin_neighbour(b).unwrap();
+    b.pin_neighbour(a).unwrap();
     let redirects = counter(node, "redirect_local");
     let through_bridge = node.link_packets(&b.host_veth).unwrap().tx;
     a.ping(ip6(b), 20).unwrap();

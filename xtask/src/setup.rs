@@ -30,6 +30,22 @@ const PACKAGES: &[(&str, &str)] = &[
         "iptables",
         "kube-proxy-style DNAT and FORWARD rules in tests",
     ),
+    (
+        "etcd-server",
+        "the cluster store the agent joins through, in tests",
+    ),
+    (
+        "etcd-client",
+        "etcdctl, for writing leases by hand in tests",
+    ),
+    (
+        "protobuf-compiler",
+        "protoc, which the etcd-client crate's build needs",
+    ),
+    (
+        "util-linux",
+        "unshare and nsenter for private mount namespaces",
+    ),
 ];
 
 /// The LLVM bpf-linker must be built against.

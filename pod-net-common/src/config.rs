@@ -31,7 +31,22 @@ impl Config {
     pub const fn has_underlay(&self) -> bool {
         self.underlay_ifindex != 0
     }
+
+    /// The UDP port a pod may not send to anything but a pod: this node's
+    /// VXLAN port, or flannel's default while there is no underlay (a
+    /// flannel device may be listening).
+    #[must_use]
+    pub const fn guarded_vxlan_port(&self) -> u16 {
+        if self.has_underlay() {
+            self.vxlan_port
+        } else {
+            DEFAULT_VXLAN_PORT
+        }
+    }
 }
+
+/// flannel's VXLAN port, pod-net's default (IANA's is 4789).
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 
 /// Bytes VXLAN adds in front of the inner frame: outer IPv4 (20), UDP (8),
 /// VXLAN (8) and the inner Ethernet header (14); the outer Ethernet header

@@ -15,7 +15,7 @@ pub mod remote;
 pub use config::Config;
 pub use endpoint::{Endpoint, EndpointKey};
 pub use reason::{Counter, Reason};
-pub use remote::{RemoteAddr, RemoteNode};
+pub use remote::{PeerNode, RemoteAddr, RemoteNode};
 
 /// Names of the maps as the eBPF object defines them and as they are pinned
 /// under the pin dir.
@@ -29,6 +29,7 @@ pub mod map_names {
     pub const EVENTS: &str = "events";
     pub const EVENT_LIMITS: &str = "event_limits";
     pub const NAT_FLOWS: &str = "nat_flows";
+    pub const PEER_NODES: &str = "peer_nodes";
 }
 
 /// Names of the programs in the eBPF object.

@@ -65,6 +65,24 @@ pub const fn derived_vtep_mac(node_ip: [u8; 4]) -> [u8; 6] {
     [0x0e, 0x6e, node_ip[0], node_ip[1], node_ip[2], node_ip[3]]
 }
 
+/// The peer speaks VXLAN to this node: its VXLAN may be decapsulated.
+pub const PEER_F_VXLAN: u32 = 1;
+
+/// Value of `peer_nodes`, keyed by a remote node's underlay IPv4 address
+/// (network order): what that node may send this node. VXLAN is not
+/// authenticated, so its outer source is all there is to check; only
+/// nodes that own a remote entry are peers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PeerNode {
+    /// `PEER_F_*` bits.
+    pub flags: u32,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: plain `#[repr(C)]` data with no padding.
+unsafe impl aya::Pod for PeerNode {}
 #[cfg(feature = "user")]
 // SAFETY: plain `#[repr(C)]` data with no padding.
 unsafe impl aya::Pod for RemoteAddr {}

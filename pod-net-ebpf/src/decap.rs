@@ -15,11 +15,13 @@ use network_types::{
 };
 use pod_net_common::{
     Config, Endpoint, Reason, endpoint::ENDPOINT_F_NO_BYPASS, event::CONFIG_F_NO_NAT_CHECK,
+    remote::PEER_F_VXLAN,
 };
 
 use crate::{
     encap::VXLAN_FLAG_VNI,
-    maps::LOCAL_ENDPOINTS,
+    ip::Addr,
+    maps::{LOCAL_ENDPOINTS, PEER_NODES},
     nat,
     parse::{
         ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, Ip, IpPacket, Packet, Parsed, ensure_linear,
@@ -30,7 +32,10 @@ use crate::{
 };
 
 const VXLAN_HLEN: usize = 8;
+/// More-fragments flag and fragment offset.
 const IP_FRAGMENT_MASK: u16 = 0x3fff;
+/// Fragment offset alone: set on every fragment but the first.
+const IP_OFFSET_MASK: u16 = 0x1fff;
 
 /// What an underlay packet is to pod-net.
 pub enum Inbound {
@@ -60,33 +65,69 @@ struct TunnelHeaders {
 /// Classifies an underlay packet without changing it.
 #[inline(always)]
 pub fn classify(ctx: &impl Packet, config: &Config) -> Inbound {
+    // L2 broadcast and multicast frames too: the kernel accepts a unicast
+    // IP packet inside one, so the peer check must see them.
     let Parsed::Ip(IpPacket {
-        ip: Ip::V4(outer), ..
+        ip: Ip::V4(outer),
+        l2_multicast,
+        ..
     }) = parse_l2_l3(ctx)
     else {
         return Inbound::Pass(Reason::PassNotVxlan);
     };
     // SAFETY: bounds-checked by `parse_l2_l3`.
-    let (dst, protocol, frags) = unsafe {
+    let (src, dst, protocol, frags) = unsafe {
         let ip = &*outer;
-        (ip.dst_addr, ip.proto, u16::from_be_bytes(ip.frags))
+        (
+            ip.src_addr,
+            ip.dst_addr,
+            ip.proto,
+            u16::from_be_bytes(ip.frags),
+        )
     };
-    if dst != config.node_ip || protocol != IPPROTO_UDP {
+    if protocol != IPPROTO_UDP {
         return Inbound::Pass(Reason::PassNotVxlan);
     }
-    if frags & IP_FRAGMENT_MASK != 0 {
-        return Inbound::Pass(Reason::PassOuterFragment);
+    let to_node = dst == config.node_ip;
+    let fragment = frags & IP_FRAGMENT_MASK != 0;
+    let not_vxlan = if fragment && to_node {
+        Reason::PassOuterFragment
+    } else {
+        Reason::PassNotVxlan
+    };
+    // A later fragment has no UDP header; without its first fragment,
+    // which is checked below, the kernel cannot reassemble it.
+    if frags & IP_OFFSET_MASK != 0 {
+        return Inbound::Pass(not_vxlan);
     }
     let udp_offset = EthHdr::LEN + Ip::V4(outer).header_len();
     if ensure_linear(ctx, udp_offset + size_of::<UdpHdr>()).is_err() {
-        return Inbound::Pass(Reason::PassNotVxlan);
+        return Inbound::Pass(not_vxlan);
     }
     let Some(udp) = ptr_at::<UdpHdr>(ctx, udp_offset) else {
-        return Inbound::Pass(Reason::PassNotVxlan);
+        return Inbound::Pass(not_vxlan);
     };
     // SAFETY: bounds-checked by `ptr_at`.
     if u16::from_be_bytes(unsafe { (*udp).dst }) != config.vxlan_port {
+        return Inbound::Pass(not_vxlan);
+    }
+    // VXLAN carries no authentication: only a known node's is opened, by
+    // this program or by the kernel's tunnel device, whose socket listens
+    // on every local address and sees only what this program passes.
+    if !is_vxlan_peer(src) {
+        // SAFETY: the value is only read.
+        let to_pod = unsafe { LOCAL_ENDPOINTS.get(Addr::v4(dst).endpoint_key()) }.is_some();
+        return if to_pod {
+            Inbound::Pass(Reason::PassNotVxlan)
+        } else {
+            Inbound::Drop(Reason::DropUnknownPeer)
+        };
+    }
+    if !to_node || l2_multicast {
         return Inbound::Pass(Reason::PassNotVxlan);
+    }
+    if fragment {
+        return Inbound::Pass(Reason::PassOuterFragment);
     }
 
     // UDP to this node's VXLAN port: pod-net's from here on.
@@ -155,6 +196,13 @@ pub fn classify(ctx: &impl Packet, config: &Config) -> Inbound {
         outer_len: inner_offset - EthHdr::LEN,
         inner,
     }
+}
+
+/// Whether `node_ip` is a node this node sends VXLAN to (see `peer_nodes`).
+#[inline(always)]
+fn is_vxlan_peer(node_ip: [u8; 4]) -> bool {
+    // SAFETY: the value is only read, before anything can replace it.
+    unsafe { PEER_NODES.get(&node_ip) }.is_some_and(|peer| peer.flags & PEER_F_VXLAN != 0)
 }
 
 /// The TC program: decapsulate with `bpf_skb_adjust_room` and deliver with

@@ -12,7 +12,7 @@ use crate::{
     ip::Addr,
     maps::{LOCAL_ENDPOINTS, REMOTE_NODES, REMOTE_PODS},
     nat,
-    parse::{IpPacket, Parsed, parse_l2_l3},
+    parse::{IPPROTO_UDP, Ip, IpPacket, Parsed, parse_l2_l3},
     redirect,
     verdict::Verdict,
 };
@@ -35,10 +35,20 @@ pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
     let (src, dst, protocol) = (ip.src(), ip.dst(), ip.protocol());
     // Link-local addresses are not registered and stay on the link.
     if src.is_link_local() || dst.is_link_local() {
-        return Verdict::pass(Reason::PassLinkLocal);
+        return Verdict::pass(if packet.l2_multicast {
+            Reason::PassMulticast
+        } else {
+            Reason::PassLinkLocal
+        });
+    }
+    // A host without an address yet (DHCP) broadcasts from 0.0.0.0, which
+    // impersonates no one.
+    if packet.l2_multicast && src.is_unspecified() {
+        return Verdict::pass(Reason::PassMulticast);
     }
 
     // The sender: one of this veth's pods, unless anti-spoofing is off.
+    // Whatever the L2 destination: a broadcast frame carries IP as well.
     // SAFETY: the value is only read, before anything can replace it.
     let sender = unsafe { LOCAL_ENDPOINTS.get(src.endpoint_key()) };
     // SAFETY: reading a field of our own context.
@@ -47,6 +57,17 @@ pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
         && sender.is_none_or(|sender| sender.ifindex != veth)
     {
         return Verdict::drop(Reason::DropSpoofed);
+    }
+    if packet.l2_multicast {
+        return Verdict::pass(Reason::PassMulticast);
+    }
+    // VXLAN is opened by whichever node receives it on its port: a pod may
+    // send to that port only to another pod, never to a node.
+    if protocol == IPPROTO_UDP
+        && udp_dst_port(ctx, ip) == Some(config.guarded_vxlan_port())
+        && !is_pod(dst, config)
+    {
+        return Verdict::drop(Reason::DropPodToVxlan);
     }
     if sender.is_some_and(|sender| sender.flags & ENDPOINT_F_NO_BYPASS != 0) {
         return Verdict::pass(Reason::PassNoBypass);
@@ -82,6 +103,27 @@ pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
         nat::remember_client(src, src_port, protocol);
     }
     Verdict::pass(Reason::PassUnknownDst)
+}
+
+/// The UDP destination port, unless this is a later fragment (the first
+/// one carries the port, and the kernel cannot reassemble without it).
+/// Read by copy, which reaches paged data too (a raw socket may leave the
+/// UDP header out of the linear part) and keeps the packet pointers valid.
+#[inline(always)]
+fn udp_dst_port(ctx: &TcContext, ip: Ip) -> Option<u16> {
+    if ip.is_later_fragment() {
+        return None;
+    }
+    let ports: [u8; 4] = ctx.load(EthHdr::LEN + ip.header_len()).ok()?;
+    Some(u16::from_be_bytes([ports[2], ports[3]]))
+}
+
+/// Whether `dst` is a pod this node knows, here or on another node.
+#[inline(always)]
+fn is_pod(dst: Addr, config: &Config) -> bool {
+    // SAFETY: the value is only read.
+    unsafe { LOCAL_ENDPOINTS.get(dst.endpoint_key()) }.is_some()
+        || config.has_underlay() && remote_node(dst).is_some()
 }
 
 /// The node hosting remote pod address `dst`: its own entry (a /32 or

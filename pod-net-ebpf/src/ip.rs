@@ -30,7 +30,7 @@ pub struct Addr {
 
 impl Addr {
     #[inline(always)]
-    fn v4(octets: [u8; 4]) -> Self {
+    pub fn v4(octets: [u8; 4]) -> Self {
         let mut bytes = [0u8; 16];
         bytes[..4].copy_from_slice(&octets);
         Self {
@@ -51,6 +51,13 @@ impl Addr {
     #[inline(always)]
     pub fn is_link_local(self) -> bool {
         self.family == FAMILY_IPV6 && self.bytes[0] == 0xfe && self.bytes[1] & 0xc0 == 0x80
+    }
+
+    /// 0.0.0.0 or ::, the source of a host that has no address yet (DHCP,
+    /// duplicate address detection).
+    #[inline(always)]
+    pub fn is_unspecified(self) -> bool {
+        self.bytes == [0; 16]
     }
 
     /// The `local_endpoints` key.

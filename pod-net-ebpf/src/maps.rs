@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use pod_net_common::{
-    Config, Counter, Endpoint, EndpointKey, RemoteAddr, RemoteNode,
+    Config, Counter, Endpoint, EndpointKey, PeerNode, RemoteAddr, RemoteNode,
     event::{Event, RateLimit},
     nat::NatFlowKey,
     reason::COUNTER_SLOTS,
@@ -15,6 +15,8 @@ use pod_net_common::{
 pub const LOCAL_ENDPOINTS_MAX: usize = 65536;
 pub const REMOTE_PODS_MAX: usize = 1_048_576;
 pub const REMOTE_NODES_MAX: usize = 65536;
+/// Every node of a cluster fits: each one is a remote entry's node.
+pub const PEER_NODES_MAX: usize = 65536;
 
 /// Allocate hash entries as they are added: an empty 1M-entry
 /// `remote_pods` costs nothing until it fills.
@@ -32,6 +34,11 @@ pub static REMOTE_PODS: HashMap<RemoteAddr, RemoteNode, REMOTE_PODS_MAX, BPF_F_N
 /// A remote node's pod CIDR -> the node. Consulted after `remote_pods`.
 #[btf_map(name = "remote_nodes")]
 pub static REMOTE_NODES: LpmTrie<RemoteAddr, RemoteNode, REMOTE_NODES_MAX> = LpmTrie::new();
+
+/// A remote node's underlay IPv4 address -> what it may send here. VXLAN
+/// from any other source is dropped before BPF or the kernel decapsulates.
+#[btf_map(name = "peer_nodes")]
+pub static PEER_NODES: HashMap<[u8; 4], PeerNode, PEER_NODES_MAX> = HashMap::new();
 
 /// Host veth ifindex -> itself: the XDP path's redirect targets.
 #[btf_map(name = "pod_veths")]

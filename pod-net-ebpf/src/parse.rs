@@ -104,12 +104,15 @@ pub fn ensure_linear(ctx: &impl Packet, len: usize) -> Result<(), ()> {
 pub struct IpPacket {
     pub eth: *mut EthHdr,
     pub ip: Ip,
+    /// Sent to a broadcast or multicast MAC: the kernel floods it, but the
+    /// IP packet inside is checked like any other.
+    pub l2_multicast: bool,
 }
 
 /// What the L2/L3 parse found.
 pub enum Parsed {
     Ip(IpPacket),
-    /// Broadcast or multicast destination MAC.
+    /// Broadcast or multicast destination MAC, and not a sane IP packet.
     Multicast,
     /// A well-formed frame of another EtherType.
     NotIp,
@@ -133,9 +136,18 @@ pub fn parse_l2_l3(ctx: &impl Packet) -> Parsed {
     };
     // SAFETY: `ptr_at` checked the bounds.
     let (dst0, ether_type) = unsafe { ((*eth).dst_addr[0], u16::from_be((*eth).ether_type)) };
-    if dst0 & 1 != 0 {
-        return Parsed::Multicast;
+    let l2_multicast = dst0 & 1 != 0;
+    match parse_l3(ctx, ether_type, l2_multicast) {
+        Parsed::Ip(packet) => Parsed::Ip(packet),
+        // What the kernel floods unparsed (ARP, NDP, ...) is counted as such.
+        _ if l2_multicast => Parsed::Multicast,
+        other => other,
     }
+}
+
+/// The network header after the Ethernet header.
+#[inline(always)]
+fn parse_l3(ctx: &impl Packet, ether_type: u16, l2_multicast: bool) -> Parsed {
     let ip_len = match ether_type {
         ETH_P_IP => Ipv4Hdr::LEN,
         ETH_P_IPV6 => Ipv6Hdr::LEN,
@@ -154,7 +166,11 @@ pub fn parse_l2_l3(ctx: &impl Packet) -> Parsed {
     };
     // Pulls may have moved the packet: the Ethernet pointer comes last.
     match (ip, ptr_at::<EthHdr>(ctx, 0)) {
-        (Some(ip), Some(eth)) => Parsed::Ip(IpPacket { eth, ip }),
+        (Some(ip), Some(eth)) => Parsed::Ip(IpPacket {
+            eth,
+            ip,
+            l2_multicast,
+        }),
         _ => Parsed::Malformed,
     }
 }

@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use pod_net_common::config::DEFAULT_VXLAN_PORT;
 
 use crate::{
     agent, apply,
@@ -149,7 +150,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 1, requires = "underlay")]
     pub vni: u32,
     /// VXLAN UDP port (flannel's default is 8472; IANA's is 4789).
-    #[arg(long, default_value_t = 8472, requires = "underlay")]
+    #[arg(long, default_value_t = DEFAULT_VXLAN_PORT, requires = "underlay")]
     pub vxlan_port: u16,
     /// Decapsulate on the underlay with XDP as well (off by default: see
     /// the README's benchmark). Stays on across reloads until --no-xdp.
@@ -250,7 +251,7 @@ pub struct PodDelArgs {
 
 /// Runs one command, printing its output; errors go back to `main`.
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    let pins = PinDir::new(&cli.pin_dir);
+    let pins = PinDir::checked(&cli.pin_dir)?;
     match cli.command {
         Command::Load(args) => {
             let options = LoadOptions {

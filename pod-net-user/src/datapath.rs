@@ -132,7 +132,7 @@ impl Datapath {
     }
 }
 
-fn open_map(pins: &PinDir, name: &str) -> Result<(Map, MapInfo)> {
+pub(crate) fn open_map(pins: &PinDir, name: &str) -> Result<(Map, MapInfo)> {
     let path = pins.map(name);
     let data = MapData::from_pin(&path)
         .with_context(|| format!("opening pinned map {}", path.display()))?;

@@ -8,12 +8,14 @@
 //! - A pinned link on a veth no entry uses is removed: an add that died
 //!   between attaching and storing the entry, or a del between the two.
 //! - A `pod_veths` (XDP) entry no pod uses is removed.
+//! - `peer_nodes` is made to hold exactly the remote entries' nodes: a
+//!   node add or del that died half-way leaves one too many or too few.
 //!
 //! Everything runs under the pin dir lock, so it never races a live add.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use anyhow::{Context as _, Result};
@@ -25,8 +27,9 @@ use crate::{
     attach,
     datapath::{Datapath, endpoint_ip, endpoint_key},
     netdev::{self, Link, LinkKind},
+    peers,
     pins::PinDir,
-    xdp,
+    remotes, xdp,
 };
 
 /// One thing gc does (or, with `--dry-run`, would do).
@@ -41,6 +44,11 @@ pub enum Repair {
     DetachOrphan { ifindex: u32, ifname: String },
     /// `pod_veths` holds an interface no entry uses.
     ForgetXdpVeth { ifindex: u32 },
+    /// A node with remote entries is missing from `peer_nodes`, so its
+    /// VXLAN is dropped.
+    AddPeer { node_ip: Ipv4Addr },
+    /// `peer_nodes` holds a node no remote entry sends to.
+    RemovePeer { node_ip: Ipv4Addr },
 }
 
 impl fmt::Display for Repair {
@@ -60,6 +68,14 @@ impl fmt::Display for Repair {
             Self::ForgetXdpVeth { ifindex } => write!(
                 f,
                 "remove ifindex {ifindex} from pod_veths: no pod is registered there"
+            ),
+            Self::AddPeer { node_ip } => write!(
+                f,
+                "add {node_ip} to peer_nodes: remote entries send to it, but its VXLAN is dropped"
+            ),
+            Self::RemovePeer { node_ip } => write!(
+                f,
+                "remove {node_ip} from peer_nodes: no remote entry sends to it"
             ),
         }
     }
@@ -118,6 +134,19 @@ pub fn plan(pins: &PinDir, datapath: &Datapath) -> Result<Vec<Repair>> {
             repairs.push(Repair::ForgetXdpVeth { ifindex });
         }
     }
+    let drift = peers::drift(pins, &remotes::node_ips(datapath)?)?;
+    repairs.extend(
+        drift
+            .missing
+            .into_iter()
+            .map(|node_ip| Repair::AddPeer { node_ip }),
+    );
+    repairs.extend(
+        drift
+            .extra
+            .into_iter()
+            .map(|node_ip| Repair::RemovePeer { node_ip }),
+    );
     Ok(repairs)
 }
 
@@ -144,6 +173,8 @@ fn make(pins: &PinDir, datapath: &mut Datapath, xdp_on: bool, repair: &Repair) -
             attach::detach(pins, program_names::POD_EGRESS, *ifindex).map(drop)
         }
         Repair::ForgetXdpVeth { ifindex } => xdp::forget_pod(datapath, *ifindex),
+        Repair::AddPeer { node_ip } => peers::add(pins, [*node_ip]),
+        Repair::RemovePeer { node_ip } => peers::remove(pins, [*node_ip]),
     }
 }
 

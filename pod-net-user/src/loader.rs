@@ -23,7 +23,7 @@ use aya::{
     },
 };
 use pod_net_common::{
-    Config, Counter, Endpoint, EndpointKey, RemoteAddr, RemoteNode,
+    Config, Counter, Endpoint, EndpointKey, PeerNode, RemoteAddr, RemoteNode,
     config::VXLAN_OVERHEAD,
     event::{CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK, RateLimit},
     map_names,
@@ -39,7 +39,9 @@ use crate::{
     ebpf_object,
     mac::MacAddr,
     netdev::{self, Link},
-    pins::{PinDir, ensure_bpffs},
+    peers,
+    pins::{PinDir, PinDirLock, ensure_bpffs, unmount_bpffs},
+    remotes,
     tunnel::{self, TunnelSpec},
     xdp,
 };
@@ -60,7 +62,7 @@ struct MapLayout {
     max_entries: Option<usize>,
 }
 
-const MAP_LAYOUTS: [MapLayout; 10] = [
+const MAP_LAYOUTS: [MapLayout; 11] = [
     MapLayout {
         name: map_names::LOCAL_ENDPOINTS,
         key_size: size_of::<EndpointKey>(),
@@ -78,6 +80,12 @@ const MAP_LAYOUTS: [MapLayout; 10] = [
         // The trie key is the prefix length, then the address.
         key_size: size_of::<u32>() + size_of::<RemoteAddr>(),
         value_size: size_of::<RemoteNode>(),
+        max_entries: None,
+    },
+    MapLayout {
+        name: map_names::PEER_NODES,
+        key_size: size_of::<[u8; 4]>(),
+        value_size: size_of::<PeerNode>(),
         max_entries: None,
     },
     MapLayout {
@@ -216,36 +224,13 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         .transpose()?;
 
     let mounted_bpffs = ensure_bpffs(pins.root())?;
-    let root = pins.root();
-    let new_dirs: Vec<PathBuf> = [root.to_path_buf(), pins.programs_dir(), pins.links_dir()]
-        .into_iter()
-        .filter(|dir| !dir.exists())
-        .collect();
-    fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-    let _lock = pins.lock()?;
-    check_pinned_layouts(pins)?;
-    check_pinned_capacity(pins, options)?;
-    if let Some((underlay, _)) = &underlay {
-        check_same_underlay(pins, underlay)?;
+    let loaded = load_on_bpffs(pins, options);
+    if loaded.is_err() && mounted_bpffs {
+        // Leave the mounts as they were, too.
+        let _ = unmount_bpffs();
     }
-
-    let new_map_pins: Vec<PathBuf> = MAP_LAYOUTS
-        .iter()
-        .map(|layout| pins.map(layout.name))
-        .filter(|path| !path.exists())
-        .collect();
-    let result = create_pin_subdirs(pins).and_then(|()| load_programs(pins, options));
-    if result.is_err() {
-        // Leave nothing behind that this failed attempt created.
-        for path in &new_map_pins {
-            let _ = fs::remove_file(path);
-        }
-        for dir in new_dirs.iter().rev() {
-            let _ = fs::remove_dir(dir);
-        }
-    }
-    let (replaced, links_updated) = result?;
-
+    // Held to the end: the settings below are part of the load.
+    let (_lock, (replaced, links_updated)) = loaded?;
     if let Some((underlay, link)) = &underlay {
         enable_underlay(pins, underlay, link)?;
     }
@@ -280,11 +265,40 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
     })
 }
 
-fn create_pin_subdirs(pins: &PinDir) -> Result<()> {
-    for dir in [pins.programs_dir(), pins.links_dir()] {
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+/// Creates the pin dir as needed and loads the programs and maps into it,
+/// returning with the pin dir locked; on failure, removes what it created.
+fn load_on_bpffs(pins: &PinDir, options: &LoadOptions) -> Result<(PinDirLock, (bool, usize))> {
+    let new_dirs = pins.create()?;
+    let new_map_pins: Vec<PathBuf> = MAP_LAYOUTS
+        .iter()
+        .map(|layout| pins.map(layout.name))
+        .filter(|path| !path.exists())
+        .collect();
+    let result = (|| {
+        let lock = pins.lock()?;
+        check_pinned_layouts(pins)?;
+        check_pinned_capacity(pins, options)?;
+        if let Some(underlay) = &options.underlay {
+            check_same_underlay(pins, underlay)?;
+        }
+        let loaded = load_programs(pins, options)?;
+        if new_map_pins.contains(&pins.map(map_names::PEER_NODES)) {
+            // An upgrade from a build without `peer_nodes`: its remote
+            // entries' nodes must stay peers, or their VXLAN is dropped.
+            peers::sync(pins, &remotes::node_ips(&Datapath::open(pins)?)?)?;
+        }
+        Ok((lock, loaded))
+    })();
+    if result.is_err() {
+        // Leave nothing behind that this failed attempt created.
+        for path in &new_map_pins {
+            let _ = fs::remove_file(path);
+        }
+        for dir in new_dirs.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
     }
-    Ok(())
+    result
 }
 
 /// The underlay interface, if it exists and carries `node_ip`.
@@ -628,6 +642,13 @@ pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
             pins.root().display()
         );
     }
+    if !pins.is_pin_dir() {
+        bail!(
+            "{} is not a pod-net pin dir (no pod-net-pin-dir marker, no pinned pod_egress); \
+             nothing was removed",
+            pins.root().display()
+        );
+    }
     let _lock = pins.lock()?;
     let mut report = UnloadReport::default();
     let config = if pins.is_loaded() {
@@ -658,6 +679,7 @@ pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
     dirs.extend([
         pins.links_dir(),
         pins.programs_dir(),
+        pins.marker(),
         pins.root().to_path_buf(),
     ]);
     for dir in dirs {

@@ -6,13 +6,27 @@
 //! <pin-dir>/remote_nodes, config, counters     maps
 //! <pin-dir>/progs/<program>                    programs
 //! <pin-dir>/links/<program>/if<N>-<ifname>     TCX link of <program> on ifindex N
+//! <pin-dir>/pod-net-pin-dir                    marker: an empty directory
 //! ```
+//!
+//! A pin dir is where root loads programs and deletes pins, and
+//! `/sys/fs/bpf` is writable by everyone (mode 1777). So a pin dir is taken
+//! only as an absolute path without `..` or symlinks, owned by root and
+//! writable by no one else, never inside another pin dir; `load` creates it
+//! 0700 and mounts bpffs only at `/sys/fs/bpf` itself, when nothing is
+//! mounted there.
 use std::{
     ffi::CString,
-    fs::{self, File},
+    fs::{self, DirBuilder, File},
     io,
-    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
-    path::{Path, PathBuf},
+    os::{
+        fd::AsRawFd as _,
+        unix::{
+            ffi::OsStrExt as _,
+            fs::{DirBuilderExt as _, MetadataExt as _},
+        },
+    },
+    path::{Component, Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -21,6 +35,9 @@ use pod_net_common::program_names;
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/pod-net";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
+/// The empty directory that marks a pod-net pin dir (bpffs holds only
+/// directories and BPF objects, and no names with dots).
+const MARKER: &str = "pod-net-pin-dir";
 
 #[derive(Clone, Debug)]
 pub struct PinDir {
@@ -28,9 +45,26 @@ pub struct PinDir {
 }
 
 impl PinDir {
+    /// A pin dir at `root`, unchecked: for paths the program made itself.
     #[must_use]
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
+    }
+
+    /// A pin dir named by a user (a flag, a CNI config), refused unless it
+    /// is safe to load into and delete from; see the module docs.
+    pub fn checked(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        check_path(&root)?;
+        check_owners(&root)?;
+        if let Some(outer) = root.ancestors().skip(1).find(|dir| is_pin_dir(dir)) {
+            bail!(
+                "pin dir {} is inside pod-net pin dir {}; pick a path outside it",
+                root.display(),
+                outer.display()
+            );
+        }
+        Ok(Self { root })
     }
 
     #[must_use]
@@ -106,6 +140,60 @@ impl PinDir {
             .find(|link| link.ifindex == ifindex))
     }
 
+    /// The marker `load` leaves, so that `unload` never deletes in a
+    /// directory that is not a pin dir.
+    #[must_use]
+    pub fn marker(&self) -> PathBuf {
+        self.root.join(MARKER)
+    }
+
+    /// Whether this is a pod-net pin dir: marked, or loaded by a version
+    /// from before the marker.
+    #[must_use]
+    pub fn is_pin_dir(&self) -> bool {
+        is_pin_dir(&self.root)
+    }
+
+    /// Creates the missing directories of the pin dir, 0700, and marks it.
+    /// Refuses an existing directory with other contents. Returns the
+    /// directories it created, deepest last.
+    pub fn create(&self) -> Result<Vec<PathBuf>> {
+        if self.root.exists() && !self.is_pin_dir() {
+            let mut entries = fs::read_dir(&self.root)
+                .with_context(|| format!("reading {}", self.root.display()))?
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect::<Vec<_>>();
+            if !entries.is_empty() {
+                entries.sort();
+                bail!(
+                    "{} is not a pod-net pin dir (it holds {}); pick another pin dir",
+                    self.root.display(),
+                    entries.join(", ")
+                );
+            }
+        }
+        let mut created: Vec<PathBuf> = self
+            .root
+            .ancestors()
+            .take_while(|dir| !dir.exists())
+            .map(Path::to_path_buf)
+            .collect();
+        created.reverse();
+        for dir in [self.marker(), self.programs_dir(), self.links_dir()] {
+            if !dir.exists() {
+                created.push(dir);
+            }
+        }
+        for dir in &created {
+            DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+        Ok(created)
+    }
+
     /// Whether `load` has run here: the program is pinned.
     #[must_use]
     pub fn is_loaded(&self) -> bool {
@@ -156,6 +244,89 @@ fn parse_link_name(name: &str) -> Option<(u32, &str)> {
     Some((index.parse().ok()?, ifname))
 }
 
+fn is_pin_dir(dir: &Path) -> bool {
+    dir.join(MARKER).is_dir() || dir.join("progs").join(program_names::POD_EGRESS).exists()
+}
+
+/// An absolute path with no `.` or `..` and no symlink on the way: what
+/// the text says is where the pins go.
+fn check_path(root: &Path) -> Result<()> {
+    if !root.is_absolute() {
+        bail!("pin dir {} is not an absolute path", root.display());
+    }
+    if root
+        .components()
+        .any(|part| matches!(part, Component::ParentDir | Component::CurDir))
+    {
+        bail!("pin dir {} contains `..` or `.`", root.display());
+    }
+    for dir in root.ancestors() {
+        match fs::symlink_metadata(dir) {
+            Ok(meta) if meta.file_type().is_symlink() => bail!(
+                "pin dir {} goes through the symlink {}; name the real directory",
+                root.display(),
+                dir.display()
+            ),
+            Ok(meta) if !meta.is_dir() => {
+                bail!(
+                    "pin dir {}: {} is not a directory",
+                    root.display(),
+                    dir.display()
+                );
+            }
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("inspecting {}", dir.display())),
+        }
+    }
+    Ok(())
+}
+
+/// The pin dir and its parents up to the bpffs mount belong to us and are
+/// writable by no one else, so no one else can swap what they hold.
+fn check_owners(root: &Path) -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    for dir in root.ancestors() {
+        let Ok(meta) = fs::metadata(dir) else {
+            continue;
+        };
+        let is_mount_root = dir
+            .parent()
+            .and_then(|parent| fs::metadata(parent).ok())
+            .is_none_or(|parent| parent.dev() != meta.dev());
+        if is_mount_root {
+            if dir == root {
+                bail!(
+                    "pin dir {} is the root of a filesystem; use a directory below it",
+                    root.display()
+                );
+            }
+            break;
+        }
+        if meta.uid() != euid {
+            bail!(
+                "pin dir {}: {} is owned by uid {}, not by uid {euid} running pod-net",
+                root.display(),
+                dir.display(),
+                meta.uid()
+            );
+        }
+        // A sticky directory of ours above the pin dir (/tmp, /sys/fs/bpf)
+        // lets others add names but not move ours.
+        let sticky_parent = dir != root && meta.mode() & 0o1000 != 0;
+        if meta.mode() & 0o022 != 0 && !sticky_parent {
+            bail!(
+                "pin dir {}: {} is writable by group or others (mode {:o})",
+                root.display(),
+                dir.display(),
+                meta.mode() & 0o7777
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Whether `path` lies on a bpf filesystem.
 pub fn is_on_bpffs(path: &Path) -> Result<bool> {
     let c_path = CString::new(path.as_os_str().as_bytes())
@@ -169,9 +340,10 @@ pub fn is_on_bpffs(path: &Path) -> Result<bool> {
     Ok(stat.f_type == BPF_FS_MAGIC)
 }
 
-/// Makes sure the pin dir can be created on bpffs, mounting bpffs at
-/// /sys/fs/bpf when that is where the pin dir lives and nothing is mounted.
-/// Returns whether it mounted.
+/// Makes sure the pin dir can be created on bpffs: its nearest existing
+/// directory is on bpffs already, or the pin dir is below `/sys/fs/bpf`
+/// and nothing at all is mounted there, and bpffs gets mounted there.
+/// Returns whether it mounted. Expects a [`PinDir::checked`] path.
 pub fn ensure_bpffs(pin_dir: &Path) -> Result<bool> {
     let existing = pin_dir
         .ancestors()
@@ -181,13 +353,18 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<bool> {
         return Ok(false);
     }
     let mount_point = Path::new(BPFFS_MOUNT_POINT);
-    if !pin_dir.starts_with(mount_point) {
+    if !pin_dir.starts_with(mount_point) || pin_dir == mount_point {
         bail!(
             "pin dir {} is not on a bpf filesystem; use a path under {BPFFS_MOUNT_POINT}",
             pin_dir.display()
         );
     }
-    fs::create_dir_all(mount_point).with_context(|| format!("creating {BPFFS_MOUNT_POINT}"))?;
+    if is_mount_point(mount_point)? {
+        bail!(
+            "{BPFFS_MOUNT_POINT} has another filesystem mounted on it, not bpffs; \
+             pod-net will not mount over it"
+        );
+    }
     let target = CString::new(BPFFS_MOUNT_POINT)?;
     let fstype = CString::new("bpf")?;
     // SAFETY: all strings are NUL-terminated and outlive the call.
@@ -205,6 +382,29 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<bool> {
             .with_context(|| format!("mounting bpffs at {BPFFS_MOUNT_POINT}"));
     }
     Ok(true)
+}
+
+/// Undoes [`ensure_bpffs`]'s mount after a load that failed.
+pub fn unmount_bpffs() -> Result<()> {
+    let target = CString::new(BPFFS_MOUNT_POINT)?;
+    // SAFETY: the string is NUL-terminated and outlives the call.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("unmounting bpffs at {BPFFS_MOUNT_POINT}"));
+    }
+    Ok(())
+}
+
+/// Whether a filesystem is mounted at `dir` (it is on another device than
+/// its parent, or it is `/`).
+fn is_mount_point(dir: &Path) -> Result<bool> {
+    let meta = fs::metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
+    let Some(parent) = dir.parent() else {
+        return Ok(true);
+    };
+    let parent =
+        fs::metadata(parent).with_context(|| format!("inspecting {}", parent.display()))?;
+    Ok(parent.dev() != meta.dev())
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::{
     mac::MacAddr,
     map_batch::{self, BatchError},
     netdev::{self, Link},
+    peers,
     pins::PinDir,
     tunnel::{self, RemoteRoute},
 };
@@ -61,11 +62,13 @@ pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
     let route = [remote_route(spec.cidr, &value)];
 
     let _lock = pins.lock()?;
+    let new_peer = peers::admit(pins, &BTreeSet::from([spec.node_ip]))?;
     match insert_new(pins, &[spec.cidr], &[value]) {
         Ok(()) => {}
         Err(InsertFailure::Exists(_)) => {
             let existing = exact_value(&datapath, spec.cidr)?;
             if existing == value {
+                new_peer.keep();
                 // Make sure the kernel's side is there too.
                 tunnel::add_routes(&device, &route)?;
                 return Ok(AddOutcome::Unchanged);
@@ -84,6 +87,7 @@ pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
         let _ = delete(pins, &[spec.cidr]);
         return Err(err);
     }
+    new_peer.keep();
     Ok(AddOutcome::Added)
 }
 
@@ -110,6 +114,7 @@ pub fn add_many(pins: &PinDir, specs: &[NodeSpec]) -> Result<()> {
         .collect();
 
     let _lock = pins.lock()?;
+    let new_peers = peers::admit(pins, &specs.iter().map(|spec| spec.node_ip).collect())?;
     insert_new(pins, &cidrs, &values).map_err(|failure| failure.into_error(&datapath, &cidrs))?;
     if let Err(err) = tunnel::add_routes(&device, &routes) {
         // Leave the node as it was.
@@ -117,6 +122,7 @@ pub fn add_many(pins: &PinDir, specs: &[NodeSpec]) -> Result<()> {
         let _ = tunnel::remove_routes(&device, &routes, &[]);
         return Err(err.context("nothing was added"));
     }
+    new_peers.keep();
     Ok(())
 }
 
@@ -163,6 +169,7 @@ pub fn del_many(pins: &PinDir, cidrs: &[Cidr]) -> Result<Vec<NodeEntry>> {
         .filter(|(_, node)| !still_used.contains(&node.node_ip))
         .map(|(_, node)| (Ipv4Addr::from(node.node_ip), node.vtep_mac))
         .collect();
+    peers::remove(pins, gone_nodes.iter().map(|(node_ip, _)| *node_ip))?;
     if let Ok(device) = tunnel_device(&config) {
         let routes: Vec<RemoteRoute> = removed
             .iter()
@@ -377,6 +384,14 @@ fn remote_route(cidr: Cidr, node: &RemoteNode) -> RemoteRoute {
 fn open_table(pins: &PinDir, table: Table) -> Result<MapData> {
     let path = pins.map(table.map_name());
     MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// The nodes the remote entries send to: the peers whose VXLAN is opened.
+pub fn node_ips(datapath: &Datapath) -> Result<BTreeSet<Ipv4Addr>> {
+    Ok(entries(datapath)?
+        .iter()
+        .map(|(_, node)| Ipv4Addr::from(node.node_ip))
+        .collect())
 }
 
 /// Every remote entry, sorted by prefix.

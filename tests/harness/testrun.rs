@@ -14,7 +14,9 @@ use aya::{
 pub use pod_net_common::Endpoint;
 use pod_net_common::{
     Config, Counter, EndpointKey, Reason, RemoteAddr, RemoteNode, map_names, program_names,
-    remote::{IPV4_MAPPED_PREFIX_BITS, REMOTE_F_VTEP_MAC, derived_vtep_mac},
+    remote::{
+        IPV4_MAPPED_PREFIX_BITS, PEER_F_VXLAN, PeerNode, REMOTE_F_VTEP_MAC, derived_vtep_mac,
+    },
 };
 
 pub const TC_ACT_OK: u32 = 0;
@@ -170,6 +172,24 @@ impl Harness {
                 .try_into()?;
             remotes.insert(&Key::new(trie_len, addr), value, 0)?;
         }
+        // As `pod-net node add` does: the node becomes a VXLAN peer.
+        self.add_peer(node_ip)
+    }
+
+    /// Makes `node_ip` a node whose VXLAN this node opens (`peer_nodes`).
+    pub fn add_peer(&mut self, node_ip: Ipv4Addr) -> Result<()> {
+        let mut peers: HashMap<&mut MapData, [u8; 4], PeerNode> = self
+            .ebpf
+            .map_mut(map_names::PEER_NODES)
+            .context("no peer_nodes map")?
+            .try_into()?;
+        peers.insert(
+            node_ip.octets(),
+            PeerNode {
+                flags: PEER_F_VXLAN,
+            },
+            0,
+        )?;
         Ok(())
     }
 

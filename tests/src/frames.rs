@@ -1,6 +1,9 @@
 //! Hand-built frames with exact bytes, for `BPF_PROG_TEST_RUN` cases and
 //! raw-socket injection.
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
@@ -201,6 +204,21 @@ pub fn arp_request(sender_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> V
     frame
 }
 
+/// A UDP datagram with `payload` from `macs.1` to `macs.0`.
+#[must_use]
+pub fn udp_frame(
+    macs: ([u8; 6], [u8; 6]),
+    ip: &Ipv4,
+    ports: (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut frame = ethernet(macs.0, macs.1, ETH_P_IP);
+    frame.extend_from_slice(&ip.header(8 + payload.len()));
+    frame.extend_from_slice(&udp_header(ports.0, ports.1, payload.len()));
+    frame.extend_from_slice(payload);
+    frame
+}
+
 /// A UDP header for `payload_len` bytes, with a zero checksum (as VXLAN
 /// over IPv4 sends it).
 #[must_use]
@@ -266,6 +284,15 @@ pub fn mac(text: &str) -> [u8; 6] {
         .collect();
     out.copy_from_slice(&parts);
     out
+}
+
+/// Lower-case hex, as `pod-net-probe` takes frames and payloads.
+#[must_use]
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut hex, byte| {
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    })
 }
 
 #[cfg(test)]

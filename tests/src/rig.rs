@@ -13,7 +13,6 @@
 //! have no route out of the rig, and the node namespaces have no link to the
 //! host's.
 use std::{
-    fmt::Write as _,
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
@@ -720,10 +719,7 @@ impl Pod {
     /// Sends `frame` raw out of the pod's `eth0` (`AF_PACKET`), bypassing
     /// the pod's stack: how tests put malformed frames on the wire.
     pub fn inject(&self, frame: &[u8]) -> Result<()> {
-        let hex = frame.iter().fold(String::new(), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        });
+        let hex = crate::frames::hex(frame);
         let binary = sibling_binary("pod-net-probe");
         self.exec(&[
             binary.to_str().unwrap_or("pod-net-probe"),

@@ -59,7 +59,8 @@ fn a_map_of_another_layout_is_refused_and_kept() {
     })
     .unwrap();
     let node = rig.node(1);
-    std::fs::create_dir_all(&node.pin_dir).unwrap();
+    // A pin dir another pod-net version made: marked, with its own map.
+    std::fs::create_dir_all(node.pin_dir.join("pod-net-pin-dir")).unwrap();
     let map = node.pin_dir.join("local_endpoints");
     let map = map.to_str().unwrap();
     let bpftool = |args: &str| {

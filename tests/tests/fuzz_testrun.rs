@@ -1,8 +1,10 @@
 //! A seeded fuzzer for the programs under `BPF_PROG_TEST_RUN`: random and
 //! mutated IPv4 and IPv6 frames (truncated, oversized, IP options,
-//! fragments, bogus VXLAN, wrong checksums, VLAN tags). Every frame must land in exactly one
-//! counter reason, and no frame an independent parser calls malformed may
-//! be redirected. `POD_NET_FUZZ_ITERATIONS` runs longer (CI: a bounded
+//! fragments, bogus VXLAN, wrong checksums, VLAN tags, broadcast and
+//! multicast MACs, forged pod sources, VXLAN from strangers). Every frame
+//! must land in exactly one counter reason, and no frame an independent
+//! parser calls malformed, forged, L2-broadcast or from a stranger may be
+//! redirected. `POD_NET_FUZZ_ITERATIONS` runs longer (CI: a bounded
 //! corpus); `POD_NET_FUZZ_SEED` replays a run.
 #[path = "../harness/testrun.rs"]
 mod testrun;
@@ -29,6 +31,10 @@ const REMOTE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 7);
 const MAC_A: [u8; 6] = [2, 0, 0x0a, 0xf4, 1, 2];
 const MAC_B: [u8; 6] = [2, 0, 0x0a, 0xf4, 1, 3];
 const GATEWAY: [u8; 6] = [2, 0xbb, 0, 0, 0, 1];
+/// On the underlay, but not a node any remote entry sends to.
+const STRANGER: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 66);
+const FORGED: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 77);
+const FORGED6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 0x77);
 
 /// splitmix64: small, seeded, good enough to pick mutations.
 struct Rng(u64);
@@ -112,28 +118,33 @@ fn pod_frame(rng: &mut Rng) -> Vec<u8> {
         [POD_B, REMOTE, Ipv4Addr::new(10, 96, 0, 1)][rng.below(3)].into()
     };
     let to_b = dst == IpAddr::from(POD_B) || dst == IpAddr::from(POD_B6);
-    let dst_mac = if to_b && rng.below(2) == 0 {
-        MAC_B
-    } else {
-        GATEWAY
+    let dst_mac = match rng.below(8) {
+        0 => [0xff; 6],
+        1 if v6 => [0x33, 0x33, 0, 0, 0, 1],
+        1 => [0x01, 0x00, 0x5e, 0, 0, 1],
+        _ if to_b && rng.below(2) == 0 => MAC_B,
+        _ => GATEWAY,
     };
+    let forged = rng.below(4) == 0;
     let hops = [1, 2, 64][rng.below(3)];
     let transport = rng.below(3);
     let (ether_type, header, l4) = match dst {
         IpAddr::V4(dst) => {
             let protocol = [IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP][transport];
+            let src = if forged { FORGED } else { POD_A };
             let ip = Ipv4 {
                 ttl: hops,
-                ..Ipv4::new(POD_A, dst, protocol)
+                ..Ipv4::new(src, dst, protocol)
             };
             let l4 = transport_payload(rng, transport);
             (ETH_P_IP, ip.header(l4.len()), l4)
         }
         IpAddr::V6(dst) => {
             let protocol = [IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP][transport];
+            let src = if forged { FORGED6 } else { POD_A6 };
             let ip = Ipv6 {
                 hop_limit: hops,
-                ..Ipv6::new(POD_A6, dst, protocol)
+                ..Ipv6::new(src, dst, protocol)
             };
             let l4 = transport_payload(rng, transport);
             (ETH_P_IPV6, ip.header(l4.len()), l4)
@@ -189,9 +200,10 @@ fn vxlan_frame(rng: &mut Rng) -> Vec<u8> {
         };
         frames::ping_frame([0x0e; 6], [0x0e; 6], &ip)
     };
+    let outer_src = if rng.below(4) == 0 { STRANGER } else { NODE_2 };
     frames::vxlan_frame(
         ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]),
-        &Ipv4::new(NODE_2, NODE_1, IPPROTO_UDP),
+        &Ipv4::new(outer_src, NODE_1, IPPROTO_UDP),
         (50000, 8472),
         1,
         &inner,
@@ -270,6 +282,22 @@ fn pod_frame_malformed(frame: &[u8]) -> bool {
     ip_malformed(frame, 14)
 }
 
+/// Whether a pod frame must never take the fast path whatever else it is:
+/// sent to a broadcast or multicast MAC, or from an address not pod A's.
+fn pod_frame_not_for_fast_path(frame: &[u8]) -> bool {
+    let source_is_a = match ether_type(frame, 14) {
+        ETH_P_IP => frame.get(26..30) == Some(&POD_A.octets()[..]),
+        ETH_P_IPV6 => frame.get(22..38) == Some(&POD_A6.octets()[..]),
+        _ => false,
+    };
+    frame[0] & 1 != 0 || !source_is_a
+}
+
+/// Whether a VXLAN frame's outer source is not node 2, the one peer.
+fn vxlan_from_stranger(frame: &[u8]) -> bool {
+    ether_type(frame, 14) != ETH_P_IP || frame.get(26..30) != Some(&NODE_2.octets()[..])
+}
+
 /// A VXLAN frame is malformed if any header on the way to the inner
 /// network one is unusable or cut.
 fn vxlan_malformed(frame: &[u8]) -> bool {
@@ -290,7 +318,7 @@ fn total_packets(harness: &Harness) -> u64 {
 }
 
 #[test]
-fn every_fuzzed_frame_lands_in_one_reason_and_no_malformed_frame_is_redirected() {
+fn every_fuzzed_frame_lands_in_one_reason_and_no_suspect_frame_is_redirected() {
     if !require_root("every_fuzzed_frame_lands_in_one_reason") {
         return;
     }
@@ -314,14 +342,14 @@ fn every_fuzzed_frame_lands_in_one_reason_and_no_malformed_frame_is_redirected()
         let context = || format!("seed {:#x} iteration {iteration}: {frame:02x?}", seed());
         let before = total_packets(&harness);
         if vxlan {
-            let malformed = vxlan_malformed(&frame);
+            let must_not_redirect = vxlan_malformed(&frame) || vxlan_from_stranger(&frame);
             // XDP first: it counts only what it delivers or drops.
             if let Ok(run) = harness.run_xdp(&frame) {
                 let counted = total_packets(&harness) - before;
                 let owned = run.action == XDP_REDIRECT || run.action == XDP_DROP;
                 assert_eq!(counted, u64::from(owned), "xdp {}", context());
                 assert!(
-                    !(malformed && run.action == XDP_REDIRECT),
+                    !(must_not_redirect && run.action == XDP_REDIRECT),
                     "xdp redirected {}",
                     context()
                 );
@@ -332,7 +360,7 @@ fn every_fuzzed_frame_lands_in_one_reason_and_no_malformed_frame_is_redirected()
                     runs += 1;
                     assert_eq!(total_packets(&harness) - before, 1, "tc {}", context());
                     assert!(
-                        !(malformed && run.action == TC_ACT_REDIRECT),
+                        !(must_not_redirect && run.action == TC_ACT_REDIRECT),
                         "tc redirected {}",
                         context()
                     );
@@ -342,13 +370,14 @@ fn every_fuzzed_frame_lands_in_one_reason_and_no_malformed_frame_is_redirected()
                 Err(_) => refused += 1,
             }
         } else {
-            let malformed = pod_frame_malformed(&frame);
+            let must_not_redirect =
+                pod_frame_malformed(&frame) || pod_frame_not_for_fast_path(&frame);
             match harness.run(&frame) {
                 Ok(run) => {
                     runs += 1;
                     assert_eq!(total_packets(&harness) - before, 1, "{}", context());
                     assert!(
-                        !(malformed && run.action == TC_ACT_REDIRECT),
+                        !(must_not_redirect && run.action == TC_ACT_REDIRECT),
                         "redirected {}",
                         context()
                     );

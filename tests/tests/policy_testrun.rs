@@ -167,6 +167,7 @@ fn vxlan_replies_to_a_flow_that_went_to_the_kernel_go_to_the_kernel() {
     }
     let mut harness = node(POD_A, 0);
     harness.set_underlay(NODE_1, 1, 8472).unwrap();
+    harness.add_peer(NODE_2).unwrap();
     let request = l4_frame(
         IPPROTO_TCP,
         (POD_A, MAC_A),
@@ -209,10 +210,5 @@ fn l4_frame(
     if protocol == IPPROTO_TCP {
         return frames::tcp_syn_frame((dst.1, src.1), &ip, ports);
     }
-    let payload = b"query";
-    let mut frame = frames::ethernet(dst.1, src.1, frames::ETH_P_IP);
-    frame.extend_from_slice(&ip.header(8 + payload.len()));
-    frame.extend_from_slice(&frames::udp_header(ports.0, ports.1, payload.len()));
-    frame.extend_from_slice(payload);
-    frame
+    frames::udp_frame((dst.1, src.1), &ip, ports, b"query")
 }

@@ -405,6 +405,7 @@ fn node_1_with_xdp() -> Harness {
         .add_endpoint(POD_A, endpoint(LOOPBACK_IFINDEX, MAC_A, GATEWAY_MAC))
         .unwrap();
     harness.add_pod_veth(LOOPBACK_IFINDEX).unwrap();
+    harness.add_peer(NODE_2).unwrap();
     harness
 }
 

@@ -123,7 +123,8 @@ fn dispatch(env: &Env, stdin: &[u8]) -> Step<String> {
         return Ok(version());
     }
     let conf = parse_conf(stdin)?;
-    let pins = PinDir::new(&conf.pin_dir);
+    let pins = PinDir::checked(&conf.pin_dir)
+        .map_err(|err| Failure::new(codes::INVALID_CONFIG, format!("pinDir: {err:#}")))?;
     match command {
         "ADD" => add(env, &conf, &pins),
         "DEL" => del(env, &pins).map(|()| String::new()),

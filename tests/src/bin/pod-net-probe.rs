@@ -8,6 +8,9 @@
 //!   TCX in `net show`).
 //! - `pod-net-probe get HOST:PORT PATH` prints the body of an HTTP GET
 //!   (the agent's `/metrics`, from inside its namespace).
+//! - `pod-net-probe send-udp FROM_IP TO_IP:PORT HEX` sends one UDP datagram
+//!   with that payload through the namespace's own stack (`FROM_IP` 0.0.0.0:
+//!   any source), as any process in a pod or on a node could.
 #![expect(
     clippy::cast_possible_wrap,
     reason = "ifindex and sockaddr sizes are small"
@@ -24,7 +27,14 @@ fn main() -> ExitCode {
         }
         [_, command, iface] if command == "tcx" => tcx_ingress(iface),
         [_, command, address, path] if command == "get" => http_get(address, path),
-        _ => Err("usage: pod-net-probe inject IFACE HEX | tcx IFACE | get HOST:PORT PATH".into()),
+        [_, command, from, to, hex] if command == "send-udp" => {
+            decode_hex(hex).and_then(|payload| send_udp(from, to, &payload))
+        }
+        _ => Err(
+            "usage: pod-net-probe inject IFACE HEX | tcx IFACE | get HOST:PORT PATH \
+                  | send-udp FROM_IP TO_IP:PORT HEX"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -33,6 +43,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn send_udp(from: &str, to: &str, payload: &[u8]) -> Result<(), String> {
+    let socket =
+        std::net::UdpSocket::bind((from, 0)).map_err(|err| format!("bind {from}: {err}"))?;
+    socket
+        .send_to(payload, to)
+        .map_err(|err| format!("send to {to}: {err}"))?;
+    Ok(())
 }
 
 fn http_get(address: &str, path: &str) -> Result<(), String> {

@@ -46,6 +46,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "util-linux",
         "unshare and nsenter for private mount namespaces",
     ),
+    (
+        "netsniff-ng",
+        "trafgen, a low-overhead packet generator for the bench",
+    ),
 ];
 
 /// The LLVM bpf-linker must be built against.

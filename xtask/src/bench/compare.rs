@@ -1,7 +1,7 @@
 //! Measuring several paths round-robin in one run, and turning the samples
 //! into report rows.
 use anyhow::Result;
-use pod_net_tests::Pod;
+use pod_net_tests::{Node, Pod};
 
 use super::{
     BenchOptions,
@@ -12,13 +12,48 @@ use super::{
 /// How the figures are taken, for the report notes.
 pub const METHOD: &str = "TCP: one iperf3 stream; TCP per busy CPU: that throughput over the \
     CPUs busy during it; UDP: one iperf3 stream of 64-byte datagrams, packets that arrived per \
-    second; latency: sockperf UDP ping-pong, median one-way.";
+    second; latency: sockperf UDP ping-pong, median one-way; TCP RR: sockperf ping-pong over \
+    TCP, 64-byte messages, transactions per second and one-way p50/p99; generator: trafgen \
+    (netsniff-ng) sending 60-byte UDP frames from one pod, counted at the other pod's eth0, at \
+    full speed (max) and at 150 kpps (machine-wide CPU time per delivered packet).";
 
 /// A named path: traffic from the first pod to the second.
 pub struct Path<'a> {
     pub name: &'static str,
     pub client: &'a Pod,
     pub server: &'a Pod,
+    /// A variant of pod-net on shared pods: `pod-net load ARGS` on these
+    /// nodes before each of the path's samples (a hitless reload), so that
+    /// two variants differ only by what the reload changes.
+    pub reload: Option<(Vec<&'a Node>, &'a [&'a str])>,
+}
+
+impl<'a> Path<'a> {
+    /// A path of its own pods.
+    pub fn new(name: &'static str, client: &'a Pod, server: &'a Pod) -> Self {
+        Self {
+            name,
+            client,
+            server,
+            reload: None,
+        }
+    }
+
+    /// A variant on shared pods, selected by `pod-net load reload_args` on
+    /// `nodes`.
+    pub fn variant(
+        name: &'static str,
+        (client, server): (&'a Pod, &'a Pod),
+        nodes: Vec<&'a Node>,
+        reload_args: &'a [&'a str],
+    ) -> Self {
+        Self {
+            name,
+            client,
+            server,
+            reload: Some((nodes, reload_args)),
+        }
+    }
 }
 
 /// Samples every path once per round, rotating which goes first so none
@@ -29,15 +64,26 @@ pub fn sample_round_robin(paths: &[Path<'_>], options: &BenchOptions) -> Result<
         for offset in 0..paths.len() {
             let index = (round + offset) % paths.len();
             let path = &paths[index];
+            if let Some((nodes, args)) = &path.reload {
+                let mut load = vec!["load"];
+                load.extend_from_slice(args);
+                for node in nodes {
+                    node.pod_net(&load)?;
+                }
+            }
             let sample = measure::sample(path.client, path.server, options.durations)?;
             println!(
-                "bench: round {}/{} {:<12} TCP {:>5.1} Gbit/s  UDP-64B {:>5.0} kpps  p50 {:>5.1} µs",
+                "bench: round {}/{} {:<12} TCP {:>5.1} Gbit/s  UDP-64B {:>5.0} kpps  p50 {:>5.1} µs  \
+                 RR {:>6.0}/s  generator {:>5.0} kpps, {:>5.0} ns/packet",
                 round + 1,
                 options.rounds,
                 path.name,
                 sample.tcp_gbps,
                 sample.udp_kpps,
-                sample.latency_p50_us
+                sample.latency_p50_us,
+                sample.tcp_rr.transactions_per_second,
+                sample.generator.max_kpps,
+                sample.generator.cpu_ns_per_packet
             );
             samples[index].push(sample);
         }
@@ -70,5 +116,14 @@ pub fn rows(paths: &[Path<'_>], samples: &[Vec<Sample>]) -> Vec<Row> {
         }),
         row("UDP 64 B", "kpps", true, |s| s.udp_kpps),
         row("latency p50", "µs", false, |s| s.latency_p50_us),
+        row("TCP RR", "transactions/s", true, |s| {
+            s.tcp_rr.transactions_per_second
+        }),
+        row("TCP RR p50", "µs", false, |s| s.tcp_rr.p50_us),
+        row("TCP RR p99", "µs", false, |s| s.tcp_rr.p99_us),
+        row("generator max", "kpps", true, |s| s.generator.max_kpps),
+        row("CPU per packet, fixed rate", "ns", false, |s| {
+            s.generator.cpu_ns_per_packet
+        }),
     ]
 }

@@ -1,9 +1,12 @@
 //! One measurement between two pods: iperf3 TCP, iperf3 UDP 64-byte pps,
-//! sockperf UDP ping-pong latency.
+//! sockperf UDP ping-pong latency, sockperf TCP request/response, and the
+//! packet generator's maximum rate and CPU per packet.
 use std::{thread, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use pod_net_tests::Pod;
+
+use super::generator;
 
 /// Seconds each traffic run lasts.
 #[derive(Clone, Copy, Debug)]
@@ -11,6 +14,8 @@ pub struct Durations {
     pub tcp: u32,
     pub udp: u32,
     pub latency: u32,
+    /// Each of the generator's two runs (full speed, fixed rate).
+    pub generator: u32,
 }
 
 /// One sample of every figure.
@@ -22,6 +27,18 @@ pub struct Sample {
     pub tcp_gbps_per_busy_cpu: f64,
     pub udp_kpps: f64,
     pub latency_p50_us: f64,
+    /// TCP request/response (sockperf ping-pong over TCP, 64 bytes).
+    pub tcp_rr: TcpRr,
+    pub generator: generator::GeneratorFigures,
+}
+
+/// One TCP transaction after another: a request, its response.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpRr {
+    pub transactions_per_second: f64,
+    /// One-way latency, as sockperf reports it (half a transaction).
+    pub p50_us: f64,
+    pub p99_us: f64,
 }
 
 pub fn sample(client: &Pod, server: &Pod, durations: Durations) -> Result<Sample> {
@@ -33,18 +50,20 @@ pub fn sample(client: &Pod, server: &Pod, durations: Durations) -> Result<Sample
         tcp_gbps_per_busy_cpu: tcp_gbps / busy_cpus.max(0.01),
         udp_kpps: udp_64b_kpps(client, server, durations.udp)?,
         latency_p50_us: latency_p50_us(client, server, durations.latency)?,
+        tcp_rr: tcp_rr(client, server, durations.latency)?,
+        generator: generator::measure(client, server, durations.generator)?,
     })
 }
 
 /// The machine's CPU time counters (/proc/stat, first line).
-struct CpuTimes {
+pub struct CpuTimes {
     busy: u64,
     total: u64,
     cpus: u32,
 }
 
 impl CpuTimes {
-    fn read() -> Result<Self> {
+    pub fn read() -> Result<Self> {
         let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
         let fields: Vec<u64> = stat
             .lines()
@@ -65,6 +84,17 @@ impl CpuTimes {
             total,
             cpus,
         })
+    }
+
+    /// CPU time spent busy, on all CPUs, since `earlier`.
+    pub fn busy_ns_since(&self, earlier: &Self) -> f64 {
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+        #[expect(clippy::cast_precision_loss, reason = "jiffies fit f64 well")]
+        let busy = self.busy.saturating_sub(earlier.busy) as f64;
+        #[expect(clippy::cast_precision_loss, reason = "a small constant")]
+        let ticks_per_second = ticks_per_second as f64;
+        busy * 1e9 / ticks_per_second
     }
 
     /// How many CPUs were busy on average since `earlier`.
@@ -103,12 +133,30 @@ fn udp_64b_kpps(client: &Pod, server: &Pod, seconds: u32) -> Result<f64> {
 
 /// Median one-way latency of sockperf's UDP ping-pong (64-byte messages).
 fn latency_p50_us(client: &Pod, server: &Pod, seconds: u32) -> Result<f64> {
+    let output = sockperf_ping_pong(client, server, seconds, &[])?;
+    parse_sockperf_percentile(&output, "50.000")
+}
+
+/// sockperf's ping-pong over TCP: transactions per second, and the median
+/// and 99th percentile of one transaction's one-way latency.
+fn tcp_rr(client: &Pod, server: &Pod, seconds: u32) -> Result<TcpRr> {
+    let output = sockperf_ping_pong(client, server, seconds, &["--tcp"])?;
+    Ok(TcpRr {
+        transactions_per_second: parse_sockperf_rate(&output)?,
+        p50_us: parse_sockperf_percentile(&output, "50.000")?,
+        p99_us: parse_sockperf_percentile(&output, "99.000")?,
+    })
+}
+
+fn sockperf_ping_pong(client: &Pod, server: &Pod, seconds: u32, extra: &[&str]) -> Result<String> {
     let address = server.ip.to_string();
-    let _server = server.spawn(&["sockperf", "server", "-i", &address, "-p", "11111"])?;
-    // sockperf's server is UDP: give it a moment to bind.
+    let mut server_args = vec!["sockperf", "server", "-i", &address, "-p", "11111"];
+    server_args.extend_from_slice(extra);
+    let _server = server.spawn(&server_args)?;
+    // Give the server a moment to bind (and, for TCP, to listen).
     thread::sleep(Duration::from_millis(300));
     let seconds = seconds.to_string();
-    let output = client.exec(&[
+    let mut client_args = vec![
         "sockperf",
         "ping-pong",
         "-i",
@@ -119,20 +167,43 @@ fn latency_p50_us(client: &Pod, server: &Pod, seconds: u32) -> Result<f64> {
         &seconds,
         "-m",
         "64",
-    ])?;
-    parse_sockperf_p50(&output)
+    ];
+    client_args.extend_from_slice(extra);
+    client.exec(&client_args)
 }
 
-fn parse_sockperf_p50(output: &str) -> Result<f64> {
+fn parse_sockperf_percentile(output: &str, percentile: &str) -> Result<f64> {
+    let marker = format!("percentile {percentile} =");
     for line in output.lines() {
-        if let Some(rest) = line.split("percentile 50.000 =").nth(1) {
+        if let Some(rest) = line.split(marker.as_str()).nth(1) {
             return rest
                 .trim()
                 .parse()
-                .with_context(|| format!("sockperf p50 in {line:?}"));
+                .with_context(|| format!("sockperf percentile in {line:?}"));
         }
     }
-    bail!("no median in sockperf output: {output}")
+    bail!("no {percentile} percentile in sockperf output: {output}")
+}
+
+/// Round trips per second: `ReceivedMessages` over `RunTime` of the valid
+/// part of the run.
+fn parse_sockperf_rate(output: &str) -> Result<f64> {
+    let line = output
+        .lines()
+        .find(|line| line.contains("[Valid Duration]"))
+        .with_context(|| format!("no valid duration in sockperf output: {output}"))?;
+    let field = |name: &str| -> Result<f64> {
+        line.split(name)
+            .nth(1)
+            .and_then(|rest| {
+                rest.trim_start()
+                    .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                    .next()
+            })
+            .and_then(|number| number.parse().ok())
+            .with_context(|| format!("no {name} in {line:?}"))
+    };
+    Ok(field("ReceivedMessages=")? / field("RunTime=")?.max(1e-9))
 }
 
 #[cfg(test)]
@@ -140,10 +211,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_sockperf_median() {
-        let output = "sockperf: ---> percentile 75.000 =   15.529\n\
+    fn reads_the_sockperf_percentiles_and_rate() {
+        let output = "sockperf: [Valid Duration] RunTime=2.990 sec; SentMessages=89700; \
+                      ReceivedMessages=89700\n\
+                      sockperf: ---> percentile 99.000 =   31.250\n\
+                      sockperf: ---> percentile 75.000 =   15.529\n\
                       sockperf: ---> percentile 50.000 =   13.740\n";
-        assert!((parse_sockperf_p50(output).unwrap() - 13.74).abs() < 1e-9);
-        assert!(parse_sockperf_p50("nothing").is_err());
+        assert!((parse_sockperf_percentile(output, "50.000").unwrap() - 13.74).abs() < 1e-9);
+        assert!((parse_sockperf_percentile(output, "99.000").unwrap() - 31.25).abs() < 1e-9);
+        assert!((parse_sockperf_rate(output).unwrap() - 30_000.0).abs() < 1e-6);
+        assert!(parse_sockperf_percentile("nothing", "50.000").is_err());
+        assert!(parse_sockperf_rate("nothing").is_err());
     }
 }

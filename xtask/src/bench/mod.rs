@@ -4,6 +4,7 @@
 mod cni;
 mod compare;
 mod cross_node;
+mod generator;
 mod measure;
 mod report;
 mod same_node;
@@ -57,6 +58,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             tcp: args.seconds,
             udp: 3,
             latency: 3,
+            generator: 3,
         },
     };
     let (reports, name) = match args.suite {

@@ -8,6 +8,9 @@
 //! - A pinned link on a veth no entry uses is removed: an add that died
 //!   between attaching and storing the entry, or a del between the two.
 //! - A `pod_veths` (XDP) entry no pod uses is removed.
+//! - The tunnel device is brought in step with the remote entries: a route,
+//!   neighbour or FDB entry an entry needs is written again, one no entry
+//!   explains is removed (see `tunnel_sync`).
 //!
 //! Everything runs under the pin dir lock, so it never races a live add.
 use std::{
@@ -26,6 +29,7 @@ use crate::{
     datapath::{Datapath, endpoint_ip, endpoint_key},
     netdev::{self, Link, LinkKind},
     pins::PinDir,
+    tunnel_sync::{self, Fix},
     xdp,
 };
 
@@ -41,6 +45,12 @@ pub enum Repair {
     DetachOrphan { ifindex: u32, ifname: String },
     /// `pod_veths` holds an interface no entry uses.
     ForgetXdpVeth { ifindex: u32 },
+    /// The tunnel device is out of step with the remote entries.
+    Tunnel {
+        device: String,
+        #[serde(flatten)]
+        fix: Fix,
+    },
 }
 
 impl fmt::Display for Repair {
@@ -61,6 +71,7 @@ impl fmt::Display for Repair {
                 f,
                 "remove ifindex {ifindex} from pod_veths: no pod is registered there"
             ),
+            Self::Tunnel { device, fix } => write!(f, "{fix} on {device}: {}", fix.reason()),
         }
     }
 }
@@ -118,13 +129,36 @@ pub fn plan(pins: &PinDir, datapath: &Datapath) -> Result<Vec<Repair>> {
             repairs.push(Repair::ForgetXdpVeth { ifindex });
         }
     }
+    // Without its device the tunnel cannot be compared; `status` says the
+    // device is missing and `load` makes it again, in step.
+    if let Some(device) = tunnel_sync::device(&datapath.config()?)? {
+        repairs.extend(
+            tunnel_sync::plan(pins, &device)?
+                .into_iter()
+                .map(|fix| Repair::Tunnel {
+                    device: device.name.clone(),
+                    fix,
+                }),
+        );
+    }
     Ok(repairs)
 }
 
 fn execute(pins: &PinDir, datapath: &mut Datapath, repairs: &[Repair]) -> Result<()> {
     let xdp_on = xdp::is_on(pins)?;
+    let mut fixes = Vec::new();
     for repair in repairs {
-        make(pins, datapath, xdp_on, repair).with_context(|| repair.to_string())?;
+        match repair {
+            // Thousands at once after a crash: one batch, below.
+            Repair::Tunnel { fix, .. } => fixes.push(fix.clone()),
+            _ => make(pins, datapath, xdp_on, repair).with_context(|| repair.to_string())?,
+        }
+    }
+    if !fixes.is_empty()
+        && let Some(device) = tunnel_sync::device(&datapath.config()?)?
+    {
+        tunnel_sync::execute(&device, &fixes)
+            .with_context(|| format!("mending {} ({} repair(s))", device.name, fixes.len()))?;
     }
     Ok(())
 }
@@ -144,6 +178,8 @@ fn make(pins: &PinDir, datapath: &mut Datapath, xdp_on: bool, repair: &Repair) -
             attach::detach(pins, program_names::POD_EGRESS, *ifindex).map(drop)
         }
         Repair::ForgetXdpVeth { ifindex } => xdp::forget_pod(datapath, *ifindex),
+        // Made in one batch by `execute`.
+        Repair::Tunnel { .. } => Ok(()),
     }
 }
 

@@ -41,7 +41,7 @@ use crate::{
     netdev::{self, Link},
     pins::{PinDir, ensure_bpffs},
     tunnel::{self, TunnelSpec},
-    xdp,
+    tunnel_sync, xdp,
 };
 
 /// Every program in the object.
@@ -222,7 +222,7 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         .filter(|dir| !dir.exists())
         .collect();
     fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-    let _lock = pins.lock()?;
+    let lock = pins.lock()?;
     check_pinned_layouts(pins)?;
     check_pinned_capacity(pins, options)?;
     if let Some((underlay, _)) = &underlay {
@@ -248,6 +248,9 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
 
     if let Some((underlay, link)) = &underlay {
         enable_underlay(pins, underlay, link)?;
+        // A tunnel device deleted by hand comes back empty: give it the
+        // remote entries' routes, neighbours and FDB entries again.
+        tunnel_sync::sync(pins, &lock)?;
     }
     let mut datapath = Datapath::open(pins)?;
     let mut config = datapath.config()?;

@@ -71,6 +71,7 @@ pub struct PodEntry {
 /// Registers `spec`: resolves the veth and MACs, attaches the program, and
 /// stores the entry. Adding the same pod again changes nothing.
 pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<Added> {
+    pins.require_loaded()?;
     let lock = pins.lock()?;
     add_locked(pins, &lock, spec)
 }
@@ -150,6 +151,7 @@ pub fn add_locked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<A
 /// Removes the entry for `ip`, and the attachment when no other address of
 /// the pod uses that veth. Returns the removed entry.
 pub fn del_by_ip(pins: &PinDir, ip: IpAddr) -> Result<PodEntry> {
+    pins.require_loaded()?;
     let lock = pins.lock()?;
     del_by_ip_locked(pins, &lock, ip)
 }

@@ -123,6 +123,7 @@ pub fn add_many(pins: &PinDir, _lock: &PinDirLock, specs: &[NodeSpec]) -> Result
 /// Removes the entry for exactly `cidr`. Afterwards traffic to it is no
 /// longer encapsulated, and the kernel answers it as unroutable.
 pub fn del(pins: &PinDir, cidr: Cidr) -> Result<NodeEntry> {
+    pins.require_loaded()?;
     let lock = pins.lock()?;
     let mut removed = del_many(pins, &lock, &[cidr])?;
     removed

@@ -399,12 +399,10 @@ mod tests {
     fn what_no_entry_explains_goes_and_a_wrong_route_is_replaced() {
         let entries = entries();
         let mut contents = written(&entries);
-        let stale = entry("10.244.9.0/24", [192, 168, 100, 9]);
-        contents.routes.extend(written(&[stale.clone()]).routes);
-        contents
-            .neighbours
-            .extend(written(&[stale.clone()]).neighbours);
-        contents.fdb.extend(written(&[stale]).fdb);
+        let stale = written(&[entry("10.244.9.0/24", [192, 168, 100, 9])]);
+        contents.routes.extend(stale.routes);
+        contents.neighbours.extend(stale.neighbours);
+        contents.fdb.extend(stale.fdb);
         // 10.244.3.7/32 now goes to node 2.
         contents.routes[1].via = Some(Ipv4Addr::from(NODE_2).into());
         let lines: Vec<String> = diff(&entries, &contents)

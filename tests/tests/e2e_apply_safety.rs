@@ -65,20 +65,19 @@ fn many_remotes(count: u16) -> Vec<Remote> {
 }
 
 fn write_file(path: &Path, pods: &[&Pod], remotes: &[Remote]) {
-    let mut text = String::new();
-    for pod in pods {
-        text += &format!(
+    let pods = pods.iter().map(|pod| {
+        format!(
             "[[pods]]\nip = \"{}\"\nveth = \"{}\"\n",
             pod.ip, pod.host_veth
-        );
-    }
-    for remote in remotes {
-        text += &format!(
+        )
+    });
+    let nodes = remotes.iter().map(|remote| {
+        format!(
             "[[nodes]]\ncidr = \"{}\"\nnode_ip = \"{}\"\n",
             remote.cidr, remote.node_ip
-        );
-    }
-    std::fs::write(path, text).unwrap();
+        )
+    });
+    std::fs::write(path, pods.chain(nodes).collect::<String>()).unwrap();
 }
 
 fn derived_mac(node_ip: Ipv4Addr) -> String {
@@ -513,13 +512,13 @@ fn an_apply_file_that_fails_validation_changes_nothing() {
     write_file(&file, &[a], &bad);
     let output = output_of(&mut node.pod_net_command(&["apply", "-f", path])).unwrap();
     assert_eq!(output.status.code(), Some(1));
+    assert_eq!(state(), before);
     assert_eq!(
         String::from_utf8_lossy(&output.stderr),
         "pod-net: error: nodes[1] (10.244.9.0/24): 192.168.100.1 is this node's own \
          underlay address\n"
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout), "");
-    assert_eq!(state(), before);
 
     // The same for a pod the file gives a multicast MAC.
     let mut text = format!("[[pods]]\nip = \"{}\"\nveth = \"{}\"\n", a.ip, a.host_veth);
@@ -527,12 +526,12 @@ fn an_apply_file_that_fails_validation_changes_nothing() {
     std::fs::write(&file, text).unwrap();
     let output = output_of(&mut node.pod_net_command(&["apply", "-f", path])).unwrap();
     assert_eq!(output.status.code(), Some(1));
+    assert_eq!(state(), before);
     assert_eq!(
         String::from_utf8_lossy(&output.stderr),
         "pod-net: error: pods[1] (10.244.1.9): pod MAC 01:00:5e:00:00:01 is not a unicast \
          address\n"
     );
-    assert_eq!(state(), before);
     assert_eq!(problems(node), []);
 }
 

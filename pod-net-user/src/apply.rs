@@ -33,6 +33,7 @@ use crate::{
     netdev,
     pins::{PinDir, PinDirLock},
     remotes::{self, NodeSpec},
+    tunnel,
     tunnel_sync::{self, Fix},
 };
 
@@ -294,6 +295,12 @@ fn validate(datapath: &Datapath, config: &NodeConfig) -> Result<()> {
     for (index, node) in config.nodes.iter().enumerate() {
         remotes::node_value(&node_spec(node), &loaded)
             .with_context(|| format!("nodes[{index}] ({})", node.cidr))?;
+    }
+    if !config.nodes.is_empty() && tunnel_sync::device(&loaded)?.is_none() {
+        bail!(
+            "the tunnel device {} is missing; run `pod-net load` again to recreate it",
+            tunnel::device_name(loaded.vni)
+        );
     }
     Ok(())
 }

@@ -9,7 +9,9 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::unix::process::ExitStatusExt as _,
     path::Path,
-    process::Stdio,
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
 
 use pod_net::{cidr::Cidr, crashpoint};
@@ -533,6 +535,18 @@ fn an_apply_file_that_fails_validation_changes_nothing() {
          address\n"
     );
     assert_eq!(problems(node), []);
+
+    // And for remote entries without the tunnel device to route them.
+    node.ip(&["link", "del", DEVICE]).unwrap();
+    write_file(&file, &[a], &remotes);
+    let output = output_of(&mut node.pod_net_command(&["apply", "-f", path])).unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!((pod_ips(node), node_list(node)), (before.0, before.1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "pod-net: error: the tunnel device pnvxlan1 is missing; run `pod-net load` again to \
+         recreate it\n"
+    );
 }
 
 #[test]
@@ -586,5 +600,79 @@ fn four_concurrent_applies_all_succeed_and_converge() {
     assert_eq!(pod_ips(node), [a.ip.to_string(), b.ip.to_string()]);
     assert_eq!(node_list(node), listed(&remotes));
     assert_eq!(kernel_side(node), expected(&remotes));
+    assert_eq!(problems(node), []);
+}
+
+/// Kills the agent (SIGKILL) when dropped.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to 10 s for `check`.
+fn wait_for(what: &str, check: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_agent_refuses_a_bad_config_before_changing_anything() {
+    if !require_root("the_agent_refuses_a_bad_config") {
+        return;
+    }
+    let rig = rig(2, false);
+    let node = rig.node(1);
+    load(node);
+    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
+    let dir = rig.scratch_dir().unwrap();
+    let file = dir.join("agent.toml");
+    let remotes = [
+        remote("10.244.2.0/24", [192, 168, 100, 2]),
+        remote("10.244.3.0/24", [192, 168, 100, 3]),
+    ];
+    write_file(&file, &[a, b], &remotes);
+    let log = dir.join("agent.log");
+    let _agent = Agent(
+        node.pod_net_command(&[
+            "agent",
+            "--config",
+            file.to_str().unwrap(),
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap(),
+    );
+    let state = || (pod_ips(node), node_list(node), kernel_side(node));
+    let applied = (
+        vec![a.ip.to_string(), b.ip.to_string()],
+        listed(&remotes),
+        expected(&remotes),
+    );
+    wait_for("the first config", &|| state() == applied);
+
+    // Pod b and node 3 would go first, then the own-IP entry fail.
+    write_file(
+        &file,
+        &[a],
+        &[
+            remote("10.244.2.0/24", [192, 168, 100, 2]),
+            remote("10.244.9.0/24", [192, 168, 100, 1]),
+        ],
+    );
+    let refusal = "nodes[1] (10.244.9.0/24): 192.168.100.1 is this node's own underlay address";
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the refusal", &|| logged().contains("not applied"));
+    assert_eq!(state(), applied);
+    assert!(logged().contains(refusal), "{}", logged());
     assert_eq!(problems(node), []);
 }

@@ -194,12 +194,14 @@ fn plan(pins: &PinDir, datapath: &Datapath, config: &NodeConfig) -> Result<Vec<C
     // Pods: keyed by IP; an entry whose veth or MAC differs is replaced.
     let names = netdev::link_names()?;
     let entries = datapath.endpoint_entries()?;
+    let wanted: BTreeMap<IpAddr, &PodConfig> =
+        config.pods.iter().map(|pod| (pod.ip, pod)).collect();
     // A pod a CNI runtime registered is the runtime's: the file cannot
     // take its address (found here, before anything changes).
     for (key, endpoint) in &entries {
         let (owner, _) = endpoints::owner(endpoint);
         let ip = endpoint_ip(key);
-        if !owner.is_empty() && config.pods.iter().any(|pod| pod.ip == ip) {
+        if !owner.is_empty() && wanted.contains_key(&ip) {
             bail!(
                 "pod {ip} is registered by container {owner}; the file cannot take it over \
                  (remove it from the file, or the container first)"
@@ -220,8 +222,6 @@ fn plan(pins: &PinDir, datapath: &Datapath, config: &NodeConfig) -> Result<Vec<C
             && pod.mac.is_none_or(|wanted| wanted == *mac)
             && pod.no_bypass == *no_bypass
     };
-    let wanted: BTreeMap<IpAddr, &PodConfig> =
-        config.pods.iter().map(|pod| (pod.ip, pod)).collect();
     for (ip, entry) in &current {
         if !wanted.get(ip).is_some_and(|pod| same(pod, entry)) {
             changes.push(Change::RemovePod { ip: *ip });

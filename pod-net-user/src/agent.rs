@@ -196,12 +196,12 @@ async fn repair_forever(pins: PinDir, interval: Duration) {
 
 fn reconcile(pins: &PinDir, path: &Path) {
     let result = apply::read(path)
-        .and_then(|config| apply::plan(pins, &config))
-        .and_then(|changes| {
+        .and_then(|config| apply::run(pins, &config, false))
+        .map(|changes| {
             for change in &changes {
                 info!("config {}: {change}", path.display());
             }
-            apply::execute(pins, &changes).map(|()| changes.len())
+            changes.len()
         });
     match result {
         Ok(0) => info!("config {}: nothing to change", path.display()),

@@ -3,6 +3,14 @@
 //! it no longer holds is removed, and the difference is printed. A file
 //! that does not parse or validate changes nothing.
 //!
+//! The order: validate the whole file, then take the pin dir lock, then
+//! plan and make the changes under that one lock, so two applies (or an
+//! apply and the agent) never plan from the same state.
+//!
+//! The plan covers the kernel's side of the remote entries too: what an
+//! interrupted command left out of step (see `tunnel_sync`) is mended
+//! first, so a second apply after a crash converges.
+//!
 //! Pods owned by a CNI runtime (those with a container ID) are the
 //! runtime's; apply leaves them alone.
 use std::{
@@ -23,8 +31,10 @@ use crate::{
     endpoints::{self, PodSpec},
     mac::MacAddr,
     netdev,
-    pins::PinDir,
+    pins::{PinDir, PinDirLock},
     remotes::{self, NodeSpec},
+    tunnel,
+    tunnel_sync::{self, Fix},
 };
 
 /// The file's contents.
@@ -126,9 +136,18 @@ fn one_line(text: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     AddPod(PodConfig),
-    RemovePod { ip: IpAddr },
+    RemovePod {
+        ip: IpAddr,
+    },
     AddNode(RemoteConfig),
-    RemoveNode { cidr: Cidr },
+    RemoveNode {
+        cidr: Cidr,
+    },
+    /// The tunnel device out of step with the remote entries.
+    Tunnel {
+        device: String,
+        fix: Fix,
+    },
 }
 
 impl fmt::Display for Change {
@@ -138,21 +157,58 @@ impl fmt::Display for Change {
             Self::RemovePod { ip } => write!(f, "- pod {ip}"),
             Self::AddNode(node) => write!(f, "+ node {} via {}", node.cidr, node.node_ip),
             Self::RemoveNode { cidr } => write!(f, "- node {cidr}"),
+            Self::Tunnel { device, fix } => write!(f, "{fix} on {device}"),
         }
     }
 }
 
-/// The changes that make the maps match `config`. Validates everything
-/// first, so a bad entry fails before anything changes.
-pub fn plan(pins: &PinDir, config: &NodeConfig) -> Result<Vec<Change>> {
+/// Validates `config`, then, under the pin dir lock, plans the changes
+/// that make the node match it and (unless `dry_run`) makes them. Returns
+/// the changes. A file that fails validation changes nothing.
+pub fn run(pins: &PinDir, config: &NodeConfig, dry_run: bool) -> Result<Vec<Change>> {
     let datapath = Datapath::open(pins)?;
     validate(&datapath, config)?;
+    let lock = pins.lock()?;
+    let changes = plan(pins, &datapath, config)?;
+    if !dry_run {
+        execute(pins, &lock, &changes)?;
+    }
+    Ok(changes)
+}
+
+/// The changes that make the node match `config` (validated), read under
+/// the lock: first what mends the tunnel device, then the map changes.
+fn plan(pins: &PinDir, datapath: &Datapath, config: &NodeConfig) -> Result<Vec<Change>> {
     let mut changes = Vec::new();
+    if let Some(device) = tunnel_sync::device(&datapath.config()?)? {
+        changes.extend(
+            tunnel_sync::plan(pins, &device)?
+                .into_iter()
+                .map(|fix| Change::Tunnel {
+                    device: device.name.clone(),
+                    fix,
+                }),
+        );
+    }
 
     // Pods: keyed by IP; an entry whose veth or MAC differs is replaced.
     let names = netdev::link_names()?;
-    let current: BTreeMap<IpAddr, (String, MacAddr, bool)> = datapath
-        .endpoint_entries()?
+    let entries = datapath.endpoint_entries()?;
+    let wanted: BTreeMap<IpAddr, &PodConfig> =
+        config.pods.iter().map(|pod| (pod.ip, pod)).collect();
+    // A pod a CNI runtime registered is the runtime's: the file cannot
+    // take its address (found here, before anything changes).
+    for (key, endpoint) in &entries {
+        let (owner, _) = endpoints::owner(endpoint);
+        let ip = endpoint_ip(key);
+        if !owner.is_empty() && wanted.contains_key(&ip) {
+            bail!(
+                "pod {ip} is registered by container {owner}; the file cannot take it over \
+                 (remove it from the file, or the container first)"
+            );
+        }
+    }
+    let current: BTreeMap<IpAddr, (String, MacAddr, bool)> = entries
         .into_iter()
         .filter(|(_, endpoint)| endpoints::owner(endpoint).0.is_empty())
         .map(|(key, endpoint)| {
@@ -166,8 +222,6 @@ pub fn plan(pins: &PinDir, config: &NodeConfig) -> Result<Vec<Change>> {
             && pod.mac.is_none_or(|wanted| wanted == *mac)
             && pod.no_bypass == *no_bypass
     };
-    let wanted: BTreeMap<IpAddr, &PodConfig> =
-        config.pods.iter().map(|pod| (pod.ip, pod)).collect();
     for (ip, entry) in &current {
         if !wanted.get(ip).is_some_and(|pod| same(pod, entry)) {
             changes.push(Change::RemovePod { ip: *ip });
@@ -209,7 +263,8 @@ pub fn plan(pins: &PinDir, config: &NodeConfig) -> Result<Vec<Change>> {
     Ok(changes)
 }
 
-/// Checks what can be checked without changing anything.
+/// Checks everything that can be checked without changing anything, so
+/// that no change is made for a file that would fail part way.
 fn validate(datapath: &Datapath, config: &NodeConfig) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     for (index, pod) in config.pods.iter().enumerate() {
@@ -218,6 +273,11 @@ fn validate(datapath: &Datapath, config: &NodeConfig) -> Result<()> {
             bail!("{}: listed twice", at());
         }
         netdev::require_veth(&pod.veth).with_context(at)?;
+        if let Some(mac) = pod.mac
+            && (mac.is_zero() || mac.is_multicast())
+        {
+            bail!("{}: pod MAC {mac} is not a unicast address", at());
+        }
     }
     let mut seen = std::collections::HashSet::new();
     for (index, node) in config.nodes.iter().enumerate() {
@@ -225,37 +285,67 @@ fn validate(datapath: &Datapath, config: &NodeConfig) -> Result<()> {
             bail!("nodes[{index}] ({}): listed twice", node.cidr);
         }
     }
-    if !config.nodes.is_empty() && !datapath.config()?.has_underlay() {
+    let loaded = datapath.config()?;
+    if !config.nodes.is_empty() && !loaded.has_underlay() {
         bail!(
             "the file lists remote nodes but pod-net was loaded without an underlay; \
              run `pod-net load --underlay IFACE --node-ip IPV4` first"
         );
     }
+    for (index, node) in config.nodes.iter().enumerate() {
+        remotes::node_value(&node_spec(node), &loaded)
+            .with_context(|| format!("nodes[{index}] ({})", node.cidr))?;
+    }
+    if !config.nodes.is_empty() && tunnel_sync::device(&loaded)?.is_none() {
+        bail!(
+            "the tunnel device {} is missing; run `pod-net load` again to recreate it",
+            tunnel::device_name(loaded.vni)
+        );
+    }
     Ok(())
 }
 
-/// Makes `changes`: removals first, so an IP or prefix that moves is free.
-/// Remote entries go in batches (one map call and one netlink socket for
-/// all of them); pods one by one, as each needs its veth attached.
-pub fn execute(pins: &PinDir, changes: &[Change]) -> Result<()> {
+fn node_spec(node: &RemoteConfig) -> NodeSpec {
+    NodeSpec {
+        cidr: node.cidr,
+        node_ip: node.node_ip,
+        vtep_mac: node.vtep_mac,
+    }
+}
+
+/// Makes `changes` under the caller's lock: the tunnel device is mended
+/// first (so the map changes start from a node in step), then removals, so
+/// an IP or prefix that moves is free. Remote entries go in batches (one
+/// map call and one netlink socket for all of them); pods one by one, as
+/// each needs its veth attached.
+fn execute(pins: &PinDir, lock: &PinDirLock, changes: &[Change]) -> Result<()> {
     let mut gone_nodes = Vec::new();
     let mut new_nodes = Vec::new();
+    let (mut device, mut fixes) = (None, Vec::new());
+    for change in changes {
+        if let Change::Tunnel { device: name, fix } = change {
+            device = Some(name);
+            fixes.push(fix.clone());
+        }
+    }
+    if let Some(name) = device {
+        let link = netdev::link_by_name(name)?
+            .with_context(|| format!("the tunnel device {name} vanished during apply"))?;
+        tunnel_sync::execute(&link, &fixes)
+            .with_context(|| format!("mending {name} ({} change(s))", fixes.len()))?;
+    }
     for change in changes {
         match change {
             Change::RemovePod { ip } => {
-                endpoints::del_by_ip(pins, *ip).with_context(|| change.to_string())?;
+                endpoints::del_by_ip_locked(pins, lock, *ip).with_context(|| change.to_string())?;
                 crashpoint::here(crashpoint::APPLY_CHANGED);
             }
             Change::RemoveNode { cidr } => gone_nodes.push(*cidr),
-            Change::AddNode(node) => new_nodes.push(NodeSpec {
-                cidr: node.cidr,
-                node_ip: node.node_ip,
-                vtep_mac: node.vtep_mac,
-            }),
-            Change::AddPod(_) => {}
+            Change::AddNode(node) => new_nodes.push(node_spec(node)),
+            Change::AddPod(_) | Change::Tunnel { .. } => {}
         }
     }
-    remotes::del_many(pins, &gone_nodes)
+    remotes::del_many(pins, lock, &gone_nodes)
         .with_context(|| format!("removing {} remote entries", gone_nodes.len()))?;
     for change in changes {
         if let Change::AddPod(pod) = change {
@@ -266,10 +356,10 @@ pub fn execute(pins: &PinDir, changes: &[Change]) -> Result<()> {
                 no_bypass: pod.no_bypass,
                 ..PodSpec::default()
             };
-            endpoints::add(pins, &spec).with_context(|| change.to_string())?;
+            endpoints::add_locked(pins, lock, &spec).with_context(|| change.to_string())?;
             crashpoint::here(crashpoint::APPLY_CHANGED);
         }
     }
-    remotes::add_many(pins, &new_nodes)
+    remotes::add_many(pins, lock, &new_nodes)
         .with_context(|| format!("adding {} remote entries", new_nodes.len()))
 }

@@ -317,14 +317,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Apply(args) => {
             let config = apply::read(&args.file)?;
-            let changes = apply::plan(&pins, &config)?;
+            let changes = apply::run(&pins, &config, args.dry_run)?;
             for change in &changes {
                 println!("{change}");
             }
             if args.dry_run {
                 println!("{} change(s) (dry run: nothing changed)", changes.len());
             } else {
-                apply::execute(&pins, &changes)?;
                 println!("{} change(s) applied", changes.len());
             }
         }

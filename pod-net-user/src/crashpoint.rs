@@ -10,13 +10,19 @@ pub const POD_ADD_ATTACHED: &str = "pod-add-attached";
 pub const POD_DEL_REMOVED: &str = "pod-del-removed";
 pub const APPLY_CHANGED: &str = "apply-changed";
 pub const LOAD_REPLACED: &str = "load-replaced";
+/// A bulk kernel change (the routes, neighbour and FDB entries of many
+/// remote entries) after its first window of requests is acknowledged,
+/// with more to go: the maps already written (or cleared), the kernel
+/// part way.
+pub const NETLINK_PARTIAL: &str = "netlink-partial";
 
 /// Every point, for tests and the README.
-pub const ALL: [&str; 4] = [
+pub const ALL: [&str; 5] = [
     POD_ADD_ATTACHED,
     POD_DEL_REMOVED,
     APPLY_CHANGED,
     LOAD_REPLACED,
+    NETLINK_PARTIAL,
 ];
 
 const VARIABLE: &str = "POD_NET_CRASH_AT";

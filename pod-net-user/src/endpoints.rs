@@ -18,7 +18,7 @@ use crate::{
     loader,
     mac::MacAddr,
     netdev::{self, Link},
-    pins::PinDir,
+    pins::{PinDir, PinDirLock},
     xdp,
 };
 
@@ -71,6 +71,13 @@ pub struct PodEntry {
 /// Registers `spec`: resolves the veth and MACs, attaches the program, and
 /// stores the entry. Adding the same pod again changes nothing.
 pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<Added> {
+    pins.require_loaded()?;
+    let lock = pins.lock()?;
+    add_locked(pins, &lock, spec)
+}
+
+/// [`add`] under the caller's lock (`apply` holds one for all its changes).
+pub fn add_locked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<Added> {
     let Some(ip) = spec.ip else {
         bail!("a pod needs an IP address");
     };
@@ -99,7 +106,6 @@ pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<Added> {
     };
     let key = endpoint_key(ip);
 
-    let _lock = pins.lock()?;
     let existing = match datapath.endpoints.get(&key, 0) {
         Ok(existing) => Some(existing),
         Err(MapError::KeyNotFound) => None,
@@ -145,8 +151,14 @@ pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<Added> {
 /// Removes the entry for `ip`, and the attachment when no other address of
 /// the pod uses that veth. Returns the removed entry.
 pub fn del_by_ip(pins: &PinDir, ip: IpAddr) -> Result<PodEntry> {
+    pins.require_loaded()?;
+    let lock = pins.lock()?;
+    del_by_ip_locked(pins, &lock, ip)
+}
+
+/// [`del_by_ip`] under the caller's lock.
+pub fn del_by_ip_locked(pins: &PinDir, _lock: &PinDirLock, ip: IpAddr) -> Result<PodEntry> {
     let mut datapath = Datapath::open(pins)?;
-    let _lock = pins.lock()?;
     let key = endpoint_key(ip);
     let endpoint = match datapath.endpoints.get(&key, 0) {
         Ok(endpoint) => endpoint,

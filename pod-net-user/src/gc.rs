@@ -10,6 +10,9 @@
 //! - A `pod_veths` (XDP) entry no pod uses is removed.
 //! - `peer_nodes` is made to hold exactly the remote entries' nodes: a
 //!   node add or del that died half-way leaves one too many or too few.
+//! - The tunnel device is brought in step with the remote entries: a route,
+//!   neighbour or FDB entry an entry needs is written again, one no entry
+//!   explains is removed (see `tunnel_sync`).
 //!
 //! Everything runs under the pin dir lock, so it never races a live add.
 use std::{
@@ -29,7 +32,9 @@ use crate::{
     netdev::{self, Link, LinkKind},
     peers,
     pins::PinDir,
-    remotes, xdp,
+    remotes,
+    tunnel_sync::{self, Fix},
+    xdp,
 };
 
 /// One thing gc does (or, with `--dry-run`, would do).
@@ -49,6 +54,12 @@ pub enum Repair {
     AddPeer { node_ip: Ipv4Addr },
     /// `peer_nodes` holds a node no remote entry sends to.
     RemovePeer { node_ip: Ipv4Addr },
+    /// The tunnel device is out of step with the remote entries.
+    Tunnel {
+        device: String,
+        #[serde(flatten)]
+        fix: Fix,
+    },
 }
 
 impl fmt::Display for Repair {
@@ -77,6 +88,7 @@ impl fmt::Display for Repair {
                 f,
                 "remove {node_ip} from peer_nodes: no remote entry sends to it"
             ),
+            Self::Tunnel { device, fix } => write!(f, "{fix} on {device}: {}", fix.reason()),
         }
     }
 }
@@ -147,13 +159,36 @@ pub fn plan(pins: &PinDir, datapath: &Datapath) -> Result<Vec<Repair>> {
             .into_iter()
             .map(|node_ip| Repair::RemovePeer { node_ip }),
     );
+    // Without its device the tunnel cannot be compared; `status` says the
+    // device is missing and `load` makes it again, in step.
+    if let Some(device) = tunnel_sync::device(&datapath.config()?)? {
+        repairs.extend(
+            tunnel_sync::plan(pins, &device)?
+                .into_iter()
+                .map(|fix| Repair::Tunnel {
+                    device: device.name.clone(),
+                    fix,
+                }),
+        );
+    }
     Ok(repairs)
 }
 
 fn execute(pins: &PinDir, datapath: &mut Datapath, repairs: &[Repair]) -> Result<()> {
     let xdp_on = xdp::is_on(pins)?;
+    let mut fixes = Vec::new();
     for repair in repairs {
-        make(pins, datapath, xdp_on, repair).with_context(|| repair.to_string())?;
+        match repair {
+            // Thousands at once after a crash: one batch, below.
+            Repair::Tunnel { fix, .. } => fixes.push(fix.clone()),
+            _ => make(pins, datapath, xdp_on, repair).with_context(|| repair.to_string())?,
+        }
+    }
+    if !fixes.is_empty()
+        && let Some(device) = tunnel_sync::device(&datapath.config()?)?
+    {
+        tunnel_sync::execute(&device, &fixes)
+            .with_context(|| format!("mending {} ({} repair(s))", device.name, fixes.len()))?;
     }
     Ok(())
 }
@@ -175,6 +210,8 @@ fn make(pins: &PinDir, datapath: &mut Datapath, xdp_on: bool, repair: &Repair) -
         Repair::ForgetXdpVeth { ifindex } => xdp::forget_pod(datapath, *ifindex),
         Repair::AddPeer { node_ip } => peers::add(pins, [*node_ip]),
         Repair::RemovePeer { node_ip } => peers::remove(pins, [*node_ip]),
+        // Made in one batch by `execute`.
+        Repair::Tunnel { .. } => Ok(()),
     }
 }
 

@@ -26,6 +26,7 @@ pub mod stats;
 pub mod status;
 pub mod table;
 pub mod tunnel;
+pub mod tunnel_sync;
 pub mod xdp;
 
 /// The eBPF object built from `pod-net-ebpf`, embedded at build time.

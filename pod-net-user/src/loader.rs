@@ -43,7 +43,7 @@ use crate::{
     pins::{PinDir, PinDirLock, ensure_bpffs, unmount_bpffs},
     remotes,
     tunnel::{self, TunnelSpec},
-    xdp,
+    tunnel_sync, xdp,
 };
 
 /// Every program in the object.
@@ -230,9 +230,12 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         let _ = unmount_bpffs();
     }
     // Held to the end: the settings below are part of the load.
-    let (_lock, (replaced, links_updated)) = loaded?;
+    let (lock, (replaced, links_updated)) = loaded?;
     if let Some((underlay, link)) = &underlay {
         enable_underlay(pins, underlay, link)?;
+        // A tunnel device deleted by hand comes back empty: give it the
+        // remote entries' routes, neighbours and FDB entries again.
+        tunnel_sync::sync(pins, &lock)?;
     }
     let mut datapath = Datapath::open(pins)?;
     let mut config = datapath.config()?;

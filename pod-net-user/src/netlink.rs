@@ -97,6 +97,9 @@ pub fn change_all(
         if let Some(failure) = failure {
             return Err(failure);
         }
+        if messages.peek().is_some() {
+            crate::crashpoint::here(crate::crashpoint::NETLINK_PARTIAL);
+        }
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ use crate::{
     map_batch::{self, BatchError},
     netdev::{self, Link},
     peers,
-    pins::PinDir,
+    pins::{PinDir, PinDirLock},
     tunnel::{self, RemoteRoute},
 };
 
@@ -91,11 +91,12 @@ pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
     Ok(AddOutcome::Added)
 }
 
-/// Adds many new entries at once (what `apply` does): the lock taken once,
-/// the maps written entry after entry in one go, and every route on one
+/// Adds many new entries at once (what `apply` does), under the caller's
+/// lock (`apply` holds one lock from its plan to its last change): the
+/// maps written entry after entry in one go, and every route on one
 /// netlink socket. A prefix already present, or a full map, fails the
 /// whole call and leaves the entries as they were.
-pub fn add_many(pins: &PinDir, specs: &[NodeSpec]) -> Result<()> {
+pub fn add_many(pins: &PinDir, _lock: &PinDirLock, specs: &[NodeSpec]) -> Result<()> {
     if specs.is_empty() {
         return Ok(());
     }
@@ -113,7 +114,6 @@ pub fn add_many(pins: &PinDir, specs: &[NodeSpec]) -> Result<()> {
         .map(|(cidr, value)| remote_route(*cidr, value))
         .collect();
 
-    let _lock = pins.lock()?;
     let new_peers = peers::admit(pins, &specs.iter().map(|spec| spec.node_ip).collect())?;
     insert_new(pins, &cidrs, &values).map_err(|failure| failure.into_error(&datapath, &cidrs))?;
     if let Err(err) = tunnel::add_routes(&device, &routes) {
@@ -129,21 +129,23 @@ pub fn add_many(pins: &PinDir, specs: &[NodeSpec]) -> Result<()> {
 /// Removes the entry for exactly `cidr`. Afterwards traffic to it is no
 /// longer encapsulated, and the kernel answers it as unroutable.
 pub fn del(pins: &PinDir, cidr: Cidr) -> Result<NodeEntry> {
-    let mut removed = del_many(pins, &[cidr])?;
+    pins.require_loaded()?;
+    let lock = pins.lock()?;
+    let mut removed = del_many(pins, &lock, &[cidr])?;
     removed
         .pop()
         .with_context(|| format!("no remote node entry for {cidr}"))
 }
 
-/// Removes the entries for exactly these prefixes, all or none: a prefix
-/// with no entry fails the call before anything changes.
-pub fn del_many(pins: &PinDir, cidrs: &[Cidr]) -> Result<Vec<NodeEntry>> {
+/// Removes the entries for exactly these prefixes, all or none, under the
+/// caller's lock: a prefix with no entry fails the call before anything
+/// changes.
+pub fn del_many(pins: &PinDir, _lock: &PinDirLock, cidrs: &[Cidr]) -> Result<Vec<NodeEntry>> {
     if cidrs.is_empty() {
         return Ok(Vec::new());
     }
     let datapath = Datapath::open(pins)?;
     let config = datapath.config()?;
-    let _lock = pins.lock()?;
     let mut current: HashMap<Cidr, RemoteNode> = entries(&datapath)?.into_iter().collect();
     let mut removed = Vec::with_capacity(cidrs.len());
     for &cidr in cidrs {
@@ -348,8 +350,9 @@ fn exact_value(datapath: &Datapath, cidr: Cidr) -> Result<RemoteNode> {
     .with_context(|| format!("reading the entry for {cidr}"))
 }
 
-/// The stored value for `spec`, after the checks no map can make.
-fn node_value(spec: &NodeSpec, config: &Config) -> Result<RemoteNode> {
+/// The stored value for `spec`, after the checks no map can make. `apply`
+/// runs it on every entry of a file before changing anything.
+pub fn node_value(spec: &NodeSpec, config: &Config) -> Result<RemoteNode> {
     if let Some(mac) = spec.vtep_mac
         && (mac.is_zero() || mac.is_multicast())
     {

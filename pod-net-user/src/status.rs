@@ -15,7 +15,8 @@ use serde::Serialize;
 use crate::{
     attach,
     datapath::{Datapath, MapFill, endpoint_ip},
-    endpoints, gc,
+    endpoints,
+    gc::{self, Repair},
     loader::{PROGRAMS, underlay_summary},
     mac::MacAddr,
     netdev::{self, LinkKind},
@@ -191,13 +192,39 @@ fn check_pods(entries: &[(EndpointKey, Endpoint)], status: &mut Status) -> Resul
 
 /// Half-done state: whatever `pod-net gc` would repair is a problem.
 fn check_repairs(pins: &PinDir, datapath: &Datapath, status: &mut Status) -> Result<()> {
-    for repair in gc::plan(pins, datapath)? {
-        status.problem(
-            format!("needs repair: {repair}"),
-            "run `pod-net gc` (`--dry-run` shows the plan)",
-        );
+    let (tunnel, others): (Vec<Repair>, Vec<Repair>) = gc::plan(pins, datapath)?
+        .into_iter()
+        .partition(|repair| matches!(repair, Repair::Tunnel { .. }));
+    for repair in others {
+        status.problem(format!("needs repair: {repair}"), GC_HINT);
     }
+    check_tunnel_repairs(&tunnel, status);
     Ok(())
+}
+
+const GC_HINT: &str = "run `pod-net gc` (`--dry-run` shows the plan)";
+
+/// The tunnel device out of step with the remote entries: one problem per
+/// kind of fix, as a crash mid-`apply` can leave thousands.
+fn check_tunnel_repairs(repairs: &[Repair], status: &mut Status) {
+    // (kind, its first repair, how many), in the order gc makes them.
+    let mut kinds: Vec<(&str, &Repair, usize)> = Vec::new();
+    for repair in repairs {
+        let Repair::Tunnel { fix, .. } = repair else {
+            continue;
+        };
+        match kinds.iter_mut().find(|(kind, ..)| *kind == fix.kind()) {
+            Some((_, _, count)) => *count += 1,
+            None => kinds.push((fix.kind(), repair, 1)),
+        }
+    }
+    for (_, first, count) in kinds {
+        let more = match count {
+            1 => String::new(),
+            _ => format!(" (and {} more like it)", count - 1),
+        };
+        status.problem(format!("needs repair: {first}{more}"), GC_HINT);
+    }
 }
 
 /// The underlay exists, decapsulates, and the kernel's tunnel device is there.

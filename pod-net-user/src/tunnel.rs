@@ -23,6 +23,7 @@ use netlink_packet_route::{
     },
 };
 use pod_net_common::config::VXLAN_OVERHEAD;
+use serde::Serialize;
 
 use crate::{
     cidr::Cidr,
@@ -260,15 +261,236 @@ fn neighbour(device: &Link, ip: IpAddr, vtep_mac: MacAddr) -> NeighbourMessage {
     message
 }
 
-fn fdb_entry(device: &Link, node_ip: Ipv4Addr, vtep_mac: MacAddr) -> NeighbourMessage {
+fn fdb_entry(device: &Link, node_ip: impl Into<IpAddr>, vtep_mac: MacAddr) -> NeighbourMessage {
     let mut message = NeighbourMessage::default();
     message.header.family = AddressFamily::Bridge;
     message.header.ifindex = device.index;
     message.header.state = NeighbourState::Permanent;
     message.header.flags = NeighbourFlags::Own;
+    let destination = match node_ip.into() {
+        IpAddr::V4(ip) => NeighbourAddress::Inet(ip),
+        IpAddr::V6(ip) => NeighbourAddress::Inet6(ip),
+    };
     message.attributes = vec![
         NeighbourAttribute::LinkLocalAddress(vtep_mac.0.to_vec()),
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(node_ip)),
+        NeighbourAttribute::Destination(destination),
     ];
+    message
+}
+
+/// A route through the tunnel device, as the kernel lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct DeviceRoute {
+    pub cidr: Cidr,
+    /// The next hop; `None` for a route without one (or a multipath one).
+    pub via: Option<IpAddr>,
+    /// The route's metric, when the kernel gives one.
+    pub metric: Option<u32>,
+}
+
+/// What the kernel holds on the tunnel device. The device is pod-net's
+/// own, so everything on it is pod-net's too, except what the kernel
+/// keeps there by itself (the IPv6 link-local prefix, `proto kernel`) and
+/// neighbour entries it made (only permanent ones are listed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceContents {
+    pub routes: Vec<DeviceRoute>,
+    /// Permanent neighbour entries: address and link-layer address.
+    pub neighbours: Vec<(IpAddr, MacAddr)>,
+    /// FDB entries: VTEP MAC and the remote address it goes to.
+    pub fdb: Vec<(MacAddr, IpAddr)>,
+}
+
+/// Lists `device`'s routes (main table), permanent neighbours and FDB
+/// entries. Read-only: one dump per kind and family.
+pub fn contents(device: &Link) -> Result<DeviceContents> {
+    let mut contents = DeviceContents::default();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut request = RouteMessage::default();
+        request.header.address_family = family;
+        let replies = netlink::get(RouteNetlinkMessage::GetRoute(request), true)
+            .context("netlink dump of routes")?;
+        contents
+            .routes
+            .extend(replies.iter().filter_map(|reply| match reply {
+                RouteNetlinkMessage::NewRoute(route) => device_route(device, route),
+                _ => None,
+            }));
+    }
+    for family in [
+        AddressFamily::Inet,
+        AddressFamily::Inet6,
+        AddressFamily::Bridge,
+    ] {
+        let mut request = NeighbourMessage::default();
+        request.header.family = family;
+        let replies = netlink::get(RouteNetlinkMessage::GetNeighbour(request), true)
+            .context("netlink dump of neighbours")?;
+        for reply in &replies {
+            let RouteNetlinkMessage::NewNeighbour(entry) = reply else {
+                continue;
+            };
+            if entry.header.ifindex != device.index {
+                continue;
+            }
+            let (Some(ip), Some(mac)) = (neighbour_ip(entry), neighbour_mac(entry)) else {
+                continue;
+            };
+            if family == AddressFamily::Bridge {
+                contents.fdb.push((mac, ip));
+            } else if entry.header.state == NeighbourState::Permanent {
+                contents.neighbours.push((ip, mac));
+            }
+        }
+    }
+    contents.routes.sort_unstable();
+    contents.neighbours.sort_unstable();
+    contents.fdb.sort_unstable();
+    Ok(contents)
+}
+
+/// `route` as a [`DeviceRoute`], when it is a main-table unicast route
+/// through `device` that the kernel did not make itself.
+fn device_route(device: &Link, route: &RouteMessage) -> Option<DeviceRoute> {
+    let header = &route.header;
+    let mut table = u32::from(header.table);
+    let (mut oif, mut destination, mut via, mut metric) = (None, None, None, None);
+    for attribute in &route.attributes {
+        match attribute {
+            RouteAttribute::Table(id) => table = *id,
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            RouteAttribute::Destination(address) => destination = route_ip(address),
+            RouteAttribute::Gateway(address) => via = route_ip(address),
+            RouteAttribute::Priority(value) => metric = Some(*value),
+            _ => {}
+        }
+    }
+    let main = table == u32::from(RouteHeader::RT_TABLE_MAIN);
+    if oif != Some(device.index)
+        || !main
+        || header.kind != RouteType::Unicast
+        || header.protocol == RouteProtocol::Kernel
+    {
+        return None;
+    }
+    let addr = destination.unwrap_or(match header.address_family {
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    });
+    Some(DeviceRoute {
+        cidr: Cidr {
+            addr,
+            prefix_len: header.destination_prefix_length,
+        },
+        via,
+        metric,
+    })
+}
+
+fn route_ip(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(ip) => Some(IpAddr::V4(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    }
+}
+
+fn neighbour_ip(entry: &NeighbourMessage) -> Option<IpAddr> {
+    entry
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+            // FDB entries (family AF_BRIDGE) carry the raw bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+                16 => <[u8; 16]>::try_from(bytes.as_slice())
+                    .ok()
+                    .map(IpAddr::from),
+                _ => None,
+            },
+            _ => None,
+        })
+}
+
+fn neighbour_mac(entry: &NeighbourMessage) -> Option<MacAddr> {
+    entry
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            NeighbourAttribute::LinkLocalAddress(bytes) => {
+                <[u8; 6]>::try_from(bytes.as_slice()).ok().map(MacAddr)
+            }
+            _ => None,
+        })
+}
+
+/// Removes exactly these entries from `device`, as [`contents`] listed
+/// them (whatever protocol, scope or metric a route has). What is already
+/// gone is not an error.
+pub fn remove_listed(
+    device: &Link,
+    routes: &[DeviceRoute],
+    neighbours: &[(IpAddr, MacAddr)],
+    fdb: &[(MacAddr, IpAddr)],
+) -> Result<()> {
+    let mut messages = Vec::new();
+    let mut describe = Vec::new();
+    for listed in routes {
+        messages.push((
+            RouteNetlinkMessage::DelRoute(listed_route(device, listed)),
+            0,
+        ));
+        describe.push(format!("removing route {} on {}", listed.cidr, device.name));
+    }
+    for &(ip, mac) in neighbours {
+        messages.push((
+            RouteNetlinkMessage::DelNeighbour(neighbour(device, ip, mac)),
+            0,
+        ));
+        describe.push(format!("removing neighbour {ip} on {}", device.name));
+    }
+    for &(mac, ip) in fdb {
+        messages.push((
+            RouteNetlinkMessage::DelNeighbour(fdb_entry(device, ip, mac)),
+            0,
+        ));
+        describe.push(format!("removing FDB entry {mac} on {}", device.name));
+    }
+    netlink::change_all(messages, &[libc::ENOENT, libc::ESRCH])
+        .map_err(|(index, error)| anyhow::Error::new(error).context(describe[index].clone()))
+}
+
+/// A delete request matching exactly one listed route: unset fields
+/// (protocol, scope, type, and the metric when none was listed) match any.
+fn listed_route(device: &Link, listed: &DeviceRoute) -> RouteMessage {
+    let mut message = RouteMessage::default();
+    let (family, destination) = match listed.cidr.addr {
+        IpAddr::V4(ip) => (AddressFamily::Inet, RouteAddress::Inet(ip)),
+        IpAddr::V6(ip) => (AddressFamily::Inet6, RouteAddress::Inet6(ip)),
+    };
+    message.header = RouteHeader {
+        address_family: family,
+        destination_prefix_length: listed.cidr.prefix_len,
+        table: RouteHeader::RT_TABLE_MAIN,
+        protocol: RouteProtocol::Unspec,
+        scope: RouteScope::NoWhere,
+        kind: RouteType::Unspec,
+        ..RouteHeader::default()
+    };
+    message.attributes = vec![
+        RouteAttribute::Destination(destination),
+        RouteAttribute::Oif(device.index),
+    ];
+    if let Some(via) = listed.via {
+        message.attributes.push(RouteAttribute::Gateway(match via {
+            IpAddr::V4(ip) => RouteAddress::Inet(ip),
+            IpAddr::V6(ip) => RouteAddress::Inet6(ip),
+        }));
+    }
+    if let Some(metric) = listed.metric {
+        message.attributes.push(RouteAttribute::Priority(metric));
+    }
     message
 }

@@ -15,6 +15,7 @@ pub mod loader;
 pub mod mac;
 pub mod map_batch;
 pub mod metrics;
+pub mod metrics_server;
 pub mod monitor;
 pub mod netdev;
 pub mod netlink;
@@ -24,6 +25,7 @@ pub mod remotes;
 pub mod stats;
 pub mod status;
 pub mod table;
+pub mod throttle;
 pub mod tunnel;
 pub mod xdp;
 

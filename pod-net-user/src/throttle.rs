@@ -1,0 +1,92 @@
+//! Rate limits for the agent's log: a line that keeps repeating (an accept
+//! error in a loop, a client timing out again and again) is written once per
+//! window, with a count of the copies held back, so a misbehaving peer
+//! cannot fill the disk through the log.
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+/// Distinct lines remembered per throttle; past this the memory is reset
+/// (lines never carry peer-chosen text, so this is only a backstop).
+const MAX_REMEMBERED: usize = 64;
+
+/// Holds back repeats of the same line within `window`.
+#[derive(Debug)]
+pub struct Throttle {
+    window: Duration,
+    /// Per line: when it was last written, and the repeats held back since.
+    seen: HashMap<String, (Instant, u64)>,
+}
+
+impl Throttle {
+    #[must_use]
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// The line to write now, with the number of its repeats held back
+    /// appended, or `None` to hold this one back.
+    pub fn admit(&mut self, line: &str) -> Option<String> {
+        self.admit_at(line, Instant::now())
+    }
+
+    fn admit_at(&mut self, line: &str, now: Instant) -> Option<String> {
+        if let Some((written, held)) = self.seen.get_mut(line)
+            && now.duration_since(*written) < self.window
+        {
+            *held += 1;
+            return None;
+        }
+        if self.seen.len() >= MAX_REMEMBERED && !self.seen.contains_key(line) {
+            self.seen.clear();
+        }
+        let held = self
+            .seen
+            .insert(line.to_owned(), (now, 0))
+            .map_or(0, |(_, held)| held);
+        Some(if held == 0 {
+            line.to_owned()
+        } else {
+            format!("{line} (repeated {held} more time(s) since it was last logged)")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_are_held_back_within_the_window_and_counted_after() {
+        let mut throttle = Throttle::new(Duration::from_secs(10));
+        let start = Instant::now();
+        assert_eq!(throttle.admit_at("a", start).as_deref(), Some("a"));
+        for second in 1..=3 {
+            let at = start + Duration::from_secs(second);
+            assert_eq!(throttle.admit_at("a", at), None);
+        }
+        // Another line is not held back by the first.
+        let at = start + Duration::from_secs(4);
+        assert_eq!(throttle.admit_at("b", at).as_deref(), Some("b"));
+        let later = start + Duration::from_secs(10);
+        assert_eq!(
+            throttle.admit_at("a", later).as_deref(),
+            Some("a (repeated 3 more time(s) since it was last logged)")
+        );
+        assert_eq!(throttle.admit_at("a", later), None);
+    }
+
+    #[test]
+    fn memory_stays_bounded() {
+        let mut throttle = Throttle::new(Duration::from_secs(10));
+        let now = Instant::now();
+        for index in 0..1000 {
+            assert!(throttle.admit_at(&index.to_string(), now).is_some());
+        }
+        assert!(throttle.seen.len() <= MAX_REMEMBERED);
+    }
+}

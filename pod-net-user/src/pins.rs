@@ -20,7 +20,7 @@ use pod_net_common::program_names;
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/pod-net";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
+pub const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
 
 #[derive(Clone, Debug)]
 pub struct PinDir {

@@ -8,7 +8,7 @@ mod types;
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
-    path::Path,
+    path::{Component, Path},
 };
 
 use anyhow::Context as _;
@@ -24,7 +24,7 @@ use crate::{
     mac::MacAddr,
     netdev::{self, Link, LinkKind},
     netns,
-    pins::PinDir,
+    pins::{BPFFS_MOUNT_POINT, PinDir, is_on_bpffs},
 };
 
 /// What the plugin prints on stdout, and its exit status.
@@ -123,6 +123,7 @@ fn dispatch(env: &Env, stdin: &[u8]) -> Step<String> {
         return Ok(version());
     }
     let conf = parse_conf(stdin)?;
+    check_pin_dir(&conf.pin_dir)?;
     let pins = PinDir::new(&conf.pin_dir);
     match command {
         "ADD" => add(env, &conf, &pins),
@@ -177,6 +178,42 @@ fn parse_conf(stdin: &[u8]) -> Step<NetConf> {
     Ok(conf)
 }
 
+/// A `pinDir` that `pod-net load` could never have made is bad config
+/// (code 7), not "try again later": it must be absolute, without `.` or
+/// `..`, and on bpffs (or under /sys/fs/bpf, where `load` mounts it).
+fn check_pin_dir(pin_dir: &str) -> Step<()> {
+    let bad = |why: &str| {
+        Err(Failure::new(
+            codes::INVALID_CONFIG,
+            format!("invalid network configuration: pinDir {pin_dir:?} {why}"),
+        ))
+    };
+    let path = Path::new(pin_dir);
+    if !path.is_absolute() {
+        return bad("is not an absolute path");
+    }
+    if pin_dir.contains('\0') {
+        return bad("contains a NUL byte");
+    }
+    if path
+        .components()
+        .any(|part| matches!(part, Component::CurDir | Component::ParentDir))
+    {
+        return bad("contains . or ..");
+    }
+    if path.exists() && !path.is_dir() {
+        return bad("is not a directory");
+    }
+    let existing = path
+        .ancestors()
+        .find(|dir| dir.exists())
+        .unwrap_or_else(|| Path::new("/"));
+    if !is_on_bpffs(existing).unwrap_or(false) && !path.starts_with(BPFFS_MOUNT_POINT) {
+        return bad("is not on a bpf filesystem");
+    }
+    Ok(())
+}
+
 fn required<'a>(value: Option<&'a String>, name: &str) -> Step<&'a str> {
     value
         .map(String::as_str)
@@ -186,6 +223,7 @@ fn required<'a>(value: Option<&'a String>, name: &str) -> Step<&'a str> {
 /// The pod's side as the previous plugin left it: the sandbox interface's
 /// IPs from prevResult, and its MAC and host veth from the kernel.
 struct Sandbox {
+    /// prevResult's addresses for the interface, each configured on it.
     ips: Vec<IpAddr>,
     mac: MacAddr,
     host_veth: Link,
@@ -230,10 +268,35 @@ fn inspect_sandbox(env: &Env, conf: &NetConf) -> Step<Sandbox> {
         })
         .collect::<Step<Vec<IpAddr>>>()?;
 
-    let pod_link = netns::run_in_path(Path::new(netns), move || {
-        netdev::link_by_name(&ifname)?.with_context(|| format!("no {ifname} in the sandbox"))
+    let netns = netns::open(Path::new(netns)).map_err(|err| {
+        Failure::with_details(
+            codes::BAD_ENV,
+            format!("CNI_NETNS {netns:?} is not usable"),
+            &err,
+        )
+    })?;
+    let (pod_link, configured) = netns::run_in_file(&netns, move || {
+        let link = netdev::link_by_name(&ifname)?
+            .with_context(|| format!("no {ifname} in the sandbox"))?;
+        let configured: Vec<IpAddr> = netdev::all_addresses()?
+            .into_iter()
+            .filter(|(index, _)| *index == link.index)
+            .map(|(_, ip)| ip)
+            .collect();
+        Ok((link, configured))
     })
     .map_err(|err| Failure::with_details(codes::IO_FAILURE, "cannot inspect the sandbox", &err))?;
+    // An address the previous plugin did not put on the interface (the
+    // gateway, say) is not the pod's to claim.
+    if let Some(ip) = ips.iter().find(|ip| !configured.contains(ip)) {
+        return Err(Failure::new(
+            codes::INVALID_CONFIG,
+            format!(
+                "prevResult gives {ip} to {}, but {} in the sandbox does not have it",
+                pod_link.name, pod_link.name
+            ),
+        ));
+    }
     let mac = pod_link
         .mac
         .ok_or_else(|| Failure::new(codes::IO_FAILURE, format!("{} has no MAC", pod_link.name)))?;
@@ -283,6 +346,16 @@ fn add(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<String> {
     required(env.path.as_ref(), "CNI_PATH")?;
     let sandbox = inspect_sandbox(env, conf)?;
     require_loaded(pins)?;
+    // All refusals before the first registration: nothing half-written.
+    for ip in &sandbox.ips {
+        endpoints::refuse_node_address(*ip).map_err(|err| {
+            Failure::with_details(
+                codes::INVALID_CONFIG,
+                format!("prevResult gives the pod {ip}, an address of this node"),
+                &err,
+            )
+        })?;
+    }
     for ip in &sandbox.ips {
         let spec = PodSpec {
             ip: Some(*ip),

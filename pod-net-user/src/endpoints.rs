@@ -117,8 +117,7 @@ pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<Added> {
             owner_suffix(&existing),
         );
     }
-    refuse_node_address(ip)?;
-    refuse_address_not_on_pod(ip, &veth)?;
+    check_address(ip, &veth)?;
 
     let mtu_warning = loader::pod_mtu_warning(&datapath.config()?, veth.index)?;
     if xdp::is_on(pins)? {
@@ -261,6 +260,13 @@ fn pod_entry(
         pod_ifname: field_text(&endpoint.pod_ifname),
         no_bypass: endpoint.flags & ENDPOINT_F_NO_BYPASS != 0,
     }
+}
+
+/// Refuses `ip` as the address of the pod behind `veth` when it is the
+/// node's own, or when the pod's interface (if it can be seen) lacks it.
+pub fn check_address(ip: IpAddr, veth: &Link) -> Result<()> {
+    refuse_node_address(ip)?;
+    refuse_address_not_on_pod(ip, veth)
 }
 
 /// Refuses `ip` when it is one of this node's own addresses (any interface

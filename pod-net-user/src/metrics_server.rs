@@ -4,9 +4,9 @@
 //! - Every client has [`HEADER_TIMEOUT`] to send its request headers, and
 //!   no connection lives past [`CONNECTION_DEADLINE`].
 //! - At most [`connection_cap`] connections are open at once; a new one
-//!   closes the oldest, so a scraper still gets through while idle
-//!   connections pile up, and they never use up the descriptors the rest
-//!   of the agent needs.
+//!   closes the oldest (and waits until it is closed), so a scraper still
+//!   gets through while idle connections pile up, and they never use up the
+//!   descriptors the rest of the agent needs.
 //! - Accept errors (EMFILE when descriptors run out anyway) back off
 //!   instead of spinning, and repeated log lines are throttled.
 use std::{
@@ -28,13 +28,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use log::warn;
 use tokio::{
     net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
     task::AbortHandle,
 };
 
 use crate::{metrics, pins::PinDir, throttle::Throttle};
 
-/// How long a client has to send its request headers (also between
-/// requests on a kept-alive connection).
+/// How long a client has to send its request headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// No connection lives longer than this, whatever its client does (one that
 /// sends its request but never reads the answer, say).
@@ -51,7 +51,9 @@ const LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// Serves `/metrics` for `pins` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, pins: PinDir) {
-    let cap = connection_cap();
+    // A permit per open connection, given back when its task is gone and
+    // with it the socket.
+    let slots = Arc::new(Semaphore::new(connection_cap()));
     let open: Arc<Mutex<Open>> = Arc::default();
     let log = Arc::new(Mutex::new(Throttle::new(LOG_WINDOW)));
     let mut backoff = ACCEPT_BACKOFF_MIN;
@@ -68,34 +70,37 @@ pub async fn serve(listener: TcpListener, pins: PinDir) {
                 continue;
             }
         };
-        let evicted = {
-            let mut guard = lock(&open);
-            let evicted = if guard.connections.len() >= cap {
-                guard.connections.pop_front()
-            } else {
-                None
+        let slot = if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
+            slot
+        } else {
+            // Full: close the oldest connection and wait until it is gone,
+            // so no more than the cap (and this one) are ever open.
+            let oldest = lock(&open).connections.pop_front();
+            if let Some((_, task)) = oldest {
+                task.abort();
+            }
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                return;
             };
-            let id = guard.next_id;
-            guard.next_id += 1;
-            let departure = Departure {
-                id,
-                open: Arc::clone(&open),
-            };
-            // The task cannot finish (and remove itself) before it is
-            // listed: its departure needs this lock.
-            let task = tokio::spawn(connection(
-                stream,
-                pins.clone(),
-                departure,
-                Arc::clone(&log),
-            ));
-            guard.connections.push_back((id, task.abort_handle()));
-            evicted
+            slot
         };
-        // Outside the lock: the aborted task's departure takes it.
-        if let Some((_, task)) = evicted {
-            task.abort();
-        }
+        let mut guard = lock(&open);
+        let id = guard.next_id;
+        guard.next_id += 1;
+        let departure = Departure {
+            id,
+            open: Arc::clone(&open),
+            _slot: slot,
+        };
+        // The task cannot finish (and unlist itself) before it is listed:
+        // its departure needs this lock.
+        let task = tokio::spawn(connection(
+            stream,
+            pins.clone(),
+            departure,
+            Arc::clone(&log),
+        ));
+        guard.connections.push_back((id, task.abort_handle()));
     }
 }
 
@@ -106,10 +111,12 @@ struct Open {
     connections: VecDeque<(u64, AbortHandle)>,
 }
 
-/// Unlists a connection when its task ends, however it ends.
+/// Unlists a connection and frees its slot when its task ends, however it
+/// ends.
 struct Departure {
     id: u64,
     open: Arc<Mutex<Open>>,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Drop for Departure {
@@ -159,9 +166,12 @@ async fn connection(
         let response = respond(&pins, &request);
         async move { Ok::<_, Infallible>(response) }
     });
+    // One request per connection: no idle kept-alive connections to hold
+    // a slot, and the deadline never cuts a second request short.
     let served = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(false)
         .serve_connection(TokioIo::new(stream), service);
     let error = match tokio::time::timeout(CONNECTION_DEADLINE, served).await {
         Ok(Ok(())) => return,

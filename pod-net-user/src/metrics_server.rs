@@ -3,10 +3,11 @@
 //!
 //! - Every client has [`HEADER_TIMEOUT`] to send its request headers, and
 //!   no connection lives past [`CONNECTION_DEADLINE`].
-//! - At most [`connection_cap`] connections are open at once; a new one
-//!   closes the oldest (and waits until it is closed), so a scraper still
-//!   gets through while idle connections pile up, and they never use up the
-//!   descriptors the rest of the agent needs.
+//! - At most [`MAX_CONNECTIONS`] connections (fewer under a low descriptor
+//!   limit) are open at once; a new one closes the oldest (and waits until
+//!   it is closed), so a scraper still gets through while idle connections
+//!   pile up, and they never use up the descriptors the rest of the agent
+//!   needs.
 //! - Accept errors (EMFILE when descriptors run out anyway) back off
 //!   instead of spinning, and repeated log lines are throttled.
 use std::{

@@ -718,6 +718,24 @@ fn prev_result_addresses_the_sandbox_lacks_are_refused_whole() {
         // Nothing half-written: not even the pod's own address.
         assert!(registered(node).is_empty());
     }
+    // Put on the interface too, the gateway is still the node's.
+    a.exec(&["ip", "addr", "add", "10.244.1.1/32", "dev", "eth0"])
+        .unwrap();
+    let mut prev = result.clone();
+    prev["ips"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"address": "10.244.1.1/24", "interface": sandbox_index}));
+    let failure = call(node, &env, &config(&prev)).unwrap_err();
+    assert_eq!(failure.code, Some(7), "{failure}");
+    assert_eq!(
+        failure.msg,
+        "prevResult gives the pod 10.244.1.1, an address of this node"
+    );
+    assert!(registered(node).is_empty());
+    a.exec(&["ip", "addr", "del", "10.244.1.1/32", "dev", "eth0"])
+        .unwrap();
+
     call(node, &env, &config(&result)).unwrap();
     assert_eq!(
         registered(node),

@@ -8,8 +8,9 @@
 //!   it is closed), so a scraper still gets through while idle connections
 //!   pile up, and they never use up the descriptors the rest of the agent
 //!   needs.
-//! - Accept errors (EMFILE when descriptors run out anyway) back off
-//!   instead of spinning, and repeated log lines are throttled.
+//! - Accept errors back off instead of spinning; when descriptors run out
+//!   anyway (EMFILE), the oldest connection is closed to give one back.
+//!   Repeated log lines are throttled.
 use std::{
     collections::VecDeque,
     convert::Infallible,
@@ -66,6 +67,14 @@ pub async fn serve(listener: TcpListener, pins: PinDir) {
             }
             Err(err) => {
                 warn_throttled(&log, &format!("accepting a /metrics connection: {err}"));
+                if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    // Out of descriptors: give one back, so the connections
+                    // waiting to be accepted (a scraper among them) move on.
+                    let oldest = lock(&open).connections.pop_front();
+                    if let Some((_, task)) = oldest {
+                        task.abort();
+                    }
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;

@@ -618,6 +618,60 @@ fn the_agent_outlasts_more_idle_connections_than_it_has_descriptors() {
     assert!(!log.contains("accepting a /metrics connection"), "{log}");
 }
 
+/// Descriptors run out under the agent (its limit lowered, after it
+/// started, to what it has open plus 32, which idle connections fill up, as
+/// many as come): accept errors
+/// neither spin nor flood the log, and a config change that failed for
+/// want of descriptors is applied once they are back, with /metrics.
+#[test]
+fn the_agent_recovers_when_descriptors_run_out() {
+    if !require_root("the_agent_recovers_when_descriptors_run_out") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec::default()).unwrap();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
+    let config = rig.scratch_dir().unwrap().join("agent.toml");
+    std::fs::write(&config, pod_entry(a)).unwrap();
+    let agent = Agent::start(&rig, node, Some(&config), None);
+    wait_for("the initial config", &|| is_registered(node, a));
+    let pid = agent.child.0.as_ref().unwrap().id();
+    let in_use = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    // Room for a reconcile (maps, netlink, the file), once connections
+    // leave it.
+    let limit = format!("--nofile={0}:{0}", in_use + 32);
+    pod_net_tests::cmd::run("prlimit", ["--pid", &pid.to_string(), &limit]).unwrap();
+
+    // Connections keep coming until the change has failed (3,000 at most).
+    std::fs::write(&config, pod_entry(a) + &pod_entry(b)).unwrap();
+    let idle: Vec<std::net::TcpStream> = in_node(node, || {
+        let mut idle = Vec::new();
+        while idle.len() < 3000 && !agent.log().contains("not applied") {
+            idle.push(std::net::TcpStream::connect(METRICS).unwrap());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        idle
+    });
+    let log = agent.log();
+    assert!(log.contains("not applied"), "{log}");
+    drop(idle);
+    wait_for("the config that failed", &|| is_registered(node, b));
+    assert!(
+        get_metrics(node)
+            .unwrap()
+            .starts_with("HTTP/1.1 200 OK\r\n")
+    );
+    let log = agent.stop();
+    assert!(
+        log.contains("accepting a /metrics connection: Too many open files"),
+        "{log}"
+    );
+    assert!(log.len() < 16 * 1024, "{} bytes of log:\n{log}", log.len());
+}
+
 /// GET and HEAD /metrics are answered, other methods get 405 and other
 /// paths 404; a client that never finishes its headers is dropped.
 #[test]

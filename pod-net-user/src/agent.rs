@@ -18,15 +18,17 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{apply, gc, metrics_server, pins::PinDir, throttle::Throttle};
+use crate::{
+    apply, gc, metrics_server,
+    pins::PinDir,
+    throttle::{self, Throttle},
+};
 
 /// How often the config file's modification time is checked.
 const CONFIG_POLL: Duration = Duration::from_millis(500);
 /// A config that failed is tried again after `CONFIG_POLL`, doubling up to
 /// this while it keeps failing.
 const CONFIG_RETRY_MAX: Duration = Duration::from_secs(8);
-/// A repeated error line is logged at most once per this window.
-const LOG_WINDOW: Duration = Duration::from_mins(1);
 
 pub struct AgentOptions {
     pub config: Option<PathBuf>,
@@ -123,7 +125,7 @@ async fn reconcile_forever(pins: PinDir, path: PathBuf) {
     // The failed version's modification time, and when to try it again.
     let mut failed: Option<(SystemTime, Instant)> = None;
     let mut retry = CONFIG_POLL;
-    let mut log = Throttle::new(LOG_WINDOW);
+    let mut log = Throttle::new(throttle::WINDOW);
     loop {
         let modified = std::fs::metadata(&path)
             .and_then(|meta| meta.modified())
@@ -160,7 +162,7 @@ async fn reconcile_forever(pins: PinDir, path: PathBuf) {
 /// Repairs half-done state (a killed CNI call, a pod deleted without DEL)
 /// now and every `interval`, as `pod-net gc` would.
 async fn repair_forever(pins: PinDir, interval: Duration) {
-    let mut log = Throttle::new(LOG_WINDOW);
+    let mut log = Throttle::new(throttle::WINDOW);
     loop {
         match gc::run(&pins, false) {
             Ok(repairs) => {

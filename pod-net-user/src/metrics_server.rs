@@ -34,7 +34,11 @@ use tokio::{
     task::AbortHandle,
 };
 
-use crate::{metrics, pins::PinDir, throttle::Throttle};
+use crate::{
+    metrics,
+    pins::PinDir,
+    throttle::{self, Throttle},
+};
 
 /// How long a client has to send its request headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,8 +52,6 @@ const MIN_CONNECTIONS: usize = 4;
 /// Accept errors wait this long, doubling up to `ACCEPT_BACKOFF_MAX`.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// A repeated log line is written at most once per this window.
-const LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// Serves `/metrics` for `pins` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, pins: PinDir) {
@@ -57,7 +59,7 @@ pub async fn serve(listener: TcpListener, pins: PinDir) {
     // with it the socket.
     let slots = Arc::new(Semaphore::new(connection_cap()));
     let open: Arc<Mutex<Open>> = Arc::default();
-    let log = Arc::new(Mutex::new(Throttle::new(LOG_WINDOW)));
+    let log = Arc::new(Mutex::new(Throttle::new(throttle::WINDOW)));
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let stream = match listener.accept().await {

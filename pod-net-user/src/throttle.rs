@@ -7,6 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The agent's window: a repeated line is written at most once a minute.
+pub const WINDOW: Duration = Duration::from_mins(1);
+
 /// Distinct lines remembered per throttle; past this the memory is reset
 /// (lines never carry peer-chosen text, so this is only a backstop).
 const MAX_REMEMBERED: usize = 64;

@@ -21,7 +21,7 @@ use tokio::{
 use crate::{
     apply, gc, metrics_server,
     pins::PinDir,
-    throttle::{self, Throttle},
+    throttle::{self, Throttle, ThrottledLog},
 };
 
 /// How often the config file's modification time is checked.
@@ -88,7 +88,11 @@ async fn serve(pins: PinDir, options: AgentOptions) -> Result<()> {
 async fn forward_program_logs(pins: PinDir) {
     let logger = ProgramInfo::from_pin(pins.program(program_names::POD_EGRESS))
         .map_err(anyhow::Error::from)
-        .and_then(|info| aya_log::EbpfLogger::init_from_id(info.id()).map_err(anyhow::Error::from));
+        .and_then(|info| {
+            let throttled = ThrottledLog::new(throttle::WINDOW);
+            aya_log::EbpfLogger::init_from_id_with_logger(info.id(), throttled)
+                .map_err(anyhow::Error::from)
+        });
     let logger = match logger {
         Ok(logger) => logger,
         Err(err) => {

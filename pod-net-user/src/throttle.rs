@@ -4,6 +4,7 @@
 //! cannot fill the disk through the log.
 use std::{
     collections::HashMap,
+    sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -56,6 +57,49 @@ impl Throttle {
         } else {
             format!("{line} (repeated {held} more time(s) since it was last logged)")
         })
+    }
+}
+
+/// A `log::Log` that passes records on to the process's logger, holding
+/// back repeats: for lines the agent does not write itself (the programs'
+/// aya-log lines, which packets can trigger).
+pub struct ThrottledLog(Mutex<Throttle>);
+
+impl ThrottledLog {
+    #[must_use]
+    pub fn new(window: Duration) -> Self {
+        Self(Mutex::new(Throttle::new(window)))
+    }
+}
+
+impl log::Log for ThrottledLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        log::logger().enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let line = record.args().to_string();
+        let admitted = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(&line);
+        if let Some(line) = admitted {
+            log::logger().log(
+                &log::Record::builder()
+                    .args(format_args!("{line}"))
+                    .level(record.level())
+                    .target(record.target())
+                    .module_path(record.module_path())
+                    .file(record.file())
+                    .line(record.line())
+                    .build(),
+            );
+        }
+    }
+
+    fn flush(&self) {
+        log::logger().flush();
     }
 }
 

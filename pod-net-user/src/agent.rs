@@ -5,7 +5,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
@@ -13,15 +13,22 @@ use aya::programs::ProgramInfo;
 use log::{error, info, warn};
 use pod_net_common::program_names;
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _, unix::AsyncFd},
-    net::{TcpListener, TcpStream},
+    io::unix::AsyncFd,
+    net::TcpListener,
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{apply, gc, metrics, pins::PinDir};
+use crate::{
+    apply, gc, metrics_server,
+    pins::PinDir,
+    throttle::{self, Throttle, ThrottledLog},
+};
 
 /// How often the config file's modification time is checked.
 const CONFIG_POLL: Duration = Duration::from_millis(500);
+/// A config that failed is tried again after `CONFIG_POLL`, doubling up to
+/// this while it keeps failing.
+const CONFIG_RETRY_MAX: Duration = Duration::from_secs(8);
 
 pub struct AgentOptions {
     pub config: Option<PathBuf>,
@@ -56,78 +63,24 @@ async fn serve(pins: PinDir, options: AgentOptions) -> Result<()> {
     );
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let logs = tokio::spawn(forward_program_logs(pins.clone()));
-    let reconcile = options
-        .config
-        .clone()
-        .map(|path| tokio::spawn(reconcile_forever(pins.clone(), path)));
-    let repair = options
-        .gc_interval
-        .map(|interval| tokio::spawn(repair_forever(pins.clone(), interval)));
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let pins = pins.clone();
-                    tokio::spawn(async move {
-                        if let Err(err) = answer(stream, &pins).await {
-                            warn!("metrics request: {err:#}");
-                        }
-                    });
-                }
-                Err(err) => warn!("accept: {err}"),
-            },
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-        }
+    let mut tasks = vec![
+        tokio::spawn(metrics_server::serve(listener, pins.clone())),
+        tokio::spawn(forward_program_logs(pins.clone())),
+    ];
+    if let Some(path) = options.config.clone() {
+        tasks.push(tokio::spawn(reconcile_forever(pins.clone(), path)));
     }
-    logs.abort();
-    for task in [reconcile, repair].into_iter().flatten() {
+    if let Some(interval) = options.gc_interval {
+        tasks.push(tokio::spawn(repair_forever(pins.clone(), interval)));
+    }
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    for task in tasks {
         task.abort();
     }
     info!("stopping; the datapath keeps forwarding");
-    Ok(())
-}
-
-/// A minimal HTTP/1.1 exchange: `GET /metrics` gets the exposition, any
-/// other path 404.
-async fn answer(mut stream: TcpStream, pins: &PinDir) -> Result<()> {
-    let mut request = vec![0u8; 4096];
-    let mut read = 0;
-    // Read until the end of the headers (or a full buffer).
-    while read < request.len() {
-        let n = stream.read(&mut request[read..]).await?;
-        if n == 0 {
-            break;
-        }
-        read += n;
-        if request[..read]
-            .windows(4)
-            .any(|window| window == b"\r\n\r\n")
-        {
-            break;
-        }
-    }
-    let head = String::from_utf8_lossy(&request[..read]);
-    let path = head.split_whitespace().nth(1).unwrap_or("");
-    let (status, content_type, body) = if path == "/metrics" {
-        match metrics::render(pins) {
-            Ok(text) => ("200 OK", "text/plain; version=0.0.4", text),
-            Err(err) => (
-                "500 Internal Server Error",
-                "text/plain",
-                format!("{err:#}\n"),
-            ),
-        }
-    } else {
-        ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await?;
     Ok(())
 }
 
@@ -135,7 +88,11 @@ async fn answer(mut stream: TcpStream, pins: &PinDir) -> Result<()> {
 async fn forward_program_logs(pins: PinDir) {
     let logger = ProgramInfo::from_pin(pins.program(program_names::POD_EGRESS))
         .map_err(anyhow::Error::from)
-        .and_then(|info| aya_log::EbpfLogger::init_from_id(info.id()).map_err(anyhow::Error::from));
+        .and_then(|info| {
+            let throttled = ThrottledLog::new(throttle::WINDOW);
+            aya_log::EbpfLogger::init_from_id_with_logger(info.id(), throttled)
+                .map_err(anyhow::Error::from)
+        });
     let logger = match logger {
         Ok(logger) => logger,
         Err(err) => {
@@ -163,16 +120,44 @@ async fn forward_program_logs(pins: PinDir) {
     }
 }
 
-/// Applies the config file now and after every change to it.
+/// Applies the config file now and after every change to it. Only a
+/// config applied in full counts as applied: one that failed is tried
+/// again, backing off while it keeps failing, until it succeeds or the file
+/// changes.
 async fn reconcile_forever(pins: PinDir, path: PathBuf) {
     let mut applied: Option<SystemTime> = None;
+    // The failed version's modification time, and when to try it again.
+    let mut failed: Option<(SystemTime, Instant)> = None;
+    let mut retry = CONFIG_POLL;
+    let mut log = Throttle::new(throttle::WINDOW);
     loop {
         let modified = std::fs::metadata(&path)
             .and_then(|meta| meta.modified())
             .ok();
-        if modified.is_some() && modified != applied {
-            reconcile(&pins, &path);
-            applied = modified;
+        if let Some(modified) = modified.filter(|modified| Some(*modified) != applied) {
+            let due = match failed {
+                Some((version, not_before)) if version == modified => Instant::now() >= not_before,
+                _ => {
+                    retry = CONFIG_POLL;
+                    true
+                }
+            };
+            if due {
+                match reconcile(&pins, &path) {
+                    Ok(()) => {
+                        applied = Some(modified);
+                        failed = None;
+                    }
+                    Err(err) => {
+                        let line = format!("config {} not applied: {err:#}", path.display());
+                        if let Some(line) = log.admit(&line) {
+                            error!("{line}");
+                        }
+                        failed = Some((modified, Instant::now() + retry));
+                        retry = (retry * 2).min(CONFIG_RETRY_MAX);
+                    }
+                }
+            }
         }
         tokio::time::sleep(CONFIG_POLL).await;
     }
@@ -181,6 +166,7 @@ async fn reconcile_forever(pins: PinDir, path: PathBuf) {
 /// Repairs half-done state (a killed CNI call, a pod deleted without DEL)
 /// now and every `interval`, as `pod-net gc` would.
 async fn repair_forever(pins: PinDir, interval: Duration) {
+    let mut log = Throttle::new(throttle::WINDOW);
     loop {
         match gc::run(&pins, false) {
             Ok(repairs) => {
@@ -188,24 +174,26 @@ async fn repair_forever(pins: PinDir, interval: Duration) {
                     warn!("gc: {repair}");
                 }
             }
-            Err(err) => error!("gc failed: {err:#}"),
+            Err(err) => {
+                if let Some(line) = log.admit(&format!("gc failed: {err:#}")) {
+                    error!("{line}");
+                }
+            }
         }
         tokio::time::sleep(interval).await;
     }
 }
 
-fn reconcile(pins: &PinDir, path: &Path) {
-    let result = apply::read(path)
-        .and_then(|config| apply::run(pins, &config, false))
-        .map(|changes| {
-            for change in &changes {
-                info!("config {}: {change}", path.display());
-            }
-            changes.len()
-        });
-    match result {
-        Ok(0) => info!("config {}: nothing to change", path.display()),
-        Ok(count) => info!("config {}: {count} change(s) applied", path.display()),
-        Err(err) => error!("config {} not applied: {err:#}", path.display()),
+/// Makes the maps match the config at `path`, logging each change.
+fn reconcile(pins: &PinDir, path: &Path) -> Result<()> {
+    let config = apply::read(path)?;
+    let changes = apply::run(pins, &config, false)?;
+    for change in &changes {
+        info!("config {}: {change}", path.display());
     }
+    match changes.len() {
+        0 => info!("config {}: nothing to change", path.display()),
+        count => info!("config {}: {count} change(s) applied", path.display()),
+    }
+    Ok(())
 }

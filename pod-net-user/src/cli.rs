@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use pod_net_common::config::DEFAULT_VXLAN_PORT;
 
 use crate::{
@@ -247,6 +247,50 @@ pub struct PodDelArgs {
     pub ip: Option<IpAddr>,
     #[arg(long = "id", value_name = "CONTAINER_ID")]
     pub container_id: Option<String>,
+}
+
+/// Parses `args` (the program name first). A missing subcommand is an
+/// error like any other rather than a help screen on stderr, so every usage
+/// error can be told in one line by [`usage_error_line`].
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    fn no_help_on_missing(command: clap::Command) -> clap::Command {
+        command
+            .arg_required_else_help(false)
+            .mut_subcommands(no_help_on_missing)
+    }
+    let mut matches = no_help_on_missing(Cli::command()).try_get_matches_from(args)?;
+    Cli::from_arg_matches_mut(&mut matches)
+}
+
+/// clap's error as one line: its message, with the argument list or tip
+/// that follows it joined on; without the usage block and the pointer to
+/// `--help`.
+#[must_use]
+pub fn usage_error_line(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let parts: Vec<String> = rendered
+        .split("\n\n")
+        .map(str::trim)
+        .filter(|block| {
+            !block.is_empty()
+                && !block.starts_with("Usage:")
+                && !block.starts_with("For more information")
+        })
+        .map(|block| {
+            block
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let line = parts.join("; ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_owned()
 }
 
 /// Runs one command, printing its output; errors go back to `main`.

@@ -18,6 +18,7 @@ use crate::{
     loader,
     mac::MacAddr,
     netdev::{self, Link},
+    netns,
     pins::{PinDir, PinDirLock},
     xdp,
 };
@@ -122,6 +123,7 @@ pub fn add_locked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<A
             owner_suffix(&existing),
         );
     }
+    check_address(ip, &veth)?;
 
     let mtu_warning = loader::pod_mtu_warning(&datapath.config()?, veth.index)?;
     if xdp::is_on(pins)? {
@@ -270,6 +272,61 @@ fn pod_entry(
         pod_ifname: field_text(&endpoint.pod_ifname),
         no_bypass: endpoint.flags & ENDPOINT_F_NO_BYPASS != 0,
     }
+}
+
+/// Refuses `ip` as the address of the pod behind `veth` when it is the
+/// node's own, or when the pod's interface (if it can be seen) lacks it.
+pub fn check_address(ip: IpAddr, veth: &Link) -> Result<()> {
+    refuse_node_address(ip)?;
+    refuse_address_not_on_pod(ip, veth)
+}
+
+/// Refuses `ip` when it is one of this node's own addresses (any interface
+/// in the caller's namespace): a pod registered with the gateway's address
+/// would take the node's traffic over.
+pub fn refuse_node_address(ip: IpAddr) -> Result<()> {
+    if let Some((index, _)) = netdev::all_addresses()?
+        .into_iter()
+        .find(|(_, address)| *address == ip)
+    {
+        let on = netdev::link_by_index(index)?
+            .map_or_else(|| format!("ifindex {index}"), |link| link.name);
+        bail!("{ip} is an address of this node (on {on}), not a pod's");
+    }
+    Ok(())
+}
+
+/// Refuses `ip` when the pod end of `veth` can be seen and does not have
+/// it: the fast path would deliver that address's traffic to a pod that
+/// does not own it.
+fn refuse_address_not_on_pod(ip: IpAddr, veth: &Link) -> Result<()> {
+    let Ok(Some(peer)) = netdev::veth_peer(veth) else {
+        return Ok(());
+    };
+    let peer_index = peer.index;
+    let on_peer = move || -> Result<Vec<IpAddr>> {
+        Ok(netdev::all_addresses()?
+            .into_iter()
+            .filter(|(index, _)| *index == peer_index)
+            .map(|(_, address)| address)
+            .collect())
+    };
+    let addresses = match veth.peer_netnsid {
+        Some(nsid) => match netns::run_in(nsid, on_peer) {
+            Ok(addresses) => addresses,
+            // Its namespace is not reachable from here: nothing to compare.
+            Err(_) => return Ok(()),
+        },
+        None => on_peer()?,
+    };
+    if !addresses.contains(&ip) {
+        bail!(
+            "{ip} is not configured on the pod's interface {} (behind {}); add it there first",
+            peer.name,
+            veth.name
+        );
+    }
+    Ok(())
 }
 
 /// The MAC of the pod end of `veth`, read across namespaces.

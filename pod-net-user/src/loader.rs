@@ -666,8 +666,12 @@ pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
         }
     }
     if let Some(config) = config.filter(Config::has_underlay) {
-        tunnel::remove_device(config.vni)?;
-        report.tunnel_device = Some(tunnel::device_name(config.vni));
+        let device = tunnel::device_name(config.vni);
+        // Reported only when there was one here to delete.
+        if netdev::link_by_name(&device)?.is_some() {
+            tunnel::remove_device(config.vni)?;
+            report.tunnel_device = Some(device);
+        }
     }
     for program in PROGRAMS {
         remove_pin(&pins.program(program))?;

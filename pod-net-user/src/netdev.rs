@@ -26,6 +26,8 @@ pub struct Link {
     pub kind: LinkKind,
     pub mtu: u32,
     pub up: bool,
+    /// The link has carrier (`IFF_LOWER_UP`): a veth whose peer is up.
+    pub lower_up: bool,
     /// ifindex of the bridge this interface is enslaved to.
     pub master: Option<u32>,
     /// For a veth: the peer's ifindex, in the namespace `peer_netnsid`
@@ -104,6 +106,18 @@ pub fn link_names() -> Result<std::collections::HashMap<u32, String>> {
 
 /// The IPv4 addresses on interface `index`.
 pub fn ipv4_addresses(index: u32) -> Result<Vec<Ipv4Addr>> {
+    Ok(all_addresses()?
+        .into_iter()
+        .filter_map(|(on, ip)| match ip {
+            IpAddr::V4(ip) if on == index => Some(ip),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Every address configured in the caller's namespace, with the index of
+/// the interface it is on.
+pub fn all_addresses() -> Result<Vec<(u32, IpAddr)>> {
     let replies = netlink::get(
         RouteNetlinkMessage::GetAddress(AddressMessage::default()),
         true,
@@ -112,15 +126,25 @@ pub fn ipv4_addresses(index: u32) -> Result<Vec<Ipv4Addr>> {
     Ok(replies
         .iter()
         .filter_map(|reply| match reply {
-            RouteNetlinkMessage::NewAddress(address) if address.header.index == index => {
-                Some(address)
-            }
+            RouteNetlinkMessage::NewAddress(address) => Some(address),
             _ => None,
         })
-        .flat_map(|address| &address.attributes)
-        .filter_map(|attribute| match attribute {
-            AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-            _ => None,
+        .filter_map(|address| {
+            // IFA_LOCAL is this end of a point-to-point address, where
+            // IFA_ADDRESS is the peer's; elsewhere they are the same.
+            let find = |local: bool| {
+                address
+                    .attributes
+                    .iter()
+                    .find_map(|attribute| match attribute {
+                        AddressAttribute::Local(ip) if local => Some(*ip),
+                        AddressAttribute::Address(ip) if !local => Some(*ip),
+                        _ => None,
+                    })
+            };
+            find(true)
+                .or_else(|| find(false))
+                .map(|ip| (address.header.index, ip))
         })
         .collect())
 }
@@ -133,6 +157,7 @@ fn link_from_message(message: &LinkMessage) -> Link {
         kind: LinkKind::Other,
         mtu: 0,
         up: message.header.flags.contains(LinkFlags::Up),
+        lower_up: message.header.flags.contains(LinkFlags::LowerUp),
         master: None,
         peer_index: None,
         peer_netnsid: None,

@@ -1,9 +1,14 @@
 //! Doing something inside a pod's network namespace, found from the
 //! namespace id the kernel gives its veth peer.
 use std::{
-    fs::{self, File},
-    os::fd::{AsRawFd as _, RawFd},
-    path::PathBuf,
+    ffi::CString,
+    fs::{self, File, OpenOptions},
+    io,
+    os::{
+        fd::{AsRawFd as _, RawFd},
+        unix::{ffi::OsStrExt as _, fs::OpenOptionsExt as _},
+    },
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -14,24 +19,67 @@ use netlink_packet_route::{
 
 use crate::netlink;
 
+/// `statfs` type of the namespace filesystem (`/proc/PID/ns/*` and their
+/// bind mounts under `/run/netns`).
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
 /// Runs `work` on a thread that has entered the namespace our namespace
 /// knows as `nsid`. The calling thread never changes namespace.
 pub fn run_in<T: Send>(nsid: i32, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     run_in_file(&find(nsid)?, work)
 }
 
-/// Runs `work` inside the network namespace at `path` (like a CNI
-/// runtime's `CNI_NETNS`).
-pub fn run_in_path<T: Send>(
-    path: &std::path::Path,
-    work: impl FnOnce() -> Result<T> + Send,
-) -> Result<T> {
-    let netns = File::open(path)
+/// Opens the namespace file at `path` (like a CNI runtime's `CNI_NETNS`),
+/// refusing anything that is not one, without blocking: a FIFO there would
+/// hang a plain open forever.
+pub fn open(path: &Path) -> Result<File> {
+    // Before opening: statfs does not open the file.
+    if !is_nsfs(path, || statfs_path(path))? {
+        bail!("{} is not a namespace file (nsfs)", path.display());
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
         .with_context(|| format!("opening network namespace {}", path.display()))?;
-    run_in_file(&netns, work)
+    // And after, for what was swapped in between.
+    if !is_nsfs(path, || fstatfs(&file))? {
+        bail!("{} is not a namespace file (nsfs)", path.display());
+    }
+    Ok(file)
 }
 
-fn run_in_file<T: Send>(netns: &File, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+/// Runs `work` inside the network namespace at `path` (see [`open`]).
+pub fn run_in_path<T: Send>(path: &Path, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    run_in_file(&open(path)?, work)
+}
+
+fn is_nsfs(path: &Path, statfs: impl FnOnce() -> io::Result<libc::statfs>) -> Result<bool> {
+    let stat = statfs().with_context(|| format!("statfs {}", path.display()))?;
+    Ok(stat.f_type == NSFS_MAGIC)
+}
+
+fn statfs_path(path: &Path) -> io::Result<libc::statfs> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat)
+}
+
+fn fstatfs(file: &File) -> io::Result<libc::statfs> {
+    // SAFETY: fstatfs fills the zeroed struct from a descriptor we hold.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &raw mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stat)
+}
+
+pub fn run_in_file<T: Send>(netns: &File, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {

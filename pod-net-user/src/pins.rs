@@ -345,20 +345,10 @@ pub fn is_on_bpffs(path: &Path) -> Result<bool> {
 /// and nothing at all is mounted there, and bpffs gets mounted there.
 /// Returns whether it mounted. Expects a [`PinDir::checked`] path.
 pub fn ensure_bpffs(pin_dir: &Path) -> Result<bool> {
-    let existing = pin_dir
-        .ancestors()
-        .find(|ancestor| ancestor.exists())
-        .unwrap_or_else(|| Path::new("/"));
-    if is_on_bpffs(existing)? {
+    if !needs_bpffs_mount(pin_dir)? {
         return Ok(false);
     }
     let mount_point = Path::new(BPFFS_MOUNT_POINT);
-    if !pin_dir.starts_with(mount_point) || pin_dir == mount_point {
-        bail!(
-            "pin dir {} is not on a bpf filesystem; use a path under {BPFFS_MOUNT_POINT}",
-            pin_dir.display()
-        );
-    }
     if is_mount_point(mount_point)? {
         bail!(
             "{BPFFS_MOUNT_POINT} has another filesystem mounted on it, not bpffs; \
@@ -380,6 +370,27 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<bool> {
     if rc != 0 {
         return Err(io::Error::last_os_error())
             .with_context(|| format!("mounting bpffs at {BPFFS_MOUNT_POINT}"));
+    }
+    Ok(true)
+}
+
+/// Whether `pin_dir` is on bpffs already (false) or lies where `load`
+/// would mount bpffs, below `/sys/fs/bpf` (true); an error for anywhere
+/// else.
+pub fn needs_bpffs_mount(pin_dir: &Path) -> Result<bool> {
+    let existing = pin_dir
+        .ancestors()
+        .find(|ancestor| ancestor.exists())
+        .unwrap_or_else(|| Path::new("/"));
+    if is_on_bpffs(existing)? {
+        return Ok(false);
+    }
+    let mount_point = Path::new(BPFFS_MOUNT_POINT);
+    if !pin_dir.starts_with(mount_point) || pin_dir == mount_point {
+        bail!(
+            "pin dir {} is not on a bpf filesystem; use a path under {BPFFS_MOUNT_POINT}",
+            pin_dir.display()
+        );
     }
     Ok(true)
 }

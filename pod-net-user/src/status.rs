@@ -1,7 +1,7 @@
 //! `pod-net status`: is the datapath whole, and does it match the node?
 //! Each problem comes with a hint; any problem makes the exit code non-zero
 //! so the command can serve as a health probe.
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::Ipv4Addr};
 
 use anyhow::Result;
 use aya::programs::ProgramInfo;
@@ -19,7 +19,7 @@ use crate::{
     gc::{self, Repair},
     loader::{PROGRAMS, underlay_summary},
     mac::MacAddr,
-    netdev::{self, LinkKind},
+    netdev::{self, Link, LinkKind},
     pins::{PinDir, is_on_bpffs},
     tunnel,
 };
@@ -259,12 +259,40 @@ fn check_underlay(pins: &PinDir, config: &Config, status: &mut Status) -> Result
                     reload.clone(),
                 );
             }
+            check_underlay_link(&link, summary.node_ip, status)?;
         }
     }
     if netdev::link_by_name(&tunnel::device_name(config.vni))?.is_none() {
         status.problem(
             format!("the tunnel device {} is missing", summary.tunnel_device),
             reload,
+        );
+    }
+    Ok(())
+}
+
+/// The underlay is up, has carrier, and still holds the node IP that VXLAN
+/// leaves from and other nodes send to.
+fn check_underlay_link(link: &Link, node_ip: Ipv4Addr, status: &mut Status) -> Result<()> {
+    let name = &link.name;
+    if !link.up {
+        status.problem(
+            format!("the underlay {name} is down"),
+            format!("bring it up: `ip link set {name} up`"),
+        );
+    } else if !link.lower_up {
+        status.problem(
+            format!("the underlay {name} is up but has no carrier"),
+            format!("check what {name} is plugged into"),
+        );
+    }
+    if !netdev::ipv4_addresses(link.index)?.contains(&node_ip) {
+        status.problem(
+            format!("the node IP {node_ip} is not on the underlay {name}"),
+            format!(
+                "put it back (`ip addr add {node_ip}/PREFIX dev {name}`), or load with the \
+                 node's address: `pod-net load --underlay {name} --node-ip IP`"
+            ),
         );
     }
     Ok(())

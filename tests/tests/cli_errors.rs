@@ -341,3 +341,101 @@ fn a_pin_dir_off_bpffs_is_refused() {
     assert_one_line_error(&output, "is not on a bpf filesystem");
     assert!(!dir.exists());
 }
+
+/// clap's usage errors are one line like every other error (clap's own
+/// take three and more), with clap's exit status 2; `--help` and
+/// `--version` still print in full and succeed. Parsing only: no rig.
+#[test]
+fn usage_errors_are_one_line_and_help_still_works() {
+    let run = |args: &[&str]| {
+        output_of(std::process::Command::new(pod_net_tests::rig::pod_net_binary()).args(args))
+            .unwrap()
+    };
+    for (args, line) in [
+        (
+            &["pod", "add", "--ip", "10.244.1.300", "--veth", "v"][..],
+            "invalid value '10.244.1.300' for '--ip <IP>': invalid IP address syntax",
+        ),
+        (
+            &["pod", "add", "--veth", "v"],
+            "the following required arguments were not provided: --ip <IP>",
+        ),
+        (&["frob"], "unrecognized subcommand 'frob'"),
+        (
+            &["pod"],
+            "'pod-net pod' requires a subcommand but one was not provided \
+             [subcommands: add, del, list, help]",
+        ),
+        (
+            &["stats", "--json", "--prometheus"],
+            "the argument '--json' cannot be used with '--prometheus'",
+        ),
+        (
+            &["pod", "list", "--bogus"],
+            "unexpected argument '--bogus' found",
+        ),
+    ] {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr),
+            format!("pod-net: error: {line}\n"),
+            "{args:?}"
+        );
+        assert!(output.stdout.is_empty(), "{args:?}");
+    }
+
+    let help = run(&["pod", "add", "--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("Usage: pod-net pod add [OPTIONS] --ip <IP> --veth <HOST_IFNAME>"),
+        "{text}"
+    );
+    assert!(help.stderr.is_empty());
+    let version = run(&["--version"]);
+    assert_eq!(version.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout),
+        format!("pod-net {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// A pod cannot take over the node's own addresses (the gateway, above
+/// all), nor claim one its interface does not have.
+#[test]
+fn pod_add_refuses_the_nodes_addresses_and_ones_the_pod_lacks() {
+    if !require_root("pod_add_refuses_the_nodes_addresses_and_ones_the_pod_lacks") {
+        return;
+    }
+    let rig = rig();
+    let node = rig.node(1);
+    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
+    node.pod_net(&["load"]).unwrap();
+    let add = |ip: &str, veth: &str| pod_net(node, &["pod", "add", "--ip", ip, "--veth", veth]);
+
+    let gateway = node.gateway_ip.to_string();
+    assert_one_line_error(
+        &add(&gateway, &a.host_veth),
+        &format!("pod-net: error: {gateway} is an address of this node (on cni0), not a pod's"),
+    );
+    assert_one_line_error(
+        &add("10.244.1.77", &a.host_veth),
+        &format!(
+            "pod-net: error: 10.244.1.77 is not configured on the pod's interface eth0 \
+             (behind {}); add it there first",
+            a.host_veth
+        ),
+    );
+    // B's address through A's veth: A does not have it.
+    assert_one_line_error(
+        &add(&b.ip.to_string(), &a.host_veth),
+        &format!("{} is not configured on the pod's interface eth0", b.ip),
+    );
+    assert!(pod_ips(node).is_empty());
+    assert_eq!(link_pins(node), 0);
+    // Pods still reach their gateway, and the real addresses register.
+    a.ping(node.gateway_ip, 1).unwrap();
+    node.register(a).unwrap();
+    assert_eq!(pod_ips(node), [a.ip.to_string()]);
+}

@@ -553,3 +553,204 @@ fn dual_stack_pods_are_registered_with_both_addresses() {
     runtime.del(&b).unwrap();
     assert!(registered(node).is_empty());
 }
+
+#[test]
+fn a_bad_pin_dir_is_bad_config_not_try_again() {
+    if !require_root("a_bad_pin_dir_is_bad_config_not_try_again") {
+        return;
+    }
+    let rig = empty_node();
+    let node = rig.node(1);
+    let ipam = rig.scratch_dir().unwrap().join("ipam");
+    let missing = std::env::temp_dir().join(format!("{}-no-pins", rig.id()));
+    let missing_text = missing.to_str().unwrap();
+    for (index, (pin_dir, why)) in [
+        (
+            "relative/pins",
+            "pin dir relative/pins is not an absolute path".to_owned(),
+        ),
+        (
+            "/sys/fs/bpf/../../tmp/pins",
+            "pin dir /sys/fs/bpf/../../tmp/pins contains `..` or `.`".to_owned(),
+        ),
+        (
+            "/etc/hostname",
+            "pin dir /etc/hostname: /etc/hostname is not a directory".to_owned(),
+        ),
+        (
+            missing_text,
+            format!(
+                "pin dir {missing_text} is not on a bpf filesystem; use a path under /sys/fs/bpf"
+            ),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let runtime = Runtime::new(
+            node,
+            bridge_conflist("10.244.1.0/24", &ipam, std::path::Path::new(pin_dir)),
+            plugin_path(),
+        );
+        let error = runtime
+            .add(&attachment(&rig, &format!("p{index}")))
+            .unwrap_err();
+        let failure = cni::failure(&error).expect("a CNI error");
+        assert_eq!(failure.code, Some(7), "{pin_dir}: {failure}");
+        assert_eq!(failure.msg, format!("invalid network configuration: {why}"));
+    }
+    assert!(!missing.exists());
+}
+
+/// Runs pod-net-cni in `node` and waits at most `deadline` for it; `None`
+/// when it was still running then (it is killed).
+fn call_with_deadline(
+    node: &Node,
+    env: &[(&str, String)],
+    config: &Value,
+    deadline: std::time::Duration,
+) -> Option<std::process::Output> {
+    use std::{io::Write as _, process::Stdio};
+    let mut command = node.command(&[sibling_binary("pod-net-cni").to_str().unwrap()]);
+    command
+        .env_clear()
+        .envs(env.iter().map(|(name, value)| (*name, value.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.to_string().as_bytes())
+        .unwrap();
+    let until = std::time::Instant::now() + deadline;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn a_cni_netns_that_is_not_a_namespace_is_refused_without_blocking() {
+    if !require_root("a_cni_netns_that_is_not_a_namespace_is_refused") {
+        return;
+    }
+    let rig = empty_node();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let fifo = rig.scratch_dir().unwrap().join("netns-fifo");
+    pod_net_tests::cmd::run("mkfifo", [&fifo]).unwrap();
+    let file = rig.scratch_dir().unwrap().join("netns-file");
+    std::fs::write(&file, b"").unwrap();
+    for netns in [&fifo, &file] {
+        let netns = netns.to_str().unwrap();
+        let prev = json!({"cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": netns}],
+            "ips": [{"address": "10.244.1.5/24", "interface": 0}]});
+        let config = json!({"cniVersion": "1.0.0", "name": "n", "type": "pod-net-cni",
+            "pinDir": node.pin_dir, "prevResult": prev});
+        let env = [
+            ("CNI_COMMAND", "ADD".to_owned()),
+            ("CNI_CONTAINERID", "c1".to_owned()),
+            ("CNI_NETNS", netns.to_owned()),
+            ("CNI_IFNAME", "eth0".to_owned()),
+            ("CNI_PATH", "/usr/lib/cni".to_owned()),
+        ];
+        let output = call_with_deadline(node, &env, &config, std::time::Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("pod-net-cni blocked on CNI_NETNS={netns}"));
+        assert_eq!(output.status.code(), Some(1), "{netns}");
+        let error: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(error["code"], 4, "{error}");
+        assert_eq!(error["msg"], format!("CNI_NETNS {netns:?} is not usable"));
+        assert_eq!(
+            error["details"],
+            format!("{netns} is not a namespace file (nsfs)")
+        );
+    }
+    assert!(registered(node).is_empty());
+}
+
+#[test]
+fn prev_result_addresses_the_sandbox_lacks_are_refused_whole() {
+    if !require_root("prev_result_addresses_the_sandbox_lacks_are_refused") {
+        return;
+    }
+    let rig = empty_node();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let ipam = rig.scratch_dir().unwrap().join("ipam");
+    let conflist = bridge_conflist("10.244.1.0/24", &ipam, &node.pin_dir);
+    // The bridge plugin alone, for a real prevResult to tamper with.
+    let bridge = Runtime::new(
+        node,
+        json!({"cniVersion": "1.0.0", "name": "podnet-bridge",
+            "plugins": [conflist["plugins"][0].clone()]}),
+        plugin_path(),
+    );
+    let a = attachment(&rig, "a");
+    let result = bridge.add(&a).unwrap();
+    let ip = result_ipv4(&result).unwrap();
+    let sandbox_index = result["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|interface| interface["name"] == "eth0" && interface["sandbox"].is_string())
+        .unwrap();
+    let env = vec![
+        ("CNI_COMMAND", "ADD".to_owned()),
+        ("CNI_CONTAINERID", a.container_id.clone()),
+        ("CNI_NETNS", a.netns.clone().unwrap()),
+        ("CNI_IFNAME", "eth0".to_owned()),
+        ("CNI_PATH", "/usr/lib/cni".to_owned()),
+    ];
+    let config = |prev: &Value| {
+        json!({"cniVersion": "1.0.0", "name": "podnet-bridge", "type": "pod-net-cni",
+            "pinDir": node.pin_dir, "prevResult": prev})
+    };
+    // The gateway, and an address nobody configured, after the pod's own.
+    for extra in ["10.244.1.1", "10.244.1.200"] {
+        let mut prev = result.clone();
+        prev["ips"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"address": format!("{extra}/24"), "interface": sandbox_index}));
+        let failure = call(node, &env, &config(&prev)).unwrap_err();
+        assert_eq!(failure.code, Some(7), "{failure}");
+        assert_eq!(
+            failure.msg,
+            format!("prevResult gives {extra} to eth0, but eth0 in the sandbox does not have it")
+        );
+        // Nothing half-written: not even the pod's own address.
+        assert!(registered(node).is_empty());
+    }
+    // Put on the interface too, the gateway is still the node's.
+    a.exec(&["ip", "addr", "add", "10.244.1.1/32", "dev", "eth0"])
+        .unwrap();
+    let mut prev = result.clone();
+    prev["ips"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"address": "10.244.1.1/24", "interface": sandbox_index}));
+    let failure = call(node, &env, &config(&prev)).unwrap_err();
+    assert_eq!(failure.code, Some(7), "{failure}");
+    assert_eq!(
+        failure.msg,
+        "prevResult gives the pod 10.244.1.1, an address of this node"
+    );
+    assert!(registered(node).is_empty());
+    a.exec(&["ip", "addr", "del", "10.244.1.1/32", "dev", "eth0"])
+        .unwrap();
+
+    call(node, &env, &config(&result)).unwrap();
+    assert_eq!(
+        registered(node),
+        vec![(ip.to_string(), a.container_id.clone(), "eth0".to_owned())]
+    );
+}

@@ -449,3 +449,453 @@ fn the_agent_serves_metrics_follows_its_config_and_leaves_traffic_on_sigterm() {
         "{log}"
     );
 }
+
+/// Where the agent tests serve /metrics, inside the node's namespace.
+const METRICS: &str = "127.0.0.1:9565";
+
+/// Runs `work` on a thread inside `node`'s network namespace; sockets it
+/// opens stay in that namespace.
+fn in_node<T: Send>(node: &Node, work: impl FnOnce() -> T + Send) -> T {
+    use std::os::fd::AsRawFd as _;
+    let netns = std::fs::File::open(format!("/run/netns/{}", node.netns)).unwrap();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns on a descriptor we hold, for this thread only.
+                let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                work()
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+/// One request on a new connection to the agent; the whole response, or
+/// the error that cut it short (30 s at most).
+fn exchange(node: &Node, request: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = in_node(node, || std::net::TcpStream::connect(METRICS))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+fn get_metrics(node: &Node) -> std::io::Result<String> {
+    exchange(
+        node,
+        "GET /metrics HTTP/1.1\r\nHost: pod-net\r\nConnection: close\r\n\r\n",
+    )
+}
+
+/// The agent on `node`, its log in a file, under an optional descriptor
+/// limit; killed if the test fails before it is stopped.
+struct Agent {
+    child: KillOnDrop,
+    log: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(
+        rig: &Rig,
+        node: &Node,
+        config: Option<&std::path::Path>,
+        nofile: Option<u32>,
+    ) -> Self {
+        let log = rig.scratch_dir().unwrap().join("agent.log");
+        let binary = pod_net_tests::rig::pod_net_binary();
+        let pin_dir = node.pin_dir.to_str().unwrap();
+        let limit = nofile.map(|n| format!("--nofile={n}:{n}"));
+        let mut args: Vec<&str> = Vec::new();
+        if let Some(limit) = &limit {
+            args.extend(["prlimit", limit, "--"]);
+        }
+        args.extend([
+            binary.to_str().unwrap(),
+            "--pin-dir",
+            pin_dir,
+            "agent",
+            "--metrics-addr",
+            METRICS,
+        ]);
+        if let Some(config) = config {
+            args.extend(["--config", config.to_str().unwrap()]);
+        }
+        let child = node
+            .command(&args)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let agent = Self {
+            child: KillOnDrop(Some(child)),
+            log,
+        };
+        wait_for("/metrics", &|| {
+            get_metrics(node).is_ok_and(|response| response.starts_with("HTTP/1.1 200 OK\r\n"))
+        });
+        agent
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+
+    /// SIGTERM, and the exit status must be a success. Returns the log.
+    fn stop(mut self) -> String {
+        let child = self.child.0.as_mut().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        assert!(status.success(), "agent exited with {status}");
+        self.log()
+    }
+}
+
+fn wait_for(what: &str, check: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pod_entry(pod: &pod_net_tests::Pod) -> String {
+    format!(
+        "[[pods]]\nip = \"{}\"\nveth = \"{}\"\n",
+        pod.ip, pod.host_veth
+    )
+}
+
+fn is_registered(node: &Node, pod: &pod_net_tests::Pod) -> bool {
+    node.pod_net(&["pod", "list", "--json"])
+        .unwrap()
+        .contains(&format!("\"{}\"", pod.ip))
+}
+
+/// More idle connections than the agent has descriptors for (it runs with
+/// a limit of 128): /metrics still answers while they are held, a config
+/// change made meanwhile is applied, and the log stays small.
+#[test]
+fn the_agent_outlasts_more_idle_connections_than_it_has_descriptors() {
+    if !require_root("the_agent_outlasts_idle_connections") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec::default()).unwrap();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
+    let config = rig.scratch_dir().unwrap().join("agent.toml");
+    std::fs::write(&config, pod_entry(a)).unwrap();
+    let agent = Agent::start(&rig, node, Some(&config), Some(128));
+    wait_for("the initial config", &|| is_registered(node, a));
+
+    let idle: Vec<std::net::TcpStream> = in_node(node, || {
+        (0..200)
+            .map(|_| std::net::TcpStream::connect(METRICS).unwrap())
+            .collect()
+    });
+    let response = get_metrics(node).expect("/metrics while 200 connections idle");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    let scrape = parse_prometheus(body);
+    assert_eq!(
+        sample(&scrape, "pod_net_map_entries", ("map", "local_endpoints")),
+        1
+    );
+    std::fs::write(&config, pod_entry(a) + &pod_entry(b)).unwrap();
+    wait_for("the config changed under load", &|| is_registered(node, b));
+    drop(idle);
+    assert!(
+        get_metrics(node)
+            .unwrap()
+            .starts_with("HTTP/1.1 200 OK\r\n")
+    );
+
+    let log = agent.stop();
+    assert!(log.len() < 16 * 1024, "{} bytes of log", log.len());
+    assert!(!log.contains("accepting a /metrics connection"), "{log}");
+}
+
+/// Descriptors run out under the agent (its limit lowered, after it
+/// started, to what it has open plus 32, which idle connections fill up, as
+/// many as come): accept errors
+/// neither spin nor flood the log, and a config change that failed for
+/// want of descriptors is applied once they are back, with /metrics.
+#[test]
+fn the_agent_recovers_when_descriptors_run_out() {
+    if !require_root("the_agent_recovers_when_descriptors_run_out") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec::default()).unwrap();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
+    let config = rig.scratch_dir().unwrap().join("agent.toml");
+    std::fs::write(&config, pod_entry(a)).unwrap();
+    let agent = Agent::start(&rig, node, Some(&config), None);
+    wait_for("the initial config", &|| is_registered(node, a));
+    let pid = agent.child.0.as_ref().unwrap().id();
+    let in_use = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    // Room for a reconcile (maps, netlink, the file), once connections
+    // leave it.
+    let limit = format!("--nofile={0}:{0}", in_use + 32);
+    pod_net_tests::cmd::run("prlimit", ["--pid", &pid.to_string(), &limit]).unwrap();
+
+    // Connections keep coming until the change has failed (3,000 at most).
+    std::fs::write(&config, pod_entry(a) + &pod_entry(b)).unwrap();
+    let idle: Vec<std::net::TcpStream> = in_node(node, || {
+        let mut idle = Vec::new();
+        while idle.len() < 3000 && !agent.log().contains("not applied") {
+            idle.push(std::net::TcpStream::connect(METRICS).unwrap());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        idle
+    });
+    let log = agent.log();
+    assert!(log.contains("not applied"), "{log}");
+    drop(idle);
+    wait_for("the config that failed", &|| is_registered(node, b));
+    assert!(
+        get_metrics(node)
+            .unwrap()
+            .starts_with("HTTP/1.1 200 OK\r\n")
+    );
+    let log = agent.stop();
+    assert!(
+        log.contains("accepting a /metrics connection: Too many open files"),
+        "{log}"
+    );
+    assert!(log.len() < 16 * 1024, "{} bytes of log:\n{log}", log.len());
+}
+
+/// GET and HEAD /metrics are answered, other methods get 405 and other
+/// paths 404; a client that never finishes its headers is dropped.
+#[test]
+fn the_agent_answers_get_and_head_only_and_drops_a_slow_client() {
+    if !require_root("the_agent_answers_get_and_head_only") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec::default()).unwrap();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let agent = Agent::start(&rig, node, None, None);
+    let request = |method: &str, path: &str| {
+        exchange(
+            node,
+            &format!(
+                "{method} {path} HTTP/1.1\r\nHost: pod-net\r\nContent-Length: 0\r\n\
+                 Connection: close\r\n\r\n"
+            ),
+        )
+        .unwrap()
+    };
+    let head_and_body = |response: &str| {
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        (head.to_ascii_lowercase(), body.to_owned())
+    };
+
+    let (head, body) = head_and_body(&request("GET", "/metrics"));
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(
+        head.contains("\r\ncontent-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    assert!(body.contains("# TYPE pod_net_packets_total counter"));
+    let (head, body) = head_and_body(&request("HEAD", "/metrics"));
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("\r\ncontent-length: "), "{head}");
+    assert_eq!(body, "");
+    for method in ["POST", "PUT", "DELETE"] {
+        let (head, body) = head_and_body(&request(method, "/metrics"));
+        assert!(
+            head.starts_with("http/1.1 405 method not allowed\r\n"),
+            "{method}: {head}"
+        );
+        assert!(head.contains("\r\nallow: get, head"), "{head}");
+        assert_eq!(body, "only GET and HEAD\n");
+    }
+    let (head, body) = head_and_body(&request("GET", "/nope"));
+    assert!(head.starts_with("http/1.1 404 not found\r\n"), "{head}");
+    assert_eq!(body, "try /metrics\n");
+
+    // Half a request, never finished: the agent hangs up on it (within
+    // the read timeout of 30 s), without an answer.
+    let slow = in_node(node, || {
+        use std::io::Write as _;
+        let mut stream = std::net::TcpStream::connect(METRICS).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: pod-net\r\n")
+            .unwrap();
+        stream
+    });
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = Vec::new();
+    match std::io::Read::read_to_end(&mut &slow, &mut answer) {
+        Ok(_) => assert!(answer.is_empty(), "{answer:?}"),
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+    }
+    let log = agent.stop();
+    assert!(
+        log.contains("/metrics client dropped: read header from client timeout"),
+        "{log}"
+    );
+}
+
+/// A config the agent could not apply (a veth missing for now) is tried
+/// again until it applies, and its error is logged once, not per retry.
+#[test]
+fn the_agent_retries_a_config_it_could_not_apply() {
+    if !require_root("the_agent_retries_a_config_it_could_not_apply") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec::default()).unwrap();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
+    node.ip(&["link", "set", &b.host_veth, "down"]).unwrap();
+    node.ip(&["link", "set", &b.host_veth, "name", "pn-late"])
+        .unwrap();
+    let config = rig.scratch_dir().unwrap().join("agent.toml");
+    std::fs::write(&config, pod_entry(a) + &pod_entry(b)).unwrap();
+    let agent = Agent::start(&rig, node, Some(&config), None);
+    wait_for("the failure", &|| agent.log().contains("not applied"));
+    let log = agent.log();
+    let failed = log
+        .lines()
+        .find(|line| line.contains("not applied"))
+        .unwrap();
+    assert!(
+        failed.contains(&format!("config {} not applied: ", config.display()))
+            && failed.ends_with(&format!(
+                "no interface named {:?} in this network namespace",
+                b.host_veth
+            )),
+        "{log}"
+    );
+    assert!(!is_registered(node, a));
+
+    node.ip(&["link", "set", "pn-late", "name", &b.host_veth])
+        .unwrap();
+    node.ip(&["link", "set", &b.host_veth, "up"]).unwrap();
+    wait_for("the retry", &|| {
+        is_registered(node, a) && is_registered(node, b)
+    });
+    let log = agent.stop();
+    assert!(log.contains(": 2 change(s) applied"), "{log}");
+    let failures = log.matches("not applied").count();
+    assert!(
+        (1..=2).contains(&failures),
+        "{failures} failures logged:\n{log}"
+    );
+}
+
+/// `status` checks the underlay: up, with carrier, and holding the node IP.
+#[test]
+fn status_reports_an_underlay_that_is_down_or_lost_the_node_ip() {
+    if !require_root("status_reports_an_underlay_that_is_down") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec {
+        nodes: 2,
+        pods_per_node: 0,
+        ..RigSpec::default()
+    })
+    .unwrap();
+    let (node, peer) = (rig.node(1), rig.node(2));
+    node.load_cross_node().unwrap();
+    let problems = || -> (Option<i32>, Vec<(String, String)>) {
+        let output = output_of(&mut node.pod_net_command(&["status", "--json"])).unwrap();
+        let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+        let problems = status["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|problem| {
+                (
+                    problem["what"].as_str().unwrap().to_owned(),
+                    problem["hint"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        (output.status.code(), problems)
+    };
+    assert_eq!(problems(), (Some(0), vec![]));
+
+    node.ip(&["addr", "del", "192.168.100.1/24", "dev", "eth0"])
+        .unwrap();
+    assert_eq!(
+        problems(),
+        (
+            Some(1),
+            vec![(
+                "the node IP 192.168.100.1 is not on the underlay eth0".to_owned(),
+                "put it back (`ip addr add 192.168.100.1/PREFIX dev eth0`), or load with the \
+                 node's address: `pod-net load --underlay eth0 --node-ip IP`"
+                    .to_owned()
+            )]
+        )
+    );
+    node.ip(&["addr", "add", "192.168.100.1/24", "dev", "eth0"])
+        .unwrap();
+    assert_eq!(problems(), (Some(0), vec![]));
+
+    node.ip(&["link", "set", "eth0", "down"]).unwrap();
+    assert_eq!(
+        problems(),
+        (
+            Some(1),
+            vec![(
+                "the underlay eth0 is down".to_owned(),
+                "bring it up: `ip link set eth0 up`".to_owned()
+            )]
+        )
+    );
+    node.ip(&["link", "set", "eth0", "up"]).unwrap();
+    peer.ip(&["link", "set", "eth0", "down"]).unwrap();
+    assert_eq!(
+        problems(),
+        (
+            Some(1),
+            vec![(
+                "the underlay eth0 is up but has no carrier".to_owned(),
+                "check what eth0 is plugged into".to_owned()
+            )]
+        )
+    );
+    peer.ip(&["link", "set", "eth0", "up"]).unwrap();
+    assert_eq!(problems(), (Some(0), vec![]));
+}
+
+/// `unload` says it deleted the tunnel device only when it did.
+#[test]
+fn unload_names_the_tunnel_device_only_when_it_deleted_one() {
+    if !require_root("unload_names_the_tunnel_device_only_when_it_deleted_one") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec {
+        nodes: 2,
+        pods_per_node: 0,
+        ..RigSpec::default()
+    })
+    .unwrap();
+    let node = rig.node(1);
+    let pin_dir = node.pin_dir.display();
+    node.load_cross_node().unwrap();
+    assert_eq!(
+        node.pod_net(&["unload"]).unwrap(),
+        format!("unloaded {pin_dir} (1 attachment(s) removed, pnvxlan1 deleted)\n")
+    );
+    assert!(node.ip(&["link", "show", "pnvxlan1"]).is_err());
+
+    node.load_cross_node().unwrap();
+    node.ip(&["link", "del", "pnvxlan1"]).unwrap();
+    assert_eq!(
+        node.pod_net(&["unload"]).unwrap(),
+        format!("unloaded {pin_dir} (1 attachment(s) removed)\n")
+    );
+}

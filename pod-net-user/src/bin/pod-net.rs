@@ -1,11 +1,27 @@
 //! `pod-net`: the loader CLI.
 use std::process::ExitCode;
 
-use clap::Parser as _;
-use pod_net::cli::{self, Cli};
+use clap::error::ErrorKind;
+use pod_net::cli;
 
 fn main() -> ExitCode {
-    match cli::run(Cli::parse()) {
+    let cli = match cli::parse(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
+            err.exit()
+        }
+        Err(err) => {
+            // A usage error: one line too, with clap's exit status.
+            eprintln!("pod-net: error: {}", cli::usage_error_line(&err));
+            return ExitCode::from(2);
+        }
+    };
+    match cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
             // One line naming what was wrong, the causes after colons.

@@ -24,7 +24,7 @@ use crate::{
     mac::MacAddr,
     netdev::{self, Link, LinkKind},
     netns,
-    pins::PinDir,
+    pins::{self, PinDir},
 };
 
 /// What the plugin prints on stdout, and its exit status.
@@ -123,8 +123,7 @@ fn dispatch(env: &Env, stdin: &[u8]) -> Step<String> {
         return Ok(version());
     }
     let conf = parse_conf(stdin)?;
-    let pins = PinDir::checked(&conf.pin_dir)
-        .map_err(|err| Failure::new(codes::INVALID_CONFIG, format!("pinDir: {err:#}")))?;
+    let pins = pin_dir(&conf.pin_dir)?;
     match command {
         "ADD" => add(env, &conf, &pins),
         "DEL" => del(env, &pins).map(|()| String::new()),
@@ -178,6 +177,22 @@ fn parse_conf(stdin: &[u8]) -> Step<NetConf> {
     Ok(conf)
 }
 
+/// A `pinDir` that `pod-net load` could never have made is bad config
+/// (code 7), not "try again later": it must be absolute, without `.` or
+/// `..`, and on bpffs (or under /sys/fs/bpf, where `load` mounts it).
+/// The configured pin dir, if it is one pod-net could have loaded into:
+/// anything else is a bad configuration, not a reason to try again.
+fn pin_dir(pin_dir: &str) -> Step<PinDir> {
+    PinDir::checked(pin_dir)
+        .and_then(|pins| pins::needs_bpffs_mount(pins.root()).map(|_| pins))
+        .map_err(|err| {
+            Failure::new(
+                codes::INVALID_CONFIG,
+                format!("invalid network configuration: {err:#}"),
+            )
+        })
+}
+
 fn required<'a>(value: Option<&'a String>, name: &str) -> Step<&'a str> {
     value
         .map(String::as_str)
@@ -187,6 +202,7 @@ fn required<'a>(value: Option<&'a String>, name: &str) -> Step<&'a str> {
 /// The pod's side as the previous plugin left it: the sandbox interface's
 /// IPs from prevResult, and its MAC and host veth from the kernel.
 struct Sandbox {
+    /// prevResult's addresses for the interface, each configured on it.
     ips: Vec<IpAddr>,
     mac: MacAddr,
     host_veth: Link,
@@ -231,10 +247,35 @@ fn inspect_sandbox(env: &Env, conf: &NetConf) -> Step<Sandbox> {
         })
         .collect::<Step<Vec<IpAddr>>>()?;
 
-    let pod_link = netns::run_in_path(Path::new(netns), move || {
-        netdev::link_by_name(&ifname)?.with_context(|| format!("no {ifname} in the sandbox"))
+    let netns = netns::open(Path::new(netns)).map_err(|err| {
+        Failure::with_details(
+            codes::BAD_ENV,
+            format!("CNI_NETNS {netns:?} is not usable"),
+            &err,
+        )
+    })?;
+    let (pod_link, configured) = netns::run_in_file(&netns, move || {
+        let link = netdev::link_by_name(&ifname)?
+            .with_context(|| format!("no {ifname} in the sandbox"))?;
+        let configured: Vec<IpAddr> = netdev::all_addresses()?
+            .into_iter()
+            .filter(|(index, _)| *index == link.index)
+            .map(|(_, ip)| ip)
+            .collect();
+        Ok((link, configured))
     })
     .map_err(|err| Failure::with_details(codes::IO_FAILURE, "cannot inspect the sandbox", &err))?;
+    // An address the previous plugin did not put on the interface (the
+    // gateway, say) is not the pod's to claim.
+    if let Some(ip) = ips.iter().find(|ip| !configured.contains(ip)) {
+        return Err(Failure::new(
+            codes::INVALID_CONFIG,
+            format!(
+                "prevResult gives {ip} to {}, but {} in the sandbox does not have it",
+                pod_link.name, pod_link.name
+            ),
+        ));
+    }
     let mac = pod_link
         .mac
         .ok_or_else(|| Failure::new(codes::IO_FAILURE, format!("{} has no MAC", pod_link.name)))?;
@@ -284,6 +325,16 @@ fn add(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<String> {
     required(env.path.as_ref(), "CNI_PATH")?;
     let sandbox = inspect_sandbox(env, conf)?;
     require_loaded(pins)?;
+    // All refusals before the first registration: nothing half-written.
+    for ip in &sandbox.ips {
+        endpoints::refuse_node_address(*ip).map_err(|err| {
+            Failure::with_details(
+                codes::INVALID_CONFIG,
+                format!("prevResult gives the pod {ip}, an address of this node"),
+                &err,
+            )
+        })?;
+    }
     for ip in &sandbox.ips {
         let spec = PodSpec {
             ip: Some(*ip),

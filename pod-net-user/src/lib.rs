@@ -19,6 +19,7 @@ pub mod monitor;
 pub mod netdev;
 pub mod netlink;
 pub mod netns;
+pub mod overlap;
 pub mod pins;
 pub mod remotes;
 pub mod stats;

@@ -104,6 +104,26 @@ pub fn link_names() -> Result<std::collections::HashMap<u32, String>> {
 
 /// The IPv4 addresses on interface `index`.
 pub fn ipv4_addresses(index: u32) -> Result<Vec<Ipv4Addr>> {
+    Ok(all_addresses()?
+        .into_iter()
+        .filter(|address| address.index == index)
+        .filter_map(|address| match address.ip {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        })
+        .collect())
+}
+
+/// One address on one interface of this namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostAddress {
+    pub index: u32,
+    pub ip: IpAddr,
+    pub prefix_len: u8,
+}
+
+/// Every address on every interface of the caller's namespace.
+pub fn all_addresses() -> Result<Vec<HostAddress>> {
     let replies = netlink::get(
         RouteNetlinkMessage::GetAddress(AddressMessage::default()),
         true,
@@ -112,15 +132,33 @@ pub fn ipv4_addresses(index: u32) -> Result<Vec<Ipv4Addr>> {
     Ok(replies
         .iter()
         .filter_map(|reply| match reply {
-            RouteNetlinkMessage::NewAddress(address) if address.header.index == index => {
-                Some(address)
-            }
+            RouteNetlinkMessage::NewAddress(address) => Some(address),
             _ => None,
         })
-        .flat_map(|address| &address.attributes)
-        .filter_map(|attribute| match attribute {
-            AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-            _ => None,
+        .filter_map(|address| {
+            // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the
+            // peer's on a point-to-point link); IFA_ADDRESS when alone.
+            let local = address
+                .attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+            let ip = local.or_else(|| {
+                address
+                    .attributes
+                    .iter()
+                    .find_map(|attribute| match attribute {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })
+            })?;
+            Some(HostAddress {
+                index: address.header.index,
+                ip,
+                prefix_len: address.header.prefix_len,
+            })
         })
         .collect())
 }

@@ -50,6 +50,7 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PodConfig {
+    #[serde(deserialize_with = "canonical_ip")]
     pub ip: IpAddr,
     pub veth: String,
     #[serde(default, deserialize_with = "optional_from_str")]
@@ -86,6 +87,11 @@ where
     T::Err: fmt::Display,
 {
     from_str(deserializer).map(Some)
+}
+
+/// An IP address; IPv4-mapped IPv6 is the IPv4 address it stands for.
+fn canonical_ip<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpAddr, D::Error> {
+    IpAddr::deserialize(deserializer).map(|ip| ip.to_canonical())
 }
 
 /// Reads and parses `path` (TOML, or JSON when it starts with `{`). The
@@ -296,6 +302,10 @@ fn validate(datapath: &Datapath, config: &NodeConfig) -> Result<()> {
         remotes::node_value(&node_spec(node), &loaded)
             .with_context(|| format!("nodes[{index}] ({})", node.cidr))?;
     }
+    // The file's nodes replace every current entry: check them as a whole
+    // against this node's addresses, routes and pods, and each other.
+    let specs: Vec<NodeSpec> = config.nodes.iter().map(node_spec).collect();
+    remotes::validate(datapath, &specs, &remotes::cidrs(datapath)?)?;
     if !config.nodes.is_empty() && tunnel_sync::device(&loaded)?.is_none() {
         bail!(
             "the tunnel device {} is missing; run `pod-net load` again to recreate it",

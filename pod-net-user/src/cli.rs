@@ -220,10 +220,18 @@ pub enum PodCommand {
     },
 }
 
+/// A pod address; IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is the IPv4 address
+/// it stands for, as everywhere in pod-net.
+fn pod_ip(text: &str) -> Result<IpAddr, String> {
+    text.parse::<IpAddr>()
+        .map(|ip| ip.to_canonical())
+        .map_err(|err| err.to_string())
+}
+
 #[derive(Debug, Args)]
 pub struct PodAddArgs {
     /// The pod's IP address.
-    #[arg(long)]
+    #[arg(long, value_parser = pod_ip)]
     pub ip: IpAddr,
     /// The host-side veth of the pod.
     #[arg(long, value_name = "HOST_IFNAME")]
@@ -243,7 +251,7 @@ pub struct PodAddArgs {
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct PodDelArgs {
-    #[arg(long)]
+    #[arg(long, value_parser = pod_ip)]
     pub ip: Option<IpAddr>,
     #[arg(long = "id", value_name = "CONTAINER_ID")]
     pub container_id: Option<String>,

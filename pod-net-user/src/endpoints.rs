@@ -285,10 +285,11 @@ pub fn check_address(ip: IpAddr, veth: &Link) -> Result<()> {
 /// in the caller's namespace): a pod registered with the gateway's address
 /// would take the node's traffic over.
 pub fn refuse_node_address(ip: IpAddr) -> Result<()> {
-    if let Some((index, _)) = netdev::all_addresses()?
+    if let Some(address) = netdev::all_addresses()?
         .into_iter()
-        .find(|(_, address)| *address == ip)
+        .find(|address| address.ip == ip)
     {
+        let index = address.index;
         let on = netdev::link_by_index(index)?
             .map_or_else(|| format!("ifindex {index}"), |link| link.name);
         bail!("{ip} is an address of this node (on {on}), not a pod's");
@@ -307,8 +308,8 @@ fn refuse_address_not_on_pod(ip: IpAddr, veth: &Link) -> Result<()> {
     let on_peer = move || -> Result<Vec<IpAddr>> {
         Ok(netdev::all_addresses()?
             .into_iter()
-            .filter(|(index, _)| *index == peer_index)
-            .map(|(_, address)| address)
+            .filter(|address| address.index == peer_index)
+            .map(|address| address.ip)
             .collect())
     };
     let addresses = match veth.peer_netnsid {

@@ -20,6 +20,7 @@ pub mod monitor;
 pub mod netdev;
 pub mod netlink;
 pub mod netns;
+pub mod overlap;
 pub mod peers;
 pub mod pins;
 pub mod remotes;

@@ -108,16 +108,24 @@ pub fn link_names() -> Result<std::collections::HashMap<u32, String>> {
 pub fn ipv4_addresses(index: u32) -> Result<Vec<Ipv4Addr>> {
     Ok(all_addresses()?
         .into_iter()
-        .filter_map(|(on, ip)| match ip {
-            IpAddr::V4(ip) if on == index => Some(ip),
-            _ => None,
+        .filter(|address| address.index == index)
+        .filter_map(|address| match address.ip {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
         })
         .collect())
 }
 
-/// Every address configured in the caller's namespace, with the index of
-/// the interface it is on.
-pub fn all_addresses() -> Result<Vec<(u32, IpAddr)>> {
+/// One address on one interface of this namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostAddress {
+    pub index: u32,
+    pub ip: IpAddr,
+    pub prefix_len: u8,
+}
+
+/// Every address on every interface of the caller's namespace.
+pub fn all_addresses() -> Result<Vec<HostAddress>> {
     let replies = netlink::get(
         RouteNetlinkMessage::GetAddress(AddressMessage::default()),
         true,
@@ -130,21 +138,29 @@ pub fn all_addresses() -> Result<Vec<(u32, IpAddr)>> {
             _ => None,
         })
         .filter_map(|address| {
-            // IFA_LOCAL is this end of a point-to-point address, where
-            // IFA_ADDRESS is the peer's; elsewhere they are the same.
-            let find = |local: bool| {
+            // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the
+            // peer's on a point-to-point link); IFA_ADDRESS when alone.
+            let local = address
+                .attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+            let ip = local.or_else(|| {
                 address
                     .attributes
                     .iter()
                     .find_map(|attribute| match attribute {
-                        AddressAttribute::Local(ip) if local => Some(*ip),
-                        AddressAttribute::Address(ip) if !local => Some(*ip),
+                        AddressAttribute::Address(ip) => Some(*ip),
                         _ => None,
                     })
-            };
-            find(true)
-                .or_else(|| find(false))
-                .map(|ip| (address.header.index, ip))
+            })?;
+            Some(HostAddress {
+                index: address.header.index,
+                ip,
+                prefix_len: address.header.prefix_len,
+            })
         })
         .collect())
 }

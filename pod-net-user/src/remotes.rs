@@ -18,10 +18,11 @@ use serde::Serialize;
 
 use crate::{
     cidr::Cidr,
-    datapath::Datapath,
+    datapath::{Datapath, endpoint_ip},
     mac::MacAddr,
     map_batch::{self, BatchError},
     netdev::{self, Link},
+    overlap::HostView,
     peers,
     pins::{PinDir, PinDirLock},
     tunnel::{self, RemoteRoute},
@@ -58,10 +59,11 @@ pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
     let datapath = Datapath::open(pins)?;
     let config = datapath.config()?;
     let device = tunnel_device(&config)?;
-    let value = node_value(spec, &config)?;
-    let route = [remote_route(spec.cidr, &value)];
 
     let _lock = pins.lock()?;
+    let checked = check(&datapath, &config, std::slice::from_ref(spec), &[])?;
+    let value = checked.values[0];
+    let route = [remote_route(spec.cidr, &value)];
     let new_peer = peers::admit(pins, &BTreeSet::from([spec.node_ip]))?;
     match insert_new(pins, &[spec.cidr], &[value]) {
         Ok(()) => {}
@@ -70,7 +72,7 @@ pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
             if existing == value {
                 new_peer.keep();
                 // Make sure the kernel's side is there too.
-                tunnel::add_routes(&device, &route)?;
+                tunnel::add_routes(&device, &route, &checked.routed)?;
                 return Ok(AddOutcome::Unchanged);
             }
             bail!(
@@ -82,9 +84,10 @@ pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
         }
         Err(failure) => return Err(failure.into_error(&datapath, &[spec.cidr])),
     }
-    if let Err(err) = tunnel::add_routes(&device, &route) {
+    if let Err(err) = tunnel::add_routes(&device, &route, &checked.routed) {
         // Leave the node as it was.
         let _ = delete(pins, &[spec.cidr]);
+        checked.undo(&device, &route);
         return Err(err);
     }
     new_peer.keep();
@@ -103,26 +106,198 @@ pub fn add_many(pins: &PinDir, _lock: &PinDirLock, specs: &[NodeSpec]) -> Result
     let datapath = Datapath::open(pins)?;
     let config = datapath.config()?;
     let device = tunnel_device(&config)?;
-    let values = specs
-        .iter()
-        .map(|spec| node_value(spec, &config).with_context(|| spec.cidr.to_string()))
-        .collect::<Result<Vec<_>>>()?;
     let cidrs: Vec<Cidr> = specs.iter().map(|spec| spec.cidr).collect();
+
+    let checked = check(&datapath, &config, specs, &[])?;
     let routes: Vec<RemoteRoute> = cidrs
         .iter()
-        .zip(&values)
+        .zip(&checked.values)
         .map(|(cidr, value)| remote_route(*cidr, value))
         .collect();
-
     let new_peers = peers::admit(pins, &specs.iter().map(|spec| spec.node_ip).collect())?;
-    insert_new(pins, &cidrs, &values).map_err(|failure| failure.into_error(&datapath, &cidrs))?;
-    if let Err(err) = tunnel::add_routes(&device, &routes) {
+    insert_new(pins, &cidrs, &checked.values)
+        .map_err(|failure| failure.into_error(&datapath, &cidrs))?;
+    if let Err(err) = tunnel::add_routes(&device, &routes, &checked.routed) {
         // Leave the node as it was.
         let _ = delete(pins, &cidrs);
-        let _ = tunnel::remove_routes(&device, &routes, &[]);
+        checked.undo(&device, &routes);
         return Err(err.context("nothing was added"));
     }
     new_peers.keep();
+    Ok(())
+}
+
+/// Checks new entries without changing anything: against this node (see
+/// [`crate::overlap`]) and against the entries already there, less `replaced`
+/// (which the caller removes first, as `apply` does). One node IP has one
+/// VTEP MAC and one VTEP MAC one node IP; a node IP must not lie inside a
+/// remote prefix, or the tunnel would carry its own underlay.
+pub fn validate(datapath: &Datapath, specs: &[NodeSpec], replaced: &[Cidr]) -> Result<()> {
+    check(datapath, &datapath.config()?, specs, replaced).map(drop)
+}
+
+/// What [`check`] learnt: the values to store, and what to undo with.
+struct Checked {
+    values: Vec<RemoteNode>,
+    /// Prefixes pod-net routes already (replaced, not created).
+    routed: BTreeSet<Cidr>,
+    /// Node IPs the entries already there use.
+    known_nodes: HashSet<[u8; 4]>,
+}
+
+impl Checked {
+    /// Takes back the kernel side of a failed add: the routes it created
+    /// and the neighbour and FDB entries of nodes that were new.
+    fn undo(&self, device: &Link, routes: &[RemoteRoute]) {
+        let created: Vec<RemoteRoute> = routes
+            .iter()
+            .filter(|route| !self.routed.contains(&route.cidr))
+            .copied()
+            .collect();
+        let new_nodes: BTreeSet<tunnel::GoneNode> = routes
+            .iter()
+            .filter(|route| !self.known_nodes.contains(&route.node_ip.octets()))
+            .map(|route| tunnel::GoneNode {
+                node_ip: route.node_ip,
+                vtep_mac: route.vtep_mac,
+                last: true,
+            })
+            .collect();
+        let new_nodes: Vec<tunnel::GoneNode> = new_nodes.into_iter().collect();
+        let _ = tunnel::remove_routes(device, &created, &new_nodes);
+    }
+}
+
+fn check(
+    datapath: &Datapath,
+    config: &Config,
+    specs: &[NodeSpec],
+    replaced: &[Cidr],
+) -> Result<Checked> {
+    // In a batch, an error about a node IP names the entry.
+    let many = specs.len() > 1;
+    let at = |spec: &NodeSpec, error: anyhow::Error| {
+        if many {
+            error.context(spec.cidr.to_string())
+        } else {
+            error
+        }
+    };
+    let values = specs
+        .iter()
+        .map(|spec| node_value(spec, config).map_err(|error| at(spec, error)))
+        .collect::<Result<Vec<_>>>()?;
+
+    let routes = tunnel::main_routes()?;
+    let pods = datapath
+        .endpoint_entries()?
+        .iter()
+        .map(|(key, _)| endpoint_ip(key))
+        .collect();
+    let host = HostView::new(
+        netdev::all_addresses()?,
+        routes.clone(),
+        pods,
+        netdev::link_names()?,
+    );
+    for spec in specs {
+        host.check_prefix(spec.cidr)?;
+        host.check_node_ip(spec.node_ip)
+            .map_err(|error| at(spec, error))?;
+    }
+
+    let replaced: HashSet<Cidr> = replaced.iter().copied().collect();
+    let current: Vec<(Cidr, RemoteNode)> = entries(datapath)?
+        .into_iter()
+        .filter(|(cidr, _)| !replaced.contains(cidr))
+        .collect();
+    check_nodes(&current, specs, &values)?;
+    Ok(Checked {
+        values,
+        routed: routes
+            .iter()
+            .filter(|route| route.is_pod_nets())
+            .map(|route| route.cidr)
+            .collect(),
+        known_nodes: current.iter().map(|(_, node)| node.node_ip).collect(),
+    })
+}
+
+/// The checks between entries: one node IP, one VTEP MAC, and the other
+/// way round; no node IP inside a remote prefix.
+fn check_nodes(
+    current: &[(Cidr, RemoteNode)],
+    specs: &[NodeSpec],
+    values: &[RemoteNode],
+) -> Result<()> {
+    let mut mac_of: HashMap<[u8; 4], ([u8; 6], Cidr)> = HashMap::new();
+    let mut node_of: HashMap<[u8; 6], ([u8; 4], Cidr)> = HashMap::new();
+    let new_cidrs: HashSet<Cidr> = specs.iter().map(|spec| spec.cidr).collect();
+    // An entry being added again is no conflict with itself.
+    for (cidr, node) in current.iter().filter(|(cidr, _)| !new_cidrs.contains(cidr)) {
+        mac_of.entry(node.node_ip).or_insert((node.vtep_mac, *cidr));
+        node_of
+            .entry(node.vtep_mac)
+            .or_insert((node.node_ip, *cidr));
+    }
+    for (spec, value) in specs.iter().zip(values) {
+        let mac = MacAddr(value.vtep_mac);
+        match mac_of.get(&value.node_ip) {
+            Some((other, cidr)) if *other != value.vtep_mac => bail!(
+                "node {} already has VTEP MAC {} (for {cidr}); one node has one VTEP MAC, so \
+                 {} cannot use {mac}",
+                spec.node_ip,
+                MacAddr(*other),
+                spec.cidr
+            ),
+            Some(_) => {}
+            None => {
+                mac_of.insert(value.node_ip, (value.vtep_mac, spec.cidr));
+            }
+        }
+        match node_of.get(&value.vtep_mac) {
+            Some((other, cidr)) if *other != value.node_ip => bail!(
+                "VTEP MAC {mac} is already node {}'s (for {cidr}); {} via node {} needs \
+                 another one",
+                Ipv4Addr::from(*other),
+                spec.cidr,
+                spec.node_ip
+            ),
+            Some(_) => {}
+            None => {
+                node_of.insert(value.vtep_mac, (value.node_ip, spec.cidr));
+            }
+        }
+    }
+
+    let prefixes: HashSet<Cidr> = current
+        .iter()
+        .map(|(cidr, _)| *cidr)
+        .chain(new_cidrs.iter().copied())
+        .filter(|cidr| cidr.addr.is_ipv4())
+        .collect();
+    let lengths: BTreeSet<u8> = prefixes.iter().map(|cidr| cidr.prefix_len).collect();
+    let mut node_ips: Vec<IpAddr> = mac_of.keys().map(|ip| IpAddr::from(*ip)).collect();
+    node_ips.sort_unstable();
+    for spec in specs {
+        let inside = lengths
+            .iter()
+            .map(|&len| Cidr::masked(spec.node_ip.into(), len))
+            .find(|cidr| prefixes.contains(cidr));
+        if let Some(cidr) = inside {
+            bail!(
+                "node IP {} lies inside the remote prefix {cidr}: the tunnel cannot carry its \
+                 own underlay",
+                spec.node_ip
+            );
+        }
+        if let Some(node_ip) = spec.cidr.first_inside(&node_ips, |ip| *ip) {
+            bail!(
+                "{} contains node IP {node_ip}: the tunnel cannot carry its own underlay",
+                spec.cidr
+            );
+        }
+    }
     Ok(())
 }
 
@@ -164,29 +339,68 @@ pub fn del_many(pins: &PinDir, _lock: &PinDirLock, cidrs: &[Cidr]) -> Result<Vec
         let _ = insert_new(pins, &cidrs, &values);
         return Err(error.context("removing remote entries"));
     }
-    // A node's neighbour and FDB entries go with its last prefix.
+    // A node stops being a peer with its last prefix.
     let still_used: HashSet<[u8; 4]> = current.values().map(|node| node.node_ip).collect();
-    let gone_nodes: BTreeSet<(Ipv4Addr, [u8; 6])> = removed
-        .iter()
-        .filter(|(_, node)| !still_used.contains(&node.node_ip))
-        .map(|(_, node)| (Ipv4Addr::from(node.node_ip), node.vtep_mac))
-        .collect();
-    peers::remove(pins, gone_nodes.iter().map(|(node_ip, _)| *node_ip))?;
+    peers::remove(
+        pins,
+        removed
+            .iter()
+            .filter(|(_, node)| !still_used.contains(&node.node_ip))
+            .map(|(_, node)| Ipv4Addr::from(node.node_ip)),
+    )?;
     if let Ok(device) = tunnel_device(&config) {
         let routes: Vec<RemoteRoute> = removed
             .iter()
             .map(|(cidr, node)| remote_route(*cidr, node))
             .collect();
-        let gone_nodes: Vec<(Ipv4Addr, MacAddr)> = gone_nodes
-            .into_iter()
-            .map(|(ip, mac)| (ip, MacAddr(mac)))
+        let remaining: Vec<RemoteRoute> = current
+            .iter()
+            .map(|(cidr, node)| remote_route(*cidr, node))
             .collect();
-        tunnel::remove_routes(&device, &routes, &gone_nodes)?;
+        let (gone, restore) = gone_nodes(&routes, &remaining);
+        tunnel::remove_routes(&device, &routes, &gone)?;
+        // A node left with another MAC (entries from before one node IP
+        // had one MAC) gets its neighbour entry back.
+        tunnel::set_nodes(&device, &restore)?;
     }
     Ok(removed
         .iter()
         .map(|(cidr, node)| node_entry(*cidr, node))
         .collect())
+}
+
+/// The (node, VTEP MAC) pairs of `removed` that no `remaining` entry uses,
+/// and the remaining entries of those nodes that are still in use, whose
+/// neighbour and FDB entries must be set again.
+fn gone_nodes(
+    removed: &[RemoteRoute],
+    remaining: &[RemoteRoute],
+) -> (Vec<tunnel::GoneNode>, Vec<RemoteRoute>) {
+    let pairs: HashSet<(Ipv4Addr, [u8; 6])> = remaining
+        .iter()
+        .map(|route| (route.node_ip, route.vtep_mac.0))
+        .collect();
+    let nodes: HashSet<Ipv4Addr> = remaining.iter().map(|route| route.node_ip).collect();
+    let gone: BTreeSet<tunnel::GoneNode> = removed
+        .iter()
+        .filter(|route| !pairs.contains(&(route.node_ip, route.vtep_mac.0)))
+        .map(|route| tunnel::GoneNode {
+            node_ip: route.node_ip,
+            vtep_mac: route.vtep_mac,
+            last: !nodes.contains(&route.node_ip),
+        })
+        .collect();
+    let still_used: HashSet<Ipv4Addr> = gone
+        .iter()
+        .filter(|node| !node.last)
+        .map(|node| node.node_ip)
+        .collect();
+    let restore = remaining
+        .iter()
+        .filter(|route| still_used.contains(&route.node_ip))
+        .copied()
+        .collect();
+    (gone.into_iter().collect(), restore)
 }
 
 /// Which map holds a prefix: one pod's address goes in `remote_pods`.
@@ -394,6 +608,14 @@ pub fn node_ips(datapath: &Datapath) -> Result<BTreeSet<Ipv4Addr>> {
     Ok(entries(datapath)?
         .iter()
         .map(|(_, node)| Ipv4Addr::from(node.node_ip))
+        .collect())
+}
+
+/// The prefixes of every remote entry, unsorted.
+pub fn cidrs(datapath: &Datapath) -> Result<Vec<Cidr>> {
+    Ok(entries(datapath)?
+        .into_iter()
+        .map(|(cidr, _)| cidr)
         .collect())
 }
 

@@ -8,7 +8,14 @@
 //! (same VNI, port and VTEP MACs), so nothing is lost, and the device's MTU
 //! (underlay MTU - 50) makes the kernel send ICMP fragmentation needed
 //! where it must.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+//!
+//! Every route pod-net writes carries its own route protocol number,
+//! [`ROUTE_PROTOCOL`]: pod-net replaces and deletes only routes with that
+//! mark, and never the node's connected routes or anyone else's.
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, Result, bail};
 use netlink_packet_route::{
@@ -31,6 +38,13 @@ use crate::{
     netdev::{self, Link, LinkKind},
     netlink::{self, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE},
 };
+
+/// The route protocol (`rtm_protocol`) marking pod-net's routes; `ip route`
+/// shows it as `proto 112`, or by name with a line `112 pod-net` in
+/// `/etc/iproute2/rt_protos.d/pod-net.conf`. Unassigned in iproute2's
+/// `rt_protos`, and not Calico's 80 (Canal runs Calico's Felix beside
+/// flannel).
+pub const ROUTE_PROTOCOL: u8 = 0x70;
 
 /// The tunnel device's name for a VNI.
 #[must_use]
@@ -111,15 +125,62 @@ pub struct RemoteRoute {
 /// neighbour and FDB entries (one per node) that let the kernel
 /// encapsulate without learning. All requests go on one netlink socket.
 ///
+/// A prefix in `ours` (pod-net already routes it, see [`main_routes`]) has
+/// its route replaced; any other is created exclusively, so a route that
+/// is not pod-net's is never overwritten (the kernel answers EEXIST).
+///
 /// IPv6 prefixes cannot have an IPv4 next hop (the kernel refuses `RTA_VIA`
 /// for IPv6), so they go via a link-local next hop derived from the node's
 /// address (`fe80::` + its four bytes), with a neighbour entry giving it
 /// the node's VTEP MAC; the FDB entry then sends that MAC over IPv4.
-pub fn add_routes(device: &Link, routes: &[RemoteRoute]) -> Result<()> {
+pub fn add_routes(device: &Link, routes: &[RemoteRoute], ours: &BTreeSet<Cidr>) -> Result<()> {
+    let (mut messages, mut describe) = node_messages(device, routes);
+    for remote in routes {
+        let flags = if ours.contains(&remote.cidr) {
+            NLM_F_CREATE | NLM_F_REPLACE
+        } else {
+            NLM_F_CREATE | NLM_F_EXCL
+        };
+        messages.push((
+            RouteNetlinkMessage::NewRoute(route(device, remote.cidr, remote.node_ip)),
+            flags,
+        ));
+        describe.push(format!(
+            "adding route {} via {} on {}",
+            remote.cidr, remote.node_ip, device.name
+        ));
+    }
+    netlink::change_all(messages, &[]).map_err(|(index, error)| {
+        if error.raw_os_error() == Some(libc::EEXIST) {
+            anyhow::anyhow!(
+                "{}: a route that is not pod-net's is in the way; pod-net leaves it alone",
+                describe[index]
+            )
+        } else {
+            anyhow::Error::new(error).context(describe[index].clone())
+        }
+    })
+}
+
+/// Sets the neighbour and FDB entries of the nodes `routes` go to (and the
+/// IPv6 next hop's neighbour for nodes with IPv6 prefixes), replacing what
+/// is there: after a node's prefix goes, its other prefixes keep a
+/// neighbour entry with the right MAC.
+pub fn set_nodes(device: &Link, routes: &[RemoteRoute]) -> Result<()> {
+    let (messages, describe) = node_messages(device, routes);
+    netlink::change_all(messages, &[])
+        .map_err(|(index, error)| anyhow::Error::new(error).context(describe[index].clone()))
+}
+
+/// The neighbour and FDB requests for the nodes of `routes`, each once.
+fn node_messages(
+    device: &Link,
+    routes: &[RemoteRoute],
+) -> (Vec<(RouteNetlinkMessage, u16)>, Vec<String>) {
     let mut messages = Vec::new();
     let mut describe = Vec::new();
-    let mut nodes = std::collections::BTreeSet::new();
-    let mut nodes6 = std::collections::BTreeSet::new();
+    let mut nodes = BTreeSet::new();
+    let mut nodes6 = BTreeSet::new();
     for remote in routes {
         let (node_ip, vtep_mac) = (remote.node_ip, remote.vtep_mac);
         if nodes.insert((node_ip, vtep_mac.0)) {
@@ -143,28 +204,14 @@ pub fn add_routes(device: &Link, routes: &[RemoteRoute]) -> Result<()> {
             describe.push(format!("adding neighbour {next_hop} on {}", device.name));
         }
     }
-    for remote in routes {
-        messages.push((
-            RouteNetlinkMessage::NewRoute(route(device, remote.cidr, remote.node_ip)),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        ));
-        describe.push(format!(
-            "adding route {} via {} on {}",
-            remote.cidr, remote.node_ip, device.name
-        ));
-    }
-    netlink::change_all(messages, &[])
-        .map_err(|(index, error)| anyhow::Error::new(error).context(describe[index].clone()))
+    (messages, describe)
 }
 
-/// Removes the routes for `routes`, then the neighbour and FDB entries of
-/// `gone_nodes` (nodes no prefix uses any more). What is already gone is
-/// not an error.
-pub fn remove_routes(
-    device: &Link,
-    routes: &[RemoteRoute],
-    gone_nodes: &[(Ipv4Addr, MacAddr)],
-) -> Result<()> {
+/// Removes pod-net's routes for `routes` (a route without
+/// [`ROUTE_PROTOCOL`] stays, whatever its prefix), then the FDB entries of
+/// `gone_nodes` and, for those no prefix uses any more (`last` true), their
+/// neighbour entries. What is already gone is not an error.
+pub fn remove_routes(device: &Link, routes: &[RemoteRoute], gone_nodes: &[GoneNode]) -> Result<()> {
     let mut messages = Vec::new();
     let mut describe = Vec::new();
     for remote in routes {
@@ -174,12 +221,16 @@ pub fn remove_routes(
         ));
         describe.push(format!("removing route {} on {}", remote.cidr, device.name));
     }
-    for &(node_ip, vtep_mac) in gone_nodes {
+    for gone in gone_nodes {
+        let (node_ip, vtep_mac) = (gone.node_ip, gone.vtep_mac);
         messages.push((
             RouteNetlinkMessage::DelNeighbour(fdb_entry(device, node_ip, vtep_mac)),
             0,
         ));
         describe.push(format!("removing FDB entry {vtep_mac} on {}", device.name));
+        if !gone.last {
+            continue;
+        }
         for neighbour_ip in [IpAddr::from(node_ip), link_local_next_hop(node_ip).into()] {
             messages.push((
                 RouteNetlinkMessage::DelNeighbour(neighbour(device, neighbour_ip, vtep_mac)),
@@ -193,6 +244,87 @@ pub fn remove_routes(
     }
     netlink::change_all(messages, &[libc::ENOENT, libc::ESRCH])
         .map_err(|(index, error)| anyhow::Error::new(error).context(describe[index].clone()))
+}
+
+/// A (node, VTEP MAC) pair no remote entry uses any more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GoneNode {
+    pub node_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
+    /// No entry uses the node IP at all: its neighbour entries go too.
+    pub last: bool,
+}
+
+/// A route of the main table, as the overlap checks see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelRoute {
+    pub cidr: Cidr,
+    /// `rtm_protocol`: [`ROUTE_PROTOCOL`] for pod-net's own routes.
+    pub protocol: u8,
+    /// The output interface, when the route names one.
+    pub oif: Option<u32>,
+    /// Whether the route goes via a gateway.
+    pub via: bool,
+    /// Scope link: the prefix is on a link (a connected route).
+    pub on_link: bool,
+}
+
+impl KernelRoute {
+    /// Whether pod-net wrote this route.
+    #[must_use]
+    pub const fn is_pod_nets(&self) -> bool {
+        self.protocol == ROUTE_PROTOCOL
+    }
+}
+
+/// Every IPv4 and IPv6 route in the main table of the caller's namespace.
+pub fn main_routes() -> Result<Vec<KernelRoute>> {
+    let replies = netlink::get(RouteNetlinkMessage::GetRoute(RouteMessage::default()), true)
+        .context("netlink dump of routes")?;
+    Ok(replies
+        .iter()
+        .filter_map(|reply| match reply {
+            RouteNetlinkMessage::NewRoute(message) => kernel_route(message),
+            _ => None,
+        })
+        .collect())
+}
+
+fn kernel_route(message: &RouteMessage) -> Option<KernelRoute> {
+    let header = &message.header;
+    let mut table = u32::from(header.table);
+    let mut destination = None;
+    let mut oif = None;
+    let mut via = false;
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Table(id) => table = *id,
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => {
+                destination = Some(IpAddr::V4(*ip));
+            }
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => {
+                destination = Some(IpAddr::V6(*ip));
+            }
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => via = true,
+            _ => {}
+        }
+    }
+    let unspecified = match header.address_family {
+        AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    (table == u32::from(RouteHeader::RT_TABLE_MAIN)).then(|| KernelRoute {
+        cidr: Cidr::masked(
+            destination.unwrap_or(unspecified),
+            header.destination_prefix_length,
+        ),
+        protocol: header.protocol.into(),
+        oif,
+        via,
+        on_link: header.scope == RouteScope::Link,
+    })
 }
 
 /// The IPv6 next hop standing for a node: `fe80::` + its IPv4 address.
@@ -229,7 +361,7 @@ fn route(device: &Link, cidr: Cidr, node_ip: Ipv4Addr) -> RouteMessage {
         address_family: family,
         destination_prefix_length: cidr.prefix_len,
         table: RouteHeader::RT_TABLE_MAIN,
-        protocol: RouteProtocol::Static,
+        protocol: RouteProtocol::Other(ROUTE_PROTOCOL),
         scope: RouteScope::Universe,
         kind: RouteType::Unicast,
         flags: RouteFlags::Onlink,

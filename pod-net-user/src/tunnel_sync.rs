@@ -187,7 +187,13 @@ pub fn execute(device: &Link, fixes: &[Fix]) -> Result<()> {
     }
     if !restore.is_empty() {
         let restore: Vec<RemoteRoute> = restore.into_values().collect();
-        tunnel::add_routes(device, &restore)?;
+        // pod-net's own routes are replaced; another's is never overwritten.
+        let ours: BTreeSet<Cidr> = tunnel::main_routes()?
+            .into_iter()
+            .filter(tunnel::KernelRoute::is_pod_nets)
+            .map(|route| route.cidr)
+            .collect();
+        tunnel::add_routes(device, &restore, &ours)?;
     }
     if !(routes.is_empty() && neighbours.is_empty() && fdb.is_empty()) {
         tunnel::remove_listed(device, &routes, &neighbours, &fdb)?;

@@ -238,12 +238,15 @@ fn inspect_sandbox(env: &Env, conf: &NetConf) -> Step<Sandbox> {
         .filter(|ip| ip.interface == Some(index))
         .map(|ip| {
             let address = ip.address.split('/').next().unwrap_or_default();
-            address.parse::<IpAddr>().map_err(|_| {
-                Failure::new(
-                    codes::INVALID_CONFIG,
-                    format!("prevResult has an invalid address {:?}", ip.address),
-                )
-            })
+            address
+                .parse::<IpAddr>()
+                .map(|ip| ip.to_canonical())
+                .map_err(|_| {
+                    Failure::new(
+                        codes::INVALID_CONFIG,
+                        format!("prevResult has an invalid address {:?}", ip.address),
+                    )
+                })
         })
         .collect::<Step<Vec<IpAddr>>>()?;
 
@@ -259,8 +262,8 @@ fn inspect_sandbox(env: &Env, conf: &NetConf) -> Step<Sandbox> {
             .with_context(|| format!("no {ifname} in the sandbox"))?;
         let configured: Vec<IpAddr> = netdev::all_addresses()?
             .into_iter()
-            .filter(|(index, _)| *index == link.index)
-            .map(|(_, ip)| ip)
+            .filter(|address| address.index == link.index)
+            .map(|address| address.ip)
             .collect();
         Ok((link, configured))
     })

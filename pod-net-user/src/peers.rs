@@ -45,6 +45,9 @@ pub fn remove(pins: &PinDir, node_ips: impl IntoIterator<Item = Ipv4Addr>) -> Re
     for node_ip in node_ips {
         match map.remove(&node_ip.octets()) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
+            // aya reports a missing key on delete as the syscall's ENOENT.
+            Err(MapError::SyscallError(error))
+                if error.io_error.raw_os_error() == Some(libc::ENOENT) => {}
             Err(err) => {
                 return Err(err).with_context(|| format!("removing {node_ip} from peer_nodes"));
             }

@@ -22,7 +22,14 @@ pub fn ipv4_header_checksum(header: &Ipv4Hdr) -> [u8; 2] {
         sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
         i += 2;
     }
+    (!fold(sum)).to_be_bytes()
+}
+
+/// A 32-bit one's-complement sum folded to 16 bits (two carries at most
+/// for the sums here).
+#[inline(always)]
+pub fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be_bytes()
+    sum as u16
 }

@@ -12,6 +12,7 @@ use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
     udp::UdpHdr,
+    vxlan::VxlanHdr,
 };
 use pod_net_common::{
     Config, Endpoint, Reason, endpoint::ENDPOINT_F_NO_BYPASS, event::CONFIG_F_NO_NAT_CHECK,
@@ -19,7 +20,6 @@ use pod_net_common::{
 };
 
 use crate::{
-    encap::VXLAN_FLAG_VNI,
     ip::Addr,
     maps::{LOCAL_ENDPOINTS, PEER_NODES},
     nat,
@@ -31,7 +31,6 @@ use crate::{
     verdict::Verdict,
 };
 
-const VXLAN_HLEN: usize = 8;
 /// More-fragments flag and fragment offset.
 const IP_FRAGMENT_MASK: u16 = 0x3fff;
 /// Fragment offset alone: set on every fragment but the first.
@@ -58,7 +57,7 @@ pub enum Inbound {
 #[repr(C)]
 struct TunnelHeaders {
     udp: UdpHdr,
-    vxlan: [u8; VXLAN_HLEN],
+    vxlan: VxlanHdr,
     inner_eth: EthHdr,
 }
 
@@ -139,11 +138,10 @@ pub fn classify(ctx: &impl Packet, config: &Config) -> Inbound {
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let headers = unsafe { &*headers };
-    if headers.vxlan[0] & VXLAN_FLAG_VNI == 0 {
+    if !headers.vxlan.vni_present() {
         return Inbound::Drop(Reason::DropMalformed);
     }
-    let vni = u32::from_be_bytes([0, headers.vxlan[4], headers.vxlan[5], headers.vxlan[6]]);
-    if vni != config.vni {
+    if headers.vxlan.vni() != config.vni {
         return Inbound::Drop(Reason::DropVni);
     }
     let inner_offset = udp_offset + size_of::<TunnelHeaders>();
@@ -202,7 +200,7 @@ pub fn classify(ctx: &impl Packet, config: &Config) -> Inbound {
 #[inline(always)]
 fn is_vxlan_peer(node_ip: [u8; 4]) -> bool {
     // SAFETY: the value is only read, before anything can replace it.
-    unsafe { PEER_NODES.get(&node_ip) }.is_some_and(|peer| peer.flags & PEER_F_VXLAN != 0)
+    unsafe { PEER_NODES.get(node_ip) }.is_some_and(|peer| peer.flags & PEER_F_VXLAN != 0)
 }
 
 /// The TC program: decapsulate with `bpf_skb_adjust_room` and deliver with

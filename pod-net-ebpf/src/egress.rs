@@ -133,7 +133,7 @@ fn is_pod(dst: Addr, config: &Config) -> bool {
 fn remote_node(dst: Addr) -> Option<&'static RemoteNode> {
     let addr = dst.remote_key();
     // SAFETY: the values are only read, before anything can replace them.
-    unsafe { REMOTE_PODS.get(&addr) }.or_else(|| REMOTE_NODES.get(&Key::new(ADDRESS_BITS, addr)))
+    unsafe { REMOTE_PODS.get(addr) }.or_else(|| REMOTE_NODES.get(&Key::new(ADDRESS_BITS, addr)))
 }
 
 /// A frame addressed to the pod's own MAC was bridged at L2, so its IP

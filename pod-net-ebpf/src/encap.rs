@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr, vxlan::VxlanHdr};
 use pod_net_common::{
     Config, Reason, RemoteNode,
     config::VXLAN_OVERHEAD,
@@ -23,6 +23,7 @@ use pod_net_common::{
 
 use crate::{
     csum::ipv4_header_checksum,
+    ip::IP_DF,
     parse::{ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, Ip, IpPacket, ptr_at},
     verdict::Verdict,
 };
@@ -33,12 +34,10 @@ pub struct VxlanHeaders {
     pub outer_eth: EthHdr,
     pub outer_ip: Ipv4Hdr,
     pub udp: UdpHdr,
-    pub vxlan: [u8; 8],
+    pub vxlan: VxlanHdr,
     pub inner_eth: EthHdr,
 }
 
-pub const VXLAN_FLAG_VNI: u8 = 0x08;
-const IP_DF: u8 = 0x40;
 const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
     | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
     | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
@@ -150,16 +149,7 @@ fn build_headers(config: &Config, remote: &RemoteNode, outer: &Outer) -> VxlanHe
             // Zero UDP checksum over IPv4, as RFC 7348 recommends.
             check: [0, 0],
         },
-        vxlan: [
-            VXLAN_FLAG_VNI,
-            0,
-            0,
-            0,
-            (vni >> 16) as u8,
-            (vni >> 8) as u8,
-            vni as u8,
-            0,
-        ],
+        vxlan: VxlanHdr::new(vni),
         inner_eth: EthHdr {
             dst_addr: inner_dst,
             src_addr: config.vtep_mac,
@@ -201,10 +191,9 @@ fn exceeds_underlay_mtu(ctx: &TcContext, ip: Ip, config: &Config) -> bool {
     }
     let ip_len = ip.header_len() as u32;
     let l4_len = if ip.protocol() == IPPROTO_TCP {
-        match ptr_at::<[u8; 13]>(ctx, EthHdr::LEN + ip.header_len()) {
-            // The data offset, in 32-bit words, is the high nibble of byte 12.
-            // SAFETY: bounds-checked by `ptr_at`.
-            Some(tcp) => u32::from(unsafe { (*tcp)[12] } >> 4) * 4,
+        match ptr_at::<TcpHdr>(ctx, EthHdr::LEN + ip.header_len()) {
+            // SAFETY: bounds-checked by `ptr_at`; the data offset is in words.
+            Some(tcp) => u32::from(unsafe { (*tcp).doff() }) * 4,
             None => return false,
         }
     } else {

@@ -100,7 +100,8 @@ pub fn emit(config: &Config, _taken: &Snapshot, reason: Reason, ifindex: u32, le
     event.reason = reason as u32;
     event.ifindex = ifindex;
     event.len = len;
-    if EVENTS.output(&*event, 0).is_err()
+    // By reference: the event is too big to copy onto the stack.
+    if EVENTS.output(event, 0).is_err()
         && let Some(limit) = EVENT_LIMITS.get_ptr_mut(0)
     {
         // SAFETY: this CPU's own slot.

@@ -11,7 +11,8 @@ use crate::{
     parse::{ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
 };
 
-const IP_DF: u8 = 0x40;
+/// The IPv4 don't-fragment flag, in the first byte of `frags`.
+pub const IP_DF: u8 = 0x40;
 const IP_OFFSET_MASK: u16 = 0x1fff;
 
 /// A bounds-checked, sane network header.
@@ -123,7 +124,7 @@ impl Ip {
     #[inline(always)]
     pub fn header_len(self) -> usize {
         match self {
-            Self::V4(ip) => usize::from(unsafe { (*ip).vihl } & 0x0f) * 4,
+            Self::V4(ip) => usize::from(unsafe { (*ip).ihl() }),
             Self::V6(_) => Ipv6Hdr::LEN,
         }
     }

@@ -23,65 +23,92 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use pod_net_common::Config;
+use parse::Packet;
+use pod_net_common::{Config, Reason};
 
 /// TC ingress of a pod's host-side veth: every packet the pod sends.
 #[classifier]
 pub fn pod_egress(ctx: TcContext) -> i32 {
-    run_tc(&ctx, egress::decide_and_act)
+    run(&ctx, |ctx, config| {
+        egress::decide_and_act(ctx, config).outcome()
+    })
 }
 
 /// TC ingress of the underlay interface: VXLAN from other nodes.
 #[classifier]
 pub fn underlay_ingress(ctx: TcContext) -> i32 {
-    run_tc(&ctx, decap::decide_and_act)
+    run(&ctx, |ctx, config| {
+        decap::decide_and_act(ctx, config).outcome()
+    })
 }
 
-/// Decides and acts on one packet, then counts it under its one reason
-/// and, when a monitor is listening, reports it.
+/// XDP on the underlay (`load --xdp`): VXLAN for local pods, before skbs.
+/// It counts only what it delivers or drops; the rest goes on to TC.
+#[xdp]
+pub fn underlay_xdp(ctx: XdpContext) -> u32 {
+    run(&ctx, |ctx, config| {
+        let verdict = xdp::decide_and_act(ctx, config);
+        (verdict.action, verdict.reason)
+    })
+}
+
+/// What the entry points share about their hook.
+trait Hook: Packet {
+    type Action;
+    /// Hands the packet on untouched.
+    const PASS: Self::Action;
+    /// The interface the packet arrived on, for events.
+    fn ifindex(&self) -> u32;
+}
+
+impl Hook for TcContext {
+    type Action = i32;
+    const PASS: i32 = aya_ebpf::bindings::TC_ACT_OK;
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: reading a field of our own context.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+}
+
+impl Hook for XdpContext {
+    type Action = u32;
+    const PASS: u32 = aya_ebpf::bindings::xdp_action::XDP_PASS;
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ingress_ifindex() as u32
+    }
+}
+
+/// Every program's one path: decide and act on the packet, then count it
+/// under its reason (if this program owns the outcome) and, when a monitor
+/// is listening, report it with the addresses as they arrived.
 #[inline(always)]
-fn run_tc(ctx: &TcContext, decide_and_act: fn(&TcContext, &Config) -> verdict::Verdict) -> i32 {
+fn run<C: Hook>(
+    ctx: &C,
+    decide_and_act: impl FnOnce(&C, &Config) -> (C::Action, Option<Reason>),
+) -> C::Action {
     // Bytes are counted as the packet arrived, before any encapsulation.
     let len = ctx.len();
     // The array always has its one entry; all zeros means the defaults.
     let Some(config) = maps::CONFIG.get(0) else {
-        return aya_ebpf::bindings::TC_ACT_OK as i32;
+        return C::PASS;
     };
     let snapshot = if events::wanted(config) {
         events::snapshot(ctx)
     } else {
         None
     };
-    let verdict = decide_and_act(ctx, config);
-    counters::count(verdict.reason, len);
-    if let Some(snapshot) = snapshot {
-        // SAFETY: reading a field of our own context.
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        events::emit(config, &snapshot, verdict.reason, ifindex, len);
-    }
-    verdict.action
-}
-
-/// XDP on the underlay (`load --xdp`): VXLAN for local pods, before skbs.
-#[xdp]
-pub fn underlay_xdp(ctx: XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u32;
-    let Some(config) = maps::CONFIG.get(0) else {
-        return aya_ebpf::bindings::xdp_action::XDP_PASS;
-    };
-    let snapshot = if events::wanted(config) {
-        events::snapshot(&ctx)
-    } else {
-        None
-    };
-    let verdict = xdp::decide_and_act(&ctx, config);
-    if let Some(reason) = verdict.reason {
+    let (action, reason) = decide_and_act(ctx, config);
+    if let Some(reason) = reason {
         counters::count(reason, len);
         if let Some(snapshot) = snapshot {
-            events::emit(config, &snapshot, reason, ctx.ingress_ifindex() as u32, len);
+            events::emit(config, &snapshot, reason, ctx.ifindex(), len);
         }
     }
-    verdict.action
+    action
 }
 
 #[cfg(not(test))]

@@ -41,13 +41,13 @@ fn key(addr: Addr, port: u16, protocol: u8) -> NatFlowKey {
 #[inline(always)]
 pub fn remember_client(addr: Addr, port: u16, protocol: u8) {
     let key = key(addr, port, protocol);
-    if NAT_FLOWS.get_ptr(&key).is_none() {
-        let _ = NAT_FLOWS.insert(&key, 1, 0);
+    if NAT_FLOWS.get_ptr(key).is_none() {
+        let _ = NAT_FLOWS.insert(key, 1, 0);
     }
 }
 
 /// Whether a packet to (`addr`, `port`) answers a flow the kernel took.
 #[inline(always)]
 pub fn is_reply_to_nat_client(addr: Addr, port: u16, protocol: u8) -> bool {
-    NAT_FLOWS.get_ptr(&key(addr, port, protocol)).is_some()
+    NAT_FLOWS.get_ptr(key(addr, port, protocol)).is_some()
 }

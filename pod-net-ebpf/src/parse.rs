@@ -238,10 +238,10 @@ pub fn valid_ipv4_at(ctx: &impl Packet, offset: usize) -> Option<*mut Ipv4Hdr> {
 #[inline(always)]
 pub fn ipv4_header_is_sane(ip: &Ipv4Hdr, available: u32) -> bool {
     let tot_len = u32::from(u16::from_be_bytes(ip.tot_len));
-    let header_len = u32::from(ip.vihl & 0x0f) * 4;
+    let header_len = u32::from(ip.ihl());
     // BIG TCP GSO packets over 64 KiB carry a total length of 0.
     let big_tcp = tot_len == 0 && available > u32::from(u16::MAX);
-    ip.vihl >> 4 == 4
+    ip.version() == 4
         && header_len >= Ipv4Hdr::LEN as u32
         && (big_tcp || (tot_len >= header_len && tot_len <= available))
 }

@@ -5,18 +5,28 @@ use pod_net_common::{Endpoint, Reason};
 
 use crate::verdict::Verdict;
 
+/// Addresses the frame as the kernel would deliver it to `endpoint`: to the
+/// pod's MAC, from the gateway MAC it knows. TC and XDP delivery both.
+///
+/// # Safety
+/// `eth` must point at a bounds-checked, writable Ethernet header.
+#[inline(always)]
+pub unsafe fn address_to_pod(eth: *mut EthHdr, endpoint: &Endpoint) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        (*eth).dst_addr = endpoint.mac;
+        (*eth).src_addr = endpoint.gateway_mac;
+    }
+}
+
 /// Rewrites L2 for `endpoint` and redirects into its namespace.
 /// `bpf_redirect_peer` keeps the MACs as they are, so the frame must already
 /// look like what the kernel would deliver: addressed to the pod, from the
 /// gateway it knows.
 #[inline(always)]
 pub fn into_pod(eth: *mut EthHdr, endpoint: &Endpoint, reason: Reason) -> Verdict {
-    // SAFETY: the caller bounds-checked `eth`; the verifier has made the
-    // packet writable because the program writes to it.
-    unsafe {
-        (*eth).dst_addr = endpoint.mac;
-        (*eth).src_addr = endpoint.gateway_mac;
-    }
+    // SAFETY: the caller bounds-checked `eth`.
+    unsafe { address_to_pod(eth, endpoint) };
     // SAFETY: a plain helper call; it only records the target.
     let action = unsafe { bpf_redirect_peer(endpoint.ifindex, 0) };
     Verdict::redirected(action, reason)

@@ -12,7 +12,7 @@ impl Verdict {
     #[inline(always)]
     pub const fn pass(reason: Reason) -> Self {
         Self {
-            action: TC_ACT_OK as i32,
+            action: TC_ACT_OK,
             reason,
         }
     }
@@ -21,7 +21,7 @@ impl Verdict {
     #[inline(always)]
     pub const fn drop(reason: Reason) -> Self {
         Self {
-            action: TC_ACT_SHOT as i32,
+            action: TC_ACT_SHOT,
             reason,
         }
     }
@@ -33,5 +33,12 @@ impl Verdict {
             action: action as i32,
             reason,
         }
+    }
+
+    /// The action and the reason to count it under: a TC program owns
+    /// every outcome.
+    #[inline(always)]
+    pub const fn outcome(self) -> (i32, Option<Reason>) {
+        (self.action, Some(self.reason))
     }
 }

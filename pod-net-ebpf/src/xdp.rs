@@ -12,10 +12,11 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use pod_net_common::{Config, Reason};
 
 use crate::{
-    csum::decrement_ttl,
+    csum::{decrement_ttl, fold},
     decap::{Inbound, classify},
     maps::POD_VETHS,
     parse::{IPPROTO_TCP, IPPROTO_UDP, Ip, ptr_at},
+    redirect::address_to_pod,
 };
 
 /// Whether the TCP or UDP checksum of the IPv4 packet at `ip_offset` holds
@@ -29,7 +30,7 @@ fn l4_checksum_is_partial(ctx: &XdpContext, ip_offset: usize) -> bool {
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let ip = unsafe { &*ip };
-    let header_len = usize::from(ip.vihl & 0x0f) * 4;
+    let header_len = usize::from(ip.ihl());
     let check_offset = match ip.proto {
         IPPROTO_TCP => 16,
         IPPROTO_UDP => 6,
@@ -42,15 +43,13 @@ fn l4_checksum_is_partial(ctx: &XdpContext, ip_offset: usize) -> bool {
     let check = u16::from_be_bytes(unsafe { *check });
     let l4_len = u32::from(u16::from_be_bytes(ip.tot_len)).saturating_sub(header_len as u32);
     let word = |bytes: [u8; 2]| u32::from(u16::from_be_bytes(bytes));
-    let mut sum = word([ip.src_addr[0], ip.src_addr[1]])
+    let sum = word([ip.src_addr[0], ip.src_addr[1]])
         + word([ip.src_addr[2], ip.src_addr[3]])
         + word([ip.dst_addr[0], ip.dst_addr[1]])
         + word([ip.dst_addr[2], ip.dst_addr[3]])
         + u32::from(ip.proto)
         + l4_len;
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    check == sum as u16
+    check == fold(sum)
 }
 
 /// The XDP action, and the reason to count it under if this program owns
@@ -109,8 +108,7 @@ pub fn decide_and_act(ctx: &XdpContext, config: &Config) -> XdpVerdict {
     // SAFETY: bounds-checked just above.
     unsafe {
         decrement_ttl(&mut *ip);
-        (*eth).dst_addr = endpoint.mac;
-        (*eth).src_addr = endpoint.gateway_mac;
+        address_to_pod(eth, endpoint);
         (*eth).ether_type = crate::parse::ETH_P_IP.to_be();
     }
     let action = match POD_VETHS.redirect(endpoint.ifindex, 0) {

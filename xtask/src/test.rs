@@ -1,7 +1,9 @@
 //! `cargo xtask test`: lints, then every test, privileged ones included.
+use std::process::Command;
+
 use anyhow::Result;
 
-use crate::run::{cargo, show};
+use crate::run::{cargo, show, workspace_root};
 
 pub fn run(extra: &[String]) -> Result<()> {
     println!("test: cargo fmt --check");
@@ -14,6 +16,8 @@ pub fn run(extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    println!("test: cargo clippy for the eBPF crate (bpf target, nightly)");
+    show(&mut ebpf_clippy())?;
     // The rig tests run the pod-net binary; build it before they look for it.
     println!("test: building the binaries");
     show(&mut cargo(&["build", "--bins"]))?;
@@ -29,4 +33,20 @@ pub fn run(extra: &[String]) -> Result<()> {
         test.arg("--").args(extra);
     }
     show(&mut test)
+}
+
+/// Clippy over the kernel programs, built the way aya-build builds them
+/// (nightly, the bpf target, core from source), in a target dir of its own.
+fn ebpf_clippy() -> Command {
+    let mut command = Command::new("rustup");
+    command
+        .args(["run", "nightly", "cargo", "clippy", "-p", "pod-net-ebpf"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
+        .current_dir(workspace_root())
+        // The outer cargo's settings are for the host toolchain.
+        .env_remove("CARGO")
+        .env_remove("RUSTC")
+        .env_remove("RUSTUP_TOOLCHAIN");
+    command
 }

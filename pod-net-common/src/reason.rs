@@ -57,15 +57,6 @@ macro_rules! reasons {
                     _ => None,
                 }
             }
-
-            /// The reason with this stable name, if any.
-            #[must_use]
-            pub fn from_name(name: &str) -> Option<Reason> {
-                match name {
-                    $($name => Some(Reason::$variant),)*
-                    _ => None,
-                }
-            }
         }
     };
 }
@@ -75,7 +66,7 @@ reasons! {
     RedirectLocal = 0, "redirect_local";
     /// Neither IPv4 nor IPv6 (ARP, LLDP, ...): handed to the kernel untouched.
     PassNotIp = 1, "pass_not_ip";
-    /// Broadcast or multicast destination MAC: handed to the kernel.
+    /// Broadcast or multicast destination MAC (for IP, after the source check): handed to the kernel.
     PassMulticast = 2, "pass_multicast";
     /// Destination IP is not a pod pod-net knows: handed to the kernel.
     PassUnknownDst = 3, "pass_unknown_dst";
@@ -107,7 +98,7 @@ reasons! {
     PassNat = 16, "pass_nat";
     /// Source IP is not one of the sending pod's registered IPs: dropped.
     DropSpoofed = 17, "drop_spoofed";
-    /// From or to a pod registered with --no-bypass: the kernel path (bridge, iptables) takes it.
+    /// From or to a pod registered with `--no-bypass`: the kernel path (bridge, iptables) takes it.
     PassNoBypass = 18, "pass_no_bypass";
     /// IPv6 neighbour discovery (router and neighbour solicitations and advertisements, redirects): handed to the kernel.
     PassNdp = 19, "pass_ndp";
@@ -115,7 +106,7 @@ reasons! {
     PassIpv6Ext = 20, "pass_ipv6_ext";
     /// IPv6 from or to a link-local address: on-link traffic the kernel bridges.
     PassLinkLocal = 21, "pass_link_local";
-    /// VXLAN to this node's port from an address that is not a known node: dropped, so neither BPF nor the kernel's tunnel device decapsulates it.
+    /// VXLAN to this node's port, at any of its addresses, from an address that is not a known node: dropped, so neither BPF nor the kernel's tunnel device decapsulates it.
     DropUnknownPeer = 22, "drop_unknown_peer";
     /// UDP from a pod to a node or other non-pod address on the VXLAN port: dropped, so nothing a pod sends is decapsulated.
     DropPodToVxlan = 23, "drop_pod_to_vxlan";
@@ -138,7 +129,6 @@ mod tests {
         for (index, reason) in Reason::ALL.iter().enumerate() {
             assert_eq!(*reason as usize, index, "{} is out of order", reason.name());
             assert_eq!(Reason::from_code(*reason as u32), Some(*reason));
-            assert_eq!(Reason::from_name(reason.name()), Some(*reason));
             assert!(!reason.help().is_empty());
         }
         for (i, a) in Reason::ALL.iter().enumerate() {

@@ -16,15 +16,6 @@ pub const LOAD_REPLACED: &str = "load-replaced";
 /// part way.
 pub const NETLINK_PARTIAL: &str = "netlink-partial";
 
-/// Every point, for tests and the README.
-pub const ALL: [&str; 5] = [
-    POD_ADD_ATTACHED,
-    POD_DEL_REMOVED,
-    APPLY_CHANGED,
-    LOAD_REPLACED,
-    NETLINK_PARTIAL,
-];
-
 const VARIABLE: &str = "POD_NET_CRASH_AT";
 
 /// Dies here, by SIGKILL, when `POD_NET_CRASH_AT` names `point`.

@@ -12,7 +12,6 @@ use aya::Pod;
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// The kernel's ENOTSUPP (not EOPNOTSUPP): no batch operation for the map.
 const ENOTSUPP: i32 = 524;
@@ -51,18 +50,6 @@ struct ElemAttr {
     key: u64,
     value: u64,
     flags: u64,
-}
-
-/// Writes `keys[i] -> values[i]` for every i, replacing what is there.
-pub fn update<K: Pod, V: Pod>(
-    map: BorrowedFd<'_>,
-    keys: &[K],
-    values: &[V],
-) -> Result<(), BatchError> {
-    same_length(keys, values)?;
-    batched(BPF_MAP_UPDATE_BATCH, map, keys, Some(values), |index| {
-        update_elem(map, &keys[index], &values[index], 0)
-    })
 }
 
 /// Deletes every key in `keys`; a missing key fails with ENOENT.

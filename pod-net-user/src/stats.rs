@@ -30,15 +30,6 @@ impl Totals {
         Ok(Self(Datapath::open(pins)?.counter_totals()?))
     }
 
-    #[must_use]
-    pub fn get(&self, reason: Reason) -> Counter {
-        self.0
-            .iter()
-            .find(|(r, _)| *r == reason)
-            .map(|(_, counter)| *counter)
-            .unwrap_or_default()
-    }
-
     /// `{"counters": {"redirect_local": {"packets": .., "bytes": ..}, ..}}`
     #[must_use]
     pub fn to_json(&self) -> serde_json::Value {

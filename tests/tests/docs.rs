@@ -1,21 +1,25 @@
 //! The README stays true: every counter reason and every CLI command is
 //! documented.
+use std::fmt::Write as _;
+
 use clap::CommandFactory as _;
 use pod_net::cli::Cli;
 use pod_net_common::Reason;
 
 const README: &str = include_str!("../../README.md");
 
+/// The README's reason table is `reason.rs`'s, row for row and word for
+/// word: one source for names and descriptions.
 #[test]
-fn readme_documents_every_reason() {
+fn readme_reason_table_is_reason_rs() {
+    let mut table = String::from("| reason | meaning |\n|---|---|\n");
     for reason in Reason::ALL {
-        let row = format!("| `{}` |", reason.name());
-        assert!(
-            README.contains(&row),
-            "README lacks a row for {}",
-            reason.name()
-        );
+        let _ = writeln!(table, "| `{}` | {} |", reason.name(), reason.help().trim());
     }
+    assert!(
+        README.contains(&table),
+        "README's reason table differs from reason.rs; it should read:\n{table}"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod endpoint;
 pub mod event;
+pub mod map_table;
 pub mod nat;
 pub mod reason;
 pub mod remote;
@@ -16,21 +17,6 @@ pub use config::Config;
 pub use endpoint::{Endpoint, EndpointKey};
 pub use reason::{Counter, Reason};
 pub use remote::{PeerNode, RemoteAddr, RemoteNode};
-
-/// Names of the maps as the eBPF object defines them and as they are pinned
-/// under the pin dir.
-pub mod map_names {
-    pub const LOCAL_ENDPOINTS: &str = "local_endpoints";
-    pub const COUNTERS: &str = "counters";
-    pub const REMOTE_NODES: &str = "remote_nodes";
-    pub const REMOTE_PODS: &str = "remote_pods";
-    pub const CONFIG: &str = "config";
-    pub const POD_VETHS: &str = "pod_veths";
-    pub const EVENTS: &str = "events";
-    pub const EVENT_LIMITS: &str = "event_limits";
-    pub const NAT_FLOWS: &str = "nat_flows";
-    pub const PEER_NODES: &str = "peer_nodes";
-}
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {

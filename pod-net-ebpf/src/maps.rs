@@ -7,16 +7,21 @@ use aya_ebpf::{
 use pod_net_common::{
     Config, Counter, Endpoint, EndpointKey, PeerNode, RemoteAddr, RemoteNode,
     event::{Event, RateLimit},
+    map_table,
     nat::NatFlowKey,
     reason::COUNTER_SLOTS,
 };
 
-/// Default capacities; `pod-net load` can set others before the maps exist.
-pub const LOCAL_ENDPOINTS_MAX: usize = 65536;
-pub const REMOTE_PODS_MAX: usize = 1_048_576;
-pub const REMOTE_NODES_MAX: usize = 65536;
-/// Every node of a cluster fits: each one is a remote entry's node.
-pub const PEER_NODES_MAX: usize = 65536;
+/// Default capacities, from the one table (`pod_net_common::map_table`);
+/// `pod-net load` can size the resizable ones otherwise as it creates them.
+/// The names in the attributes below must be the table's: a test compares
+/// the built object with it.
+const LOCAL_ENDPOINTS_MAX: usize = map_table::LOCAL_ENDPOINTS.capacity as usize;
+const REMOTE_PODS_MAX: usize = map_table::REMOTE_PODS.capacity as usize;
+const REMOTE_NODES_MAX: usize = map_table::REMOTE_NODES.capacity as usize;
+const PEER_NODES_MAX: usize = map_table::PEER_NODES.capacity as usize;
+const NAT_FLOWS_MAX: usize = map_table::NAT_FLOWS.capacity as usize;
+const EVENTS_SIZE: usize = map_table::EVENTS.capacity as usize;
 
 /// Allocate hash entries as they are added: an empty 1M-entry
 /// `remote_pods` costs nothing until it fills.
@@ -52,9 +57,9 @@ pub static CONFIG: Array<Config, 1> = Array::new();
 #[btf_map(name = "counters")]
 pub static COUNTERS: PerCpuArray<Counter, COUNTER_SLOTS> = PerCpuArray::new();
 
-/// Events for `pod-net monitor` (256 KiB).
+/// Events for `pod-net monitor`.
 #[btf_map(name = "events")]
-pub static EVENTS: RingBuf<Event, { 256 * 1024 }> = RingBuf::new();
+pub static EVENTS: RingBuf<Event, EVENTS_SIZE> = RingBuf::new();
 
 /// Where a packet's event is put together: too big for the programs'
 /// stack, and per CPU, as a program runs to completion on one.
@@ -68,4 +73,4 @@ pub static EVENT_LIMITS: PerCpuArray<RateLimit, 1> = PerCpuArray::new();
 /// The pod end of TCP/UDP flows that went to the kernel (maybe NATed);
 /// value: unused marker.
 #[btf_map(name = "nat_flows")]
-pub static NAT_FLOWS: LruHashMap<NatFlowKey, u32, 65536> = LruHashMap::new();
+pub static NAT_FLOWS: LruHashMap<NatFlowKey, u32, NAT_FLOWS_MAX> = LruHashMap::new();

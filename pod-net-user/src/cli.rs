@@ -8,7 +8,10 @@ use std::{
 
 use anyhow::Result;
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
-use pod_net_common::config::DEFAULT_VXLAN_PORT;
+use pod_net_common::{
+    config::DEFAULT_VXLAN_PORT,
+    map_table::{self, MapSpec},
+};
 
 use crate::{
     agent, apply,
@@ -129,16 +132,30 @@ pub struct MonitorArgs {
     pub count: Option<u64>,
 }
 
+/// A `--max-*` flag's help, with the default from the map table.
+fn capacity_help(what: &str, map: &MapSpec) -> String {
+    format!(
+        "Capacity of {what}; default {}. Fixed once the map exists",
+        map.capacity
+    )
+}
+
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// Capacity of the local-endpoint map (pod addresses on this node; default 65536).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = capacity_help(
+        "the local-endpoint map (pod addresses on this node)",
+        &map_table::LOCAL_ENDPOINTS,
+    ))]
     pub max_pods: Option<u32>,
-    /// Capacity of the remote-pod map (pod /32s pinned to a node; default 1048576).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = capacity_help(
+        "the remote-pod map (pod /32s pinned to a node)",
+        &map_table::REMOTE_PODS,
+    ))]
     pub max_remote_pods: Option<u32>,
-    /// Capacity of the remote-CIDR map (nodes' pod CIDRs; default 65536).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = capacity_help(
+        "the remote-CIDR map (nodes' pod CIDRs)",
+        &map_table::REMOTE_NODES,
+    ))]
     pub max_remote_cidrs: Option<u32>,
     /// The interface VXLAN to and from other nodes goes through.
     #[arg(long, value_name = "IFACE", requires = "node_ip")]

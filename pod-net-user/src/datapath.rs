@@ -6,7 +6,7 @@ use aya::maps::{
     Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray,
 };
 use pod_net_common::{
-    Config, Counter, Endpoint, EndpointKey, Reason, RemoteAddr, RemoteNode, map_names,
+    Config, Counter, Endpoint, EndpointKey, Reason, RemoteAddr, RemoteNode, map_table,
 };
 
 use crate::pins::PinDir;
@@ -41,11 +41,11 @@ impl Datapath {
     /// Opens the pinned maps; fails clearly when `load` has not run here.
     pub fn open(pins: &PinDir) -> Result<Self> {
         pins.require_loaded()?;
-        let (endpoints, endpoints_info) = open_map(pins, map_names::LOCAL_ENDPOINTS)?;
-        let (remote_pods, remote_pods_info) = open_map(pins, map_names::REMOTE_PODS)?;
-        let (remotes, remotes_info) = open_map(pins, map_names::REMOTE_NODES)?;
-        let (config, _) = open_map(pins, map_names::CONFIG)?;
-        let (counters, _) = open_map(pins, map_names::COUNTERS)?;
+        let (endpoints, endpoints_info) = open_map(pins, map_table::LOCAL_ENDPOINTS.name)?;
+        let (remote_pods, remote_pods_info) = open_map(pins, map_table::REMOTE_PODS.name)?;
+        let (remotes, remotes_info) = open_map(pins, map_table::REMOTE_NODES.name)?;
+        let (config, _) = open_map(pins, map_table::CONFIG.name)?;
+        let (counters, _) = open_map(pins, map_table::COUNTERS.name)?;
         Ok(Self {
             pins: pins.clone(),
             endpoints: endpoints
@@ -73,17 +73,17 @@ impl Datapath {
     pub fn map_fills(&self) -> Result<Vec<MapFill>> {
         Ok(vec![
             MapFill {
-                name: map_names::LOCAL_ENDPOINTS,
+                name: map_table::LOCAL_ENDPOINTS.name,
                 entries: self.endpoints.keys().count(),
                 capacity: self.endpoints_capacity,
             },
             MapFill {
-                name: map_names::REMOTE_PODS,
+                name: map_table::REMOTE_PODS.name,
                 entries: self.remote_pods.keys().count(),
                 capacity: self.remote_pods_capacity,
             },
             MapFill {
-                name: map_names::REMOTE_NODES,
+                name: map_table::REMOTE_NODES.name,
                 entries: self.remotes.keys().count(),
                 capacity: self.remotes_capacity,
             },
@@ -93,7 +93,7 @@ impl Datapath {
     /// The XDP redirect targets, opened on demand (only the XDP path needs
     /// them).
     pub fn pod_veths(&self) -> Result<DevMapHash<MapData>> {
-        let (map, _) = open_map(&self.pins, map_names::POD_VETHS)?;
+        let (map, _) = open_map(&self.pins, map_table::POD_VETHS.name)?;
         map.try_into().context("pod_veths has an unexpected layout")
     }
 

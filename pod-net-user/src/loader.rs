@@ -23,13 +23,11 @@ use aya::{
     },
 };
 use pod_net_common::{
-    Config, Counter, Endpoint, EndpointKey, PeerNode, RemoteAddr, RemoteNode,
+    Config,
     config::VXLAN_OVERHEAD,
-    event::{CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK, RateLimit},
-    map_names,
-    nat::NatFlowKey,
+    event::{CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK},
+    map_table::{self, MapSpec},
     program_names,
-    reason::COUNTER_SLOTS,
     remote::derived_vtep_mac,
 };
 
@@ -53,87 +51,10 @@ pub const PROGRAMS: [&str; 3] = [
     program_names::UNDERLAY_XDP,
 ];
 
-/// The key and value sizes this build's maps have. A pinned map of another
-/// layout must not be handed to the new programs.
-struct MapLayout {
-    name: &'static str,
-    key_size: usize,
-    value_size: usize,
-    max_entries: Option<usize>,
+/// The maps `load` pins, as this build lays them out.
+fn pinned_maps() -> impl Iterator<Item = &'static MapSpec> {
+    map_table::ALL.iter().filter(|map| map.pinned)
 }
-
-const MAP_LAYOUTS: [MapLayout; 11] = [
-    MapLayout {
-        name: map_names::LOCAL_ENDPOINTS,
-        key_size: size_of::<EndpointKey>(),
-        value_size: size_of::<Endpoint>(),
-        max_entries: None,
-    },
-    MapLayout {
-        name: map_names::REMOTE_PODS,
-        key_size: size_of::<RemoteAddr>(),
-        value_size: size_of::<RemoteNode>(),
-        max_entries: None,
-    },
-    MapLayout {
-        name: map_names::REMOTE_NODES,
-        // The trie key is the prefix length, then the address.
-        key_size: size_of::<u32>() + size_of::<RemoteAddr>(),
-        value_size: size_of::<RemoteNode>(),
-        max_entries: None,
-    },
-    MapLayout {
-        name: map_names::PEER_NODES,
-        key_size: size_of::<[u8; 4]>(),
-        value_size: size_of::<PeerNode>(),
-        max_entries: None,
-    },
-    MapLayout {
-        name: map_names::POD_VETHS,
-        key_size: size_of::<u32>(),
-        // struct bpf_devmap_val: ifindex, then a program fd or id.
-        value_size: 2 * size_of::<u32>(),
-        max_entries: None,
-    },
-    MapLayout {
-        name: map_names::CONFIG,
-        key_size: size_of::<u32>(),
-        value_size: size_of::<Config>(),
-        max_entries: Some(1),
-    },
-    MapLayout {
-        name: map_names::NAT_FLOWS,
-        key_size: size_of::<NatFlowKey>(),
-        value_size: size_of::<u32>(),
-        max_entries: None,
-    },
-    MapLayout {
-        name: map_names::EVENTS,
-        // A ring buffer has no key or value; its size is in max_entries.
-        key_size: 0,
-        value_size: 0,
-        max_entries: Some(256 * 1024),
-    },
-    MapLayout {
-        name: map_names::EVENT_LIMITS,
-        key_size: size_of::<u32>(),
-        value_size: size_of::<RateLimit>(),
-        max_entries: Some(1),
-    },
-    MapLayout {
-        // aya-log's ring buffer: pinned so the agent's logger outlives reloads.
-        name: "AYA_LOGS",
-        key_size: 0,
-        value_size: 0,
-        max_entries: Some(128 * 1024),
-    },
-    MapLayout {
-        name: map_names::COUNTERS,
-        key_size: size_of::<u32>(),
-        value_size: size_of::<Counter>(),
-        max_entries: Some(COUNTER_SLOTS),
-    },
-];
 
 /// The cross-node settings: where VXLAN goes in and out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -272,9 +193,8 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
 /// returning with the pin dir locked; on failure, removes what it created.
 fn load_on_bpffs(pins: &PinDir, options: &LoadOptions) -> Result<(PinDirLock, (bool, usize))> {
     let new_dirs = pins.create()?;
-    let new_map_pins: Vec<PathBuf> = MAP_LAYOUTS
-        .iter()
-        .map(|layout| pins.map(layout.name))
+    let new_map_pins: Vec<PathBuf> = pinned_maps()
+        .map(|map| pins.map(map.name))
         .filter(|path| !path.exists())
         .collect();
     let result = (|| {
@@ -285,7 +205,7 @@ fn load_on_bpffs(pins: &PinDir, options: &LoadOptions) -> Result<(PinDirLock, (b
             check_same_underlay(pins, underlay)?;
         }
         let loaded = load_programs(pins, options)?;
-        if new_map_pins.contains(&pins.map(map_names::PEER_NODES)) {
+        if new_map_pins.contains(&pins.map(map_table::PEER_NODES.name)) {
             // An upgrade from a build without `peer_nodes`: its remote
             // entries' nodes must stay peers, or their VXLAN is dropped.
             peers::sync(pins, &remotes::node_ips(&Datapath::open(pins)?)?)?;
@@ -369,18 +289,18 @@ fn check_same_underlay(pins: &PinDir, wanted: &UnderlayOptions) -> Result<()> {
 
 fn load_programs(pins: &PinDir, options: &LoadOptions) -> Result<(bool, usize)> {
     let mut loader = EbpfLoader::new();
-    for layout in &MAP_LAYOUTS {
-        loader.map_pin_path(layout.name, pins.map(layout.name));
+    for map in pinned_maps() {
+        loader.map_pin_path(map.name, pins.map(map.name));
     }
     if let Some(max_remote_pods) = options.max_remote_pods {
-        loader.map_max_entries(map_names::REMOTE_PODS, max_remote_pods);
+        loader.map_max_entries(map_table::REMOTE_PODS.name, max_remote_pods);
     }
     if let Some(max_remote_cidrs) = options.max_remote_cidrs {
-        loader.map_max_entries(map_names::REMOTE_NODES, max_remote_cidrs);
+        loader.map_max_entries(map_table::REMOTE_NODES.name, max_remote_cidrs);
     }
     if let Some(max_pods) = options.max_pods {
-        loader.map_max_entries(map_names::LOCAL_ENDPOINTS, max_pods);
-        loader.map_max_entries(map_names::POD_VETHS, max_pods);
+        loader.map_max_entries(map_table::LOCAL_ENDPOINTS.name, max_pods);
+        loader.map_max_entries(map_table::POD_VETHS.name, max_pods);
     }
     let mut ebpf = loader
         .load(ebpf_object())
@@ -557,19 +477,17 @@ pub fn pod_mtu_warning(config: &Config, veth_ifindex: u32) -> Result<Option<Stri
 
 /// Refuses pinned maps whose layout differs from this build's.
 fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
-    for layout in &MAP_LAYOUTS {
-        let path = pins.map(layout.name);
+    for map in pinned_maps() {
+        let path = pins.map(map.name);
         if !path.exists() {
             continue;
         }
         let info = MapData::from_pin(&path)
             .and_then(|map| map.info())
             .with_context(|| format!("reading pinned map {}", path.display()))?;
-        let entries_differ = layout
-            .max_entries
-            .is_some_and(|expected| expected != info.max_entries() as usize);
-        if info.key_size() as usize != layout.key_size
-            || info.value_size() as usize != layout.value_size
+        let entries_differ = !map.resizable && info.max_entries() != map.capacity;
+        if info.key_size() as usize != map.key_size
+            || info.value_size() as usize != map.value_size
             || entries_differ
         {
             bail!(
@@ -580,12 +498,13 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
                 info.key_size(),
                 info.value_size(),
                 info.max_entries(),
-                layout.key_size,
-                layout.value_size,
-                layout
-                    .max_entries
-                    .map(|entries| format!(" and {entries} entries"))
-                    .unwrap_or_default(),
+                map.key_size,
+                map.value_size,
+                if map.resizable {
+                    String::new()
+                } else {
+                    format!(" and {} entries", map.capacity)
+                },
             );
         }
     }
@@ -596,14 +515,18 @@ fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
 /// cannot grow in place.
 fn check_pinned_capacity(pins: &PinDir, options: &LoadOptions) -> Result<()> {
     for (map, flag, wanted) in [
-        (map_names::LOCAL_ENDPOINTS, "--max-pods", options.max_pods),
         (
-            map_names::REMOTE_PODS,
+            map_table::LOCAL_ENDPOINTS.name,
+            "--max-pods",
+            options.max_pods,
+        ),
+        (
+            map_table::REMOTE_PODS.name,
             "--max-remote-pods",
             options.max_remote_pods,
         ),
         (
-            map_names::REMOTE_NODES,
+            map_table::REMOTE_NODES.name,
             "--max-remote-cidrs",
             options.max_remote_cidrs,
         ),
@@ -676,8 +599,8 @@ pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
     for program in PROGRAMS {
         remove_pin(&pins.program(program))?;
     }
-    for layout in &MAP_LAYOUTS {
-        remove_pin(&pins.map(layout.name))?;
+    for map in pinned_maps() {
+        remove_pin(&pins.map(map.name))?;
     }
     let mut dirs: Vec<PathBuf> = PROGRAMS
         .iter()

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 use aya::maps::PerCpuArray;
-use pod_net_common::{event::RateLimit, map_names};
+use pod_net_common::{event::RateLimit, map_table};
 
 use crate::{datapath::Datapath, pins::PinDir};
 
@@ -90,7 +90,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 
 /// Events the rate limit or a full ring held back, over all CPUs.
 pub fn events_suppressed(pins: &PinDir) -> Result<u64> {
-    let map = aya::maps::MapData::from_pin(pins.map(map_names::EVENT_LIMITS))?;
+    let map = aya::maps::MapData::from_pin(pins.map(map_table::EVENT_LIMITS.name))?;
     let limits: PerCpuArray<_, RateLimit> = aya::maps::Map::from_map_data(map)?.try_into()?;
     Ok(limits
         .get(&0, 0)?

@@ -16,7 +16,7 @@ use aya::maps::{Map, MapData, RingBuf};
 use pod_net_common::{
     Reason,
     event::{CONFIG_F_EVENTS, CONFIG_F_EVENTS_ALL, Event},
-    map_names,
+    map_table,
 };
 
 use crate::{datapath::Datapath, metrics, netdev, pins::PinDir};
@@ -41,7 +41,7 @@ pub fn run(pins: &PinDir, options: &MonitorOptions) -> Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("installing the signal handler")?;
     }
-    let map = MapData::from_pin(pins.map(map_names::EVENTS))
+    let map = MapData::from_pin(pins.map(map_table::EVENTS.name))
         .context("opening the events ring buffer (is pod-net loaded?)")?;
     let mut ring: RingBuf<MapData> = Map::from_map_data(map)?.try_into()?;
     let suppressed_before = metrics::events_suppressed(pins)?;

@@ -11,14 +11,14 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData, MapError};
-use pod_net_common::{PeerNode, map_names, remote::PEER_F_VXLAN};
+use pod_net_common::{PeerNode, map_table, remote::PEER_F_VXLAN};
 
 use crate::{datapath::open_map, map_batch::BPF_NOEXIST, pins::PinDir};
 
 type PeerMap = HashMap<MapData, [u8; 4], PeerNode>;
 
 fn open(pins: &PinDir) -> Result<PeerMap> {
-    let (map, _) = open_map(pins, map_names::PEER_NODES)?;
+    let (map, _) = open_map(pins, map_table::PEER_NODES.name)?;
     map.try_into()
         .context("peer_nodes has an unexpected layout")
 }

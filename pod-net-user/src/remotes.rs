@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, lpm_trie::Key};
 use pod_net_common::{
-    Config, RemoteAddr, RemoteNode, map_names,
+    Config, RemoteAddr, RemoteNode, map_table,
     remote::{IPV4_MAPPED_PREFIX_BITS, REMOTE_F_VTEP_MAC, derived_vtep_mac},
 };
 use serde::Serialize;
@@ -421,8 +421,8 @@ impl Table {
 
     const fn map_name(self) -> &'static str {
         match self {
-            Self::Pods => map_names::REMOTE_PODS,
-            Self::Cidrs => map_names::REMOTE_NODES,
+            Self::Pods => map_table::REMOTE_PODS.name,
+            Self::Cidrs => map_table::REMOTE_NODES.name,
         }
     }
 

@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 use anyhow::Context as _;
 use pod_net_common::{
     event::CONFIG_F_NO_NAT_CHECK,
-    map_names,
+    map_table,
     program_names::{POD_EGRESS, UNDERLAY_INGRESS},
 };
 use pod_net_tests::frames::{self, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4};
@@ -101,9 +101,9 @@ fn main() -> anyhow::Result<()> {
     let memory = |harness: &Harness| -> anyhow::Result<Value> {
         let mut maps = serde_json::Map::new();
         for name in [
-            map_names::LOCAL_ENDPOINTS,
-            map_names::REMOTE_PODS,
-            map_names::REMOTE_NODES,
+            map_table::LOCAL_ENDPOINTS.name,
+            map_table::REMOTE_PODS.name,
+            map_table::REMOTE_NODES.name,
         ] {
             maps.insert(name.to_owned(), json!(memlock(harness.map_id(name)?)?));
         }

@@ -13,7 +13,7 @@ use aya::{
 };
 pub use pod_net_common::Endpoint;
 use pod_net_common::{
-    Config, Counter, EndpointKey, Reason, RemoteAddr, RemoteNode, map_names, program_names,
+    Config, Counter, EndpointKey, Reason, RemoteAddr, RemoteNode, map_table, program_names,
     remote::{
         IPV4_MAPPED_PREFIX_BITS, PEER_F_VXLAN, PeerNode, REMOTE_F_VTEP_MAC, derived_vtep_mac,
     },
@@ -68,7 +68,7 @@ impl Harness {
     pub fn add_endpoint(&mut self, ip: impl Into<IpAddr>, endpoint: Endpoint) -> Result<()> {
         let mut endpoints: HashMap<&mut MapData, EndpointKey, Endpoint> = self
             .ebpf
-            .map_mut(map_names::LOCAL_ENDPOINTS)
+            .map_mut(map_table::LOCAL_ENDPOINTS.name)
             .context("no local_endpoints map")?
             .try_into()?;
         let key = match ip.into() {
@@ -84,7 +84,7 @@ impl Harness {
     pub fn add_pod_veth(&mut self, ifindex: u32) -> Result<()> {
         let mut pod_veths: DevMapHash<&mut MapData> = self
             .ebpf
-            .map_mut(map_names::POD_VETHS)
+            .map_mut(map_table::POD_VETHS.name)
             .context("no pod_veths map")?
             .try_into()?;
         pod_veths.insert(ifindex, ifindex, None, 0)?;
@@ -96,7 +96,7 @@ impl Harness {
     pub fn set_underlay(&mut self, node_ip: Ipv4Addr, vni: u32, port: u16) -> Result<()> {
         let mut config: Array<&mut MapData, Config> = self
             .ebpf
-            .map_mut(map_names::CONFIG)
+            .map_mut(map_table::CONFIG.name)
             .context("no config map")?
             .try_into()?;
         config.set(
@@ -120,7 +120,7 @@ impl Harness {
     pub fn set_flags(&mut self, flags: u32) -> Result<()> {
         let mut config: Array<&mut MapData, Config> = self
             .ebpf
-            .map_mut(map_names::CONFIG)
+            .map_mut(map_table::CONFIG.name)
             .context("no config map")?
             .try_into()?;
         let current = config.get(&0, 0)?;
@@ -160,14 +160,14 @@ impl Harness {
         if len == address_len {
             let mut pods: HashMap<&mut MapData, RemoteAddr, RemoteNode> = self
                 .ebpf
-                .map_mut(map_names::REMOTE_PODS)
+                .map_mut(map_table::REMOTE_PODS.name)
                 .context("no remote_pods map")?
                 .try_into()?;
             pods.insert(addr, value, 0)?;
         } else {
             let mut remotes: LpmTrie<&mut MapData, RemoteAddr, RemoteNode> = self
                 .ebpf
-                .map_mut(map_names::REMOTE_NODES)
+                .map_mut(map_table::REMOTE_NODES.name)
                 .context("no remote_nodes map")?
                 .try_into()?;
             remotes.insert(&Key::new(trie_len, addr), value, 0)?;
@@ -180,7 +180,7 @@ impl Harness {
     pub fn add_peer(&mut self, node_ip: Ipv4Addr) -> Result<()> {
         let mut peers: HashMap<&mut MapData, [u8; 4], PeerNode> = self
             .ebpf
-            .map_mut(map_names::PEER_NODES)
+            .map_mut(map_table::PEER_NODES.name)
             .context("no peer_nodes map")?
             .try_into()?;
         peers.insert(
@@ -269,7 +269,7 @@ impl Harness {
     pub fn counters(&self) -> Result<Vec<(Reason, Counter)>> {
         let counters: PerCpuArray<&MapData, Counter> = self
             .ebpf
-            .map(map_names::COUNTERS)
+            .map(map_table::COUNTERS.name)
             .context("no counters map")?
             .try_into()?;
         Reason::ALL

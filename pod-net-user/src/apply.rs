@@ -172,10 +172,37 @@ impl fmt::Display for Change {
 /// that make the node match it and (unless `dry_run`) makes them. Returns
 /// the changes. A file that fails validation changes nothing.
 pub fn run(pins: &PinDir, config: &NodeConfig, dry_run: bool) -> Result<Vec<Change>> {
+    run_scoped(pins, config, Scope::Everything, dry_run)
+}
+
+/// As [`run`] for remote nodes alone: the node list comes from a cluster
+/// store, and the pods, which are the runtime's and the operator's, are left
+/// as they are.
+pub fn run_nodes(pins: &PinDir, nodes: Vec<RemoteConfig>) -> Result<Vec<Change>> {
+    let config = NodeConfig {
+        pods: Vec::new(),
+        nodes,
+    };
+    run_scoped(pins, &config, Scope::NodesOnly, false)
+}
+
+/// What a config speaks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Everything,
+    NodesOnly,
+}
+
+fn run_scoped(
+    pins: &PinDir,
+    config: &NodeConfig,
+    scope: Scope,
+    dry_run: bool,
+) -> Result<Vec<Change>> {
     let datapath = Datapath::open(pins)?;
     validate(&datapath, config)?;
     let lock = pins.lock()?;
-    let changes = plan(pins, &datapath, config)?;
+    let changes = plan(pins, &datapath, config, scope)?;
     if !dry_run {
         execute(pins, &lock, &changes)?;
     }
@@ -184,7 +211,12 @@ pub fn run(pins: &PinDir, config: &NodeConfig, dry_run: bool) -> Result<Vec<Chan
 
 /// The changes that make the node match `config` (validated), read under
 /// the lock: first what mends the tunnel device, then the map changes.
-fn plan(pins: &PinDir, datapath: &Datapath, config: &NodeConfig) -> Result<Vec<Change>> {
+fn plan(
+    pins: &PinDir,
+    datapath: &Datapath,
+    config: &NodeConfig,
+    scope: Scope,
+) -> Result<Vec<Change>> {
     let mut changes = Vec::new();
     if let Some(device) = tunnel_sync::device(&datapath.config()?)? {
         changes.extend(
@@ -197,7 +229,16 @@ fn plan(pins: &PinDir, datapath: &Datapath, config: &NodeConfig) -> Result<Vec<C
         );
     }
 
-    // Pods: keyed by IP; an entry whose veth or MAC differs is replaced.
+    if scope == Scope::Everything {
+        changes.extend(plan_pods(datapath, config)?);
+    }
+    changes.extend(plan_nodes(pins, config)?);
+    Ok(changes)
+}
+
+/// Pods: keyed by IP; an entry whose veth or MAC differs is replaced.
+fn plan_pods(datapath: &Datapath, config: &NodeConfig) -> Result<Vec<Change>> {
+    let mut changes = Vec::new();
     let names = netdev::link_names()?;
     let entries = datapath.endpoint_entries()?;
     let wanted: BTreeMap<IpAddr, &PodConfig> =
@@ -239,7 +280,12 @@ fn plan(pins: &PinDir, datapath: &Datapath, config: &NodeConfig) -> Result<Vec<C
         }
     }
 
-    // Remote nodes: keyed by exact prefix.
+    Ok(changes)
+}
+
+/// Remote nodes: keyed by exact prefix.
+fn plan_nodes(pins: &PinDir, config: &NodeConfig) -> Result<Vec<Change>> {
+    let mut changes = Vec::new();
     let current: BTreeMap<Cidr, remotes::NodeEntry> = remotes::list(pins)?
         .into_iter()
         .map(|entry| (entry.cidr, entry))

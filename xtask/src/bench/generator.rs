@@ -63,7 +63,6 @@ fn run(
         config_path,
         "--cpus",
         "1",
-        "--quiet",
     ];
     if let Some(rate) = &rate {
         args.extend(["--rate", rate]);

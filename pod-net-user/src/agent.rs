@@ -18,12 +18,14 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{apply, gc, metrics, pins::PinDir};
+use crate::{apply, cluster, gc, metrics, pins::PinDir};
 
 /// How often the config file's modification time is checked.
 const CONFIG_POLL: Duration = Duration::from_millis(500);
 
 pub struct AgentOptions {
+    /// Join a cluster through etcd (which also loads the datapath).
+    pub cluster: Option<cluster::ClusterOptions>,
     pub config: Option<PathBuf>,
     pub metrics_addr: SocketAddr,
     /// How often to run `pod-net gc`'s repairs; `None` never.
@@ -31,21 +33,31 @@ pub struct AgentOptions {
 }
 
 /// Runs until SIGTERM or SIGINT.
-pub fn run(pins: PinDir, options: AgentOptions) -> Result<()> {
+pub fn run(pins: PinDir, mut options: AgentOptions) -> Result<()> {
     // netlink-packet-route warns about every attribute newer than itself.
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,netlink_packet_route=error"),
     )
     .init();
-    pins.require_loaded()?;
+    let cluster = options.cluster.take();
+    if cluster.is_none() {
+        pins.require_loaded()?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(pins, options))
+    runtime.block_on(async {
+        // Joining loads the datapath, so it comes before everything else.
+        let joined = match cluster {
+            Some(cluster) => Some(cluster::join(&pins, cluster).await?),
+            None => None,
+        };
+        serve(pins, options, joined).await
+    })
 }
 
-async fn serve(pins: PinDir, options: AgentOptions) -> Result<()> {
+async fn serve(pins: PinDir, options: AgentOptions, joined: Option<cluster::Joined>) -> Result<()> {
     let listener = TcpListener::bind(options.metrics_addr)
         .await
         .with_context(|| format!("listening on {}", options.metrics_addr))?;
@@ -64,6 +76,7 @@ async fn serve(pins: PinDir, options: AgentOptions) -> Result<()> {
     let repair = options
         .gc_interval
         .map(|interval| tokio::spawn(repair_forever(pins.clone(), interval)));
+    let membership = joined.map(|joined| tokio::spawn(cluster::follow(pins.clone(), joined)));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -82,7 +95,7 @@ async fn serve(pins: PinDir, options: AgentOptions) -> Result<()> {
         }
     }
     logs.abort();
-    for task in [reconcile, repair].into_iter().flatten() {
+    for task in [reconcile, repair, membership].into_iter().flatten() {
         task.abort();
     }
     info!("stopping; the datapath keeps forwarding");

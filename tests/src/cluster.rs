@@ -2,8 +2,8 @@
 //!
 //! etcd runs in the switch namespace of a rig of 3+ nodes, on
 //! `192.168.100.254:2379` (an address on the switch's bridge, which every
-//! node reaches over its underlay), with its data in the rig's scratch
-//! directory. It is killed when its guard drops; so are agents.
+//! node reaches over its underlay), with its data in a directory of its
+//! own on tmpfs. It is killed when its guard drops; so are agents.
 use std::{
     fs,
     net::Ipv4Addr,
@@ -57,6 +57,8 @@ impl Etcd {
         let address = format!("{ETCD_IP}/24");
         let present = run_command(Command::new("ip").args(["-n", &netns, "addr", "show", "br0"]))?;
         if !present.contains(&address) {
+            // Local traffic (etcdctl here, etcd's own gateway) goes over lo.
+            run_command(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]))?;
             run_command(
                 Command::new("ip").args(["-n", &netns, "addr", "add", &address, "dev", "br0"]),
             )?;
@@ -64,7 +66,9 @@ impl Etcd {
         let scratch = rig.scratch_dir()?;
         let mut etcd = Self {
             netns,
-            data_dir: scratch.join("etcd-data"),
+            // tmpfs: fsync on a disk shared with builds can outlast etcd's
+            // proposal deadline.
+            data_dir: PathBuf::from("/dev/shm").join(format!("{}-etcd", rig.id())),
             child: None,
             log: scratch.join("etcd.log"),
         };
@@ -107,10 +111,17 @@ impl Etcd {
             .spawn()
             .context("starting etcd")?;
         self.child = Some(child);
+        let mut last = String::new();
         wait_for("etcd to answer", Duration::from_secs(20), || {
-            self.etcdctl(&["endpoint", "health"]).ok()
+            self.etcdctl(&["endpoint", "health"])
+                .map_err(|err| last = format!("{err:#}"))
+                .ok()
         })
         .map(drop)
+        .with_context(|| {
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            format!("etcdctl: {last}\netcd's log:\n{log}")
+        })
     }
 
     /// SIGKILLs etcd (its data stays).
@@ -178,7 +189,7 @@ impl Drop for Etcd {
     }
 }
 
-/// `pod-net agent --etcd-endpoints ...` on a node, SIGKILLed on drop.
+/// `pod-net agent --etcd-endpoints ...` on a node, killed (SIGKILL) on drop.
 pub struct Agent {
     child: Option<Child>,
     args: Vec<String>,

@@ -343,3 +343,357 @@ fn eight_racing_agents_hold_eight_distinct_subnets_of_a_pool_of_eight() {
     drop(agents);
     drop(etcd);
 }
+
+/// A bounded ping flood (2 ms apart) from a pod made through CNI.
+fn flood(from: &ClusterPod, to: Ipv4Addr, count: u32) -> std::process::Child {
+    let netns = from
+        .attachment
+        .netns
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("/run/netns/")
+        .to_owned();
+    std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &netns, "ping", "-n", "-q", "-i", "0.002", "-W", "1", "-c",
+        ])
+        .arg(count.to_string())
+        .arg(to.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// (sent, received) of a finished flood.
+fn flood_result(child: std::process::Child) -> (u64, u64) {
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|line| line.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no summary in {text}"));
+    let mut numbers = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|part| part.parse::<u64>().ok());
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
+/// Two agents (nodes 1 and 2 of a 3-node rig) with a pod each, made
+/// through their conflists, that already reach each other.
+struct TwoNodeCluster {
+    agents: Vec<Agent>,
+    subnets: Vec<String>,
+    pods: Vec<ClusterPod>,
+    // Dropped last: etcd, then the rig.
+    etcd: Etcd,
+    rig: Rig,
+}
+
+fn two_node_cluster() -> TwoNodeCluster {
+    let rig = rig(3);
+    let etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(CONFIG).unwrap();
+    let agents: Vec<Agent> = rig.nodes()[..2]
+        .iter()
+        .map(|node| start(&rig, node, &[]))
+        .collect();
+    let subnets: Vec<String> = agents
+        .iter()
+        .map(|agent| agent.wait_subnet(SOON).unwrap())
+        .collect();
+    for (index, node) in rig.nodes()[..2].iter().enumerate() {
+        let other = 1 - index;
+        wait_programmed(node, &[entry(rig.node(other as u8 + 1), &subnets[other])]);
+    }
+    let pods: Vec<ClusterPod> = rig.nodes()[..2]
+        .iter()
+        .zip(&agents)
+        .map(|(node, agent)| pod_via_conflist(&rig, node, agent, &format!("c{}", node.index)))
+        .collect();
+    ping(&pods[0], pods[1].ip, 2).unwrap();
+    TwoNodeCluster {
+        agents,
+        subnets,
+        pods,
+        etcd,
+        rig,
+    }
+}
+
+#[test]
+fn a_sigkilled_agent_restarts_on_the_same_subnet_without_losing_a_packet() {
+    if !require_root("a_sigkilled_agent_restarts_on_the_same_subnet") {
+        return;
+    }
+    let mut cluster = two_node_cluster();
+    let node_1 = cluster.rig.node(1);
+    // A lease node 1 programs, deleted while its agent is down.
+    let gone = lease_key("10.244.250.0/24");
+    cluster
+        .etcd
+        .put(
+            &gone,
+            r#"{"PublicIP":"192.168.100.77","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:77"}}"#,
+        )
+        .unwrap();
+    wait_for("the extra lease on node 1", SOON, || {
+        remote_nodes(node_1).unwrap().len().eq(&2).then_some(())
+    })
+    .unwrap();
+    let lease_before = cluster.etcd.get(&lease_key(&cluster.subnets[0])).unwrap();
+
+    let flood = flood(&cluster.pods[0], cluster.pods[1].ip, 2000);
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.agents[0].kill();
+    cluster.etcd.etcdctl(&["del", &gone]).unwrap();
+    std::fs::remove_file(&cluster.agents[0].subnet_file).unwrap();
+    cluster.agents[0].restart().unwrap();
+    // Same subnet, found by its PublicIP in etcd (subnet.env was removed).
+    assert_eq!(
+        cluster.agents[0].wait_subnet(SOON).unwrap(),
+        cluster.subnets[0]
+    );
+    assert_eq!(
+        cluster.etcd.get(&lease_key(&cluster.subnets[0])).unwrap(),
+        lease_before
+    );
+    // The restarted agent converges to etcd: the deleted lease is gone.
+    wait_programmed(node_1, &[entry(cluster.rig.node(2), &cluster.subnets[1])]);
+    let (sent, received) = flood_result(flood);
+    assert_eq!((sent, received), (2000, 2000));
+    assert_eq!(
+        cluster
+            .etcd
+            .keys(&format!("{PREFIX}/subnets/"))
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn etcd_killed_under_a_ping_flood_loses_nothing_and_an_empty_etcd_gets_the_leases_back() {
+    if !require_root("etcd_killed_under_a_ping_flood") {
+        return;
+    }
+    let mut cluster = two_node_cluster();
+    let node_1 = cluster.rig.node(1);
+    // 12 s of pings at the least; etcd is away for 10 of them.
+    let flood = flood(&cluster.pods[0], cluster.pods[1].ip, 6000);
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.etcd.kill();
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(cluster.agents.iter_mut().all(Agent::running));
+    cluster.etcd.restart(false).unwrap();
+    let (sent, received) = flood_result(flood);
+    assert_eq!((sent, received), (6000, 6000));
+
+    // Back with its data: the agents follow again.
+    let late = (
+        "10.244.250.0/24".to_owned(),
+        "192.168.100.77".to_owned(),
+        "02:aa:00:00:00:77".to_owned(),
+    );
+    cluster
+        .etcd
+        .put(
+            &lease_key(&late.0),
+            r#"{"PublicIP":"192.168.100.77","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:77"}}"#,
+        )
+        .unwrap();
+    wait_programmed(
+        node_1,
+        &[
+            entry(cluster.rig.node(2), &cluster.subnets[1]),
+            late.clone(),
+        ],
+    );
+
+    // Compaction past everything the watches have seen is survived.
+    for round in 0..20 {
+        cluster
+            .etcd
+            .put("/unrelated/churn", &round.to_string())
+            .unwrap();
+    }
+    let status = cluster
+        .etcd
+        .etcdctl(&["endpoint", "status", "--write-out", "json"])
+        .unwrap();
+    let revision = serde_json::from_str::<serde_json::Value>(&status).unwrap()[0]["Status"]
+        ["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    cluster
+        .etcd
+        .etcdctl(&["compact", &revision.to_string()])
+        .unwrap();
+    cluster.etcd.etcdctl(&["del", &lease_key(&late.0)]).unwrap();
+    wait_programmed(node_1, &[entry(cluster.rig.node(2), &cluster.subnets[1])]);
+
+    // Restarted empty: every agent writes its lease again, same subnet.
+    cluster.etcd.restart(true).unwrap();
+    for subnet in &cluster.subnets {
+        wait_for("a lease written again", SOON, || {
+            cluster.etcd.get(&lease_key(subnet)).unwrap()
+        })
+        .unwrap();
+    }
+    ping(&cluster.pods[0], cluster.pods[1].ip, 3).unwrap();
+    ping(&cluster.pods[1], cluster.pods[0].ip, 3).unwrap();
+}
+
+#[test]
+fn malformed_config_leases_and_foreign_backends_are_logged_once_and_skipped() {
+    if !require_root("malformed_config_leases_and_foreign_backends") {
+        return;
+    }
+    let rig = rig(3);
+    let etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(r#"{"Network":"#).unwrap();
+    let node = rig.node(1);
+    let mut agent = start(&rig, node, &[]);
+    let config_key = format!("{PREFIX}/config");
+    wait_for("the bad config logged", SOON, || {
+        (agent.log_lines("skipping") > 0).then_some(())
+    })
+    .unwrap();
+    // It keeps waiting (polling each second) and says it once.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agent.running());
+    assert_eq!(agent.log_lines("skipping"), 1, "{}", agent.log_text());
+    assert_eq!(
+        agent.log_lines(&format!("skipping {config_key}: not JSON")),
+        1
+    );
+    assert!(!agent.subnet_file.exists());
+
+    etcd.put_config(CONFIG).unwrap();
+    let subnet = agent.wait_subnet(SOON).unwrap();
+    let bad = [
+        ("10.244.250.0-24", "not json"),
+        (
+            "10.244.251.0-24",
+            r#"{"PublicIP":"192.168.100.51","BackendType":"host-gw"}"#,
+        ),
+        (
+            "no-subnet-here",
+            r#"{"PublicIP":"192.168.100.52","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:52"}}"#,
+        ),
+        (
+            "10.244.253.0-24",
+            r#"{"PublicIP":"192.168.100.53","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"not-a-mac"}}"#,
+        ),
+    ];
+    for (name, value) in bad {
+        etcd.put(&format!("{PREFIX}/subnets/{name}"), value)
+            .unwrap();
+    }
+    // The same bad value again is not news.
+    etcd.put(&format!("{PREFIX}/subnets/10.244.250.0-24"), "not json")
+        .unwrap();
+    // A good lease after them: once it is programmed, the bad ones were seen.
+    let sentinel = (
+        "10.244.252.0/24".to_owned(),
+        "192.168.100.60".to_owned(),
+        "02:aa:00:00:00:60".to_owned(),
+    );
+    etcd.put(
+        &lease_key(&sentinel.0),
+        r#"{"PublicIP":"192.168.100.60","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:60"}}"#,
+    )
+    .unwrap();
+    wait_programmed(node, &[sentinel]);
+    let log = agent.log_text();
+    for (name, _) in bad {
+        assert_eq!(
+            agent.log_lines(&format!("skipping {PREFIX}/subnets/{name}")),
+            1,
+            "{log}"
+        );
+    }
+    assert!(
+        log.contains(r#"backend type "host-gw", not vxlan"#),
+        "{log}"
+    );
+    assert_eq!(agent.log_lines("skipping"), 5, "{log}");
+    // Nothing else changed: our lease and the agent are still there.
+    assert!(etcd.get(&lease_key(&subnet)).unwrap().is_some());
+    assert!(agent.running());
+}
+
+#[test]
+fn a_kernel_vxlan_flannel_node_with_a_handwritten_lease_is_reached_both_ways() {
+    if !require_root("a_kernel_vxlan_flannel_node") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec {
+        nodes: 3,
+        pods_per_node: 1,
+        pod_mtu: Some(1450),
+        ..RigSpec::default()
+    })
+    .unwrap();
+    let (pod_net_node, flannel_node) = (rig.node(1), rig.node(2));
+    let etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(CONFIG).unwrap();
+    // flannel's side: kernel VXLAN pointing at node 1's VTEP MAC, and its
+    // lease as flanneld writes it.
+    flannel_node
+        .flannel_style(&[(pod_net_node, pod_net_node.derived_vtep_mac())])
+        .unwrap();
+    etcd.put(
+        &lease_key(&flannel_node.pod_cidr()),
+        &format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+            flannel_node.underlay_ip,
+            flannel_node.flannel_vtep_mac()
+        ),
+    )
+    .unwrap();
+    // Node 1 ran before on 10.244.1.0/24 (the rig's pods are there): its
+    // subnet.env from then makes it take that subnet again.
+    let dir = agent_dir(&rig, pod_net_node);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("subnet.env"),
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+    )
+    .unwrap();
+    let agent = start(&rig, pod_net_node, &[]);
+    wait_for("node 1's lease", SOON, || {
+        etcd.get(&lease_key(&pod_net_node.pod_cidr())).unwrap()
+    })
+    .unwrap();
+    assert_eq!(agent.wait_subnet(SOON).unwrap(), pod_net_node.pod_cidr());
+    // What the flannel node needs of ours: PublicIP and VtepMAC.
+    assert_eq!(
+        etcd.get(&lease_key(&pod_net_node.pod_cidr()))
+            .unwrap()
+            .unwrap(),
+        format!(
+            r#"{{"PublicIP":"{}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+            pod_net_node.underlay_ip,
+            pod_net_node.derived_vtep_mac()
+        )
+    );
+    wait_programmed(
+        pod_net_node,
+        &[(
+            flannel_node.pod_cidr(),
+            flannel_node.underlay_ip.to_string(),
+            flannel_node.flannel_vtep_mac(),
+        )],
+    );
+    pod_net_node.register(rig.pod(1, 1)).unwrap();
+    let (a, b) = (rig.pod(1, 1), rig.pod(2, 1));
+    let before = pod_net_node.counters().unwrap();
+    a.ping(b.ip, 3).unwrap();
+    b.ping(a.ip, 3).unwrap();
+    let after = pod_net_node.counters().unwrap();
+    assert!(after["encap"] - before["encap"] >= 6);
+    assert!(after["decap"] - before["decap"] >= 6);
+    drop(agent);
+    drop(etcd);
+}

@@ -45,11 +45,122 @@ pub struct Etcd {
     data_dir: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    tls: Option<TlsFiles>,
+}
+
+/// Certificates for etcd over TLS with client authentication, made with
+/// `openssl` for one test: a CA, etcd's server certificate for
+/// [`ETCD_IP`], and a client certificate.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes the files in `dir` (P-256 keys, valid for a day).
+    pub fn create(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir)?;
+        let path = |name: &str| dir.join(name);
+        let openssl = |args: &[&str]| {
+            run_command(Command::new("openssl").args(args).current_dir(dir)).map(drop)
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"],
+                &key[..],
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=pod-net test CA",
+                ],
+            ]
+            .concat(),
+        )?;
+        for (name, extension) in [
+            (
+                "server",
+                format!("subjectAltName=IP:{ETCD_IP}\nextendedKeyUsage=serverAuth"),
+            ),
+            ("client", "extendedKeyUsage=clientAuth".to_owned()),
+        ] {
+            let (csr, pem, key_file, ext) = (
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.key"),
+                format!("{name}.ext"),
+            );
+            fs::write(path(&ext), extension)?;
+            openssl(
+                &[
+                    &["req"],
+                    &key[..],
+                    &[
+                        "-keyout",
+                        &key_file,
+                        "-out",
+                        &csr,
+                        "-subj",
+                        &format!("/CN={name}"),
+                    ],
+                ]
+                .concat(),
+            )?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+            ])?;
+        }
+        Ok(Self {
+            ca: path("ca.pem"),
+            server_cert: path("server.pem"),
+            server_key: path("server.key"),
+            client_cert: path("client.pem"),
+            client_key: path("client.key"),
+        })
+    }
 }
 
 impl Etcd {
     /// Starts etcd in `rig`'s switch namespace and waits until it answers.
     pub fn start(rig: &Rig) -> Result<Self> {
+        Self::start_with(rig, None)
+    }
+
+    /// Starts etcd serving only TLS, requiring client certificates.
+    pub fn start_tls(rig: &Rig, tls: TlsFiles) -> Result<Self> {
+        Self::start_with(rig, Some(tls))
+    }
+
+    fn start_with(rig: &Rig, tls: Option<TlsFiles>) -> Result<Self> {
         let netns = rig
             .switch()
             .context("etcd needs a rig of 3+ nodes (one with a switch)")?
@@ -71,25 +182,34 @@ impl Etcd {
             data_dir: PathBuf::from("/dev/shm").join(format!("{}-etcd", rig.id())),
             child: None,
             log: scratch.join("etcd.log"),
+            tls,
         };
         etcd.spawn()?;
         Ok(etcd)
     }
 
-    /// The client URL.
+    /// The client URL of an etcd without TLS.
     #[must_use]
     pub fn endpoint() -> String {
         format!("http://{ETCD_IP}:2379")
     }
 
+    /// This etcd's client URL.
+    #[must_use]
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{ETCD_IP}:2379")
+    }
+
     fn spawn(&mut self) -> Result<()> {
-        let client = Self::endpoint();
+        let client = self.url();
         let peer = format!("http://{ETCD_IP}:2380");
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new("nsenter")
+        let mut command = Command::new("nsenter");
+        command
             .arg(format!("--net=/run/netns/{}", self.netns))
             .args(["--", "etcd", "--name", "rig", "--data-dir"])
             .arg(&self.data_dir)
@@ -105,7 +225,18 @@ impl Etcd {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
-            .args(["--initial-cluster", &format!("rig={peer}")])
+            .args(["--initial-cluster", &format!("rig={peer}")]);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -143,15 +274,21 @@ impl Etcd {
 
     /// `etcdctl args..` against this etcd; its stdout.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
-        let endpoint = Self::endpoint();
-        run_command(
-            Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", self.netns))
-                .args(["--", "etcdctl", "--dial-timeout=2s", "--command-timeout=5s"])
-                .arg(format!("--endpoints={endpoint}"))
-                .args(args)
-                .env("ETCDCTL_API", "3"),
-        )
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .args(["--", "etcdctl", "--dial-timeout=2s", "--command-timeout=5s"])
+            .arg(format!("--endpoints={}", self.url()));
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        run_command(command.args(args).env("ETCDCTL_API", "3"))
     }
 
     pub fn put(&self, key: &str, value: &str) -> Result<()> {
@@ -201,16 +338,16 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts an agent on `node` (underlay `eth0`) with `extra` flags; its
-    /// files and log in `dir`.
-    pub fn start(node: &Node, dir: &Path, extra: &[&str]) -> Result<Self> {
+    /// Starts an agent on `node` (underlay `eth0`) following etcd at
+    /// `endpoint`, with `extra` flags; its files and log in `dir`.
+    pub fn start(node: &Node, dir: &Path, endpoint: &str, extra: &[&str]) -> Result<Self> {
         fs::create_dir_all(dir)?;
         let subnet_file = dir.join("subnet.env");
         let conflist = dir.join("10-pod-net.conflist");
         let mut args: Vec<String> = [
             "agent",
             "--etcd-endpoints",
-            &Etcd::endpoint(),
+            endpoint,
             "--iface",
             "eth0",
             "--gc-interval",

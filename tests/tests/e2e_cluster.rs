@@ -10,7 +10,7 @@ use std::{
 
 use pod_net_tests::{
     Node, Rig, RigSpec,
-    cluster::{Agent, Etcd, PREFIX, lease_key, remote_nodes, wait_for},
+    cluster::{Agent, Etcd, PREFIX, TlsFiles, lease_key, remote_nodes, wait_for},
     cni::{self, Attachment, Runtime, result_ipv4},
     privileges::require_root,
 };
@@ -41,7 +41,7 @@ fn agent_dir(rig: &Rig, node: &Node) -> PathBuf {
 }
 
 fn start(rig: &Rig, node: &Node, extra: &[&str]) -> Agent {
-    Agent::start(node, &agent_dir(rig, node), extra).unwrap()
+    Agent::start(node, &agent_dir(rig, node), &Etcd::endpoint(), extra).unwrap()
 }
 
 /// Waits until `node` has programmed exactly `wanted` (cidr, node ip, mac).
@@ -696,4 +696,192 @@ fn a_kernel_vxlan_flannel_node_with_a_handwritten_lease_is_reached_both_ways() {
     assert!(after["decap"] - before["decap"] >= 6);
     drop(agent);
     drop(etcd);
+}
+
+/// Runs `pod-net agent args..` on `node` to its end (bounded: every case
+/// here fails before talking to any etcd).
+fn agent_output(node: &Node, args: &[&str]) -> std::process::Output {
+    let mut full = vec!["agent"];
+    full.extend_from_slice(args);
+    node.pod_net_command(&full).output().unwrap()
+}
+
+#[test]
+fn bad_agent_flags_get_one_line_and_change_nothing() {
+    if !require_root("bad_agent_flags_get_one_line") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec {
+        nodes: 1,
+        pods_per_node: 0,
+        ..RigSpec::default()
+    })
+    .unwrap();
+    let node = rig.node(1);
+    let subnet_file = rig.scratch_dir().unwrap().join("subnet.env");
+    let subnet_file = subnet_file.to_str().unwrap();
+    let endpoint = Etcd::endpoint();
+    let base = ["--etcd-endpoints", &endpoint, "--subnet-file", subnet_file];
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["--iface", "nosuch0"],
+            1,
+            "pod-net: error: --iface nosuch0: no such interface",
+        ),
+        (
+            vec!["--iface", "cni0", "--etcd-cafile", "/nonexistent/ca.pem"],
+            1,
+            "pod-net: error: reading /nonexistent/ca.pem: No such file or directory",
+        ),
+        (
+            vec!["--iface", "cni0", "--etcd-certfile", "/tmp/c.pem"],
+            2,
+            "--etcd-keyfile",
+        ),
+        (
+            vec!["--subnet-lease-ttl", "0", "--iface", "cni0"],
+            2,
+            "--subnet-lease-ttl",
+        ),
+    ];
+    for (extra, code, needle) in cases {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        let output = agent_output(node, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {needle:?} not in {stderr:?}"
+        );
+        if code == 1 {
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        }
+    }
+    // --iface without --etcd-endpoints, and --etcd-endpoints without --iface.
+    for args in [vec!["--iface", "cni0"], vec!["--etcd-endpoints", &endpoint]] {
+        let output = agent_output(node, &args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+    }
+    let output = agent_output(node, &["--release-lease"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(!std::path::Path::new(subnet_file).exists());
+    assert!(!node.pin_dir.exists(), "the datapath was loaded");
+}
+
+#[test]
+fn a_full_pool_is_one_clear_error() {
+    if !require_root("a_full_pool_is_one_clear_error") {
+        return;
+    }
+    let rig = rig(3);
+    let etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(
+        r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.9.0","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    etcd.put(
+        &lease_key("10.244.9.0/24"),
+        r#"{"PublicIP":"192.168.100.77","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:77"}}"#,
+    )
+    .unwrap();
+    let node = rig.node(1);
+    let subnet_file = rig.scratch_dir().unwrap().join("subnet.env");
+    let output = agent_output(
+        node,
+        &[
+            "--etcd-endpoints",
+            &Etcd::endpoint(),
+            "--iface",
+            "eth0",
+            "--subnet-file",
+            subnet_file.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().last().unwrap(),
+        "pod-net: error: no free subnet left in 10.244.9.0..=10.244.9.0 (/24): the pool is full"
+    );
+    assert!(!subnet_file.exists());
+    assert_eq!(etcd.keys(&format!("{PREFIX}/subnets/")).unwrap().len(), 1);
+}
+
+#[test]
+fn agents_join_an_etcd_that_requires_tls_client_certificates() {
+    if !require_root("agents_join_an_etcd_that_requires_tls") {
+        return;
+    }
+    let rig = rig(3);
+    let tls = TlsFiles::create(&rig.scratch_dir().unwrap().join("tls")).unwrap();
+    let etcd = Etcd::start_tls(&rig, tls.clone()).unwrap();
+    etcd.put_config(CONFIG).unwrap();
+    let flags = [
+        "--etcd-cafile",
+        tls.ca.to_str().unwrap(),
+        "--etcd-certfile",
+        tls.client_cert.to_str().unwrap(),
+        "--etcd-keyfile",
+        tls.client_key.to_str().unwrap(),
+    ];
+    let agents: Vec<Agent> = rig.nodes()[..2]
+        .iter()
+        .map(|node| Agent::start(node, &agent_dir(&rig, node), &etcd.url(), &flags).unwrap())
+        .collect();
+    let subnets: Vec<String> = agents
+        .iter()
+        .map(|agent| agent.wait_subnet(SOON).unwrap())
+        .collect();
+    wait_programmed(rig.node(1), &[entry(rig.node(2), &subnets[1])]);
+    wait_programmed(rig.node(2), &[entry(rig.node(1), &subnets[0])]);
+
+    // Without a client certificate etcd refuses; the agent keeps trying and
+    // says why, writing nothing.
+    let node = rig.node(3);
+    let lone = Agent::start(
+        node,
+        &agent_dir(&rig, node),
+        &etcd.url(),
+        &["--etcd-cafile", tls.ca.to_str().unwrap()],
+    )
+    .unwrap();
+    wait_for("the refusal logged", SOON, || {
+        (lone.log_lines("retrying in") > 0).then_some(())
+    })
+    .unwrap();
+    assert!(!lone.subnet_file.exists());
+    assert_eq!(etcd.keys(&format!("{PREFIX}/subnets/")).unwrap().len(), 2);
+
+    // --release-lease: node 2's agent stops (which leaves the lease), then
+    // node 2 leaves; node 1 drops it.
+    let mut agents = agents;
+    agents[1].kill();
+    let output = rig
+        .node(2)
+        .pod_net_command(
+            &[
+                &[
+                    "agent",
+                    "--etcd-endpoints",
+                    &etcd.url(),
+                    "--iface",
+                    "eth0",
+                    "--release-lease",
+                ][..],
+                &flags[..],
+            ]
+            .concat(),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout, format!("released the lease on {}\n", subnets[1]));
+    assert_eq!(etcd.get(&lease_key(&subnets[1])).unwrap(), None);
+    wait_programmed(rig.node(1), &[]);
 }

@@ -477,6 +477,11 @@ async fn follow_once(
         accept(joined, &mut peers, record, bad);
     }
     let mut reconciled = reconcile(pins, joined, &peers, listing.revision);
+    info!(
+        "following {} other node(s) under {prefix} from revision {}",
+        peers.len(),
+        listing.revision
+    );
     let mut watch = joined.store.watch(&prefix, listing.revision + 1).await?;
     let mut renew_at = tokio::time::Instant::now() + renew_interval(&joined.lease);
     loop {

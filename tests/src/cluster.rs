@@ -409,6 +409,12 @@ impl Agent {
         self.spawn()
     }
 
+    /// The agent's process ID while it runs (`nsenter` execs it in place).
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the agent process is still running.
     pub fn running(&mut self) -> bool {
         self.child

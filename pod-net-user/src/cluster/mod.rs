@@ -631,10 +631,21 @@ fn reconcile(
                 )
             })
             .collect();
-        for change in &changes {
-            info!("etcd: {change}");
+        // Each change when a few; a cold start into thousands says only how many.
+        if changes.len() <= 20 {
+            for change in &changes {
+                info!("etcd: {change}");
+            }
         }
-        apply::execute(pins, &changes)
+        apply::execute(pins, &changes)?;
+        if !changes.is_empty() {
+            info!(
+                "etcd: {} change(s) programmed, {} other node(s) at revision {revision}",
+                changes.len(),
+                peers.len()
+            );
+        }
+        Ok(())
     });
     match result {
         Ok(()) => {

@@ -694,6 +694,43 @@ fn a_kernel_vxlan_flannel_node_with_a_handwritten_lease_is_reached_both_ways() {
     let after = pod_net_node.counters().unwrap();
     assert!(after["encap"] - before["encap"] >= 6);
     assert!(after["decap"] - before["decap"] >= 6);
+
+    // The next reconcile keeps the pod added by hand and removes a remote
+    // node added by hand: remote nodes are etcd's, pods are not.
+    pod_net_node
+        .pod_net(&[
+            "node",
+            "add",
+            "--cidr",
+            "10.244.99.0/24",
+            "--node-ip",
+            "192.168.100.99",
+        ])
+        .unwrap();
+    let extra = (
+        "10.244.250.0/24".to_owned(),
+        "192.168.100.77".to_owned(),
+        "02:aa:00:00:00:77".to_owned(),
+    );
+    etcd.put(
+        &lease_key(&extra.0),
+        r#"{"PublicIP":"192.168.100.77","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:77"}}"#,
+    )
+    .unwrap();
+    wait_programmed(
+        pod_net_node,
+        &[
+            (
+                flannel_node.pod_cidr(),
+                flannel_node.underlay_ip.to_string(),
+                flannel_node.flannel_vtep_mac(),
+            ),
+            extra,
+        ],
+    );
+    let pods = pod_net_node.pod_net(&["pod", "list", "--json"]).unwrap();
+    assert!(pods.contains(&format!("\"{}\"", a.ip)), "{pods}");
+    a.ping(b.ip, 2).unwrap();
     drop(agent);
     drop(etcd);
 }

@@ -16,6 +16,7 @@ pub mod subnet_env;
 
 use std::{
     collections::{BTreeMap, HashSet},
+    fmt::Write as _,
     net::Ipv4Addr,
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -108,6 +109,61 @@ pub struct ClusterStatus {
     pub lease_expiry: Option<u64>,
     /// Records skipped as malformed or foreign.
     pub skipped_records: u64,
+}
+
+impl ClusterStatus {
+    /// The Prometheus text exposition of the store's state, for the
+    /// agent's `/metrics`.
+    #[must_use]
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, kind: &str, value: Option<String>| {
+            if let Some(value) = value {
+                let _ = write!(
+                    out,
+                    "# HELP pod_net_cluster_{name} {help}\n# TYPE pod_net_cluster_{name} {kind}\n\
+                     pod_net_cluster_{name} {value}\n"
+                );
+            }
+        };
+        gauge(
+            "store_connected",
+            "Whether the agent is connected to the cluster store.",
+            "gauge",
+            Some(u8::from(self.connected).to_string()),
+        );
+        gauge(
+            "last_sync_timestamp_seconds",
+            "When the maps last matched the store.",
+            "gauge",
+            self.last_sync.map(|time| time.to_string()),
+        );
+        gauge(
+            "store_revision",
+            "The store revision the maps reflect.",
+            "gauge",
+            Some(self.revision.to_string()),
+        );
+        gauge(
+            "peers",
+            "Other nodes programmed from the store.",
+            "gauge",
+            Some(self.peers.to_string()),
+        );
+        gauge(
+            "lease_expiry_timestamp_seconds",
+            "When this node's lease runs out unless renewed.",
+            "gauge",
+            self.lease_expiry.map(|time| time.to_string()),
+        );
+        gauge(
+            "skipped_records_total",
+            "Store records skipped as malformed or foreign.",
+            "counter",
+            Some(self.skipped_records.to_string()),
+        );
+        out
+    }
 }
 
 pub type SharedStatus = Arc<Mutex<ClusterStatus>>;
@@ -687,4 +743,33 @@ pub async fn release(options: &ClusterOptions) -> Result<Subnet, ClusterError> {
         }
     }
     Err(ClusterError::NothingToRelease(public_ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_state_in_prometheus_text() {
+        let status = ClusterStatus {
+            connected: true,
+            last_sync: Some(1_700_000_000),
+            revision: 42,
+            peers: 3,
+            subnet: Some("10.244.7.0/24".into()),
+            lease_expiry: None,
+            skipped_records: 2,
+        };
+        let text = status.to_prometheus();
+        assert!(
+            text.contains("\npod_net_cluster_store_connected 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("\npod_net_cluster_last_sync_timestamp_seconds 1700000000\n"));
+        assert!(text.contains("\npod_net_cluster_store_revision 42\n"));
+        assert!(text.contains("\npod_net_cluster_peers 3\n"));
+        assert!(text.contains("# TYPE pod_net_cluster_skipped_records_total counter\npod_net_cluster_skipped_records_total 2\n"));
+        // A permanent reservation has no expiry to show.
+        assert!(!text.contains("lease_expiry"));
+    }
 }

@@ -267,6 +267,8 @@ fn deleted_and_expired_leases_leave_the_maps_and_routes_of_every_peer() {
             ],
         );
         assert!(tunnel_routes(node).contains("10.244.250.0/24"));
+        let neighbours = node.ip(&["neigh", "show", "dev", "pnvxlan1"]).unwrap();
+        assert!(neighbours.contains("02:aa:00:00:00:77"), "{neighbours}");
     }
     // Renewal keeps the short lease alive well past its TTL.
     std::thread::sleep(Duration::from_secs(6));
@@ -287,6 +289,12 @@ fn deleted_and_expired_leases_leave_the_maps_and_routes_of_every_peer() {
             .unwrap();
         assert!(!fdb.contains("02:aa:00:00:00:77"), "{fdb}");
         assert!(!fdb.contains(&nodes[2].derived_vtep_mac()), "{fdb}");
+        let neighbours = node.ip(&["neigh", "show", "dev", "pnvxlan1"]).unwrap();
+        assert!(!neighbours.contains("02:aa:00:00:00:77"), "{neighbours}");
+        assert!(
+            !neighbours.contains(&nodes[2].derived_vtep_mac()),
+            "{neighbours}"
+        );
     }
 
     // A live agent's lease deleted by hand comes back, same subnet.

@@ -209,11 +209,12 @@ impl Store for Etcd {
 
     async fn keep_alive(&mut self, lease: i64) -> Result<bool, StoreError> {
         // One renewal per stream: renewals are minutes apart.
-        match timed(self.client.lease_keep_alive(lease)).await {
-            Ok(_) => Ok(true),
-            // The crate reports etcd's TTL-0 answer (an unknown lease) so.
-            Err(StoreError::Other(message)) if message.contains("lease not found") => Ok(false),
-            Err(err) => Err(err),
+        match tokio::time::timeout(CALL_TIMEOUT, self.client.lease_keep_alive(lease)).await {
+            Ok(Ok(_)) => Ok(true),
+            // The crate turns etcd's TTL-0 answer (an unknown lease) into this.
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => Ok(false),
+            Ok(Err(err)) => Err(store_error(err)),
+            Err(_) => Err(StoreError::Timeout(CALL_TIMEOUT)),
         }
     }
 

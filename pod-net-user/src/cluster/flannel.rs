@@ -213,6 +213,11 @@ impl NetworkConfig {
         };
         let subnet_min = bound(raw.subnet_min, u32::from(network.ip) + size, "SubnetMin")?;
         let subnet_max = bound(raw.subnet_max, network.last() + 1 - size, "SubnetMax")?;
+        if subnet_min > subnet_max {
+            return Err(invalid(format!(
+                "SubnetMin {subnet_min} is above SubnetMax {subnet_max}"
+            )));
+        }
         // flannel's default backend (no Backend at all) is udp.
         let backend = raw.backend.unwrap_or(RawBackend {
             kind: Some("udp".into()),
@@ -442,6 +447,12 @@ mod tests {
             .unwrap_err()
             .to_string(),
             format!("{key}: SubnetMin 10.244.1.5 is not on a /24 boundary")
+        );
+        assert_eq!(
+            config(r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.8.0","Backend":{"Type":"vxlan"}}"#)
+                .unwrap_err()
+                .to_string(),
+            format!("{key}: SubnetMin 10.244.9.0 is above SubnetMax 10.244.8.0")
         );
         assert_eq!(
             config(r#"{"Network":"10.244.1.0/16","Backend":{"Type":"vxlan"}}"#)

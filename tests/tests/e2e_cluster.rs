@@ -930,3 +930,67 @@ fn agents_join_an_etcd_that_requires_tls_client_certificates() {
     assert_eq!(etcd.get(&lease_key(&subnets[1])).unwrap(), None);
     wait_programmed(rig.node(1), &[]);
 }
+
+#[test]
+fn a_watch_resumed_past_a_compaction_lists_again_and_converges() {
+    if !require_root("a_watch_resumed_past_a_compaction") {
+        return;
+    }
+    let rig = rig(3);
+    let mut etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(CONFIG).unwrap();
+    let node = rig.node(1);
+    let agent = start(&rig, node, &[]);
+    agent.wait_subnet(SOON).unwrap();
+    let lease = |n: u8| {
+        (
+            format!("10.244.{n}.0/24"),
+            format!("192.168.100.{n}"),
+            format!("02:aa:00:00:00:{n:02x}"),
+        )
+    };
+    let put = |etcd: &Etcd, (subnet, ip, mac): &(String, String, String)| {
+        etcd.put(
+            &lease_key(subnet),
+            &format!(
+                r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+            ),
+        )
+        .unwrap();
+    };
+    let (doomed, kept, fresh) = (lease(250), lease(251), lease(252));
+    put(&etcd, &doomed);
+    put(&etcd, &kept);
+    wait_programmed(node, &[doomed.clone(), kept.clone()]);
+
+    // The agent is frozen while etcd restarts (with its data), a lease goes,
+    // one comes, and everything up to now is compacted: the agent's watch
+    // resumes at a revision etcd no longer has.
+    let pid = agent.pid().unwrap().to_string();
+    pod_net_tests::cmd::run("kill", ["-STOP", pid.as_str()]).unwrap();
+    etcd.restart(false).unwrap();
+    etcd.etcdctl(&["del", &lease_key(&doomed.0)]).unwrap();
+    put(&etcd, &fresh);
+    for round in 0..5 {
+        etcd.put("/unrelated/churn", &round.to_string()).unwrap();
+    }
+    let status = etcd
+        .etcdctl(&["endpoint", "status", "--write-out", "json"])
+        .unwrap();
+    let revision = serde_json::from_str::<serde_json::Value>(&status).unwrap()[0]["Status"]
+        ["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    etcd.etcdctl(&["compact", &revision.to_string()]).unwrap();
+    pod_net_tests::cmd::run("kill", ["-CONT", pid.as_str()]).unwrap();
+
+    wait_programmed(node, &[kept, fresh]);
+    let log = agent.log_text();
+    assert!(log.contains("resuming the watch at revision"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "listing again: compacted up to revision {revision}"
+        )),
+        "{log}"
+    );
+}

@@ -147,9 +147,19 @@ impl Watch for EtcdWatch {
             if response.created() && response.events().is_empty() {
                 continue;
             }
+            // The last event's revision, not the header's: etcd may send a
+            // catch-up batch stamped with the current revision while more
+            // events are still to come, and a resume must not skip them.
             let revision = response
-                .header()
-                .map_or(0, etcd_client::ResponseHeader::revision);
+                .events()
+                .iter()
+                .filter_map(|event| event.kv().map(etcd_client::KeyValue::mod_revision))
+                .max()
+                .unwrap_or_else(|| {
+                    response
+                        .header()
+                        .map_or(0, etcd_client::ResponseHeader::revision)
+                });
             let changes = response
                 .events()
                 .iter()

@@ -491,16 +491,26 @@ async fn acquire(
     .into())
 }
 
+/// What the maps were last made equal to.
+#[derive(Default)]
+struct View {
+    peers: BTreeMap<String, Peer>,
+    /// The store revision of `peers`; 0 when they must be listed again.
+    revision: i64,
+}
+
 /// Follows the other nodes' leases until the task is aborted. Never
 /// returns an error: store trouble is logged and retried, and meanwhile
 /// the datapath forwards with the entries it has.
 pub async fn follow(pins: PinDir, mut joined: Joined) {
     let mut bad = BadRecords::default();
+    let mut view = View::default();
     let mut delay = BACKOFF.0;
     loop {
-        match follow_once(&pins, &mut joined, &mut bad).await {
+        match follow_once(&pins, &mut joined, &mut bad, &mut view).await {
             Ok(why) => {
                 info!("listing again: {why}");
+                view.revision = 0;
                 delay = BACKOFF.0;
             }
             Err(err) => {
@@ -517,50 +527,82 @@ pub async fn follow(pins: PinDir, mut joined: Joined) {
     }
 }
 
-/// One list, then a watch from there, until the watch is lost (`Ok`, with
-/// why) or the store fails (`Err`).
+/// After a reconnect: whether the watch can go on from where it stopped.
+/// Not if the store went back in time or lost our lease (an etcd restarted
+/// empty): then everything is listed again.
+async fn can_resume(joined: &mut Joined, view: &View) -> Result<bool, StoreError> {
+    if view.revision == 0 {
+        return Ok(false);
+    }
+    let key = own_key(joined);
+    let own = joined.store.list(&key).await?;
+    Ok(own.revision >= view.revision
+        && own
+            .records
+            .iter()
+            .any(|record| record.key == key && record.value == joined.lease.value))
+}
+
+fn own_key(joined: &Joined) -> String {
+    format!(
+        "{}{}",
+        subnets_prefix(&joined.options.prefix),
+        joined.lease.subnet.key_name()
+    )
+}
+
+/// A list (unless the watch can resume), then a watch from there, until
+/// the watch is lost (`Ok`, with why) or the store fails (`Err`).
 async fn follow_once(
     pins: &PinDir,
     joined: &mut Joined,
     bad: &mut BadRecords,
+    view: &mut View,
 ) -> Result<String, StoreError> {
     let prefix = subnets_prefix(&joined.options.prefix);
-    let listing = joined.store.list(&prefix).await?;
-    update(&joined.status, |status| status.connected = true);
-    ensure_own_lease(joined, &listing).await?;
-    let mut peers: BTreeMap<String, Peer> = BTreeMap::new();
-    for record in &listing.records {
-        accept(joined, &mut peers, record, bad);
+    let mut reconciled = true;
+    if can_resume(joined, view).await? {
+        info!("resuming the watch at revision {}", view.revision + 1);
+    } else {
+        let listing = joined.store.list(&prefix).await?;
+        ensure_own_lease(joined, &listing).await?;
+        view.peers.clear();
+        for record in &listing.records {
+            accept(joined, &mut view.peers, record, bad);
+        }
+        view.revision = listing.revision;
+        reconciled = reconcile(pins, joined, &view.peers, view.revision);
+        info!(
+            "following {} other node(s) under {prefix} from revision {}",
+            view.peers.len(),
+            view.revision
+        );
     }
-    let mut reconciled = reconcile(pins, joined, &peers, listing.revision);
-    info!(
-        "following {} other node(s) under {prefix} from revision {}",
-        peers.len(),
-        listing.revision
-    );
-    let mut watch = joined.store.watch(&prefix, listing.revision + 1).await?;
+    update(&joined.status, |status| status.connected = true);
+    let mut watch = joined.store.watch(&prefix, view.revision + 1).await?;
+    let own_key = own_key(joined);
     let mut renew_at = tokio::time::Instant::now() + renew_interval(&joined.lease);
     loop {
         tokio::select! {
             update = watch.next() => match update? {
                 WatchUpdate::Lost(why) => return Ok(why),
                 WatchUpdate::Changes { changes, revision } => {
-                    let own_key = format!("{prefix}{}", joined.lease.subnet.key_name());
                     for change in changes {
                         match change {
                             Change::Put(record) => {
-                                peers.remove(&record.key);
-                                accept(joined, &mut peers, &record, bad);
+                                view.peers.remove(&record.key);
+                                accept(joined, &mut view.peers, &record, bad);
                             }
                             Change::Delete { key } if key == own_key => {
                                 return Ok(format!("our lease {key} was deleted"));
                             }
                             Change::Delete { key } => {
-                                peers.remove(&key);
+                                view.peers.remove(&key);
                             }
                         }
                     }
-                    reconciled = reconcile(pins, joined, &peers, revision);
+                    view.revision = view.revision.max(revision);
+                    reconciled = reconcile(pins, joined, &view.peers, revision);
                 }
             },
             () = tokio::time::sleep_until(renew_at), if joined.lease.id != 0 => {
@@ -571,7 +613,7 @@ async fn follow_once(
                 renew_at = tokio::time::Instant::now() + renew_interval(&joined.lease);
             },
             () = tokio::time::sleep(RETRY_RECONCILE), if !reconciled => {
-                reconciled = reconcile(pins, joined, &peers, 0);
+                reconciled = reconcile(pins, joined, &view.peers, 0);
             },
         }
     }
@@ -585,11 +627,7 @@ fn renew_interval(lease: &OwnLease) -> Duration {
 /// Makes sure our lease is in the listing; writes it again if the store
 /// lost it (an expired store lease, an etcd restarted empty).
 async fn ensure_own_lease(joined: &mut Joined, listing: &Listing) -> Result<(), StoreError> {
-    let key = format!(
-        "{}{}",
-        subnets_prefix(&joined.options.prefix),
-        joined.lease.subnet.key_name()
-    );
+    let key = own_key(joined);
     let present = listing.records.iter().find(|record| record.key == key);
     match present {
         // Still ours, and its store lease alive.

@@ -43,7 +43,8 @@ pub enum Change {
 /// What a watch delivers next.
 #[derive(Debug)]
 pub enum WatchUpdate {
-    /// Changes up to and including `revision`.
+    /// Changes, the last of them made at `revision`: a watch resumed at
+    /// `revision + 1` misses none.
     Changes { changes: Vec<Change>, revision: i64 },
     /// The watch can no longer follow (its start was compacted, or the
     /// store cancelled it): list again, then watch again.

@@ -8,7 +8,6 @@ use std::{
     fs,
     net::Ipv4Addr,
     path::Path,
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -16,8 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use pod_net_tests::{
     Rig, RigSpec,
-    cluster::{Agent, ETCD_IP, Etcd},
-    cmd::run_command,
+    cluster::{Agent, Etcd},
 };
 
 use super::report::{Report, Row, Summary};
@@ -25,8 +23,6 @@ use super::report::{Report, Row, Summary};
 const SIZES: [u32; 2] = [1_000, 10_000];
 /// New leases written one by one to a running agent.
 const LATENCY_SAMPLES: u32 = 200;
-/// etcd's default `--max-txn-ops`.
-const TXN_OPS: usize = 128;
 const CONFIG: &str = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#;
 
 /// One size's figures.
@@ -82,55 +78,6 @@ fn synthetic(index: u32) -> (String, String) {
     (key, value)
 }
 
-/// Writes `leases` into etcd in transactions of 128 puts through its JSON
-/// gateway (etcdctl would take one process per key).
-fn write_leases(rig: &Rig, leases: &[(String, String)]) -> Result<()> {
-    let switch = rig.switch().context("no switch")?;
-    let body_file = rig.scratch_dir()?.join("txn.json");
-    for chunk in leases.chunks(TXN_OPS) {
-        let ops: Vec<serde_json::Value> = chunk
-            .iter()
-            .map(|(key, value)| {
-                serde_json::json!({"requestPut": {"key": base64(key.as_bytes()), "value": base64(value.as_bytes())}})
-            })
-            .collect();
-        fs::write(
-            &body_file,
-            serde_json::to_vec(&serde_json::json!({ "success": ops }))?,
-        )?;
-        let reply = run_command(
-            Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{switch}"))
-                .args(["--", "curl", "-sSf", "--data-binary"])
-                .arg(format!("@{}", body_file.display()))
-                .arg(format!("http://{ETCD_IP}:2379/v3/kv/txn")),
-        )?;
-        if !reply.contains("\"succeeded\":true") {
-            bail!("etcd txn failed: {reply}");
-        }
-    }
-    Ok(())
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, byte)| n | u32::from(*byte) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Waits (bounded) until `agent`'s log has `count` lines containing `needle`.
 fn wait_log(agent: &Agent, needle: &str, count: usize, limit: Duration) -> Result<()> {
     let start = Instant::now();
@@ -150,7 +97,7 @@ fn round(rig: &Rig, etcd: &Etcd, size: u32, first: bool, figures: &mut Figures) 
     }
     etcd.put_config(CONFIG)?;
     let leases: Vec<(String, String)> = (0..size).map(synthetic).collect();
-    write_leases(rig, &leases)?;
+    etcd.put_many(&leases)?;
 
     // Cold start: from spawning the agent to all leases programmed.
     let dir = rig.scratch_dir()?.join(format!("agent-{size}"));
@@ -315,15 +262,6 @@ fn report(figures: &[Figures], rounds: usize) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_is_standard() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-    }
 
     #[test]
     fn synthetic_leases_are_distinct_and_in_the_network() {

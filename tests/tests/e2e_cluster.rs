@@ -703,8 +703,9 @@ fn a_kernel_vxlan_flannel_node_with_a_handwritten_lease_is_reached_both_ways() {
     assert!(after["encap"] - before["encap"] >= 6);
     assert!(after["decap"] - before["decap"] >= 6);
 
-    // The next reconcile keeps the pod added by hand and removes a remote
-    // node added by hand: remote nodes are etcd's, pods are not.
+    // Remote nodes are etcd's, pods are not: a lease written later leaves
+    // the pod added by hand alone, and so does the full diff a restarted
+    // agent makes, which removes the remote node added by hand.
     pod_net_node
         .pod_net(&[
             "node",
@@ -715,6 +716,16 @@ fn a_kernel_vxlan_flannel_node_with_a_handwritten_lease_is_reached_both_ways() {
             "192.168.100.99",
         ])
         .unwrap();
+    let flannel_entry = (
+        flannel_node.pod_cidr(),
+        flannel_node.underlay_ip.to_string(),
+        flannel_node.flannel_vtep_mac(),
+    );
+    let by_hand = (
+        "10.244.99.0/24".to_owned(),
+        "192.168.100.99".to_owned(),
+        "0e:6e:c0:a8:64:63".to_owned(),
+    );
     let extra = (
         "10.244.250.0/24".to_owned(),
         "192.168.100.77".to_owned(),
@@ -727,15 +738,11 @@ fn a_kernel_vxlan_flannel_node_with_a_handwritten_lease_is_reached_both_ways() {
     .unwrap();
     wait_programmed(
         pod_net_node,
-        &[
-            (
-                flannel_node.pod_cidr(),
-                flannel_node.underlay_ip.to_string(),
-                flannel_node.flannel_vtep_mac(),
-            ),
-            extra,
-        ],
+        &[flannel_entry.clone(), by_hand, extra.clone()],
     );
+    let mut agent = agent;
+    agent.restart().unwrap();
+    wait_programmed(pod_net_node, &[flannel_entry, extra]);
     let pods = pod_net_node.pod_net(&["pod", "list", "--json"]).unwrap();
     assert!(pods.contains(&format!("\"{}\"", a.ip)), "{pods}");
     a.ping(b.ip, 2).unwrap();

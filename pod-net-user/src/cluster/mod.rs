@@ -45,6 +45,9 @@ pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
 /// How often a failed reconcile is tried again.
 const RETRY_RECONCILE: Duration = Duration::from_secs(2);
+/// How often the maps are diffed against every lease even when nothing
+/// changed, undoing drift (a `node del` or `node add` by hand).
+const RESYNC: Duration = Duration::from_mins(1);
 /// Attempts at taking a subnet before giving up on a round of races.
 const ACQUIRE_ATTEMPTS: usize = 64;
 
@@ -582,12 +585,22 @@ async fn follow_once(
     let mut watch = joined.store.watch(&prefix, view.revision + 1).await?;
     let own_key = own_key(joined);
     let mut renew_at = tokio::time::Instant::now() + renew_interval(&joined.lease);
+    let mut resync_at = tokio::time::Instant::now() + RESYNC;
     loop {
         tokio::select! {
             update = watch.next() => match update? {
                 WatchUpdate::Lost(why) => return Ok(why),
                 WatchUpdate::Changes { changes, revision } => {
+                    // The touched keys' peers before this update.
+                    let mut before: BTreeMap<String, Option<Peer>> = BTreeMap::new();
                     for change in changes {
+                        let key = match &change {
+                            Change::Put(record) => record.key.clone(),
+                            Change::Delete { key } => key.clone(),
+                        };
+                        before
+                            .entry(key.clone())
+                            .or_insert_with(|| view.peers.get(&key).copied());
                         match change {
                             Change::Put(record) => {
                                 view.peers.remove(&record.key);
@@ -602,7 +615,11 @@ async fn follow_once(
                         }
                     }
                     view.revision = view.revision.max(revision);
-                    reconciled = reconcile(pins, joined, &view.peers, revision);
+                    reconciled = if reconciled {
+                        apply_update(pins, joined, &before, &view.peers, revision)
+                    } else {
+                        reconcile(pins, joined, &view.peers, revision)
+                    };
                 }
             },
             () = tokio::time::sleep_until(renew_at), if joined.lease.id != 0 => {
@@ -614,6 +631,10 @@ async fn follow_once(
             },
             () = tokio::time::sleep(RETRY_RECONCILE), if !reconciled => {
                 reconciled = reconcile(pins, joined, &view.peers, 0);
+            },
+            () = tokio::time::sleep_until(resync_at) => {
+                reconciled = reconcile(pins, joined, &view.peers, 0);
+                resync_at = tokio::time::Instant::now() + RESYNC;
             },
         }
     }
@@ -695,25 +716,32 @@ fn accept(
     }
 }
 
-/// Makes the remote-node entries equal to `peers` with `apply`'s diff. Only
-/// remote nodes: pods are the CNI runtime's and the operator's. Whether it
-/// worked (a failure is logged, and retried by the caller).
+fn remote(peer: &Peer) -> RemoteConfig {
+    RemoteConfig {
+        cidr: peer.subnet.cidr(),
+        node_ip: peer.public_ip,
+        vtep_mac: Some(peer.vtep_mac),
+    }
+}
+
+/// Makes the remote-node entries equal to `peers` with `apply`'s diff
+/// against the maps. Only remote nodes: pods are the CNI runtime's and the
+/// operator's. Whether it worked (a failure is logged, and retried by the
+/// caller).
 fn reconcile(
     pins: &PinDir,
     joined: &Joined,
     peers: &BTreeMap<String, Peer>,
     revision: i64,
 ) -> bool {
+    // One entry per subnet (flannel's dual-stack keys name a subnet twice).
+    let nodes: BTreeMap<_, _> = peers
+        .values()
+        .map(|peer| (peer.subnet, remote(peer)))
+        .collect();
     let wanted = NodeConfig {
         pods: Vec::new(),
-        nodes: peers
-            .values()
-            .map(|peer| RemoteConfig {
-                cidr: peer.subnet.cidr(),
-                node_ip: peer.public_ip,
-                vtep_mac: Some(peer.vtep_mac),
-            })
-            .collect(),
+        nodes: nodes.into_values().collect(),
     };
     let result = apply::plan(pins, &wanted).and_then(|changes| {
         let changes: Vec<apply::Change> = changes
@@ -725,22 +753,77 @@ fn reconcile(
                 )
             })
             .collect();
-        // Each change when a few; a cold start into thousands says only how many.
-        if changes.len() <= 20 {
-            for change in &changes {
-                info!("etcd: {change}");
-            }
-        }
-        apply::execute(pins, &changes)?;
-        if !changes.is_empty() {
-            info!(
-                "etcd: {} change(s) programmed, {} other node(s) at revision {revision}",
-                changes.len(),
-                peers.len()
-            );
-        }
-        Ok(())
+        program(pins, &changes, peers.len(), revision)
     });
+    synced(joined, peers, revision, result)
+}
+
+/// Programs what one watch update changed: `before` holds the touched
+/// keys' peers as they were. The same `apply::execute` as a full
+/// reconcile, without diffing every entry in the maps, which at 10,000
+/// nodes costs tens of milliseconds per lease. If the maps drifted (the
+/// change fails), a full reconcile repairs them.
+fn apply_update(
+    pins: &PinDir,
+    joined: &Joined,
+    before: &BTreeMap<String, Option<Peer>>,
+    peers: &BTreeMap<String, Peer>,
+    revision: i64,
+) -> bool {
+    let mut changes = Vec::new();
+    for (key, old) in before {
+        let new = peers.get(key);
+        if old.as_ref() == new {
+            continue;
+        }
+        if let Some(old) = old {
+            changes.push(apply::Change::RemoveNode {
+                cidr: old.subnet.cidr(),
+            });
+        }
+        if let Some(new) = new {
+            changes.push(apply::Change::AddNode(remote(new)));
+        }
+    }
+    match program(pins, &changes, peers.len(), revision) {
+        Ok(()) => synced(joined, peers, revision, Ok(())),
+        Err(err) => {
+            warn!("etcd: {err:#}; reconciling every entry");
+            reconcile(pins, joined, peers, revision)
+        }
+    }
+}
+
+/// Makes `changes` with `apply::execute`, saying what it did.
+fn program(
+    pins: &PinDir,
+    changes: &[apply::Change],
+    peers: usize,
+    revision: i64,
+) -> anyhow::Result<()> {
+    // Each change when a few; a cold start into thousands says only how many.
+    if changes.len() <= 20 {
+        for change in changes {
+            info!("etcd: {change}");
+        }
+    }
+    apply::execute(pins, changes)?;
+    if !changes.is_empty() {
+        info!(
+            "etcd: {} change(s) programmed, {peers} other node(s) at revision {revision}",
+            changes.len()
+        );
+    }
+    Ok(())
+}
+
+/// Records a reconcile's outcome in the status; whether it worked.
+fn synced(
+    joined: &Joined,
+    peers: &BTreeMap<String, Peer>,
+    revision: i64,
+    result: anyhow::Result<()>,
+) -> bool {
     match result {
         Ok(()) => {
             update(&joined.status, |status| {

@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use crate::{
-    apply, gc, metrics_server,
+    apply, cluster, gc, metrics_server,
     pins::PinDir,
     throttle::{self, Throttle, ThrottledLog},
 };
@@ -31,6 +31,8 @@ const CONFIG_POLL: Duration = Duration::from_millis(500);
 const CONFIG_RETRY_MAX: Duration = Duration::from_secs(8);
 
 pub struct AgentOptions {
+    /// Join a cluster through etcd (which also loads the datapath).
+    pub cluster: Option<cluster::ClusterOptions>,
     pub config: Option<PathBuf>,
     pub metrics_addr: SocketAddr,
     /// How often to run `pod-net gc`'s repairs; `None` never.
@@ -38,21 +40,31 @@ pub struct AgentOptions {
 }
 
 /// Runs until SIGTERM or SIGINT.
-pub fn run(pins: PinDir, options: AgentOptions) -> Result<()> {
+pub fn run(pins: PinDir, mut options: AgentOptions) -> Result<()> {
     // netlink-packet-route warns about every attribute newer than itself.
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,netlink_packet_route=error"),
     )
     .init();
-    pins.require_loaded()?;
+    let cluster = options.cluster.take();
+    if cluster.is_none() {
+        pins.require_loaded()?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(pins, options))
+    runtime.block_on(async {
+        // Joining loads the datapath, so it comes before everything else.
+        let joined = match cluster {
+            Some(cluster) => Some(cluster::join(&pins, cluster).await?),
+            None => None,
+        };
+        serve(pins, options, joined).await
+    })
 }
 
-async fn serve(pins: PinDir, options: AgentOptions) -> Result<()> {
+async fn serve(pins: PinDir, options: AgentOptions, joined: Option<cluster::Joined>) -> Result<()> {
     let listener = TcpListener::bind(options.metrics_addr)
         .await
         .with_context(|| format!("listening on {}", options.metrics_addr))?;
@@ -72,6 +84,9 @@ async fn serve(pins: PinDir, options: AgentOptions) -> Result<()> {
     }
     if let Some(interval) = options.gc_interval {
         tasks.push(tokio::spawn(repair_forever(pins.clone(), interval)));
+    }
+    if let Some(joined) = joined {
+        tasks.push(tokio::spawn(cluster::follow(pins.clone(), joined)));
     }
     tokio::select! {
         _ = terminate.recv() => {}

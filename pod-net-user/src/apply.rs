@@ -186,6 +186,32 @@ pub fn run_nodes(pins: &PinDir, nodes: Vec<RemoteConfig>) -> Result<Vec<Change>>
     run_scoped(pins, &config, Scope::NodesOnly, false)
 }
 
+/// Makes exactly these node changes (what one cluster-store update says),
+/// with the same checks as a whole file (the added entries against this
+/// node and the entries that stay) and under the same lock, without
+/// diffing every entry. Returns the changes made.
+pub fn change_nodes(
+    pins: &PinDir,
+    removed: &[Cidr],
+    added: Vec<RemoteConfig>,
+) -> Result<Vec<Change>> {
+    let datapath = Datapath::open(pins)?;
+    let loaded = datapath.config()?;
+    let specs: Vec<NodeSpec> = added.iter().map(node_spec).collect();
+    for spec in &specs {
+        remotes::node_value(spec, &loaded).with_context(|| spec.cidr.to_string())?;
+    }
+    remotes::validate(&datapath, &specs, removed)?;
+    let lock = pins.lock()?;
+    let changes: Vec<Change> = removed
+        .iter()
+        .map(|&cidr| Change::RemoveNode { cidr })
+        .chain(added.into_iter().map(Change::AddNode))
+        .collect();
+    execute(pins, &lock, &changes)?;
+    Ok(changes)
+}
+
 /// What a config speaks for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Scope {

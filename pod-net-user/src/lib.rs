@@ -6,6 +6,7 @@ pub mod apply;
 pub mod attach;
 pub mod cidr;
 pub mod cli;
+pub mod cluster;
 pub mod cni;
 pub mod crashpoint;
 pub mod datapath;

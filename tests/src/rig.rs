@@ -220,6 +220,13 @@ impl Rig {
         &self.id
     }
 
+    /// The switch namespace joining a rig of 3+ nodes (no address of its
+    /// own until a test gives it one, as the etcd helper does).
+    #[must_use]
+    pub fn switch(&self) -> Option<&str> {
+        self.switch.as_deref()
+    }
+
     #[must_use]
     pub fn nodes(&self) -> &[Node] {
         &self.nodes

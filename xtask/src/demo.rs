@@ -60,7 +60,7 @@ pub fn run() -> Result<()> {
     step(node_1, &["status"])?;
     println!("\ndemo: tearing the rig down");
     drop(rig);
-    Ok(())
+    crate::demo_cluster::run()
 }
 
 /// Ping and a 3-second TCP run from `client` to `server`.

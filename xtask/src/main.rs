@@ -2,6 +2,7 @@
 //! ones behind them.
 mod bench;
 mod demo;
+mod demo_cluster;
 mod install;
 mod run;
 mod setup;

@@ -39,8 +39,16 @@ const PACKAGES: &[(&str, &str)] = &[
         "etcdctl, for writing leases by hand in tests",
     ),
     (
+        "curl",
+        "etcd's JSON gateway, for writing thousands of leases in the cluster bench",
+    ),
+    (
         "protobuf-compiler",
         "protoc, which the etcd-client crate's build needs",
+    ),
+    (
+        "libprotobuf-dev",
+        "the well-known .proto files etcd-client's protos import",
     ),
     (
         "util-linux",

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: pod-net against the kernel path it replaces, both
 //! measured in the same run. Results go to target/bench/ as JSON and
 //! Markdown. Benchmarks are not tests: nothing here asserts a timing.
+mod cluster;
 mod cni;
 mod compare;
 mod cross_node;
@@ -22,6 +23,7 @@ pub enum Suite {
     CrossNode,
     Cni,
     Scale,
+    Cluster,
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +68,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Suite::CrossNode => (vec![cross_node::run(&options)?], "cross-node"),
         Suite::Cni => (vec![cni::run(options.rounds)?], "cni"),
         Suite::Scale => (scale::run(options.rounds)?, "scale"),
+        Suite::Cluster => (cluster::run(options.rounds)?, "cluster"),
     };
     for (index, report) in reports.iter().enumerate() {
         println!("\n{}", report.to_markdown());

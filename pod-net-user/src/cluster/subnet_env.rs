@@ -1,0 +1,88 @@
+//! flannel's `subnet.env`, so tools written for flannel (its CNI plugin,
+//! scripts sourcing the file) work on a pod-net node unchanged.
+use std::{io, path::Path};
+
+use super::{
+    files::write_atomically,
+    flannel::{NetworkConfig, Subnet},
+};
+
+/// VXLAN's overhead on an IPv4 underlay: outer IPv4, UDP, VXLAN, inner Ethernet.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// The file's text: flannel's names and formats (`FLANNEL_SUBNET` is the
+/// gateway address with the subnet's length).
+#[must_use]
+pub fn render(config: &NetworkConfig, subnet: Subnet, underlay_mtu: u32) -> String {
+    format!(
+        "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ=false\n",
+        config.network,
+        subnet.gateway(),
+        subnet.len,
+        pod_mtu(underlay_mtu)
+    )
+}
+
+/// The pods' MTU: the underlay's, less the encapsulation.
+#[must_use]
+pub fn pod_mtu(underlay_mtu: u32) -> u32 {
+    underlay_mtu.saturating_sub(VXLAN_OVERHEAD)
+}
+
+/// Writes the file atomically.
+pub fn write(
+    path: &Path,
+    config: &NetworkConfig,
+    subnet: Subnet,
+    underlay_mtu: u32,
+) -> io::Result<()> {
+    write_atomically(path, render(config, subnet, underlay_mtu).as_bytes())
+}
+
+/// The subnet an earlier run wrote to `path`, if the file is there and
+/// readable: flannel reuses it when no lease names this node.
+#[must_use]
+pub fn previous_subnet(path: &Path) -> Option<Subnet> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix("FLANNEL_SUBNET="))?;
+    let (gateway, len) = value.trim().split_once('/')?;
+    let gateway: std::net::Ipv4Addr = gateway.parse().ok()?;
+    let subnet = Subnet {
+        ip: std::net::Ipv4Addr::from(u32::from(gateway).checked_sub(1)?),
+        len: len.parse().ok()?,
+    };
+    Subnet::from_key(&subnet.key_name()).filter(|parsed| *parsed == subnet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_is_flannels_and_reads_back() {
+        let config = NetworkConfig::parse(
+            "/k/config",
+            br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let subnet: Subnet = "10.244.7.0/24".parse().unwrap();
+        assert_eq!(
+            render(&config, subnet, 1500),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+        let dir = std::env::temp_dir().join(format!("pod-net-subnet-env-{}", std::process::id()));
+        let path = dir.join("sub/subnet.env");
+        write(&path, &config, subnet, 9000).unwrap();
+        assert_eq!(previous_subnet(&path), Some(subnet));
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("FLANNEL_MTU=8950\n")
+        );
+        std::fs::write(&path, "FLANNEL_SUBNET=garbage\n").unwrap();
+        assert_eq!(previous_subnet(&path), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

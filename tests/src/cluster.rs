@@ -1,0 +1,581 @@
+//! A real etcd in a rig, and `pod-net agent --etcd-endpoints` on its nodes.
+//!
+//! etcd runs in the switch namespace of a rig of 3+ nodes, on
+//! `192.168.100.254:2379` (an address on the switch's bridge, which every
+//! node reaches over its underlay), with its data in a directory of its
+//! own on tmpfs. It is killed when its guard drops; so are agents.
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    cmd::run_command,
+    rig::{Node, Rig, pod_net_binary},
+};
+
+/// etcd's address on the rig's switch.
+pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
+/// The prefix the tests use (flannel's default).
+pub const PREFIX: &str = "/coreos.com/network";
+
+/// Polls `check` every 100 ms until it returns `Some`, for up to `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if start.elapsed() > limit {
+            bail!("gave up after {limit:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An etcd server in a rig's switch namespace.
+pub struct Etcd {
+    netns: String,
+    data_dir: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    tls: Option<TlsFiles>,
+}
+
+/// Certificates for etcd over TLS with client authentication, made with
+/// `openssl` for one test: a CA, etcd's server certificate for
+/// [`ETCD_IP`], and a client certificate.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes the files in `dir` (P-256 keys, valid for a day).
+    pub fn create(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir)?;
+        let path = |name: &str| dir.join(name);
+        let openssl = |args: &[&str]| {
+            run_command(Command::new("openssl").args(args).current_dir(dir)).map(drop)
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"],
+                &key[..],
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=pod-net test CA",
+                ],
+            ]
+            .concat(),
+        )?;
+        for (name, extension) in [
+            (
+                "server",
+                format!("subjectAltName=IP:{ETCD_IP}\nextendedKeyUsage=serverAuth"),
+            ),
+            ("client", "extendedKeyUsage=clientAuth".to_owned()),
+        ] {
+            let (csr, pem, key_file, ext) = (
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.key"),
+                format!("{name}.ext"),
+            );
+            fs::write(path(&ext), extension)?;
+            openssl(
+                &[
+                    &["req"],
+                    &key[..],
+                    &[
+                        "-keyout",
+                        &key_file,
+                        "-out",
+                        &csr,
+                        "-subj",
+                        &format!("/CN={name}"),
+                    ],
+                ]
+                .concat(),
+            )?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+            ])?;
+        }
+        Ok(Self {
+            ca: path("ca.pem"),
+            server_cert: path("server.pem"),
+            server_key: path("server.key"),
+            client_cert: path("client.pem"),
+            client_key: path("client.key"),
+        })
+    }
+}
+
+impl Etcd {
+    /// Starts etcd in `rig`'s switch namespace and waits until it answers.
+    pub fn start(rig: &Rig) -> Result<Self> {
+        Self::start_with(rig, None)
+    }
+
+    /// Starts etcd serving only TLS, requiring client certificates.
+    pub fn start_tls(rig: &Rig, tls: TlsFiles) -> Result<Self> {
+        Self::start_with(rig, Some(tls))
+    }
+
+    fn start_with(rig: &Rig, tls: Option<TlsFiles>) -> Result<Self> {
+        let netns = rig
+            .switch()
+            .context("etcd needs a rig of 3+ nodes (one with a switch)")?
+            .to_owned();
+        let address = format!("{ETCD_IP}/24");
+        let present = run_command(Command::new("ip").args(["-n", &netns, "addr", "show", "br0"]))?;
+        if !present.contains(&address) {
+            // Local traffic (etcdctl here, etcd's own gateway) goes over lo.
+            run_command(Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]))?;
+            run_command(
+                Command::new("ip").args(["-n", &netns, "addr", "add", &address, "dev", "br0"]),
+            )?;
+        }
+        let scratch = rig.scratch_dir()?;
+        let mut etcd = Self {
+            netns,
+            // tmpfs: fsync on a disk shared with builds can outlast etcd's
+            // proposal deadline.
+            data_dir: PathBuf::from("/dev/shm").join(format!("{}-etcd", rig.id())),
+            child: None,
+            log: scratch.join("etcd.log"),
+            tls,
+        };
+        etcd.spawn()?;
+        Ok(etcd)
+    }
+
+    /// The client URL of an etcd without TLS.
+    #[must_use]
+    pub fn endpoint() -> String {
+        format!("http://{ETCD_IP}:2379")
+    }
+
+    /// This etcd's client URL.
+    #[must_use]
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{ETCD_IP}:2379")
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let client = self.url();
+        let peer = format!("http://{ETCD_IP}:2380");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .args(["--", "etcd", "--name", "rig", "--data-dir"])
+            .arg(&self.data_dir)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("rig={peer}")]);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting etcd")?;
+        self.child = Some(child);
+        let mut last = String::new();
+        wait_for("etcd to answer", Duration::from_secs(20), || {
+            self.etcdctl(&["endpoint", "health"])
+                .map_err(|err| last = format!("{err:#}"))
+                .ok()
+        })
+        .map(drop)
+        .with_context(|| {
+            let log = fs::read_to_string(&self.log).unwrap_or_default();
+            format!("etcdctl: {last}\netcd's log:\n{log}")
+        })
+    }
+
+    /// SIGKILLs etcd (its data stays).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again, with its data or (`empty`) without.
+    pub fn restart(&mut self, empty: bool) -> Result<()> {
+        self.kill();
+        if empty {
+            let _ = fs::remove_dir_all(&self.data_dir);
+        }
+        self.spawn()
+    }
+
+    /// `etcdctl args..` against this etcd; its stdout.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .args(["--", "etcdctl", "--dial-timeout=2s", "--command-timeout=5s"])
+            .arg(format!("--endpoints={}", self.url()));
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        run_command(command.args(args).env("ETCDCTL_API", "3"))
+    }
+
+    pub fn put(&self, key: &str, value: &str) -> Result<()> {
+        self.etcdctl(&["put", key, value]).map(drop)
+    }
+
+    /// The value at `key`, if any.
+    pub fn get(&self, key: &str) -> Result<Option<String>> {
+        let text = self.etcdctl(&["get", "--print-value-only", key])?;
+        Ok(text.strip_suffix('\n').map(str::to_owned))
+    }
+
+    /// Keys under `prefix`, sorted.
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let text = self.etcdctl(&["get", "--prefix", "--keys-only", prefix])?;
+        let mut keys: Vec<String> = text
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(str::to_owned)
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Writes many keys fast: transactions of 128 puts (etcd's default
+    /// `--max-txn-ops`) through etcd's JSON gateway, where etcdctl would
+    /// take a process per key.
+    pub fn put_many(&self, records: &[(String, String)]) -> Result<()> {
+        if self.tls.is_some() {
+            bail!("put_many speaks plain HTTP");
+        }
+        let body_file = self.data_dir.with_extension("txn.json");
+        for chunk in records.chunks(128) {
+            let ops: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|(key, value)| {
+                    serde_json::json!({"requestPut": {"key": base64(key.as_bytes()), "value": base64(value.as_bytes())}})
+                })
+                .collect();
+            fs::write(
+                &body_file,
+                serde_json::to_vec(&serde_json::json!({ "success": ops }))?,
+            )?;
+            let reply = run_command(
+                Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{}", self.netns))
+                    .args(["--", "curl", "-sSf", "--data-binary"])
+                    .arg(format!("@{}", body_file.display()))
+                    .arg(format!("{}/v3/kv/txn", self.url())),
+            )?;
+            if !reply.contains("\"succeeded\":true") {
+                bail!("etcd txn failed: {reply}");
+            }
+        }
+        let _ = fs::remove_file(&body_file);
+        Ok(())
+    }
+
+    /// Writes flannel's network config.
+    pub fn put_config(&self, json: &str) -> Result<()> {
+        self.put(&format!("{PREFIX}/config"), json)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// `pod-net agent --etcd-endpoints ...` on a node, killed (SIGKILL) on drop.
+pub struct Agent {
+    child: Option<Child>,
+    args: Vec<String>,
+    netns: String,
+    pin_dir: PathBuf,
+    pub log: PathBuf,
+    pub subnet_file: PathBuf,
+    pub conflist: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent on `node` (underlay `eth0`) following etcd at
+    /// `endpoint`, with `extra` flags; its files and log in `dir`.
+    pub fn start(node: &Node, dir: &Path, endpoint: &str, extra: &[&str]) -> Result<Self> {
+        fs::create_dir_all(dir)?;
+        let subnet_file = dir.join("subnet.env");
+        let conflist = dir.join("10-pod-net.conflist");
+        let mut args: Vec<String> = [
+            "agent",
+            "--etcd-endpoints",
+            endpoint,
+            "--iface",
+            "eth0",
+            "--gc-interval",
+            "0",
+        ]
+        .iter()
+        .map(|arg| (*arg).to_owned())
+        .collect();
+        args.push("--subnet-file".into());
+        args.push(subnet_file.display().to_string());
+        args.push("--cni-conflist".into());
+        args.push(conflist.display().to_string());
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        let mut agent = Self {
+            child: None,
+            args,
+            netns: node.netns.clone(),
+            pin_dir: node.pin_dir.clone(),
+            log: dir.join("agent.log"),
+            subnet_file,
+            conflist,
+        };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(pod_net_binary())
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .args(&self.args)
+            .env("RUST_LOG", "info,netlink_packet_route=error")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting pod-net agent")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs the agent: no goodbye to etcd, nothing cleaned up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the same agent again.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// The agent's process ID while it runs (`nsenter` execs it in place).
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the agent process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// The agent's log so far.
+    #[must_use]
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Lines of the log containing `needle`.
+    #[must_use]
+    pub fn log_lines(&self, needle: &str) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    /// Waits for `subnet.env` and returns the leased subnet, `10.244.N.0/24`
+    /// (from `FLANNEL_SUBNET`, the gateway `10.244.N.1/24`).
+    pub fn wait_subnet(&self, limit: Duration) -> Result<String> {
+        let text = wait_for("subnet.env", limit, || {
+            fs::read_to_string(&self.subnet_file).ok()
+        })
+        .with_context(|| format!("agent log:\n{}", self.log_text()))?;
+        subnet_of(&text).with_context(|| format!("no FLANNEL_SUBNET in {text:?}"))
+    }
+
+    /// The conflist the agent wrote, with host-local's state moved to
+    /// `ipam_dir` (several simulated nodes share this host's /var/lib/cni).
+    pub fn conflist(&self, ipam_dir: &Path) -> Result<serde_json::Value> {
+        let text = fs::read_to_string(&self.conflist)
+            .with_context(|| format!("reading {}", self.conflist.display()))?;
+        let mut conflist: serde_json::Value = serde_json::from_str(&text)?;
+        conflist["plugins"][0]["ipam"]["dataDir"] = serde_json::json!(ipam_dir);
+        Ok(conflist)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Standard base64, for etcd's JSON gateway.
+#[must_use]
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let bits = chunk.iter().enumerate().fold(0u32, |bits, (i, byte)| {
+            bits | u32::from(*byte) << (16 - 8 * i)
+        });
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `10.244.7.0/24` from a subnet.env saying `FLANNEL_SUBNET=10.244.7.1/24`.
+#[must_use]
+pub fn subnet_of(subnet_env: &str) -> Option<String> {
+    let value = subnet_env
+        .lines()
+        .find_map(|line| line.strip_prefix("FLANNEL_SUBNET="))?;
+    let (gateway, len) = value.split_once('/')?;
+    let gateway: Ipv4Addr = gateway.parse().ok()?;
+    Some(format!("{}/{len}", Ipv4Addr::from(u32::from(gateway) - 1)))
+}
+
+/// The etcd key of a subnet: `<prefix>/subnets/10.244.7.0-24`.
+#[must_use]
+pub fn lease_key(subnet: &str) -> String {
+    format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"))
+}
+
+/// The remote prefixes a node has programmed (`node list --json`), sorted,
+/// as (cidr, node ip, vtep mac).
+pub fn remote_nodes(node: &Node) -> Result<Vec<(String, String, String)>> {
+    let text = node.pod_net(&["node", "list", "--json"])?;
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+    let mut nodes: Vec<(String, String, String)> = entries
+        .iter()
+        .map(|entry| {
+            (
+                entry["cidr"].as_str().unwrap_or_default().to_owned(),
+                entry["node_ip"].as_str().unwrap_or_default().to_owned(),
+                entry["vtep_mac"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    nodes.sort();
+    Ok(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_is_standard() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn subnets_come_from_the_gateway() {
+        assert_eq!(
+            subnet_of("FLANNEL_SUBNET=10.244.7.1/24\n").as_deref(),
+            Some("10.244.7.0/24")
+        );
+        assert_eq!(
+            lease_key("10.244.7.0/24"),
+            "/coreos.com/network/subnets/10.244.7.0-24"
+        );
+    }
+}

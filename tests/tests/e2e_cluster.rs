@@ -1,0 +1,1003 @@
+//! A cluster without hand-written node lists: `pod-net agent
+//! --etcd-endpoints` on every node, a real etcd in the rig's switch
+//! namespace, flannel's schema. No `node add` anywhere.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use pod_net_tests::{
+    Node, Rig, RigSpec,
+    cluster::{Agent, Etcd, PREFIX, TlsFiles, lease_key, remote_nodes, wait_for},
+    cni::{self, Attachment, Runtime, result_ipv4},
+    privileges::require_root,
+};
+
+const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+/// Bound for anything the agents should do "within seconds".
+const SOON: Duration = Duration::from_secs(20);
+
+/// `nodes` nodes with no pods, and cni0 without the rig's address: the
+/// bridge plugin gives it the leased subnet's gateway.
+fn rig(nodes: u8) -> Rig {
+    let rig = Rig::build(&RigSpec {
+        nodes,
+        pods_per_node: 0,
+        ..RigSpec::default()
+    })
+    .unwrap();
+    for node in rig.nodes() {
+        node.ip(&["addr", "flush", "dev", "cni0"]).unwrap();
+    }
+    rig
+}
+
+fn agent_dir(rig: &Rig, node: &Node) -> PathBuf {
+    rig.scratch_dir()
+        .unwrap()
+        .join(format!("agent-n{}", node.index))
+}
+
+fn start(rig: &Rig, node: &Node, extra: &[&str]) -> Agent {
+    Agent::start(node, &agent_dir(rig, node), &Etcd::endpoint(), extra).unwrap()
+}
+
+/// Waits until `node` has programmed exactly `wanted` (cidr, node ip, mac).
+fn wait_programmed(node: &Node, wanted: &[(String, String, String)]) {
+    let mut wanted = wanted.to_vec();
+    wanted.sort();
+    let mut last = Vec::new();
+    let result = wait_for("the peers' leases in the maps", SOON, || {
+        last = remote_nodes(node).unwrap();
+        (last == wanted).then_some(())
+    });
+    assert!(
+        result.is_ok(),
+        "node {} has {last:?}, wanted {wanted:?}",
+        node.index
+    );
+}
+
+/// What a node's peers should program for it: (its subnet, its IP, its
+/// derived VTEP MAC).
+fn entry(node: &Node, subnet: &str) -> (String, String, String) {
+    (
+        subnet.to_owned(),
+        node.underlay_ip.to_string(),
+        node.derived_vtep_mac(),
+    )
+}
+
+/// The routes through the tunnel device in `node`, as `ip route` prints them.
+fn tunnel_routes(node: &Node) -> String {
+    node.ip(&["route", "show", "dev", "pnvxlan1"])
+        .unwrap_or_default()
+}
+
+fn counter(node: &Node, reason: &str) -> u64 {
+    node.counters().unwrap()[reason]
+}
+
+/// A pod made through `agent`'s own conflist by the CNI runtime.
+struct ClusterPod {
+    attachment: Attachment,
+    ip: Ipv4Addr,
+}
+
+fn pod_via_conflist(rig: &Rig, node: &Node, agent: &Agent, name: &str) -> ClusterPod {
+    let ipam = rig
+        .scratch_dir()
+        .unwrap()
+        .join(format!("ipam-n{}", node.index));
+    let runtime = Runtime::new(
+        node,
+        agent.conflist(&ipam).unwrap(),
+        cni::plugin_path().unwrap(),
+    );
+    let attachment = Attachment::in_sandbox(rig, name).unwrap();
+    let result = runtime.add(&attachment).unwrap();
+    ClusterPod {
+        ip: result_ipv4(&result).unwrap(),
+        attachment,
+    }
+}
+
+fn ping(from: &ClusterPod, to: Ipv4Addr, count: u32) -> Result<String, anyhow::Error> {
+    let count = count.to_string();
+    from.attachment.exec(&[
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        &count,
+        "-i",
+        "0.1",
+        "-W",
+        "1",
+        &to.to_string(),
+    ])
+}
+
+#[test]
+fn three_agents_lease_distinct_subnets_and_pods_reach_each_other_through_encap() {
+    if !require_root("three_agents_lease_distinct_subnets") {
+        return;
+    }
+    let rig = rig(4);
+    let etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(CONFIG).unwrap();
+    let nodes: Vec<&Node> = rig.nodes().iter().collect();
+    let agents: Vec<Agent> = nodes[..3]
+        .iter()
+        .map(|node| start(&rig, node, &[]))
+        .collect();
+    let subnets: Vec<String> = agents
+        .iter()
+        .map(|agent| agent.wait_subnet(SOON).unwrap())
+        .collect();
+    assert_eq!(
+        subnets.iter().collect::<BTreeSet<_>>().len(),
+        3,
+        "{subnets:?}"
+    );
+    // Each lease is in etcd in flannel's exact format.
+    for (node, subnet) in nodes.iter().zip(&subnets) {
+        assert_eq!(
+            etcd.get(&lease_key(subnet)).unwrap().unwrap(),
+            format!(
+                r#"{{"PublicIP":"{}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+                node.underlay_ip,
+                node.derived_vtep_mac()
+            )
+        );
+        // subnet.env in flannel's names: the gateway, the MTU less 50.
+        let env =
+            std::fs::read_to_string(&agents[usize::from(node.index) - 1].subnet_file).unwrap();
+        let gateway = subnet.replace(".0/24", ".1/24");
+        assert_eq!(
+            env,
+            format!(
+                "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={gateway}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+            )
+        );
+    }
+    for (index, node) in nodes[..3].iter().enumerate() {
+        let others: Vec<_> = (0..3)
+            .filter(|other| *other != index)
+            .map(|other| entry(nodes[other], &subnets[other]))
+            .collect();
+        wait_programmed(node, &others);
+    }
+
+    // A pod on each node, made through that agent's own conflist.
+    let pods: Vec<ClusterPod> = nodes[..3]
+        .iter()
+        .zip(&agents)
+        .map(|(node, agent)| pod_via_conflist(&rig, node, agent, &format!("c{}", node.index)))
+        .collect();
+    for (pod, subnet) in pods.iter().zip(&subnets) {
+        let subnet: pod_net::cidr::Cidr = subnet.parse().unwrap();
+        assert!(subnet.contains(pod.ip.into()), "{} not in {subnet}", pod.ip);
+    }
+    for (from_index, from) in pods.iter().enumerate() {
+        for (to_index, to) in pods.iter().enumerate() {
+            if from_index == to_index {
+                continue;
+            }
+            // The first ping resolves the gateway; then count.
+            let _ = ping(from, to.ip, 1);
+            let before = counter(nodes[from_index], "encap");
+            ping(from, to.ip, 5).unwrap();
+            assert!(
+                counter(nodes[from_index], "encap") - before >= 5,
+                "pod {} -> {} did not go through encap",
+                from.ip,
+                to.ip
+            );
+        }
+    }
+
+    // A fourth agent started later is programmed everywhere within seconds,
+    // and its pod is reached from all.
+    let fourth = start(&rig, nodes[3], &[]);
+    let subnet = fourth.wait_subnet(SOON).unwrap();
+    assert!(!subnets.contains(&subnet));
+    for node in &nodes[..3] {
+        wait_for("the fourth node's lease", SOON, || {
+            remote_nodes(node)
+                .unwrap()
+                .contains(&entry(nodes[3], &subnet))
+                .then_some(())
+        })
+        .unwrap();
+    }
+    let late = pod_via_conflist(&rig, nodes[3], &fourth, "c4");
+    for (index, pod) in pods.iter().enumerate() {
+        let _ = ping(pod, late.ip, 1);
+        let before = counter(nodes[index], "encap");
+        ping(pod, late.ip, 3).unwrap();
+        assert!(counter(nodes[index], "encap") - before >= 3);
+    }
+    drop(agents);
+    drop(fourth);
+    drop(etcd);
+}
+
+#[test]
+fn deleted_and_expired_leases_leave_the_maps_and_routes_of_every_peer() {
+    if !require_root("deleted_and_expired_leases_leave_the_peers") {
+        return;
+    }
+    let rig = rig(3);
+    let etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(CONFIG).unwrap();
+    let nodes: Vec<&Node> = rig.nodes().iter().collect();
+    let watchers: Vec<Agent> = nodes[..2]
+        .iter()
+        .map(|node| start(&rig, node, &[]))
+        .collect();
+    let watcher_subnets: Vec<String> = watchers
+        .iter()
+        .map(|agent| agent.wait_subnet(SOON).unwrap())
+        .collect();
+    // Node 3 leases for 4 s only, renewed while it runs.
+    let mut short = start(&rig, nodes[2], &["--subnet-lease-ttl", "4"]);
+    let short_subnet = short.wait_subnet(SOON).unwrap();
+    // A lease written by hand for a node that runs nothing (a reservation).
+    let manual = (
+        "10.244.250.0/24".to_owned(),
+        "192.168.100.77".to_owned(),
+        "02:aa:00:00:00:77".to_owned(),
+    );
+    etcd.put(
+        &lease_key(&manual.0),
+        r#"{"PublicIP":"192.168.100.77","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:77"}}"#,
+    )
+    .unwrap();
+    for (index, node) in nodes[..2].iter().enumerate() {
+        let other = 1 - index;
+        wait_programmed(
+            node,
+            &[
+                entry(nodes[other], &watcher_subnets[other]),
+                entry(nodes[2], &short_subnet),
+                manual.clone(),
+            ],
+        );
+        assert!(tunnel_routes(node).contains("10.244.250.0/24"));
+        let neighbours = node.ip(&["neigh", "show", "dev", "pnvxlan1"]).unwrap();
+        assert!(neighbours.contains("02:aa:00:00:00:77"), "{neighbours}");
+    }
+    // Renewal keeps the short lease alive well past its TTL.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(etcd.get(&lease_key(&short_subnet)).unwrap().is_some());
+
+    // Deleted by hand: gone from the maps, the routes, and the FDB.
+    etcd.etcdctl(&["del", &lease_key(&manual.0)]).unwrap();
+    // Expired: the agent is killed, nobody renews.
+    short.kill();
+    for (index, node) in nodes[..2].iter().enumerate() {
+        let other = 1 - index;
+        wait_programmed(node, &[entry(nodes[other], &watcher_subnets[other])]);
+        let routes = tunnel_routes(node);
+        assert!(!routes.contains("10.244.250.0/24"), "{routes}");
+        assert!(!routes.contains(&short_subnet), "{routes}");
+        let fdb = node
+            .exec(&["bridge", "fdb", "show", "dev", "pnvxlan1"])
+            .unwrap();
+        assert!(!fdb.contains("02:aa:00:00:00:77"), "{fdb}");
+        assert!(!fdb.contains(&nodes[2].derived_vtep_mac()), "{fdb}");
+        let neighbours = node.ip(&["neigh", "show", "dev", "pnvxlan1"]).unwrap();
+        assert!(!neighbours.contains("02:aa:00:00:00:77"), "{neighbours}");
+        assert!(
+            !neighbours.contains(&nodes[2].derived_vtep_mac()),
+            "{neighbours}"
+        );
+    }
+
+    // A live agent's lease deleted by hand comes back, same subnet.
+    etcd.etcdctl(&["del", &lease_key(&watcher_subnets[0])])
+        .unwrap();
+    wait_for("node 1's lease back", SOON, || {
+        etcd.get(&lease_key(&watcher_subnets[0])).unwrap()
+    })
+    .unwrap();
+    wait_programmed(nodes[1], &[entry(nodes[0], &watcher_subnets[0])]);
+    drop(watchers);
+    drop(etcd);
+}
+
+#[test]
+fn eight_racing_agents_hold_eight_distinct_subnets_of_a_pool_of_eight() {
+    if !require_root("eight_racing_agents") {
+        return;
+    }
+    let rig = rig(8);
+    let etcd = Etcd::start(&rig).unwrap();
+    // Exactly eight subnets: every race is for the same few.
+    etcd.put_config(
+        r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.8.0","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let agents: Vec<Agent> = rig
+        .nodes()
+        .iter()
+        .map(|node| start(&rig, node, &[]))
+        .collect();
+    let subnets: BTreeMap<String, u8> = agents
+        .iter()
+        .zip(rig.nodes())
+        .map(|(agent, node)| {
+            (
+                agent.wait_subnet(Duration::from_mins(1)).unwrap(),
+                node.index,
+            )
+        })
+        .collect();
+    let expected: BTreeSet<String> = (1..=8).map(|n| format!("10.244.{n}.0/24")).collect();
+    assert_eq!(subnets.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    // etcd holds exactly these eight, each naming the node that wrote it.
+    let keys = etcd.keys(&format!("{PREFIX}/subnets/")).unwrap();
+    assert_eq!(keys.len(), 8, "{keys:?}");
+    for (subnet, index) in &subnets {
+        let value = etcd.get(&lease_key(subnet)).unwrap().unwrap();
+        assert!(
+            value.contains(&format!("\"PublicIP\":\"192.168.100.{index}\"")),
+            "{subnet}: {value}"
+        );
+    }
+    drop(agents);
+    drop(etcd);
+}
+
+/// A bounded ping flood (2 ms apart) from a pod made through CNI.
+fn flood(from: &ClusterPod, to: Ipv4Addr, count: u32) -> std::process::Child {
+    let netns = from
+        .attachment
+        .netns
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("/run/netns/")
+        .to_owned();
+    std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &netns, "ping", "-n", "-q", "-i", "0.002", "-W", "1", "-c",
+        ])
+        .arg(count.to_string())
+        .arg(to.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// (sent, received) of a finished flood.
+fn flood_result(child: std::process::Child) -> (u64, u64) {
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|line| line.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no summary in {text}"));
+    let mut numbers = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|part| part.parse::<u64>().ok());
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
+/// Two agents (nodes 1 and 2 of a 3-node rig) with a pod each, made
+/// through their conflists, that already reach each other.
+struct TwoNodeCluster {
+    agents: Vec<Agent>,
+    subnets: Vec<String>,
+    pods: Vec<ClusterPod>,
+    // Dropped last: etcd, then the rig.
+    etcd: Etcd,
+    rig: Rig,
+}
+
+fn two_node_cluster() -> TwoNodeCluster {
+    let rig = rig(3);
+    let etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(CONFIG).unwrap();
+    let agents: Vec<Agent> = rig.nodes()[..2]
+        .iter()
+        .map(|node| start(&rig, node, &[]))
+        .collect();
+    let subnets: Vec<String> = agents
+        .iter()
+        .map(|agent| agent.wait_subnet(SOON).unwrap())
+        .collect();
+    for (index, node) in rig.nodes()[..2].iter().enumerate() {
+        let other = 1 - index;
+        wait_programmed(node, &[entry(rig.node(other as u8 + 1), &subnets[other])]);
+    }
+    let pods: Vec<ClusterPod> = rig.nodes()[..2]
+        .iter()
+        .zip(&agents)
+        .map(|(node, agent)| pod_via_conflist(&rig, node, agent, &format!("c{}", node.index)))
+        .collect();
+    ping(&pods[0], pods[1].ip, 2).unwrap();
+    TwoNodeCluster {
+        agents,
+        subnets,
+        pods,
+        etcd,
+        rig,
+    }
+}
+
+#[test]
+fn a_sigkilled_agent_restarts_on_the_same_subnet_without_losing_a_packet() {
+    if !require_root("a_sigkilled_agent_restarts_on_the_same_subnet") {
+        return;
+    }
+    let mut cluster = two_node_cluster();
+    let node_1 = cluster.rig.node(1);
+    // A lease node 1 programs, deleted while its agent is down.
+    let gone = lease_key("10.244.250.0/24");
+    cluster
+        .etcd
+        .put(
+            &gone,
+            r#"{"PublicIP":"192.168.100.77","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:77"}}"#,
+        )
+        .unwrap();
+    wait_for("the extra lease on node 1", SOON, || {
+        remote_nodes(node_1).unwrap().len().eq(&2).then_some(())
+    })
+    .unwrap();
+    let lease_before = cluster.etcd.get(&lease_key(&cluster.subnets[0])).unwrap();
+
+    let flood = flood(&cluster.pods[0], cluster.pods[1].ip, 2000);
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.agents[0].kill();
+    cluster.etcd.etcdctl(&["del", &gone]).unwrap();
+    std::fs::remove_file(&cluster.agents[0].subnet_file).unwrap();
+    cluster.agents[0].restart().unwrap();
+    // Same subnet, found by its PublicIP in etcd (subnet.env was removed).
+    assert_eq!(
+        cluster.agents[0].wait_subnet(SOON).unwrap(),
+        cluster.subnets[0]
+    );
+    assert_eq!(
+        cluster.etcd.get(&lease_key(&cluster.subnets[0])).unwrap(),
+        lease_before
+    );
+    // The restarted agent converges to etcd: the deleted lease is gone.
+    wait_programmed(node_1, &[entry(cluster.rig.node(2), &cluster.subnets[1])]);
+    let (sent, received) = flood_result(flood);
+    assert_eq!((sent, received), (2000, 2000));
+    assert_eq!(
+        cluster
+            .etcd
+            .keys(&format!("{PREFIX}/subnets/"))
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn etcd_killed_under_a_ping_flood_loses_nothing_and_an_empty_etcd_gets_the_leases_back() {
+    if !require_root("etcd_killed_under_a_ping_flood") {
+        return;
+    }
+    let mut cluster = two_node_cluster();
+    let node_1 = cluster.rig.node(1);
+    // 12 s of pings at the least; etcd is away for 10 of them.
+    let flood = flood(&cluster.pods[0], cluster.pods[1].ip, 6000);
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.etcd.kill();
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(cluster.agents.iter_mut().all(Agent::running));
+    cluster.etcd.restart(false).unwrap();
+    let (sent, received) = flood_result(flood);
+    assert_eq!((sent, received), (6000, 6000));
+
+    // Back with its data: the agents follow again.
+    let late = (
+        "10.244.250.0/24".to_owned(),
+        "192.168.100.77".to_owned(),
+        "02:aa:00:00:00:77".to_owned(),
+    );
+    cluster
+        .etcd
+        .put(
+            &lease_key(&late.0),
+            r#"{"PublicIP":"192.168.100.77","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:77"}}"#,
+        )
+        .unwrap();
+    wait_programmed(
+        node_1,
+        &[
+            entry(cluster.rig.node(2), &cluster.subnets[1]),
+            late.clone(),
+        ],
+    );
+
+    // Compaction past everything the watches have seen is survived.
+    for round in 0..20 {
+        cluster
+            .etcd
+            .put("/unrelated/churn", &round.to_string())
+            .unwrap();
+    }
+    let status = cluster
+        .etcd
+        .etcdctl(&["endpoint", "status", "--write-out", "json"])
+        .unwrap();
+    let revision = serde_json::from_str::<serde_json::Value>(&status).unwrap()[0]["Status"]
+        ["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    cluster
+        .etcd
+        .etcdctl(&["compact", &revision.to_string()])
+        .unwrap();
+    cluster.etcd.etcdctl(&["del", &lease_key(&late.0)]).unwrap();
+    wait_programmed(node_1, &[entry(cluster.rig.node(2), &cluster.subnets[1])]);
+
+    // Restarted empty: every agent writes its lease again, same subnet.
+    cluster.etcd.restart(true).unwrap();
+    for subnet in &cluster.subnets {
+        wait_for("a lease written again", SOON, || {
+            cluster.etcd.get(&lease_key(subnet)).unwrap()
+        })
+        .unwrap();
+    }
+    ping(&cluster.pods[0], cluster.pods[1].ip, 3).unwrap();
+    ping(&cluster.pods[1], cluster.pods[0].ip, 3).unwrap();
+}
+
+#[test]
+fn malformed_config_leases_and_foreign_backends_are_logged_once_and_skipped() {
+    if !require_root("malformed_config_leases_and_foreign_backends") {
+        return;
+    }
+    let rig = rig(3);
+    let etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(r#"{"Network":"#).unwrap();
+    let node = rig.node(1);
+    let mut agent = start(&rig, node, &[]);
+    let config_key = format!("{PREFIX}/config");
+    wait_for("the bad config logged", SOON, || {
+        (agent.log_lines("skipping") > 0).then_some(())
+    })
+    .unwrap();
+    // It keeps waiting (polling each second) and says it once.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agent.running());
+    assert_eq!(agent.log_lines("skipping"), 1, "{}", agent.log_text());
+    assert_eq!(
+        agent.log_lines(&format!("skipping {config_key}: not JSON")),
+        1
+    );
+    assert!(!agent.subnet_file.exists());
+
+    etcd.put_config(CONFIG).unwrap();
+    let subnet = agent.wait_subnet(SOON).unwrap();
+    let bad = [
+        ("10.244.250.0-24", "not json"),
+        (
+            "10.244.251.0-24",
+            r#"{"PublicIP":"192.168.100.51","BackendType":"host-gw"}"#,
+        ),
+        (
+            "no-subnet-here",
+            r#"{"PublicIP":"192.168.100.52","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:52"}}"#,
+        ),
+        (
+            "10.244.253.0-24",
+            r#"{"PublicIP":"192.168.100.53","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"not-a-mac"}}"#,
+        ),
+    ];
+    for (name, value) in bad {
+        etcd.put(&format!("{PREFIX}/subnets/{name}"), value)
+            .unwrap();
+    }
+    // The same bad value again is not news.
+    etcd.put(&format!("{PREFIX}/subnets/10.244.250.0-24"), "not json")
+        .unwrap();
+    // A good lease after them: once it is programmed, the bad ones were seen.
+    let sentinel = (
+        "10.244.252.0/24".to_owned(),
+        "192.168.100.60".to_owned(),
+        "02:aa:00:00:00:60".to_owned(),
+    );
+    etcd.put(
+        &lease_key(&sentinel.0),
+        r#"{"PublicIP":"192.168.100.60","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:60"}}"#,
+    )
+    .unwrap();
+    wait_programmed(node, &[sentinel]);
+    let log = agent.log_text();
+    for (name, _) in bad {
+        assert_eq!(
+            agent.log_lines(&format!("skipping {PREFIX}/subnets/{name}")),
+            1,
+            "{log}"
+        );
+    }
+    assert!(
+        log.contains(r#"backend type "host-gw", not vxlan"#),
+        "{log}"
+    );
+    assert_eq!(agent.log_lines("skipping"), 5, "{log}");
+    // Nothing else changed: our lease and the agent are still there.
+    assert!(etcd.get(&lease_key(&subnet)).unwrap().is_some());
+    assert!(agent.running());
+}
+
+#[test]
+fn a_kernel_vxlan_flannel_node_with_a_handwritten_lease_is_reached_both_ways() {
+    if !require_root("a_kernel_vxlan_flannel_node") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec {
+        nodes: 3,
+        pods_per_node: 1,
+        pod_mtu: Some(1450),
+        ..RigSpec::default()
+    })
+    .unwrap();
+    let (pod_net_node, flannel_node) = (rig.node(1), rig.node(2));
+    let etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(CONFIG).unwrap();
+    // flannel's side: kernel VXLAN pointing at node 1's VTEP MAC, and its
+    // lease as flanneld writes it.
+    flannel_node
+        .flannel_style(&[(pod_net_node, pod_net_node.derived_vtep_mac())])
+        .unwrap();
+    etcd.put(
+        &lease_key(&flannel_node.pod_cidr()),
+        &format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+            flannel_node.underlay_ip,
+            flannel_node.flannel_vtep_mac()
+        ),
+    )
+    .unwrap();
+    // Node 1 ran before on 10.244.1.0/24 (the rig's pods are there): its
+    // subnet.env from then makes it take that subnet again.
+    let dir = agent_dir(&rig, pod_net_node);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("subnet.env"),
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+    )
+    .unwrap();
+    let agent = start(&rig, pod_net_node, &[]);
+    wait_for("node 1's lease", SOON, || {
+        etcd.get(&lease_key(&pod_net_node.pod_cidr())).unwrap()
+    })
+    .unwrap();
+    assert_eq!(agent.wait_subnet(SOON).unwrap(), pod_net_node.pod_cidr());
+    // What the flannel node needs of ours: PublicIP and VtepMAC.
+    assert_eq!(
+        etcd.get(&lease_key(&pod_net_node.pod_cidr()))
+            .unwrap()
+            .unwrap(),
+        format!(
+            r#"{{"PublicIP":"{}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+            pod_net_node.underlay_ip,
+            pod_net_node.derived_vtep_mac()
+        )
+    );
+    wait_programmed(
+        pod_net_node,
+        &[(
+            flannel_node.pod_cidr(),
+            flannel_node.underlay_ip.to_string(),
+            flannel_node.flannel_vtep_mac(),
+        )],
+    );
+    pod_net_node.register(rig.pod(1, 1)).unwrap();
+    let (a, b) = (rig.pod(1, 1), rig.pod(2, 1));
+    let before = pod_net_node.counters().unwrap();
+    a.ping(b.ip, 3).unwrap();
+    b.ping(a.ip, 3).unwrap();
+    let after = pod_net_node.counters().unwrap();
+    assert!(after["encap"] - before["encap"] >= 6);
+    assert!(after["decap"] - before["decap"] >= 6);
+
+    // Remote nodes are etcd's, pods are not: a lease written later leaves
+    // the pod added by hand alone, and so does the full diff a restarted
+    // agent makes, which removes the remote node added by hand.
+    pod_net_node
+        .pod_net(&[
+            "node",
+            "add",
+            "--cidr",
+            "10.244.99.0/24",
+            "--node-ip",
+            "192.168.100.99",
+        ])
+        .unwrap();
+    let flannel_entry = (
+        flannel_node.pod_cidr(),
+        flannel_node.underlay_ip.to_string(),
+        flannel_node.flannel_vtep_mac(),
+    );
+    let by_hand = (
+        "10.244.99.0/24".to_owned(),
+        "192.168.100.99".to_owned(),
+        "0e:6e:c0:a8:64:63".to_owned(),
+    );
+    let extra = (
+        "10.244.250.0/24".to_owned(),
+        "192.168.100.77".to_owned(),
+        "02:aa:00:00:00:77".to_owned(),
+    );
+    etcd.put(
+        &lease_key(&extra.0),
+        r#"{"PublicIP":"192.168.100.77","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:77"}}"#,
+    )
+    .unwrap();
+    wait_programmed(
+        pod_net_node,
+        &[flannel_entry.clone(), by_hand, extra.clone()],
+    );
+    let mut agent = agent;
+    agent.restart().unwrap();
+    wait_programmed(pod_net_node, &[flannel_entry, extra]);
+    let pods = pod_net_node.pod_net(&["pod", "list", "--json"]).unwrap();
+    assert!(pods.contains(&format!("\"{}\"", a.ip)), "{pods}");
+    a.ping(b.ip, 2).unwrap();
+    drop(agent);
+    drop(etcd);
+}
+
+/// Runs `pod-net agent args..` on `node` to its end (bounded: every case
+/// here fails before talking to any etcd).
+fn agent_output(node: &Node, args: &[&str]) -> std::process::Output {
+    let mut full = vec!["agent"];
+    full.extend_from_slice(args);
+    node.pod_net_command(&full).output().unwrap()
+}
+
+#[test]
+fn bad_agent_flags_get_one_line_and_change_nothing() {
+    if !require_root("bad_agent_flags_get_one_line") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec {
+        nodes: 1,
+        pods_per_node: 0,
+        ..RigSpec::default()
+    })
+    .unwrap();
+    let node = rig.node(1);
+    let subnet_file = rig.scratch_dir().unwrap().join("subnet.env");
+    let subnet_file = subnet_file.to_str().unwrap();
+    let endpoint = Etcd::endpoint();
+    let base = ["--etcd-endpoints", &endpoint, "--subnet-file", subnet_file];
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["--iface", "nosuch0"],
+            1,
+            "pod-net: error: --iface nosuch0: no such interface",
+        ),
+        (
+            vec!["--iface", "cni0", "--etcd-cafile", "/nonexistent/ca.pem"],
+            1,
+            "pod-net: error: reading /nonexistent/ca.pem: No such file or directory",
+        ),
+        (
+            vec!["--iface", "cni0", "--etcd-certfile", "/tmp/c.pem"],
+            2,
+            "--etcd-keyfile",
+        ),
+        (
+            vec!["--subnet-lease-ttl", "0", "--iface", "cni0"],
+            2,
+            "--subnet-lease-ttl",
+        ),
+    ];
+    for (extra, code, needle) in cases {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        let output = agent_output(node, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {needle:?} not in {stderr:?}"
+        );
+        if code == 1 {
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        }
+    }
+    // --iface without --etcd-endpoints, and --etcd-endpoints without --iface.
+    for args in [vec!["--iface", "cni0"], vec!["--etcd-endpoints", &endpoint]] {
+        let output = agent_output(node, &args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+    }
+    let output = agent_output(node, &["--release-lease"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(!std::path::Path::new(subnet_file).exists());
+    assert!(!node.pin_dir.exists(), "the datapath was loaded");
+}
+
+#[test]
+fn a_full_pool_is_one_clear_error() {
+    if !require_root("a_full_pool_is_one_clear_error") {
+        return;
+    }
+    let rig = rig(3);
+    let etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(
+        r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.9.0","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    etcd.put(
+        &lease_key("10.244.9.0/24"),
+        r#"{"PublicIP":"192.168.100.77","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:77"}}"#,
+    )
+    .unwrap();
+    let node = rig.node(1);
+    let subnet_file = rig.scratch_dir().unwrap().join("subnet.env");
+    let output = agent_output(
+        node,
+        &[
+            "--etcd-endpoints",
+            &Etcd::endpoint(),
+            "--iface",
+            "eth0",
+            "--subnet-file",
+            subnet_file.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().last().unwrap(),
+        "pod-net: error: no free subnet left in 10.244.9.0..=10.244.9.0 (/24): the pool is full"
+    );
+    assert!(!subnet_file.exists());
+    assert_eq!(etcd.keys(&format!("{PREFIX}/subnets/")).unwrap().len(), 1);
+}
+
+#[test]
+fn agents_join_an_etcd_that_requires_tls_client_certificates() {
+    if !require_root("agents_join_an_etcd_that_requires_tls") {
+        return;
+    }
+    let rig = rig(3);
+    let tls = TlsFiles::create(&rig.scratch_dir().unwrap().join("tls")).unwrap();
+    let etcd = Etcd::start_tls(&rig, tls.clone()).unwrap();
+    etcd.put_config(CONFIG).unwrap();
+    let flags = [
+        "--etcd-cafile",
+        tls.ca.to_str().unwrap(),
+        "--etcd-certfile",
+        tls.client_cert.to_str().unwrap(),
+        "--etcd-keyfile",
+        tls.client_key.to_str().unwrap(),
+    ];
+    let agents: Vec<Agent> = rig.nodes()[..2]
+        .iter()
+        .map(|node| Agent::start(node, &agent_dir(&rig, node), &etcd.url(), &flags).unwrap())
+        .collect();
+    let subnets: Vec<String> = agents
+        .iter()
+        .map(|agent| agent.wait_subnet(SOON).unwrap())
+        .collect();
+    wait_programmed(rig.node(1), &[entry(rig.node(2), &subnets[1])]);
+    wait_programmed(rig.node(2), &[entry(rig.node(1), &subnets[0])]);
+
+    // Without a client certificate etcd refuses; the agent keeps trying and
+    // says why, writing nothing.
+    let node = rig.node(3);
+    let lone = Agent::start(
+        node,
+        &agent_dir(&rig, node),
+        &etcd.url(),
+        &["--etcd-cafile", tls.ca.to_str().unwrap()],
+    )
+    .unwrap();
+    wait_for("the refusal logged", SOON, || {
+        (lone.log_lines("retrying in") > 0).then_some(())
+    })
+    .unwrap();
+    assert!(!lone.subnet_file.exists());
+    assert_eq!(etcd.keys(&format!("{PREFIX}/subnets/")).unwrap().len(), 2);
+
+    // --release-lease: node 2's agent stops (which leaves the lease), then
+    // node 2 leaves; node 1 drops it.
+    let mut agents = agents;
+    agents[1].kill();
+    let output = rig
+        .node(2)
+        .pod_net_command(
+            &[
+                &[
+                    "agent",
+                    "--etcd-endpoints",
+                    &etcd.url(),
+                    "--iface",
+                    "eth0",
+                    "--release-lease",
+                ][..],
+                &flags[..],
+            ]
+            .concat(),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout, format!("released the lease on {}\n", subnets[1]));
+    assert_eq!(etcd.get(&lease_key(&subnets[1])).unwrap(), None);
+    wait_programmed(rig.node(1), &[]);
+}
+
+#[test]
+fn a_watch_resumed_past_a_compaction_lists_again_and_converges() {
+    if !require_root("a_watch_resumed_past_a_compaction") {
+        return;
+    }
+    let rig = rig(3);
+    let mut etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(CONFIG).unwrap();
+    let node = rig.node(1);
+    let agent = start(&rig, node, &[]);
+    agent.wait_subnet(SOON).unwrap();
+    let lease = |n: u8| {
+        (
+            format!("10.244.{n}.0/24"),
+            format!("192.168.100.{n}"),
+            format!("02:aa:00:00:00:{n:02x}"),
+        )
+    };
+    let put = |etcd: &Etcd, (subnet, ip, mac): &(String, String, String)| {
+        etcd.put(
+            &lease_key(subnet),
+            &format!(
+                r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+            ),
+        )
+        .unwrap();
+    };
+    let (doomed, kept, fresh) = (lease(250), lease(251), lease(252));
+    put(&etcd, &doomed);
+    put(&etcd, &kept);
+    wait_programmed(node, &[doomed.clone(), kept.clone()]);
+
+    // The agent is frozen while etcd restarts (with its data), a lease goes,
+    // one comes, and everything up to now is compacted: the agent's watch
+    // resumes at a revision etcd no longer has.
+    let pid = agent.pid().unwrap().to_string();
+    pod_net_tests::cmd::run("kill", ["-STOP", pid.as_str()]).unwrap();
+    etcd.restart(false).unwrap();
+    etcd.etcdctl(&["del", &lease_key(&doomed.0)]).unwrap();
+    put(&etcd, &fresh);
+    for round in 0..5 {
+        etcd.put("/unrelated/churn", &round.to_string()).unwrap();
+    }
+    let status = etcd
+        .etcdctl(&["endpoint", "status", "--write-out", "json"])
+        .unwrap();
+    let revision = serde_json::from_str::<serde_json::Value>(&status).unwrap()[0]["Status"]
+        ["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    etcd.etcdctl(&["compact", &revision.to_string()]).unwrap();
+    pod_net_tests::cmd::run("kill", ["-CONT", pid.as_str()]).unwrap();
+
+    wait_programmed(node, &[kept, fresh]);
+    let log = agent.log_text();
+    assert!(log.contains("resuming the watch at revision"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "listing again: compacted up to revision {revision}"
+        )),
+        "{log}"
+    );
+}

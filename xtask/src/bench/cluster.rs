@@ -1,0 +1,274 @@
+//! `cargo xtask bench cluster`: an agent joining through etcd a cluster
+//! whose etcd already holds 1,000 and 10,000 leases (written directly),
+//! against `pod-net apply` of the same entries; then how long a lease
+//! written to a running agent's etcd takes to be programmed, and the
+//! agent's memory.
+use std::{
+    fmt::Write as _,
+    fs,
+    net::Ipv4Addr,
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use pod_net_tests::{
+    Rig, RigSpec,
+    cluster::{Agent, Etcd},
+};
+
+use super::report::{Report, Row, Summary};
+
+const SIZES: [u32; 2] = [1_000, 10_000];
+/// New leases written one by one to a running agent.
+const LATENCY_SAMPLES: u32 = 200;
+const CONFIG: &str = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#;
+
+/// One size's figures.
+struct Figures {
+    size: u32,
+    agent_cold_start: Vec<f64>,
+    apply: Vec<f64>,
+    /// Per written lease, seconds until programmed (including etcdctl's run).
+    new_lease: Vec<f64>,
+    /// etcdctl put alone, seconds.
+    put_alone: Vec<f64>,
+    /// Agent peak RSS, KiB.
+    peak_rss_kib: Vec<f64>,
+}
+
+pub fn run(rounds: usize) -> Result<Vec<Report>> {
+    let rig = Rig::build(&RigSpec {
+        nodes: 3,
+        pods_per_node: 0,
+        ..RigSpec::default()
+    })?;
+    let mut etcd = Etcd::start(&rig)?;
+    let mut figures = Vec::new();
+    for size in SIZES {
+        let mut size_figures = Figures {
+            size,
+            agent_cold_start: Vec::new(),
+            apply: Vec::new(),
+            new_lease: Vec::new(),
+            put_alone: Vec::new(),
+            peak_rss_kib: Vec::new(),
+        };
+        for round in 0..rounds {
+            println!("bench cluster: {size} leases, round {}", round + 1);
+            etcd.restart(true)?;
+            self::round(&rig, &etcd, size, round == 0, &mut size_figures)?;
+        }
+        figures.push(size_figures);
+    }
+    Ok(vec![report(&figures, rounds)])
+}
+
+/// The lease of synthetic node `index`: subnet 10.x.y.0/24, node IP
+/// 172.16.x.y (never sent to: only programmed).
+fn synthetic(index: u32) -> (String, String) {
+    let [_, _, high, low] = (index + 256).to_be_bytes();
+    let key = format!("/coreos.com/network/subnets/10.{high}.{low}.0-24");
+    let ip = Ipv4Addr::new(172, 16, high, low);
+    let mac = format!("0e:6e:ac:10:{high:02x}:{low:02x}");
+    let value = format!(
+        r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+    );
+    (key, value)
+}
+
+/// Waits (bounded) until `agent`'s log has `count` lines containing `needle`.
+fn wait_log(agent: &Agent, needle: &str, count: usize, limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    while agent.log_lines(needle) < count {
+        if start.elapsed() > limit {
+            bail!("no {needle:?} in the agent's log after {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+fn round(rig: &Rig, etcd: &Etcd, size: u32, first: bool, figures: &mut Figures) -> Result<()> {
+    let (node, apply_node) = (rig.node(1), rig.node(2));
+    for node in [node, apply_node] {
+        let _ = node.pod_net(&["unload"]);
+    }
+    etcd.put_config(CONFIG)?;
+    let leases: Vec<(String, String)> = (0..size).map(synthetic).collect();
+    etcd.put_many(&leases)?;
+
+    // Cold start: from spawning the agent to all leases programmed.
+    let dir = rig.scratch_dir()?.join(format!("agent-{size}"));
+    let _ = fs::remove_dir_all(&dir);
+    let started = Instant::now();
+    let agent = Agent::start(
+        node,
+        &dir,
+        &Etcd::endpoint(),
+        &["--metrics-addr", "127.0.0.1:0"],
+    )?;
+    wait_log(
+        &agent,
+        &format!("following {size} other node(s)"),
+        1,
+        Duration::from_mins(5),
+    )?;
+    figures
+        .agent_cold_start
+        .push(started.elapsed().as_secs_f64());
+
+    // A lease written to the running agent's etcd, one at a time.
+    if first {
+        for index in 0..LATENCY_SAMPLES {
+            let (key, value) = synthetic(size + index);
+            let programmed = agent.log_lines("change(s) programmed");
+            let started = Instant::now();
+            etcd.put(&key, &value)?;
+            let put = started.elapsed().as_secs_f64();
+            wait_log(
+                &agent,
+                "change(s) programmed",
+                programmed + 1,
+                Duration::from_secs(30),
+            )?;
+            figures.new_lease.push(started.elapsed().as_secs_f64());
+            figures.put_alone.push(put);
+        }
+    }
+    figures.peak_rss_kib.push(peak_rss_kib(&agent)?);
+    drop(agent);
+
+    // The baseline: the same entries in one `pod-net apply`.
+    apply_node.pod_net(&[
+        "load",
+        "--underlay",
+        "eth0",
+        "--node-ip",
+        &apply_node.underlay_ip.to_string(),
+    ])?;
+    let file = rig.scratch_dir()?.join(format!("nodes-{size}.toml"));
+    fs::write(&file, apply_file(&leases))?;
+    let started = Instant::now();
+    apply_node.pod_net(&["apply", "-f", &file.display().to_string()])?;
+    figures.apply.push(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn apply_file(leases: &[(String, String)]) -> String {
+    let mut text = String::new();
+    for (key, value) in leases {
+        let cidr = key
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .replace("-24", "/24");
+        let attrs: serde_json::Value = serde_json::from_str(value).unwrap_or_default();
+        let _ = write!(
+            text,
+            "[[nodes]]\ncidr = \"{cidr}\"\nnode_ip = \"{}\"\nvtep_mac = \"{}\"\n\n",
+            attrs["PublicIP"].as_str().unwrap_or_default(),
+            attrs["BackendData"]["VtepMAC"].as_str().unwrap_or_default()
+        );
+    }
+    text
+}
+
+/// The agent's peak resident memory (`VmHWM`).
+fn peak_rss_kib(agent: &Agent) -> Result<f64> {
+    let pid = agent.pid().context("the agent is not running")?;
+    let status = fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .context("no VmHWM")?;
+    let kib: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("no VmHWM value")?
+        .parse()?;
+    Ok(kib)
+}
+
+fn percentile(samples: &[f64], percent: usize) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = (sorted.len() * percent).div_ceil(100).saturating_sub(1);
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn report(figures: &[Figures], rounds: usize) -> Report {
+    let mut rows = Vec::new();
+    let mut notes = vec![
+        "Cold start: from spawning `pod-net agent --etcd-endpoints` (which loads the datapath, \
+         leases a subnet and lists) to its log saying it follows every lease; baseline: one \
+         `pod-net apply -f` of the same remote nodes on a loaded node."
+            .to_owned(),
+    ];
+    for size in figures {
+        let n = size.size;
+        rows.push(Row {
+            figure: format!("join {n} leases"),
+            unit: "s".into(),
+            higher_is_better: false,
+            paths: vec![
+                ("agent".into(), Summary::of(size.agent_cold_start.clone())),
+                ("apply".into(), Summary::of(size.apply.clone())),
+            ],
+        });
+        rows.push(Row {
+            figure: format!("agent peak RSS, {n} leases"),
+            unit: "MiB".into(),
+            higher_is_better: false,
+            paths: vec![(
+                "agent".into(),
+                Summary::of(size.peak_rss_kib.iter().map(|kib| kib / 1024.0).collect()),
+            )],
+        });
+        if !size.new_lease.is_empty() {
+            let ms = |samples: &[f64]| samples.iter().map(|s| s * 1000.0).collect::<Vec<_>>();
+            let (new, put) = (ms(&size.new_lease), ms(&size.put_alone));
+            let _ = writeln!(
+                notes[0],
+                "\nNew lease on a running agent following {n}: p50 {:.1} ms, p99 {:.1} ms over \
+                 {} leases (from starting `etcdctl put` to the agent's log saying programmed; \
+                 `etcdctl put` alone: p50 {:.1} ms).",
+                percentile(&new, 50),
+                percentile(&new, 99),
+                new.len(),
+                percentile(&put, 50)
+            );
+        }
+    }
+    notes.push(
+        "All in one rig: etcd 3.4 in the switch namespace (data on tmpfs), the agent in node 1, \
+         apply in node 2. Synthetic leases point at 172.16.x.y (programmed, never sent to)."
+            .into(),
+    );
+    Report {
+        title: "Cluster: joining through etcd".into(),
+        rounds,
+        subject: "agent".into(),
+        baselines: vec!["apply".into()],
+        rows,
+        notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_leases_are_distinct_and_in_the_network() {
+        let (key, value) = synthetic(0);
+        assert_eq!(key, "/coreos.com/network/subnets/10.1.0.0-24");
+        assert!(value.contains(r#""PublicIP":"172.16.1.0""#));
+        let (key, _) = synthetic(10_199);
+        assert_eq!(key, "/coreos.com/network/subnets/10.40.215.0-24");
+    }
+}

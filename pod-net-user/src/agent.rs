@@ -76,7 +76,13 @@ async fn serve(pins: PinDir, options: AgentOptions, joined: Option<cluster::Join
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut tasks = vec![
-        tokio::spawn(metrics_server::serve(listener, pins.clone())),
+        tokio::spawn(metrics_server::serve(
+            listener,
+            metrics_server::Source {
+                pins: pins.clone(),
+                cluster: joined.as_ref().map(cluster::Joined::status),
+            },
+        )),
         tokio::spawn(forward_program_logs(pins.clone())),
     ];
     if let Some(path) = options.config.clone() {

@@ -35,7 +35,7 @@ use tokio::{
 };
 
 use crate::{
-    metrics,
+    cluster, metrics,
     pins::PinDir,
     throttle::{self, Throttle},
 };
@@ -53,8 +53,28 @@ const MIN_CONNECTIONS: usize = 4;
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Serves `/metrics` for `pins` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, pins: PinDir) {
+/// What `/metrics` shows: the datapath's counters and maps, and the
+/// cluster store's state when the agent follows one.
+#[derive(Clone)]
+pub struct Source {
+    pub pins: PinDir,
+    pub cluster: Option<cluster::SharedStatus>,
+}
+
+impl Source {
+    fn render(&self) -> anyhow::Result<String> {
+        let mut exposition = metrics::render(&self.pins)?;
+        if let Some(status) = &self.cluster
+            && let Ok(status) = status.lock()
+        {
+            exposition.push_str(&status.to_prometheus());
+        }
+        Ok(exposition)
+    }
+}
+
+/// Serves `/metrics` for `source` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, source: Source) {
     // A permit per open connection, given back when its task is gone and
     // with it the socket.
     let slots = Arc::new(Semaphore::new(connection_cap()));
@@ -108,7 +128,7 @@ pub async fn serve(listener: TcpListener, pins: PinDir) {
         // its departure needs this lock.
         let task = tokio::spawn(connection(
             stream,
-            pins.clone(),
+            source.clone(),
             departure,
             Arc::clone(&log),
         ));
@@ -170,12 +190,12 @@ fn connection_cap() -> usize {
 /// One client: HTTP/1.1 with the header timeout, within the deadline.
 async fn connection(
     stream: TcpStream,
-    pins: PinDir,
+    source: Source,
     _departure: Departure,
     log: Arc<Mutex<Throttle>>,
 ) {
     let service = service_fn(move |request| {
-        let response = respond(&pins, &request);
+        let response = respond(&source, &request);
         async move { Ok::<_, Infallible>(response) }
     });
     // One request per connection: no idle kept-alive connections to hold
@@ -195,7 +215,7 @@ async fn connection(
 
 /// `GET` or `HEAD /metrics` gets the exposition; another path 404, another
 /// method 405.
-fn respond<B>(pins: &PinDir, request: &Request<B>) -> Response<Full<Bytes>> {
+fn respond<B>(source: &Source, request: &Request<B>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
         response
@@ -206,7 +226,7 @@ fn respond<B>(pins: &PinDir, request: &Request<B>) -> Response<Full<Bytes>> {
     if request.uri().path() != "/metrics" {
         return text(StatusCode::NOT_FOUND, "try /metrics\n".into());
     }
-    match metrics::render(pins) {
+    match source.render() {
         Ok(exposition) => {
             let mut response = text(StatusCode::OK, exposition);
             response.headers_mut().insert(

@@ -13,6 +13,7 @@ use pod_net_tests::{
     cluster::{Agent, Etcd, PREFIX, TlsFiles, lease_key, remote_nodes, wait_for},
     cni::{self, Attachment, Runtime, result_ipv4},
     privileges::require_root,
+    rig::sibling_binary,
 };
 
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -480,6 +481,19 @@ fn a_sigkilled_agent_restarts_on_the_same_subnet_without_losing_a_packet() {
     );
 }
 
+/// `pod_net_cluster_<name>` from the agent's `/metrics` on `node` (the
+/// default address, inside the node's namespace).
+fn cluster_metric(node: &Node, name: &str) -> Option<String> {
+    let probe = sibling_binary("pod-net-probe");
+    let body = node
+        .exec(&[probe.to_str()?, "get", "127.0.0.1:9565", "/metrics"])
+        .ok()?;
+    let prefix = format!("pod_net_cluster_{name} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(str::to_owned)
+}
+
 #[test]
 fn etcd_killed_under_a_ping_flood_loses_nothing_and_an_empty_etcd_gets_the_leases_back() {
     if !require_root("etcd_killed_under_a_ping_flood") {
@@ -490,8 +504,18 @@ fn etcd_killed_under_a_ping_flood_loses_nothing_and_an_empty_etcd_gets_the_lease
     // 12 s of pings at the least; etcd is away for 10 of them.
     let flood = flood(&cluster.pods[0], cluster.pods[1].ip, 6000);
     std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        cluster_metric(node_1, "store_connected").as_deref(),
+        Some("1")
+    );
     cluster.etcd.kill();
-    std::thread::sleep(Duration::from_secs(10));
+    let killed = std::time::Instant::now();
+    // /metrics tells the store is gone, while the datapath goes on.
+    wait_for("/metrics to show etcd gone", Duration::from_secs(9), || {
+        (cluster_metric(node_1, "store_connected").as_deref() == Some("0")).then_some(())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(killed.elapsed()));
     assert!(cluster.agents.iter_mut().all(Agent::running));
     cluster.etcd.restart(false).unwrap();
     let (sent, received) = flood_result(flood);
@@ -517,6 +541,12 @@ fn etcd_killed_under_a_ping_flood_loses_nothing_and_an_empty_etcd_gets_the_lease
             late.clone(),
         ],
     );
+    wait_for("/metrics to show etcd back", SOON, || {
+        (cluster_metric(node_1, "store_connected").as_deref() == Some("1")
+            && cluster_metric(node_1, "peers").as_deref() == Some("2"))
+        .then_some(())
+    })
+    .unwrap();
 
     // Compaction past everything the watches have seen is survived.
     for round in 0..20 {

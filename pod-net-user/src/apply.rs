@@ -243,17 +243,10 @@ fn plan(
     config: &NodeConfig,
     scope: Scope,
 ) -> Result<Vec<Change>> {
-    let mut changes = Vec::new();
-    if let Some(device) = tunnel_sync::device(&datapath.config()?)? {
-        changes.extend(
-            tunnel_sync::plan(pins, &device)?
-                .into_iter()
-                .map(|fix| Change::Tunnel {
-                    device: device.name.clone(),
-                    fix,
-                }),
-        );
-    }
+    let mut changes: Vec<Change> = tunnel_sync::plan_if_loaded(pins, &datapath.config()?)?
+        .into_iter()
+        .map(|(device, fix)| Change::Tunnel { device, fix })
+        .collect();
 
     if scope == Scope::Everything {
         changes.extend(plan_pods(datapath, config)?);

@@ -159,18 +159,11 @@ pub fn plan(pins: &PinDir, datapath: &Datapath) -> Result<Vec<Repair>> {
             .into_iter()
             .map(|node_ip| Repair::RemovePeer { node_ip }),
     );
-    // Without its device the tunnel cannot be compared; `status` says the
-    // device is missing and `load` makes it again, in step.
-    if let Some(device) = tunnel_sync::device(&datapath.config()?)? {
-        repairs.extend(
-            tunnel_sync::plan(pins, &device)?
-                .into_iter()
-                .map(|fix| Repair::Tunnel {
-                    device: device.name.clone(),
-                    fix,
-                }),
-        );
-    }
+    repairs.extend(
+        tunnel_sync::plan_if_loaded(pins, &datapath.config()?)?
+            .into_iter()
+            .map(|(device, fix)| Repair::Tunnel { device, fix }),
+    );
     Ok(repairs)
 }
 

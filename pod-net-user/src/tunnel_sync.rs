@@ -145,6 +145,19 @@ pub fn plan(pins: &PinDir, device: &Link) -> Result<Vec<Fix>> {
     Ok(diff(&entries, &contents))
 }
 
+/// The fixes the tunnel device of `config` needs, each with the device's
+/// name; none without an underlay or a device (`status` reports a missing
+/// device, and `load` makes it again, in step).
+pub fn plan_if_loaded(pins: &PinDir, config: &Config) -> Result<Vec<(String, Fix)>> {
+    let Some(device) = device(config)? else {
+        return Ok(Vec::new());
+    };
+    Ok(plan(pins, &device)?
+        .into_iter()
+        .map(|fix| (device.name.clone(), fix))
+        .collect())
+}
+
 /// Makes `fixes` on `device`: every entry to restore in one go, then every
 /// removal. A route that went elsewhere is replaced in place first, so its
 /// removal afterwards finds nothing, which is not an error.

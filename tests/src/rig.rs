@@ -15,6 +15,7 @@
 use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -718,6 +719,9 @@ impl Pod {
             .command(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group, so that drop reaches what it forks
+            // (trafgen runs its senders in child processes).
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting {args:?} in {}", self.netns))?;
         Ok(Background { child })
@@ -838,6 +842,11 @@ pub struct Background {
 
 impl Drop for Background {
     fn drop(&mut self) {
+        // The whole group: the process and anything it forked.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on the group this guard's spawn created.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -58,16 +58,17 @@ pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
     {
         return Verdict::drop(Reason::DropSpoofed);
     }
-    if packet.l2_multicast {
-        return Verdict::pass(Reason::PassMulticast);
-    }
     // VXLAN is opened by whichever node receives it on its port: a pod may
-    // send to that port only to another pod, never to a node.
+    // send to that port only to another pod, never to a node, whatever the
+    // L2 destination (the kernel takes unicast IP out of a broadcast frame).
     if protocol == IPPROTO_UDP
         && udp_dst_port(ctx, ip) == Some(config.guarded_vxlan_port())
         && !is_pod(dst, config)
     {
         return Verdict::drop(Reason::DropPodToVxlan);
+    }
+    if packet.l2_multicast {
+        return Verdict::pass(Reason::PassMulticast);
     }
     if sender.is_some_and(|sender| sender.flags & ENDPOINT_F_NO_BYPASS != 0) {
         return Verdict::pass(Reason::PassNoBypass);

@@ -180,6 +180,11 @@ fn a_pod_cannot_send_to_a_nodes_vxlan_port() {
             "as a first fragment",
             udp_from_a(NODE_2, GATEWAY_MAC, PORT, 0x2000),
         ),
+        // The bridge floods it to the node, whose kernel takes the IP in it.
+        (
+            "in a broadcast frame",
+            udp_from_a(NODE_1, BROADCAST, PORT, 0x4000),
+        ),
     ];
     for (name, frame) in dropped {
         let harness = node_1();

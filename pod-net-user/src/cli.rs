@@ -53,6 +53,10 @@ pub enum Command {
     Status {
         #[arg(long)]
         json: bool,
+        /// Where a cluster agent publishes the store's state (beside its
+        /// --subnet-file); shown when present.
+        #[arg(long, value_name = "FILE", default_value = cluster::DEFAULT_STATUS_FILE)]
+        cluster_status: PathBuf,
     },
     /// Register, remove and list the pods on this node.
     #[command(subcommand)]
@@ -423,8 +427,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     .unwrap_or_default()
             );
         }
-        Command::Status { json } => {
-            let status = status::check(&pins)?;
+        Command::Status {
+            json,
+            cluster_status,
+        } => {
+            let mut status = status::check(&pins)?;
+            status.add_store(&cluster_status)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

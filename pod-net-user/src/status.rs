@@ -1,9 +1,9 @@
 //! `pod-net status`: is the datapath whole, and does it match the node?
 //! Each problem comes with a hint; any problem makes the exit code non-zero
 //! so the command can serve as a health probe.
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{fmt::Write as _, net::Ipv4Addr, path::Path};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use aya::programs::ProgramInfo;
 use pod_net_common::{
     Config, Endpoint, EndpointKey,
@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::{
     attach,
+    cluster::ClusterStatus,
     datapath::{Datapath, MapFill, endpoint_ip},
     endpoints,
     gc::{self, Repair},
@@ -41,6 +42,8 @@ pub struct Status {
     pub nat_check: bool,
     pub pods: usize,
     pub maps: Vec<MapFill>,
+    /// The cluster store, as the agent last published it.
+    pub store: Option<ClusterStatus>,
     pub problems: Vec<Problem>,
 }
 
@@ -68,6 +71,33 @@ pub struct Problem {
 }
 
 impl Status {
+    /// Adds what a cluster agent published in `file` (nothing when there is
+    /// no such file: no agent follows a store here). A store the agent is
+    /// not connected to is a problem; the datapath forwards all the same.
+    pub fn add_store(&mut self, file: &Path) -> Result<()> {
+        let text = match std::fs::read(file) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err).with_context(|| format!("reading {}", file.display())),
+        };
+        let store: ClusterStatus = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a cluster status", file.display()))?;
+        // Another node's agent (several share one machine in tests).
+        if store.pin_dir != self.pin_dir {
+            return Ok(());
+        }
+        if !store.connected {
+            self.problem(
+                "the agent is not connected to the cluster store",
+                "the datapath keeps forwarding with the entries it has; the agent reconnects \
+                 with backoff (see its log)",
+            );
+            self.healthy = false;
+        }
+        self.store = Some(store);
+        Ok(())
+    }
+
     fn problem(&mut self, what: impl Into<String>, hint: impl Into<String>) {
         self.problems.push(Problem {
             what: what.into(),
@@ -88,6 +118,7 @@ pub fn check(pins: &PinDir) -> Result<Status> {
         nat_check: false,
         pods: 0,
         maps: Vec::new(),
+        store: None,
         problems: Vec::new(),
     };
     let bpffs = pins
@@ -348,6 +379,9 @@ impl Status {
                 map.name, map.entries, map.capacity
             );
         }
+        if let Some(store) = &self.store {
+            let _ = writeln!(out, "store:     {}", describe_store(store));
+        }
         if self.healthy {
             out.push_str("health:    ok\n");
         } else {
@@ -358,4 +392,34 @@ impl Status {
         }
         out
     }
+}
+
+/// `etcd connected, revision 42, 3 peer(s), subnet 10.244.7.0/24, last sync
+/// 2 s ago, lease expires in 86390 s (written 1 s ago)`.
+fn describe_store(store: &ClusterStatus) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let ago = |time: u64| format!("{} s ago", now.saturating_sub(time));
+    let mut text = format!(
+        "etcd {}, revision {}, {} peer(s)",
+        if store.connected {
+            "connected"
+        } else {
+            "NOT connected"
+        },
+        store.revision,
+        store.peers
+    );
+    if let Some(subnet) = &store.subnet {
+        let _ = write!(text, ", subnet {subnet}");
+    }
+    if let Some(last_sync) = store.last_sync {
+        let _ = write!(text, ", last sync {}", ago(last_sync));
+    }
+    if let Some(expiry) = store.lease_expiry {
+        let _ = write!(text, ", lease expires in {} s", expiry.saturating_sub(now));
+    }
+    let _ = write!(text, " (written {})", ago(store.updated));
+    text
 }

@@ -494,6 +494,18 @@ fn cluster_metric(node: &Node, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// `pod-net status` on `node`, reading what `agent` published.
+fn store_status(node: &Node, agent: &Agent) -> String {
+    let file = agent.subnet_file.with_file_name("cluster-status.json");
+    let output = pod_net_tests::cmd::output_of(&mut node.pod_net_command(&[
+        "status",
+        "--cluster-status",
+        file.to_str().unwrap(),
+    ]))
+    .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 #[test]
 fn etcd_killed_under_a_ping_flood_loses_nothing_and_an_empty_etcd_gets_the_leases_back() {
     if !require_root("etcd_killed_under_a_ping_flood") {
@@ -515,6 +527,12 @@ fn etcd_killed_under_a_ping_flood_loses_nothing_and_an_empty_etcd_gets_the_lease
         (cluster_metric(node_1, "store_connected").as_deref() == Some("0")).then_some(())
     })
     .unwrap();
+    let status = store_status(node_1, &cluster.agents[0]);
+    assert!(
+        status.contains("store:     etcd NOT connected")
+            && status.contains("the agent is not connected to the cluster store"),
+        "{status}"
+    );
     std::thread::sleep(Duration::from_secs(10).saturating_sub(killed.elapsed()));
     assert!(cluster.agents.iter_mut().all(Agent::running));
     cluster.etcd.restart(false).unwrap();
@@ -547,6 +565,11 @@ fn etcd_killed_under_a_ping_flood_loses_nothing_and_an_empty_etcd_gets_the_lease
         .then_some(())
     })
     .unwrap();
+    let status = store_status(node_1, &cluster.agents[0]);
+    assert!(
+        status.contains("store:     etcd connected, revision ") && status.contains("2 peer(s)"),
+        "{status}"
+    );
 
     // Compaction past everything the watches have seen is survived.
     for round in 0..20 {

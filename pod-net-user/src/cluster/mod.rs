@@ -18,7 +18,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     fmt::Write as _,
     net::Ipv4Addr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -97,8 +97,19 @@ pub enum ClusterError {
     NothingToRelease(Ipv4Addr),
 }
 
+/// Where a cluster agent publishes its [`ClusterStatus`] for `pod-net
+/// status`, another process: beside its subnet file.
+#[must_use]
+pub fn status_file(subnet_file: &Path) -> PathBuf {
+    subnet_file.with_file_name("cluster-status.json")
+}
+
+/// The default of `pod-net status --cluster-status`: beside the default
+/// subnet file.
+pub const DEFAULT_STATUS_FILE: &str = "/run/pod-net/cluster-status.json";
+
 /// What `status` and `/metrics` can show about the store.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct ClusterStatus {
     pub connected: bool,
     /// Seconds since the epoch of the last complete list or watch update.
@@ -112,6 +123,15 @@ pub struct ClusterStatus {
     pub lease_expiry: Option<u64>,
     /// Records skipped as malformed or foreign.
     pub skipped_records: u64,
+    /// Seconds since the epoch when this was last written to its file.
+    #[serde(default)]
+    pub updated: u64,
+    /// The agent's pin dir: `status` shows a store only for its own.
+    #[serde(default)]
+    pub pin_dir: String,
+    /// Where it is published, if anywhere.
+    #[serde(skip)]
+    file: Option<PathBuf>,
 }
 
 impl ClusterStatus {
@@ -174,6 +194,11 @@ pub type SharedStatus = Arc<Mutex<ClusterStatus>>;
 fn update(status: &SharedStatus, change: impl FnOnce(&mut ClusterStatus)) {
     if let Ok(mut status) = status.lock() {
         change(&mut status);
+        status.updated = unix_seconds(SystemTime::now());
+        // Best effort: `/metrics` has it all the same.
+        if let (Some(file), Ok(json)) = (&status.file, serde_json::to_vec_pretty(&*status)) {
+            let _ = files::write_atomically(file, &json);
+        }
     }
 }
 
@@ -309,6 +334,10 @@ async fn network_config(
 /// bad; fails on what waiting cannot fix.
 pub async fn join(pins: &PinDir, options: ClusterOptions) -> Result<Joined, ClusterError> {
     let status = SharedStatus::default();
+    update(&status, |status| {
+        status.file = Some(status_file(&options.subnet_file));
+        status.pin_dir = pins.root().display().to_string();
+    });
     let (public_ip, mtu, _) = underlay(&options)?;
     options.tls.load()?;
     let (mut store, config) = loop {
@@ -860,6 +889,7 @@ mod tests {
             subnet: Some("10.244.7.0/24".into()),
             lease_expiry: None,
             skipped_records: 2,
+            ..ClusterStatus::default()
         };
         let text = status.to_prometheus();
         assert!(

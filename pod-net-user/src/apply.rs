@@ -186,22 +186,20 @@ pub fn run_nodes(pins: &PinDir, nodes: Vec<RemoteConfig>) -> Result<Vec<Change>>
     run_scoped(pins, &config, Scope::NodesOnly, false)
 }
 
-/// Makes exactly these node changes (what one cluster-store update says),
-/// with the same checks as a whole file (the added entries against this
-/// node and the entries that stay) and under the same lock, without
-/// diffing every entry. Returns the changes made.
+/// Makes exactly these node changes (what one cluster-store update says)
+/// under the same lock as a whole file, without diffing every entry: the
+/// added entries get `node add`'s checks (against this node and the entries
+/// that stay) as they go in, which is the one full pass per update. Returns
+/// the changes made.
 pub fn change_nodes(
     pins: &PinDir,
     removed: &[Cidr],
     added: Vec<RemoteConfig>,
 ) -> Result<Vec<Change>> {
-    let datapath = Datapath::open(pins)?;
-    let loaded = datapath.config()?;
-    let specs: Vec<NodeSpec> = added.iter().map(node_spec).collect();
-    for spec in &specs {
-        remotes::node_value(spec, &loaded).with_context(|| spec.cidr.to_string())?;
+    let loaded = Datapath::open(pins)?.config()?;
+    for spec in added.iter().map(node_spec) {
+        remotes::node_value(&spec, &loaded).with_context(|| spec.cidr.to_string())?;
     }
-    remotes::validate(&datapath, &specs, removed)?;
     let lock = pins.lock()?;
     let changes: Vec<Change> = removed
         .iter()

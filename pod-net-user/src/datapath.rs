@@ -132,6 +132,17 @@ impl Datapath {
     }
 }
 
+/// Whether a map call failed because the key is not there: aya says so
+/// with `KeyNotFound` on lookups, but passes a delete's ENOENT through.
+#[must_use]
+pub fn is_missing_key(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(error) => error.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 pub(crate) fn open_map(pins: &PinDir, name: &str) -> Result<(Map, MapInfo)> {
     let path = pins.map(name);
     let data = MapData::from_pin(&path)

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::{
     attach::{self, Attached},
     crashpoint,
-    datapath::{Datapath, endpoint_ip, endpoint_key},
+    datapath::{Datapath, endpoint_ip, endpoint_key, is_missing_key},
     loader,
     mac::MacAddr,
     netdev::{self, Link},
@@ -222,7 +222,8 @@ fn remove_and_detach(
 ) -> Result<()> {
     for (key, _) in doomed {
         match datapath.endpoints.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Ok(()) => {}
+            Err(err) if is_missing_key(&err) => {}
             Err(err) => return Err(err).context("removing from local_endpoints"),
         }
     }

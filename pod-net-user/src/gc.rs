@@ -22,13 +22,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::MapError;
 use pod_net_common::{EndpointKey, program_names};
 use serde::Serialize;
 
 use crate::{
     attach,
-    datapath::{Datapath, endpoint_ip, endpoint_key},
+    datapath::{Datapath, endpoint_ip, endpoint_key, is_missing_key},
     netdev::{self, Link, LinkKind},
     peers,
     pins::PinDir,
@@ -210,7 +209,8 @@ fn make(pins: &PinDir, datapath: &mut Datapath, xdp_on: bool, repair: &Repair) -
 
 fn remove_entry(datapath: &mut Datapath, key: &EndpointKey) -> Result<()> {
     match datapath.endpoints.remove(key) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(err) if is_missing_key(&err) => Ok(()),
         Err(err) => Err(err).context("removing from local_endpoints"),
     }
 }

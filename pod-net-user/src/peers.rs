@@ -13,7 +13,11 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData, MapError};
 use pod_net_common::{PeerNode, map_table, remote::PEER_F_VXLAN};
 
-use crate::{datapath::open_map, map_batch::BPF_NOEXIST, pins::PinDir};
+use crate::{
+    datapath::{is_missing_key, open_map},
+    map_batch::BPF_NOEXIST,
+    pins::PinDir,
+};
 
 type PeerMap = HashMap<MapData, [u8; 4], PeerNode>;
 
@@ -44,10 +48,8 @@ pub fn remove(pins: &PinDir, node_ips: impl IntoIterator<Item = Ipv4Addr>) -> Re
     let mut map = open(pins)?;
     for node_ip in node_ips {
         match map.remove(&node_ip.octets()) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            // aya reports a missing key on delete as the syscall's ENOENT.
-            Err(MapError::SyscallError(error))
-                if error.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Ok(()) => {}
+            Err(err) if is_missing_key(&err) => {}
             Err(err) => {
                 return Err(err).with_context(|| format!("removing {node_ip} from peer_nodes"));
             }

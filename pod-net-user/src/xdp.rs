@@ -3,12 +3,11 @@
 //! peer's NAPI queue, which exists only with GRO (or XDP) on the pod's end,
 //! so each pod's `eth0` gets GRO and its host veth a `pod_veths` entry.
 use anyhow::{Context as _, Result, bail};
-use aya::maps::MapError;
 use pod_net_common::{Config, program_names};
 
 use crate::{
     attach,
-    datapath::Datapath,
+    datapath::{Datapath, is_missing_key},
     netdev::{self, Link},
     netns,
     pins::PinDir,
@@ -60,12 +59,8 @@ pub fn prepare_pod(datapath: &Datapath, veth: &Link) -> Result<()> {
 pub fn forget_pod(datapath: &Datapath, ifindex: u32) -> Result<()> {
     let mut pod_veths = datapath.pod_veths()?;
     match pod_veths.remove(ifindex) {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(error))
-            if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(())
-        }
+        Ok(()) => Ok(()),
+        Err(err) if is_missing_key(&err) => Ok(()),
         Err(err) => Err(err).context("removing from pod_veths"),
     }
 }

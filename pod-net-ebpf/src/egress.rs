@@ -108,12 +108,16 @@ pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
 
 /// The UDP destination port, unless this is a later fragment (the first
 /// one carries the port, and the kernel cannot reassemble without it).
-/// Read by copy, which reaches paged data too (a raw socket may leave the
-/// UDP header out of the linear part) and keeps the packet pointers valid.
+/// Straight from the linear data, as nearly always, with no helper call on
+/// the per-packet path; by copy only when a raw socket left the UDP header
+/// in paged data (a copy reaches it and keeps the packet pointers valid).
 #[inline(always)]
 fn udp_dst_port(ctx: &TcContext, ip: Ip) -> Option<u16> {
     if ip.is_later_fragment() {
         return None;
+    }
+    if let Some((_, dst_port)) = nat::ports(ctx, ip, EthHdr::LEN) {
+        return Some(dst_port);
     }
     let ports: [u8; 4] = ctx.load(EthHdr::LEN + ip.header_len()).ok()?;
     Some(u16::from_be_bytes([ports[2], ports[3]]))

@@ -80,7 +80,7 @@ reasons! {
     Decap = 7, "decap";
     /// Too big for the underlay with the don't-fragment bit: the kernel answers ICMP fragmentation needed.
     PassFragNeeded = 8, "pass_frag_needed";
-    /// Too big for the underlay without don't-fragment: the kernel fragments it into the tunnel device.
+    /// Too big for the underlay without don't-fragment: the kernel fragments it on its way out.
     PassFragment = 9, "pass_fragment";
     /// Underlay traffic that is not VXLAN for this node: handed to the kernel untouched.
     PassNotVxlan = 10, "pass_not_vxlan";
@@ -110,6 +110,14 @@ reasons! {
     DropUnknownPeer = 22, "drop_unknown_peer";
     /// UDP from a pod to a node or other non-pod address on the VXLAN port: dropped, so nothing a pod sends is decapsulated.
     DropPodToVxlan = 23, "drop_pod_to_vxlan";
+    /// Sent unencapsulated to a direct-routing node (`node add --direct`), one router hop (TTL - 1), with `bpf_redirect_neigh` out of the underlay.
+    DirectOut = 24, "direct_out";
+    /// Plain IP from a direct-routing node's pod, delivered into a pod on this node with `bpf_redirect_peer`.
+    DirectIn = 25, "direct_in";
+    /// Plain IP to a pod on this node from the underlay whose source is not a direct-routing node's pod, or whose sender MAC is not that node's: the kernel routes it, with its forwarding rules.
+    PassNotDirectPeer = 26, "pass_not_direct_peer";
+    /// Plain IP from a direct-routing node's pod while that node's MAC is not in the neighbour table yet, so the sender cannot be checked: the kernel routes it.
+    PassDirectUnresolved = 27, "pass_direct_unresolved";
 }
 
 /// Number of reasons.
@@ -144,7 +152,10 @@ mod tests {
             let name = reason.name();
             let known_prefix = name.starts_with("pass_")
                 || name.starts_with("drop_")
-                || matches!(name, "redirect_local" | "encap" | "decap");
+                || matches!(
+                    name,
+                    "redirect_local" | "encap" | "decap" | "direct_out" | "direct_in"
+                );
             assert!(known_prefix, "{name} does not follow the scheme");
         }
     }

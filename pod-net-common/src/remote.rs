@@ -43,6 +43,11 @@ impl RemoteAddr {
 /// drop inner frames not addressed to their own MAC.
 pub const REMOTE_F_VTEP_MAC: u32 = 1;
 
+/// The node shares an L2 segment with this one (`node add --direct`):
+/// its pods' packets go to it unencapsulated, one router hop, and plain IP
+/// from its pods may go straight into local pods.
+pub const REMOTE_F_DIRECT: u32 = 2;
+
 /// Value of `remote_pods` and `remote_nodes`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -67,6 +72,10 @@ pub const fn derived_vtep_mac(node_ip: [u8; 4]) -> [u8; 6] {
 
 /// The peer speaks VXLAN to this node: its VXLAN may be decapsulated.
 pub const PEER_F_VXLAN: u32 = 1;
+
+/// The peer routes directly to this node (some of its prefixes are
+/// `--direct`).
+pub const PEER_F_DIRECT: u32 = 2;
 
 /// Value of `peer_nodes`, keyed by a remote node's underlay IPv4 address
 /// (network order): what that node may send this node. VXLAN is not

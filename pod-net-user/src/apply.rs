@@ -32,7 +32,7 @@ use crate::{
     mac::MacAddr,
     netdev,
     pins::{PinDir, PinDirLock},
-    remotes::{self, NodeSpec},
+    remotes::{self, Mode, NodeSpec},
     tunnel,
     tunnel_sync::{self, Fix},
 };
@@ -68,6 +68,20 @@ pub struct RemoteConfig {
     pub node_ip: Ipv4Addr,
     #[serde(default, deserialize_with = "optional_from_str")]
     pub vtep_mac: Option<MacAddr>,
+    /// Route to the node without VXLAN (`node add --direct`).
+    #[serde(default)]
+    pub direct: bool,
+}
+
+impl RemoteConfig {
+    #[must_use]
+    pub const fn mode(&self) -> Mode {
+        if self.direct {
+            Mode::Direct
+        } else {
+            Mode::Vxlan
+        }
+    }
 }
 
 fn from_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
@@ -161,7 +175,10 @@ impl fmt::Display for Change {
         match self {
             Self::AddPod(pod) => write!(f, "+ pod {} on {}", pod.ip, pod.veth),
             Self::RemovePod { ip } => write!(f, "- pod {ip}"),
-            Self::AddNode(node) => write!(f, "+ node {} via {}", node.cidr, node.node_ip),
+            Self::AddNode(node) => match node.mode() {
+                Mode::Vxlan => write!(f, "+ node {} via {}", node.cidr, node.node_ip),
+                Mode::Direct => write!(f, "+ node {} via {} (direct)", node.cidr, node.node_ip),
+            },
             Self::RemoveNode { cidr } => write!(f, "- node {cidr}"),
             Self::Tunnel { device, fix } => write!(f, "{fix} on {device}"),
         }
@@ -309,6 +326,7 @@ fn plan_nodes(pins: &PinDir, config: &NodeConfig) -> Result<Vec<Change>> {
         .collect();
     let same = |entry: &remotes::NodeEntry, node: &RemoteConfig| {
         entry.node_ip == node.node_ip
+            && entry.mode == node.mode()
             && match node.vtep_mac {
                 Some(mac) => entry.vtep_mac_given && entry.vtep_mac == mac,
                 None => !entry.vtep_mac_given,
@@ -383,6 +401,7 @@ fn node_spec(node: &RemoteConfig) -> NodeSpec {
         cidr: node.cidr,
         node_ip: node.node_ip,
         vtep_mac: node.vtep_mac,
+        mode: node.mode(),
     }
 }
 

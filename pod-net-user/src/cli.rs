@@ -290,8 +290,12 @@ pub struct NodeAddArgs {
     pub node_ip: Ipv4Addr,
     /// The node's VXLAN endpoint MAC, for nodes that check it (flannel's
     /// `VtepMAC`). pod-net nodes derive it from the node IP.
-    #[arg(long, value_name = "MAC")]
+    #[arg(long, value_name = "MAC", conflicts_with = "direct")]
     pub vtep_mac: Option<MacAddr>,
+    /// Route to the node without VXLAN (flannel's host-gw): it must be on
+    /// one of the underlay's subnets, and route back the same way.
+    #[arg(long)]
+    pub direct: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -565,13 +569,26 @@ fn run_node(pins: &PinDir, command: NodeCommand) -> Result<()> {
                 cidr: args.cidr,
                 node_ip: args.node_ip,
                 vtep_mac: args.vtep_mac,
+                mode: if args.direct {
+                    remotes::Mode::Direct
+                } else {
+                    remotes::Mode::Vxlan
+                },
+            };
+            // VXLAN is the default and goes unsaid.
+            let mode = match spec.mode {
+                remotes::Mode::Vxlan => "",
+                remotes::Mode::Direct => " (direct)",
             };
             match remotes::add(pins, &spec)? {
                 remotes::AddOutcome::Added => {
-                    println!("added {} via node {}", spec.cidr, spec.node_ip);
+                    println!("added {} via node {}{mode}", spec.cidr, spec.node_ip);
                 }
                 remotes::AddOutcome::Unchanged => {
-                    println!("{} via node {} is already there", spec.cidr, spec.node_ip);
+                    println!(
+                        "{} via node {}{mode} is already there",
+                        spec.cidr, spec.node_ip
+                    );
                 }
             }
         }
@@ -590,22 +607,23 @@ fn run_node(pins: &PinDir, command: NodeCommand) -> Result<()> {
                 let rows: Vec<Vec<String>> = nodes
                     .iter()
                     .map(|node| {
+                        let vtep_mac = match (node.mode, node.vtep_mac_given) {
+                            (remotes::Mode::Direct, _) => "-".to_owned(),
+                            (remotes::Mode::Vxlan, true) => node.vtep_mac.to_string(),
+                            (remotes::Mode::Vxlan, false) => format!("{} (derived)", node.vtep_mac),
+                        };
                         vec![
                             node.cidr.to_string(),
                             node.node_ip.to_string(),
-                            format!(
-                                "{}{}",
-                                node.vtep_mac,
-                                if node.vtep_mac_given {
-                                    ""
-                                } else {
-                                    " (derived)"
-                                }
-                            ),
+                            node.mode.to_string(),
+                            vtep_mac,
                         ]
                     })
                     .collect();
-                print!("{}", table::render(&["CIDR", "NODE IP", "VTEP MAC"], &rows));
+                print!(
+                    "{}",
+                    table::render(&["CIDR", "NODE IP", "MODE", "VTEP MAC"], &rows)
+                );
             }
         }
     }

@@ -20,7 +20,7 @@ use crate::{
     netdev::{self, Link},
     netns,
     pins::{PinDir, PinDirLock},
-    xdp,
+    remotes, xdp,
 };
 
 /// A pod to register, as the CLI or the CNI plugin describes it.
@@ -125,7 +125,11 @@ pub fn add_locked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<A
     }
     check_address(ip, &veth)?;
 
-    let mtu_warning = loader::pod_mtu_warning(&datapath.config()?, veth.index)?;
+    let mtu_warning = loader::pod_mtu_warning(
+        &datapath.config()?,
+        remotes::tunnel_overhead(&datapath)?,
+        veth.index,
+    )?;
     if xdp::is_on(pins)? {
         xdp::prepare_pod(&datapath, &veth)?;
     }

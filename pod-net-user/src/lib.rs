@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod cni;
 pub mod crashpoint;
 pub mod datapath;
+pub mod direct;
 pub mod endpoints;
 pub mod gc;
 pub mod loader;

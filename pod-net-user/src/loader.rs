@@ -34,7 +34,7 @@ use pod_net_common::{
 use crate::{
     attach, crashpoint,
     datapath::Datapath,
-    ebpf_object,
+    direct, ebpf_object,
     mac::MacAddr,
     netdev::{self, Link},
     peers,
@@ -208,7 +208,7 @@ fn load_on_bpffs(pins: &PinDir, options: &LoadOptions) -> Result<(PinDirLock, (b
         if new_map_pins.contains(&pins.map(map_table::PEER_NODES.name)) {
             // An upgrade from a build without `peer_nodes`: its remote
             // entries' nodes must stay peers, or their VXLAN is dropped.
-            peers::sync(pins, &remotes::node_ips(&Datapath::open(pins)?)?)?;
+            peers::sync(pins, &remotes::peer_flags(&Datapath::open(pins)?)?)?;
         }
         Ok((lock, loaded))
     })();
@@ -438,9 +438,10 @@ fn mtu_warnings(datapath: &Datapath, config: &Config) -> Result<Vec<String>> {
     if !config.has_underlay() {
         return Ok(Vec::new());
     }
+    let overhead = remotes::tunnel_overhead(datapath)?;
     let mut warnings = Vec::new();
     for (_, endpoint) in datapath.endpoint_entries()? {
-        if let Some(warning) = pod_mtu_warning(config, endpoint.ifindex)? {
+        if let Some(warning) = pod_mtu_warning(config, overhead, endpoint.ifindex)? {
             warnings.push(warning);
         }
     }
@@ -449,8 +450,13 @@ fn mtu_warnings(datapath: &Datapath, config: &Config) -> Result<Vec<String>> {
 }
 
 /// A warning when the pod behind `veth_ifindex` has an MTU that, plus the
-/// 50 bytes of VXLAN, exceeds the underlay MTU.
-pub fn pod_mtu_warning(config: &Config, veth_ifindex: u32) -> Result<Option<String>> {
+/// `overhead` its packets get between nodes (see
+/// [`remotes::tunnel_overhead`]), exceeds the underlay MTU.
+pub fn pod_mtu_warning(
+    config: &Config,
+    overhead: u32,
+    veth_ifindex: u32,
+) -> Result<Option<String>> {
     if !config.has_underlay() {
         return Ok(None);
     }
@@ -461,6 +467,16 @@ pub fn pod_mtu_warning(config: &Config, veth_ifindex: u32) -> Result<Option<Stri
         return Ok(None);
     };
     let pod_mtu = netdev::veth_peer(&veth)?.map_or(veth.mtu, |peer| peer.mtu);
+    if overhead == 0 {
+        return Ok((pod_mtu > underlay.mtu).then(|| {
+            format!(
+                "pod behind {} has MTU {pod_mtu}, more than {}'s MTU {}: packets to direct \
+                 nodes over {} bytes take the kernel's path (ICMP fragmentation needed or \
+                 fragments). Set the pod MTU to {}",
+                veth.name, underlay.name, underlay.mtu, underlay.mtu, underlay.mtu
+            )
+        }));
+    }
     Ok((pod_mtu + VXLAN_OVERHEAD > underlay.mtu).then(|| {
         format!(
             "pod behind {} has MTU {pod_mtu}; with VXLAN's {VXLAN_OVERHEAD} bytes that exceeds \
@@ -589,6 +605,10 @@ pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
         }
     }
     if let Some(config) = config.filter(Config::has_underlay) {
+        if let Some(underlay) = netdev::link_by_index(config.underlay_ifindex)? {
+            direct::remove_all_routes(&underlay)?;
+            direct::remove_link_local(&underlay, Ipv4Addr::from(config.node_ip))?;
+        }
         let device = tunnel::device_name(config.vni);
         // Reported only when there was one here to delete.
         if netdev::link_by_name(&device)?.is_some() {

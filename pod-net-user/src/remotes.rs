@@ -1,9 +1,10 @@
 //! Remote nodes: which node hosts which pod address. A single pod (a /32)
 //! goes in the `remote_pods` hash, a node's pod CIDR in the `remote_nodes`
-//! trie (see `pod_net_common::remote`); every entry is also routed through
-//! the tunnel device, the kernel's path for what the fast path leaves to it.
+//! trie (see `pod_net_common::remote`). Every entry is also routed in the
+//! kernel, its path for what the fast path leaves to it: through the tunnel
+//! device, or for a direct node out of the underlay (see `crate::direct`).
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr},
     os::fd::AsFd as _,
 };
@@ -11,14 +12,20 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, lpm_trie::Key};
 use pod_net_common::{
-    Config, RemoteAddr, RemoteNode, map_table,
-    remote::{IPV4_MAPPED_PREFIX_BITS, REMOTE_F_VTEP_MAC, derived_vtep_mac},
+    Config, RemoteAddr, RemoteNode,
+    config::VXLAN_OVERHEAD,
+    map_table,
+    remote::{
+        IPV4_MAPPED_PREFIX_BITS, PEER_F_DIRECT, PEER_F_VXLAN, REMOTE_F_DIRECT, REMOTE_F_VTEP_MAC,
+        derived_vtep_mac,
+    },
 };
 use serde::Serialize;
 
 use crate::{
     cidr::Cidr,
     datapath::{Datapath, endpoint_ip},
+    direct,
     mac::MacAddr,
     map_batch::{self, BatchError},
     netdev::{self, Link},
@@ -36,6 +43,47 @@ pub struct NodeSpec {
     /// The node's VTEP MAC (a flannel node's `VtepMAC`); derived from the
     /// node IP when absent, which is what pod-net nodes use.
     pub vtep_mac: Option<MacAddr>,
+    /// How the node is reached.
+    pub mode: Mode,
+}
+
+/// How a remote node's pods are reached. One node has one mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Encapsulated in VXLAN.
+    #[default]
+    Vxlan,
+    /// Unencapsulated, to a node on this node's L2 segment.
+    Direct,
+}
+
+impl Mode {
+    const fn of(node: &RemoteNode) -> Self {
+        if node.flags & REMOTE_F_DIRECT != 0 {
+            Self::Direct
+        } else {
+            Self::Vxlan
+        }
+    }
+
+    /// The `peer_nodes` flags of a node reached this way.
+    #[must_use]
+    pub const fn peer_flags(self) -> u32 {
+        match self {
+            Self::Vxlan => PEER_F_VXLAN,
+            Self::Direct => PEER_F_DIRECT,
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Vxlan => "vxlan",
+            Self::Direct => "direct",
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,19 +100,20 @@ pub struct NodeEntry {
     pub vtep_mac: MacAddr,
     /// Whether the VTEP MAC was given rather than derived.
     pub vtep_mac_given: bool,
+    pub mode: Mode,
 }
 
 /// Adds a remote entry; the same entry again changes nothing.
 pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
     let datapath = Datapath::open(pins)?;
     let config = datapath.config()?;
-    let device = tunnel_device(&config)?;
+    let links = Links::of(&config)?;
 
     let _lock = pins.lock()?;
-    let checked = check(&datapath, &config, std::slice::from_ref(spec), &[])?;
+    let checked = check(&datapath, &config, &links, std::slice::from_ref(spec), &[])?;
     let value = checked.values[0];
     let route = [remote_route(spec.cidr, &value)];
-    let new_peer = peers::admit(pins, &BTreeSet::from([spec.node_ip]))?;
+    let new_peer = peers::admit(pins, &peers_of(std::slice::from_ref(spec)))?;
     match insert_new(pins, &[spec.cidr], &[value]) {
         Ok(()) => {}
         Err(InsertFailure::Exists(_)) => {
@@ -72,7 +121,7 @@ pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
             if existing == value {
                 new_peer.keep();
                 // Make sure the kernel's side is there too.
-                tunnel::add_routes(&device, &route, &checked.routed)?;
+                links.add_routes(&config, &route, &checked.routed)?;
                 return Ok(AddOutcome::Unchanged);
             }
             bail!(
@@ -84,10 +133,10 @@ pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
         }
         Err(failure) => return Err(failure.into_error(&datapath, &[spec.cidr])),
     }
-    if let Err(err) = tunnel::add_routes(&device, &route, &checked.routed) {
+    if let Err(err) = links.add_routes(&config, &route, &checked.routed) {
         // Leave the node as it was.
         let _ = delete(pins, &[spec.cidr]);
-        checked.undo(&device, &route);
+        checked.undo(&links, &route);
         return Err(err);
     }
     new_peer.keep();
@@ -105,22 +154,22 @@ pub fn add_many(pins: &PinDir, _lock: &PinDirLock, specs: &[NodeSpec]) -> Result
     }
     let datapath = Datapath::open(pins)?;
     let config = datapath.config()?;
-    let device = tunnel_device(&config)?;
+    let links = Links::of(&config)?;
     let cidrs: Vec<Cidr> = specs.iter().map(|spec| spec.cidr).collect();
 
-    let checked = check(&datapath, &config, specs, &[])?;
+    let checked = check(&datapath, &config, &links, specs, &[])?;
     let routes: Vec<RemoteRoute> = cidrs
         .iter()
         .zip(&checked.values)
         .map(|(cidr, value)| remote_route(*cidr, value))
         .collect();
-    let new_peers = peers::admit(pins, &specs.iter().map(|spec| spec.node_ip).collect())?;
+    let new_peers = peers::admit(pins, &peers_of(specs))?;
     insert_new(pins, &cidrs, &checked.values)
         .map_err(|failure| failure.into_error(&datapath, &cidrs))?;
-    if let Err(err) = tunnel::add_routes(&device, &routes, &checked.routed) {
+    if let Err(err) = links.add_routes(&config, &routes, &checked.routed) {
         // Leave the node as it was.
         let _ = delete(pins, &cidrs);
-        checked.undo(&device, &routes);
+        checked.undo(&links, &routes);
         return Err(err.context("nothing was added"));
     }
     new_peers.keep();
@@ -130,10 +179,20 @@ pub fn add_many(pins: &PinDir, _lock: &PinDirLock, specs: &[NodeSpec]) -> Result
 /// Checks new entries without changing anything: against this node (see
 /// [`crate::overlap`]) and against the entries already there, less `replaced`
 /// (which the caller removes first, as `apply` does). One node IP has one
-/// VTEP MAC and one VTEP MAC one node IP; a node IP must not lie inside a
-/// remote prefix, or the tunnel would carry its own underlay.
+/// VTEP MAC and one mode, and one VTEP MAC one node IP; a node IP must not
+/// lie inside a remote prefix, or the tunnel would carry its own underlay;
+/// a direct node must be on an underlay subnet.
 pub fn validate(datapath: &Datapath, specs: &[NodeSpec], replaced: &[Cidr]) -> Result<()> {
-    check(datapath, &datapath.config()?, specs, replaced).map(drop)
+    let config = datapath.config()?;
+    check(datapath, &config, &Links::of(&config)?, specs, replaced).map(drop)
+}
+
+/// The `peer_nodes` entries the nodes of `specs` need.
+fn peers_of(specs: &[NodeSpec]) -> BTreeMap<Ipv4Addr, u32> {
+    specs
+        .iter()
+        .map(|spec| (spec.node_ip, spec.mode.peer_flags()))
+        .collect()
 }
 
 /// What [`check`] learnt: the values to store, and what to undo with.
@@ -148,7 +207,7 @@ struct Checked {
 impl Checked {
     /// Takes back the kernel side of a failed add: the routes it created
     /// and the neighbour and FDB entries of nodes that were new.
-    fn undo(&self, device: &Link, routes: &[RemoteRoute]) {
+    fn undo(&self, links: &Links, routes: &[RemoteRoute]) {
         let created: Vec<RemoteRoute> = routes
             .iter()
             .filter(|route| !self.routed.contains(&route.cidr))
@@ -156,7 +215,7 @@ impl Checked {
             .collect();
         let new_nodes: BTreeSet<tunnel::GoneNode> = routes
             .iter()
-            .filter(|route| !self.known_nodes.contains(&route.node_ip.octets()))
+            .filter(|route| !route.direct && !self.known_nodes.contains(&route.node_ip.octets()))
             .map(|route| tunnel::GoneNode {
                 node_ip: route.node_ip,
                 vtep_mac: route.vtep_mac,
@@ -164,13 +223,14 @@ impl Checked {
             })
             .collect();
         let new_nodes: Vec<tunnel::GoneNode> = new_nodes.into_iter().collect();
-        let _ = tunnel::remove_routes(device, &created, &new_nodes);
+        let _ = links.remove_routes(&created, &new_nodes);
     }
 }
 
 fn check(
     datapath: &Datapath,
     config: &Config,
+    links: &Links,
     specs: &[NodeSpec],
     replaced: &[Cidr],
 ) -> Result<Checked> {
@@ -194,12 +254,12 @@ fn check(
         .iter()
         .map(|(key, _)| endpoint_ip(key))
         .collect();
-    let host = HostView::new(
-        netdev::all_addresses()?,
-        routes.clone(),
-        pods,
-        netdev::link_names()?,
-    );
+    let addresses = netdev::all_addresses()?;
+    for spec in specs.iter().filter(|spec| spec.mode == Mode::Direct) {
+        direct::check_on_link(&links.underlay, &addresses, spec.node_ip)
+            .map_err(|error| at(spec, error))?;
+    }
+    let host = HostView::new(addresses, routes.clone(), pods, netdev::link_names()?);
     for spec in specs {
         host.check_prefix(spec.cidr)?;
         host.check_node_ip(spec.node_ip)
@@ -223,24 +283,41 @@ fn check(
     })
 }
 
-/// The checks between entries: one node IP, one VTEP MAC, and the other
-/// way round; no node IP inside a remote prefix.
+/// The checks between entries: one node IP, one VTEP MAC and one mode, and
+/// one VTEP MAC, one node IP; no node IP inside a remote prefix.
 fn check_nodes(
     current: &[(Cidr, RemoteNode)],
     specs: &[NodeSpec],
     values: &[RemoteNode],
 ) -> Result<()> {
     let mut mac_of: HashMap<[u8; 4], ([u8; 6], Cidr)> = HashMap::new();
+    let mut mode_of: HashMap<[u8; 4], (Mode, Cidr)> = HashMap::new();
     let mut node_of: HashMap<[u8; 6], ([u8; 4], Cidr)> = HashMap::new();
     let new_cidrs: HashSet<Cidr> = specs.iter().map(|spec| spec.cidr).collect();
     // An entry being added again is no conflict with itself.
     for (cidr, node) in current.iter().filter(|(cidr, _)| !new_cidrs.contains(cidr)) {
         mac_of.entry(node.node_ip).or_insert((node.vtep_mac, *cidr));
+        mode_of
+            .entry(node.node_ip)
+            .or_insert((Mode::of(node), *cidr));
         node_of
             .entry(node.vtep_mac)
             .or_insert((node.node_ip, *cidr));
     }
     for (spec, value) in specs.iter().zip(values) {
+        match mode_of.get(&value.node_ip) {
+            Some((other, cidr)) if *other != spec.mode => bail!(
+                "node {} is already reached by {other} (for {cidr}); one node has one mode, so \
+                 {} cannot go to it by {}",
+                spec.node_ip,
+                spec.cidr,
+                spec.mode
+            ),
+            Some(_) => {}
+            None => {
+                mode_of.insert(value.node_ip, (spec.mode, spec.cidr));
+            }
+        }
         let mac = MacAddr(value.vtep_mac);
         match mac_of.get(&value.node_ip) {
             Some((other, cidr)) if *other != value.vtep_mac => bail!(
@@ -348,7 +425,7 @@ pub fn del_many(pins: &PinDir, _lock: &PinDirLock, cidrs: &[Cidr]) -> Result<Vec
             .filter(|(_, node)| !still_used.contains(&node.node_ip))
             .map(|(_, node)| Ipv4Addr::from(node.node_ip)),
     )?;
-    if let Ok(device) = tunnel_device(&config) {
+    if let Ok(links) = Links::of(&config) {
         let routes: Vec<RemoteRoute> = removed
             .iter()
             .map(|(cidr, node)| remote_route(*cidr, node))
@@ -358,10 +435,10 @@ pub fn del_many(pins: &PinDir, _lock: &PinDirLock, cidrs: &[Cidr]) -> Result<Vec
             .map(|(cidr, node)| remote_route(*cidr, node))
             .collect();
         let (gone, restore) = gone_nodes(&routes, &remaining);
-        tunnel::remove_routes(&device, &routes, &gone)?;
+        links.remove_routes(&routes, &gone)?;
         // A node left with another MAC (entries from before one node IP
         // had one MAC) gets its neighbour entry back.
-        tunnel::set_nodes(&device, &restore)?;
+        tunnel::set_nodes(&links.tunnel, &restore)?;
     }
     Ok(removed
         .iter()
@@ -369,13 +446,16 @@ pub fn del_many(pins: &PinDir, _lock: &PinDirLock, cidrs: &[Cidr]) -> Result<Vec
         .collect())
 }
 
-/// The (node, VTEP MAC) pairs of `removed` that no `remaining` entry uses,
-/// and the remaining entries of those nodes that are still in use, whose
-/// neighbour and FDB entries must be set again.
+/// The (node, VTEP MAC) pairs of VXLAN `removed` that no `remaining` entry
+/// uses, and the remaining entries of those nodes that are still in use,
+/// whose neighbour and FDB entries must be set again. Direct nodes have
+/// neither.
 fn gone_nodes(
     removed: &[RemoteRoute],
     remaining: &[RemoteRoute],
 ) -> (Vec<tunnel::GoneNode>, Vec<RemoteRoute>) {
+    let removed: Vec<&RemoteRoute> = removed.iter().filter(|route| !route.direct).collect();
+    let remaining: Vec<&RemoteRoute> = remaining.iter().filter(|route| !route.direct).collect();
     let pairs: HashSet<(Ipv4Addr, [u8; 6])> = remaining
         .iter()
         .map(|route| (route.node_ip, route.vtep_mac.0))
@@ -398,7 +478,7 @@ fn gone_nodes(
     let restore = remaining
         .iter()
         .filter(|route| still_used.contains(&route.node_ip))
-        .copied()
+        .map(|route| **route)
         .collect();
     (gone.into_iter().collect(), restore)
 }
@@ -575,13 +655,25 @@ pub fn node_value(spec: &NodeSpec, config: &Config) -> Result<RemoteNode> {
     if spec.node_ip == Ipv4Addr::from(config.node_ip) {
         bail!("{} is this node's own underlay address", spec.node_ip);
     }
+    if spec.mode == Mode::Direct && spec.vtep_mac.is_some() {
+        bail!(
+            "{} goes to node {} directly, without VXLAN, so it takes no VTEP MAC",
+            spec.cidr,
+            spec.node_ip
+        );
+    }
+    let vtep_mac_flag = if spec.vtep_mac.is_some() {
+        REMOTE_F_VTEP_MAC
+    } else {
+        0
+    };
+    let direct_flag = match spec.mode {
+        Mode::Vxlan => 0,
+        Mode::Direct => REMOTE_F_DIRECT,
+    };
     Ok(RemoteNode {
         node_ip: spec.node_ip.octets(),
-        flags: if spec.vtep_mac.is_some() {
-            REMOTE_F_VTEP_MAC
-        } else {
-            0
-        },
+        flags: vtep_mac_flag | direct_flag,
         vtep_mac: spec
             .vtep_mac
             .map_or_else(|| derived_vtep_mac(spec.node_ip.octets()), |mac| mac.0),
@@ -594,6 +686,7 @@ fn remote_route(cidr: Cidr, node: &RemoteNode) -> RemoteRoute {
         cidr,
         node_ip: Ipv4Addr::from(node.node_ip),
         vtep_mac: MacAddr(node.vtep_mac),
+        direct: Mode::of(node) == Mode::Direct,
     }
 }
 
@@ -603,12 +696,26 @@ fn open_table(pins: &PinDir, table: Table) -> Result<MapData> {
     MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
 }
 
-/// The nodes the remote entries send to: the peers whose VXLAN is opened.
-pub fn node_ips(datapath: &Datapath) -> Result<BTreeSet<Ipv4Addr>> {
-    Ok(entries(datapath)?
-        .iter()
-        .map(|(_, node)| Ipv4Addr::from(node.node_ip))
-        .collect())
+/// The nodes the remote entries send to, with their `peer_nodes` flags:
+/// the peers whose VXLAN is opened, or whose plain IP is let in.
+pub fn peer_flags(datapath: &Datapath) -> Result<BTreeMap<Ipv4Addr, u32>> {
+    let mut peers: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
+    for (_, node) in entries(datapath)? {
+        *peers.entry(Ipv4Addr::from(node.node_ip)).or_default() |= Mode::of(&node).peer_flags();
+    }
+    Ok(peers)
+}
+
+/// The bytes pods' packets to other nodes grow by: VXLAN's, unless every
+/// remote entry is direct, when pods may use the underlay's full MTU. With
+/// no entries yet, VXLAN's: the first node may well need it.
+pub fn tunnel_overhead(datapath: &Datapath) -> Result<u32> {
+    let entries = entries(datapath)?;
+    let all_direct = !entries.is_empty()
+        && entries
+            .iter()
+            .all(|(_, node)| Mode::of(node) == Mode::Direct);
+    Ok(if all_direct { 0 } else { VXLAN_OVERHEAD })
 }
 
 /// The prefixes of every remote entry, unsorted.
@@ -636,21 +743,64 @@ fn node_entry(cidr: Cidr, node: &RemoteNode) -> NodeEntry {
         node_ip: Ipv4Addr::from(node.node_ip),
         vtep_mac: MacAddr(node.vtep_mac),
         vtep_mac_given: node.flags & REMOTE_F_VTEP_MAC != 0,
+        mode: Mode::of(node),
     }
 }
 
-/// The tunnel device of a datapath loaded with an underlay.
-fn tunnel_device(config: &Config) -> Result<Link> {
-    if !config.has_underlay() {
-        bail!(
-            "pod-net was loaded without an underlay; run `pod-net load --underlay IFACE \
-             --node-ip IPV4` first"
-        );
+/// The interfaces the kernel's routes for remote entries leave by: the
+/// tunnel device for VXLAN nodes, the underlay for direct ones.
+struct Links {
+    tunnel: Link,
+    underlay: Link,
+}
+
+impl Links {
+    /// The links of a datapath loaded with an underlay.
+    fn of(config: &Config) -> Result<Self> {
+        if !config.has_underlay() {
+            bail!(
+                "pod-net was loaded without an underlay; run `pod-net load --underlay IFACE \
+                 --node-ip IPV4` first"
+            );
+        }
+        let name = tunnel::device_name(config.vni);
+        let tunnel = netdev::link_by_name(&name)?.with_context(|| {
+            format!("the tunnel device {name} is missing; run `pod-net load` again to recreate it")
+        })?;
+        let underlay = netdev::link_by_index(config.underlay_ifindex)?.with_context(|| {
+            format!(
+                "the underlay (ifindex {}) is gone; run `pod-net load` again",
+                config.underlay_ifindex
+            )
+        })?;
+        Ok(Self { tunnel, underlay })
     }
-    let name = tunnel::device_name(config.vni);
-    netdev::link_by_name(&name)?.with_context(|| {
-        format!("the tunnel device {name} is missing; run `pod-net load` again to recreate it")
-    })
+
+    /// Routes `routes` each its way. Direct IPv6 prefixes need this node's
+    /// link-local stand-in on the underlay: direct peers route to theirs.
+    fn add_routes(
+        &self,
+        config: &Config,
+        routes: &[RemoteRoute],
+        ours: &BTreeSet<Cidr>,
+    ) -> Result<()> {
+        let (direct, vxlan): (Vec<RemoteRoute>, Vec<RemoteRoute>) =
+            routes.iter().partition(|route| route.direct);
+        if !direct.is_empty() {
+            direct::ensure_link_local(&self.underlay, Ipv4Addr::from(config.node_ip), &direct)?;
+        }
+        tunnel::add_routes(&self.tunnel, &vxlan, ours)?;
+        direct::add_routes(&self.underlay, &direct, ours)
+    }
+
+    /// Removes the routes of `routes` each from its link, and the
+    /// neighbour and FDB entries of `gone` VXLAN nodes.
+    fn remove_routes(&self, routes: &[RemoteRoute], gone: &[tunnel::GoneNode]) -> Result<()> {
+        let (direct, vxlan): (Vec<RemoteRoute>, Vec<RemoteRoute>) =
+            routes.iter().partition(|route| route.direct);
+        tunnel::remove_routes(&self.tunnel, &vxlan, gone)?;
+        direct::remove_routes(&self.underlay, &direct)
+    }
 }
 
 /// The trie key for a prefix (IPv4 is IPv4-mapped: 96 more bits).

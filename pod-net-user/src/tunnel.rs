@@ -119,6 +119,9 @@ pub struct RemoteRoute {
     pub cidr: Cidr,
     pub node_ip: Ipv4Addr,
     pub vtep_mac: MacAddr,
+    /// Routed out of the underlay to the node itself (see `crate::direct`),
+    /// not through the tunnel device.
+    pub direct: bool,
 }
 
 /// Routes each prefix to its node through the tunnel device, with the
@@ -135,21 +138,47 @@ pub struct RemoteRoute {
 /// the node's VTEP MAC; the FDB entry then sends that MAC over IPv4.
 pub fn add_routes(device: &Link, routes: &[RemoteRoute], ours: &BTreeSet<Cidr>) -> Result<()> {
     let (mut messages, mut describe) = node_messages(device, routes);
-    for remote in routes {
-        let flags = if ours.contains(&remote.cidr) {
-            NLM_F_CREATE | NLM_F_REPLACE
-        } else {
-            NLM_F_CREATE | NLM_F_EXCL
-        };
-        messages.push((
-            RouteNetlinkMessage::NewRoute(route(device, remote.cidr, remote.node_ip)),
-            flags,
-        ));
-        describe.push(format!(
-            "adding route {} via {} on {}",
-            remote.cidr, remote.node_ip, device.name
-        ));
-    }
+    let (routes, described) = route_requests(device, routes, ours);
+    messages.extend(routes);
+    describe.extend(described);
+    send_route_requests(messages, &describe)
+}
+
+/// Requests routing each of `routes` out of `link`: replacing pod-net's
+/// own route for a prefix in `ours`, creating any other exclusively.
+pub(crate) fn route_requests(
+    link: &Link,
+    routes: &[RemoteRoute],
+    ours: &BTreeSet<Cidr>,
+) -> (Vec<(RouteNetlinkMessage, u16)>, Vec<String>) {
+    routes
+        .iter()
+        .map(|remote| {
+            let flags = if ours.contains(&remote.cidr) {
+                NLM_F_CREATE | NLM_F_REPLACE
+            } else {
+                NLM_F_CREATE | NLM_F_EXCL
+            };
+            (
+                (
+                    RouteNetlinkMessage::NewRoute(route(link.index, remote.cidr, remote.node_ip)),
+                    flags,
+                ),
+                format!(
+                    "adding route {} via {} on {}",
+                    remote.cidr, remote.node_ip, link.name
+                ),
+            )
+        })
+        .unzip()
+}
+
+/// Sends `messages` on one socket; `describe` says what each does. EEXIST
+/// means a route that is not pod-net's holds the prefix.
+pub(crate) fn send_route_requests(
+    messages: Vec<(RouteNetlinkMessage, u16)>,
+    describe: &[String],
+) -> Result<()> {
     netlink::change_all(messages, &[]).map_err(|(index, error)| {
         if error.raw_os_error() == Some(libc::EEXIST) {
             anyhow::anyhow!(
@@ -160,6 +189,25 @@ pub fn add_routes(device: &Link, routes: &[RemoteRoute], ours: &BTreeSet<Cidr>) 
             anyhow::Error::new(error).context(describe[index].clone())
         }
     })
+}
+
+/// Requests removing pod-net's routes for `routes` out of `link`.
+pub(crate) fn route_removals(
+    link: &Link,
+    routes: &[RemoteRoute],
+) -> (Vec<(RouteNetlinkMessage, u16)>, Vec<String>) {
+    routes
+        .iter()
+        .map(|remote| {
+            (
+                (
+                    RouteNetlinkMessage::DelRoute(route(link.index, remote.cidr, remote.node_ip)),
+                    0,
+                ),
+                format!("removing route {} on {}", remote.cidr, link.name),
+            )
+        })
+        .unzip()
 }
 
 /// Sets the neighbour and FDB entries of the nodes `routes` go to (and the
@@ -212,15 +260,7 @@ fn node_messages(
 /// `gone_nodes` and, for those no prefix uses any more (`last` true), their
 /// neighbour entries. What is already gone is not an error.
 pub fn remove_routes(device: &Link, routes: &[RemoteRoute], gone_nodes: &[GoneNode]) -> Result<()> {
-    let mut messages = Vec::new();
-    let mut describe = Vec::new();
-    for remote in routes {
-        messages.push((
-            RouteNetlinkMessage::DelRoute(route(device, remote.cidr, remote.node_ip)),
-            0,
-        ));
-        describe.push(format!("removing route {} on {}", remote.cidr, device.name));
-    }
+    let (mut messages, mut describe) = route_removals(device, routes);
     for gone in gone_nodes {
         let (node_ip, vtep_mac) = (gone.node_ip, gone.vtep_mac);
         messages.push((
@@ -343,7 +383,10 @@ pub fn link_local_next_hop(node_ip: Ipv4Addr) -> Ipv6Addr {
     )
 }
 
-fn route(device: &Link, cidr: Cidr, node_ip: Ipv4Addr) -> RouteMessage {
+/// pod-net's route for `cidr` via `node_ip` (IPv6: its link-local stand-in)
+/// out of interface `oif`: the tunnel device, or the underlay for a direct
+/// node.
+fn route(oif: u32, cidr: Cidr, node_ip: Ipv4Addr) -> RouteMessage {
     let mut message = RouteMessage::default();
     let (family, destination, gateway) = match cidr.addr {
         IpAddr::V4(destination) => (
@@ -370,7 +413,7 @@ fn route(device: &Link, cidr: Cidr, node_ip: Ipv4Addr) -> RouteMessage {
     message.attributes = vec![
         RouteAttribute::Destination(destination),
         RouteAttribute::Gateway(gateway),
-        RouteAttribute::Oif(device.index),
+        RouteAttribute::Oif(oif),
     ];
     message
 }

@@ -29,7 +29,7 @@ use crate::{
     mac::MacAddr,
     netdev::{self, Link, LinkKind},
     pins::{PinDir, PinDirLock},
-    remotes::{self, NodeEntry},
+    remotes::{self, Mode, NodeEntry},
     tunnel::{self, DeviceContents, DeviceRoute, RemoteRoute},
 };
 
@@ -137,9 +137,11 @@ pub fn device(config: &Config) -> Result<Option<Link>> {
         .filter(|link| link.kind == LinkKind::Vxlan))
 }
 
-/// The fixes that bring `device` in step with the remote entries. Read-only.
+/// The fixes that bring `device` in step with the VXLAN remote entries
+/// (direct ones are routed out of the underlay instead). Read-only.
 pub fn plan(pins: &PinDir, device: &Link) -> Result<Vec<Fix>> {
-    let entries = remotes::list(pins)?;
+    let mut entries = remotes::list(pins)?;
+    entries.retain(|entry| entry.mode == Mode::Vxlan);
     let contents =
         tunnel::contents(device).with_context(|| format!("listing what {} holds", device.name))?;
     Ok(diff(&entries, &contents))
@@ -188,6 +190,7 @@ pub fn execute(device: &Link, fixes: &[Fix]) -> Result<()> {
                         cidr,
                         node_ip,
                         vtep_mac,
+                        direct: false,
                     },
                 );
             }
@@ -348,6 +351,7 @@ mod tests {
             node_ip: Ipv4Addr::from(node),
             vtep_mac: MacAddr(derived_vtep_mac(node)),
             vtep_mac_given: false,
+            mode: Mode::Vxlan,
         }
     }
 

@@ -610,3 +610,196 @@ fn ipv4_mapped_pod_addresses_are_ipv4() {
         format!("+ pod {ip} on {}\n1 change(s) applied\n", pod.host_veth)
     );
 }
+
+/// `node add --direct`: the prefix is routed out of the underlay to the
+/// node itself (IPv6 via its link-local stand-in, which each node with
+/// direct peers puts on its underlay), nothing goes on the tunnel device,
+/// `node list` says so, and `node del` and `unload` take it all back.
+#[test]
+fn direct_nodes_are_routed_out_of_the_underlay() {
+    if !require_root("direct_nodes_are_routed_out_of_the_underlay") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec {
+        nodes: 2,
+        pods_per_node: 1,
+        ipv6: true,
+        ..RigSpec::default()
+    })
+    .expect("build rig");
+    let node = rig.node(1);
+    node.load_cross_node().unwrap();
+    let tunnel_before = kernel(node)[1..].to_vec();
+    for (cidr, said) in [
+        (
+            "10.244.2.0/24",
+            "added 10.244.2.0/24 via node 192.168.100.2 (direct)\n",
+        ),
+        (
+            "fd00:10:244:2::/64",
+            "added fd00:10:244:2::/64 via node 192.168.100.2 (direct)\n",
+        ),
+    ] {
+        let output = pod_net(
+            node,
+            &[
+                "node",
+                "add",
+                "--cidr",
+                cidr,
+                "--node-ip",
+                "192.168.100.2",
+                "--direct",
+            ],
+        );
+        assert_added(&output);
+        assert_eq!(String::from_utf8_lossy(&output.stdout), said);
+    }
+    assert_eq!(
+        node.ip(&["-4", "route", "show", "proto", "112"]).unwrap(),
+        "10.244.2.0/24 via 192.168.100.2 dev eth0 onlink \n"
+    );
+    assert_eq!(
+        node.ip(&["-6", "route", "show", "proto", "112"]).unwrap(),
+        "fd00:10:244:2::/64 via fe80::c0a8:6402 dev eth0 metric 1024 onlink pref medium\n"
+    );
+    assert!(
+        node.ip(&["-6", "addr", "show", "dev", "eth0"])
+            .unwrap()
+            .contains("inet6 fe80::c0a8:6401/64 scope link nodad"),
+        "node 1's link-local stand-in is on its underlay"
+    );
+    assert_eq!(
+        kernel(node)[1..],
+        tunnel_before,
+        "the tunnel device holds nothing new"
+    );
+    let listed = remote_entries(node);
+    assert_eq!(listed[0]["mode"], serde_json::json!("direct"));
+    assert_eq!(listed[1]["mode"], serde_json::json!("direct"));
+    let table = node.pod_net(&["node", "list"]).unwrap();
+    assert!(
+        table.contains("10.244.2.0/24") && table.lines().nth(1).unwrap().contains("direct"),
+        "{table}"
+    );
+
+    // Again is no change; del takes the route back.
+    let again = pod_net(
+        node,
+        &[
+            "node",
+            "add",
+            "--cidr",
+            "10.244.2.0/24",
+            "--node-ip",
+            "192.168.100.2",
+            "--direct",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        "10.244.2.0/24 via node 192.168.100.2 (direct) is already there\n"
+    );
+    node.pod_net(&["node", "del", "--cidr", "10.244.2.0/24"])
+        .unwrap();
+    assert_eq!(
+        node.ip(&["-4", "route", "show", "proto", "112"]).unwrap(),
+        ""
+    );
+    node.pod_net(&["unload"]).unwrap();
+    assert_eq!(
+        node.ip(&["-6", "route", "show", "proto", "112"]).unwrap(),
+        ""
+    );
+    assert!(
+        !node
+            .ip(&["-6", "addr", "show", "dev", "eth0"])
+            .unwrap()
+            .contains("fe80::c0a8:6401"),
+        "unload takes the link-local stand-in back"
+    );
+}
+
+/// A direct node must be on the underlay's subnet, has no VTEP MAC, and a
+/// node keeps one mode; each refusal leaves nothing behind.
+#[test]
+fn direct_nodes_off_the_segment_or_in_two_modes_are_refused() {
+    if !require_root("direct_nodes_off_the_segment_or_in_two_modes_are_refused") {
+        return;
+    }
+    let rig = rig();
+    let node = rig.node(1);
+    let before = kernel(node);
+    assert_refused(
+        &pod_net(
+            node,
+            &[
+                "node",
+                "add",
+                "--cidr",
+                "10.244.7.0/24",
+                "--node-ip",
+                "192.168.77.7",
+                "--direct",
+            ],
+        ),
+        "node 192.168.77.7 is not on a subnet of the underlay eth0 (192.168.100.0/24): direct \
+         routing needs a node on the same L2 segment, as a gateway would drop pod addresses; \
+         reach it over VXLAN instead",
+    );
+    let both = pod_net(
+        node,
+        &[
+            "node",
+            "add",
+            "--cidr",
+            "10.244.2.0/24",
+            "--node-ip",
+            "192.168.100.2",
+            "--direct",
+            "--vtep-mac",
+            "0e:6e:c0:a8:64:02",
+        ],
+    );
+    assert_eq!(both.status.code(), Some(2), "clap refuses the pair");
+    // This rig's underlay has IPv6 off.
+    assert_refused(
+        &pod_net(
+            node,
+            &[
+                "node",
+                "add",
+                "--cidr",
+                "fd00:10:244:2::/64",
+                "--node-ip",
+                "192.168.100.2",
+                "--direct",
+            ],
+        ),
+        "fd00:10:244:2::/64 cannot be routed directly: IPv6 is off on the underlay eth0 \
+         (net.ipv6.conf.eth0.disable_ipv6)",
+    );
+    assert_eq!(kernel(node), before);
+    assert_eq!(remote_entries(node), serde_json::json!([]));
+
+    assert_added(&node_add(node, "10.244.2.0/24", "192.168.100.2"));
+    let before = kernel(node);
+    assert_refused(
+        &pod_net(
+            node,
+            &[
+                "node",
+                "add",
+                "--cidr",
+                "10.244.3.0/24",
+                "--node-ip",
+                "192.168.100.2",
+                "--direct",
+            ],
+        ),
+        "node 192.168.100.2 is already reached by vxlan (for 10.244.2.0/24); one node has one \
+         mode, so 10.244.3.0/24 cannot go to it by direct",
+    );
+    assert_eq!(kernel(node), before);
+    assert_eq!(remote_entries(node).as_array().unwrap().len(), 1);
+}

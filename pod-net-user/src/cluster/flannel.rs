@@ -153,6 +153,12 @@ struct RawBackend {
     vni: Option<u32>,
     #[serde(rename = "Port", alias = "port")]
     port: Option<u16>,
+    #[serde(
+        rename = "DirectRouting",
+        alias = "directRouting",
+        alias = "directrouting"
+    )]
+    direct_routing: Option<bool>,
 }
 
 /// The network, with flannel's defaults filled in.
@@ -164,6 +170,9 @@ pub struct NetworkConfig {
     pub subnet_max: Ipv4Addr,
     pub vni: u32,
     pub port: u16,
+    /// `Backend.DirectRouting`: peers on one of this node's underlay
+    /// subnets are routed to directly, the others over VXLAN.
+    pub direct_routing: bool,
 }
 
 impl NetworkConfig {
@@ -223,6 +232,7 @@ impl NetworkConfig {
             kind: Some("udp".into()),
             vni: None,
             port: None,
+            direct_routing: None,
         });
         let kind = backend.kind.unwrap_or_default();
         if kind != VXLAN {
@@ -249,6 +259,7 @@ impl NetworkConfig {
                 .port
                 .filter(|port| *port != 0)
                 .unwrap_or(DEFAULT_PORT),
+            direct_routing: backend.direct_routing.unwrap_or(false),
         })
     }
 
@@ -388,6 +399,18 @@ mod tests {
     }
 
     #[test]
+    fn direct_routing_is_read_as_flannel_spells_it() {
+        for json in [
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","directRouting":true}}"#,
+        ] {
+            assert!(config(json).unwrap().direct_routing, "{json}");
+        }
+        let off = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":false}}"#;
+        assert!(!config(off).unwrap().direct_routing);
+    }
+
+    #[test]
     fn defaults_are_flannels() {
         let parsed = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
         assert_eq!(
@@ -399,6 +422,7 @@ mod tests {
                 subnet_max: Ipv4Addr::new(10, 244, 255, 0),
                 vni: 1,
                 port: 8472,
+                direct_routing: false,
             }
         );
         // A /24 network: /26 subnets, the first skipped.

@@ -34,6 +34,9 @@ use self::{
 };
 use crate::{
     apply::{self, RemoteConfig},
+    cidr::Cidr,
+    datapath::Datapath,
+    direct,
     loader::{self, LoadOptions, UnderlayOptions},
     netdev,
     pins::PinDir,
@@ -745,12 +748,28 @@ fn accept(
     }
 }
 
-fn remote(peer: &Peer) -> RemoteConfig {
+/// The remote entry for a peer: direct when `direct_subnets` (see
+/// [`direct_subnets`]) holds its address, as flannel's `DirectRouting`
+/// does; over VXLAN to its VTEP MAC otherwise.
+fn remote(peer: &Peer, direct_subnets: &[Cidr]) -> RemoteConfig {
+    let direct = direct::on_link(direct_subnets, peer.public_ip);
     RemoteConfig {
         cidr: peer.subnet.cidr(),
         node_ip: peer.public_ip,
-        vtep_mac: Some(peer.vtep_mac),
+        vtep_mac: (!direct).then_some(peer.vtep_mac),
+        direct,
     }
+}
+
+/// The underlay subnets whose peers are routed to directly: none unless
+/// the network config asks for `DirectRouting`. Read afresh each time, so
+/// an address change on the underlay is followed.
+fn direct_subnets(pins: &PinDir, joined: &Joined) -> anyhow::Result<Vec<Cidr>> {
+    if !joined.config.direct_routing {
+        return Ok(Vec::new());
+    }
+    let underlay = Datapath::open(pins)?.config()?.underlay_ifindex;
+    Ok(direct::subnets(underlay, &netdev::all_addresses()?))
 }
 
 /// Makes the remote-node entries equal to `peers` with `apply`'s diff
@@ -763,13 +782,15 @@ fn reconcile(
     peers: &BTreeMap<String, Peer>,
     revision: i64,
 ) -> bool {
-    // One entry per subnet (flannel's dual-stack keys name a subnet twice).
-    let nodes: BTreeMap<_, _> = peers
-        .values()
-        .map(|peer| (peer.subnet, remote(peer)))
-        .collect();
-    let result = apply::run_nodes(pins, nodes.into_values().collect())
-        .map(|changes| report(&changes, peers.len(), revision));
+    let result = direct_subnets(pins, joined).and_then(|direct_subnets| {
+        // One entry per subnet (flannel's dual-stack keys name a subnet twice).
+        let nodes: BTreeMap<_, _> = peers
+            .values()
+            .map(|peer| (peer.subnet, remote(peer, &direct_subnets)))
+            .collect();
+        apply::run_nodes(pins, nodes.into_values().collect())
+            .map(|changes| report(&changes, peers.len(), revision))
+    });
     synced(joined, peers, revision, result)
 }
 
@@ -785,6 +806,13 @@ fn apply_update(
     peers: &BTreeMap<String, Peer>,
     revision: i64,
 ) -> bool {
+    let direct_subnets = match direct_subnets(pins, joined) {
+        Ok(subnets) => subnets,
+        Err(err) => {
+            warn!("etcd: {err:#}; reconciling every entry");
+            return reconcile(pins, joined, peers, revision);
+        }
+    };
     let (mut removed, mut added) = (Vec::new(), Vec::new());
     for (key, old) in before {
         let new = peers.get(key);
@@ -795,7 +823,7 @@ fn apply_update(
             removed.push(old.subnet.cidr());
         }
         if let Some(new) = new {
-            added.push(remote(new));
+            added.push(remote(new, &direct_subnets));
         }
     }
     match apply::change_nodes(pins, &removed, added) {

@@ -1054,3 +1054,84 @@ fn a_watch_resumed_past_a_compaction_lists_again_and_converges() {
         "{log}"
     );
 }
+
+/// `(cidr, mode)` of every remote entry on `node`.
+fn modes(node: &Node) -> Vec<(String, String)> {
+    let text = node.pod_net(&["node", "list", "--json"]).unwrap();
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let mut modes: Vec<(String, String)> = entries
+        .iter()
+        .map(|entry| {
+            (
+                entry["cidr"].as_str().unwrap().to_owned(),
+                entry["mode"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    modes.sort();
+    modes
+}
+
+/// flannel's `Backend.DirectRouting`: peers on the underlay's subnet are
+/// routed to directly (pods reach each other with `direct_out` and
+/// `direct_in`, no VXLAN), a peer elsewhere over VXLAN.
+#[test]
+fn direct_routing_reaches_peers_on_the_segment_directly_and_others_over_vxlan() {
+    if !require_root("direct_routing_reaches_peers_on_the_segment_directly") {
+        return;
+    }
+    let rig = rig(2);
+    let etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
+    )
+    .unwrap();
+    // A node on another subnet, which only VXLAN can reach.
+    etcd.put(
+        &lease_key("10.244.77.0/24"),
+        r#"{"PublicIP":"192.168.77.7","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:aa:00:00:00:77"}}"#,
+    )
+    .unwrap();
+    let (node_1, node_2) = (rig.node(1), rig.node(2));
+    let agents = [start(&rig, node_1, &[]), start(&rig, node_2, &[])];
+    let subnets: Vec<String> = agents
+        .iter()
+        .map(|agent| agent.wait_subnet(SOON).unwrap())
+        .collect();
+    let mut wanted = vec![
+        ("10.244.77.0/24".to_owned(), "vxlan".to_owned()),
+        (subnets[1].clone(), "direct".to_owned()),
+    ];
+    wanted.sort();
+    let mut last = Vec::new();
+    let programmed = wait_for("node 1's direct and VXLAN peers", SOON, || {
+        last = modes(node_1);
+        (last == wanted).then_some(())
+    });
+    assert!(programmed.is_ok(), "node 1 has {last:?}, wanted {wanted:?}");
+    // The direct peer's route leaves by the underlay, the other's by the tunnel.
+    assert_eq!(
+        node_1.ip(&["route", "show", &subnets[1]]).unwrap(),
+        format!(
+            "{} via {} dev eth0 proto 112 onlink \n",
+            subnets[1], node_2.underlay_ip
+        )
+    );
+    assert_eq!(
+        tunnel_routes(node_1),
+        "10.244.77.0/24 via 192.168.77.7 proto 112 onlink \n"
+    );
+
+    let a = pod_via_conflist(&rig, node_1, &agents[0], "direct-a");
+    let b = pod_via_conflist(&rig, node_2, &agents[1], "direct-b");
+    let before = (counter(node_1, "direct_out"), counter(node_2, "direct_in"));
+    wait_for("the direct peer's pods", SOON, || ping(&a, b.ip, 1).ok()).unwrap();
+    ping(&a, b.ip, 5).unwrap();
+    ping(&b, a.ip, 5).unwrap();
+    assert!(
+        counter(node_1, "direct_out") - before.0 >= 10,
+        "echo requests and replies"
+    );
+    assert!(counter(node_2, "direct_in") - before.1 >= 10);
+    assert_eq!(counter(node_1, "encap"), 0, "nothing went over VXLAN");
+}

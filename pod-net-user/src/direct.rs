@@ -7,7 +7,8 @@
 //! stand-in `fe80::` + its four bytes (`tunnel::link_local_next_hop`),
 //! which each node with direct peers puts on its underlay for NDP to find.
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
+    fmt,
     net::{IpAddr, Ipv4Addr},
 };
 
@@ -21,8 +22,12 @@ use netlink_packet_route::{
     },
 };
 
+use pod_net_common::remote::derived_vtep_mac;
+use serde::Serialize;
+
 use crate::{
     cidr::Cidr,
+    mac::MacAddr,
     netdev::{HostAddress, Link},
     netlink::{self, NLM_F_CREATE, NLM_F_EXCL},
     tunnel::{self, RemoteRoute},
@@ -96,17 +101,103 @@ pub fn remove_routes(underlay: &Link, routes: &[RemoteRoute]) -> Result<()> {
 /// Removes every route pod-net made out of the underlay (`unload`): its
 /// protocol marks them, so no one else's route goes.
 pub fn remove_all_routes(underlay: &Link) -> Result<()> {
-    let messages = tunnel::main_routes()?
+    let marked: Vec<Cidr> = marked_routes(underlay)?.into_keys().collect();
+    remove_marked(underlay, &marked)
+}
+
+/// A difference between the direct entries and pod-net's routes on the
+/// underlay, which `gc` mends and `status` reports. The routes go with the
+/// underlay's link: a flap of the link takes them away.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "fix", rename_all = "snake_case")]
+pub enum RouteFix {
+    /// A direct entry without its route, or with one via another hop.
+    Add { cidr: Cidr, node_ip: Ipv4Addr },
+    /// A route of pod-net's on the underlay that no direct entry explains.
+    Remove { cidr: Cidr },
+}
+
+impl fmt::Display for RouteFix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Add { cidr, node_ip } => write!(
+                f,
+                "+ route {cidr} via {node_ip}: a direct entry has no route"
+            ),
+            Self::Remove { cidr } => {
+                write!(f, "- route {cidr}: no direct entry sends it there")
+            }
+        }
+    }
+}
+
+/// The fixes that bring pod-net's routes on the underlay in step with the
+/// direct entries `routes`. Read-only.
+pub fn plan(underlay: &Link, routes: &[RemoteRoute]) -> Result<Vec<RouteFix>> {
+    let marked = marked_routes(underlay)?;
+    let mut fixes: Vec<RouteFix> = routes
+        .iter()
+        .filter(|route| {
+            marked.get(&route.cidr).copied().flatten()
+                != Some(tunnel::next_hop(route.cidr, route.node_ip))
+        })
+        .map(|route| RouteFix::Add {
+            cidr: route.cidr,
+            node_ip: route.node_ip,
+        })
+        .collect();
+    let wanted: BTreeSet<Cidr> = routes.iter().map(|route| route.cidr).collect();
+    fixes.extend(
+        marked
+            .keys()
+            .filter(|cidr| !wanted.contains(cidr))
+            .map(|cidr| RouteFix::Remove { cidr: *cidr }),
+    );
+    Ok(fixes)
+}
+
+/// Makes `fixes` on the underlay: every route in one go, then every
+/// removal.
+pub fn execute(underlay: &Link, fixes: &[RouteFix]) -> Result<()> {
+    let (mut add, mut remove) = (Vec::new(), Vec::new());
+    for fix in fixes {
+        match *fix {
+            RouteFix::Add { cidr, node_ip } => add.push(RemoteRoute {
+                cidr,
+                node_ip,
+                vtep_mac: MacAddr(derived_vtep_mac(node_ip.octets())),
+                direct: true,
+            }),
+            RouteFix::Remove { cidr } => remove.push(cidr),
+        }
+    }
+    let ours: BTreeSet<Cidr> = marked_routes(underlay)?.into_keys().collect();
+    add_routes(underlay, &add, &ours)?;
+    remove_marked(underlay, &remove)
+}
+
+/// pod-net's routes out of the underlay: prefix -> next hop.
+fn marked_routes(underlay: &Link) -> Result<BTreeMap<Cidr, Option<IpAddr>>> {
+    Ok(tunnel::main_routes()?
         .into_iter()
         .filter(|route| route.is_pod_nets() && route.oif == Some(underlay.index))
-        .map(|route| {
+        .map(|route| (route.cidr, route.gateway))
+        .collect())
+}
+
+/// Removes pod-net's routes for `cidrs` out of the underlay, by their
+/// protocol, whatever their next hop.
+fn remove_marked(underlay: &Link, cidrs: &[Cidr]) -> Result<()> {
+    let messages = cidrs
+        .iter()
+        .map(|cidr| {
             let mut message = RouteMessage::default();
             message.header = RouteHeader {
-                address_family: match route.cidr.addr {
+                address_family: match cidr.addr {
                     IpAddr::V4(_) => AddressFamily::Inet,
                     IpAddr::V6(_) => AddressFamily::Inet6,
                 },
-                destination_prefix_length: route.cidr.prefix_len,
+                destination_prefix_length: cidr.prefix_len,
                 table: RouteHeader::RT_TABLE_MAIN,
                 protocol: RouteProtocol::Other(tunnel::ROUTE_PROTOCOL),
                 scope: RouteScope::NoWhere,
@@ -114,7 +205,7 @@ pub fn remove_all_routes(underlay: &Link) -> Result<()> {
                 ..RouteHeader::default()
             };
             message.attributes = vec![
-                RouteAttribute::Destination(match route.cidr.addr {
+                RouteAttribute::Destination(match cidr.addr {
                     IpAddr::V4(ip) => RouteAddress::Inet(ip),
                     IpAddr::V6(ip) => RouteAddress::Inet6(ip),
                 }),
@@ -123,8 +214,11 @@ pub fn remove_all_routes(underlay: &Link) -> Result<()> {
             (RouteNetlinkMessage::DelRoute(message), 0)
         })
         .collect();
-    netlink::change_all(messages, &[libc::ENOENT, libc::ESRCH]).map_err(|(_, error)| {
-        anyhow::Error::new(error).context(format!("removing pod-net's routes on {}", underlay.name))
+    netlink::change_all(messages, &[libc::ENOENT, libc::ESRCH]).map_err(|(index, error)| {
+        anyhow::Error::new(error).context(format!(
+            "removing route {} on {}",
+            cidrs[index], underlay.name
+        ))
     })
 }
 

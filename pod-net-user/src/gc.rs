@@ -22,12 +22,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use pod_net_common::{EndpointKey, program_names, remote::PEER_F_DIRECT};
+use pod_net_common::{Config, EndpointKey, program_names, remote::PEER_F_DIRECT};
 use serde::Serialize;
 
 use crate::{
     attach,
     datapath::{Datapath, endpoint_ip, endpoint_key, is_missing_key},
+    direct::{self, RouteFix},
     netdev::{self, Link, LinkKind},
     peers,
     pins::PinDir,
@@ -59,6 +60,21 @@ pub enum Repair {
         #[serde(flatten)]
         fix: Fix,
     },
+    /// pod-net's routes on the underlay are out of step with the direct
+    /// entries.
+    Direct {
+        underlay: String,
+        #[serde(flatten)]
+        fix: RouteFix,
+    },
+}
+
+impl Repair {
+    /// Made in one batch per link by [`execute`] (thousands after a crash).
+    #[must_use]
+    pub const fn is_batched(&self) -> bool {
+        matches!(self, Self::Tunnel { .. } | Self::Direct { .. })
+    }
 }
 
 impl fmt::Display for Repair {
@@ -93,6 +109,7 @@ impl fmt::Display for Repair {
                 "remove {node_ip} from peer_nodes: no remote entry sends to it"
             ),
             Self::Tunnel { device, fix } => write!(f, "{fix} on {device}: {}", fix.reason()),
+            Self::Direct { underlay, fix } => write!(f, "{fix} (on {underlay})"),
         }
     }
 }
@@ -163,29 +180,61 @@ pub fn plan(pins: &PinDir, datapath: &Datapath) -> Result<Vec<Repair>> {
             .into_iter()
             .map(|node_ip| Repair::RemovePeer { node_ip }),
     );
+    let config = datapath.config()?;
     repairs.extend(
-        tunnel_sync::plan_if_loaded(pins, &datapath.config()?)?
+        tunnel_sync::plan_if_loaded(pins, &config)?
             .into_iter()
             .map(|(device, fix)| Repair::Tunnel { device, fix }),
     );
+    if let Some(underlay) = underlay(&config)? {
+        repairs.extend(
+            direct::plan(&underlay, &remotes::direct_routes(datapath)?)?
+                .into_iter()
+                .map(|fix| Repair::Direct {
+                    underlay: underlay.name.clone(),
+                    fix,
+                }),
+        );
+    }
     Ok(repairs)
+}
+
+/// The underlay of a datapath loaded with one, if it still exists.
+fn underlay(config: &Config) -> Result<Option<Link>> {
+    if !config.has_underlay() {
+        return Ok(None);
+    }
+    netdev::link_by_index(config.underlay_ifindex)
 }
 
 fn execute(pins: &PinDir, datapath: &mut Datapath, repairs: &[Repair]) -> Result<()> {
     let xdp_on = xdp::is_on(pins)?;
-    let mut fixes = Vec::new();
+    let (mut fixes, mut route_fixes) = (Vec::new(), Vec::new());
     for repair in repairs {
         match repair {
-            // Thousands at once after a crash: one batch, below.
+            // Thousands at once after a crash: one batch each, below.
             Repair::Tunnel { fix, .. } => fixes.push(fix.clone()),
+            Repair::Direct { fix, .. } => route_fixes.push(fix.clone()),
             _ => make(pins, datapath, xdp_on, repair).with_context(|| repair.to_string())?,
         }
     }
+    let config = datapath.config()?;
     if !fixes.is_empty()
-        && let Some(device) = tunnel_sync::device(&datapath.config()?)?
+        && let Some(device) = tunnel_sync::device(&config)?
     {
         tunnel_sync::execute(&device, &fixes)
             .with_context(|| format!("mending {} ({} repair(s))", device.name, fixes.len()))?;
+    }
+    if !route_fixes.is_empty()
+        && let Some(underlay) = underlay(&config)?
+    {
+        direct::execute(&underlay, &route_fixes).with_context(|| {
+            format!(
+                "mending the direct routes on {} ({} repair(s))",
+                underlay.name,
+                route_fixes.len()
+            )
+        })?;
     }
     Ok(())
 }
@@ -208,7 +257,7 @@ fn make(pins: &PinDir, datapath: &mut Datapath, xdp_on: bool, repair: &Repair) -
         Repair::AddPeer { node_ip, flags } => peers::add(pins, [(*node_ip, *flags)]),
         Repair::RemovePeer { node_ip } => peers::remove(pins, [*node_ip]),
         // Made in one batch by `execute`.
-        Repair::Tunnel { .. } => Ok(()),
+        Repair::Tunnel { .. } | Repair::Direct { .. } => Ok(()),
     }
 }
 

@@ -155,8 +155,11 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
     if let Some((underlay, link)) = &underlay {
         enable_underlay(pins, underlay, link)?;
         // A tunnel device deleted by hand comes back empty: give it the
-        // remote entries' routes, neighbours and FDB entries again.
+        // remote entries' routes, neighbours and FDB entries again. Direct
+        // routes go with the underlay's link when it flaps: put them back.
         tunnel_sync::sync(pins, &lock)?;
+        let direct_routes = remotes::direct_routes(&Datapath::open(pins)?)?;
+        direct::execute(link, &direct::plan(link, &direct_routes)?)?;
     }
     let mut datapath = Datapath::open(pins)?;
     let mut config = datapath.config()?;

@@ -209,6 +209,7 @@ mod tests {
             protocol,
             oif: Some(oif),
             via,
+            gateway: None,
             on_link,
         }
     }

@@ -721,6 +721,15 @@ pub fn tunnel_overhead(datapath: &Datapath) -> Result<u32> {
     Ok(if all_direct { 0 } else { VXLAN_OVERHEAD })
 }
 
+/// The direct entries, as the routes they need on the underlay.
+pub fn direct_routes(datapath: &Datapath) -> Result<Vec<RemoteRoute>> {
+    Ok(entries(datapath)?
+        .iter()
+        .filter(|(_, node)| Mode::of(node) == Mode::Direct)
+        .map(|(cidr, node)| remote_route(*cidr, node))
+        .collect())
+}
+
 /// The prefixes of every remote entry, unsorted.
 pub fn cidrs(datapath: &Datapath) -> Result<Vec<Cidr>> {
     Ok(entries(datapath)?

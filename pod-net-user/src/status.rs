@@ -16,6 +16,7 @@ use crate::{
     attach,
     cluster::ClusterStatus,
     datapath::{Datapath, MapFill, endpoint_ip},
+    direct::RouteFix,
     endpoints,
     gc::{self, Repair},
     loader::{PROGRAMS, underlay_summary},
@@ -223,30 +224,40 @@ fn check_pods(entries: &[(EndpointKey, Endpoint)], status: &mut Status) -> Resul
 
 /// Half-done state: whatever `pod-net gc` would repair is a problem.
 fn check_repairs(pins: &PinDir, datapath: &Datapath, status: &mut Status) -> Result<()> {
-    let (tunnel, others): (Vec<Repair>, Vec<Repair>) = gc::plan(pins, datapath)?
+    let (batched, others): (Vec<Repair>, Vec<Repair>) = gc::plan(pins, datapath)?
         .into_iter()
-        .partition(|repair| matches!(repair, Repair::Tunnel { .. }));
+        .partition(Repair::is_batched);
     for repair in others {
         status.problem(format!("needs repair: {repair}"), GC_HINT);
     }
-    check_tunnel_repairs(&tunnel, status);
+    check_batched_repairs(&batched, status);
     Ok(())
 }
 
 const GC_HINT: &str = "run `pod-net gc` (`--dry-run` shows the plan)";
 
-/// The tunnel device out of step with the remote entries: one problem per
-/// kind of fix, as a crash mid-`apply` can leave thousands.
-fn check_tunnel_repairs(repairs: &[Repair], status: &mut Status) {
+/// The tunnel device or the underlay's routes out of step with the remote
+/// entries: one problem per kind of fix, as a crash mid-`apply` (or a flap
+/// of the underlay) can leave thousands.
+fn check_batched_repairs(repairs: &[Repair], status: &mut Status) {
     // (kind, its first repair, how many), in the order gc makes them.
     let mut kinds: Vec<(&str, &Repair, usize)> = Vec::new();
     for repair in repairs {
-        let Repair::Tunnel { fix, .. } = repair else {
-            continue;
+        let kind = match repair {
+            Repair::Tunnel { fix, .. } => fix.kind(),
+            Repair::Direct {
+                fix: RouteFix::Add { .. },
+                ..
+            } => "direct_route",
+            Repair::Direct {
+                fix: RouteFix::Remove { .. },
+                ..
+            } => "stale_direct_route",
+            _ => continue,
         };
-        match kinds.iter_mut().find(|(kind, ..)| *kind == fix.kind()) {
+        match kinds.iter_mut().find(|(known, ..)| *known == kind) {
             Some((_, _, count)) => *count += 1,
-            None => kinds.push((fix.kind(), repair, 1)),
+            None => kinds.push((kind, repair, 1)),
         }
     }
     for (_, first, count) in kinds {

@@ -305,6 +305,8 @@ pub struct KernelRoute {
     pub oif: Option<u32>,
     /// Whether the route goes via a gateway.
     pub via: bool,
+    /// The gateway, when given as an address of the route's own family.
+    pub gateway: Option<IpAddr>,
     /// Scope link: the prefix is on a link (a connected route).
     pub on_link: bool,
 }
@@ -336,6 +338,7 @@ fn kernel_route(message: &RouteMessage) -> Option<KernelRoute> {
     let mut destination = None;
     let mut oif = None;
     let mut via = false;
+    let mut gateway = None;
     for attribute in &message.attributes {
         match attribute {
             RouteAttribute::Table(id) => table = *id,
@@ -346,7 +349,11 @@ fn kernel_route(message: &RouteMessage) -> Option<KernelRoute> {
                 destination = Some(IpAddr::V6(*ip));
             }
             RouteAttribute::Oif(index) => oif = Some(*index),
-            RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => via = true,
+            RouteAttribute::Gateway(address) => {
+                via = true;
+                gateway = route_ip(address);
+            }
+            RouteAttribute::Via(_) => via = true,
             _ => {}
         }
     }
@@ -363,8 +370,19 @@ fn kernel_route(message: &RouteMessage) -> Option<KernelRoute> {
         protocol: header.protocol.into(),
         oif,
         via,
+        gateway,
         on_link: header.scope == RouteScope::Link,
     })
+}
+
+/// Where the kernel sends `cidr` on its way to `node_ip`: the node itself,
+/// or for an IPv6 prefix its link-local stand-in (see [`add_routes`]).
+#[must_use]
+pub fn next_hop(cidr: Cidr, node_ip: Ipv4Addr) -> IpAddr {
+    match cidr.addr {
+        IpAddr::V4(_) => node_ip.into(),
+        IpAddr::V6(_) => link_local_next_hop(node_ip).into(),
+    }
 }
 
 /// The IPv6 next hop standing for a node: `fe80::` + its IPv4 address.

@@ -230,13 +230,9 @@ pub fn sync(pins: &PinDir, _lock: &PinDirLock) -> Result<Vec<Fix>> {
     Ok(fixes)
 }
 
-/// Where the kernel sends an entry's prefix: the node itself, or for an
-/// IPv6 prefix its link-local stand-in (see `tunnel::add_routes`).
+/// Where the kernel sends an entry's prefix.
 fn next_hop(entry: &NodeEntry) -> IpAddr {
-    match entry.cidr.addr {
-        IpAddr::V4(_) => entry.node_ip.into(),
-        IpAddr::V6(_) => tunnel::link_local_next_hop(entry.node_ip).into(),
-    }
+    tunnel::next_hop(entry.cidr, entry.node_ip)
 }
 
 /// The fixes that turn `contents` into what `entries` need: adds sorted by

@@ -803,3 +803,72 @@ fn direct_nodes_off_the_segment_or_in_two_modes_are_refused() {
     assert_eq!(kernel(node), before);
     assert_eq!(remote_entries(node).as_array().unwrap().len(), 1);
 }
+
+/// The underlay's link takes direct routes with it when it goes down:
+/// `status` says so, `gc` and `load` put them back, and a route of
+/// pod-net's on the underlay that no entry explains goes.
+#[test]
+fn direct_routes_lost_with_the_underlay_are_reported_and_repaired() {
+    if !require_root("direct_routes_lost_with_the_underlay_are_reported_and_repaired") {
+        return;
+    }
+    let rig = rig();
+    let node = rig.node(1);
+    node.pod_net(&[
+        "node",
+        "add",
+        "--cidr",
+        "10.244.2.0/24",
+        "--node-ip",
+        "192.168.100.2",
+        "--direct",
+    ])
+    .unwrap();
+    let routed = "10.244.2.0/24 via 192.168.100.2 dev eth0 onlink \n";
+    let marked = || node.ip(&["-4", "route", "show", "proto", "112"]).unwrap();
+    assert_eq!(marked(), routed);
+
+    node.ip(&["link", "set", "eth0", "down"]).unwrap();
+    node.ip(&["link", "set", "eth0", "up"]).unwrap();
+    assert_eq!(marked(), "", "the kernel flushed the route with the link");
+    let status = pod_net(node, &["status"]);
+    assert_eq!(status.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains(
+            "needs repair: + route 10.244.2.0/24 via 192.168.100.2: a direct entry has no route \
+             (on eth0)"
+        ),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    node.pod_net(&["gc"]).unwrap();
+    assert_eq!(marked(), routed);
+
+    node.ip(&["link", "set", "eth0", "down"]).unwrap();
+    node.ip(&["link", "set", "eth0", "up"]).unwrap();
+    node.pod_net(&["load", "--underlay", "eth0", "--node-ip", "192.168.100.1"])
+        .unwrap();
+    assert_eq!(marked(), routed, "load puts it back too");
+
+    // One that no entry explains: gc takes it away, and only it.
+    node.ip(&[
+        "route",
+        "add",
+        "10.244.9.0/24",
+        "via",
+        "192.168.100.9",
+        "dev",
+        "eth0",
+        "proto",
+        "112",
+    ])
+    .unwrap();
+    let plan = node.pod_net(&["gc", "--dry-run"]).unwrap();
+    assert!(
+        plan.contains("- route 10.244.9.0/24: no direct entry sends it there (on eth0)"),
+        "{plan}"
+    );
+    node.pod_net(&["gc"]).unwrap();
+    assert_eq!(marked(), routed);
+    assert_eq!(pod_net(node, &["status"]).status.code(), Some(0));
+}

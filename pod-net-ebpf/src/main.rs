@@ -13,9 +13,11 @@ mod encap;
 mod events;
 mod ip;
 mod maps;
+mod mtu;
 mod nat;
 mod parse;
 mod redirect;
+mod remote;
 mod verdict;
 mod xdp;
 

@@ -5,10 +5,11 @@ use pod_net_common::{
     Config, Reason,
     endpoint::ENDPOINT_F_NO_BYPASS,
     event::{CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK},
+    remote::REMOTE_F_DIRECT,
 };
 
 use crate::{
-    encap,
+    direct, encap,
     ip::Addr,
     maps::LOCAL_ENDPOINTS,
     nat,
@@ -94,6 +95,9 @@ pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
     if config.has_underlay()
         && let Some(node) = remote::node_of(dst)
     {
+        if node.flags & REMOTE_F_DIRECT != 0 {
+            return direct::to_direct_node(ctx, &packet, node, config);
+        }
         return encap::to_remote_node(ctx, &packet, node, config);
     }
     // Not a pod: the kernel takes it, and may NAT it (a service IP).

@@ -8,6 +8,7 @@
 mod counters;
 mod csum;
 mod decap;
+mod direct;
 mod egress;
 mod encap;
 mod events;

@@ -2,15 +2,23 @@
 //! L2 segment, unencapsulated. Each node is one router hop, as the kernel
 //! would be with a route to the other node's pod CIDR via its address.
 use aya_ebpf::{
-    bindings::{bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1},
-    helpers::bpf_redirect_neigh,
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT, bpf_fib_lookup,
+        bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
+    },
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
     programs::TcContext,
 };
-use pod_net_common::{Config, Reason, RemoteNode};
+use network_types::eth::EthHdr;
+use pod_net_common::{
+    Config, Endpoint, Reason, RemoteNode, endpoint::ENDPOINT_F_NO_BYPASS,
+    event::CONFIG_F_NO_NAT_CHECK, remote::REMOTE_F_DIRECT,
+};
 
 use crate::{
-    mtu,
+    mtu, nat,
     parse::{Ip, IpPacket},
+    redirect, remote,
     verdict::Verdict,
 };
 
@@ -72,4 +80,88 @@ fn next_hop(ip: Ip, node_ip: [u8; 4]) -> bpf_redir_neigh {
             ipv6_nh: [word(0), word(4), word(8), word(12)],
         },
     }
+}
+
+/// Plain unicast IP from the underlay to `endpoint`, a pod on this node:
+/// delivered into it if a direct-routing node sent it from one of its
+/// pods, else left to the kernel, which routes it with its forwarding
+/// rules. (`decap::classify` found it; this is TC's alone, XDP leaves it.)
+#[inline(always)]
+pub fn into_local_pod(
+    ctx: &TcContext,
+    packet: &IpPacket,
+    endpoint: &Endpoint,
+    config: &Config,
+) -> Verdict {
+    let ip = packet.ip;
+    let Some(node) = remote::node_of(ip.src()).filter(|node| node.flags & REMOTE_F_DIRECT != 0)
+    else {
+        return Verdict::pass(Reason::PassNotDirectPeer);
+    };
+    if let Err(reason) = check_sender(ctx, packet.eth, node.node_ip, config) {
+        return Verdict::pass(reason);
+    }
+    if endpoint.flags & ENDPOINT_F_NO_BYPASS != 0 {
+        return Verdict::pass(Reason::PassNoBypass);
+    }
+    // A reply to a local pod's flow that this node's kernel may have
+    // NATed: its conntrack must see it.
+    if config.flags & CONFIG_F_NO_NAT_CHECK == 0
+        && let Some((_, dst_port)) = nat::ports(ctx, ip, EthHdr::LEN)
+        && nat::is_reply_to_nat_client(ip.dst(), dst_port, ip.protocol())
+    {
+        return Verdict::pass(Reason::PassNat);
+    }
+    // This node is a router hop too.
+    if ip.hop_limit() <= 1 {
+        return Verdict::pass(Reason::PassTtlExceeded);
+    }
+    ip.decrement_hop_limit();
+    redirect::into_pod(packet.eth, endpoint, Reason::DirectIn)
+}
+
+/// Whether the frame came from `node_ip` itself: its source MAC is that
+/// node's in the neighbour table, on the interface it arrived on. Plain IP
+/// carries no proof of its sender, and a pod address is no secret; the
+/// MAC at least pins it to the node's port on the segment.
+#[inline(always)]
+fn check_sender(
+    ctx: &TcContext,
+    eth: *mut EthHdr,
+    node_ip: [u8; 4],
+    config: &Config,
+) -> Result<(), Reason> {
+    // SAFETY: reading a field of our own context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: all zeros is a valid lookup request; the fields are set below.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET as u8;
+    params.ifindex = ifindex;
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(config.node_ip);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(node_ip);
+    // DIRECT: the main table, without policy rules; the node's address is
+    // on a connected route. The helper fails with FWD_DISABLED when the
+    // interface does not forward IPv4, as then the kernel would not either.
+    // SAFETY: a plain helper call on our own context and stack.
+    let result = unsafe {
+        fib_lookup(
+            ctx.skb.skb.cast(),
+            &raw mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_DIRECT,
+        )
+    };
+    if result == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        return Err(Reason::PassDirectUnresolved);
+    }
+    // SAFETY: `classify` bounds-checked the Ethernet header; the lookup
+    // does not move the packet.
+    let sender_mac = unsafe { (*eth).src_addr };
+    if result != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
+        || params.ifindex != ifindex
+        || params.dmac != sender_mac
+    {
+        return Err(Reason::PassNotDirectPeer);
+    }
+    Ok(())
 }

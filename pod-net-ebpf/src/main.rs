@@ -37,7 +37,8 @@ pub fn pod_egress(ctx: TcContext) -> i32 {
     })
 }
 
-/// TC ingress of the underlay interface: VXLAN from other nodes.
+/// TC ingress of the underlay interface: VXLAN from other nodes, and
+/// plain IP from direct-routing nodes' pods.
 #[classifier]
 pub fn underlay_ingress(ctx: TcContext) -> i32 {
     run(&ctx, |ctx, config| {

@@ -1,5 +1,6 @@
 //! VXLAN from other nodes: which packets are pod-net's to decapsulate, and
 //! the TC program's way of doing it. `xdp` does the same on the XDP hook.
+//! Plain IP to a local pod is handed to `direct`.
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_DECAP_L3_IPV6, BPF_F_ADJ_ROOM_FIXED_GSO,
@@ -20,7 +21,7 @@ use pod_net_common::{
 };
 
 use crate::{
-    ip::Addr,
+    direct,
     maps::{LOCAL_ENDPOINTS, PEER_NODES},
     nat,
     parse::{
@@ -50,6 +51,12 @@ pub enum Inbound {
         outer_len: usize,
         inner: Ip,
     },
+    /// Plain unicast IP to a pod on this node: delivered by TC if a
+    /// direct-routing node sent it (`direct::into_local_pod`).
+    Direct {
+        endpoint: &'static Endpoint,
+        packet: IpPacket,
+    },
 }
 
 /// The headers after the outer IP header, read through one pointer so the
@@ -66,14 +73,41 @@ struct TunnelHeaders {
 pub fn classify(ctx: &impl Packet, config: &Config) -> Inbound {
     // L2 broadcast and multicast frames too: the kernel accepts a unicast
     // IP packet inside one, so the peer check must see them.
-    let Parsed::Ip(IpPacket {
-        ip: Ip::V4(outer),
-        l2_multicast,
-        ..
-    }) = parse_l2_l3(ctx)
-    else {
+    let Parsed::Ip(packet) = parse_l2_l3(ctx) else {
         return Inbound::Pass(Reason::PassNotVxlan);
     };
+    let to_node = match packet.ip {
+        // SAFETY: bounds-checked by `parse_l2_l3`.
+        Ip::V4(ip) => (unsafe { (*ip).dst_addr }) == config.node_ip,
+        Ip::V6(_) => false,
+    };
+    // VXLAN is addressed to the node, never to a pod: no lookup on its path.
+    // Plain IP to a pod is no tunnel, whatever its port.
+    if !to_node
+        // SAFETY: the value is only read, before anything can replace it.
+        && let Some(endpoint) = unsafe { LOCAL_ENDPOINTS.get(packet.ip.dst().endpoint_key()) }
+    {
+        return if packet.l2_multicast {
+            Inbound::Pass(Reason::PassNotVxlan)
+        } else {
+            Inbound::Direct { endpoint, packet }
+        };
+    }
+    match packet.ip {
+        Ip::V4(outer) => classify_vxlan(ctx, outer, packet.l2_multicast, config),
+        Ip::V6(_) => Inbound::Pass(Reason::PassNotVxlan),
+    }
+}
+
+/// An IPv4 underlay packet not addressed to a local pod: VXLAN for this
+/// node, forged VXLAN, or none of pod-net's business.
+#[inline(always)]
+fn classify_vxlan(
+    ctx: &impl Packet,
+    outer: *mut Ipv4Hdr,
+    l2_multicast: bool,
+    config: &Config,
+) -> Inbound {
     // SAFETY: bounds-checked by `parse_l2_l3`.
     let (src, dst, protocol, frags) = unsafe {
         let ip = &*outer;
@@ -113,14 +147,9 @@ pub fn classify(ctx: &impl Packet, config: &Config) -> Inbound {
     // VXLAN carries no authentication: only a known node's is opened, by
     // this program or by the kernel's tunnel device, whose socket listens
     // on every local address and sees only what this program passes.
+    // (A pod's own service on this port never gets here: see `classify`.)
     if !is_vxlan_peer(src) {
-        // SAFETY: the value is only read.
-        let to_pod = unsafe { LOCAL_ENDPOINTS.get(Addr::v4(dst).endpoint_key()) }.is_some();
-        return if to_pod {
-            Inbound::Pass(Reason::PassNotVxlan)
-        } else {
-            Inbound::Drop(Reason::DropUnknownPeer)
-        };
+        return Inbound::Drop(Reason::DropUnknownPeer);
     }
     if !to_node || l2_multicast {
         return Inbound::Pass(Reason::PassNotVxlan);
@@ -210,6 +239,9 @@ pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
     let (endpoint, outer_len, inner) = match classify(ctx, config) {
         Inbound::Pass(reason) => return Verdict::pass(reason),
         Inbound::Drop(reason) => return Verdict::drop(reason),
+        Inbound::Direct { endpoint, packet } => {
+            return direct::into_local_pod(ctx, &packet, endpoint, config);
+        }
         Inbound::Deliver {
             endpoint,
             outer_len,

@@ -1,24 +1,22 @@
 //! Decisions for packets a pod sends (TC ingress of its host veth).
-use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use network_types::eth::EthHdr;
 use pod_net_common::{
-    Config, Reason, RemoteNode,
+    Config, Reason,
     endpoint::ENDPOINT_F_NO_BYPASS,
     event::{CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK},
+    remote::REMOTE_F_DIRECT,
 };
 
 use crate::{
-    encap,
+    direct, encap,
     ip::Addr,
-    maps::{LOCAL_ENDPOINTS, REMOTE_NODES, REMOTE_PODS},
+    maps::LOCAL_ENDPOINTS,
     nat,
     parse::{IPPROTO_UDP, Ip, IpPacket, Parsed, parse_l2_l3},
-    redirect,
+    redirect, remote,
     verdict::Verdict,
 };
-
-/// Prefix length of a single address in the trie (IPv4 is IPv4-mapped).
-const ADDRESS_BITS: u32 = 128;
 
 #[inline(always)]
 pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
@@ -95,9 +93,12 @@ pub fn decide_and_act(ctx: &TcContext, config: &Config) -> Verdict {
         return redirect::into_pod(packet.eth, endpoint, Reason::RedirectLocal);
     }
     if config.has_underlay()
-        && let Some(remote) = remote_node(dst)
+        && let Some(node) = remote::node_of(dst)
     {
-        return encap::to_remote_node(ctx, &packet, remote, config);
+        if node.flags & REMOTE_F_DIRECT != 0 {
+            return direct::to_direct_node(ctx, &packet, node, config);
+        }
+        return encap::to_remote_node(ctx, &packet, node, config);
     }
     // Not a pod: the kernel takes it, and may NAT it (a service IP).
     if let Some((src_port, _)) = ports {
@@ -128,17 +129,7 @@ fn udp_dst_port(ctx: &TcContext, ip: Ip) -> Option<u16> {
 fn is_pod(dst: Addr, config: &Config) -> bool {
     // SAFETY: the value is only read.
     unsafe { LOCAL_ENDPOINTS.get(dst.endpoint_key()) }.is_some()
-        || config.has_underlay() && remote_node(dst).is_some()
-}
-
-/// The node hosting remote pod address `dst`: its own entry (a /32 or
-/// /128), else its node's CIDR (longest prefix over both maps, as a single
-/// address is the longest prefix there is).
-#[inline(always)]
-fn remote_node(dst: Addr) -> Option<&'static RemoteNode> {
-    let addr = dst.remote_key();
-    // SAFETY: the values are only read, before anything can replace them.
-    unsafe { REMOTE_PODS.get(addr) }.or_else(|| REMOTE_NODES.get(&Key::new(ADDRESS_BITS, addr)))
+        || config.has_underlay() && remote::node_of(dst).is_some()
 }
 
 /// A frame addressed to the pod's own MAC was bridged at L2, so its IP

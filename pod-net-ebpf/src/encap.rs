@@ -8,13 +8,13 @@
 use aya_ebpf::{
     bindings::{
         BPF_F_ADJ_ROOM_ENCAP_L2_ETH, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP,
-        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
-    helpers::{bpf_check_mtu, bpf_get_hash_recalc, bpf_redirect_neigh},
+    helpers::{bpf_get_hash_recalc, bpf_redirect_neigh},
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr, vxlan::VxlanHdr};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr, vxlan::VxlanHdr};
 use pod_net_common::{
     Config, Reason, RemoteNode,
     config::VXLAN_OVERHEAD,
@@ -24,7 +24,8 @@ use pod_net_common::{
 use crate::{
     csum::ipv4_header_checksum,
     ip::IP_DF,
-    parse::{ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, Ip, IpPacket, ptr_at},
+    mtu,
+    parse::{ETH_P_IP, IPPROTO_UDP, IpPacket, ptr_at},
     verdict::Verdict,
 };
 
@@ -58,16 +59,8 @@ pub fn to_remote_node(
     if ip.hop_limit() <= 1 {
         return Verdict::pass(Reason::PassTtlExceeded);
     }
-    if exceeds_underlay_mtu(ctx, ip, config) {
-        // The kernel routes it into the tunnel device, whose MTU leaves room
-        // for the headers: DF (and all IPv6) gets ICMP fragmentation needed
-        // or packet too big, the rest is fragmented. Nothing too big is
-        // sent, or lost, silently.
-        return Verdict::pass(if ip.may_fragment() {
-            Reason::PassFragment
-        } else {
-            Reason::PassFragNeeded
-        });
+    if mtu::exceeds_underlay_mtu(ctx, ip, config, VXLAN_OVERHEAD) {
+        return mtu::pass_too_big(ip);
     }
     let tos = ip.traffic_class();
     // SAFETY: plain helper call on our own context.
@@ -163,41 +156,4 @@ fn build_headers(config: &Config, remote: &RemoteNode, outer: &Outer) -> VxlanHe
 #[inline(always)]
 fn source_port(hash: u32) -> u16 {
     (SOURCE_PORT_MIN + ((u64::from(hash) * u64::from(SOURCE_PORT_SPAN)) >> 32) as u32) as u16
-}
-
-/// Whether the encapsulated packet, or for GSO any of its segments, would
-/// exceed the underlay MTU.
-#[inline(always)]
-fn exceeds_underlay_mtu(ctx: &TcContext, ip: Ip, config: &Config) -> bool {
-    let mut mtu: u32 = 0;
-    // SAFETY: plain helper call; `mtu` lives across it.
-    let verdict = unsafe {
-        bpf_check_mtu(
-            ctx.skb.skb.cast(),
-            config.underlay_ifindex,
-            &raw mut mtu,
-            VXLAN_OVERHEAD as i32,
-            0,
-        )
-    };
-    if verdict == i64::from(BPF_MTU_CHK_RET_FRAG_NEEDED) {
-        return true;
-    }
-    // For GSO the helper only compares the whole skb; check one segment.
-    // SAFETY: reading a field of our own context.
-    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    if verdict != 0 || gso_size == 0 {
-        return false;
-    }
-    let ip_len = ip.header_len() as u32;
-    let l4_len = if ip.protocol() == IPPROTO_TCP {
-        match ptr_at::<TcpHdr>(ctx, EthHdr::LEN + ip.header_len()) {
-            // SAFETY: bounds-checked by `ptr_at`; the data offset is in words.
-            Some(tcp) => u32::from(unsafe { (*tcp).doff() }) * 4,
-            None => return false,
-        }
-    } else {
-        size_of::<UdpHdr>() as u32
-    };
-    ip_len + l4_len + gso_size + VXLAN_OVERHEAD > mtu
 }

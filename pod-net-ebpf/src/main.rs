@@ -8,14 +8,17 @@
 mod counters;
 mod csum;
 mod decap;
+mod direct;
 mod egress;
 mod encap;
 mod events;
 mod ip;
 mod maps;
+mod mtu;
 mod nat;
 mod parse;
 mod redirect;
+mod remote;
 mod verdict;
 mod xdp;
 
@@ -34,7 +37,8 @@ pub fn pod_egress(ctx: TcContext) -> i32 {
     })
 }
 
-/// TC ingress of the underlay interface: VXLAN from other nodes.
+/// TC ingress of the underlay interface: VXLAN from other nodes, and
+/// plain IP from direct-routing nodes' pods.
 #[classifier]
 pub fn underlay_ingress(ctx: TcContext) -> i32 {
     run(&ctx, |ctx, config| {

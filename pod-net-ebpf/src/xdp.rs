@@ -78,8 +78,9 @@ pub fn decide_and_act(ctx: &XdpContext, config: &Config) -> XdpVerdict {
                 reason: Some(reason),
             };
         }
-        // Inner IPv6 takes the TC path, which delivers it.
-        Inbound::Deliver { .. } | Inbound::Pass(_) => return PASS_TO_TC,
+        // Inner IPv6 takes the TC path, which delivers it; so does direct
+        // routing (its sender check is TC's), uncounted here like any pass.
+        Inbound::Deliver { .. } | Inbound::Direct { .. } | Inbound::Pass(_) => return PASS_TO_TC,
     };
     if POD_VETHS.get(endpoint.ifindex).is_none() {
         return PASS_TO_TC;

@@ -15,7 +15,8 @@ pub use pod_net_common::Endpoint;
 use pod_net_common::{
     Config, Counter, EndpointKey, Reason, RemoteAddr, RemoteNode, map_table, program_names,
     remote::{
-        IPV4_MAPPED_PREFIX_BITS, PEER_F_VXLAN, PeerNode, REMOTE_F_VTEP_MAC, derived_vtep_mac,
+        IPV4_MAPPED_PREFIX_BITS, PEER_F_DIRECT, PEER_F_VXLAN, PeerNode, REMOTE_F_DIRECT,
+        REMOTE_F_VTEP_MAC, derived_vtep_mac,
     },
 };
 
@@ -28,6 +29,9 @@ pub const XDP_REDIRECT: u32 = 4;
 /// Test run resolves interfaces in the test's own namespace; the loopback
 /// device (ifindex 1, MTU 65536) stands in for the underlay.
 pub const LOOPBACK_IFINDEX: u32 = 1;
+/// Where `struct __sk_buff` has `ifindex`: the only field of the test-run
+/// context set here (the kernel zero-fills the rest).
+const SKB_IFINDEX_OFFSET: usize = 40;
 
 pub struct Harness {
     ebpf: Ebpf,
@@ -128,6 +132,26 @@ impl Harness {
         Ok(())
     }
 
+    /// Makes `ifindex` the underlay (`bpf_redirect_neigh`'s and the MTU
+    /// check's device), keeping the rest of the config.
+    pub fn set_underlay_ifindex(&mut self, ifindex: u32) -> Result<()> {
+        let mut config: Array<&mut MapData, Config> = self
+            .ebpf
+            .map_mut(map_table::CONFIG.name)
+            .context("no config map")?
+            .try_into()?;
+        let current = config.get(&0, 0)?;
+        config.set(
+            0,
+            Config {
+                underlay_ifindex: ifindex,
+                ..current
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
     /// Sends `prefix/len` to the node at `node_ip`, with an explicit VTEP MAC
     /// when given: a /32 into `remote_pods`, a shorter prefix into the
     /// `remote_nodes` trie, as `pod-net node add` does.
@@ -148,8 +172,33 @@ impl Harness {
             vtep_mac: vtep_mac.unwrap_or_else(|| derived_vtep_mac(node_ip.octets())),
             pad: [0; 2],
         };
+        self.insert_remote(prefix.into(), len, value)?;
+        // As `pod-net node add` does: the node becomes a VXLAN peer.
+        self.add_peer(node_ip)
+    }
+
+    /// Routes `prefix/len` directly to the node at `node_ip`, unencapsulated,
+    /// as `pod-net node add --direct` does.
+    pub fn add_direct_remote(
+        &mut self,
+        prefix: impl Into<IpAddr>,
+        len: u32,
+        node_ip: Ipv4Addr,
+    ) -> Result<()> {
+        let value = RemoteNode {
+            node_ip: node_ip.octets(),
+            flags: REMOTE_F_DIRECT,
+            vtep_mac: derived_vtep_mac(node_ip.octets()),
+            pad: [0; 2],
+        };
+        self.insert_remote(prefix.into(), len, value)?;
+        self.insert_peer(node_ip, PEER_F_DIRECT)
+    }
+
+    /// A /32 (/128) into `remote_pods`, a shorter prefix into the trie.
+    fn insert_remote(&mut self, prefix: IpAddr, len: u32, value: RemoteNode) -> Result<()> {
         // IPv4 is IPv4-mapped: 96 bits in front of its own.
-        let (addr, trie_len, address_len) = match prefix.into() {
+        let (addr, trie_len, address_len) = match prefix {
             IpAddr::V4(ip) => (
                 RemoteAddr::ipv4_mapped(ip.octets()),
                 IPV4_MAPPED_PREFIX_BITS + len,
@@ -172,21 +221,26 @@ impl Harness {
                 .try_into()?;
             remotes.insert(&Key::new(trie_len, addr), value, 0)?;
         }
-        // As `pod-net node add` does: the node becomes a VXLAN peer.
-        self.add_peer(node_ip)
+        Ok(())
     }
 
     /// Makes `node_ip` a node whose VXLAN this node opens (`peer_nodes`).
     pub fn add_peer(&mut self, node_ip: Ipv4Addr) -> Result<()> {
+        self.insert_peer(node_ip, PEER_F_VXLAN)
+    }
+
+    /// Adds `flags` to `node_ip`'s `peer_nodes` entry.
+    fn insert_peer(&mut self, node_ip: Ipv4Addr, flags: u32) -> Result<()> {
         let mut peers: HashMap<&mut MapData, [u8; 4], PeerNode> = self
             .ebpf
             .map_mut(map_table::PEER_NODES.name)
             .context("no peer_nodes map")?
             .try_into()?;
+        let current = peers.get(&node_ip.octets(), 0).map_or(0, |peer| peer.flags);
         peers.insert(
             node_ip.octets(),
             PeerNode {
-                flags: PEER_F_VXLAN,
+                flags: current | flags,
             },
             0,
         )?;
@@ -201,6 +255,12 @@ impl Harness {
     /// Runs `underlay_ingress` once on `frame`.
     pub fn run_underlay(&self, frame: &[u8]) -> Result<Run> {
         self.run_program(program_names::UNDERLAY_INGRESS, frame, 1)
+    }
+
+    /// Runs `underlay_ingress` once on `frame` as if it arrived on
+    /// `ifindex`, a device of the calling thread's network namespace.
+    pub fn run_underlay_on(&self, ifindex: u32, frame: &[u8]) -> Result<Run> {
+        self.run_program_on(program_names::UNDERLAY_INGRESS, frame, 1, Some(ifindex))
     }
 
     /// Runs `underlay_xdp` once on `frame`.
@@ -232,6 +292,18 @@ impl Harness {
     /// Runs program `name` `repeat` times on `frame`; `duration_ns` is the
     /// kernel's average per run.
     pub fn run_program(&self, name: &str, frame: &[u8], repeat: u32) -> Result<Run> {
+        self.run_program_on(name, frame, repeat, None)
+    }
+
+    /// As `run_program`, with the packet arriving on `ifindex` if given
+    /// (else loopback).
+    fn run_program_on(
+        &self,
+        name: &str,
+        frame: &[u8],
+        repeat: u32,
+        ifindex: Option<u32>,
+    ) -> Result<Run> {
         let program: &SchedClassifier = self
             .ebpf
             .program(name)
@@ -239,9 +311,14 @@ impl Harness {
             .try_into()?;
         // Room for growth: encapsulation adds headers.
         let mut output = vec![0u8; frame.len() + 256];
+        let mut skb = [0u8; SKB_IFINDEX_OFFSET + 4];
+        if let Some(ifindex) = ifindex {
+            skb[SKB_IFINDEX_OFFSET..].copy_from_slice(&ifindex.to_ne_bytes());
+        }
         let result = program.test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut output),
+            ctx_in: ifindex.map(|_| &skb[..]),
             repeat,
             ..TestRunOptions::default()
         })?;

@@ -135,7 +135,8 @@ fn vxlan_from_a_known_node_still_flows_and_a_stranger_may_reach_a_pods_port() {
     );
     assert_counted(&harness, "from a peer", "decap", &from_peer);
 
-    // A pod's own service on the VXLAN port is no tunnel endpoint.
+    // A pod's own service on the VXLAN port is no tunnel endpoint: plain
+    // IP to a pod, which the kernel routes as the sender is no direct node.
     let to_pod = frames::udp_frame(
         (MAC_B, [2, 0, 0, 0, 0, 66]),
         &Ipv4::new(STRANGER, POD_B, IPPROTO_UDP),
@@ -145,7 +146,7 @@ fn vxlan_from_a_known_node_still_flows_and_a_stranger_may_reach_a_pods_port() {
     let harness = node_1();
     let run = harness.run_underlay(&to_pod).unwrap();
     assert_eq!((run.action, &run.output), (TC_ACT_OK, &to_pod));
-    assert_counted(&harness, "to a pod", "pass_not_vxlan", &to_pod);
+    assert_counted(&harness, "to a pod", "pass_not_direct_peer", &to_pod);
 }
 
 /// UDP from pod A to `dst` on `port`.

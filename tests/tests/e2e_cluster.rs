@@ -1080,7 +1080,7 @@ fn direct_routing_reaches_peers_on_the_segment_directly_and_others_over_vxlan() 
     if !require_root("direct_routing_reaches_peers_on_the_segment_directly") {
         return;
     }
-    let rig = rig(2);
+    let rig = rig(3);
     let etcd = Etcd::start(&rig).unwrap();
     etcd.put_config(
         r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,

@@ -77,6 +77,27 @@ pub fn on_link(subnets: &[Cidr], node_ip: Ipv4Addr) -> bool {
         .any(|subnet| subnet.contains(IpAddr::V4(node_ip)))
 }
 
+/// The forwarding sysctls of the underlay that direct routing needs and
+/// finds off: the receiving side's `bpf_fib_lookup` (which checks the
+/// sender's MAC) and the kernel's path both refuse to forward without
+/// them. IPv6's only when `routes` hold IPv6 prefixes.
+#[must_use]
+pub fn forwarding_off(underlay: &Link, routes: &[RemoteRoute]) -> Vec<String> {
+    let mut families = vec!["ipv4"];
+    if routes.iter().any(|route| route.cidr.addr.is_ipv6()) {
+        families.push("ipv6");
+    }
+    families
+        .into_iter()
+        .map(|family| format!("net.{family}.conf.{}.forwarding", underlay.name))
+        .filter(|key| {
+            // /proc/sys/net answers for the reader's network namespace.
+            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            std::fs::read_to_string(path).is_ok_and(|value| value.trim() == "0")
+        })
+        .collect()
+}
+
 /// Routes each direct prefix to its node out of the underlay, on one
 /// socket, replacing pod-net's own routes in `ours` and no one else's.
 pub fn add_routes(underlay: &Link, routes: &[RemoteRoute], ours: &BTreeSet<Cidr>) -> Result<()> {

@@ -16,14 +16,14 @@ use crate::{
     attach,
     cluster::ClusterStatus,
     datapath::{Datapath, MapFill, endpoint_ip},
-    direct::RouteFix,
+    direct::{self, RouteFix},
     endpoints,
     gc::{self, Repair},
     loader::{PROGRAMS, underlay_summary},
     mac::MacAddr,
     netdev::{self, Link, LinkKind},
     pins::{PinDir, is_on_bpffs},
-    tunnel,
+    remotes, tunnel,
 };
 
 #[derive(Debug, Serialize)]
@@ -164,7 +164,27 @@ pub fn check(pins: &PinDir) -> Result<Status> {
     check_pods(&entries, &mut status)?;
     check_repairs(pins, &datapath, &mut status)?;
     check_underlay(pins, &config, &mut status)?;
+    check_direct(&datapath, &config, &mut status)?;
     Ok(finish(status))
+}
+
+/// Direct routing needs the underlay to forward (see
+/// [`direct::forwarding_off`]).
+fn check_direct(datapath: &Datapath, config: &Config, status: &mut Status) -> Result<()> {
+    let routes = remotes::direct_routes(datapath)?;
+    if routes.is_empty() || !config.has_underlay() {
+        return Ok(());
+    }
+    let Some(underlay) = netdev::link_by_index(config.underlay_ifindex)? else {
+        return Ok(());
+    };
+    for key in direct::forwarding_off(&underlay, &routes) {
+        status.problem(
+            format!("{key} is 0: packets from direct nodes' pods are not forwarded"),
+            format!("`sysctl -w {key}=1`"),
+        );
+    }
+    Ok(())
 }
 
 /// Records a map's fill level, and a problem past 90 %.

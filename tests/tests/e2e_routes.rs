@@ -871,4 +871,16 @@ fn direct_routes_lost_with_the_underlay_are_reported_and_repaired() {
     node.pod_net(&["gc"]).unwrap();
     assert_eq!(marked(), routed);
     assert_eq!(pod_net(node, &["status"]).status.code(), Some(0));
+
+    // Without forwarding on the underlay, direct traffic cannot come in.
+    node.sysctl("net.ipv4.conf.eth0.forwarding", "0").unwrap();
+    let status = pod_net(node, &["status"]);
+    assert_eq!(status.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains(
+            "net.ipv4.conf.eth0.forwarding is 0: packets from direct nodes' pods are not forwarded"
+        ),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
 }

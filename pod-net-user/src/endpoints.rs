@@ -7,7 +7,7 @@ use aya::maps::MapError;
 use pod_net_common::{
     Endpoint, EndpointKey,
     endpoint::{CONTAINER_ID_LEN, ENDPOINT_F_NO_BYPASS, IFNAME_LEN},
-    program_names,
+    map_table, program_names,
 };
 use serde::Serialize;
 
@@ -15,6 +15,7 @@ use crate::{
     attach::{self, Attached},
     crashpoint,
     datapath::{Datapath, endpoint_ip, endpoint_key, is_missing_key},
+    error::NodeError,
     loader,
     mac::MacAddr,
     netdev::{self, Link},
@@ -363,9 +364,12 @@ fn map_insert_error(err: MapError, capacity: u32) -> anyhow::Error {
     if let MapError::SyscallError(syscall) = &err
         && syscall.io_error.raw_os_error() == Some(libc::E2BIG)
     {
-        return anyhow::anyhow!(
-            "local_endpoints is full ({capacity} entries); remove stale pods or load with a larger map"
-        );
+        return NodeError::MapFull {
+            map: map_table::LOCAL_ENDPOINTS.name,
+            capacity,
+            advice: "; remove stale pods or load with a larger map".to_owned(),
+        }
+        .into();
     }
     anyhow::Error::new(err).context("writing local_endpoints")
 }

@@ -12,6 +12,7 @@ pub mod crashpoint;
 pub mod datapath;
 pub mod direct;
 pub mod endpoints;
+pub mod error;
 pub mod gc;
 pub mod loader;
 pub mod mac;

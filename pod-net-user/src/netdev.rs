@@ -15,7 +15,7 @@ use netlink_packet_route::{
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
 };
 
-use crate::{mac::MacAddr, netlink};
+use crate::{error::NodeError, mac::MacAddr, netlink};
 
 /// What pod-net needs to know about one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -253,10 +253,16 @@ pub fn set_gro(ifname: &str, on: bool) -> Result<()> {
 /// missing or of another kind.
 pub fn require_veth(name: &str) -> Result<Link> {
     let Some(link) = link_by_name(name)? else {
-        bail!("no interface named {name:?} in this network namespace");
+        return Err(NodeError::NoSuchInterface {
+            name: name.to_owned(),
+        }
+        .into());
     };
     if link.kind != LinkKind::Veth {
-        bail!("interface {name:?} is not a veth; pods attach through their host-side veth");
+        return Err(NodeError::NotAVeth {
+            name: name.to_owned(),
+        }
+        .into());
     }
     Ok(link)
 }

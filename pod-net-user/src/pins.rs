@@ -32,6 +32,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use pod_net_common::program_names;
 
+use crate::error::NodeError;
+
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/pod-net";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
@@ -203,10 +205,10 @@ impl PinDir {
     /// Fails with a clear message unless `load` has run here.
     pub fn require_loaded(&self) -> Result<()> {
         if !self.is_loaded() {
-            bail!(
-                "pod-net is not loaded at {} (no pinned program); run `pod-net load` first",
-                self.root.display()
-            );
+            return Err(NodeError::NotLoaded {
+                pin_dir: self.root.clone(),
+            }
+            .into());
         }
         Ok(())
     }

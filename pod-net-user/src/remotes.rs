@@ -26,6 +26,7 @@ use crate::{
     cidr::Cidr,
     datapath::{Datapath, endpoint_ip},
     direct,
+    error::NodeError,
     mac::MacAddr,
     map_batch::{self, BatchError},
     netdev::{self, Link},
@@ -557,12 +558,15 @@ impl InsertFailure {
                 } else {
                     format!(": {fit} of the {wanted} new entries fit, so none were added")
                 };
-                anyhow::anyhow!(
-                    "{} is full ({} entries){enough}; remove stale entries or load with a larger {}",
-                    table.map_name(),
-                    table.capacity(datapath),
-                    table.load_flag()
-                )
+                NodeError::MapFull {
+                    map: table.map_name(),
+                    capacity: table.capacity(datapath),
+                    advice: format!(
+                        "{enough}; remove stale entries or load with a larger {}",
+                        table.load_flag()
+                    ),
+                }
+                .into()
             }
             Self::Other(error) => error,
         }

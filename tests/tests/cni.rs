@@ -476,6 +476,32 @@ fn add_before_pod_net_is_loaded_says_try_again_later() {
     assert!(failure.msg.contains("not loaded"), "{failure}");
 }
 
+/// A full `local_endpoints` is no I/O failure: pods going frees room, so
+/// the runtime is told to try again later, and the map keeps its pod.
+#[test]
+fn add_to_a_full_node_says_try_again_later() {
+    if !require_root("add_to_a_full_node_says_try_again_later") {
+        return;
+    }
+    let rig = empty_node();
+    let node = rig.node(1);
+    node.pod_net(&["load", "--max-pods", "1"]).unwrap();
+    let runtime = bridge_runtime(&rig, node);
+    let (a, b) = (attachment(&rig, "a"), attachment(&rig, "b"));
+    runtime.add(&a).unwrap();
+    let error = runtime.add(&b).unwrap_err();
+    let failure = cni::failure(&error).expect("a CNI error");
+    assert_eq!(failure.code, Some(11), "{failure}");
+    assert!(
+        failure.msg.starts_with("registering 10.244.1.")
+            && failure.msg.ends_with(
+                ": local_endpoints is full (1 entries); remove stale pods or load with a larger map"
+            ),
+        "{failure}"
+    );
+    assert_eq!(registered(node).len(), 1);
+}
+
 #[test]
 fn dual_stack_pods_are_registered_with_both_addresses() {
     if !require_root("dual_stack_pods_are_registered_with_both_addresses") {

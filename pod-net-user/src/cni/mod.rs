@@ -20,6 +20,7 @@ use crate::{
     attach,
     datapath::{Datapath, endpoint_ip},
     endpoints::{self, PodSpec},
+    error::{self, NodeError},
     gc,
     mac::MacAddr,
     netdev::{self, Link, LinkKind},
@@ -51,12 +52,30 @@ impl Failure {
         }
     }
 
+    /// A library failure: `code` unless the error is one of the typed
+    /// ones, whose code says more (see [`code_of`]); then `msg` names it.
     fn with_details(code: u32, msg: impl Into<String>, error: &anyhow::Error) -> Self {
+        let msg = msg.into();
+        let (code, msg) = match error::find(error) {
+            Some(typed) => (code_of(typed), format!("{msg}: {typed}")),
+            None => (code, msg),
+        };
         Self {
             code,
-            msg: msg.into(),
+            msg,
             details: format!("{error:#}"),
         }
+    }
+}
+
+/// The spec's code for a typed failure: "try again later" (11) where
+/// waiting can help (the datapath not loaded yet, a map full until pods
+/// go), "invalid network configuration" (7) for interfaces that cannot be
+/// a pod's.
+const fn code_of(error: &NodeError) -> u32 {
+    match error {
+        NodeError::NotLoaded { .. } | NodeError::MapFull { .. } => codes::TRY_AGAIN_LATER,
+        NodeError::NoSuchInterface { .. } | NodeError::NotAVeth { .. } => codes::INVALID_CONFIG,
     }
 }
 

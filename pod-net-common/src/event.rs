@@ -14,6 +14,10 @@ pub const CONFIG_F_NO_ANTI_SPOOF: u32 = 4;
 /// `Config::flags`: do not hand replies of possibly NATed flows to the
 /// kernel (for clusters without kube-proxy NAT between pods).
 pub const CONFIG_F_NO_NAT_CHECK: u32 = 8;
+/// `Config::flags`: pods get IPv4 BIG TCP as they are registered (`load
+/// --big-tcp on`). A user-space setting kept with the others; the programs
+/// do not read it.
+pub const CONFIG_F_BIG_TCP: u32 = 16;
 
 /// One event, as the programs write it into the ring buffer.
 #[repr(C)]

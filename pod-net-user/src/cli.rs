@@ -254,6 +254,11 @@ pub struct LoadArgs {
     /// kernel (default on). Kept across reloads until changed.
     #[arg(long, value_name = "on|off", value_parser = on_off)]
     pub nat_check: Option<bool>,
+    /// Give pods IPv4 BIG TCP: GSO/GRO packets up to 192 KiB on their veths
+    /// (default off; Linux 6.3+). Applied to the registered pods at once and
+    /// to new ones as they are added. Kept across reloads until changed.
+    #[arg(long, value_name = "on|off", value_parser = on_off)]
+    pub big_tcp: Option<bool>,
 }
 
 fn on_off(text: &str) -> Result<bool, String> {
@@ -416,6 +421,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 anti_spoofing: args.anti_spoofing,
                 nat_check: args.nat_check,
+                big_tcp: args.big_tcp,
             };
             print_load_report(&pins, &loader::load(&pins, &options)?);
         }
@@ -556,6 +562,9 @@ fn print_load_report(pins: &PinDir, report: &LoadReport) {
     }
     if !report.nat_check {
         println!("NAT check: off (replies of kernel-NATed flows take the fast path)");
+    }
+    if report.big_tcp {
+        println!("BIG TCP: on (pods' IPv4 GSO/GRO up to 192 KiB)");
     }
     for warning in &report.warnings {
         eprintln!("pod-net: warning: {warning}");

@@ -7,13 +7,14 @@ use aya::maps::MapError;
 use pod_net_common::{
     Endpoint, EndpointKey,
     endpoint::{CONTAINER_ID_LEN, ENDPOINT_F_NO_BYPASS, IFNAME_LEN},
+    event::CONFIG_F_BIG_TCP,
     map_table, program_names,
 };
 use serde::Serialize;
 
 use crate::{
     attach::{self, Attached},
-    crashpoint,
+    big_tcp, crashpoint,
     datapath::{Datapath, endpoint_ip, endpoint_key, is_missing_key},
     error::NodeError,
     loader,
@@ -126,11 +127,12 @@ pub fn add_locked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<A
     }
     check_address(ip, &veth)?;
 
-    let mtu_warning = loader::pod_mtu_warning(
-        &datapath.config()?,
-        remotes::tunnel_overhead(&datapath)?,
-        veth.index,
-    )?;
+    let config = datapath.config()?;
+    let mtu_warning =
+        loader::pod_mtu_warning(&config, remotes::tunnel_overhead(&datapath)?, veth.index)?;
+    if config.flags & CONFIG_F_BIG_TCP != 0 {
+        big_tcp::set_pod(veth.index, big_tcp::BIG_SIZE)?;
+    }
     if xdp::is_on(pins)? {
         xdp::prepare_pod(&datapath, &veth)?;
     }

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod apply;
 pub mod attach;
+pub mod big_tcp;
 pub mod cidr;
 pub mod cli;
 pub mod cluster;

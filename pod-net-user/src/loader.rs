@@ -25,14 +25,14 @@ use aya::{
 use pod_net_common::{
     Config,
     config::VXLAN_OVERHEAD,
-    event::{CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK},
+    event::{CONFIG_F_BIG_TCP, CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK},
     map_table::{self, MapSpec},
     program_names,
     remote::derived_vtep_mac,
 };
 
 use crate::{
-    attach, crashpoint,
+    attach, big_tcp, crashpoint,
     datapath::Datapath,
     direct, ebpf_object,
     mac::MacAddr,
@@ -88,6 +88,9 @@ pub struct LoadOptions {
     /// Hand replies of possibly NATed flows to the kernel (on by default);
     /// `None` keeps the current setting.
     pub nat_check: Option<bool>,
+    /// Give pods IPv4 BIG TCP (off by default), the registered ones at
+    /// once; `None` keeps the current setting.
+    pub big_tcp: Option<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -107,6 +110,7 @@ pub struct LoadReport {
     pub xdp: bool,
     pub anti_spoofing: bool,
     pub nat_check: bool,
+    pub big_tcp: bool,
     /// Things that work but will hurt (MTU mismatches).
     pub warnings: Vec<String>,
 }
@@ -126,6 +130,9 @@ pub const MAX_VNI: u32 = (1 << 24) - 1;
 
 /// Loads (or reloads) the datapath into `pins`.
 pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
+    if options.big_tcp == Some(true) && !netdev::has_ipv4_big_tcp()? {
+        bail!("this kernel has no IPv4 BIG TCP (it came with Linux 6.3)");
+    }
     if options.max_pods == Some(0) {
         bail!("--max-pods must be at least 1");
     }
@@ -173,6 +180,19 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
             None => {}
         }
     }
+    match options.big_tcp {
+        Some(true) => config.flags |= CONFIG_F_BIG_TCP,
+        Some(false) => config.flags &= !CONFIG_F_BIG_TCP,
+        None => {}
+    }
+    if let Some(on) = options.big_tcp {
+        let size = if on {
+            big_tcp::BIG_SIZE
+        } else {
+            big_tcp::DEFAULT_SIZE
+        };
+        big_tcp::set_all(&datapath, size)?;
+    }
     datapath
         .config
         .set(0, config, 0)
@@ -188,6 +208,7 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         xdp: xdp::is_on(pins)?,
         anti_spoofing: config.flags & CONFIG_F_NO_ANTI_SPOOF == 0,
         nat_check: config.flags & CONFIG_F_NO_NAT_CHECK == 0,
+        big_tcp: config.flags & CONFIG_F_BIG_TCP != 0,
         warnings: mtu_warnings(&datapath, &config)?,
     })
 }

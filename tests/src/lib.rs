@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod cmd;
 pub mod cni;
+pub mod flannel;
 pub mod frames;
 pub mod privileges;
 pub mod rig;

@@ -1,6 +1,7 @@
 //! Test support for pod-net: the veth-namespace rig (also behind
 //! `cargo xtask rig`), command helpers and the privilege gate.
 
+pub mod capture;
 pub mod cluster;
 pub mod cmd;
 pub mod cni;

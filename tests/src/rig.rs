@@ -838,24 +838,31 @@ fn pod_ip6(node: u8, host: u8) -> Ipv6Addr {
     )
 }
 
-/// Creates a namespace, with IPv6 off unless the spec wants it.
+/// Creates a namespace, with IPv6 off unless the spec wants it, and then
+/// without duplicate address detection: the rig's addresses are unique by
+/// construction, and an address still tentative (the first second or two
+/// of a link-local) delayed the first neighbour discovery across a routed
+/// hop by two seconds.
 fn add_netns(name: &str, spec: &RigSpec) -> Result<()> {
     run("ip", ["netns", "add", name])?;
-    if !spec.ipv6 {
-        for key in ["all", "default"] {
-            run(
-                "ip",
-                [
-                    "netns",
-                    "exec",
-                    name,
-                    "sysctl",
-                    "-q",
-                    "-w",
-                    &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
-                ],
-            )?;
-        }
+    let setting = if spec.ipv6 {
+        "accept_dad=0"
+    } else {
+        "disable_ipv6=1"
+    };
+    for key in ["all", "default"] {
+        run(
+            "ip",
+            [
+                "netns",
+                "exec",
+                name,
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv6.conf.{key}.{setting}"),
+            ],
+        )?;
     }
     Ok(())
 }

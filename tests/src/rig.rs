@@ -537,6 +537,25 @@ impl Node {
         Ok(output)
     }
 
+    /// `pod-net node add --direct` for `peer`'s pod CIDRs (the IPv6 one too
+    /// in a dual-stack rig): sent to it unencapsulated over the underlay.
+    pub fn add_direct_peer(&self, peer: &Node) -> Result<String> {
+        let node_ip = peer.underlay_ip.to_string();
+        let mut output = String::new();
+        for cidr in std::iter::once(peer.pod_cidr()).chain(peer.pod_cidr6()) {
+            output.push_str(&self.pod_net(&[
+                "node",
+                "add",
+                "--cidr",
+                &cidr,
+                "--node-ip",
+                &node_ip,
+                "--direct",
+            ])?);
+        }
+        Ok(output)
+    }
+
     /// `pod-net pod add` for one pod.
     pub fn register(&self, pod: &Pod) -> Result<String> {
         let mut output = String::new();
@@ -579,6 +598,17 @@ impl Node {
         let binary = sibling_binary("pod-net-probe");
         let text = self.exec(&[binary.to_str().unwrap_or("pod-net-probe"), "tcx", ifname])?;
         serde_json::from_str(&text).with_context(|| format!("parsing {text:?}"))
+    }
+
+    /// The MAC of an interface in the node namespace.
+    pub fn link_mac(&self, ifname: &str) -> Result<String> {
+        let text = self.ip(&["-j", "link", "show", "dev", ifname])?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).context("parsing ip -j output")?;
+        json[0]["address"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no MAC for {ifname} in {text}"))
     }
 
     /// RX and TX packet counters of an interface in the node namespace.

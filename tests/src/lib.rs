@@ -1,9 +1,11 @@
 //! Test support for pod-net: the veth-namespace rig (also behind
 //! `cargo xtask rig`), command helpers and the privilege gate.
 
+pub mod capture;
 pub mod cluster;
 pub mod cmd;
 pub mod cni;
+pub mod flannel;
 pub mod frames;
 pub mod privileges;
 pub mod rig;

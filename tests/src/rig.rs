@@ -522,12 +522,6 @@ impl Node {
         format!("0e:6e:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
     }
 
-    /// The MAC this rig gives a flannel-style node's `flannel.1`.
-    #[must_use]
-    pub fn flannel_vtep_mac(&self) -> String {
-        format!("02:fa:00:00:00:{:02x}", self.index)
-    }
-
     /// `pod-net node add` for `peer`'s pod CIDR, with `vtep_mac` when the
     /// peer checks inner MACs (a flannel node).
     pub fn add_peer(&self, peer: &Node, vtep_mac: Option<&str>) -> Result<String> {
@@ -543,78 +537,23 @@ impl Node {
         Ok(output)
     }
 
-    /// Sets this node up the way flannel's VXLAN backend does, without
-    /// pod-net: `flannel.1` (VNI 1, port 8472, no learning, MTU 1450), and
-    /// for each peer a route via its `10.244.M.0` on `flannel.1`, a
-    /// permanent neighbour entry with the peer's VTEP MAC, and an FDB entry
-    /// sending that MAC to the peer's underlay address.
-    pub fn flannel_style(&self, peers: &[(&Node, String)]) -> Result<()> {
-        let local = self.underlay_ip.to_string();
-        let mac = self.flannel_vtep_mac();
-        self.ip(&[
-            "link",
-            "add",
-            "flannel.1",
-            "type",
-            "vxlan",
-            "id",
-            "1",
-            "dstport",
-            "8472",
-            "dev",
-            "eth0",
-            "local",
-            &local,
-            "nolearning",
-        ])?;
-        self.ip(&[
-            "link",
-            "set",
-            "flannel.1",
-            "mtu",
-            "1450",
-            "address",
-            &mac,
-            "up",
-        ])?;
-        let own = format!("10.244.{}.0/32", self.index);
-        self.ip(&["addr", "add", &own, "dev", "flannel.1"])?;
-        for (peer, peer_mac) in peers {
-            let gateway = format!("10.244.{}.0", peer.index);
-            let peer_ip = peer.underlay_ip.to_string();
-            self.ip(&[
-                "route",
+    /// `pod-net node add --direct` for `peer`'s pod CIDRs (the IPv6 one too
+    /// in a dual-stack rig): sent to it unencapsulated over the underlay.
+    pub fn add_direct_peer(&self, peer: &Node) -> Result<String> {
+        let node_ip = peer.underlay_ip.to_string();
+        let mut output = String::new();
+        for cidr in std::iter::once(peer.pod_cidr()).chain(peer.pod_cidr6()) {
+            output.push_str(&self.pod_net(&[
+                "node",
                 "add",
-                &peer.pod_cidr(),
-                "via",
-                &gateway,
-                "dev",
-                "flannel.1",
-                "onlink",
-            ])?;
-            self.ip(&[
-                "neigh",
-                "replace",
-                &gateway,
-                "lladdr",
-                peer_mac,
-                "dev",
-                "flannel.1",
-                "nud",
-                "permanent",
-            ])?;
-            self.exec(&[
-                "bridge",
-                "fdb",
-                "append",
-                peer_mac,
-                "dev",
-                "flannel.1",
-                "dst",
-                &peer_ip,
-            ])?;
+                "--cidr",
+                &cidr,
+                "--node-ip",
+                &node_ip,
+                "--direct",
+            ])?);
         }
-        Ok(())
+        Ok(output)
     }
 
     /// `pod-net pod add` for one pod.
@@ -659,6 +598,17 @@ impl Node {
         let binary = sibling_binary("pod-net-probe");
         let text = self.exec(&[binary.to_str().unwrap_or("pod-net-probe"), "tcx", ifname])?;
         serde_json::from_str(&text).with_context(|| format!("parsing {text:?}"))
+    }
+
+    /// The MAC of an interface in the node namespace.
+    pub fn link_mac(&self, ifname: &str) -> Result<String> {
+        let text = self.ip(&["-j", "link", "show", "dev", ifname])?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).context("parsing ip -j output")?;
+        json[0]["address"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no MAC for {ifname} in {text}"))
     }
 
     /// RX and TX packet counters of an interface in the node namespace.
@@ -918,24 +868,31 @@ fn pod_ip6(node: u8, host: u8) -> Ipv6Addr {
     )
 }
 
-/// Creates a namespace, with IPv6 off unless the spec wants it.
+/// Creates a namespace, with IPv6 off unless the spec wants it, and then
+/// without duplicate address detection: the rig's addresses are unique by
+/// construction, and an address still tentative (the first second or two
+/// of a link-local) delayed the first neighbour discovery across a routed
+/// hop by two seconds.
 fn add_netns(name: &str, spec: &RigSpec) -> Result<()> {
     run("ip", ["netns", "add", name])?;
-    if !spec.ipv6 {
-        for key in ["all", "default"] {
-            run(
-                "ip",
-                [
-                    "netns",
-                    "exec",
-                    name,
-                    "sysctl",
-                    "-q",
-                    "-w",
-                    &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
-                ],
-            )?;
-        }
+    let setting = if spec.ipv6 {
+        "accept_dad=0"
+    } else {
+        "disable_ipv6=1"
+    };
+    for key in ["all", "default"] {
+        run(
+            "ip",
+            [
+                "netns",
+                "exec",
+                name,
+                "sysctl",
+                "-q",
+                "-w",
+                &format!("net.ipv6.conf.{key}.{setting}"),
+            ],
+        )?;
     }
     Ok(())
 }

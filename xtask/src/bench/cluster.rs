@@ -254,6 +254,7 @@ fn report(figures: &[Figures], rounds: usize) -> Report {
         rounds,
         subject: "agent".into(),
         baselines: vec!["apply".into()],
+        ratios: Vec::new(),
         rows,
         notes,
     }

@@ -68,6 +68,7 @@ pub fn run(rounds: usize) -> Result<Report> {
         rounds,
         subject: "pod-net-cni".into(),
         baselines: Vec::new(),
+        ratios: Vec::new(),
         rows: vec![row("ADD", &adds), row("DEL", &dels)],
         notes: vec![format!(
             "Wall time of one plugin process per call (start, netlink, namespace entry, map \

@@ -22,10 +22,10 @@ pub struct Path<'a> {
     pub name: &'static str,
     pub client: &'a Pod,
     pub server: &'a Pod,
-    /// A variant of pod-net on shared pods: `pod-net load ARGS` on these
-    /// nodes before each of the path's samples (a hitless reload), so that
-    /// two variants differ only by what the reload changes.
-    pub reload: Option<(Vec<&'a Node>, &'a [&'a str])>,
+    /// `pod-net` commands run on these nodes before each of the path's
+    /// samples: a variant of pod-net on shared pods (a hitless reload, node
+    /// entries switched), so that variants differ only by what these change.
+    pub setup: Vec<(&'a Node, Vec<String>)>,
 }
 
 impl<'a> Path<'a> {
@@ -35,7 +35,7 @@ impl<'a> Path<'a> {
             name,
             client,
             server,
-            reload: None,
+            setup: Vec::new(),
         }
     }
 
@@ -45,14 +45,23 @@ impl<'a> Path<'a> {
         name: &'static str,
         (client, server): (&'a Pod, &'a Pod),
         nodes: Vec<&'a Node>,
-        reload_args: &'a [&'a str],
+        reload_args: &[&str],
     ) -> Self {
-        Self {
-            name,
-            client,
-            server,
-            reload: Some((nodes, reload_args)),
+        let mut path = Self::new(name, client, server);
+        let mut load = vec!["load"];
+        load.extend_from_slice(reload_args);
+        for node in nodes {
+            path = path.then(node, &load);
         }
+        path
+    }
+
+    /// Adds `pod-net ARGS` on `node` to the setup before each sample.
+    #[must_use]
+    pub fn then(mut self, node: &'a Node, args: &[&str]) -> Self {
+        self.setup
+            .push((node, args.iter().map(|&arg| arg.to_owned()).collect()));
+        self
     }
 }
 
@@ -64,16 +73,13 @@ pub fn sample_round_robin(paths: &[Path<'_>], options: &BenchOptions) -> Result<
         for offset in 0..paths.len() {
             let index = (round + offset) % paths.len();
             let path = &paths[index];
-            if let Some((nodes, args)) = &path.reload {
-                let mut load = vec!["load"];
-                load.extend_from_slice(args);
-                for node in nodes {
-                    node.pod_net(&load)?;
-                }
+            for (node, args) in &path.setup {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                node.pod_net(&args)?;
             }
             let sample = measure::sample(path.client, path.server, options.durations)?;
             println!(
-                "bench: round {}/{} {:<12} TCP {:>5.1} Gbit/s  UDP-64B {:>5.0} kpps  p50 {:>5.1} µs  \
+                "bench: round {}/{} {:<14} TCP {:>5.1} Gbit/s  UDP-64B {:>5.0} kpps  p50 {:>5.1} µs  \
                  RR {:>6.0}/s  generator {:>5.0} kpps, {:>5.0} ns/packet",
                 round + 1,
                 options.rounds,

@@ -59,15 +59,76 @@ pub struct Report {
     pub rounds: usize,
     pub subject: String,
     pub baselines: Vec<String>,
+    /// Further `(subject, baseline)` ratio columns, after `subject` against
+    /// each baseline: for a report with two subjects.
+    pub ratios: Vec<(String, String)>,
     pub rows: Vec<Row>,
     pub notes: Vec<String>,
+}
+
+/// A target ratio (from an issue) to print beside a result, never to
+/// assert: `subject / baseline` of `figure`'s medians should be better by
+/// at least `better_by` (strictly, when `strictly`). Better is higher or
+/// lower as the row says.
+pub struct Goal {
+    pub subject: &'static str,
+    pub baseline: &'static str,
+    pub figure: &'static str,
+    pub better_by: f64,
+    pub strictly: bool,
 }
 
 impl Report {
     /// `subject / baseline` of the medians for one row.
     #[must_use]
-    pub fn ratio(&self, row: &Row, baseline: &str) -> Option<f64> {
-        Some(row.median(&self.subject)? / row.median(baseline)?)
+    pub fn ratio_of(row: &Row, subject: &str, baseline: &str) -> Option<f64> {
+        Some(row.median(subject)? / row.median(baseline)?)
+    }
+
+    /// Every ratio column: the subject against each baseline, then the
+    /// further pairs.
+    fn ratio_columns(&self) -> Vec<(&str, &str)> {
+        self.baselines
+            .iter()
+            .map(|baseline| (self.subject.as_str(), baseline.as_str()))
+            .chain(
+                self.ratios
+                    .iter()
+                    .map(|(subject, baseline)| (subject.as_str(), baseline.as_str())),
+            )
+            .collect()
+    }
+
+    /// One line saying where a result stands against `goal`.
+    #[must_use]
+    pub fn goal_line(&self, goal: &Goal) -> String {
+        let Some(row) = self.rows.iter().find(|row| row.figure == goal.figure) else {
+            return format!("goal: no figure {:?} in this report", goal.figure);
+        };
+        // Lower is better: the goal is a ceiling on the ratio.
+        let (relation, bound) = match (row.higher_is_better, goal.strictly) {
+            (true, false) => ("≥", goal.better_by),
+            (true, true) => (">", goal.better_by),
+            (false, false) => ("≤", 1.0 / goal.better_by),
+            (false, true) => ("<", 1.0 / goal.better_by),
+        };
+        let head = format!(
+            "goal: {} / {}, {}: {relation} {bound:.2}×",
+            goal.subject, goal.baseline, row.figure
+        );
+        match Self::ratio_of(row, goal.subject, goal.baseline) {
+            Some(ratio) => {
+                let met = match relation {
+                    "≥" => ratio >= bound,
+                    ">" => ratio > bound,
+                    "≤" => ratio <= bound,
+                    _ => ratio < bound,
+                };
+                let verdict = if met { "met" } else { "NOT met" };
+                format!("{head}; measured {ratio:.2}×, {verdict}")
+            }
+            None => format!("{head}; not measured"),
+        }
     }
 
     #[must_use]
@@ -82,12 +143,13 @@ impl Report {
         for name in &path_names {
             let _ = write!(out, " {name} |");
         }
-        for baseline in &self.baselines {
-            let _ = write!(out, " {} / {baseline} |", self.subject);
+        let columns = self.ratio_columns();
+        for (subject, baseline) in &columns {
+            let _ = write!(out, " {subject} / {baseline} |");
         }
         out.push('\n');
         out.push_str("|---|");
-        for _ in path_names.iter().chain(&self.baselines) {
+        for _ in 0..path_names.len() + columns.len() {
             out.push_str("---|");
         }
         out.push('\n');
@@ -102,8 +164,8 @@ impl Report {
                     short(summary.max)
                 );
             }
-            for baseline in &self.baselines {
-                match self.ratio(row, baseline) {
+            for (subject, baseline) in &columns {
+                match Self::ratio_of(row, subject, baseline) {
                     Some(ratio) => {
                         let _ = write!(out, " {ratio:.2}× |");
                     }
@@ -161,6 +223,7 @@ mod tests {
             rounds: 3,
             subject: "pod-net".into(),
             baselines: vec!["bridge".into()],
+            ratios: vec![],
             rows: vec![Row {
                 figure: "TCP".into(),
                 unit: "Gbit/s".into(),
@@ -172,10 +235,64 @@ mod tests {
             }],
             notes: vec![],
         };
-        assert!((report.ratio(&report.rows[0], "bridge").unwrap() - 1.2).abs() < 1e-9);
+        assert!(
+            (Report::ratio_of(&report.rows[0], "pod-net", "bridge").unwrap() - 1.2).abs() < 1e-9
+        );
         let markdown = report.to_markdown();
         assert!(
             markdown.contains("| TCP (Gbit/s) | 10.0 (10.0–10.0) | 12.0 (12.0–12.0) | 1.20× |")
+        );
+    }
+
+    #[test]
+    fn further_ratio_columns_and_goals() {
+        let row = |figure: &str, higher_is_better: bool, values: [f64; 3]| Row {
+            figure: figure.into(),
+            unit: "u".into(),
+            higher_is_better,
+            paths: ["a", "b", "c"]
+                .iter()
+                .zip(values)
+                .map(|(name, value)| ((*name).into(), Summary::of(vec![value])))
+                .collect(),
+        };
+        let report = Report {
+            title: "t".into(),
+            rounds: 1,
+            subject: "a".into(),
+            baselines: vec!["b".into()],
+            ratios: vec![("c".into(), "b".into())],
+            rows: vec![
+                row("TCP", true, [10.0, 8.0, 12.0]),
+                row("latency", false, [10.0, 8.0, 9.0]),
+            ],
+            notes: vec![],
+        };
+        let markdown = report.to_markdown();
+        assert!(
+            markdown
+                .contains("| figure | a | b | c | a / b | c / b |\n|---|---|---|---|---|---|\n")
+        );
+        assert!(markdown.contains("| 1.25× | 1.50× |"), "{markdown}");
+        let goal = |figure, better_by, strictly| Goal {
+            subject: "c",
+            baseline: "b",
+            figure,
+            better_by,
+            strictly,
+        };
+        assert_eq!(
+            report.goal_line(&goal("TCP", 1.2, false)),
+            "goal: c / b, TCP: ≥ 1.20×; measured 1.50×, met"
+        );
+        assert_eq!(
+            report.goal_line(&goal("latency", 1.0, true)),
+            "goal: c / b, latency: < 1.00×; measured 1.12×, NOT met"
+        );
+        assert!(
+            report
+                .goal_line(&goal("nope", 1.0, false))
+                .contains("no figure")
         );
     }
 }

@@ -42,6 +42,7 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
         rounds: options.rounds,
         subject: "pod-net".into(),
         baselines: vec!["bridge".into(), "direct veth".into()],
+        ratios: Vec::new(),
         rows: compare::rows(&paths, &samples),
         notes: vec![
             test_run.describe(&[

@@ -91,6 +91,7 @@ fn test_run_report(runs: &[Value], rounds: usize) -> Result<Report> {
         rounds,
         subject: BIG.into(),
         baselines: vec![SMALL.into()],
+        ratios: Vec::new(),
         rows,
         notes: vec![
             "BPF_PROG_TEST_RUN, one-packet runs on fresh copies, averaged over 20,000 runs \
@@ -276,6 +277,7 @@ fn apply_report(figures: &ApplyFigures, rounds: usize) -> Report {
         rounds,
         subject: "pod-net apply".into(),
         baselines: vec!["ip -batch".into()],
+        ratios: Vec::new(),
         rows: rows
             .into_iter()
             .map(|(figure, paths)| Row {
@@ -331,6 +333,7 @@ fn memory_report(test_run: &[Value], applied: &BTreeMap<String, u64>) -> Result<
         rounds: 1,
         subject: BIG.into(),
         baselines: Vec::new(),
+        ratios: Vec::new(),
         rows,
         notes: vec![
             "At the default capacities: local_endpoints 65,536 (preallocated, so its size does \

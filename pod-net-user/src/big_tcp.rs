@@ -5,7 +5,7 @@
 //! has the kernel segment in software before it, so nothing else changes.
 use anyhow::{Context as _, Result};
 
-use crate::{datapath::Datapath, netdev};
+use crate::{datapath::Datapath, netdev, netns};
 
 /// The GSO/GRO size pods get with BIG TCP on, as Cilium uses.
 pub const BIG_SIZE: u32 = 192 * 1024;
@@ -17,11 +17,16 @@ pub const DEFAULT_SIZE: u32 = 64 * 1024;
 pub fn set_pod(veth_ifindex: u32, size: u32) -> Result<()> {
     let veth = netdev::link_by_index(veth_ifindex)?
         .with_context(|| format!("ifindex {veth_ifindex} is gone"))?;
-    netdev::set_ipv4_gso_gro_max(veth.index, None, size)?;
-    if let Some(peer) = veth.peer_index {
-        netdev::set_ipv4_gso_gro_max(peer, veth.peer_netnsid, size)
-            .with_context(|| format!("on the pod's end of {}", veth.name))?;
-    }
+    netdev::set_ipv4_gso_gro_max(veth.index, size)?;
+    // Changes are made inside the pod's namespace: a set request does not
+    // take a target namespace id as a get does.
+    let set_peer = |peer| netdev::set_ipv4_gso_gro_max(peer, size);
+    let result = match (veth.peer_index, veth.peer_netnsid) {
+        (Some(peer), Some(netnsid)) => netns::run_in(netnsid, || set_peer(peer)),
+        (Some(peer), None) => set_peer(peer),
+        (None, _) => Ok(()),
+    };
+    result.with_context(|| format!("on the pod's end of {}", veth.name))?;
     Ok(())
 }
 

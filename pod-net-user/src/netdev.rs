@@ -255,15 +255,11 @@ pub fn set_gro(ifname: &str, on: bool) -> Result<()> {
 const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
 const IFLA_GRO_IPV4_MAX_SIZE: u16 = 64;
 
-/// Sets the largest IPv4 GSO and GRO packet of interface `index`, in the
-/// namespace `netnsid` names (ours when `None`): above 64 KiB is IPv4
-/// BIG TCP.
-pub fn set_ipv4_gso_gro_max(index: u32, netnsid: Option<i32>, size: u32) -> Result<()> {
+/// Sets the largest IPv4 GSO and GRO packet of interface `index` in the
+/// caller's namespace: above 64 KiB is IPv4 BIG TCP.
+pub fn set_ipv4_gso_gro_max(index: u32, size: u32) -> Result<()> {
     let mut message = LinkMessage::default();
     message.header.index = index;
-    if let Some(netnsid) = netnsid {
-        message.attributes.push(LinkAttribute::IfNetnsId(netnsid));
-    }
     for kind in [IFLA_GSO_IPV4_MAX_SIZE, IFLA_GRO_IPV4_MAX_SIZE] {
         message
             .attributes
@@ -279,15 +275,33 @@ pub fn set_ipv4_gso_gro_max(index: u32, netnsid: Option<i32>, size: u32) -> Resu
 /// Whether this kernel has IPv4 BIG TCP (Linux 6.3+): it reports the IPv4
 /// GSO size of every interface, the loopback's included.
 pub fn has_ipv4_big_tcp() -> Result<bool> {
+    Ok(ipv4_gso_max_size(1, None)?.is_some())
+}
+
+/// The largest IPv4 GSO packet of interface `index`, in the namespace
+/// `netnsid` names (ours when `None`); `None` on a kernel without IPv4 BIG
+/// TCP or for an interface that is gone.
+pub fn ipv4_gso_max_size(index: u32, netnsid: Option<i32>) -> Result<Option<u32>> {
     let mut message = LinkMessage::default();
-    message.header.index = 1;
-    let replies = netlink::get(RouteNetlinkMessage::GetLink(message), false)
-        .context("netlink lookup of the loopback interface")?;
-    Ok(link_messages(&replies).any(|link| {
-        link.attributes.iter().any(|attribute| {
-            matches!(attribute, LinkAttribute::Other(nla) if nla.kind() == IFLA_GSO_IPV4_MAX_SIZE)
-        })
-    }))
+    message.header.index = index;
+    if let Some(netnsid) = netnsid {
+        message.attributes.push(LinkAttribute::IfNetnsId(netnsid));
+    }
+    let replies = match netlink::get(RouteNetlinkMessage::GetLink(message), false) {
+        Ok(replies) => replies,
+        Err(err) if err.raw_os_error() == Some(libc::ENODEV) => return Ok(None),
+        Err(err) => return Err(err).with_context(|| format!("netlink lookup of ifindex {index}")),
+    };
+    Ok(link_messages(&replies)
+        .flat_map(|link| &link.attributes)
+        .find_map(|attribute| match attribute {
+            LinkAttribute::Other(nla) if nla.kind() == IFLA_GSO_IPV4_MAX_SIZE => {
+                let mut value = [0; 4];
+                nla.emit_value(&mut value);
+                Some(u32::from_ne_bytes(value))
+            }
+            _ => None,
+        }))
 }
 
 /// Resolves `name` to a veth on this node, with a clear error when it is

@@ -7,13 +7,13 @@ use anyhow::{Context as _, Result};
 use aya::programs::ProgramInfo;
 use pod_net_common::{
     Config, Endpoint, EndpointKey,
-    event::{CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK},
+    event::{CONFIG_F_BIG_TCP, CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK},
     program_names,
 };
 use serde::Serialize;
 
 use crate::{
-    attach,
+    attach, big_tcp,
     cluster::ClusterStatus,
     datapath::{Datapath, MapFill, endpoint_ip},
     direct::{self, RouteFix},
@@ -41,6 +41,8 @@ pub struct Status {
     pub anti_spoofing: bool,
     /// Replies of flows the kernel may have NATed go to the kernel.
     pub nat_check: bool,
+    /// Pods get IPv4 BIG TCP (`load --big-tcp on`).
+    pub big_tcp: bool,
     pub pods: usize,
     pub maps: Vec<MapFill>,
     /// The cluster store, as the agent last published it.
@@ -117,6 +119,7 @@ pub fn check(pins: &PinDir) -> Result<Status> {
         underlay: None,
         anti_spoofing: false,
         nat_check: false,
+        big_tcp: false,
         pods: 0,
         maps: Vec::new(),
         store: None,
@@ -156,12 +159,16 @@ pub fn check(pins: &PinDir) -> Result<Status> {
     let config = datapath.config()?;
     status.anti_spoofing = config.flags & CONFIG_F_NO_ANTI_SPOOF == 0;
     status.nat_check = config.flags & CONFIG_F_NO_NAT_CHECK == 0;
+    status.big_tcp = config.flags & CONFIG_F_BIG_TCP != 0;
     let entries = datapath.endpoint_entries()?;
     status.pods = entries.len();
     for map in datapath.map_fills()? {
         fill(&mut status, map);
     }
     check_pods(&entries, &mut status)?;
+    if config.flags & CONFIG_F_BIG_TCP != 0 {
+        check_big_tcp(&entries, &mut status)?;
+    }
     check_repairs(pins, &datapath, &mut status)?;
     check_underlay(pins, &config, &mut status)?;
     check_direct(&datapath, &config, &mut status)?;
@@ -205,6 +212,41 @@ fn fill(status: &mut Status, map: MapFill) {
 
 /// Every registered veth still has the MACs its entries hold. (Entries
 /// whose veth is gone, and missing or orphan attachments, are gc's repairs.)
+/// With BIG TCP on, every pod's veth pair has it (a pod plugged in again
+/// by hand, say, has the kernel's default).
+fn check_big_tcp(entries: &[(EndpointKey, Endpoint)], status: &mut Status) -> Result<()> {
+    let mut veths: Vec<u32> = entries
+        .iter()
+        .map(|(_, endpoint)| endpoint.ifindex)
+        .collect();
+    veths.sort_unstable();
+    veths.dedup();
+    for ifindex in veths {
+        let Some(veth) = netdev::link_by_index(ifindex)? else {
+            continue;
+        };
+        let ends = [
+            (ifindex, None, veth.name.clone()),
+            (
+                veth.peer_index.unwrap_or_default(),
+                veth.peer_netnsid,
+                format!("the pod's end of {}", veth.name),
+            ),
+        ];
+        for (index, netnsid, what) in ends {
+            if let Some(size) = netdev::ipv4_gso_max_size(index, netnsid)?
+                && size < big_tcp::BIG_SIZE
+            {
+                status.problem(
+                    format!("BIG TCP is on, but {what} has an IPv4 GSO size of {size}"),
+                    "run `pod-net load --big-tcp on` again",
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_pods(entries: &[(EndpointKey, Endpoint)], status: &mut Status) -> Result<()> {
     for (key, endpoint) in entries {
         let ip = endpoint_ip(key);
@@ -398,9 +440,10 @@ impl Status {
             let on = |flag: bool| if flag { "on" } else { "off" };
             let _ = writeln!(
                 out,
-                "checks:    anti-spoofing {}, NAT check {}",
+                "checks:    anti-spoofing {}, NAT check {}, BIG TCP {}",
                 on(self.anti_spoofing),
-                on(self.nat_check)
+                on(self.nat_check),
+                on(self.big_tcp)
             );
         }
         for map in &self.maps {

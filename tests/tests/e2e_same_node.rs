@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 
 use pod_net_tests::{
     Node, Pod, Rig, RigSpec,
+    cmd::output_of,
     frames::{self, ETH_P_IP, IPPROTO_ICMP, Ipv4},
     privileges::require_root,
 };
@@ -230,4 +231,80 @@ fn malformed_frames_from_a_pod_are_passed_and_counted() {
 /// IDs of the TCX ingress programs on `ifname`, as the kernel reports them.
 fn tcx_programs(node: &Node, ifname: &str) -> Vec<u32> {
     node.tcx_ingress_programs(ifname).unwrap()
+}
+
+/// The IPv4 GSO size of interface `name` in namespace `netns`.
+fn gso_size(netns: &str, name: &str) -> u32 {
+    let path = std::path::PathBuf::from(format!("/run/netns/{netns}"));
+    pod_net::netns::run_in_path(&path, || {
+        let link = pod_net::netdev::link_by_name(name)?.expect("the interface");
+        Ok(pod_net::netdev::ipv4_gso_max_size(link.index, None)?.expect("IPv4 BIG TCP"))
+    })
+    .unwrap()
+}
+
+/// `load --big-tcp on` gives registered pods 192 KiB GSO/GRO on both
+/// ends of their veth (and new pods as they are added), TCP still flows
+/// through the fast path, `status` checks it, and `off` gives the kernel's
+/// default back.
+#[test]
+fn big_tcp_is_given_to_pods_and_taken_back() {
+    if !require_root("big_tcp_is_given_to_pods_and_taken_back") {
+        return;
+    }
+    let rig = one_node_two_pods();
+    let node = rig.node(1);
+    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
+    node.pod_net(&["load"]).unwrap();
+    node.register(a).unwrap();
+    let loaded = node.pod_net(&["load", "--big-tcp", "on"]).unwrap();
+    assert!(
+        loaded.contains("BIG TCP: on (pods' IPv4 GSO/GRO up to 192 KiB)"),
+        "{loaded}"
+    );
+    node.register(b).unwrap();
+    for pod in [a, b] {
+        assert_eq!(
+            gso_size(&node.netns, &pod.host_veth),
+            192 * 1024,
+            "{}",
+            pod.host_veth
+        );
+        assert_eq!(gso_size(&pod.netns, "eth0"), 192 * 1024, "{}", pod.netns);
+    }
+    let status = node.pod_net(&["status"]).unwrap();
+    assert!(status.contains("BIG TCP on"), "{status}");
+
+    let (a, b) = quiet_pair(&rig);
+    let before = node.counters().unwrap();
+    let _server = b.iperf3_server(&[]).unwrap();
+    let json = a.iperf3_client(b.ip, &["-n", "64M"]).unwrap();
+    assert!(json["end"]["sum_sent"]["bytes"].as_u64().unwrap() >= 64 << 20);
+    let delta = moved(&before, &node.counters().unwrap());
+    assert_eq!(delta.keys().collect::<Vec<_>>(), ["redirect_local"]);
+
+    // A pod whose end lost it is a problem for status.
+    let path = std::path::PathBuf::from(format!("/run/netns/{}", a.netns));
+    pod_net::netns::run_in_path(&path, || {
+        let link = pod_net::netdev::link_by_name("eth0")?.expect("eth0");
+        pod_net::netdev::set_ipv4_gso_gro_max(link.index, 65536)
+    })
+    .unwrap();
+    let status = output_of(&mut node.pod_net_command(&["status"])).unwrap();
+    assert_eq!(status.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains(&format!(
+            "BIG TCP is on, but the pod's end of {} has an IPv4 GSO size of 65536",
+            a.host_veth
+        )),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+
+    node.pod_net(&["load", "--big-tcp", "off"]).unwrap();
+    for pod in [a, b] {
+        assert_eq!(gso_size(&node.netns, &pod.host_veth), 65536);
+        assert_eq!(gso_size(&pod.netns, "eth0"), 65536);
+    }
+    assert!(node.pod_net(&["status"]).unwrap().contains("BIG TCP off"));
 }

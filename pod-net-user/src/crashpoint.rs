@@ -6,6 +6,8 @@
 //!
 //! The points sit between two writes that belong together, where a crash
 //! leaves the half-done state `pod-net gc` repairs.
+use rustix::process::{Signal, getpid, kill_process};
+
 pub const POD_ADD_ATTACHED: &str = "pod-add-attached";
 pub const POD_DEL_REMOVED: &str = "pod-del-removed";
 pub const APPLY_CHANGED: &str = "apply-changed";
@@ -21,10 +23,8 @@ const VARIABLE: &str = "POD_NET_CRASH_AT";
 /// Dies here, by SIGKILL, when `POD_NET_CRASH_AT` names `point`.
 pub fn here(point: &str) {
     if std::env::var_os(VARIABLE).is_some_and(|wanted| wanted == point) {
-        // SAFETY: kill(2) on our own pid; SIGKILL cannot be caught, so no
-        // destructor, flush or unlock runs, as in a real crash.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
+        // SIGKILL cannot be caught, so no destructor, flush or unlock
+        // runs, as in a real crash.
+        let _ = kill_process(getpid(), Signal::KILL);
     }
 }

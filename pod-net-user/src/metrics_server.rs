@@ -28,6 +28,7 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use log::warn;
+use rustix::process::{Resource, getrlimit};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -172,16 +173,8 @@ fn warn_throttled(log: &Mutex<Throttle>, line: &str) {
 /// A quarter of the descriptor limit, between `MIN_CONNECTIONS` and
 /// `MAX_CONNECTIONS`: the rest stays for maps, netlink and the config.
 fn connection_cap() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills the struct it is given.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } == 0 {
-        limit.rlim_cur
-    } else {
-        1024
-    };
+    // No soft limit (RLIM_INFINITY) is as many as there can be.
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
     usize::try_from(soft / 4)
         .unwrap_or(usize::MAX)
         .clamp(MIN_CONNECTIONS, MAX_CONNECTIONS)

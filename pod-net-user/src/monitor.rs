@@ -3,7 +3,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    os::fd::AsRawFd as _,
+    os::fd::AsFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -17,6 +17,10 @@ use pod_net_common::{
     Reason,
     event::{CONFIG_F_EVENTS, CONFIG_F_EVENTS_ALL, Event},
     map_table,
+};
+use rustix::{
+    event::{PollFd, PollFlags, Timespec, poll},
+    time::{ClockId, clock_gettime},
 };
 
 use crate::{datapath::Datapath, metrics, netdev, pins::PinDir};
@@ -78,7 +82,7 @@ fn stream(ring: &mut RingBuf<MapData>, options: &MonitorOptions, stop: &AtomicBo
                 return;
             }
         }
-        wait_readable(ring.as_raw_fd(), Duration::from_millis(200));
+        wait_readable(&ring, Duration::from_millis(200));
     }
 }
 
@@ -99,15 +103,11 @@ fn set_events(pins: &PinDir, options: Option<&MonitorOptions>) -> Result<()> {
     datapath.config.set(0, config, 0).context("writing config")
 }
 
-fn wait_readable(fd: i32, timeout: Duration) {
-    let mut poll = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: one pollfd on the stack; EINTR (a signal) just returns.
-    unsafe { libc::poll(&raw mut poll, 1, millis) };
+fn wait_readable(fd: &impl AsFd, timeout: Duration) {
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    let timeout = Timespec::try_from(timeout).ok();
+    // Any outcome just returns, EINTR (a signal) too: the caller looks again.
+    let _ = poll(&mut fds, timeout.as_ref());
 }
 
 /// Turns the programs' monotonic timestamps into wall-clock time.
@@ -117,12 +117,7 @@ struct Clock {
 
 impl Clock {
     fn new() -> Self {
-        let mut now = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime fills the struct.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+        let now = clock_gettime(ClockId::Monotonic);
         let monotonic = i128::from(now.tv_sec) * 1_000_000_000 + i128::from(now.tv_nsec);
         let realtime = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

@@ -5,7 +5,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io,
     os::{
-        fd::{AsRawFd as _, RawFd},
+        fd::{AsFd as _, AsRawFd as _, RawFd},
         unix::{ffi::OsStrExt as _, fs::OpenOptionsExt as _},
     },
     path::{Path, PathBuf},
@@ -15,6 +15,10 @@ use anyhow::{Context as _, Result, bail};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     nsid::{NsidAttribute, NsidMessage},
+};
+use rustix::{
+    fs::StatFs,
+    thread::{LinkNameSpaceType, move_into_link_name_space},
 };
 
 use crate::netlink;
@@ -54,41 +58,29 @@ pub fn run_in_path<T: Send>(path: &Path, work: impl FnOnce() -> Result<T> + Send
     run_in_file(&open(path)?, work)
 }
 
-fn is_nsfs(path: &Path, statfs: impl FnOnce() -> io::Result<libc::statfs>) -> Result<bool> {
+fn is_nsfs(path: &Path, statfs: impl FnOnce() -> io::Result<StatFs>) -> Result<bool> {
     let stat = statfs().with_context(|| format!("statfs {}", path.display()))?;
     Ok(stat.f_type == NSFS_MAGIC)
 }
 
-fn statfs_path(path: &Path) -> io::Result<libc::statfs> {
+fn statfs_path(path: &Path) -> io::Result<StatFs> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(stat)
+    Ok(rustix::fs::statfs(c_path.as_c_str())?)
 }
 
-fn fstatfs(file: &File) -> io::Result<libc::statfs> {
-    // SAFETY: fstatfs fills the zeroed struct from a descriptor we hold.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &raw mut stat) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(stat)
+fn fstatfs(file: &File) -> io::Result<StatFs> {
+    Ok(rustix::fs::fstatfs(file)?)
 }
 
 pub fn run_in_file<T: Send>(netns: &File, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                // SAFETY: setns on a descriptor we hold open; it changes
-                // only this short-lived thread's namespace.
-                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error())
-                        .context("entering the pod's network namespace");
-                }
+                // Changes only this short-lived thread's namespace.
+                move_into_link_name_space(netns.as_fd(), Some(LinkNameSpaceType::Network))
+                    .map_err(io::Error::from)
+                    .context("entering the pod's network namespace")?;
                 work()
             })
             .join()

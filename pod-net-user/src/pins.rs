@@ -16,21 +16,22 @@
 //! 0700 and mounts bpffs only at `/sys/fs/bpf` itself, when nothing is
 //! mounted there.
 use std::{
-    ffi::CString,
+    ffi::{CStr, CString},
     fs::{self, DirBuilder, File},
     io,
-    os::{
-        fd::AsRawFd as _,
-        unix::{
-            ffi::OsStrExt as _,
-            fs::{DirBuilderExt as _, MetadataExt as _},
-        },
+    os::unix::{
+        ffi::OsStrExt as _,
+        fs::{DirBuilderExt as _, MetadataExt as _},
     },
     path::{Component, Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
 use pod_net_common::program_names;
+use rustix::{
+    fs::FlockOperation,
+    mount::{MountFlags, UnmountFlags},
+};
 
 use crate::error::NodeError;
 
@@ -218,11 +219,9 @@ impl PinDir {
     pub fn lock(&self) -> Result<PinDirLock> {
         let file = File::open(&self.root)
             .with_context(|| format!("opening pin dir {} to lock it", self.root.display()))?;
-        // SAFETY: flock on a valid descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("locking pin dir {}", self.root.display()));
-        }
+        rustix::fs::flock(&file, FlockOperation::LockExclusive)
+            .map_err(io::Error::from)
+            .with_context(|| format!("locking pin dir {}", self.root.display()))?;
         Ok(PinDirLock { _file: file })
     }
 }
@@ -287,8 +286,7 @@ fn check_path(root: &Path) -> Result<()> {
 /// The pin dir and its parents up to the bpffs mount belong to us and are
 /// writable by no one else, so no one else can swap what they hold.
 fn check_owners(root: &Path) -> Result<()> {
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     for dir in root.ancestors() {
         let Ok(meta) = fs::metadata(dir) else {
             continue;
@@ -333,12 +331,9 @@ fn check_owners(root: &Path) -> Result<()> {
 pub fn is_on_bpffs(path: &Path) -> Result<bool> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .with_context(|| format!("path {} contains a NUL byte", path.display()))?;
-    // SAFETY: statfs fills the zeroed struct; the path is NUL-terminated.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c_path.as_ptr(), &raw mut stat) } != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("statfs {}", path.display()));
-    }
+    let stat = rustix::fs::statfs(c_path.as_c_str())
+        .map_err(io::Error::from)
+        .with_context(|| format!("statfs {}", path.display()))?;
     Ok(stat.f_type == BPF_FS_MAGIC)
 }
 
@@ -357,22 +352,15 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<bool> {
              pod-net will not mount over it"
         );
     }
-    let target = CString::new(BPFFS_MOUNT_POINT)?;
-    let fstype = CString::new("bpf")?;
-    // SAFETY: all strings are NUL-terminated and outlive the call.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("mounting bpffs at {BPFFS_MOUNT_POINT}"));
-    }
+    rustix::mount::mount(
+        "bpf",
+        BPFFS_MOUNT_POINT,
+        "bpf",
+        MountFlags::empty(),
+        None::<&CStr>,
+    )
+    .map_err(io::Error::from)
+    .with_context(|| format!("mounting bpffs at {BPFFS_MOUNT_POINT}"))?;
     Ok(true)
 }
 
@@ -399,13 +387,9 @@ pub fn needs_bpffs_mount(pin_dir: &Path) -> Result<bool> {
 
 /// Undoes [`ensure_bpffs`]'s mount after a load that failed.
 pub fn unmount_bpffs() -> Result<()> {
-    let target = CString::new(BPFFS_MOUNT_POINT)?;
-    // SAFETY: the string is NUL-terminated and outlives the call.
-    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("unmounting bpffs at {BPFFS_MOUNT_POINT}"));
-    }
-    Ok(())
+    rustix::mount::unmount(BPFFS_MOUNT_POINT, UnmountFlags::DETACH)
+        .map_err(io::Error::from)
+        .with_context(|| format!("unmounting bpffs at {BPFFS_MOUNT_POINT}"))
 }
 
 /// Whether a filesystem is mounted at `dir` (it is on another device than

@@ -16,6 +16,12 @@ use super::{
 const POD_NET_VXLAN: &str = "pod-net VXLAN";
 const POD_NET_DIRECT: &str = "pod-net direct";
 const HOST_GW: &str = "host-gw";
+const POD_NET_VXLAN_BIG: &str = "pod-net VXLAN, BIG TCP";
+const POD_NET_DIRECT_BIG: &str = "pod-net direct, BIG TCP";
+/// Reload arguments of the pod-net variants.
+const NO_XDP: &str = "--no-xdp";
+const BIG_OFF: &str = "--big-tcp=off";
+const BIG_ON: &str = "--big-tcp=on";
 
 pub fn run(options: &BenchOptions) -> Result<Report> {
     // Six nodes on one switch, pods at flannel's VXLAN MTU of 1450 on
@@ -51,18 +57,28 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
     let paths = [
         Path::new("kernel VXLAN", rig.pod(1, 1), rig.pod(2, 1)),
         entries(
-            Path::variant(POD_NET_VXLAN, pods, pod_net_nodes(), &["--no-xdp"]),
+            Path::variant(POD_NET_VXLAN, pods, pod_net_nodes(), &[NO_XDP, BIG_OFF]),
             (n3, n4),
             false,
         ),
         entries(
-            Path::variant("pod-net XDP", pods, pod_net_nodes(), &["--xdp"]),
+            Path::variant("pod-net XDP", pods, pod_net_nodes(), &["--xdp", BIG_OFF]),
+            (n3, n4),
+            false,
+        ),
+        entries(
+            Path::variant(POD_NET_VXLAN_BIG, pods, pod_net_nodes(), &[NO_XDP, BIG_ON]),
             (n3, n4),
             false,
         ),
         Path::new(HOST_GW, rig.pod(5, 1), rig.pod(6, 1)),
         entries(
-            Path::variant(POD_NET_DIRECT, pods, pod_net_nodes(), &["--no-xdp"]),
+            Path::variant(POD_NET_DIRECT, pods, pod_net_nodes(), &[NO_XDP, BIG_OFF]),
+            (n3, n4),
+            true,
+        ),
+        entries(
+            Path::variant(POD_NET_DIRECT_BIG, pods, pod_net_nodes(), &[NO_XDP, BIG_ON]),
             (n3, n4),
             true,
         ),
@@ -77,6 +93,8 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
         ratios: vec![
             (POD_NET_DIRECT.into(), HOST_GW.into()),
             (POD_NET_DIRECT.into(), POD_NET_VXLAN.into()),
+            (POD_NET_VXLAN_BIG.into(), POD_NET_VXLAN.into()),
+            (POD_NET_DIRECT_BIG.into(), POD_NET_DIRECT.into()),
         ],
         rows: compare::rows(&paths, &samples),
         notes: vec![
@@ -86,8 +104,9 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
              path. host-gw is flannel's host-gw backend in kernel routes (`<peer pod CIDR> via \
              <peer node IP> dev eth0`, the bridge as usual). The pod-net rows are the same two \
              pods: before each sample the bench reloads pod-net in place (`load --xdp` or \
-             `--no-xdp`) on both nodes and replaces each node's entry for the other (`node del`, \
-             then `node add`, with `--direct` for pod-net direct)."
+             `--no-xdp`, `--big-tcp on` or `off`) on both nodes and replaces each node's entry \
+             for the other (`node del`, then `node add`, with `--direct` for pod-net direct). \
+             BIG TCP: IPv4 GSO/GRO up to 192 KiB on the pods' veths, against the kernel's 64 KiB."
                 .into(),
         ],
     };

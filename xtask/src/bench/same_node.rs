@@ -27,12 +27,23 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
     let paths = [
         Path::new("direct veth", &direct_a, &direct_b),
         Path::new("bridge", rig.pod(1, 1), rig.pod(1, 2)),
-        Path::variant("pod-net", pods, vec![node_2], &["--nat-check", "on"]),
+        Path::variant(
+            "pod-net",
+            pods,
+            vec![node_2],
+            &["--nat-check", "on", "--big-tcp=off"],
+        ),
         Path::variant(
             "pod-net, NAT check off",
             pods,
             vec![node_2],
-            &["--nat-check", "off"],
+            &["--nat-check", "off", "--big-tcp=off"],
+        ),
+        Path::variant(
+            "pod-net, BIG TCP",
+            pods,
+            vec![node_2],
+            &["--nat-check", "on", "--big-tcp=on"],
         ),
     ];
     let samples = compare::sample_round_robin(&paths, options)?;
@@ -42,7 +53,7 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
         rounds: options.rounds,
         subject: "pod-net".into(),
         baselines: vec!["bridge".into(), "direct veth".into()],
-        ratios: Vec::new(),
+        ratios: vec![("pod-net, BIG TCP".into(), "pod-net".into())],
         rows: compare::rows(&paths, &samples),
         notes: vec![
             test_run.describe(&[
@@ -55,8 +66,10 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
             ]),
             compare::METHOD.into(),
             "\"NAT check off\" is `load --nat-check off`: no lookup of kube-proxy-NATed flows \
-             per packet (only for nodes without Services through iptables). Both pod-net rows \
-             are the same two pods, reloaded in place before each sample."
+             per packet (only for nodes without Services through iptables). \"BIG TCP\" is `load \
+             --big-tcp on`: IPv4 GSO/GRO up to 192 KiB on both ends of the pods' veths, against \
+             the kernel's 64 KiB. The pod-net rows are the same two pods, reloaded in place before \
+             each sample."
                 .into(),
         ],
     })

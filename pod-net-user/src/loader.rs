@@ -150,6 +150,16 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         .as_ref()
         .map(|underlay| resolve_underlay(underlay).map(|link| (underlay, link)))
         .transpose()?;
+    if options.big_tcp == Some(true) {
+        match &underlay {
+            Some((_, link)) => big_tcp::check_underlay(link)?,
+            None => {
+                if let Some(link) = loaded_underlay(pins)? {
+                    big_tcp::check_underlay(&link)?;
+                }
+            }
+        }
+    }
 
     let mounted_bpffs = ensure_bpffs(pins.root())?;
     let loaded = load_on_bpffs(pins, options);
@@ -191,6 +201,9 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         } else {
             big_tcp::DEFAULT_SIZE
         };
+        if let Some(link) = loaded_underlay(pins)? {
+            big_tcp::set_underlay(&link, size)?;
+        }
         big_tcp::set_all(&datapath, size)?;
     }
     datapath
@@ -513,6 +526,18 @@ pub fn pod_mtu_warning(
             underlay.mtu - VXLAN_OVERHEAD
         )
     }))
+}
+
+/// The underlay of the datapath loaded at `pins`, if any.
+fn loaded_underlay(pins: &PinDir) -> Result<Option<Link>> {
+    if !pins.is_loaded() {
+        return Ok(None);
+    }
+    let config = Datapath::open(pins)?.config()?;
+    if !config.has_underlay() {
+        return Ok(None);
+    }
+    netdev::link_by_index(config.underlay_ifindex)
 }
 
 /// Refuses pinned maps whose layout differs from this build's.

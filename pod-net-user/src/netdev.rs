@@ -254,6 +254,8 @@ pub fn set_gro(ifname: &str, on: bool) -> Result<()> {
 /// netlink-packet-route does not name yet.
 const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
 const IFLA_GRO_IPV4_MAX_SIZE: u16 = 64;
+/// `IFLA_TSO_MAX_SIZE` (Linux 5.19).
+const IFLA_TSO_MAX_SIZE: u16 = 59;
 
 /// Sets the largest IPv4 GSO and GRO packet of interface `index` in the
 /// caller's namespace: above 64 KiB is IPv4 BIG TCP.
@@ -278,10 +280,21 @@ pub fn has_ipv4_big_tcp() -> Result<bool> {
     Ok(ipv4_gso_max_size(1, None)?.is_some())
 }
 
+/// The largest GSO packet interface `index` can segment (its driver's
+/// TSO limit), when the kernel says.
+pub fn tso_max_size(index: u32) -> Result<Option<u32>> {
+    link_u32_attribute(index, None, IFLA_TSO_MAX_SIZE)
+}
+
 /// The largest IPv4 GSO packet of interface `index`, in the namespace
 /// `netnsid` names (ours when `None`); `None` on a kernel without IPv4 BIG
 /// TCP or for an interface that is gone.
 pub fn ipv4_gso_max_size(index: u32, netnsid: Option<i32>) -> Result<Option<u32>> {
+    link_u32_attribute(index, netnsid, IFLA_GSO_IPV4_MAX_SIZE)
+}
+
+/// A u32 link attribute that netlink-packet-route does not name.
+fn link_u32_attribute(index: u32, netnsid: Option<i32>, kind: u16) -> Result<Option<u32>> {
     let mut message = LinkMessage::default();
     message.header.index = index;
     if let Some(netnsid) = netnsid {
@@ -295,7 +308,7 @@ pub fn ipv4_gso_max_size(index: u32, netnsid: Option<i32>) -> Result<Option<u32>
     Ok(link_messages(&replies)
         .flat_map(|link| &link.attributes)
         .find_map(|attribute| match attribute {
-            LinkAttribute::Other(nla) if nla.kind() == IFLA_GSO_IPV4_MAX_SIZE => {
+            LinkAttribute::Other(nla) if nla.kind() == kind => {
                 let mut value = [0; 4];
                 nla.emit_value(&mut value);
                 Some(u32::from_ne_bytes(value))

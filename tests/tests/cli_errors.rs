@@ -439,3 +439,39 @@ fn pod_add_refuses_the_nodes_addresses_and_ones_the_pod_lacks() {
     node.register(a).unwrap();
     assert_eq!(pod_ips(node), [a.ip.to_string()]);
 }
+
+/// `--big-tcp on` over an underlay that cannot send 192 KiB GSO packets (a
+/// bridge, say) is refused before anything is loaded; with no underlay, or
+/// a capable one, it is taken, and the underlay gets the size too.
+#[test]
+fn big_tcp_needs_an_underlay_that_sends_big_packets() {
+    if !require_root("big_tcp_needs_an_underlay_that_sends_big_packets") {
+        return;
+    }
+    let rig = rig();
+    let node = rig.node(1);
+    node.ip(&["link", "add", "name", "bru", "type", "bridge"])
+        .unwrap();
+    node.ip(&["addr", "add", "192.168.50.1/24", "dev", "bru"])
+        .unwrap();
+    node.ip(&["link", "set", "bru", "up"]).unwrap();
+    let refused = pod_net(
+        node,
+        &[
+            "load",
+            "--underlay",
+            "bru",
+            "--node-ip",
+            "192.168.50.1",
+            "--big-tcp",
+            "on",
+        ],
+    );
+    assert_one_line_error(
+        &refused,
+        "the underlay bru sends GSO packets of at most 65536 bytes, so BIG TCP pods' packets \
+         to other nodes would be segmented in software; BIG TCP needs 196608",
+    );
+    assert!(!node.pin_dir.exists(), "nothing was loaded");
+    node.pod_net(&["load", "--big-tcp", "on"]).unwrap();
+}

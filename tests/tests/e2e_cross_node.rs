@@ -419,6 +419,14 @@ fn big_tcp_pods_carry_tcp_across_nodes_over_vxlan_and_direct() {
         node.register(&node.pods[0]).unwrap();
     }
     let (a, b) = (rig.pod(1, 1), rig.pod(2, 1));
+    // The underlay takes the super-packets whole too.
+    let path = std::path::PathBuf::from(format!("/run/netns/{}", n1.netns));
+    let underlay_size = pod_net::netns::run_in_path(&path, || {
+        let eth0 = pod_net::netdev::link_by_name("eth0")?.expect("eth0");
+        pod_net::netdev::ipv4_gso_max_size(eth0.index, None)
+    })
+    .unwrap();
+    assert_eq!(underlay_size, Some(192 * 1024));
     for direct in [false, true] {
         for (node, peer) in [(n1, n2), (n2, n1)] {
             let cidr = peer.pod_cidr();

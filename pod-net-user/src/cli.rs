@@ -14,18 +14,23 @@ use pod_net_common::{
 };
 
 use crate::{
-    agent, apply,
+    agent,
+    agent::cluster::{self, ClusterOptions, etcd::TlsFiles},
     cidr::Cidr,
-    cluster::{self, ClusterOptions, etcd::TlsFiles},
-    endpoints::{self, AddOutcome, PodSpec},
-    gc,
-    loader::{self, LoadOptions, LoadReport, UnderlayOptions},
+    datapath::{
+        loader::{self, LoadOptions, LoadReport, UnderlayOptions},
+        pins::{DEFAULT_PIN_DIR, PinDir},
+    },
     mac::MacAddr,
-    metrics, monitor,
-    pins::{DEFAULT_PIN_DIR, PinDir},
-    remotes::{self, NodeSpec},
-    stats::{self, Totals},
-    status, table,
+    node::{
+        endpoints::{self, AddOutcome, PodSpec},
+        remotes::{self, NodeSpec},
+    },
+    ops::{
+        apply, gc, metrics, monitor,
+        stats::{self, Totals},
+        status, table,
+    },
 };
 
 #[derive(Debug, Parser)]
@@ -113,7 +118,7 @@ pub struct ClusterArgs {
     #[arg(long, value_name = "IFACE", requires = "etcd_endpoints")]
     pub iface: Option<String>,
     /// Where the network lives in etcd (`<prefix>/config`, `<prefix>/subnets/`).
-    #[arg(long, value_name = "PREFIX", default_value = crate::cluster::DEFAULT_PREFIX)]
+    #[arg(long, value_name = "PREFIX", default_value = crate::agent::cluster::DEFAULT_PREFIX)]
     pub etcd_prefix: String,
     /// This node's address for the others (default: the first IPv4 of --iface).
     #[arg(long, value_name = "IP", requires = "etcd_endpoints")]

@@ -1,40 +1,29 @@
-//! pod-net's userspace: loading the datapath, registering pods, and
-//! reporting what the programs do.
+//! pod-net's userspace: loading the datapath, telling it about pods and
+//! other nodes, operating it, and the node agent. One folder per concern:
+//!
+//! - `datapath`: the programs and maps, loaded and pinned on bpffs, and
+//!   typed handles on the maps;
+//! - `node`: what the datapath and the kernel's path beside it know of this
+//!   node's pods and of other nodes (VXLAN, direct routing, BIG TCP);
+//! - `sys`: thin interfaces to the kernel (rtnetlink, interfaces,
+//!   namespaces);
+//! - `ops`: operating a node: `apply`, `gc`, `status`, `stats`, metrics and
+//!   the event monitor;
+//! - `agent`: the node daemon, and joining a cluster through etcd;
+//! - `cni`: the chained CNI plugin;
+//! - `cli`: the command line, which owns flag names and rendering.
 
 pub mod agent;
-pub mod apply;
-pub mod attach;
-pub mod big_tcp;
 pub mod cidr;
 pub mod cli;
-pub mod cluster;
 pub mod cni;
 pub mod crashpoint;
 pub mod datapath;
-pub mod direct;
-pub mod endpoints;
 pub mod error;
-pub mod gc;
-pub mod loader;
 pub mod mac;
-pub mod map_batch;
-pub mod metrics;
-pub mod metrics_server;
-pub mod monitor;
-pub mod netdev;
-pub mod netlink;
-pub mod netns;
-pub mod overlap;
-pub mod peers;
-pub mod pins;
-pub mod remotes;
-pub mod stats;
-pub mod status;
-pub mod table;
-pub mod throttle;
-pub mod tunnel;
-pub mod tunnel_sync;
-pub mod xdp;
+pub mod node;
+pub mod ops;
+pub mod sys;
 
 /// The eBPF object built from `pod-net-ebpf`, embedded at build time.
 #[must_use]

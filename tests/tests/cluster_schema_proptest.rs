@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 
 use pod_net::{
-    cluster::flannel::{LeaseAttrs, NetworkConfig, Peer, Subnet},
+    agent::cluster::flannel::{LeaseAttrs, NetworkConfig, Peer, Subnet},
     mac::MacAddr,
 };
 use proptest::prelude::*;

@@ -421,9 +421,9 @@ fn big_tcp_pods_carry_tcp_across_nodes_over_vxlan_and_direct() {
     let (a, b) = (rig.pod(1, 1), rig.pod(2, 1));
     // The underlay takes the super-packets whole too.
     let path = std::path::PathBuf::from(format!("/run/netns/{}", n1.netns));
-    let underlay_size = pod_net::netns::run_in_path(&path, || {
-        let eth0 = pod_net::netdev::link_by_name("eth0")?.expect("eth0");
-        pod_net::netdev::ipv4_gso_max_size(eth0.index, None)
+    let underlay_size = pod_net::sys::netns::run_in_path(&path, || {
+        let eth0 = pod_net::sys::netdev::link_by_name("eth0")?.expect("eth0");
+        pod_net::sys::netdev::ipv4_gso_max_size(eth0.index, None)
     })
     .unwrap();
     assert_eq!(underlay_size, Some(192 * 1024));

@@ -236,9 +236,9 @@ fn tcx_programs(node: &Node, ifname: &str) -> Vec<u32> {
 /// The IPv4 GSO size of interface `name` in namespace `netns`.
 fn gso_size(netns: &str, name: &str) -> u32 {
     let path = std::path::PathBuf::from(format!("/run/netns/{netns}"));
-    pod_net::netns::run_in_path(&path, || {
-        let link = pod_net::netdev::link_by_name(name)?.expect("the interface");
-        Ok(pod_net::netdev::ipv4_gso_max_size(link.index, None)?.expect("IPv4 BIG TCP"))
+    pod_net::sys::netns::run_in_path(&path, || {
+        let link = pod_net::sys::netdev::link_by_name(name)?.expect("the interface");
+        Ok(pod_net::sys::netdev::ipv4_gso_max_size(link.index, None)?.expect("IPv4 BIG TCP"))
     })
     .unwrap()
 }
@@ -285,9 +285,9 @@ fn big_tcp_is_given_to_pods_and_taken_back() {
 
     // A pod whose end lost it is a problem for status.
     let path = std::path::PathBuf::from(format!("/run/netns/{}", a.netns));
-    pod_net::netns::run_in_path(&path, || {
-        let link = pod_net::netdev::link_by_name("eth0")?.expect("eth0");
-        pod_net::netdev::set_ipv4_gso_gro_max(link.index, 65536)
+    pod_net::sys::netns::run_in_path(&path, || {
+        let link = pod_net::sys::netdev::link_by_name("eth0")?.expect("eth0");
+        pod_net::sys::netdev::set_ipv4_gso_gro_max(link.index, 65536)
     })
     .unwrap();
     let status = output_of(&mut node.pod_net_command(&["status"])).unwrap();

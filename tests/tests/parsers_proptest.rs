@@ -9,11 +9,11 @@ use std::{net::IpAddr, str::FromStr};
 
 use clap::{CommandFactory, Parser};
 use pod_net::{
-    apply,
     cidr::Cidr,
     cli::Cli,
     cni::{self, Env},
     mac::MacAddr,
+    ops::apply,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};

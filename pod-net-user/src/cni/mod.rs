@@ -17,15 +17,18 @@ pub use types::SUPPORTED_VERSIONS;
 use types::{Attachment, CniError, NetConf, PrevResult, codes};
 
 use crate::{
-    attach,
-    datapath::{Datapath, endpoint_ip},
-    endpoints::{self, PodSpec},
+    datapath::{
+        Datapath, attach, endpoint_ip,
+        pins::{self, PinDir},
+    },
     error::{self, NodeError},
-    gc,
     mac::MacAddr,
-    netdev::{self, Link, LinkKind},
-    netns,
-    pins::{self, PinDir},
+    node::endpoints::{self, PodSpec},
+    ops::gc,
+    sys::{
+        netdev::{self, Link, LinkKind},
+        netns,
+    },
 };
 
 /// What the plugin prints on stdout, and its exit status.

@@ -38,7 +38,7 @@ pub struct NetConf {
 }
 
 fn default_pin_dir() -> String {
-    crate::pins::DEFAULT_PIN_DIR.to_owned()
+    crate::datapath::pins::DEFAULT_PIN_DIR.to_owned()
 }
 
 /// One (container, interface) pair the runtime keeps, for GC.

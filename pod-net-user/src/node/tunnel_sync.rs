@@ -25,12 +25,16 @@ use serde::Serialize;
 
 use crate::{
     cidr::Cidr,
-    datapath::Datapath,
+    datapath::{
+        Datapath,
+        pins::{PinDir, PinDirLock},
+    },
     mac::MacAddr,
-    netdev::{self, Link, LinkKind},
-    pins::{PinDir, PinDirLock},
-    remotes::{self, Mode, NodeEntry},
-    tunnel::{self, DeviceContents, DeviceRoute, RemoteRoute},
+    node::{
+        remotes::{self, Mode, NodeEntry},
+        tunnel::{self, DeviceContents, DeviceRoute, RemoteRoute},
+    },
+    sys::netdev::{self, Link, LinkKind},
 };
 
 /// One difference between the remote entries and the tunnel device, as

@@ -13,16 +13,21 @@ use pod_net_common::{
 use serde::Serialize;
 
 use crate::{
-    attach::{self, Attached},
-    big_tcp, crashpoint,
-    datapath::{Datapath, endpoint_ip, endpoint_key, is_missing_key},
+    crashpoint,
+    datapath::{
+        Datapath,
+        attach::{self, Attached},
+        endpoint_ip, endpoint_key, is_missing_key, loader,
+        pins::{PinDir, PinDirLock},
+        xdp,
+    },
     error::NodeError,
-    loader,
     mac::MacAddr,
-    netdev::{self, Link},
-    netns,
-    pins::{PinDir, PinDirLock},
-    remotes, xdp,
+    node::{big_tcp, remotes},
+    sys::{
+        netdev::{self, Link},
+        netns,
+    },
 };
 
 /// A pod to register, as the CLI or the CNI plugin describes it.

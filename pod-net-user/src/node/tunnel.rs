@@ -35,8 +35,10 @@ use serde::Serialize;
 use crate::{
     cidr::Cidr,
     mac::MacAddr,
-    netdev::{self, Link, LinkKind},
-    netlink::{self, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE},
+    sys::{
+        netdev::{self, Link, LinkKind},
+        netlink::{self, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE},
+    },
 };
 
 /// The route protocol (`rtm_protocol`) marking pod-net's routes; `ip route`
@@ -119,7 +121,7 @@ pub struct RemoteRoute {
     pub cidr: Cidr,
     pub node_ip: Ipv4Addr,
     pub vtep_mac: MacAddr,
-    /// Routed out of the underlay to the node itself (see `crate::direct`),
+    /// Routed out of the underlay to the node itself (see `crate::node::direct`),
     /// not through the tunnel device.
     pub direct: bool,
 }

@@ -8,7 +8,10 @@
 //! So an underlay whose driver cannot send 192 KiB GSO packets is refused.
 use anyhow::{Context as _, Result, bail};
 
-use crate::{datapath::Datapath, netdev, netdev::Link, netns};
+use crate::{
+    datapath::Datapath,
+    sys::{netdev, netdev::Link, netns},
+};
 
 /// The GSO/GRO size pods get with BIG TCP on, as Cilium uses.
 pub const BIG_SIZE: u32 = 192 * 1024;

@@ -13,7 +13,10 @@ use anyhow::{Context as _, Result};
 use pod_net_common::{Counter, Reason};
 use serde::Serialize;
 
-use crate::{datapath::Datapath, pins::PinDir, table};
+use crate::{
+    datapath::{Datapath, pins::PinDir},
+    ops::table,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ReasonCount {

@@ -32,16 +32,20 @@ use pod_net_common::{
 };
 
 use crate::{
-    attach, big_tcp, crashpoint,
-    datapath::Datapath,
-    direct, ebpf_object,
+    crashpoint,
+    datapath::{
+        Datapath, attach,
+        pins::{PinDir, PinDirLock, ensure_bpffs, unmount_bpffs},
+        xdp,
+    },
+    ebpf_object,
     mac::MacAddr,
-    netdev::{self, Link},
-    peers,
-    pins::{PinDir, PinDirLock, ensure_bpffs, unmount_bpffs},
-    remotes,
-    tunnel::{self, TunnelSpec},
-    tunnel_sync, xdp,
+    node::{
+        big_tcp, direct, peers, remotes,
+        tunnel::{self, TunnelSpec},
+        tunnel_sync,
+    },
+    sys::netdev::{self, Link},
 };
 
 /// Every program in the object.

@@ -2,7 +2,7 @@
 //! goes in the `remote_pods` hash, a node's pod CIDR in the `remote_nodes`
 //! trie (see `pod_net_common::remote`). Every entry is also routed in the
 //! kernel, its path for what the fast path leaves to it: through the tunnel
-//! device, or for a direct node out of the underlay (see `crate::direct`).
+//! device, or for a direct node out of the underlay (see `crate::node::direct`).
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr},
@@ -24,16 +24,20 @@ use serde::Serialize;
 
 use crate::{
     cidr::Cidr,
-    datapath::{Datapath, endpoint_ip},
-    direct,
+    datapath::{
+        Datapath, endpoint_ip,
+        map_batch::{self, BatchError},
+        pins::{PinDir, PinDirLock},
+    },
     error::NodeError,
     mac::MacAddr,
-    map_batch::{self, BatchError},
-    netdev::{self, Link},
-    overlap::HostView,
-    peers,
-    pins::{PinDir, PinDirLock},
-    tunnel::{self, RemoteRoute},
+    node::{
+        direct,
+        overlap::HostView,
+        peers,
+        tunnel::{self, RemoteRoute},
+    },
+    sys::netdev::{self, Link},
 };
 
 /// A remote node entry as the CLI describes it.
@@ -178,7 +182,7 @@ pub fn add_many(pins: &PinDir, _lock: &PinDirLock, specs: &[NodeSpec]) -> Result
 }
 
 /// Checks new entries without changing anything: against this node (see
-/// [`crate::overlap`]) and against the entries already there, less `replaced`
+/// [`crate::node::overlap`]) and against the entries already there, less `replaced`
 /// (which the caller removes first, as `apply` does). One node IP has one
 /// VTEP MAC and one mode, and one VTEP MAC one node IP; a node IP must not
 /// lie inside a remote prefix, or the tunnel would carry its own underlay;

@@ -13,17 +13,20 @@ use pod_net_common::{
 use serde::Serialize;
 
 use crate::{
-    attach, big_tcp,
-    cluster::ClusterStatus,
-    datapath::{Datapath, MapFill, endpoint_ip},
-    direct::{self, RouteFix},
-    endpoints,
-    gc::{self, Repair},
-    loader::{PROGRAMS, underlay_summary},
+    agent::cluster::ClusterStatus,
+    datapath::{
+        Datapath, MapFill, attach, endpoint_ip,
+        loader::{PROGRAMS, underlay_summary},
+        pins::{PinDir, is_on_bpffs},
+    },
     mac::MacAddr,
-    netdev::{self, Link, LinkKind},
-    pins::{PinDir, is_on_bpffs},
-    remotes, tunnel,
+    node::{
+        big_tcp,
+        direct::{self, RouteFix},
+        endpoints, remotes, tunnel,
+    },
+    ops::gc::{self, Repair},
+    sys::netdev::{self, Link, LinkKind},
 };
 
 #[derive(Debug, Serialize)]

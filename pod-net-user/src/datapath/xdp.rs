@@ -6,11 +6,11 @@ use anyhow::{Context as _, Result, bail};
 use pod_net_common::{Config, program_names};
 
 use crate::{
-    attach,
-    datapath::{Datapath, is_missing_key},
-    netdev::{self, Link},
-    netns,
-    pins::PinDir,
+    datapath::{Datapath, attach, is_missing_key, pins::PinDir},
+    sys::{
+        netdev::{self, Link},
+        netns,
+    },
 };
 
 /// Whether the XDP program is attached (its link pinned).

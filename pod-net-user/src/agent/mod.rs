@@ -2,6 +2,11 @@
 //! Prometheus `/metrics`, forwards the programs' aya-log lines to its log,
 //! keeps the maps in step with `--config FILE` (at start and whenever the
 //! file changes), and leaves the datapath running when it stops.
+
+pub mod cluster;
+pub mod metrics_server;
+pub mod throttle;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -18,10 +23,10 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+use self::throttle::{Throttle, ThrottledLog};
 use crate::{
-    apply, cluster, gc, metrics_server,
-    pins::PinDir,
-    throttle::{self, Throttle, ThrottledLog},
+    datapath::pins::PinDir,
+    ops::{apply, gc},
 };
 
 /// How often the config file's modification time is checked.

@@ -28,9 +28,11 @@ use serde::Serialize;
 use crate::{
     cidr::Cidr,
     mac::MacAddr,
-    netdev::{HostAddress, Link},
-    netlink::{self, NLM_F_CREATE, NLM_F_EXCL},
-    tunnel::{self, RemoteRoute},
+    node::tunnel::{self, RemoteRoute},
+    sys::{
+        netdev::{HostAddress, Link},
+        netlink::{self, NLM_F_CREATE, NLM_F_EXCL},
+    },
 };
 
 /// Refuses a direct node that is not on one of the underlay's IPv4

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use crate::{cidr::Cidr, netdev::HostAddress, tunnel::KernelRoute};
+use crate::{cidr::Cidr, node::tunnel::KernelRoute, sys::netdev::HostAddress};
 
 /// Ranges that are never a pod prefix, with what they are.
 const SPECIAL: [(IpAddr, u8, &str); 10] = [
@@ -197,7 +197,7 @@ fn directed_broadcast(ip: Ipv4Addr, prefix_len: u8) -> Ipv4Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tunnel;
+    use crate::node::tunnel;
 
     fn cidr(text: &str) -> Cidr {
         text.parse().unwrap()

@@ -21,7 +21,7 @@ use rustix::{
     thread::{LinkNameSpaceType, move_into_link_name_space},
 };
 
-use crate::netlink;
+use crate::sys::netlink;
 
 /// `statfs` type of the namespace filesystem (`/proc/PID/ns/*` and their
 /// bind mounts under `/run/netns`).

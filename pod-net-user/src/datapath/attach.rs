@@ -11,7 +11,7 @@ use aya::programs::{
 use aya_obj::programs::XdpAttachType;
 use pod_net_common::program_names;
 
-use crate::{netdev::Link, pins::PinDir};
+use crate::{datapath::pins::PinDir, sys::netdev::Link};
 
 /// Whether an attach call did anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,11 +18,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData, MapError};
 use pod_net_common::{PeerNode, map_table};
 
-use crate::{
-    datapath::{is_missing_key, open_map},
-    map_batch::BPF_NOEXIST,
-    pins::PinDir,
-};
+use crate::datapath::{is_missing_key, map_batch::BPF_NOEXIST, open_map, pins::PinDir};
 
 type PeerMap = HashMap<MapData, [u8; 4], PeerNode>;
 

@@ -16,7 +16,7 @@ use netlink_packet_route::{
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
 };
 
-use crate::{error::NodeError, mac::MacAddr, netlink};
+use crate::{error::NodeError, mac::MacAddr, sys::netlink};
 
 /// What pod-net needs to know about one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -23,7 +23,11 @@ use rustix::{
     time::{ClockId, clock_gettime},
 };
 
-use crate::{datapath::Datapath, metrics, netdev, pins::PinDir};
+use crate::{
+    datapath::{Datapath, pins::PinDir},
+    ops::metrics,
+    sys::netdev,
+};
 
 /// What to watch.
 #[derive(Clone, Debug)]

@@ -26,15 +26,13 @@ use pod_net_common::{Config, EndpointKey, program_names, remote::PEER_F_DIRECT};
 use serde::Serialize;
 
 use crate::{
-    attach,
-    datapath::{Datapath, endpoint_ip, endpoint_key, is_missing_key},
-    direct::{self, RouteFix},
-    netdev::{self, Link, LinkKind},
-    peers,
-    pins::PinDir,
-    remotes,
-    tunnel_sync::{self, Fix},
-    xdp,
+    datapath::{Datapath, attach, endpoint_ip, endpoint_key, is_missing_key, pins::PinDir, xdp},
+    node::{
+        direct::{self, RouteFix},
+        peers, remotes,
+        tunnel_sync::{self, Fix},
+    },
+    sys::netdev::{self, Link, LinkKind},
 };
 
 /// One thing gc does (or, with `--dry-run`, would do).

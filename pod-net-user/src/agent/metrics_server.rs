@@ -36,9 +36,12 @@ use tokio::{
 };
 
 use crate::{
-    cluster, metrics,
-    pins::PinDir,
-    throttle::{self, Throttle},
+    agent::{
+        cluster,
+        throttle::{self, Throttle},
+    },
+    datapath::pins::PinDir,
+    ops::metrics,
 };
 
 /// How long a client has to send its request headers.

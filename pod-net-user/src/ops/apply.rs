@@ -27,14 +27,18 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 use crate::{
     cidr::Cidr,
     crashpoint,
-    datapath::{Datapath, endpoint_ip},
-    endpoints::{self, PodSpec},
+    datapath::{
+        Datapath, endpoint_ip,
+        pins::{PinDir, PinDirLock},
+    },
     mac::MacAddr,
-    netdev,
-    pins::{PinDir, PinDirLock},
-    remotes::{self, Mode, NodeSpec},
-    tunnel,
-    tunnel_sync::{self, Fix},
+    node::{
+        endpoints::{self, PodSpec},
+        remotes::{self, Mode, NodeSpec},
+        tunnel,
+        tunnel_sync::{self, Fix},
+    },
+    sys::netdev,
 };
 
 /// The file's contents.

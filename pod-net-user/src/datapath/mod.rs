@@ -1,4 +1,13 @@
-//! Typed handles on the pinned maps of a loaded datapath.
+//! The datapath: the programs and maps, loaded and pinned on bpffs
+//! (`loader`, `pins`, `attach`, `xdp`), written in bulk (`map_batch`), and
+//! here, typed handles on the pinned maps of a loaded datapath.
+
+pub mod attach;
+pub mod loader;
+pub mod map_batch;
+pub mod pins;
+pub mod xdp;
+
 use std::net::IpAddr;
 
 use anyhow::{Context as _, Result};
@@ -9,7 +18,7 @@ use pod_net_common::{
     Config, Counter, Endpoint, EndpointKey, Reason, RemoteAddr, RemoteNode, map_table,
 };
 
-use crate::pins::PinDir;
+use crate::datapath::pins::PinDir;
 
 /// A map's fill level.
 #[derive(Clone, Debug, serde::Serialize)]

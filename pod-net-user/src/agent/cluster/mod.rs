@@ -33,13 +33,15 @@ use self::{
     store::{Change, Listing, Record, Store, StoreError, Watch as _, WatchUpdate},
 };
 use crate::{
-    apply::{self, RemoteConfig},
     cidr::Cidr,
-    datapath::Datapath,
-    direct,
-    loader::{self, LoadOptions, UnderlayOptions},
-    netdev,
-    pins::PinDir,
+    datapath::{
+        Datapath,
+        loader::{self, LoadOptions, UnderlayOptions},
+        pins::PinDir,
+    },
+    node::direct,
+    ops::apply::{self, RemoteConfig},
+    sys::netdev,
 };
 
 /// flanneld's default etcd prefix.

@@ -7,7 +7,7 @@ use anyhow::Result;
 use aya::maps::PerCpuArray;
 use pod_net_common::{event::RateLimit, map_table};
 
-use crate::{datapath::Datapath, pins::PinDir};
+use crate::datapath::{Datapath, pins::PinDir};
 
 /// Everything `/metrics` serves, read from the pinned maps now.
 pub fn render(pins: &PinDir) -> Result<String> {

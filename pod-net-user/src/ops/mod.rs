@@ -1,0 +1,11 @@
+//! Operating a node: making it match a file (`apply`), repairing half-done
+//! state (`gc`), checking it (`status`), and watching what the programs do
+//! (`stats`, `metrics`, `monitor`), with plain-text tables (`table`).
+
+pub mod apply;
+pub mod gc;
+pub mod metrics;
+pub mod monitor;
+pub mod stats;
+pub mod status;
+pub mod table;

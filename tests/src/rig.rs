@@ -228,6 +228,32 @@ impl Rig {
         self.switch.as_deref()
     }
 
+    /// Lets the switch carry GSO packets up to `size` whole, as a network of
+    /// BIG TCP-capable NICs would: a veth port keeps the kernel's 64 KiB and
+    /// would segment bigger ones in software, which no real switch does.
+    pub fn switch_passes_gso_up_to(&self, size: u32) -> Result<()> {
+        let Some(switch) = &self.switch else {
+            return Ok(());
+        };
+        let probe = sibling_binary("pod-net-probe");
+        let size = size.to_string();
+        for node in &self.nodes {
+            let port = format!("n{}", node.index);
+            run(
+                "nsenter",
+                [
+                    &format!("--net=/run/netns/{switch}"),
+                    "--",
+                    probe.to_str().unwrap_or("pod-net-probe"),
+                    "gso-max",
+                    port.as_str(),
+                    size.as_str(),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
     #[must_use]
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
@@ -842,13 +868,16 @@ pub fn pod_net_binary() -> PathBuf {
     sibling_binary("pod-net")
 }
 
-/// A workspace binary next to the running executable, or its bare name.
+/// A workspace binary beside `POD_NET_BIN` (the bench's release build),
+/// else next to the running executable, or its bare name.
 #[must_use]
 pub fn sibling_binary(name: &str) -> PathBuf {
+    let pod_net_dir = std::env::var_os("POD_NET_BIN")
+        .and_then(|path| PathBuf::from(path).parent().map(Path::to_path_buf));
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.ancestors()
-        .skip(1)
-        .take(2)
+    pod_net_dir
+        .into_iter()
+        .chain(exe.ancestors().skip(1).take(2).map(Path::to_path_buf))
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| PathBuf::from(name))

@@ -11,6 +11,9 @@
 //! - `pod-net-probe send-udp FROM_IP TO_IP:PORT HEX` sends one UDP datagram
 //!   with that payload through the namespace's own stack (`FROM_IP` 0.0.0.0:
 //!   any source), as any process in a pod or on a node could.
+//! - `pod-net-probe gso-max IFACE SIZE` sets IFACE's IPv4 GSO and GRO
+//!   maximum (`IFLA_GSO_IPV4_MAX_SIZE`, `IFLA_GRO_IPV4_MAX_SIZE`), which
+//!   Debian's iproute2 6.1 cannot: the rig's switch passing BIG TCP on.
 #![expect(
     clippy::cast_possible_wrap,
     reason = "ifindex and sockaddr sizes are small"
@@ -30,9 +33,13 @@ fn main() -> ExitCode {
         [_, command, from, to, hex] if command == "send-udp" => {
             decode_hex(hex).and_then(|payload| send_udp(from, to, &payload))
         }
+        [_, command, iface, size] if command == "gso-max" => size
+            .parse()
+            .map_err(|err| format!("size {size:?}: {err}"))
+            .and_then(|size| set_gso_max(iface, size)),
         _ => Err(
             "usage: pod-net-probe inject IFACE HEX | tcx IFACE | get HOST:PORT PATH \
-                  | send-udp FROM_IP TO_IP:PORT HEX"
+                  | send-udp FROM_IP TO_IP:PORT HEX | gso-max IFACE SIZE"
                 .into(),
         ),
     };
@@ -42,6 +49,59 @@ fn main() -> ExitCode {
             eprintln!("pod-net-probe: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// One `RTM_NEWLINK` request on a netlink socket, and its acknowledgement.
+fn set_gso_max(iface: &str, size: u32) -> Result<(), String> {
+    const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
+    const IFLA_GRO_IPV4_MAX_SIZE: u16 = 64;
+    let name = CString::new(iface).map_err(|err| err.to_string())?;
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(format!("no interface {iface}"));
+    }
+    let mut body = Vec::new();
+    // struct ifinfomsg: family, pad, type, index, flags, change.
+    body.extend_from_slice(&[0, 0, 0, 0]);
+    body.extend_from_slice(&(index as i32).to_ne_bytes());
+    body.extend_from_slice(&[0; 8]);
+    for kind in [IFLA_GSO_IPV4_MAX_SIZE, IFLA_GRO_IPV4_MAX_SIZE] {
+        body.extend_from_slice(&8u16.to_ne_bytes());
+        body.extend_from_slice(&kind.to_ne_bytes());
+        body.extend_from_slice(&size.to_ne_bytes());
+    }
+    let mut request = Vec::new();
+    request.extend_from_slice(&(16 + body.len() as u32).to_ne_bytes());
+    request.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+    request.extend_from_slice(&flags.to_ne_bytes());
+    request.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+    request.extend_from_slice(&body);
+    // SAFETY: plain socket calls on buffers that outlive them; the
+    // descriptor is closed before returning.
+    let error = unsafe {
+        let socket = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
+        if socket < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        let sent = libc::send(socket, request.as_ptr().cast(), request.len(), 0);
+        let mut reply = [0u8; 1024];
+        let got = libc::recv(socket, reply.as_mut_ptr().cast(), reply.len(), 0);
+        libc::close(socket);
+        if sent < 0 || got < 20 {
+            return Err("netlink exchange failed".into());
+        }
+        i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]])
+    };
+    if error == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{iface}: {}",
+            std::io::Error::from_raw_os_error(-error)
+        ))
     }
 }
 

@@ -44,6 +44,8 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
         rig.node(5),
         rig.node(6),
     );
+    // BIG TCP's super-packets cross the switch whole (see the method).
+    rig.switch_passes_gso_up_to(192 * 1024)?;
     n1.flannel_style(&[(n2, n2.flannel_vtep_mac())])?;
     n2.flannel_style(&[(n1, n1.flannel_vtep_mac())])?;
     n5.host_gw_style(&[n6])?;

@@ -118,6 +118,8 @@ reasons! {
     PassNotDirectPeer = 26, "pass_not_direct_peer";
     /// Plain IP from a direct-routing node's pod while that node's MAC is not in the neighbour table yet, so the sender cannot be checked: the kernel routes it.
     PassDirectUnresolved = 27, "pass_direct_unresolved";
+    /// A BIG TCP super-packet (`load --big-tcp on`) to a VXLAN node, too long for 16-bit outer lengths: the kernel segments it for its tunnel device.
+    PassBigGso = 28, "pass_big_gso";
 }
 
 /// Number of reasons.

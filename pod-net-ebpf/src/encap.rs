@@ -43,6 +43,9 @@ const ENCAP_FLAGS: u64 = (BPF_F_ADJ_ROOM_ENCAP_L3_IPV4
     | BPF_F_ADJ_ROOM_ENCAP_L4_UDP
     | BPF_F_ADJ_ROOM_ENCAP_L2_ETH) as u64
     | ((EthHdr::LEN as u64) << 56);
+/// What encapsulation adds to a frame's length to make the outer IPv4
+/// datagram's: the headers, less the outer Ethernet header.
+const OUTER_LEN_GROWTH: u32 = VXLAN_OVERHEAD - EthHdr::LEN as u32;
 /// The kernel's default ephemeral range, as `udp_flow_src_port` uses it.
 const SOURCE_PORT_MIN: u32 = 32768;
 const SOURCE_PORT_SPAN: u32 = 60999 - 32768;
@@ -61,6 +64,13 @@ pub fn to_remote_node(
     }
     if mtu::exceeds_underlay_mtu(ctx, ip, config, VXLAN_OVERHEAD) {
         return mtu::pass_too_big(ip);
+    }
+    // A BIG TCP super-packet would need an outer IPv4 and UDP length past
+    // 16 bits; whoever reads those headers before segmentation (a bridge's
+    // netfilter, a kernel VXLAN peer) would trim it. The kernel segments it
+    // for its own tunnel device instead.
+    if ctx.len() + OUTER_LEN_GROWTH > u32::from(u16::MAX) {
+        return Verdict::pass(Reason::PassBigGso);
     }
     let tos = ip.traffic_class();
     // SAFETY: plain helper call on our own context.

@@ -226,8 +226,23 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         anti_spoofing: config.flags & CONFIG_F_NO_ANTI_SPOOF == 0,
         nat_check: config.flags & CONFIG_F_NO_NAT_CHECK == 0,
         big_tcp: config.flags & CONFIG_F_BIG_TCP != 0,
-        warnings: mtu_warnings(&datapath, &config)?,
+        warnings: load_warnings(&datapath, &config)?,
     })
+}
+
+/// What works but will hurt: pod MTUs, and BIG TCP towards VXLAN nodes,
+/// whose super-packets the kernel segments (`pass_big_gso`).
+fn load_warnings(datapath: &Datapath, config: &Config) -> Result<Vec<String>> {
+    let mut warnings = mtu_warnings(datapath, config)?;
+    if config.flags & CONFIG_F_BIG_TCP != 0 && remotes::has_vxlan_peers(datapath)? {
+        warnings.push(
+            "BIG TCP with nodes reached over VXLAN: pods' super-packets to them are segmented \
+             by the kernel's tunnel device (pass_big_gso), slower than without BIG TCP; it pays \
+             on the same node and with direct routing"
+                .to_owned(),
+        );
+    }
+    Ok(warnings)
 }
 
 /// Creates the pin dir as needed and loads the programs and maps into it,

@@ -729,6 +729,13 @@ pub fn tunnel_overhead(datapath: &Datapath) -> Result<u32> {
     Ok(if all_direct { 0 } else { VXLAN_OVERHEAD })
 }
 
+/// Whether some remote entry is reached over VXLAN.
+pub fn has_vxlan_peers(datapath: &Datapath) -> Result<bool> {
+    Ok(entries(datapath)?
+        .iter()
+        .any(|(_, node)| Mode::of(node) == Mode::Vxlan))
+}
+
 /// The direct entries, as the routes they need on the underlay.
 pub fn direct_routes(datapath: &Datapath) -> Result<Vec<RemoteRoute>> {
     Ok(entries(datapath)?

@@ -36,12 +36,8 @@ pub fn to_direct_node(
     config: &Config,
 ) -> Verdict {
     let ip = packet.ip;
-    // A router hop: the kernel answers expired TTLs with ICMP.
-    if ip.hop_limit() <= 1 {
-        return Verdict::pass(Reason::PassTtlExceeded);
-    }
-    if mtu::exceeds_underlay_mtu(ctx, ip, config, 0) {
-        return mtu::pass_too_big(ip);
+    if let Some(verdict) = mtu::kernel_answers_hop(ctx, ip, config, 0) {
+        return verdict;
     }
     ip.decrement_hop_limit();
     let mut next_hop = next_hop(ip, remote.node_ip);

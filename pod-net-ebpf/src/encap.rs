@@ -58,12 +58,8 @@ pub fn to_remote_node(
     config: &Config,
 ) -> Verdict {
     let ip = packet.ip;
-    // A router hop: the kernel answers expired TTLs with ICMP.
-    if ip.hop_limit() <= 1 {
-        return Verdict::pass(Reason::PassTtlExceeded);
-    }
-    if mtu::exceeds_underlay_mtu(ctx, ip, config, VXLAN_OVERHEAD) {
-        return mtu::pass_too_big(ip);
+    if let Some(verdict) = mtu::kernel_answers_hop(ctx, ip, config, VXLAN_OVERHEAD) {
+        return verdict;
     }
     // A BIG TCP super-packet would need an outer IPv4 and UDP length past
     // 16 bits; whoever reads those headers before segmentation (a bridge's

@@ -13,6 +13,7 @@
 //! have no route out of the rig, and the node namespaces have no link to the
 //! host's.
 use std::{
+    collections::BTreeMap,
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::unix::process::CommandExt as _,
@@ -600,7 +601,46 @@ impl Node {
     }
 
     /// Packet counts per reason, from `pod-net stats --json`.
-    pub fn counters(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+    pub fn counters(&self) -> Result<BTreeMap<String, u64>> {
+        Ok(self
+            .counted_all()?
+            .into_iter()
+            .map(|(name, (packets, _))| (name, packets))
+            .collect())
+    }
+
+    /// Packets counted under `reason`.
+    pub fn counter(&self, reason: &str) -> Result<u64> {
+        self.counted(reason).map(|(packets, _)| packets)
+    }
+
+    /// Packets and bytes counted under `reason`.
+    pub fn counted(&self, reason: &str) -> Result<(u64, u64)> {
+        self.counted_all()?
+            .remove(reason)
+            .with_context(|| format!("no counter {reason}"))
+    }
+
+    /// Packets counted under `reason` since the `before` snapshot of
+    /// [`Node::counters`].
+    pub fn counted_since(&self, before: &BTreeMap<String, u64>, reason: &str) -> Result<u64> {
+        Ok(self.counter(reason)? - before.get(reason).copied().unwrap_or(0))
+    }
+
+    /// Every reason that moved since the `before` snapshot, with how far.
+    pub fn moved_since(&self, before: &BTreeMap<String, u64>) -> Result<BTreeMap<String, u64>> {
+        Ok(self
+            .counters()?
+            .into_iter()
+            .filter_map(|(name, count)| {
+                let delta = count - before.get(&name).copied().unwrap_or(0);
+                (delta != 0).then_some((name, delta))
+            })
+            .collect())
+    }
+
+    /// Packets and bytes per reason.
+    fn counted_all(&self) -> Result<BTreeMap<String, (u64, u64)>> {
         let text = self.pod_net(&["stats", "--json"])?;
         let json: serde_json::Value =
             serde_json::from_str(&text).context("parsing pod-net stats --json")?;
@@ -610,10 +650,12 @@ impl Node {
         counters
             .iter()
             .map(|(name, value)| {
-                let packets = value["packets"]
-                    .as_u64()
-                    .with_context(|| format!("{name} has no packet count"))?;
-                Ok((name.clone(), packets))
+                let count = |field: &str| {
+                    value[field]
+                        .as_u64()
+                        .with_context(|| format!("{name} has no {field} count"))
+                };
+                Ok((name.clone(), (count("packets")?, count("bytes")?)))
             })
             .collect()
     }

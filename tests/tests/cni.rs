@@ -66,10 +66,6 @@ fn registered(node: &Node) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn counter(node: &Node, reason: &str) -> u64 {
-    node.counters().unwrap()[reason]
-}
-
 #[test]
 fn bridge_chain_registers_pods_that_talk_through_the_fast_path() {
     if !require_root("bridge_chain_registers_pods") {
@@ -100,10 +96,10 @@ fn bridge_chain_registers_pods_that_talk_through_the_fast_path() {
     // Warm up ARP, then count: every echo request and reply is redirected.
     a.exec(&["ping", "-c", "1", "-W", "1", &ip_b.to_string()])
         .unwrap();
-    let before = counter(node, "redirect_local");
+    let before = node.counter("redirect_local").unwrap();
     a.exec(&["ping", "-c", "5", "-i", "0.1", "-W", "1", &ip_b.to_string()])
         .unwrap();
-    assert_eq!(counter(node, "redirect_local") - before, 10);
+    assert_eq!(node.counter("redirect_local").unwrap() - before, 10);
 
     runtime.del(&b).unwrap();
     runtime.del(&a).unwrap();
@@ -137,10 +133,10 @@ fn ptp_chain_registers_pods_that_talk_through_the_fast_path() {
 
     a.exec(&["ping", "-c", "1", "-W", "1", &ip_b.to_string()])
         .unwrap();
-    let before = counter(node, "redirect_local");
+    let before = node.counter("redirect_local").unwrap();
     b.exec(&["ping", "-c", "4", "-i", "0.1", "-W", "1", &ip_a.to_string()])
         .unwrap();
-    assert_eq!(counter(node, "redirect_local") - before, 8);
+    assert_eq!(node.counter("redirect_local").unwrap() - before, 8);
     runtime.del(&a).unwrap();
     runtime.del(&b).unwrap();
     assert!(registered(node).is_empty());
@@ -569,10 +565,13 @@ fn dual_stack_pods_are_registered_with_both_addresses() {
 
     // Both families take the fast path.
     for b_ip in &b_ips {
-        let before = counter(node, "redirect_local");
+        let before = node.counter("redirect_local").unwrap();
         a.exec(&["ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", b_ip])
             .unwrap();
-        assert!(counter(node, "redirect_local") - before >= 6, "{b_ip}");
+        assert!(
+            node.counter("redirect_local").unwrap() - before >= 6,
+            "{b_ip}"
+        );
     }
 
     runtime.del(&a).unwrap();

@@ -77,10 +77,6 @@ fn tunnel_routes(node: &Node) -> String {
         .unwrap_or_default()
 }
 
-fn counter(node: &Node, reason: &str) -> u64 {
-    node.counters().unwrap()[reason]
-}
-
 /// A pod made through `agent`'s own conflist by the CNI runtime.
 struct ClusterPod {
     attachment: Attachment,
@@ -189,10 +185,10 @@ fn three_agents_lease_distinct_subnets_and_pods_reach_each_other_through_encap()
             }
             // The first ping resolves the gateway; then count.
             let _ = ping(from, to.ip, 1);
-            let before = counter(nodes[from_index], "encap");
+            let before = nodes[from_index].counter("encap").unwrap();
             ping(from, to.ip, 5).unwrap();
             assert!(
-                counter(nodes[from_index], "encap") - before >= 5,
+                nodes[from_index].counter("encap").unwrap() - before >= 5,
                 "pod {} -> {} did not go through encap",
                 from.ip,
                 to.ip
@@ -217,9 +213,9 @@ fn three_agents_lease_distinct_subnets_and_pods_reach_each_other_through_encap()
     let late = pod_via_conflist(&rig, nodes[3], &fourth, "c4");
     for (index, pod) in pods.iter().enumerate() {
         let _ = ping(pod, late.ip, 1);
-        let before = counter(nodes[index], "encap");
+        let before = nodes[index].counter("encap").unwrap();
         ping(pod, late.ip, 3).unwrap();
-        assert!(counter(nodes[index], "encap") - before >= 3);
+        assert!(nodes[index].counter("encap").unwrap() - before >= 3);
     }
     drop(agents);
     drop(fourth);
@@ -1124,14 +1120,21 @@ fn direct_routing_reaches_peers_on_the_segment_directly_and_others_over_vxlan() 
 
     let a = pod_via_conflist(&rig, node_1, &agents[0], "direct-a");
     let b = pod_via_conflist(&rig, node_2, &agents[1], "direct-b");
-    let before = (counter(node_1, "direct_out"), counter(node_2, "direct_in"));
+    let before = (
+        node_1.counter("direct_out").unwrap(),
+        node_2.counter("direct_in").unwrap(),
+    );
     wait_for("the direct peer's pods", SOON, || ping(&a, b.ip, 1).ok()).unwrap();
     ping(&a, b.ip, 5).unwrap();
     ping(&b, a.ip, 5).unwrap();
     assert!(
-        counter(node_1, "direct_out") - before.0 >= 10,
+        node_1.counter("direct_out").unwrap() - before.0 >= 10,
         "echo requests and replies"
     );
-    assert!(counter(node_2, "direct_in") - before.1 >= 10);
-    assert_eq!(counter(node_1, "encap"), 0, "nothing went over VXLAN");
+    assert!(node_2.counter("direct_in").unwrap() - before.1 >= 10);
+    assert_eq!(
+        node_1.counter("encap").unwrap(),
+        0,
+        "nothing went over VXLAN"
+    );
 }

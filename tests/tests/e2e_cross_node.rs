@@ -1,7 +1,6 @@
 //! Cross-node fast path on the rig: nodes joined by a veth underlay (a
 //! switch bridge for three), pods on each, VXLAN in BPF, and the kernel's
 //! own vxlan device as an interop peer.
-use std::collections::BTreeMap;
 
 use pod_net_tests::{Node, Pod, Rig, RigSpec, cmd::output_of, privileges::require_root};
 
@@ -13,21 +12,6 @@ fn rig(nodes: u8, pods_per_node: u8, pod_mtu: Option<u32>) -> Rig {
         ..RigSpec::default()
     })
     .expect("build rig")
-}
-
-/// Packets and bytes `node` counted under `reason`.
-fn counted(node: &Node, reason: &str) -> (u64, u64) {
-    let stats: serde_json::Value =
-        serde_json::from_str(&node.pod_net(&["stats", "--json"]).unwrap()).unwrap();
-    let counter = &stats["counters"][reason];
-    (
-        counter["packets"].as_u64().unwrap(),
-        counter["bytes"].as_u64().unwrap(),
-    )
-}
-
-fn delta(before: &BTreeMap<String, u64>, node: &Node, reason: &str) -> u64 {
-    node.counters().unwrap()[reason] - before[reason]
 }
 
 /// Sends `bytes` of TCP from `client` to `server` with iperf3 and checks
@@ -130,13 +114,16 @@ fn node_entries_change_the_path_at_runtime() {
     let stdout = String::from_utf8_lossy(&ping.stdout);
     assert!(!ping.status.success());
     assert!(stdout.contains("Unreachable"), "{stdout}");
-    assert_eq!(delta(&before, node_1, "pass_unknown_dst"), 2);
-    assert_eq!(delta(&before, node_1, "encap"), 0);
+    assert_eq!(
+        node_1.counted_since(&before, "pass_unknown_dst").unwrap(),
+        2
+    );
+    assert_eq!(node_1.counted_since(&before, "encap").unwrap(), 0);
 
     node_1.add_peer(node_2, None).unwrap();
     let before = node_1.counters().unwrap();
     a.ping(b.ip, 2).unwrap();
-    assert_eq!(delta(&before, node_1, "encap"), 2);
+    assert_eq!(node_1.counted_since(&before, "encap").unwrap(), 2);
 
     // Pin B to node 3 with a /32: node 1 now sends it there, node 3 finds
     // no such pod and hands it to its kernel, which routes it on to node 2.
@@ -148,13 +135,23 @@ fn node_entries_change_the_path_at_runtime() {
     let before_3 = node_3.counters().unwrap();
     let before_2 = node_2.counters().unwrap();
     a.ping(b.ip, 2).unwrap();
-    assert_eq!(delta(&before_3, node_3, "pass_inner_not_local"), 2);
-    assert!(delta(&before_2, node_2, "decap") >= 2);
+    assert_eq!(
+        node_3
+            .counted_since(&before_3, "pass_inner_not_local")
+            .unwrap(),
+        2
+    );
+    assert!(node_2.counted_since(&before_2, "decap").unwrap() >= 2);
 
     node_1.pod_net(&["node", "del", "--cidr", &pinned]).unwrap();
     let before_3 = node_3.counters().unwrap();
     a.ping(b.ip, 2).unwrap();
-    assert_eq!(delta(&before_3, node_3, "pass_inner_not_local"), 0);
+    assert_eq!(
+        node_3
+            .counted_since(&before_3, "pass_inner_not_local")
+            .unwrap(),
+        0
+    );
 }
 
 #[test]
@@ -201,8 +198,8 @@ fn interop_with_the_kernel_vxlan_device() {
     b.ping(a.ip, 3).unwrap();
     tcp(a, b, "8M");
     tcp(b, a, "8M");
-    assert!(delta(&before, pod_net_node, "encap") >= 6);
-    assert!(delta(&before, pod_net_node, "decap") >= 6);
+    assert!(pod_net_node.counted_since(&before, "encap").unwrap() >= 6);
+    assert!(pod_net_node.counted_since(&before, "decap").unwrap() >= 6);
 
     let status = wait_with_timeout(tshark, 15);
     assert!(status, "tshark did not finish");
@@ -276,7 +273,12 @@ fn a_pod_mtu_without_room_for_vxlan_gets_frag_needed_not_silence() {
         stdout.contains("Frag needed and DF set (mtu = 1450)"),
         "{stdout}"
     );
-    assert_eq!(delta(&before, rig.node(1), "pass_frag_needed"), 1);
+    assert_eq!(
+        rig.node(1)
+            .counted_since(&before, "pass_frag_needed")
+            .unwrap(),
+        1
+    );
     // What fits the tunnel goes through.
     a.exec(&[
         "ping",
@@ -308,10 +310,14 @@ fn tcp_fits_when_the_pod_mtu_leaves_room_for_vxlan() {
     tcp(a, b, "32M");
     tcp(b, a, "32M");
     let node_1 = rig.node(1);
-    assert!(delta(&before, node_1, "encap") > 100);
-    assert!(delta(&before, node_1, "decap") > 100);
+    assert!(node_1.counted_since(&before, "encap").unwrap() > 100);
+    assert!(node_1.counted_since(&before, "decap").unwrap() > 100);
     for reason in ["pass_frag_needed", "pass_fragment", "pass_resize_failed"] {
-        assert_eq!(delta(&before, node_1, reason), 0, "{reason}");
+        assert_eq!(
+            node_1.counted_since(&before, reason).unwrap(),
+            0,
+            "{reason}"
+        );
     }
 }
 
@@ -376,7 +382,7 @@ fn the_xdp_receive_path_delivers_and_can_be_turned_off() {
     b.ping(a.ip, 5).unwrap();
     // Pings carry complete checksums: all ten arrive through XDP, which
     // sends them into B's host veth (the TC path would skip it entirely).
-    assert_eq!(delta(&before, node_2, "decap"), 10);
+    assert_eq!(node_2.counted_since(&before, "decap").unwrap(), 10);
     assert_eq!(xdp_xmit(node_2, &b.host_veth) - xdp_before, 10);
     // TCP from a veth carries offloaded (partial) checksums: TC delivers it.
     tcp(a, b, "8M");
@@ -448,9 +454,9 @@ fn big_tcp_pods_carry_tcp_across_nodes_over_vxlan_and_direct() {
             ("encap", "decap")
         };
         let before = n1.counters().unwrap();
-        let sent_before = counted(n1, out);
+        let sent_before = n1.counted(out).unwrap();
         tcp(a, b, "256M");
-        let sent = counted(n1, out);
+        let sent = n1.counted(out).unwrap();
         let (packets, bytes) = (sent.0 - sent_before.0, sent.1 - sent_before.1);
         if direct {
             // Without BIG TCP no packet the program sees exceeds 64 KiB and
@@ -459,15 +465,25 @@ fn big_tcp_pods_carry_tcp_across_nodes_over_vxlan_and_direct() {
                 bytes / packets > 65_550,
                 "{out}: {packets} packets of {bytes} bytes"
             );
-            assert_eq!(delta(&before, n1, "pass_big_gso"), 0);
+            assert_eq!(n1.counted_since(&before, "pass_big_gso").unwrap(), 0);
         } else {
-            assert!(delta(&before, n1, "pass_big_gso") > 10);
+            assert!(n1.counted_since(&before, "pass_big_gso").unwrap() > 10);
         }
         tcp(b, a, "64M");
-        assert!(delta(&before, n1, out) > 100, "{out} (direct {direct})");
-        assert!(delta(&before, n1, into) > 100, "{into} (direct {direct})");
+        assert!(
+            n1.counted_since(&before, out).unwrap() > 100,
+            "{out} (direct {direct})"
+        );
+        assert!(
+            n1.counted_since(&before, into).unwrap() > 100,
+            "{into} (direct {direct})"
+        );
         for reason in ["pass_resize_failed", "pass_frag_needed", "pass_fragment"] {
-            assert_eq!(delta(&before, n1, reason), 0, "{reason} (direct {direct})");
+            assert_eq!(
+                n1.counted_since(&before, reason).unwrap(),
+                0,
+                "{reason} (direct {direct})"
+            );
         }
     }
 }

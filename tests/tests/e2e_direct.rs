@@ -34,14 +34,6 @@ fn rig(nodes: u8, ipv6: bool) -> Rig {
     .expect("build rig")
 }
 
-fn counters(node: &Node) -> BTreeMap<String, u64> {
-    node.counters().unwrap()
-}
-
-fn delta(before: &BTreeMap<String, u64>, node: &Node, reason: &str) -> u64 {
-    node.counters().unwrap()[reason] - before[reason]
-}
-
 fn ip6(pod: &Pod) -> IpAddr {
     IpAddr::V6(pod.ip6.expect("a dual-stack pod"))
 }
@@ -172,7 +164,7 @@ fn direct_nodes_carry_pod_traffic_unencapsulated_beside_a_vxlan_node() {
     a.ping(b.ip, 1).unwrap();
     b.ping(a.ip, 1).unwrap();
 
-    let (before_1, before_2) = (counters(n1), counters(n2));
+    let (before_1, before_2) = (n1.counters().unwrap(), n2.counters().unwrap());
     let (veth_a, veth_b) = (tx(n1, &a.host_veth), tx(n2, &b.host_veth));
     a.ping(b.ip, 5).unwrap();
     b.ping(a.ip, 5).unwrap();
@@ -180,15 +172,27 @@ fn direct_nodes_carry_pod_traffic_unencapsulated_beside_a_vxlan_node() {
     // way out and once on the way in.
     for (node, before) in [(n1, &before_1), (n2, &before_2)] {
         let index = node.index;
-        assert_eq!(delta(before, node, "direct_out"), 10, "node {index}");
-        assert_eq!(delta(before, node, "direct_in"), 10, "node {index}");
+        assert_eq!(
+            node.counted_since(before, "direct_out").unwrap(),
+            10,
+            "node {index}"
+        );
+        assert_eq!(
+            node.counted_since(before, "direct_in").unwrap(),
+            10,
+            "node {index}"
+        );
         for reason in [
             "encap",
             "decap",
             "pass_not_direct_peer",
             "pass_direct_unresolved",
         ] {
-            assert_eq!(delta(before, node, reason), 0, "node {index} {reason}");
+            assert_eq!(
+                node.counted_since(before, reason).unwrap(),
+                0,
+                "node {index} {reason}"
+            );
         }
     }
     // Delivered with bpf_redirect_peer: the pods' host veths sent nothing.
@@ -203,10 +207,20 @@ fn direct_nodes_carry_pod_traffic_unencapsulated_beside_a_vxlan_node() {
     tcp(b, a, "16M");
     for (node, before) in [(n1, &before_1), (n2, &before_2)] {
         let index = node.index;
-        assert!(delta(before, node, "direct_out") > 100, "node {index}");
-        assert!(delta(before, node, "direct_in") > 100, "node {index}");
+        assert!(
+            node.counted_since(before, "direct_out").unwrap() > 100,
+            "node {index}"
+        );
+        assert!(
+            node.counted_since(before, "direct_in").unwrap() > 100,
+            "node {index}"
+        );
         for reason in ["encap", "decap", "pass_frag_needed", "pass_fragment"] {
-            assert_eq!(delta(before, node, reason), 0, "node {index} {reason}");
+            assert_eq!(
+                node.counted_since(before, reason).unwrap(),
+                0,
+                "node {index} {reason}"
+            );
         }
     }
 
@@ -240,21 +254,25 @@ fn direct_nodes_carry_pod_traffic_unencapsulated_beside_a_vxlan_node() {
     // Node 3 over VXLAN, at the same time: encapsulated, not direct.
     a.ping(c.ip, 1).unwrap();
     b.ping(c.ip, 1).unwrap();
-    let (before_1, before_2, before_3) = (counters(n1), counters(n2), counters(n3));
+    let (before_1, before_2, before_3) = (
+        n1.counters().unwrap(),
+        n2.counters().unwrap(),
+        n3.counters().unwrap(),
+    );
     a.ping(c.ip, 3).unwrap();
     b.ping(c.ip, 3).unwrap();
     c.ping(a.ip, 3).unwrap();
     // a: 3 requests and 3 replies to c; b: 3 requests; c: 3 replies to a
     // and b and 3 requests to a.
-    assert!(delta(&before_1, n1, "encap") >= 6);
-    assert!(delta(&before_1, n1, "decap") >= 6);
-    assert!(delta(&before_2, n2, "encap") >= 3);
-    assert!(delta(&before_3, n3, "encap") >= 9);
-    assert!(delta(&before_3, n3, "decap") >= 9);
+    assert!(n1.counted_since(&before_1, "encap").unwrap() >= 6);
+    assert!(n1.counted_since(&before_1, "decap").unwrap() >= 6);
+    assert!(n2.counted_since(&before_2, "encap").unwrap() >= 3);
+    assert!(n3.counted_since(&before_3, "encap").unwrap() >= 9);
+    assert!(n3.counted_since(&before_3, "decap").unwrap() >= 9);
     for (node, before) in [(n1, &before_1), (n2, &before_2)] {
         for reason in ["direct_out", "direct_in"] {
             assert_eq!(
-                delta(before, node, reason),
+                node.counted_since(before, reason).unwrap(),
                 0,
                 "node {} {reason}",
                 node.index
@@ -365,11 +383,11 @@ fn plain_ip_not_from_a_direct_peers_pod_reaches_pods_only_through_the_kernel() {
     ];
     for (what, from, mac, source, reason) in cases {
         let frame = echo_reply_frame((&mac_2, mac), source, b.ip);
-        let before = counters(n2);
+        let before = n2.counters().unwrap();
         let (received, veth) = (b.eth0_packets().unwrap().rx, tx(n2, &b.host_veth));
         inject(from, &frame, SENT);
         sleep(Duration::from_millis(300));
-        let after = counters(n2);
+        let after = n2.counters().unwrap();
         for counted in [
             "pass_not_direct_peer",
             "direct_in",
@@ -480,7 +498,7 @@ fn a_direct_pod_net_node_and_a_host_gw_node_reach_each_others_pods() {
 
     a.ping(b.ip, 1).unwrap();
     b.ping(a.ip, 1).unwrap();
-    let before = counters(pod_net_node);
+    let before = pod_net_node.counters().unwrap();
     a.ping(b.ip, 3).unwrap();
     b.ping(a.ip, 3).unwrap();
     df_ping(a, b.ip, 1472);
@@ -488,10 +506,14 @@ fn a_direct_pod_net_node_and_a_host_gw_node_reach_each_others_pods() {
     tcp(a, b, "8M");
     tcp(b, a, "8M");
     // The host-gw node's kernel forwards from its own MAC: direct_in.
-    assert!(delta(&before, pod_net_node, "direct_out") >= 8);
-    assert!(delta(&before, pod_net_node, "direct_in") >= 8);
+    assert!(pod_net_node.counted_since(&before, "direct_out").unwrap() >= 8);
+    assert!(pod_net_node.counted_since(&before, "direct_in").unwrap() >= 8);
     for reason in ["encap", "decap", "pass_not_direct_peer"] {
-        assert_eq!(delta(&before, pod_net_node, reason), 0, "{reason}");
+        assert_eq!(
+            pod_net_node.counted_since(&before, reason).unwrap(),
+            0,
+            "{reason}"
+        );
     }
 }
 
@@ -533,16 +555,16 @@ fn ipv6_pods_on_direct_nodes_and_a_host_gw_node() {
     b.ping(a.ip, 1).unwrap();
     a.ping(ip6(b), 1).unwrap();
     b.ping(ip6(a), 1).unwrap();
-    let (before_1, before_2) = (counters(n1), counters(n2));
+    let (before_1, before_2) = (n1.counters().unwrap(), n2.counters().unwrap());
     a.ping(ip6(b), 10).unwrap();
-    assert!(delta(&before_1, n1, "direct_out") >= 10);
-    assert!(delta(&before_2, n2, "direct_in") >= 10);
-    assert!(delta(&before_2, n2, "direct_out") >= 10);
-    assert!(delta(&before_1, n1, "direct_in") >= 10);
+    assert!(n1.counted_since(&before_1, "direct_out").unwrap() >= 10);
+    assert!(n2.counted_since(&before_2, "direct_in").unwrap() >= 10);
+    assert!(n2.counted_since(&before_2, "direct_out").unwrap() >= 10);
+    assert!(n1.counted_since(&before_1, "direct_in").unwrap() >= 10);
     for (node, before) in [(n1, &before_1), (n2, &before_2)] {
         for reason in ["encap", "decap"] {
             assert_eq!(
-                delta(before, node, reason),
+                node.counted_since(before, reason).unwrap(),
                 0,
                 "node {} {reason}",
                 node.index

@@ -5,7 +5,7 @@
 //! pod-net leaves to it.
 use std::net::IpAddr;
 
-use pod_net_tests::{Node, Pod, Rig, RigSpec, privileges::require_root};
+use pod_net_tests::{Pod, Rig, RigSpec, privileges::require_root};
 use serde_json::Value;
 
 fn dual_stack(nodes: u8, pods_per_node: u8) -> Rig {
@@ -21,10 +21,6 @@ fn dual_stack(nodes: u8, pods_per_node: u8) -> Rig {
 
 fn ip6(pod: &Pod) -> IpAddr {
     IpAddr::V6(pod.ip6.expect("a dual-stack pod"))
-}
-
-fn counter(node: &Node, reason: &str) -> u64 {
-    node.counters().unwrap()[reason]
 }
 
 /// Sends 4 MB of TCP over IPv6 from `client` to `server`.
@@ -61,18 +57,18 @@ fn ipv6_pods_on_one_node_bypass_the_bridge() {
 
     a.pin_neighbour(b).unwrap();
     b.pin_neighbour(a).unwrap();
-    let redirects = counter(node, "redirect_local");
+    let redirects = node.counter("redirect_local").unwrap();
     let through_bridge = node.link_packets(&b.host_veth).unwrap().tx;
     a.ping(ip6(b), 20).unwrap();
     // Every request and reply took the fast path; the bridge did not send
     // them to B's veth (the little it sends is IPv6's own chatter).
-    assert!(counter(node, "redirect_local") - redirects >= 40);
+    assert!(node.counter("redirect_local").unwrap() - redirects >= 40);
     assert!(node.link_packets(&b.host_veth).unwrap().tx - through_bridge < 20);
 
     tcp6(a, b);
     // 4 MB in 64 KiB GSO packets, and their ACKs.
-    assert!(counter(node, "redirect_local") - redirects > 100);
-    assert_eq!(counter(node, "drop_spoofed"), 0);
+    assert!(node.counter("redirect_local").unwrap() - redirects > 100);
+    assert_eq!(node.counter("drop_spoofed").unwrap(), 0);
 }
 
 #[test]
@@ -98,22 +94,22 @@ fn ipv6_pods_on_two_nodes_talk_through_vxlan_and_the_node_through_the_kernel() {
     );
 
     a.ping(ip6(c), 1).unwrap(); // neighbour discovery with the gateways
-    let (encap, decap) = (counter(n1, "encap"), counter(n2, "decap"));
+    let (encap, decap) = (n1.counter("encap").unwrap(), n2.counter("decap").unwrap());
     a.ping(ip6(c), 20).unwrap();
-    assert!(counter(n1, "encap") - encap >= 20);
-    assert!(counter(n2, "decap") - decap >= 20);
+    assert!(n1.counter("encap").unwrap() - encap >= 20);
+    assert!(n2.counter("decap").unwrap() - decap >= 20);
 
     tcp6(a, c);
-    assert!(counter(n1, "encap") - encap > 100);
+    assert!(n1.counter("encap").unwrap() - encap > 100);
 
     // The node itself reaches a remote pod through pnvxlan1 (the kernel
     // encapsulates, node 2's program decapsulates into the pod), and the
     // reply to a non-pod address goes back through the kernel too.
-    let inner_not_local = counter(n1, "pass_inner_not_local");
+    let inner_not_local = n1.counter("pass_inner_not_local").unwrap();
     let target = ip6(c).to_string();
     n1.exec(&[
         "ping", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", &target,
     ])
     .unwrap();
-    assert!(counter(n1, "pass_inner_not_local") - inner_not_local >= 3);
+    assert!(n1.counter("pass_inner_not_local").unwrap() - inner_not_local >= 3);
 }

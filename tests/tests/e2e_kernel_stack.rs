@@ -10,10 +10,6 @@ use pod_net_tests::{
 
 const SERVICE_IP: &str = "10.96.0.10";
 
-fn counter(node: &Node, reason: &str) -> u64 {
-    node.counters().unwrap()[reason]
-}
-
 /// A cluster IP the way kube-proxy's iptables mode makes one: DNAT in
 /// PREROUTING (and OUTPUT) from `SERVICE_IP`:80 to `backend`:5201.
 fn cluster_ip(node: &Node, backend: &Pod) {
@@ -65,15 +61,17 @@ fn a_cluster_ip_backend_on_the_same_node_answers_through_conntrack() {
     node.load_and_register().unwrap();
     let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
     cluster_ip(node, b);
-    let (nat_before, redirect_before) =
-        (counter(node, "pass_nat"), counter(node, "redirect_local"));
+    let (nat_before, redirect_before) = (
+        node.counter("pass_nat").unwrap(),
+        node.counter("redirect_local").unwrap(),
+    );
     tcp_via_service(a, b);
     // Every reply went to the kernel to be un-DNATed; none was redirected.
-    assert!(counter(node, "pass_nat") - nat_before > 10);
-    assert_eq!(counter(node, "redirect_local"), redirect_before);
+    assert!(node.counter("pass_nat").unwrap() - nat_before > 10);
+    assert_eq!(node.counter("redirect_local").unwrap(), redirect_before);
     // Plain pod-to-pod traffic still takes the fast path.
     a.ping(b.ip, 2).unwrap();
-    assert_eq!(counter(node, "redirect_local"), redirect_before + 4);
+    assert_eq!(node.counter("redirect_local").unwrap(), redirect_before + 4);
 
     // The control: without the NAT check, B's SYN-ACK reaches A from B's
     // own address, not the service's, and the connection never forms.
@@ -114,10 +112,10 @@ fn a_cluster_ip_backend_on_another_node_answers_through_conntrack() {
     rig.pod_net_mesh().unwrap();
     let (node_1, a, b) = (rig.node(1), rig.pod(1, 1), rig.pod(2, 1));
     cluster_ip(node_1, b);
-    let before = counter(node_1, "pass_nat");
+    let before = node_1.counter("pass_nat").unwrap();
     tcp_via_service(a, b);
     // The replies, VXLAN from node 2, were left to node 1's kernel.
-    assert!(counter(node_1, "pass_nat") - before > 10);
+    assert!(node_1.counter("pass_nat").unwrap() - before > 10);
     a.ping(b.ip, 2).unwrap();
 }
 
@@ -136,10 +134,10 @@ fn a_forged_source_address_is_dropped_and_never_arrives() {
         &Ipv4::new("10.244.1.77".parse().unwrap(), b.ip, IPPROTO_ICMP),
     );
     let received = || b.eth0_packets().unwrap().rx;
-    let before = (counter(node, "drop_spoofed"), received());
+    let before = (node.counter("drop_spoofed").unwrap(), received());
     a.inject(&forged).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert_eq!(counter(node, "drop_spoofed"), before.0 + 1);
+    assert_eq!(node.counter("drop_spoofed").unwrap(), before.0 + 1);
     assert_eq!(received(), before.1, "the victim saw the forged packet");
 
     // Turned off for the node, the same frame is delivered.
@@ -178,10 +176,10 @@ fn a_no_bypass_pod_goes_through_iptables_forward() {
 
     // Both directions cross the bridge: B's host veth transmits them.
     let tx = || node.link_packets(&b.host_veth).unwrap().tx;
-    let before = (tx(), counter(node, "pass_no_bypass"));
+    let before = (tx(), node.counter("pass_no_bypass").unwrap());
     a.ping(b.ip, 3).unwrap();
     assert_eq!(tx() - before.0, 3);
-    assert_eq!(counter(node, "pass_no_bypass") - before.1, 6);
+    assert_eq!(node.counter("pass_no_bypass").unwrap() - before.1, 6);
 
     // So a NetworkPolicy-style FORWARD rule applies to it.
     node.exec(&["iptables", "-I", "FORWARD", "-s", &a_ip, "-j", "DROP"])

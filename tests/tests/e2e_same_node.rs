@@ -12,17 +12,6 @@ fn one_node_two_pods() -> Rig {
     Rig::build(&RigSpec::default()).expect("build rig")
 }
 
-/// Counter deltas between two `stats` snapshots, only the ones that moved.
-fn moved(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    after
-        .iter()
-        .filter_map(|(name, count)| {
-            let delta = count - before.get(name).copied().unwrap_or(0);
-            (delta != 0).then(|| (name.clone(), delta))
-        })
-        .collect()
-}
-
 fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs
         .iter()
@@ -62,7 +51,7 @@ fn pings_bypass_the_bridge_and_count_exactly() {
 
     // 10 requests A->B and 10 replies B->A, each redirected once.
     assert_eq!(
-        moved(&before, &node.counters().unwrap()),
+        node.moved_since(&before).unwrap(),
         counts(&[("redirect_local", 20)])
     );
     // B received every request, and none of it crossed B's host veth.
@@ -91,7 +80,7 @@ fn tcp_flows_through_the_fast_path() {
     assert!(sent >= 64 << 20, "iperf3 sent only {sent} bytes");
     assert!(received > 0, "nothing arrived of {sent} bytes");
 
-    let delta = moved(&before, &node.counters().unwrap());
+    let delta = node.moved_since(&before).unwrap();
     // Every packet of the connection went through the fast path, both ways.
     assert_eq!(delta.keys().collect::<Vec<_>>(), ["redirect_local"]);
     assert!(delta["redirect_local"] > 1000, "{delta:?}");
@@ -123,7 +112,7 @@ fn traffic_keeps_flowing_with_no_pod_net_process_running() {
     let before = node.counters().unwrap();
     a.ping(b.ip, 3).unwrap();
     assert_eq!(
-        moved(&before, &node.counters().unwrap()),
+        node.moved_since(&before).unwrap(),
         counts(&[("redirect_local", 6)])
     );
 }
@@ -146,7 +135,7 @@ fn pod_del_and_unload_fall_back_to_the_bridge() {
     // A's program still runs but B is unknown now; B has no program left,
     // so its replies are not seen at all. The bridge carried the requests.
     assert_eq!(
-        moved(&before, &node.counters().unwrap()),
+        node.moved_since(&before).unwrap(),
         counts(&[("pass_unknown_dst", 5)])
     );
     assert_eq!(
@@ -191,7 +180,7 @@ fn reload_keeps_entries_and_attachments() {
     let before = node.counters().unwrap();
     a.ping(b.ip, 2).unwrap();
     assert_eq!(
-        moved(&before, &node.counters().unwrap()),
+        node.moved_since(&before).unwrap(),
         counts(&[("redirect_local", 4)])
     );
 }
@@ -223,7 +212,7 @@ fn malformed_frames_from_a_pod_are_passed_and_counted() {
     // Delivery is synchronous on veth, but give the softirq a moment.
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(
-        moved(&before, &node.counters().unwrap()),
+        node.moved_since(&before).unwrap(),
         counts(&[("pass_malformed", 2)])
     );
 }
@@ -280,7 +269,7 @@ fn big_tcp_is_given_to_pods_and_taken_back() {
     let _server = b.iperf3_server(&[]).unwrap();
     let json = a.iperf3_client(b.ip, &["-n", "64M"]).unwrap();
     assert!(json["end"]["sum_sent"]["bytes"].as_u64().unwrap() >= 64 << 20);
-    let delta = moved(&before, &node.counters().unwrap());
+    let delta = node.moved_since(&before).unwrap();
     assert_eq!(delta.keys().collect::<Vec<_>>(), ["redirect_local"]);
 
     // A pod whose end lost it is a problem for status.

@@ -15,7 +15,7 @@ pub fn decrement_ttl(ip: &mut Ipv4Hdr) {
 #[inline(always)]
 pub fn ipv4_header_checksum(header: &Ipv4Hdr) -> [u8; 2] {
     // SAFETY: `Ipv4Hdr` is 20 bytes of plain data.
-    let bytes: &[u8; 20] = unsafe { &*(header as *const Ipv4Hdr).cast::<[u8; 20]>() };
+    let bytes: &[u8; 20] = unsafe { &*core::ptr::from_ref(header).cast::<[u8; 20]>() };
     let mut sum: u32 = 0;
     let mut i = 0;
     while i < 20 {

@@ -48,7 +48,7 @@ impl Addr {
         }
     }
 
-    /// An IPv6 link-local address (fe80::/10).
+    /// An IPv6 link-local address (`fe80::/10`).
     #[inline(always)]
     pub fn is_link_local(self) -> bool {
         self.family == FAMILY_IPV6 && self.bytes[0] == 0xfe && self.bytes[1] & 0xc0 == 0x80

@@ -18,8 +18,10 @@ use crate::{
     agent::cluster::{self, ClusterOptions, etcd::TlsFiles},
     cidr::Cidr,
     datapath::{
-        loader::{self, LoadOptions, LoadReport, UnderlayOptions},
+        loader::{self, LoadOptions, LoadReport},
         pins::{DEFAULT_PIN_DIR, PinDir},
+        underlay::UnderlayOptions,
+        unload,
     },
     mac::MacAddr,
     node::{
@@ -431,7 +433,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             print_load_report(&pins, &loader::load(&pins, &options)?);
         }
         Command::Unload => {
-            let report = loader::unload(&pins)?;
+            let report = unload::unload(&pins)?;
             println!(
                 "unloaded {} ({} attachment(s) removed{})",
                 pins.root().display(),

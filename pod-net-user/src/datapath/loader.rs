@@ -1,20 +1,17 @@
-//! `pod-net load` and `pod-net unload`: putting the datapath on bpffs and
-//! taking it off again.
+//! `pod-net load`: putting the datapath on bpffs.
 //!
 //! `load` pins programs and maps and exits; the pinned TCX links keep the
 //! programs attached with no process running. Loading over a loaded pin dir
 //! keeps the maps with their entries and swaps the program inside every
 //! existing link (`bpf_link_update`), so traffic never stops.
 use std::{
-    fs, io,
-    net::Ipv4Addr,
+    fs,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
     EbpfLoader,
-    maps::MapData,
     programs::{
         Program,
         links::{FdLink, PinnedLink},
@@ -24,28 +21,29 @@ use aya::{
 };
 use pod_net_common::{
     Config,
-    config::VXLAN_OVERHEAD,
     event::{CONFIG_F_BIG_TCP, CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK},
     map_table::{self, MapSpec},
     program_names,
-    remote::derived_vtep_mac,
 };
 
+use super::{
+    layout::{check_pinned_capacity, check_pinned_layouts},
+    underlay::{
+        UnderlayOptions, UnderlaySummary, check_same_underlay, enable_underlay, loaded_underlay,
+        mtu_warnings, resolve_underlay, underlay_summary,
+    },
+    unload::remove_pin,
+};
 use crate::{
     crashpoint,
     datapath::{
-        Datapath, attach,
+        Datapath,
         pins::{PinDir, PinDirLock, ensure_bpffs, unmount_bpffs},
         xdp,
     },
     ebpf_object,
-    mac::MacAddr,
-    node::{
-        big_tcp, direct, peers, remotes,
-        tunnel::{self, TunnelSpec},
-        tunnel_sync,
-    },
-    sys::netdev::{self, Link},
+    node::{big_tcp, direct, peers, remotes, tunnel_sync},
+    sys::netdev,
 };
 
 /// Every program in the object.
@@ -56,17 +54,8 @@ pub const PROGRAMS: [&str; 3] = [
 ];
 
 /// The maps `load` pins, as this build lays them out.
-fn pinned_maps() -> impl Iterator<Item = &'static MapSpec> {
+pub(super) fn pinned_maps() -> impl Iterator<Item = &'static MapSpec> {
     map_table::ALL.iter().filter(|map| map.pinned)
-}
-
-/// The cross-node settings: where VXLAN goes in and out.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnderlayOptions {
-    pub ifname: String,
-    pub node_ip: Ipv4Addr,
-    pub vni: u32,
-    pub vxlan_port: u16,
 }
 
 /// What `load` may change about the datapath.
@@ -118,19 +107,6 @@ pub struct LoadReport {
     /// Things that work but will hurt (MTU mismatches).
     pub warnings: Vec<String>,
 }
-
-#[derive(Debug)]
-pub struct UnderlaySummary {
-    pub ifname: String,
-    pub node_ip: Ipv4Addr,
-    pub vni: u32,
-    pub vxlan_port: u16,
-    pub vtep_mac: MacAddr,
-    pub tunnel_device: String,
-}
-
-/// The largest VXLAN network identifier (24 bits).
-pub const MAX_VNI: u32 = (1 << 24) - 1;
 
 /// Loads (or reloads) the datapath into `pins`.
 pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
@@ -280,69 +256,6 @@ fn load_on_bpffs(pins: &PinDir, options: &LoadOptions) -> Result<(PinDirLock, (b
     result
 }
 
-/// The underlay interface, if it exists and carries `node_ip`.
-fn resolve_underlay(options: &UnderlayOptions) -> Result<Link> {
-    if options.vni > MAX_VNI {
-        bail!("VNI {} is out of range (0..={MAX_VNI})", options.vni);
-    }
-    if options.vxlan_port == 0 {
-        bail!("--vxlan-port must not be 0");
-    }
-    let Some(link) = netdev::link_by_name(&options.ifname)? else {
-        bail!(
-            "no interface named {:?} for --underlay in this network namespace",
-            options.ifname
-        );
-    };
-    let addresses = netdev::ipv4_addresses(link.index)?;
-    if !addresses.contains(&options.node_ip) {
-        bail!(
-            "--node-ip {} is not an address of {} (it has {})",
-            options.node_ip,
-            options.ifname,
-            if addresses.is_empty() {
-                "none".to_owned()
-            } else {
-                addresses
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        );
-    }
-    if link.mtu <= VXLAN_OVERHEAD + 68 {
-        bail!("{} has MTU {}, too small for VXLAN", link.name, link.mtu);
-    }
-    Ok(link)
-}
-
-/// Refuses to switch an already configured underlay in place.
-fn check_same_underlay(pins: &PinDir, wanted: &UnderlayOptions) -> Result<()> {
-    if !pins.is_loaded() {
-        return Ok(());
-    }
-    let config = Datapath::open(pins)?.config()?;
-    let Some(current) = underlay_summary(&config) else {
-        return Ok(());
-    };
-    if current.ifname != wanted.ifname
-        || current.node_ip != wanted.node_ip
-        || current.vni != wanted.vni
-        || current.vxlan_port != wanted.vxlan_port
-    {
-        bail!(
-            "already loaded with --underlay {} --node-ip {} --vni {} --vxlan-port {}; \
-             `pod-net unload` first to change them",
-            current.ifname,
-            current.node_ip,
-            current.vni,
-            current.vxlan_port
-        );
-    }
-    Ok(())
-}
-
 fn load_programs(pins: &PinDir, options: &LoadOptions) -> Result<(bool, usize)> {
     let mut loader = EbpfLoader::new();
     for map in pinned_maps() {
@@ -434,293 +347,4 @@ fn pin_replacing(program: &mut Program, path: &Path) -> Result<()> {
     }
     .with_context(|| format!("pinning program at {}", staging.display()))?;
     fs::rename(&staging, path).with_context(|| format!("moving pin to {}", path.display()))
-}
-
-/// Writes the node settings, creates the kernel's tunnel device and attaches
-/// the decapsulating program to the underlay.
-fn enable_underlay(pins: &PinDir, options: &UnderlayOptions, link: &Link) -> Result<()> {
-    let vtep_mac = MacAddr(derived_vtep_mac(options.node_ip.octets()));
-    tunnel::ensure_device(&TunnelSpec {
-        vni: options.vni,
-        port: options.vxlan_port,
-        underlay: link,
-        node_ip: options.node_ip,
-        vtep_mac,
-    })?;
-    let mut datapath = Datapath::open(pins)?;
-    let current = datapath.config()?;
-    let config = Config {
-        node_ip: options.node_ip.octets(),
-        underlay_ifindex: link.index,
-        vni: options.vni,
-        vxlan_port: options.vxlan_port,
-        vtep_mac: vtep_mac.0,
-        // A monitor may be listening: keep its settings.
-        ..current
-    };
-    datapath
-        .config
-        .set(0, config, 0)
-        .context("writing config")?;
-    attach::attach(pins, program_names::UNDERLAY_INGRESS, link)?;
-    Ok(())
-}
-
-/// What `config` says about the underlay, if pod-net has one.
-#[must_use]
-pub fn underlay_summary(config: &Config) -> Option<UnderlaySummary> {
-    if !config.has_underlay() {
-        return None;
-    }
-    let ifname = netdev::link_by_index(config.underlay_ifindex)
-        .ok()
-        .flatten()
-        .map_or_else(
-            || format!("(ifindex {})", config.underlay_ifindex),
-            |link| link.name,
-        );
-    Some(UnderlaySummary {
-        ifname,
-        node_ip: Ipv4Addr::from(config.node_ip),
-        vni: config.vni,
-        vxlan_port: config.vxlan_port,
-        vtep_mac: MacAddr(config.vtep_mac),
-        tunnel_device: tunnel::device_name(config.vni),
-    })
-}
-
-/// Pods whose MTU leaves no room for VXLAN on this underlay.
-fn mtu_warnings(datapath: &Datapath, config: &Config) -> Result<Vec<String>> {
-    if !config.has_underlay() {
-        return Ok(Vec::new());
-    }
-    let overhead = remotes::tunnel_overhead(datapath)?;
-    let mut warnings = Vec::new();
-    for (_, endpoint) in datapath.endpoint_entries()? {
-        if let Some(warning) = pod_mtu_warning(config, overhead, endpoint.ifindex)? {
-            warnings.push(warning);
-        }
-    }
-    warnings.dedup();
-    Ok(warnings)
-}
-
-/// A warning when the pod behind `veth_ifindex` has an MTU that, plus the
-/// `overhead` its packets get between nodes (see
-/// [`remotes::tunnel_overhead`]), exceeds the underlay MTU.
-pub fn pod_mtu_warning(
-    config: &Config,
-    overhead: u32,
-    veth_ifindex: u32,
-) -> Result<Option<String>> {
-    if !config.has_underlay() {
-        return Ok(None);
-    }
-    let (Some(underlay), Some(veth)) = (
-        netdev::link_by_index(config.underlay_ifindex)?,
-        netdev::link_by_index(veth_ifindex)?,
-    ) else {
-        return Ok(None);
-    };
-    let pod_mtu = netdev::veth_peer(&veth)?.map_or(veth.mtu, |peer| peer.mtu);
-    if overhead == 0 {
-        return Ok((pod_mtu > underlay.mtu).then(|| {
-            format!(
-                "pod behind {} has MTU {pod_mtu}, more than {}'s MTU {}: packets to direct \
-                 nodes over {} bytes take the kernel's path (ICMP fragmentation needed or \
-                 fragments). Set the pod MTU to {}",
-                veth.name, underlay.name, underlay.mtu, underlay.mtu, underlay.mtu
-            )
-        }));
-    }
-    Ok((pod_mtu + VXLAN_OVERHEAD > underlay.mtu).then(|| {
-        format!(
-            "pod behind {} has MTU {pod_mtu}; with VXLAN's {VXLAN_OVERHEAD} bytes that exceeds \
-             {}'s MTU {}, so cross-node packets over {} bytes take the kernel's path \
-             (ICMP fragmentation needed or fragments). Set the pod MTU to {}",
-            veth.name,
-            underlay.name,
-            underlay.mtu,
-            underlay.mtu - VXLAN_OVERHEAD,
-            underlay.mtu - VXLAN_OVERHEAD
-        )
-    }))
-}
-
-/// The underlay of the datapath loaded at `pins`, if any.
-fn loaded_underlay(pins: &PinDir) -> Result<Option<Link>> {
-    if !pins.is_loaded() {
-        return Ok(None);
-    }
-    let config = Datapath::open(pins)?.config()?;
-    if !config.has_underlay() {
-        return Ok(None);
-    }
-    netdev::link_by_index(config.underlay_ifindex)
-}
-
-/// Refuses pinned maps whose layout differs from this build's.
-fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
-    for map in pinned_maps() {
-        let path = pins.map(map.name);
-        if !path.exists() {
-            continue;
-        }
-        let info = MapData::from_pin(&path)
-            .and_then(|map| map.info())
-            .with_context(|| format!("reading pinned map {}", path.display()))?;
-        let entries_differ = !map.resizable && info.max_entries() != map.capacity;
-        if info.key_size() as usize != map.key_size
-            || info.value_size() as usize != map.value_size
-            || entries_differ
-        {
-            bail!(
-                "pinned map {} has key/value size {}/{} and {} entries, but this build expects \
-                 {}/{}{}; it was made by another pod-net version. Run `pod-net unload` with that \
-                 version first (this drops its entries)",
-                path.display(),
-                info.key_size(),
-                info.value_size(),
-                info.max_entries(),
-                map.key_size,
-                map.value_size,
-                if map.resizable {
-                    String::new()
-                } else {
-                    format!(" and {} entries", map.capacity)
-                },
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Refuses a `--max-*` capacity that differs from an existing map's: a map
-/// cannot grow in place.
-fn check_pinned_capacity(pins: &PinDir, options: &LoadOptions) -> Result<()> {
-    for (map, flag, wanted) in [
-        (
-            map_table::LOCAL_ENDPOINTS.name,
-            "--max-pods",
-            options.max_pods,
-        ),
-        (
-            map_table::REMOTE_PODS.name,
-            "--max-remote-pods",
-            options.max_remote_pods,
-        ),
-        (
-            map_table::REMOTE_NODES.name,
-            "--max-remote-cidrs",
-            options.max_remote_cidrs,
-        ),
-    ] {
-        let Some(wanted) = wanted else {
-            continue;
-        };
-        let path = pins.map(map);
-        if !path.exists() {
-            continue;
-        }
-        let capacity = MapData::from_pin(&path)
-            .and_then(|map| map.info())
-            .with_context(|| format!("reading pinned map {}", path.display()))?
-            .max_entries();
-        if capacity != wanted {
-            bail!(
-                "{map} at {} holds up to {capacity} entries; it cannot be resized to {flag} \
-                 {wanted} in place (`pod-net unload` first, which drops its entries)",
-                path.display()
-            );
-        }
-    }
-    Ok(())
-}
-
-#[derive(Debug, Default)]
-pub struct UnloadReport {
-    pub links_removed: usize,
-    pub tunnel_device: Option<String>,
-}
-
-/// Detaches everything, deletes the tunnel device and removes the pin dir.
-/// Traffic falls back to the kernel path (the bridge) as the links go.
-pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
-    if !pins.root().exists() {
-        bail!(
-            "pod-net is not loaded at {} (no such pin dir)",
-            pins.root().display()
-        );
-    }
-    if !pins.is_pin_dir() {
-        bail!(
-            "{} is not a pod-net pin dir (no pod-net-pin-dir marker, no pinned pod_egress); \
-             nothing was removed",
-            pins.root().display()
-        );
-    }
-    let _lock = pins.lock()?;
-    let mut report = UnloadReport::default();
-    let config = if pins.is_loaded() {
-        Datapath::open(pins)?.config().ok()
-    } else {
-        None
-    };
-    for program in PROGRAMS {
-        for link in pins.pinned_links(program)? {
-            remove_pin(&link.path)?;
-            report.links_removed += 1;
-        }
-    }
-    if let Some(config) = config.filter(Config::has_underlay) {
-        if let Some(underlay) = netdev::link_by_index(config.underlay_ifindex)? {
-            direct::remove_all_routes(&underlay)?;
-            direct::remove_link_local(&underlay, Ipv4Addr::from(config.node_ip))?;
-        }
-        let device = tunnel::device_name(config.vni);
-        // Reported only when there was one here to delete.
-        if netdev::link_by_name(&device)?.is_some() {
-            tunnel::remove_device(config.vni)?;
-            report.tunnel_device = Some(device);
-        }
-    }
-    for program in PROGRAMS {
-        remove_pin(&pins.program(program))?;
-    }
-    for map in pinned_maps() {
-        remove_pin(&pins.map(map.name))?;
-    }
-    let mut dirs: Vec<PathBuf> = PROGRAMS
-        .iter()
-        .map(|program| pins.program_links_dir(program))
-        .collect();
-    dirs.extend([
-        pins.links_dir(),
-        pins.programs_dir(),
-        pins.marker(),
-        pins.root().to_path_buf(),
-    ]);
-    for dir in dirs {
-        match fs::remove_dir(&dir) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => {
-                return Err(err).with_context(|| {
-                    format!(
-                        "removing {} (does it hold pins of another tool?)",
-                        dir.display()
-                    )
-                });
-            }
-        }
-    }
-    Ok(report)
-}
-
-fn remove_pin(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(err).with_context(|| format!("removing pin {}", path.display())),
-    }
 }

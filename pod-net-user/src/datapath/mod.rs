@@ -1,11 +1,15 @@
 //! The datapath: the programs and maps, loaded and pinned on bpffs
-//! (`loader`, `pins`, `attach`, `xdp`), written in bulk (`map_batch`), and
+//! (`loader`, with the checks of `layout` and the `underlay` it sets up;
+//! `unload`; `pins`, `attach`, `xdp`), written in bulk (`map_batch`), and
 //! here, typed handles on the pinned maps of a loaded datapath.
 
 pub mod attach;
+pub mod layout;
 pub mod loader;
 pub mod map_batch;
 pub mod pins;
+pub mod underlay;
+pub mod unload;
 pub mod xdp;
 
 use std::net::IpAddr;

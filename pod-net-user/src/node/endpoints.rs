@@ -17,9 +17,9 @@ use crate::{
     datapath::{
         Datapath,
         attach::{self, Attached},
-        endpoint_ip, endpoint_key, is_missing_key, loader,
+        endpoint_ip, endpoint_key, is_missing_key,
         pins::{PinDir, PinDirLock},
-        xdp,
+        underlay, xdp,
     },
     error::NodeError,
     mac::MacAddr,
@@ -134,7 +134,7 @@ pub fn add_locked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<A
 
     let config = datapath.config()?;
     let mtu_warning =
-        loader::pod_mtu_warning(&config, remotes::tunnel_overhead(&datapath)?, veth.index)?;
+        underlay::pod_mtu_warning(&config, remotes::tunnel_overhead(&datapath)?, veth.index)?;
     if config.flags & CONFIG_F_BIG_TCP != 0 {
         big_tcp::set_pod(veth.index, big_tcp::BIG_SIZE)?;
     }

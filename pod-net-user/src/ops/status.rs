@@ -16,8 +16,9 @@ use crate::{
     agent::cluster::ClusterStatus,
     datapath::{
         Datapath, MapFill, attach, endpoint_ip,
-        loader::{PROGRAMS, underlay_summary},
+        loader::PROGRAMS,
         pins::{PinDir, is_on_bpffs},
+        underlay::underlay_summary,
     },
     mac::MacAddr,
     node::{

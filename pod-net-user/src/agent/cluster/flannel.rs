@@ -242,10 +242,10 @@ impl NetworkConfig {
             });
         }
         let vni = backend.vni.unwrap_or(DEFAULT_VNI);
-        if vni == 0 || vni > crate::datapath::loader::MAX_VNI {
+        if vni == 0 || vni > crate::datapath::underlay::MAX_VNI {
             return Err(invalid(format!(
                 "VNI {vni} is not 1..={}",
-                crate::datapath::loader::MAX_VNI
+                crate::datapath::underlay::MAX_VNI
             )));
         }
         Ok(Self {

@@ -36,8 +36,9 @@ use crate::{
     cidr::Cidr,
     datapath::{
         Datapath,
-        loader::{self, LoadOptions, UnderlayOptions},
+        loader::{self, LoadOptions},
         pins::PinDir,
+        underlay::UnderlayOptions,
     },
     node::direct,
     ops::apply::{self, RemoteConfig},

@@ -1,0 +1,87 @@
+//! Pinned maps against this build's map table: a map of another layout
+//! or size is refused by name before anything is loaded, never dropped.
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::MapData;
+use pod_net_common::map_table;
+
+use super::loader::{LoadOptions, pinned_maps};
+use crate::datapath::pins::PinDir;
+
+/// Refuses pinned maps whose layout differs from this build's.
+pub(super) fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
+    for map in pinned_maps() {
+        let path = pins.map(map.name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|map| map.info())
+            .with_context(|| format!("reading pinned map {}", path.display()))?;
+        let entries_differ = !map.resizable && info.max_entries() != map.capacity;
+        if info.key_size() as usize != map.key_size
+            || info.value_size() as usize != map.value_size
+            || entries_differ
+        {
+            bail!(
+                "pinned map {} has key/value size {}/{} and {} entries, but this build expects \
+                 {}/{}{}; it was made by another pod-net version. Run `pod-net unload` with that \
+                 version first (this drops its entries)",
+                path.display(),
+                info.key_size(),
+                info.value_size(),
+                info.max_entries(),
+                map.key_size,
+                map.value_size,
+                if map.resizable {
+                    String::new()
+                } else {
+                    format!(" and {} entries", map.capacity)
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a `--max-*` capacity that differs from an existing map's: a map
+/// cannot grow in place.
+pub(super) fn check_pinned_capacity(pins: &PinDir, options: &LoadOptions) -> Result<()> {
+    for (map, flag, wanted) in [
+        (
+            map_table::LOCAL_ENDPOINTS.name,
+            "--max-pods",
+            options.max_pods,
+        ),
+        (
+            map_table::REMOTE_PODS.name,
+            "--max-remote-pods",
+            options.max_remote_pods,
+        ),
+        (
+            map_table::REMOTE_NODES.name,
+            "--max-remote-cidrs",
+            options.max_remote_cidrs,
+        ),
+    ] {
+        let Some(wanted) = wanted else {
+            continue;
+        };
+        let path = pins.map(map);
+        if !path.exists() {
+            continue;
+        }
+        let capacity = MapData::from_pin(&path)
+            .and_then(|map| map.info())
+            .with_context(|| format!("reading pinned map {}", path.display()))?
+            .max_entries();
+        if capacity != wanted {
+            bail!(
+                "{map} at {} holds up to {capacity} entries; it cannot be resized to {flag} \
+                 {wanted} in place (`pod-net unload` first, which drops its entries)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! The underlay: the interface and node IP VXLAN and direct routing leave
+//! from, checked as `load` takes it, set up (the tunnel device, the config,
+//! `underlay_ingress`), and the pod MTUs it leaves room for.
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, Result, bail};
+use pod_net_common::{Config, config::VXLAN_OVERHEAD, program_names, remote::derived_vtep_mac};
+
+use crate::{
+    datapath::{Datapath, attach, pins::PinDir},
+    mac::MacAddr,
+    node::{
+        remotes,
+        tunnel::{self, TunnelSpec},
+    },
+    sys::netdev::{self, Link},
+};
+
+/// The cross-node settings: where VXLAN goes in and out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnderlayOptions {
+    pub ifname: String,
+    pub node_ip: Ipv4Addr,
+    pub vni: u32,
+    pub vxlan_port: u16,
+}
+
+#[derive(Debug)]
+pub struct UnderlaySummary {
+    pub ifname: String,
+    pub node_ip: Ipv4Addr,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    pub vtep_mac: MacAddr,
+    pub tunnel_device: String,
+}
+
+/// The largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// The underlay interface, if it exists and carries `node_ip`.
+pub(super) fn resolve_underlay(options: &UnderlayOptions) -> Result<Link> {
+    if options.vni > MAX_VNI {
+        bail!("VNI {} is out of range (0..={MAX_VNI})", options.vni);
+    }
+    if options.vxlan_port == 0 {
+        bail!("--vxlan-port must not be 0");
+    }
+    let Some(link) = netdev::link_by_name(&options.ifname)? else {
+        bail!(
+            "no interface named {:?} for --underlay in this network namespace",
+            options.ifname
+        );
+    };
+    let addresses = netdev::ipv4_addresses(link.index)?;
+    if !addresses.contains(&options.node_ip) {
+        bail!(
+            "--node-ip {} is not an address of {} (it has {})",
+            options.node_ip,
+            options.ifname,
+            if addresses.is_empty() {
+                "none".to_owned()
+            } else {
+                addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+    }
+    if link.mtu <= VXLAN_OVERHEAD + 68 {
+        bail!("{} has MTU {}, too small for VXLAN", link.name, link.mtu);
+    }
+    Ok(link)
+}
+
+/// Refuses to switch an already configured underlay in place.
+pub(super) fn check_same_underlay(pins: &PinDir, wanted: &UnderlayOptions) -> Result<()> {
+    if !pins.is_loaded() {
+        return Ok(());
+    }
+    let config = Datapath::open(pins)?.config()?;
+    let Some(current) = underlay_summary(&config) else {
+        return Ok(());
+    };
+    if current.ifname != wanted.ifname
+        || current.node_ip != wanted.node_ip
+        || current.vni != wanted.vni
+        || current.vxlan_port != wanted.vxlan_port
+    {
+        bail!(
+            "already loaded with --underlay {} --node-ip {} --vni {} --vxlan-port {}; \
+             `pod-net unload` first to change them",
+            current.ifname,
+            current.node_ip,
+            current.vni,
+            current.vxlan_port
+        );
+    }
+    Ok(())
+}
+
+/// Writes the node settings, creates the kernel's tunnel device and attaches
+/// the decapsulating program to the underlay.
+pub(super) fn enable_underlay(pins: &PinDir, options: &UnderlayOptions, link: &Link) -> Result<()> {
+    let vtep_mac = MacAddr(derived_vtep_mac(options.node_ip.octets()));
+    tunnel::ensure_device(&TunnelSpec {
+        vni: options.vni,
+        port: options.vxlan_port,
+        underlay: link,
+        node_ip: options.node_ip,
+        vtep_mac,
+    })?;
+    let mut datapath = Datapath::open(pins)?;
+    let current = datapath.config()?;
+    let config = Config {
+        node_ip: options.node_ip.octets(),
+        underlay_ifindex: link.index,
+        vni: options.vni,
+        vxlan_port: options.vxlan_port,
+        vtep_mac: vtep_mac.0,
+        // A monitor may be listening: keep its settings.
+        ..current
+    };
+    datapath
+        .config
+        .set(0, config, 0)
+        .context("writing config")?;
+    attach::attach(pins, program_names::UNDERLAY_INGRESS, link)?;
+    Ok(())
+}
+
+/// What `config` says about the underlay, if pod-net has one.
+#[must_use]
+pub fn underlay_summary(config: &Config) -> Option<UnderlaySummary> {
+    if !config.has_underlay() {
+        return None;
+    }
+    let ifname = netdev::link_by_index(config.underlay_ifindex)
+        .ok()
+        .flatten()
+        .map_or_else(
+            || format!("(ifindex {})", config.underlay_ifindex),
+            |link| link.name,
+        );
+    Some(UnderlaySummary {
+        ifname,
+        node_ip: Ipv4Addr::from(config.node_ip),
+        vni: config.vni,
+        vxlan_port: config.vxlan_port,
+        vtep_mac: MacAddr(config.vtep_mac),
+        tunnel_device: tunnel::device_name(config.vni),
+    })
+}
+
+/// The underlay of the datapath loaded at `pins`, if any.
+pub(super) fn loaded_underlay(pins: &PinDir) -> Result<Option<Link>> {
+    if !pins.is_loaded() {
+        return Ok(None);
+    }
+    let config = Datapath::open(pins)?.config()?;
+    if !config.has_underlay() {
+        return Ok(None);
+    }
+    netdev::link_by_index(config.underlay_ifindex)
+}
+
+/// Pods whose MTU leaves no room for VXLAN on this underlay.
+pub(super) fn mtu_warnings(datapath: &Datapath, config: &Config) -> Result<Vec<String>> {
+    if !config.has_underlay() {
+        return Ok(Vec::new());
+    }
+    let overhead = remotes::tunnel_overhead(datapath)?;
+    let mut warnings = Vec::new();
+    for (_, endpoint) in datapath.endpoint_entries()? {
+        if let Some(warning) = pod_mtu_warning(config, overhead, endpoint.ifindex)? {
+            warnings.push(warning);
+        }
+    }
+    warnings.dedup();
+    Ok(warnings)
+}
+
+/// A warning when the pod behind `veth_ifindex` has an MTU that, plus the
+/// `overhead` its packets get between nodes (see
+/// [`remotes::tunnel_overhead`]), exceeds the underlay MTU.
+pub fn pod_mtu_warning(
+    config: &Config,
+    overhead: u32,
+    veth_ifindex: u32,
+) -> Result<Option<String>> {
+    if !config.has_underlay() {
+        return Ok(None);
+    }
+    let (Some(underlay), Some(veth)) = (
+        netdev::link_by_index(config.underlay_ifindex)?,
+        netdev::link_by_index(veth_ifindex)?,
+    ) else {
+        return Ok(None);
+    };
+    let pod_mtu = netdev::veth_peer(&veth)?.map_or(veth.mtu, |peer| peer.mtu);
+    if overhead == 0 {
+        return Ok((pod_mtu > underlay.mtu).then(|| {
+            format!(
+                "pod behind {} has MTU {pod_mtu}, more than {}'s MTU {}: packets to direct \
+                 nodes over {} bytes take the kernel's path (ICMP fragmentation needed or \
+                 fragments). Set the pod MTU to {}",
+                veth.name, underlay.name, underlay.mtu, underlay.mtu, underlay.mtu
+            )
+        }));
+    }
+    Ok((pod_mtu + VXLAN_OVERHEAD > underlay.mtu).then(|| {
+        format!(
+            "pod behind {} has MTU {pod_mtu}; with VXLAN's {VXLAN_OVERHEAD} bytes that exceeds \
+             {}'s MTU {}, so cross-node packets over {} bytes take the kernel's path \
+             (ICMP fragmentation needed or fragments). Set the pod MTU to {}",
+            veth.name,
+            underlay.name,
+            underlay.mtu,
+            underlay.mtu - VXLAN_OVERHEAD,
+            underlay.mtu - VXLAN_OVERHEAD
+        )
+    }))
+}

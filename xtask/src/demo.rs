@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: the main job on a rig. Two nodes joined by an
 //! underlay, two pods on each node's cni0 bridge, pod-net loaded with VXLAN
 //! on both, ping and TCP within a node (bridge bypassed) and across nodes
-//! (VXLAN in BPF), the counters, and teardown.
+//! (VXLAN in BPF), then across nodes again with direct routing (the nodes
+//! share the underlay's subnet), the counters, and teardown.
 use anyhow::Result;
 use pod_net_tests::{Node, Pod, Rig, RigSpec};
 
@@ -53,7 +54,28 @@ pub fn run() -> Result<()> {
         "bridge bypass: {}'s eth0 received {} packets; its host veth {} transmitted {}",
         b.ip, pod_eth0.rx, b.host_veth, host_veth.tx
     );
-    traffic("across nodes", a, c)?;
+    traffic("across nodes, VXLAN", a, c)?;
+
+    // The nodes share a subnet: route to each other without VXLAN.
+    for (node, peer) in [(node_1, node_2), (node_2, node_1)] {
+        let cidr = peer.pod_cidr();
+        let node_ip = peer.underlay_ip.to_string();
+        step(node, &["node", "del", "--cidr", &cidr])?;
+        step(
+            node,
+            &[
+                "node",
+                "add",
+                "--cidr",
+                &cidr,
+                "--node-ip",
+                &node_ip,
+                "--direct",
+            ],
+        )?;
+    }
+    step(node_1, &["node", "list"])?;
+    traffic("across nodes, direct", a, c)?;
 
     step(node_1, &["stats"])?;
     step(node_2, &["stats"])?;

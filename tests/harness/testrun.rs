@@ -98,57 +98,41 @@ impl Harness {
     /// Writes the node settings: this node at `node_ip`, VXLAN `vni` on
     /// `port`, with loopback as the underlay.
     pub fn set_underlay(&mut self, node_ip: Ipv4Addr, vni: u32, port: u16) -> Result<()> {
-        let mut config: Array<&mut MapData, Config> = self
-            .ebpf
-            .map_mut(map_table::CONFIG.name)
-            .context("no config map")?
-            .try_into()?;
-        config.set(
-            0,
-            Config {
-                node_ip: node_ip.octets(),
-                underlay_ifindex: LOOPBACK_IFINDEX,
-                vni,
-                vxlan_port: port,
-                pad: 0,
-                vtep_mac: derived_vtep_mac(node_ip.octets()),
-                ..config.get(&0, 0)?
-            },
-            0,
-        )?;
-        Ok(())
+        self.change_config(|config| Config {
+            node_ip: node_ip.octets(),
+            underlay_ifindex: LOOPBACK_IFINDEX,
+            vni,
+            vxlan_port: port,
+            pad: 0,
+            vtep_mac: derived_vtep_mac(node_ip.octets()),
+            ..config
+        })
     }
 
     /// Sets `Config::flags` (anti-spoofing, NAT check, events), keeping
     /// the rest of the config.
     pub fn set_flags(&mut self, flags: u32) -> Result<()> {
-        let mut config: Array<&mut MapData, Config> = self
-            .ebpf
-            .map_mut(map_table::CONFIG.name)
-            .context("no config map")?
-            .try_into()?;
-        let current = config.get(&0, 0)?;
-        config.set(0, Config { flags, ..current }, 0)?;
-        Ok(())
+        self.change_config(|config| Config { flags, ..config })
     }
 
     /// Makes `ifindex` the underlay (`bpf_redirect_neigh`'s and the MTU
     /// check's device), keeping the rest of the config.
     pub fn set_underlay_ifindex(&mut self, ifindex: u32) -> Result<()> {
+        self.change_config(|config| Config {
+            underlay_ifindex: ifindex,
+            ..config
+        })
+    }
+
+    /// Rewrites the one config entry as `change` says.
+    fn change_config(&mut self, change: impl FnOnce(Config) -> Config) -> Result<()> {
         let mut config: Array<&mut MapData, Config> = self
             .ebpf
             .map_mut(map_table::CONFIG.name)
             .context("no config map")?
             .try_into()?;
         let current = config.get(&0, 0)?;
-        config.set(
-            0,
-            Config {
-                underlay_ifindex: ifindex,
-                ..current
-            },
-            0,
-        )?;
+        config.set(0, change(current), 0)?;
         Ok(())
     }
 

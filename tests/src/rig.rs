@@ -714,6 +714,16 @@ impl Pod {
         ])
     }
 
+    /// One ping to `target` with don't-fragment and `size` bytes of
+    /// payload, its output whether or not it was answered (1 s deadline).
+    pub fn df_ping(&self, target: impl Into<IpAddr>, size: u32) -> Result<std::process::Output> {
+        let size = size.to_string();
+        let target = target.into().to_string();
+        output_of(&mut self.command(&[
+            "ping", "-n", "-c", "1", "-W", "1", "-M", "do", "-s", &size, &target,
+        ]))
+    }
+
     /// Starts `count` pings to `target`, 2 ms apart (1 s deadline each): a
     /// bounded flood to run while something changes under it.
     pub fn ping_flood(&self, target: Ipv4Addr, count: u32) -> Result<PingFlood> {

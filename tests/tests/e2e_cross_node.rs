@@ -253,20 +253,7 @@ fn a_pod_mtu_without_room_for_vxlan_gets_frag_needed_not_silence() {
     rig.pod_net_mesh().unwrap();
     let (a, b) = (rig.pod(1, 1), rig.pod(2, 1));
     let before = rig.node(1).counters().unwrap();
-    let ping = output_of(&mut a.command(&[
-        "ping",
-        "-n",
-        "-c",
-        "1",
-        "-W",
-        "1",
-        "-M",
-        "do",
-        "-s",
-        "1472",
-        &b.ip.to_string(),
-    ]))
-    .unwrap();
+    let ping = a.df_ping(b.ip, 1472).unwrap();
     let stdout = String::from_utf8_lossy(&ping.stdout);
     assert!(!ping.status.success());
     assert!(
@@ -280,20 +267,7 @@ fn a_pod_mtu_without_room_for_vxlan_gets_frag_needed_not_silence() {
         1
     );
     // What fits the tunnel goes through.
-    a.exec(&[
-        "ping",
-        "-n",
-        "-c",
-        "1",
-        "-W",
-        "1",
-        "-M",
-        "do",
-        "-s",
-        "1422",
-        &b.ip.to_string(),
-    ])
-    .unwrap();
+    assert!(a.df_ping(b.ip, 1422).unwrap().status.success());
     // TCP learns the path MTU and carries on.
     tcp(a, b, "8M");
 }

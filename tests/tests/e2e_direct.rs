@@ -56,21 +56,13 @@ fn tcp(client: &Pod, server: &Pod, bytes: &str) {
 /// A ping with don't-fragment and `size` bytes of payload, which must be
 /// answered.
 fn df_ping(from: &Pod, to: Ipv4Addr, size: u32) {
-    let size = size.to_string();
-    from.exec(&[
-        "ping",
-        "-n",
-        "-c",
-        "1",
-        "-W",
-        "1",
-        "-M",
-        "do",
-        "-s",
-        &size,
-        &to.to_string(),
-    ])
-    .unwrap_or_else(|err| panic!("{} -> {to} with {size} bytes, DF: {err:#}", from.ip));
+    let ping = from.df_ping(to, size).unwrap();
+    assert!(
+        ping.status.success(),
+        "{} -> {to} with {size} bytes, DF: {}",
+        from.ip,
+        String::from_utf8_lossy(&ping.stdout)
+    );
 }
 
 /// Pins the pod's gateway in its neighbour table, so that no ARP reply

@@ -73,10 +73,6 @@ pub const fn derived_vtep_mac(node_ip: [u8; 4]) -> [u8; 6] {
 /// The peer speaks VXLAN to this node: its VXLAN may be decapsulated.
 pub const PEER_F_VXLAN: u32 = 1;
 
-/// The peer routes directly to this node (some of its prefixes are
-/// `--direct`).
-pub const PEER_F_DIRECT: u32 = 2;
-
 /// Value of `peer_nodes`, keyed by a remote node's underlay IPv4 address
 /// (network order): what that node may send this node. VXLAN is not
 /// authenticated, so its outer source is all there is to check; only

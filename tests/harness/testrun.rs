@@ -15,8 +15,8 @@ pub use pod_net_common::Endpoint;
 use pod_net_common::{
     Config, Counter, EndpointKey, Reason, RemoteAddr, RemoteNode, map_table, program_names,
     remote::{
-        IPV4_MAPPED_PREFIX_BITS, PEER_F_DIRECT, PEER_F_VXLAN, PeerNode, REMOTE_F_DIRECT,
-        REMOTE_F_VTEP_MAC, derived_vtep_mac,
+        IPV4_MAPPED_PREFIX_BITS, PEER_F_VXLAN, PeerNode, REMOTE_F_DIRECT, REMOTE_F_VTEP_MAC,
+        derived_vtep_mac,
     },
 };
 
@@ -175,8 +175,8 @@ impl Harness {
             vtep_mac: derived_vtep_mac(node_ip.octets()),
             pad: [0; 2],
         };
-        self.insert_remote(prefix.into(), len, value)?;
-        self.insert_peer(node_ip, PEER_F_DIRECT)
+        // A direct node sends no VXLAN: it is no peer.
+        self.insert_remote(prefix.into(), len, value)
     }
 
     /// A /32 (/128) into `remote_pods`, a shorter prefix into the trie.
@@ -210,21 +210,15 @@ impl Harness {
 
     /// Makes `node_ip` a node whose VXLAN this node opens (`peer_nodes`).
     pub fn add_peer(&mut self, node_ip: Ipv4Addr) -> Result<()> {
-        self.insert_peer(node_ip, PEER_F_VXLAN)
-    }
-
-    /// Adds `flags` to `node_ip`'s `peer_nodes` entry.
-    fn insert_peer(&mut self, node_ip: Ipv4Addr, flags: u32) -> Result<()> {
         let mut peers: HashMap<&mut MapData, [u8; 4], PeerNode> = self
             .ebpf
             .map_mut(map_table::PEER_NODES.name)
             .context("no peer_nodes map")?
             .try_into()?;
-        let current = peers.get(&node_ip.octets(), 0).map_or(0, |peer| peer.flags);
         peers.insert(
             node_ip.octets(),
             PeerNode {
-                flags: current | flags,
+                flags: PEER_F_VXLAN,
             },
             0,
         )?;

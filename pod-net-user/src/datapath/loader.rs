@@ -240,7 +240,7 @@ fn load_on_bpffs(pins: &PinDir, options: &LoadOptions) -> Result<(PinDirLock, (b
         if new_map_pins.contains(&pins.map(map_table::PEER_NODES.name)) {
             // An upgrade from a build without `peer_nodes`: its remote
             // entries' nodes must stay peers, or their VXLAN is dropped.
-            peers::sync(pins, &remotes::peer_flags(&Datapath::open(pins)?)?)?;
+            peers::sync(pins, &remotes::vxlan_nodes(&Datapath::open(pins)?)?)?;
         }
         Ok((lock, loaded))
     })();

@@ -1,22 +1,17 @@
-//! `peer_nodes`: the nodes whose VXLAN this node opens, or whose pods'
-//! plain IP it lets in (direct routing).
+//! `peer_nodes`: the nodes whose VXLAN this node opens.
 //!
 //! VXLAN has no authentication, and the kernel's tunnel device listens on
 //! every local address, so anything that reaches the VXLAN port with a
 //! forged inner packet would be delivered. The underlay program drops VXLAN
 //! whose outer source is not in this map. The map holds exactly the node IPs
-//! of the remote entries, each with its mode's flag (`PEER_F_VXLAN` or
-//! `PEER_F_DIRECT`): a node becomes a peer with its first prefix and stops
-//! being one with its last. `gc` repairs any drift an interrupted command
-//! left.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-};
+//! of the VXLAN remote entries (direct nodes send no VXLAN): a node becomes
+//! a peer with its first prefix and stops being one with its last. `gc`
+//! repairs any drift an interrupted command left.
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData, MapError};
-use pod_net_common::{PeerNode, map_table};
+use pod_net_common::{PeerNode, map_table, remote::PEER_F_VXLAN};
 
 use crate::datapath::{is_missing_key, map_batch::BPF_NOEXIST, open_map, pins::PinDir};
 
@@ -28,12 +23,18 @@ fn open(pins: &PinDir) -> Result<PeerMap> {
         .context("peer_nodes has an unexpected layout")
 }
 
-/// Makes each node a peer with its flags (again: the write is idempotent).
-pub fn add(pins: &PinDir, peers: impl IntoIterator<Item = (Ipv4Addr, u32)>) -> Result<()> {
+/// Makes `node_ips` peers (again: the write is idempotent).
+pub fn add(pins: &PinDir, node_ips: impl IntoIterator<Item = Ipv4Addr>) -> Result<()> {
     let mut map = open(pins)?;
-    for (node_ip, flags) in peers {
-        map.insert(node_ip.octets(), PeerNode { flags }, 0)
-            .with_context(|| format!("adding {node_ip} to peer_nodes"))?;
+    for node_ip in node_ips {
+        map.insert(
+            node_ip.octets(),
+            PeerNode {
+                flags: PEER_F_VXLAN,
+            },
+            0,
+        )
+        .with_context(|| format!("adding {node_ip} to peer_nodes"))?;
     }
     Ok(())
 }
@@ -53,73 +54,53 @@ pub fn remove(pins: &PinDir, node_ips: impl IntoIterator<Item = Ipv4Addr>) -> Re
     Ok(())
 }
 
-/// The peers in the map now, with their flags.
-pub fn current(pins: &PinDir) -> Result<BTreeMap<Ipv4Addr, u32>> {
+/// The peers in the map now.
+pub fn current(pins: &PinDir) -> Result<BTreeSet<Ipv4Addr>> {
     open(pins)?
-        .iter()
-        .map(|entry| {
-            entry
-                .map(|(node_ip, peer)| (Ipv4Addr::from(node_ip), peer.flags))
-                .context("reading peer_nodes")
-        })
+        .keys()
+        .map(|key| key.map(Ipv4Addr::from).context("reading peer_nodes"))
         .collect()
 }
 
-/// How the map differs from `wanted`, the node IPs of the remote entries
-/// with their flags.
+/// How the map differs from `wanted`, the node IPs of the remote entries.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Drift {
-    /// Nodes with remote entries that are missing or have other flags:
-    /// their VXLAN or plain IP would be turned away.
-    pub missing: BTreeMap<Ipv4Addr, u32>,
+    /// Nodes with remote entries whose VXLAN would be dropped.
+    pub missing: BTreeSet<Ipv4Addr>,
     /// Peers with no remote entry left.
     pub extra: BTreeSet<Ipv4Addr>,
 }
 
-pub fn drift(pins: &PinDir, wanted: &BTreeMap<Ipv4Addr, u32>) -> Result<Drift> {
+pub fn drift(pins: &PinDir, wanted: &BTreeSet<Ipv4Addr>) -> Result<Drift> {
     let current = current(pins)?;
     Ok(Drift {
-        missing: wanted
-            .iter()
-            .filter(|(node_ip, flags)| current.get(node_ip) != Some(flags))
-            .map(|(node_ip, flags)| (*node_ip, *flags))
-            .collect(),
-        extra: current
-            .keys()
-            .filter(|node_ip| !wanted.contains_key(node_ip))
-            .copied()
-            .collect(),
+        missing: wanted.difference(&current).copied().collect(),
+        extra: current.difference(wanted).copied().collect(),
     })
 }
 
 /// Makes the map hold exactly `wanted`.
-pub fn sync(pins: &PinDir, wanted: &BTreeMap<Ipv4Addr, u32>) -> Result<Drift> {
+pub fn sync(pins: &PinDir, wanted: &BTreeSet<Ipv4Addr>) -> Result<Drift> {
     let drift = drift(pins, wanted)?;
-    add(
-        pins,
-        drift
-            .missing
-            .iter()
-            .map(|(node_ip, flags)| (*node_ip, *flags)),
-    )?;
+    add(pins, drift.missing.iter().copied())?;
     remove(pins, drift.extra.iter().copied())?;
     Ok(drift)
 }
 
-/// Adds the nodes among `peers` that are not peers yet, each with its
-/// flags, and takes them out again when dropped unless [`Admission::keep`]
-/// was called: a failed `node add` leaves the map as it was. (The caller
-/// has checked that a node keeps its mode, so a peer already there has
-/// the same flags.)
-pub fn admit(pins: &PinDir, peers: &BTreeMap<Ipv4Addr, u32>) -> Result<Admission> {
+/// Adds the nodes among `node_ips` that are not peers yet, and takes them
+/// out again when dropped unless [`Admission::keep`] was called: a failed
+/// `node add` leaves the map as it was.
+pub fn admit(pins: &PinDir, node_ips: &BTreeSet<Ipv4Addr>) -> Result<Admission> {
     let mut map = open(pins)?;
     let mut admission = Admission {
         pins: pins.clone(),
         added: Vec::new(),
         kept: false,
     };
-    for (&node_ip, &flags) in peers {
-        let value = PeerNode { flags };
+    for &node_ip in node_ips {
+        let value = PeerNode {
+            flags: PEER_F_VXLAN,
+        };
         match map.insert(node_ip.octets(), value, BPF_NOEXIST) {
             Ok(()) => admission.added.push(node_ip),
             Err(MapError::SyscallError(error))

@@ -4,7 +4,7 @@
 //! kernel, its path for what the fast path leaves to it: through the tunnel
 //! device, or for a direct node out of the underlay (see `crate::node::direct`).
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr},
     os::fd::AsFd as _,
 };
@@ -15,10 +15,7 @@ use pod_net_common::{
     Config, RemoteAddr, RemoteNode,
     config::VXLAN_OVERHEAD,
     map_table,
-    remote::{
-        IPV4_MAPPED_PREFIX_BITS, PEER_F_DIRECT, PEER_F_VXLAN, REMOTE_F_DIRECT, REMOTE_F_VTEP_MAC,
-        derived_vtep_mac,
-    },
+    remote::{IPV4_MAPPED_PREFIX_BITS, REMOTE_F_DIRECT, REMOTE_F_VTEP_MAC, derived_vtep_mac},
 };
 use serde::Serialize;
 
@@ -69,15 +66,6 @@ impl Mode {
             Self::Direct
         } else {
             Self::Vxlan
-        }
-    }
-
-    /// The `peer_nodes` flags of a node reached this way.
-    #[must_use]
-    pub const fn peer_flags(self) -> u32 {
-        match self {
-            Self::Vxlan => PEER_F_VXLAN,
-            Self::Direct => PEER_F_DIRECT,
         }
     }
 }
@@ -195,11 +183,12 @@ pub fn validate(datapath: &Datapath, specs: &[NodeSpec], replaced: &[Cidr]) -> R
     check(datapath, &config, &Links::of(&config)?, specs, replaced).map(drop)
 }
 
-/// The `peer_nodes` entries the nodes of `specs` need.
-fn peers_of(specs: &[NodeSpec]) -> BTreeMap<Ipv4Addr, u32> {
+/// The nodes of `specs` that `peer_nodes` must hold: those sending VXLAN.
+fn peers_of(specs: &[NodeSpec]) -> BTreeSet<Ipv4Addr> {
     specs
         .iter()
-        .map(|spec| (spec.node_ip, spec.mode.peer_flags()))
+        .filter(|spec| spec.mode == Mode::Vxlan)
+        .map(|spec| spec.node_ip)
         .collect()
 }
 
@@ -707,14 +696,13 @@ fn open_table(pins: &PinDir, table: Table) -> Result<MapData> {
     MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
 }
 
-/// The nodes the remote entries send to, with their `peer_nodes` flags:
-/// the peers whose VXLAN is opened, or whose plain IP is let in.
-pub fn peer_flags(datapath: &Datapath) -> Result<BTreeMap<Ipv4Addr, u32>> {
-    let mut peers: BTreeMap<Ipv4Addr, u32> = BTreeMap::new();
-    for (_, node) in entries(datapath)? {
-        *peers.entry(Ipv4Addr::from(node.node_ip)).or_default() |= Mode::of(&node).peer_flags();
-    }
-    Ok(peers)
+/// The nodes the VXLAN entries send to: the peers whose VXLAN is opened.
+pub fn vxlan_nodes(datapath: &Datapath) -> Result<BTreeSet<Ipv4Addr>> {
+    Ok(entries(datapath)?
+        .iter()
+        .filter(|(_, node)| Mode::of(node) == Mode::Vxlan)
+        .map(|(_, node)| Ipv4Addr::from(node.node_ip))
+        .collect())
 }
 
 /// The bytes pods' packets to other nodes grow by: VXLAN's, unless every

@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use pod_net_common::{Config, EndpointKey, program_names, remote::PEER_F_DIRECT};
+use pod_net_common::{Config, EndpointKey, program_names};
 use serde::Serialize;
 
 use crate::{
@@ -47,9 +47,9 @@ pub enum Repair {
     DetachOrphan { ifindex: u32, ifname: String },
     /// `pod_veths` holds an interface no entry uses.
     ForgetXdpVeth { ifindex: u32 },
-    /// A node with remote entries is missing from `peer_nodes`, or has
-    /// another mode's flags there, so its traffic is turned away.
-    AddPeer { node_ip: Ipv4Addr, flags: u32 },
+    /// A node with VXLAN entries is missing from `peer_nodes`, so its VXLAN
+    /// is dropped.
+    AddPeer { node_ip: Ipv4Addr },
     /// `peer_nodes` holds a node no remote entry sends to.
     RemovePeer { node_ip: Ipv4Addr },
     /// The tunnel device is out of step with the remote entries.
@@ -93,14 +93,9 @@ impl fmt::Display for Repair {
                 f,
                 "remove ifindex {ifindex} from pod_veths: no pod is registered there"
             ),
-            Self::AddPeer { node_ip, flags } => write!(
+            Self::AddPeer { node_ip } => write!(
                 f,
-                "add {node_ip} to peer_nodes: remote entries send to it, but {}",
-                if *flags == PEER_F_DIRECT {
-                    "its pods' plain IP is left to the kernel"
-                } else {
-                    "its VXLAN is dropped"
-                }
+                "add {node_ip} to peer_nodes: remote entries send to it, but its VXLAN is dropped"
             ),
             Self::RemovePeer { node_ip } => write!(
                 f,
@@ -165,12 +160,12 @@ pub fn plan(pins: &PinDir, datapath: &Datapath) -> Result<Vec<Repair>> {
             repairs.push(Repair::ForgetXdpVeth { ifindex });
         }
     }
-    let drift = peers::drift(pins, &remotes::peer_flags(datapath)?)?;
+    let drift = peers::drift(pins, &remotes::vxlan_nodes(datapath)?)?;
     repairs.extend(
         drift
             .missing
             .into_iter()
-            .map(|(node_ip, flags)| Repair::AddPeer { node_ip, flags }),
+            .map(|node_ip| Repair::AddPeer { node_ip }),
     );
     repairs.extend(
         drift
@@ -252,7 +247,7 @@ fn make(pins: &PinDir, datapath: &mut Datapath, xdp_on: bool, repair: &Repair) -
             attach::detach(pins, program_names::POD_EGRESS, *ifindex).map(drop)
         }
         Repair::ForgetXdpVeth { ifindex } => xdp::forget_pod(datapath, *ifindex),
-        Repair::AddPeer { node_ip, flags } => peers::add(pins, [(*node_ip, *flags)]),
+        Repair::AddPeer { node_ip } => peers::add(pins, [*node_ip]),
         Repair::RemovePeer { node_ip } => peers::remove(pins, [*node_ip]),
         // Made in one batch by `execute`.
         Repair::Tunnel { .. } | Repair::Direct { .. } => Ok(()),

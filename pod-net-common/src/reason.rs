@@ -106,7 +106,7 @@ reasons! {
     PassIpv6Ext = 20, "pass_ipv6_ext";
     /// IPv6 from or to a link-local address: on-link traffic the kernel bridges.
     PassLinkLocal = 21, "pass_link_local";
-    /// VXLAN to this node's port, at any of its addresses, from an address that is not a known node: dropped, so neither BPF nor the kernel's tunnel device decapsulates it.
+    /// VXLAN to this node's port, at any of its addresses, from an address that is not a node reached over VXLAN: dropped, so neither BPF nor the kernel's tunnel device decapsulates it.
     DropUnknownPeer = 22, "drop_unknown_peer";
     /// UDP from a pod to a node or other non-pod address on the VXLAN port: dropped, so nothing a pod sends is decapsulated.
     DropPodToVxlan = 23, "drop_pod_to_vxlan";

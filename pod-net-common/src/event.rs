@@ -18,6 +18,10 @@ pub const CONFIG_F_NO_NAT_CHECK: u32 = 8;
 /// --big-tcp on`). A user-space setting kept with the others; the programs
 /// do not read it.
 pub const CONFIG_F_BIG_TCP: u32 = 16;
+/// `Config::flags`: TC programs are attached as netlink `cls_bpf` filters
+/// rather than TCX links (`load --attach tc`). User space only, like
+/// `CONFIG_F_BIG_TCP`.
+pub const CONFIG_F_TC_ATTACH: u32 = 32;
 
 /// One event, as the programs write it into the ring buffer.
 #[repr(C)]

@@ -18,6 +18,7 @@ use crate::{
     agent::cluster::{self, ClusterOptions, etcd::TlsFiles},
     cidr::Cidr,
     datapath::{
+        attach::AttachMode,
         loader::{self, LoadOptions, LoadReport},
         pins::{DEFAULT_PIN_DIR, PinDir},
         underlay::UnderlayOptions,
@@ -266,6 +267,21 @@ pub struct LoadArgs {
     /// to new ones as they are added. Kept across reloads until changed.
     #[arg(long, value_name = "on|off", value_parser = on_off)]
     pub big_tcp: Option<bool>,
+    /// How to attach the TC programs to pod veths and the underlay: tcx
+    /// (default; links, which coexist with other tc users) or tc (a clsact
+    /// qdisc and a `cls_bpf` filter, for kernels before 6.6 and for fast pod
+    /// adds: a TCX link waits for an RCU grace period). Switching moves
+    /// every attachment without a gap. Kept across reloads until changed.
+    #[arg(long, value_name = "tcx|tc", value_parser = attach_mode)]
+    pub attach: Option<AttachMode>,
+}
+
+fn attach_mode(text: &str) -> Result<AttachMode, String> {
+    match text {
+        "tcx" => Ok(AttachMode::Tcx),
+        "tc" => Ok(AttachMode::Tc),
+        other => Err(format!("expected tcx or tc, not {other:?}")),
+    }
 }
 
 fn on_off(text: &str) -> Result<bool, String> {
@@ -429,6 +445,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 anti_spoofing: args.anti_spoofing,
                 nat_check: args.nat_check,
                 big_tcp: args.big_tcp,
+                attach: args.attach,
             };
             print_load_report(&pins, &loader::load(&pins, &options)?);
         }
@@ -572,6 +589,9 @@ fn print_load_report(pins: &PinDir, report: &LoadReport) {
     }
     if report.big_tcp {
         println!("BIG TCP: on (pods' IPv4 GSO/GRO up to 192 KiB)");
+    }
+    if report.attach == AttachMode::Tc {
+        println!("attach: tc (cls_bpf filters on clsact qdiscs)");
     }
     for warning in &report.warnings {
         eprintln!("pod-net: warning: {warning}");

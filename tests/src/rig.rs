@@ -668,6 +668,28 @@ impl Node {
         serde_json::from_str(&text).with_context(|| format!("parsing {text:?}"))
     }
 
+    /// The BPF filter at priority 1, handle 1 on an interface's tc ingress
+    /// (where `load --attach tc` puts pod-net's), as `tc -j filter show`
+    /// reports it: (name, program ID).
+    pub fn tc_filter(&self, ifname: &str) -> Result<Option<(String, u64)>> {
+        let text = self.exec(&["tc", "-j", "filter", "show", "dev", ifname, "ingress"])?;
+        let filters: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {text:?}"))?;
+        Ok(filters
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|filter| filter["pref"] == 1 && filter["kind"] == "bpf")
+            .find(|filter| filter["options"]["handle"] == "0x1")
+            .and_then(|filter| {
+                let options = &filter["options"];
+                Some((
+                    options["bpf_name"].as_str()?.to_owned(),
+                    options["prog"]["id"].as_u64()?,
+                ))
+            }))
+    }
+
     /// The MAC of an interface in the node namespace.
     pub fn link_mac(&self, ifname: &str) -> Result<String> {
         let text = self.ip(&["-j", "link", "show", "dev", ifname])?;

@@ -240,9 +240,38 @@ fn gc_repairs_every_half_done_state() {
     if !require_root("gc_repairs_every_half_done_state") {
         return;
     }
+    gc_repairs_every_half_done_state_attached_with("tcx");
+}
+
+#[test]
+fn gc_repairs_every_half_done_state_with_tc_filters() {
+    if !require_root("gc_repairs_every_half_done_state_with_tc_filters") {
+        return;
+    }
+    gc_repairs_every_half_done_state_attached_with("tc");
+}
+
+/// Whether `ifname` has pod-net's program at its tc ingress, the `mode`
+/// way (`load --attach`), and not the other way.
+fn attached_as(node: &Node, ifname: &str, mode: &str) -> bool {
+    let tcx = !node.tcx_ingress_programs(ifname).unwrap().is_empty();
+    let filter = node.tc_filter(ifname).unwrap().is_some();
+    match mode {
+        "tcx" => tcx && !filter,
+        _ => filter && !tcx,
+    }
+}
+
+fn detached(node: &Node, ifname: &str) -> bool {
+    node.tcx_ingress_programs(ifname).unwrap().is_empty()
+        && node.tc_filter(ifname).unwrap().is_none()
+}
+
+fn gc_repairs_every_half_done_state_attached_with(mode: &str) {
     let rig = rig(4);
     let node = rig.node(1);
     node.load_and_register().unwrap();
+    node.pod_net(&["load", "--attach", mode]).unwrap();
     let (p1, p2, p3, p4) = (rig.pod(1, 1), rig.pod(1, 2), rig.pod(1, 3), rig.pod(1, 4));
     assert_eq!(problems(node), []);
     assert_eq!(gc(node, false), []);
@@ -260,14 +289,33 @@ fn gc_repairs_every_half_done_state() {
     assert_eq!(gc(node, true), orphan, "a dry run changes nothing");
     assert_eq!(gc(node, false), orphan);
     assert_eq!(problems(node), []);
-    assert!(node.tcx_ingress_programs(&p2.host_veth).unwrap().is_empty());
+    assert!(detached(node, &p2.host_veth));
 
-    // An attachment lost behind pod-net's back (its pin removed).
+    // An attachment lost behind pod-net's back (its pin removed, or the
+    // filter deleted).
     let p3_index = ifindex(node, &p3.host_veth);
-    let pin = node
-        .pin_dir
-        .join(format!("links/pod_egress/if{p3_index}-{}", p3.host_veth));
-    std::fs::remove_file(&pin).unwrap();
+    assert!(attached_as(node, &p3.host_veth, mode));
+    if mode == "tcx" {
+        let pin = node
+            .pin_dir
+            .join(format!("links/pod_egress/if{p3_index}-{}", p3.host_veth));
+        std::fs::remove_file(&pin).unwrap();
+    } else {
+        node.exec(&[
+            "tc",
+            "filter",
+            "del",
+            "dev",
+            &p3.host_veth,
+            "ingress",
+            "pref",
+            "1",
+            "handle",
+            "1",
+            "bpf",
+        ])
+        .unwrap();
+    }
     assert!(the_repair_status_reports(node).starts_with("re-attach pod_egress to veth-p3"));
     p1.pin_neighbour(p3).unwrap();
     p3.pin_neighbour(p1).unwrap();
@@ -276,18 +324,18 @@ fn gc_repairs_every_half_done_state() {
     // Only p1's requests are redirected; p3's replies cross the bridge.
     assert_eq!(redirects(node) - before, 5);
     assert_eq!(gc(node, false), [("reattach".to_owned(), p3_index)]);
+    assert!(attached_as(node, &p3.host_veth, mode));
     assert_fast_path(node, p1, p3, 5);
 
-    // A pod deleted without a DEL: its entry and its link's pin are stale.
+    // A pod deleted without a DEL: its entry is stale, and so is its
+    // link's pin (a filter goes with the veth).
     node.ip(&["link", "del", &p3.host_veth]).unwrap();
     let stale = gc(node, true);
-    assert_eq!(
-        stale,
-        [
-            ("remove_stale_entry".to_owned(), p3_index),
-            ("detach_orphan".to_owned(), p3_index),
-        ]
-    );
+    let mut expected = vec![("remove_stale_entry".to_owned(), p3_index)];
+    if mode == "tcx" {
+        expected.push(("detach_orphan".to_owned(), p3_index));
+    }
+    assert_eq!(stale, expected);
     assert_eq!(gc(node, false), stale);
     assert_eq!(problems(node), []);
     assert!(!registered_ips(node).contains(&p3.ip.to_string()));
@@ -299,10 +347,11 @@ fn gc_repairs_every_half_done_state() {
     node.replug(p4, Some(u32::try_from(p4_index).unwrap()))
         .unwrap();
     assert_eq!(ifindex(node, &p4.host_veth), p4_index);
-    assert!(node.tcx_ingress_programs(&p4.host_veth).unwrap().is_empty());
+    assert!(detached(node, &p4.host_veth));
     assert!(the_repair_status_reports(node).starts_with("re-attach pod_egress to veth-p4"));
     node.register(p4).unwrap();
     assert_eq!(problems(node), []);
+    assert!(attached_as(node, &p4.host_veth, mode));
     assert_fast_path(node, p4, p1, 5);
 }
 

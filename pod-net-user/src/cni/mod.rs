@@ -432,7 +432,7 @@ fn check(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<()> {
         }
     }
     let attached = attach::is_attached(pins, program_names::POD_EGRESS, &sandbox.host_veth)
-        .map_err(|err| Failure::with_details(codes::IO_FAILURE, "querying TCX", &err))?;
+        .map_err(|err| Failure::with_details(codes::IO_FAILURE, "querying the attachment", &err))?;
     if !attached {
         return Err(failed(format!(
             "pod_egress is not attached to {}",

@@ -21,7 +21,7 @@ use aya::{
 };
 use pod_net_common::{
     Config,
-    event::{CONFIG_F_BIG_TCP, CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK},
+    event::{CONFIG_F_BIG_TCP, CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK, CONFIG_F_TC_ATTACH},
     map_table::{self, MapSpec},
     program_names,
 };
@@ -38,6 +38,7 @@ use crate::{
     crashpoint,
     datapath::{
         Datapath,
+        attach::{self, AttachMode, AttachmentKind},
         pins::{PinDir, PinDirLock, ensure_bpffs, unmount_bpffs},
         xdp,
     },
@@ -52,6 +53,9 @@ pub const PROGRAMS: [&str; 3] = [
     program_names::UNDERLAY_INGRESS,
     program_names::UNDERLAY_XDP,
 ];
+
+/// The programs attached at TC.
+const TC_PROGRAMS: [&str; 2] = [program_names::POD_EGRESS, program_names::UNDERLAY_INGRESS];
 
 /// The maps `load` pins, as this build lays them out.
 pub(super) fn pinned_maps() -> impl Iterator<Item = &'static MapSpec> {
@@ -84,6 +88,9 @@ pub struct LoadOptions {
     /// Give pods IPv4 BIG TCP (off by default), the registered ones at
     /// once; `None` keeps the current setting.
     pub big_tcp: Option<bool>,
+    /// How TC programs are attached; `None` keeps the current way (TCX
+    /// on a first load).
+    pub attach: Option<AttachMode>,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +111,7 @@ pub struct LoadReport {
     pub anti_spoofing: bool,
     pub nat_check: bool,
     pub big_tcp: bool,
+    pub attach: AttachMode,
     /// Things that work but will hurt (MTU mismatches).
     pub warnings: Vec<String>,
 }
@@ -170,10 +178,18 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
             None => {}
         }
     }
-    match options.big_tcp {
-        Some(true) => config.flags |= CONFIG_F_BIG_TCP,
-        Some(false) => config.flags &= !CONFIG_F_BIG_TCP,
-        None => {}
+    for (wanted, on_flag) in [
+        (options.big_tcp, CONFIG_F_BIG_TCP),
+        (
+            options.attach.map(|mode| mode == AttachMode::Tc),
+            CONFIG_F_TC_ATTACH,
+        ),
+    ] {
+        match wanted {
+            Some(true) => config.flags |= on_flag,
+            Some(false) => config.flags &= !on_flag,
+            None => {}
+        }
     }
     if let Some(on) = options.big_tcp {
         let size = if on {
@@ -193,6 +209,10 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
     if let Some(wanted) = options.xdp {
         xdp::set(pins, &datapath, &config, wanted)?;
     }
+    let attach_mode = AttachMode::of(&config);
+    if options.attach.is_some() {
+        attach::move_all(pins, attach_mode, &TC_PROGRAMS)?;
+    }
     Ok(LoadReport {
         mounted_bpffs,
         replaced,
@@ -202,6 +222,7 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         anti_spoofing: config.flags & CONFIG_F_NO_ANTI_SPOOF == 0,
         nat_check: config.flags & CONFIG_F_NO_NAT_CHECK == 0,
         big_tcp: config.flags & CONFIG_F_BIG_TCP != 0,
+        attach: attach_mode,
         warnings: load_warnings(&datapath, &config)?,
     })
 }
@@ -304,19 +325,28 @@ fn load_programs(pins: &PinDir, options: &LoadOptions) -> Result<(bool, usize)> 
     Ok((replaced, links_updated))
 }
 
-/// Points every pinned link of `name` at `program`, atomically per link.
+/// Points every attachment of `name` at `program`, atomically per link or
+/// filter.
 fn switch_links(pins: &PinDir, name: &str, program: &mut Program) -> Result<usize> {
     let mut updated = 0;
-    for entry in pins.pinned_links(name)? {
-        if netdev::link_by_index(entry.ifindex)?.is_none() {
+    for attachment in attach::attachments(pins, name)? {
+        let AttachmentKind::Tcx(path) = &attachment.kind else {
+            let Program::SchedClassifier(program) = program else {
+                bail!("{name} has a tc filter but is not a TC program");
+            };
+            attach::switch_filter(attachment.ifindex, name, program)?;
+            updated += 1;
+            continue;
+        };
+        if netdev::link_by_index(attachment.ifindex)?.is_none() {
             // The interface is gone and its link with it: drop the stale pin.
-            remove_pin(&entry.path)?;
+            remove_pin(path)?;
             continue;
         }
-        let pinned = PinnedLink::from_pin(&entry.path)
-            .with_context(|| format!("opening pinned link {}", entry.path.display()))?;
+        let pinned = PinnedLink::from_pin(path)
+            .with_context(|| format!("opening pinned link {}", path.display()))?;
         let link = FdLink::from(pinned);
-        let not_ours = || format!("{} is not a {name} link", entry.path.display());
+        let not_ours = || format!("{} is not a {name} link", path.display());
         match program {
             Program::SchedClassifier(program) => program
                 .attach_to_link(SchedClassifierLink::try_from(link).with_context(not_ours)?)
@@ -326,7 +356,7 @@ fn switch_links(pins: &PinDir, name: &str, program: &mut Program) -> Result<usiz
                 .map(drop),
             _ => bail!("{name} is neither TC nor XDP"),
         }
-        .with_context(|| format!("updating the program in {}", entry.path.display()))?;
+        .with_context(|| format!("updating the program in {}", path.display()))?;
         updated += 1;
     }
     Ok(updated)

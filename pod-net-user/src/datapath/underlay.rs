@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result, bail};
 use pod_net_common::{Config, config::VXLAN_OVERHEAD, program_names, remote::derived_vtep_mac};
 
 use crate::{
-    datapath::{Datapath, attach, pins::PinDir},
+    datapath::{Datapath, attach, attach::AttachMode, pins::PinDir},
     mac::MacAddr,
     node::{
         remotes,
@@ -127,7 +127,14 @@ pub(super) fn enable_underlay(pins: &PinDir, options: &UnderlayOptions, link: &L
         .config
         .set(0, config, 0)
         .context("writing config")?;
-    attach::attach(pins, program_names::UNDERLAY_INGRESS, link)?;
+    // The current way: a `load --attach` that changes it moves every
+    // attachment once the config says so.
+    attach::attach(
+        pins,
+        AttachMode::of(&config),
+        program_names::UNDERLAY_INGRESS,
+        link,
+    )?;
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use pod_net_common::Config;
 
 use super::loader::{PROGRAMS, pinned_maps};
 use crate::{
-    datapath::{Datapath, pins::PinDir},
+    datapath::{Datapath, attach, pins::PinDir},
     node::{direct, tunnel},
     sys::netdev,
 };
@@ -46,8 +46,8 @@ pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
         None
     };
     for program in PROGRAMS {
-        for link in pins.pinned_links(program)? {
-            remove_pin(&link.path)?;
+        for attachment in attach::attachments(pins, program)? {
+            attach::remove(&attachment)?;
             report.links_removed += 1;
         }
     }

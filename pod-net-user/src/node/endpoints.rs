@@ -16,7 +16,7 @@ use crate::{
     crashpoint,
     datapath::{
         Datapath,
-        attach::{self, Attached},
+        attach::{self, AttachMode, Attached},
         endpoint_ip, endpoint_key, is_missing_key,
         pins::{PinDir, PinDirLock},
         underlay, xdp,
@@ -141,7 +141,12 @@ pub fn add_locked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<A
     if xdp::is_on(pins)? {
         xdp::prepare_pod(&datapath, &veth)?;
     }
-    let attached = attach::attach(pins, program_names::POD_EGRESS, &veth)?;
+    let attached = attach::attach(
+        pins,
+        AttachMode::of(&config),
+        program_names::POD_EGRESS,
+        &veth,
+    )?;
     crashpoint::here(crashpoint::POD_ADD_ATTACHED);
     if existing == Some(endpoint) {
         return Ok(Added {
@@ -248,8 +253,11 @@ fn remove_and_detach(
     for (_, endpoint) in doomed {
         if !in_use.contains(&endpoint.ifindex) {
             xdp::forget_pod(datapath, endpoint.ifindex)?;
+            attach::detach(pins, program_names::POD_EGRESS, endpoint.ifindex)?;
         }
     }
+    // Pinned links of no pod: left by a del cut short after the entries
+    // went. (A filter left that way goes with its veth, or with `gc`.)
     for link in pins.pinned_links(program_names::POD_EGRESS)? {
         if !in_use.contains(&link.ifindex) {
             attach::detach(pins, program_names::POD_EGRESS, link.ifindex)?;

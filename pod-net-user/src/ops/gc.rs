@@ -26,7 +26,13 @@ use pod_net_common::{Config, EndpointKey, program_names};
 use serde::Serialize;
 
 use crate::{
-    datapath::{Datapath, attach, endpoint_ip, endpoint_key, is_missing_key, pins::PinDir, xdp},
+    datapath::{
+        Datapath,
+        attach::{self, AttachMode},
+        endpoint_ip, endpoint_key, is_missing_key,
+        pins::PinDir,
+        xdp,
+    },
     node::{
         direct::{self, RouteFix},
         peers, remotes,
@@ -137,20 +143,23 @@ pub fn plan(pins: &PinDir, datapath: &Datapath) -> Result<Vec<Repair>> {
             }),
         }
     }
+    // Attached, and the way `load --attach` says: a switch cut short is
+    // finished here.
+    let mode = AttachMode::of(&datapath.config()?);
     for ifindex in &used {
         let veth = &links[ifindex];
-        if !attach::is_attached(pins, program_names::POD_EGRESS, veth)? {
+        if !attach::is_attached_as(pins, mode, program_names::POD_EGRESS, veth)? {
             repairs.push(Repair::Reattach {
                 ifindex: *ifindex,
                 veth: veth.name.clone(),
             });
         }
     }
-    for pinned in pins.pinned_links(program_names::POD_EGRESS)? {
-        if !used.contains(&pinned.ifindex) {
+    for orphan in attach::attachments(pins, program_names::POD_EGRESS)? {
+        if !used.contains(&orphan.ifindex) {
             repairs.push(Repair::DetachOrphan {
-                ifindex: pinned.ifindex,
-                ifname: pinned.ifname,
+                ifindex: orphan.ifindex,
+                ifname: orphan.ifname,
             });
         }
     }
@@ -202,13 +211,14 @@ fn underlay(config: &Config) -> Result<Option<Link>> {
 
 fn execute(pins: &PinDir, datapath: &mut Datapath, repairs: &[Repair]) -> Result<()> {
     let xdp_on = xdp::is_on(pins)?;
+    let mode = AttachMode::of(&datapath.config()?);
     let (mut fixes, mut route_fixes) = (Vec::new(), Vec::new());
     for repair in repairs {
         match repair {
             // Thousands at once after a crash: one batch each, below.
             Repair::Tunnel { fix, .. } => fixes.push(fix.clone()),
             Repair::Direct { fix, .. } => route_fixes.push(fix.clone()),
-            _ => make(pins, datapath, xdp_on, repair).with_context(|| repair.to_string())?,
+            _ => make(pins, datapath, mode, xdp_on, repair).with_context(|| repair.to_string())?,
         }
     }
     let config = datapath.config()?;
@@ -232,7 +242,13 @@ fn execute(pins: &PinDir, datapath: &mut Datapath, repairs: &[Repair]) -> Result
     Ok(())
 }
 
-fn make(pins: &PinDir, datapath: &mut Datapath, xdp_on: bool, repair: &Repair) -> Result<()> {
+fn make(
+    pins: &PinDir,
+    datapath: &mut Datapath,
+    mode: AttachMode,
+    xdp_on: bool,
+    repair: &Repair,
+) -> Result<()> {
     match repair {
         Repair::RemoveStaleEntry { ip, .. } => remove_entry(datapath, &endpoint_key(*ip)),
         Repair::Reattach { ifindex, .. } => {
@@ -241,7 +257,7 @@ fn make(pins: &PinDir, datapath: &mut Datapath, xdp_on: bool, repair: &Repair) -
             if xdp_on {
                 xdp::prepare_pod(datapath, &veth)?;
             }
-            attach::attach(pins, program_names::POD_EGRESS, &veth).map(drop)
+            attach::attach(pins, mode, program_names::POD_EGRESS, &veth).map(drop)
         }
         Repair::DetachOrphan { ifindex, .. } => {
             attach::detach(pins, program_names::POD_EGRESS, *ifindex).map(drop)

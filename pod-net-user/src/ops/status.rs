@@ -15,7 +15,9 @@ use serde::Serialize;
 use crate::{
     agent::cluster::ClusterStatus,
     datapath::{
-        Datapath, MapFill, attach, endpoint_ip,
+        Datapath, MapFill,
+        attach::{self, AttachMode},
+        endpoint_ip,
         loader::PROGRAMS,
         pins::{PinDir, is_on_bpffs},
         underlay::underlay_summary,
@@ -47,6 +49,8 @@ pub struct Status {
     pub nat_check: bool,
     /// Pods get IPv4 BIG TCP (`load --big-tcp on`).
     pub big_tcp: bool,
+    /// How the TC programs are attached (`load --attach`): tcx or tc.
+    pub attach: &'static str,
     pub pods: usize,
     pub maps: Vec<MapFill>,
     /// The cluster store, as the agent last published it.
@@ -124,6 +128,7 @@ pub fn check(pins: &PinDir) -> Result<Status> {
         anti_spoofing: false,
         nat_check: false,
         big_tcp: false,
+        attach: AttachMode::default().name(),
         pods: 0,
         maps: Vec::new(),
         store: None,
@@ -155,7 +160,7 @@ pub fn check(pins: &PinDir) -> Result<Status> {
             id: ProgramInfo::from_pin(pins.program(name))
                 .ok()
                 .map(|info| info.id()),
-            attachments: pins.pinned_links(name)?.len(),
+            attachments: attach::attachments(pins, name)?.len(),
         });
     }
 
@@ -164,6 +169,7 @@ pub fn check(pins: &PinDir) -> Result<Status> {
     status.anti_spoofing = config.flags & CONFIG_F_NO_ANTI_SPOOF == 0;
     status.nat_check = config.flags & CONFIG_F_NO_NAT_CHECK == 0;
     status.big_tcp = config.flags & CONFIG_F_BIG_TCP != 0;
+    status.attach = AttachMode::of(&config).name();
     let entries = datapath.endpoint_entries()?;
     status.pods = entries.len();
     for map in datapath.map_fills()? {
@@ -425,6 +431,9 @@ impl Status {
                 "program:   {} (id {id}) on {} interface(s)",
                 program.name, program.attachments
             );
+        }
+        if self.loaded {
+            let _ = writeln!(out, "attach:    {}", self.attach);
         }
         if let Some(underlay) = &self.underlay {
             let _ = writeln!(

@@ -1,6 +1,8 @@
 //! Thin interfaces to the kernel: rtnetlink requests (`netlink`),
-//! interfaces and addresses (`netdev`), and network namespaces (`netns`).
+//! interfaces and addresses (`netdev`), network namespaces (`netns`), and
+//! the TC hook as netlink filters (`tc`).
 
 pub mod netdev;
 pub mod netlink;
 pub mod netns;
+pub mod tc;

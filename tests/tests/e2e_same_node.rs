@@ -297,3 +297,76 @@ fn big_tcp_is_given_to_pods_and_taken_back() {
     }
     assert!(node.pod_net(&["status"]).unwrap().contains("BIG TCP off"));
 }
+
+/// `load --attach tc`: each pod veth gets pod-net's `cls_bpf` filter and
+/// no TCX link, the fast path counts exactly as with TCX, `pod del` and
+/// `unload` take the filters away, and a veth with an `ingress` qdisc (which
+/// leaves no room for clsact) is refused in one line with nothing stored.
+#[test]
+fn tc_filters_carry_the_fast_path_and_go_with_del_and_unload() {
+    if !require_root("tc_filters_carry_the_fast_path_and_go_with_del_and_unload") {
+        return;
+    }
+    let rig = one_node_two_pods();
+    let node = rig.node(1);
+    let output = node.pod_net(&["load", "--attach", "tc"]).unwrap();
+    assert!(
+        output.contains("attach: tc (cls_bpf filters on clsact qdiscs)"),
+        "{output}"
+    );
+    node.register(rig.pod(1, 1)).unwrap();
+    node.register(rig.pod(1, 2)).unwrap();
+    let (a, b) = quiet_pair(&rig);
+    for pod in [a, b] {
+        let (name, _) = node.tc_filter(&pod.host_veth).unwrap().expect("a filter");
+        assert_eq!(name, "pod_egress");
+        assert!(tcx_programs(node, &pod.host_veth).is_empty());
+    }
+    assert!(
+        node.pod_net(&["status"])
+            .unwrap()
+            .contains("attach:    tc\n")
+    );
+
+    let before = node.counters().unwrap();
+    a.ping(b.ip, 3).unwrap();
+    assert_eq!(
+        node.moved_since(&before).unwrap(),
+        counts(&[("redirect_local", 6)])
+    );
+
+    node.pod_net(&["pod", "del", "--ip", &b.ip.to_string()])
+        .unwrap();
+    assert_eq!(node.tc_filter(&b.host_veth).unwrap(), None);
+    assert!(node.tc_filter(&a.host_veth).unwrap().is_some());
+
+    // An ingress qdisc takes clsact's place: the add is refused.
+    node.exec(&["tc", "qdisc", "del", "dev", &b.host_veth, "clsact"])
+        .unwrap();
+    node.exec(&["tc", "qdisc", "add", "dev", &b.host_veth, "ingress"])
+        .unwrap();
+    let refused = output_of(&mut node.pod_net_command(&[
+        "pod",
+        "add",
+        "--ip",
+        &b.ip.to_string(),
+        "--veth",
+        &b.host_veth,
+    ]))
+    .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} needs a clsact qdisc", b.host_veth))
+            && stderr.contains("an `ingress` qdisc takes its place"),
+        "{stderr}"
+    );
+    let pods = node.pod_net(&["pod", "list"]).unwrap();
+    assert!(!pods.contains(&b.ip.to_string()), "{pods}");
+
+    let output = node.pod_net(&["unload"]).unwrap();
+    assert!(output.contains("1 attachment(s) removed"), "{output}");
+    assert_eq!(node.tc_filter(&a.host_veth).unwrap(), None);
+    a.ping(b.ip, 2).unwrap();
+}

@@ -10,13 +10,19 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use pod_net_tests::{Pod, Rig, RigSpec};
+use pod_net_tests::{Node, Pod, Rig, RigSpec};
 use serde_json::json;
 
 use super::report::{Report, Row, Summary};
 use crate::run::workspace_root;
 
 const PODS: u8 = 200;
+
+/// The ways `load --attach` can attach `pod_egress`: TCX is the default and
+/// the baseline.
+const TCX: &str = "pod-net-cni, --attach tcx";
+const TC: &str = "pod-net-cni, --attach tc";
+const MODES: [(&str, &str); 2] = [(TCX, "tcx"), (TC, "tc")];
 
 pub fn run(rounds: usize) -> Result<Report> {
     let rig = Rig::build(&RigSpec {
@@ -30,9 +36,63 @@ pub fn run(rounds: usize) -> Result<Report> {
     let netns = File::open(format!("/run/netns/{}", node.netns))?;
     let pin_dir = node.pin_dir.display().to_string();
 
+    // Both modes on the same pods, in turn within each round: reloading
+    // with --attach between them (hitless) is all that differs.
+    let mut adds = vec![Vec::new(); MODES.len()];
+    let mut dels = vec![Vec::new(); MODES.len()];
+    for _ in 0..rounds {
+        for (index, (_, mode)) in MODES.iter().enumerate() {
+            node.pod_net(&["load", "--attach", mode])?;
+            let (round_adds, round_dels) = add_and_del_all(node, &netns, &plugin, &pin_dir)?;
+            adds[index].extend(round_adds);
+            dels[index].extend(round_dels);
+        }
+    }
+    let row = |figure: &str, samples: &[Vec<f64>]| {
+        let p99: Vec<String> = MODES
+            .iter()
+            .zip(samples)
+            .map(|((_, mode), samples)| format!("{mode} {:.2}", percentile(samples, 99)))
+            .collect();
+        Row {
+            figure: format!("{figure} (p99 ms: {})", p99.join(", ")),
+            unit: "ms".into(),
+            higher_is_better: false,
+            paths: MODES
+                .iter()
+                .zip(samples)
+                .map(|((path, _), samples)| ((*path).into(), Summary::of(samples.clone())))
+                .collect(),
+        }
+    };
+    Ok(Report {
+        title: format!("CNI: pod-net-cni alone, {PODS} pods"),
+        rounds,
+        subject: TC.into(),
+        baselines: vec![TCX.into()],
+        ratios: Vec::new(),
+        rows: vec![row("ADD", &adds), row("DEL", &dels)],
+        notes: vec![format!(
+            "Wall time of one plugin process per call (start, netlink, namespace entry, map \
+             update, attach or detach), {} calls each per mode; median (min–max) and p99. \
+             --attach tcx makes a TCX link (which waits for an RCU grace period); --attach tc \
+             a cls_bpf filter on a clsact qdisc over netlink.",
+            adds[0].len()
+        )],
+    })
+}
+
+/// ADD then DEL of every pod, as a runtime would call the plugin: the wall
+/// time of each call, in ms.
+fn add_and_del_all(
+    node: &Node,
+    netns: &File,
+    plugin: &std::path::Path,
+    pin_dir: &str,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     // Time the plugin from a thread inside the node's namespace, so the
     // child it starts is there too and no nsenter is timed.
-    let (adds, dels) = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         scope
             .spawn(|| -> Result<(Vec<f64>, Vec<f64>)> {
                 // SAFETY: setns changes only this thread's namespace.
@@ -40,45 +100,19 @@ pub fn run(rounds: usize) -> Result<Report> {
                     bail!("setns: {}", std::io::Error::last_os_error());
                 }
                 let (mut adds, mut dels) = (Vec::new(), Vec::new());
-                for _ in 0..rounds {
-                    for pod in &node.pods {
-                        adds.push(call(&plugin, "ADD", pod, &pin_dir)?);
-                    }
-                    for pod in &node.pods {
-                        dels.push(call(&plugin, "DEL", pod, &pin_dir)?);
-                    }
+                for pod in &node.pods {
+                    adds.push(call(plugin, "ADD", pod, pin_dir)?);
+                }
+                for pod in &node.pods {
+                    dels.push(call(plugin, "DEL", pod, pin_dir)?);
                 }
                 Ok((adds, dels))
             })
             .join()
             .map_err(|_| anyhow::anyhow!("bench thread panicked"))?
-    })?;
-    let row = |figure: &str, samples: &[f64]| {
-        let summary = Summary::of(samples.to_vec());
-        let p99 = percentile(samples, 99);
-        Row {
-            figure: format!("{figure} (p99 {p99:.2} ms)"),
-            unit: "ms".into(),
-            higher_is_better: false,
-            paths: vec![("pod-net-cni".into(), summary)],
-        }
-    };
-    Ok(Report {
-        title: format!("CNI: pod-net-cni alone, {PODS} pods"),
-        rounds,
-        subject: "pod-net-cni".into(),
-        baselines: Vec::new(),
-        ratios: Vec::new(),
-        rows: vec![row("ADD", &adds), row("DEL", &dels)],
-        notes: vec![format!(
-            "Wall time of one plugin process per call (start, netlink, namespace entry, map \
-             update, TCX attach or detach), {} calls each; median (min–max) and p99.",
-            adds.len()
-        )],
     })
 }
 
-/// One plugin call for `pod`; its wall time in milliseconds.
 fn call(plugin: &std::path::Path, command: &str, pod: &Pod, pin_dir: &str) -> Result<f64> {
     let sandbox = format!("/run/netns/{}", pod.netns);
     let config = json!({

@@ -677,6 +677,7 @@ fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
                 pod_ifname: String::new(),
                 replace: false,
                 no_bypass: args.no_bypass,
+                pod_netns: None,
             };
             let added = endpoints::add(pins, &spec)?;
             match added.outcome {

@@ -8,7 +8,7 @@ mod types;
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
@@ -369,6 +369,8 @@ fn add(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<String> {
             pod_ifname: ifname.to_owned(),
             replace: true,
             no_bypass: conf.no_bypass,
+            // Checked by inspect_sandbox: the namespace to look in first.
+            pod_netns: env.netns.as_ref().map(PathBuf::from),
         };
         endpoints::add(pins, &spec).map_err(|err| {
             Failure::with_details(codes::IO_FAILURE, format!("registering {ip}"), &err)

@@ -181,7 +181,7 @@ pub(super) fn mtu_warnings(datapath: &Datapath, config: &Config) -> Result<Vec<S
     let overhead = remotes::tunnel_overhead(datapath)?;
     let mut warnings = Vec::new();
     for (_, endpoint) in datapath.endpoint_entries()? {
-        if let Some(warning) = pod_mtu_warning(config, overhead, endpoint.ifindex)? {
+        if let Some(warning) = pod_mtu_warning(config, || Ok(overhead), endpoint.ifindex)? {
             warnings.push(warning);
         }
     }
@@ -191,10 +191,12 @@ pub(super) fn mtu_warnings(datapath: &Datapath, config: &Config) -> Result<Vec<S
 
 /// A warning when the pod behind `veth_ifindex` has an MTU that, plus the
 /// `overhead` its packets get between nodes (see
-/// [`remotes::tunnel_overhead`]), exceeds the underlay MTU.
+/// [`remotes::tunnel_overhead`]), exceeds the underlay MTU. `overhead` is
+/// asked only for a pod MTU with no room for VXLAN: it reads every remote
+/// entry, which a CNI ADD should not pay for a pod that fits either way.
 pub fn pod_mtu_warning(
     config: &Config,
-    overhead: u32,
+    overhead: impl FnOnce() -> Result<u32>,
     veth_ifindex: u32,
 ) -> Result<Option<String>> {
     if !config.has_underlay() {
@@ -207,7 +209,10 @@ pub fn pod_mtu_warning(
         return Ok(None);
     };
     let pod_mtu = netdev::veth_peer(&veth)?.map_or(veth.mtu, |peer| peer.mtu);
-    if overhead == 0 {
+    if pod_mtu + VXLAN_OVERHEAD <= underlay.mtu {
+        return Ok(None);
+    }
+    if overhead()? == 0 {
         return Ok((pod_mtu > underlay.mtu).then(|| {
             format!(
                 "pod behind {} has MTU {pod_mtu}, more than {}'s MTU {}: packets to direct \
@@ -217,16 +222,14 @@ pub fn pod_mtu_warning(
             )
         }));
     }
-    Ok((pod_mtu + VXLAN_OVERHEAD > underlay.mtu).then(|| {
-        format!(
-            "pod behind {} has MTU {pod_mtu}; with VXLAN's {VXLAN_OVERHEAD} bytes that exceeds \
+    Ok(Some(format!(
+        "pod behind {} has MTU {pod_mtu}; with VXLAN's {VXLAN_OVERHEAD} bytes that exceeds \
              {}'s MTU {}, so cross-node packets over {} bytes take the kernel's path \
              (ICMP fragmentation needed or fragments). Set the pod MTU to {}",
-            veth.name,
-            underlay.name,
-            underlay.mtu,
-            underlay.mtu - VXLAN_OVERHEAD,
-            underlay.mtu - VXLAN_OVERHEAD
-        )
-    }))
+        veth.name,
+        underlay.name,
+        underlay.mtu,
+        underlay.mtu - VXLAN_OVERHEAD,
+        underlay.mtu - VXLAN_OVERHEAD
+    )))
 }

@@ -4,6 +4,7 @@
 //! so each pod's `eth0` gets GRO and its host veth a `pod_veths` entry.
 use anyhow::{Context as _, Result, bail};
 use pod_net_common::{Config, program_names};
+use std::path::Path;
 
 use crate::{
     datapath::{Datapath, attach, is_missing_key, pins::PinDir},
@@ -33,7 +34,7 @@ pub fn set(pins: &PinDir, datapath: &Datapath, config: &Config, on: bool) -> Res
         .context("the underlay interface is gone")?;
     for (_, endpoint) in datapath.endpoint_entries()? {
         if let Some(veth) = netdev::link_by_index(endpoint.ifindex)? {
-            prepare_pod(datapath, &veth)?;
+            prepare_pod(datapath, &veth, None)?;
         }
     }
     attach::attach_xdp(pins, &underlay)?;
@@ -41,12 +42,12 @@ pub fn set(pins: &PinDir, datapath: &Datapath, config: &Config, on: bool) -> Res
 }
 
 /// Readies one pod for XDP delivery: GRO on its `eth0` (entering its
-/// namespace), and its host veth in `pod_veths`.
-pub fn prepare_pod(datapath: &Datapath, veth: &Link) -> Result<()> {
+/// namespace, `pod_netns` if known), and its host veth in `pod_veths`.
+pub fn prepare_pod(datapath: &Datapath, veth: &Link, pod_netns: Option<&Path>) -> Result<()> {
     let peer = netdev::veth_peer(veth)?
         .with_context(|| format!("cannot find the pod end of {}", veth.name))?;
     match veth.peer_netnsid {
-        Some(nsid) => netns::run_in(nsid, || netdev::set_gro(&peer.name, true))?,
+        Some(nsid) => netns::run_in(nsid, pod_netns, || netdev::set_gro(&peer.name, true))?,
         None => netdev::set_gro(&peer.name, true)?,
     }
     let mut pod_veths = datapath.pod_veths()?;

@@ -7,6 +7,7 @@
 //! software: measured on the rig, that cut cross-node TCP to a quarter.
 //! So an underlay whose driver cannot send 192 KiB GSO packets is refused.
 use anyhow::{Context as _, Result, bail};
+use std::path::Path;
 
 use crate::{
     datapath::Datapath,
@@ -19,8 +20,8 @@ pub const BIG_SIZE: u32 = 192 * 1024;
 pub const DEFAULT_SIZE: u32 = 64 * 1024;
 
 /// Sets the IPv4 GSO/GRO size of the veth `veth_ifindex` and of its peer,
-/// the pod's interface, in the pod's namespace.
-pub fn set_pod(veth_ifindex: u32, size: u32) -> Result<()> {
+/// the pod's interface, in the pod's namespace (`pod_netns`, if known).
+pub fn set_pod(veth_ifindex: u32, size: u32, pod_netns: Option<&Path>) -> Result<()> {
     let veth = netdev::link_by_index(veth_ifindex)?
         .with_context(|| format!("ifindex {veth_ifindex} is gone"))?;
     netdev::set_ipv4_gso_gro_max(veth.index, size)?;
@@ -28,7 +29,7 @@ pub fn set_pod(veth_ifindex: u32, size: u32) -> Result<()> {
     // take a target namespace id as a get does.
     let set_peer = |peer| netdev::set_ipv4_gso_gro_max(peer, size);
     let result = match (veth.peer_index, veth.peer_netnsid) {
-        (Some(peer), Some(netnsid)) => netns::run_in(netnsid, || set_peer(peer)),
+        (Some(peer), Some(netnsid)) => netns::run_in(netnsid, pod_netns, || set_peer(peer)),
         (Some(peer), None) => set_peer(peer),
         (None, _) => Ok(()),
     };
@@ -64,7 +65,7 @@ pub fn set_all(datapath: &Datapath, size: u32) -> Result<usize> {
     veths.sort_unstable();
     veths.dedup();
     for &veth in &veths {
-        set_pod(veth, size)?;
+        set_pod(veth, size, None)?;
     }
     Ok(veths.len())
 }

@@ -1,6 +1,10 @@
 //! Registering pods on this node: the `local_endpoints` entries and the
 //! program attachment on each pod's host veth, kept in step.
-use std::{collections::HashSet, net::IpAddr};
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::MapError;
@@ -44,6 +48,9 @@ pub struct PodSpec {
     pub replace: bool,
     /// Keep the pod's traffic on the kernel path (`ENDPOINT_F_NO_BYPASS`).
     pub no_bypass: bool,
+    /// The pod's network namespace file, when the caller knows it (CNI's
+    /// `CNI_NETNS`): tried first wherever `add` enters the pod's namespace.
+    pub pod_netns: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,16 +137,17 @@ pub fn add_locked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<A
             owner_suffix(&existing),
         );
     }
-    check_address(ip, &veth)?;
+    let pod_netns = spec.pod_netns.as_deref();
+    check_address(ip, &veth, pod_netns)?;
 
     let config = datapath.config()?;
     let mtu_warning =
-        underlay::pod_mtu_warning(&config, remotes::tunnel_overhead(&datapath)?, veth.index)?;
+        underlay::pod_mtu_warning(&config, || remotes::tunnel_overhead(&datapath), veth.index)?;
     if config.flags & CONFIG_F_BIG_TCP != 0 {
-        big_tcp::set_pod(veth.index, big_tcp::BIG_SIZE)?;
+        big_tcp::set_pod(veth.index, big_tcp::BIG_SIZE, pod_netns)?;
     }
     if xdp::is_on(pins)? {
-        xdp::prepare_pod(&datapath, &veth)?;
+        xdp::prepare_pod(&datapath, &veth, pod_netns)?;
     }
     let attached = attach::attach(
         pins,
@@ -297,9 +305,9 @@ fn pod_entry(
 
 /// Refuses `ip` as the address of the pod behind `veth` when it is the
 /// node's own, or when the pod's interface (if it can be seen) lacks it.
-pub fn check_address(ip: IpAddr, veth: &Link) -> Result<()> {
+pub fn check_address(ip: IpAddr, veth: &Link, pod_netns: Option<&Path>) -> Result<()> {
     refuse_node_address(ip)?;
-    refuse_address_not_on_pod(ip, veth)
+    refuse_address_not_on_pod(ip, veth, pod_netns)
 }
 
 /// Refuses `ip` when it is one of this node's own addresses (any interface
@@ -321,7 +329,7 @@ pub fn refuse_node_address(ip: IpAddr) -> Result<()> {
 /// Refuses `ip` when the pod end of `veth` can be seen and does not have
 /// it: the fast path would deliver that address's traffic to a pod that
 /// does not own it.
-fn refuse_address_not_on_pod(ip: IpAddr, veth: &Link) -> Result<()> {
+fn refuse_address_not_on_pod(ip: IpAddr, veth: &Link, pod_netns: Option<&Path>) -> Result<()> {
     let Ok(Some(peer)) = netdev::veth_peer(veth) else {
         return Ok(());
     };
@@ -334,7 +342,7 @@ fn refuse_address_not_on_pod(ip: IpAddr, veth: &Link) -> Result<()> {
             .collect())
     };
     let addresses = match veth.peer_netnsid {
-        Some(nsid) => match netns::run_in(nsid, on_peer) {
+        Some(nsid) => match netns::run_in(nsid, pod_netns, on_peer) {
             Ok(addresses) => addresses,
             // Its namespace is not reachable from here: nothing to compare.
             Err(_) => return Ok(()),

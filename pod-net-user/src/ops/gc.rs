@@ -255,7 +255,7 @@ fn make(
             let veth = netdev::link_by_index(*ifindex)?
                 .with_context(|| format!("ifindex {ifindex} vanished during gc"))?;
             if xdp_on {
-                xdp::prepare_pod(datapath, &veth)?;
+                xdp::prepare_pod(datapath, &veth, None)?;
             }
             attach::attach(pins, mode, program_names::POD_EGRESS, &veth).map(drop)
         }

@@ -28,9 +28,16 @@ use crate::sys::netlink;
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
 /// Runs `work` on a thread that has entered the namespace our namespace
-/// knows as `nsid`. The calling thread never changes namespace.
-pub fn run_in<T: Send>(nsid: i32, work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    run_in_file(&find(nsid)?, work)
+/// knows as `nsid`. The calling thread never changes namespace. `hint`, a
+/// namespace file the caller expects to be that one (a CNI runtime's
+/// `CNI_NETNS`), is tried before the search, whose cost grows with the pods
+/// on the node.
+pub fn run_in<T: Send>(
+    nsid: i32,
+    hint: Option<&Path>,
+    work: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    run_in_file(&find(nsid, hint)?, work)
 }
 
 /// Opens the namespace file at `path` (like a CNI runtime's `CNI_NETNS`),
@@ -90,7 +97,12 @@ pub fn run_in_file<T: Send>(netns: &File, work: impl FnOnce() -> Result<T> + Sen
 
 /// Opens the network namespace with id `nsid`: tries the named ones
 /// (`ip netns`, CNI runtimes) first, then every process's.
-fn find(nsid: i32) -> Result<File> {
+fn find(nsid: i32, hint: Option<&Path>) -> Result<File> {
+    if let Some(file) = hint.and_then(|path| File::open(path).ok())
+        && nsid_of(file.as_raw_fd()).ok() == Some(nsid)
+    {
+        return Ok(file);
+    }
     let named = fs::read_dir("/run/netns")
         .into_iter()
         .flatten()

@@ -270,6 +270,49 @@ fn a_pod_mtu_without_room_for_vxlan_gets_frag_needed_not_silence() {
     assert!(a.df_ping(b.ip, 1422).unwrap().status.success());
     // TCP learns the path MTU and carries on.
     tcp(a, b, "8M");
+
+    // pod add says so, exactly once, and still registers the pod.
+    let node = rig.node(1);
+    let warned = pod_add_stderr(node, a);
+    assert_eq!(
+        warned,
+        format!(
+            "pod-net: warning: pod behind {} has MTU 1500; with VXLAN's 50 bytes that exceeds \
+             eth0's MTU 1500, so cross-node packets over 1450 bytes take the kernel's path \
+             (ICMP fragmentation needed or fragments). Set the pod MTU to 1450\n",
+            a.host_veth
+        )
+    );
+    // With node 2 reached directly, 1500 fits: nothing to say.
+    node.pod_net(&["node", "del", "--cidr", &rig.node(2).pod_cidr()])
+        .unwrap();
+    let node_2_ip = rig.node(2).underlay_ip.to_string();
+    node.pod_net(&[
+        "node",
+        "add",
+        "--cidr",
+        &rig.node(2).pod_cidr(),
+        "--node-ip",
+        &node_2_ip,
+        "--direct",
+    ])
+    .unwrap();
+    assert_eq!(pod_add_stderr(node, a), "");
+}
+
+/// What `pod add` of an already registered pod writes to stderr.
+fn pod_add_stderr(node: &Node, pod: &Pod) -> String {
+    let output = output_of(&mut node.pod_net_command(&[
+        "pod",
+        "add",
+        "--ip",
+        &pod.ip.to_string(),
+        "--veth",
+        &pod.host_veth,
+    ]))
+    .unwrap();
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]

@@ -5,8 +5,11 @@
 //! - tc: a `cls_bpf` filter on a `clsact` qdisc over netlink (`sys::tc`),
 //!   which the interface itself keeps. No grace period: about 0.2 ms.
 //!
-//! Both kinds are always looked for, so that switching `--attach` moves an
-//! interface to the other kind without a moment of neither.
+//! Switching `--attach` moves each interface to the other kind without a
+//! moment of neither. Filters are asked for over netlink, under the RTNL
+//! lock, which a TCX link's detach holds through an RCU grace period: so
+//! pod add and del look for filters only in tc mode; `gc`, `status`,
+//! `unload` and reloads look for both kinds.
 use std::{fs, io, os::fd::AsFd as _, path::PathBuf};
 
 use anyhow::{Context as _, Result};
@@ -77,32 +80,37 @@ pub enum AttachmentKind {
     Filter,
 }
 
-/// Attaches the pinned `program` to the TC ingress of `link` the `mode`
-/// way, unless it is attached that way already, then removes an attachment
-/// of the other kind. A pinned TCX link that no longer is (the interface
-/// went and its ifindex was reused) is replaced.
-pub fn attach(pins: &PinDir, mode: AttachMode, program: &str, link: &Link) -> Result<Attached> {
-    let attached = match mode {
-        AttachMode::Tcx => attach_tcx(pins, program, link)?,
-        AttachMode::Tc => attach_filter(pins, program, link)?,
-    };
-    // The new attachment runs now: the old one can go.
-    match mode {
-        AttachMode::Tcx => {
-            delete_filter(program, link.index)?;
-        }
-        AttachMode::Tc => {
-            unpin_tcx(pins, program, link.index)?;
+impl AttachmentKind {
+    /// The `--attach` mode that makes this kind.
+    #[must_use]
+    pub fn mode(&self) -> AttachMode {
+        match self {
+            Self::Tcx(_) => AttachMode::Tcx,
+            Self::Filter => AttachMode::Tc,
         }
     }
-    Ok(attached)
+}
+
+/// Attaches the pinned `program` to the TC ingress of `link` the `mode`
+/// way, unless it is attached that way already. In tc mode a pinned TCX
+/// link there goes once the filter runs. A pinned TCX link that no longer
+/// is (the interface went and its ifindex was reused) is replaced.
+pub fn attach(pins: &PinDir, mode: AttachMode, program: &str, link: &Link) -> Result<Attached> {
+    match mode {
+        AttachMode::Tcx => attach_tcx(pins, program, link),
+        AttachMode::Tc => {
+            let attached = attach_filter(pins, program, link)?;
+            unpin(pins, program, link.index)?;
+            Ok(attached)
+        }
+    }
 }
 
 fn attach_tcx(pins: &PinDir, program: &str, link: &Link) -> Result<Attached> {
     if is_tcx_live(pins, program, link)? {
         return Ok(Attached::AlreadyThere);
     }
-    unpin_tcx(pins, program, link.index)?;
+    unpin(pins, program, link.index)?;
     let links_dir = pins.program_links_dir(program);
     fs::create_dir_all(&links_dir).with_context(|| format!("creating {}", links_dir.display()))?;
     let mut classifier = pinned_classifier(pins, program)?;
@@ -148,13 +156,17 @@ pub fn switch_filter(ifindex: u32, program: &str, new: &SchedClassifier) -> Resu
     tc::set_filter(ifindex, new.fd()?.as_fd(), program)
 }
 
-/// Attaches each of `programs` the `mode` way wherever it is attached:
-/// `load --attach` switching, each interface without a gap.
+/// Attaches each of `programs` the `mode` way wherever it is attached,
+/// then removes the attachments of the other kind: `load --attach`
+/// switching, each interface without a gap.
 pub fn move_all(pins: &PinDir, mode: AttachMode, programs: &[&str]) -> Result<()> {
     for program in programs {
         for attachment in attachments(pins, program)? {
             if let Some(link) = netdev::link_by_index(attachment.ifindex)? {
                 attach(pins, mode, program, &link)?;
+            }
+            if attachment.kind.mode() != mode {
+                remove(&attachment)?;
             }
         }
     }
@@ -198,17 +210,24 @@ pub fn attach_xdp(pins: &PinDir, link: &Link) -> Result<Attached> {
     Ok(Attached::New)
 }
 
-/// Detaches `program` from `ifindex`, whichever way it is attached.
-/// Returns whether it was.
-pub fn detach(pins: &PinDir, program: &str, ifindex: u32) -> Result<bool> {
-    let unpinned = unpin_tcx(pins, program, ifindex)?;
+/// Detaches `program` from `ifindex`: its pinned link, and in tc mode its
+/// filter. Returns whether it was attached.
+pub fn detach(pins: &PinDir, mode: AttachMode, program: &str, ifindex: u32) -> Result<bool> {
+    let unpinned = unpin(pins, program, ifindex)?;
+    let deleted = mode == AttachMode::Tc && delete_filter(program, ifindex)?;
+    Ok(unpinned || deleted)
+}
+
+/// Detaches `program` from `ifindex` whichever way it is attached (`gc`).
+pub fn detach_any(pins: &PinDir, program: &str, ifindex: u32) -> Result<bool> {
+    let unpinned = unpin(pins, program, ifindex)?;
     let deleted = delete_filter(program, ifindex)?;
     Ok(unpinned || deleted)
 }
 
-/// Removes `program`'s pinned link on `ifindex`, which detaches it there.
-/// Returns whether there was one.
-fn unpin_tcx(pins: &PinDir, program: &str, ifindex: u32) -> Result<bool> {
+/// Removes `program`'s pinned link on `ifindex` (TCX or XDP), which
+/// detaches it there. Returns whether there was one.
+pub fn unpin(pins: &PinDir, program: &str, ifindex: u32) -> Result<bool> {
     let Some(link) = pins.pinned_link(program, ifindex)? else {
         return Ok(false);
     };

@@ -23,7 +23,7 @@ pub fn is_on(pins: &PinDir) -> Result<bool> {
 pub fn set(pins: &PinDir, datapath: &Datapath, config: &Config, on: bool) -> Result<()> {
     if !on {
         for link in pins.pinned_links(program_names::UNDERLAY_XDP)? {
-            attach::detach(pins, program_names::UNDERLAY_XDP, link.ifindex)?;
+            attach::unpin(pins, program_names::UNDERLAY_XDP, link.ifindex)?;
         }
         return Ok(());
     }

@@ -149,12 +149,8 @@ pub fn add_locked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<A
     if xdp::is_on(pins)? {
         xdp::prepare_pod(&datapath, &veth, pod_netns)?;
     }
-    let attached = attach::attach(
-        pins,
-        AttachMode::of(&config),
-        program_names::POD_EGRESS,
-        &veth,
-    )?;
+    let mode = AttachMode::of(&config);
+    let attached = attach::attach(pins, mode, program_names::POD_EGRESS, &veth)?;
     crashpoint::here(crashpoint::POD_ADD_ATTACHED);
     if existing == Some(endpoint) {
         return Ok(Added {
@@ -165,7 +161,7 @@ pub fn add_locked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<A
     if let Err(err) = datapath.endpoints.insert(key, endpoint, 0) {
         if attached == Attached::New {
             // Leave the node as it was before this call.
-            let _ = attach::detach(pins, program_names::POD_EGRESS, veth.index);
+            let _ = attach::detach(pins, mode, program_names::POD_EGRESS, veth.index);
         }
         return Err(map_insert_error(err, datapath.endpoints_capacity));
     }
@@ -258,17 +254,18 @@ fn remove_and_detach(
         .iter()
         .map(|(_, endpoint)| endpoint.ifindex)
         .collect();
+    let mode = AttachMode::of(&datapath.config()?);
     for (_, endpoint) in doomed {
         if !in_use.contains(&endpoint.ifindex) {
             xdp::forget_pod(datapath, endpoint.ifindex)?;
-            attach::detach(pins, program_names::POD_EGRESS, endpoint.ifindex)?;
+            attach::detach(pins, mode, program_names::POD_EGRESS, endpoint.ifindex)?;
         }
     }
     // Pinned links of no pod: left by a del cut short after the entries
     // went. (A filter left that way goes with its veth, or with `gc`.)
     for link in pins.pinned_links(program_names::POD_EGRESS)? {
         if !in_use.contains(&link.ifindex) {
-            attach::detach(pins, program_names::POD_EGRESS, link.ifindex)?;
+            attach::unpin(pins, program_names::POD_EGRESS, link.ifindex)?;
         }
     }
     Ok(())

@@ -260,7 +260,7 @@ fn make(
             attach::attach(pins, mode, program_names::POD_EGRESS, &veth).map(drop)
         }
         Repair::DetachOrphan { ifindex, .. } => {
-            attach::detach(pins, program_names::POD_EGRESS, *ifindex).map(drop)
+            attach::detach_any(pins, program_names::POD_EGRESS, *ifindex).map(drop)
         }
         Repair::ForgetXdpVeth { ifindex } => xdp::forget_pod(datapath, *ifindex),
         Repair::AddPeer { node_ip } => peers::add(pins, [*node_ip]),

@@ -560,7 +560,7 @@ fn print_load_report(pins: &PinDir, report: &LoadReport) {
     }
     if report.replaced {
         println!(
-            "replaced the datapath at {} in place ({} link(s) updated, maps kept)",
+            "replaced the datapath at {} in place ({} attachment(s) updated, maps kept)",
             pins.root().display(),
             report.links_updated
         );

@@ -165,7 +165,7 @@ fn reload_keeps_entries_and_attachments() {
     let programs_before = tcx_programs(node, &a.host_veth);
 
     let output = node.pod_net(&["load"]).unwrap();
-    assert!(output.contains("2 link(s) updated"), "{output}");
+    assert!(output.contains("2 attachment(s) updated"), "{output}");
     assert_eq!(
         node.pod_net(&["pod", "list", "--json"]).unwrap(),
         pods_before

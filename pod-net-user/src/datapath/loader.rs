@@ -102,7 +102,8 @@ pub struct LoadReport {
     pub mounted_bpffs: bool,
     /// A program was already pinned and has been replaced in place.
     pub replaced: bool,
-    /// Existing links switched to the new programs.
+    /// Existing attachments (TCX links, tc filters) switched to the new
+    /// programs.
     pub links_updated: usize,
     /// The underlay in use after this load, if any.
     pub underlay: Option<UnderlaySummary>,

@@ -584,6 +584,14 @@ impl Node {
     }
 
     /// `pod-net pod add` for one pod.
+    /// `pod-net pod add` of `pod`'s IPv4 address on its host veth, to run
+    /// where a test looks at the exit code and stderr itself.
+    #[must_use]
+    pub fn pod_add_command(&self, pod: &Pod) -> Command {
+        let ip = pod.ip.to_string();
+        self.pod_net_command(&["pod", "add", "--ip", &ip, "--veth", &pod.host_veth])
+    }
+
     pub fn register(&self, pod: &Pod) -> Result<String> {
         let mut output = String::new();
         for ip in std::iter::once(IpAddr::from(pod.ip)).chain(pod.ip6.map(IpAddr::from)) {

@@ -165,17 +165,7 @@ fn a_full_map_refuses_the_next_pod_and_keeps_the_others() {
     node.pod_net(&["load", "--max-pods", "1"]).unwrap();
     node.register(a).unwrap();
 
-    let full = pod_net(
-        node,
-        &[
-            "pod",
-            "add",
-            "--ip",
-            &b.ip.to_string(),
-            "--veth",
-            &b.host_veth,
-        ],
-    );
+    let full = output_of(&mut node.pod_add_command(b)).unwrap();
     assert_one_line_error(&full, "local_endpoints is full (1 entries)");
     assert_eq!(pod_ips(node), [a.ip.to_string()]);
     // The attach made for B was rolled back.

@@ -302,15 +302,7 @@ fn a_pod_mtu_without_room_for_vxlan_gets_frag_needed_not_silence() {
 
 /// What `pod add` of an already registered pod writes to stderr.
 fn pod_add_stderr(node: &Node, pod: &Pod) -> String {
-    let output = output_of(&mut node.pod_net_command(&[
-        "pod",
-        "add",
-        "--ip",
-        &pod.ip.to_string(),
-        "--veth",
-        &pod.host_veth,
-    ]))
-    .unwrap();
+    let output = output_of(&mut node.pod_add_command(pod)).unwrap();
     assert!(output.status.success());
     String::from_utf8_lossy(&output.stderr).into_owned()
 }

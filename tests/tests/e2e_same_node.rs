@@ -345,15 +345,7 @@ fn tc_filters_carry_the_fast_path_and_go_with_del_and_unload() {
         .unwrap();
     node.exec(&["tc", "qdisc", "add", "dev", &b.host_veth, "ingress"])
         .unwrap();
-    let refused = output_of(&mut node.pod_net_command(&[
-        "pod",
-        "add",
-        "--ip",
-        &b.ip.to_string(),
-        "--veth",
-        &b.host_veth,
-    ]))
-    .unwrap();
+    let refused = output_of(&mut node.pod_add_command(b)).unwrap();
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

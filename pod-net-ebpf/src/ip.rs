@@ -32,8 +32,9 @@ pub struct Addr {
 impl Addr {
     #[inline(always)]
     pub fn v4(octets: [u8; 4]) -> Self {
-        let mut bytes = [0u8; 16];
-        bytes[..4].copy_from_slice(&octets);
+        // Not `[0u8; 16]` and a copy: bpf-linker leaves that memset as a
+        // call to a byte-loop subprogram, twice per packet (both lookups).
+        let bytes = u128::from(u32::from_ne_bytes(octets)).to_ne_bytes();
         Self {
             bytes,
             family: FAMILY_IPV4,

@@ -14,8 +14,28 @@ use crate::verdict::Verdict;
 pub unsafe fn address_to_pod(eth: *mut EthHdr, endpoint: &Endpoint) {
     // SAFETY: the caller's promise.
     unsafe {
-        (*eth).dst_addr = endpoint.mac;
-        (*eth).src_addr = endpoint.gateway_mac;
+        write_mac(&raw mut (*eth).dst_addr, endpoint.mac);
+        write_mac(&raw mut (*eth).src_addr, endpoint.gateway_mac);
+    }
+}
+
+/// Writes a MAC as a 4-byte and a 2-byte store: bpf-linker leaves a plain
+/// 6-byte assignment as a memmove, a call to a byte-loop subprogram.
+///
+/// # Safety
+/// `field` must point at 6 writable bytes.
+#[inline(always)]
+unsafe fn write_mac(field: *mut [u8; 6], mac: [u8; 6]) {
+    let start = field.cast::<u8>();
+    // SAFETY: the caller's promise; both stores stay inside the 6 bytes.
+    unsafe {
+        start
+            .cast::<u32>()
+            .write_unaligned(u32::from_ne_bytes([mac[0], mac[1], mac[2], mac[3]]));
+        start
+            .add(4)
+            .cast::<u16>()
+            .write_unaligned(u16::from_ne_bytes([mac[4], mac[5]]));
     }
 }
 

@@ -24,6 +24,7 @@ use crate::{
         underlay::UnderlayOptions,
         unload,
     },
+    error::{self, Capacity, LoadRefusal},
     mac::MacAddr,
     node::{
         endpoints::{self, AddOutcome, PodSpec},
@@ -447,7 +448,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 big_tcp: args.big_tcp,
                 attach: args.attach,
             };
-            print_load_report(&pins, &loader::load(&pins, &options)?);
+            let report = loader::load(&pins, &options).map_err(|err| {
+                match error::find::<LoadRefusal>(&err) {
+                    Some(refusal) => anyhow::anyhow!(load_refusal(refusal)),
+                    None => err,
+                }
+            })?;
+            print_load_report(&pins, &report);
         }
         Command::Unload => {
             let report = unload::unload(&pins)?;
@@ -552,6 +559,43 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         )?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An option `load` refused, in the CLI's words: the library names the
+/// option, the CLI its flag.
+fn load_refusal(refusal: &LoadRefusal) -> String {
+    let flag = |capacity: Capacity| match capacity {
+        Capacity::Pods => "--max-pods",
+        Capacity::RemotePods => "--max-remote-pods",
+        Capacity::RemoteCidrs => "--max-remote-cidrs",
+    };
+    match refusal {
+        LoadRefusal::ZeroCapacity(capacity) => format!("{} must be at least 1", flag(*capacity)),
+        LoadRefusal::CapacityFixed {
+            capacity,
+            path,
+            current,
+            wanted,
+        } => format!(
+            "{} at {} holds up to {current} entries; it cannot be resized to {} {wanted} in \
+             place (`pod-net unload` first, which drops its entries)",
+            capacity.map(),
+            path.display(),
+            flag(*capacity)
+        ),
+        LoadRefusal::ZeroVxlanPort => "--vxlan-port must not be 0".to_owned(),
+        LoadRefusal::NoSuchUnderlay(name) => {
+            format!("no interface named {name:?} for --underlay in this network namespace")
+        }
+        LoadRefusal::NodeIpNotOnUnderlay {
+            node_ip,
+            ifname,
+            has,
+        } => format!("--node-ip {node_ip} is not an address of {ifname} (it has {has})"),
+        LoadRefusal::XdpNeedsUnderlay => {
+            "--xdp needs an underlay: load with --underlay IFACE --node-ip IPV4".to_owned()
+        }
+    }
 }
 
 fn print_load_report(pins: &PinDir, report: &LoadReport) {

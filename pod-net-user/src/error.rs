@@ -3,8 +3,10 @@
 //! Each travels inside the `anyhow` chain its call site adds context to;
 //! [`find`] picks it out. The CNI plugin turns them into the spec's codes
 //! ("try again later" where waiting can help); the CLI prints them as any
-//! other error.
-use std::path::PathBuf;
+//! other error. A [`LoadRefusal`] names the option it refuses, not a flag:
+//! the CLI and the agent take those options under flags of their own, and
+//! each puts its own names in the message.
+use std::{net::Ipv4Addr, path::PathBuf};
 
 use thiserror::Error;
 
@@ -29,8 +31,71 @@ pub enum NodeError {
     NotAVeth { name: String },
 }
 
-/// The typed failure in `error`'s chain, if there is one.
+/// An option `load` refuses, checked before anything changes.
+#[derive(Debug, Error)]
+pub enum LoadRefusal {
+    #[error("the {0} capacity must be at least 1")]
+    ZeroCapacity(Capacity),
+    /// A map exists with another capacity; maps cannot grow in place.
+    #[error(
+        "{} at {} holds up to {current} entries; it cannot be resized to {wanted} in place \
+         (`pod-net unload` first, which drops its entries)",
+        .capacity.map(), .path.display()
+    )]
+    CapacityFixed {
+        capacity: Capacity,
+        path: PathBuf,
+        current: u32,
+        wanted: u32,
+    },
+    #[error("the VXLAN port must not be 0")]
+    ZeroVxlanPort,
+    #[error("no interface named {0:?} for the underlay in this network namespace")]
+    NoSuchUnderlay(String),
+    #[error("the node IP {node_ip} is not an address of {ifname} (it has {has})")]
+    NodeIpNotOnUnderlay {
+        node_ip: Ipv4Addr,
+        ifname: String,
+        /// Its IPv4 addresses, or "none".
+        has: String,
+    },
+    #[error("the XDP receive path needs an underlay")]
+    XdpNeedsUnderlay,
+}
+
+/// A map capacity `load` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capacity {
+    Pods,
+    RemotePods,
+    RemoteCidrs,
+}
+
+impl Capacity {
+    /// The map it sizes.
+    #[must_use]
+    pub fn map(self) -> &'static str {
+        use pod_net_common::map_table;
+        match self {
+            Self::Pods => map_table::LOCAL_ENDPOINTS.name,
+            Self::RemotePods => map_table::REMOTE_PODS.name,
+            Self::RemoteCidrs => map_table::REMOTE_NODES.name,
+        }
+    }
+}
+
+impl std::fmt::Display for Capacity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pods => "pod",
+            Self::RemotePods => "remote pod",
+            Self::RemoteCidrs => "remote CIDR",
+        })
+    }
+}
+
+/// The typed failure of type `E` in `error`'s chain, if there is one.
 #[must_use]
-pub fn find(error: &anyhow::Error) -> Option<&NodeError> {
+pub fn find<E: std::error::Error + Send + Sync + 'static>(error: &anyhow::Error) -> Option<&E> {
     error.chain().find_map(|cause| cause.downcast_ref())
 }

@@ -465,3 +465,51 @@ fn big_tcp_needs_an_underlay_that_sends_big_packets() {
     assert!(!node.pin_dir.exists(), "nothing was loaded");
     node.pod_net(&["load", "--big-tcp", "on"]).unwrap();
 }
+
+/// Each option `load` refuses gets the CLI's own flag in its one line (the
+/// library names options, not flags), and nothing is loaded.
+#[test]
+fn load_refusals_name_the_flag_and_load_nothing() {
+    if !require_root("load_refusals_name_the_flag_and_load_nothing") {
+        return;
+    }
+    let rig = Rig::build(&RigSpec {
+        nodes: 2,
+        pods_per_node: 0,
+        ..RigSpec::default()
+    })
+    .unwrap();
+    let node = rig.node(1);
+    let underlay = ["--underlay", "eth0", "--node-ip", "192.168.100.1"];
+    let cases: [(Vec<&str>, &str); 6] = [
+        (vec!["--max-pods", "0"], "--max-pods must be at least 1"),
+        (
+            vec!["--max-remote-cidrs", "0"],
+            "--max-remote-cidrs must be at least 1",
+        ),
+        (
+            vec!["--underlay", "nosuch0", "--node-ip", "192.168.100.1"],
+            "no interface named \"nosuch0\" for --underlay in this network namespace",
+        ),
+        (
+            vec!["--underlay", "eth0", "--node-ip", "192.168.100.9"],
+            "--node-ip 192.168.100.9 is not an address of eth0 (it has 192.168.100.1)",
+        ),
+        (
+            [&underlay[..], &["--vxlan-port", "0"]].concat(),
+            "--vxlan-port must not be 0",
+        ),
+        (
+            vec!["--xdp"],
+            "--xdp needs an underlay: load with --underlay IFACE --node-ip IPV4",
+        ),
+    ];
+    for (extra, message) in cases {
+        let args = [&["load"][..], &extra].concat();
+        let refused = pod_net(node, &args);
+        assert_one_line_error(&refused, message);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(stderr.trim_end(), format!("pod-net: error: {message}"));
+        assert!(!node.pin_dir.join("progs").exists(), "{args:?} loaded");
+    }
+}

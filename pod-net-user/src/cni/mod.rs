@@ -59,7 +59,7 @@ impl Failure {
     /// ones, whose code says more (see [`code_of`]); then `msg` names it.
     fn with_details(code: u32, msg: impl Into<String>, error: &anyhow::Error) -> Self {
         let msg = msg.into();
-        let (code, msg) = match error::find(error) {
+        let (code, msg) = match error::find::<NodeError>(error) {
             Some(typed) => (code_of(typed), format!("{msg}: {typed}")),
             None => (code, msg),
         };

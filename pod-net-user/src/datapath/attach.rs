@@ -137,7 +137,8 @@ fn attach_filter(pins: &PinDir, program: &str, link: &Link) -> Result<Attached> 
     let classifier = pinned_classifier(pins, program)?;
     tc::ensure_clsact(link.index).with_context(|| {
         format!(
-            "{} needs a clsact qdisc for --attach tc (an `ingress` qdisc takes its place)",
+            "{} needs a clsact qdisc, as this node attaches with tc filters (an `ingress` \
+             qdisc takes its place)",
             link.name
         )
     })?;

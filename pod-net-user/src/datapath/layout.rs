@@ -1,9 +1,9 @@
 //! Pinned maps against this build's map table: a map of another layout
 //! or size is refused by name before anything is loaded, never dropped.
 
+use crate::error::{Capacity, LoadRefusal};
 use anyhow::{Context as _, Result, bail};
 use aya::maps::MapData;
-use pod_net_common::map_table;
 
 use super::loader::{LoadOptions, pinned_maps};
 use crate::datapath::pins::PinDir;
@@ -44,43 +44,33 @@ pub(super) fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a `--max-*` capacity that differs from an existing map's: a map
-/// cannot grow in place.
+/// Refuses a capacity that differs from an existing map's: a map cannot
+/// grow in place.
 pub(super) fn check_pinned_capacity(pins: &PinDir, options: &LoadOptions) -> Result<()> {
-    for (map, flag, wanted) in [
-        (
-            map_table::LOCAL_ENDPOINTS.name,
-            "--max-pods",
-            options.max_pods,
-        ),
-        (
-            map_table::REMOTE_PODS.name,
-            "--max-remote-pods",
-            options.max_remote_pods,
-        ),
-        (
-            map_table::REMOTE_NODES.name,
-            "--max-remote-cidrs",
-            options.max_remote_cidrs,
-        ),
+    for (capacity, wanted) in [
+        (Capacity::Pods, options.max_pods),
+        (Capacity::RemotePods, options.max_remote_pods),
+        (Capacity::RemoteCidrs, options.max_remote_cidrs),
     ] {
         let Some(wanted) = wanted else {
             continue;
         };
-        let path = pins.map(map);
+        let path = pins.map(capacity.map());
         if !path.exists() {
             continue;
         }
-        let capacity = MapData::from_pin(&path)
+        let current = MapData::from_pin(&path)
             .and_then(|map| map.info())
             .with_context(|| format!("reading pinned map {}", path.display()))?
             .max_entries();
-        if capacity != wanted {
-            bail!(
-                "{map} at {} holds up to {capacity} entries; it cannot be resized to {flag} \
-                 {wanted} in place (`pod-net unload` first, which drops its entries)",
-                path.display()
-            );
+        if current != wanted {
+            return Err(LoadRefusal::CapacityFixed {
+                capacity,
+                path,
+                current,
+                wanted,
+            }
+            .into());
         }
     }
     Ok(())

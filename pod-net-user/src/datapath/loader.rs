@@ -43,6 +43,7 @@ use crate::{
         xdp,
     },
     ebpf_object,
+    error::{Capacity, LoadRefusal},
     node::{big_tcp, direct, peers, remotes, tunnel_sync},
     sys::netdev,
 };
@@ -122,15 +123,13 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
     if options.big_tcp == Some(true) && !netdev::has_ipv4_big_tcp()? {
         bail!("this kernel has no IPv4 BIG TCP (it came with Linux 6.3)");
     }
-    if options.max_pods == Some(0) {
-        bail!("--max-pods must be at least 1");
-    }
-    for (flag, value) in [
-        ("--max-remote-pods", options.max_remote_pods),
-        ("--max-remote-cidrs", options.max_remote_cidrs),
+    for (capacity, value) in [
+        (Capacity::Pods, options.max_pods),
+        (Capacity::RemotePods, options.max_remote_pods),
+        (Capacity::RemoteCidrs, options.max_remote_cidrs),
     ] {
         if value == Some(0) {
-            bail!("{flag} must be at least 1");
+            return Err(LoadRefusal::ZeroCapacity(capacity).into());
         }
     }
     // Everything the underlay needs is checked before anything changes.
@@ -139,6 +138,9 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         .as_ref()
         .map(|underlay| resolve_underlay(underlay).map(|link| (underlay, link)))
         .transpose()?;
+    if options.xdp == Some(true) && underlay.is_none() && loaded_underlay(pins)?.is_none() {
+        return Err(LoadRefusal::XdpNeedsUnderlay.into());
+    }
     if options.big_tcp == Some(true) {
         match &underlay {
             Some((_, link)) => big_tcp::check_underlay(link)?,

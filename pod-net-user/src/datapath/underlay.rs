@@ -1,6 +1,7 @@
 //! The underlay: the interface and node IP VXLAN and direct routing leave
 //! from, checked as `load` takes it, set up (the tunnel device, the config,
 //! `underlay_ingress`), and the pod MTUs it leaves room for.
+use crate::error::LoadRefusal;
 use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result, bail};
@@ -44,21 +45,17 @@ pub(super) fn resolve_underlay(options: &UnderlayOptions) -> Result<Link> {
         bail!("VNI {} is out of range (0..={MAX_VNI})", options.vni);
     }
     if options.vxlan_port == 0 {
-        bail!("--vxlan-port must not be 0");
+        return Err(LoadRefusal::ZeroVxlanPort.into());
     }
     let Some(link) = netdev::link_by_name(&options.ifname)? else {
-        bail!(
-            "no interface named {:?} for --underlay in this network namespace",
-            options.ifname
-        );
+        return Err(LoadRefusal::NoSuchUnderlay(options.ifname.clone()).into());
     };
     let addresses = netdev::ipv4_addresses(link.index)?;
     if !addresses.contains(&options.node_ip) {
-        bail!(
-            "--node-ip {} is not an address of {} (it has {})",
-            options.node_ip,
-            options.ifname,
-            if addresses.is_empty() {
+        return Err(LoadRefusal::NodeIpNotOnUnderlay {
+            node_ip: options.node_ip,
+            ifname: options.ifname.clone(),
+            has: if addresses.is_empty() {
                 "none".to_owned()
             } else {
                 addresses
@@ -66,8 +63,9 @@ pub(super) fn resolve_underlay(options: &UnderlayOptions) -> Result<Link> {
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
-            }
-        );
+            },
+        }
+        .into());
     }
     if link.mtu <= VXLAN_OVERHEAD + 68 {
         bail!("{} has MTU {}, too small for VXLAN", link.name, link.mtu);

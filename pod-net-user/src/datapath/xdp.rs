@@ -2,7 +2,8 @@
 //! off, and readying each pod for it. XDP redirects into a veth land in the
 //! peer's NAPI queue, which exists only with GRO (or XDP) on the pod's end,
 //! so each pod's `eth0` gets GRO and its host veth a `pod_veths` entry.
-use anyhow::{Context as _, Result, bail};
+use crate::error::LoadRefusal;
+use anyhow::{Context as _, Result};
 use pod_net_common::{Config, program_names};
 use std::path::Path;
 
@@ -28,7 +29,7 @@ pub fn set(pins: &PinDir, datapath: &Datapath, config: &Config, on: bool) -> Res
         return Ok(());
     }
     if !config.has_underlay() {
-        bail!("--xdp needs an underlay: load with --underlay IFACE --node-ip IPV4");
+        return Err(LoadRefusal::XdpNeedsUnderlay.into());
     }
     let underlay = netdev::link_by_index(config.underlay_ifindex)?
         .context("the underlay interface is gone")?;

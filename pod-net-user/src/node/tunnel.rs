@@ -73,7 +73,7 @@ pub fn ensure_device(spec: &TunnelSpec<'_>) -> Result<Link> {
         .context("the underlay MTU is too small for VXLAN")?;
     if let Some(existing) = netdev::link_by_name(&name)? {
         if existing.kind != LinkKind::Vxlan {
-            bail!("{name} exists and is not a vxlan device; remove it or pick another --vni");
+            bail!("{name} exists and is not a vxlan device; remove it or pick another VNI");
         }
         return Ok(existing);
     }

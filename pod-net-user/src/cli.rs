@@ -606,7 +606,7 @@ fn print_load_report(pins: &PinDir, report: &LoadReport) {
         println!(
             "replaced the datapath at {} in place ({} attachment(s) updated, maps kept)",
             pins.root().display(),
-            report.links_updated
+            report.attachments_updated
         );
     } else {
         println!("loaded the datapath at {}", pins.root().display());

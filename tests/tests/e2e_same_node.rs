@@ -357,6 +357,47 @@ fn tc_filters_carry_the_fast_path_and_go_with_del_and_unload() {
     let pods = node.pod_net(&["pod", "list"]).unwrap();
     assert!(!pods.contains(&b.ip.to_string()), "{pods}");
 
+    // Another tool's filter where pod-net's would go (here classic BPF that
+    // accepts everything) is refused, not replaced.
+    node.exec(&["tc", "qdisc", "del", "dev", &b.host_veth, "ingress"])
+        .unwrap();
+    node.exec(&["tc", "qdisc", "add", "dev", &b.host_veth, "clsact"])
+        .unwrap();
+    node.exec(&[
+        "tc",
+        "filter",
+        "add",
+        "dev",
+        &b.host_veth,
+        "ingress",
+        "pref",
+        "1",
+        "handle",
+        "1",
+        "bpf",
+        "bytecode",
+        "1,6 0 0 4294967295,",
+    ])
+    .unwrap();
+    let refused = output_of(&mut node.pod_add_command(b)).unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} has another tc filter at priority 1, handle 1 (\"\"); pod-net will not replace it",
+            b.host_veth
+        )),
+        "{stderr}"
+    );
+    let filters = node
+        .exec(&["tc", "filter", "show", "dev", &b.host_veth, "ingress"])
+        .unwrap();
+    assert!(
+        filters.contains("handle 0x1") && !filters.contains("pod_egress"),
+        "{filters}"
+    );
+
     let output = node.pod_net(&["unload"]).unwrap();
     assert!(output.contains("1 attachment(s) removed"), "{output}");
     assert_eq!(node.tc_filter(&a.host_veth).unwrap(), None);

@@ -12,7 +12,7 @@
 //! `unload` and reloads look for both kinds.
 use std::{fs, io, os::fd::AsFd as _, path::PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aya::programs::{
     LinkOrder, SchedClassifier, Xdp, XdpMode,
     links::{FdLink, PinnedLink},
@@ -131,8 +131,17 @@ fn attach_tcx(pins: &PinDir, program: &str, link: &Link) -> Result<Attached> {
 }
 
 fn attach_filter(pins: &PinDir, program: &str, link: &Link) -> Result<Attached> {
-    if is_filter_ours(program, link.index)? {
-        return Ok(Attached::AlreadyThere);
+    match tc::filter(link.index)? {
+        Some(filter) if filter.name == program => return Ok(Attached::AlreadyThere),
+        // Setting ours would replace it: another tool's is left alone.
+        Some(filter) => bail!(
+            "{} has another tc filter at priority {}, handle 1 ({:?}); pod-net will not \
+             replace it",
+            link.name,
+            tc::PRIORITY,
+            filter.name
+        ),
+        None => {}
     }
     let classifier = pinned_classifier(pins, program)?;
     tc::ensure_clsact(link.index).with_context(|| {

@@ -105,7 +105,7 @@ pub struct LoadReport {
     pub replaced: bool,
     /// Existing attachments (TCX links, tc filters) switched to the new
     /// programs.
-    pub links_updated: usize,
+    pub attachments_updated: usize,
     /// The underlay in use after this load, if any.
     pub underlay: Option<UnderlaySummary>,
     /// Whether the XDP receive path is on after this load.
@@ -159,7 +159,7 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         let _ = unmount_bpffs();
     }
     // Held to the end: the settings below are part of the load.
-    let (lock, (replaced, links_updated)) = loaded?;
+    let (lock, (replaced, attachments_updated)) = loaded?;
     if let Some((underlay, link)) = &underlay {
         enable_underlay(pins, underlay, link)?;
         // A tunnel device deleted by hand comes back empty: give it the
@@ -219,7 +219,7 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
     Ok(LoadReport {
         mounted_bpffs,
         replaced,
-        links_updated,
+        attachments_updated,
         underlay: underlay_summary(&config),
         xdp: xdp::is_on(pins)?,
         anti_spoofing: config.flags & CONFIG_F_NO_ANTI_SPOOF == 0,
@@ -312,7 +312,7 @@ fn load_programs(pins: &PinDir, options: &LoadOptions) -> Result<(bool, usize)> 
         .with_context(|| format!("the kernel verifier rejected {name}"))?;
     }
     let mut replaced = false;
-    let mut links_updated = 0;
+    let mut attachments_updated = 0;
     for name in PROGRAMS {
         let program_path = pins.program(name);
         let program = ebpf
@@ -320,17 +320,17 @@ fn load_programs(pins: &PinDir, options: &LoadOptions) -> Result<(bool, usize)> 
             .with_context(|| format!("the eBPF object has no {name} program"))?;
         if program_path.exists() {
             replaced = true;
-            links_updated += switch_links(pins, name, program)?;
+            attachments_updated += switch_attachments(pins, name, program)?;
             crashpoint::here(crashpoint::LOAD_REPLACED);
         }
         pin_replacing(program, &program_path)?;
     }
-    Ok((replaced, links_updated))
+    Ok((replaced, attachments_updated))
 }
 
 /// Points every attachment of `name` at `program`, atomically per link or
 /// filter.
-fn switch_links(pins: &PinDir, name: &str, program: &mut Program) -> Result<usize> {
+fn switch_attachments(pins: &PinDir, name: &str, program: &mut Program) -> Result<usize> {
     let mut updated = 0;
     for attachment in attach::attachments(pins, name)? {
         let AttachmentKind::Tcx(path) = &attachment.kind else {

@@ -27,18 +27,18 @@ const HANDLE: u32 = 1;
 const TCA_BPF_FD: u16 = 6;
 const TCA_BPF_NAME: u16 = 7;
 const TCA_BPF_FLAGS: u16 = 8;
-const TCA_BPF_ID: u16 = 11;
 const TCA_BPF_FLAG_ACT_DIRECT: u32 = 1;
 const ETH_P_ALL: u16 = 0x0003;
 const BPF_KIND: &str = "bpf";
 const CLSACT_KIND: &str = "clsact";
 
-/// pod-net's filter on an interface's ingress, as the kernel reports it.
+/// The BPF filter at pod-net's priority and handle on an interface's
+/// ingress, as the kernel reports it: pod-net's, or another tool's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filter {
-    /// What the filter was named when attached (the program's name).
+    /// What the filter was named when attached (pod-net: the program's;
+    /// empty for a classic BPF filter).
     pub name: String,
-    pub program_id: u32,
 }
 
 /// Adds a `clsact` qdisc to `ifindex` unless it has one.
@@ -87,8 +87,9 @@ pub fn set_filter(ifindex: u32, program: BorrowedFd<'_>, name: &str) -> Result<(
         .with_context(|| format!("setting the {name} tc filter on ifindex {ifindex}"))
 }
 
-/// pod-net's filter on `ifindex`'s ingress, if there is one (`None` too
-/// when the interface has no clsact qdisc or is gone).
+/// The BPF filter at pod-net's priority and handle on `ifindex`'s ingress,
+/// if there is one (`None` too when the interface has no clsact qdisc or
+/// is gone).
 pub fn filter(ifindex: u32) -> Result<Option<Filter>> {
     let replies = match netlink::get(
         RouteNetlinkMessage::GetTrafficFilter(TcMessage::from_parts(
@@ -168,24 +169,15 @@ fn bpf_filter(message: &TcMessage) -> Option<Filter> {
     }
     let mut value = vec![0; raw.value_len()];
     raw.emit_value(&mut value);
-    let (mut name, mut program_id) = (String::new(), None);
+    let mut name = String::new();
     for nla in NlasIterator::new(&value[..]).flatten() {
-        match nla.kind() {
-            TCA_BPF_NAME => {
-                String::from_utf8_lossy(nla.value())
-                    .trim_end_matches('\0')
-                    .clone_into(&mut name);
-            }
-            TCA_BPF_ID => {
-                program_id = nla.value().try_into().ok().map(u32::from_ne_bytes);
-            }
-            _ => {}
+        if nla.kind() == TCA_BPF_NAME {
+            String::from_utf8_lossy(nla.value())
+                .trim_end_matches('\0')
+                .clone_into(&mut name);
         }
     }
-    Some(Filter {
-        name,
-        program_id: program_id?,
-    })
+    Some(Filter { name })
 }
 
 fn index(ifindex: u32) -> i32 {

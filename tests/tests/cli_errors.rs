@@ -8,6 +8,16 @@ fn rig() -> Rig {
     Rig::build(&RigSpec::default()).expect("build rig")
 }
 
+/// Two nodes on one switch, no pods: for the underlay's refusals.
+fn two_nodes_without_pods() -> Rig {
+    Rig::build(&RigSpec {
+        nodes: 2,
+        pods_per_node: 0,
+        ..RigSpec::default()
+    })
+    .expect("build rig")
+}
+
 fn pod_net(node: &Node, args: &[&str]) -> Output {
     output_of(&mut node.pod_net_command(args)).unwrap()
 }
@@ -183,12 +193,7 @@ fn full_remote_maps_refuse_and_keep_the_others() {
     if !require_root("full_remote_maps_refuse_and_keep_the_others") {
         return;
     }
-    let rig = Rig::build(&RigSpec {
-        nodes: 2,
-        pods_per_node: 0,
-        ..RigSpec::default()
-    })
-    .unwrap();
+    let rig = two_nodes_without_pods();
     let node = rig.node(1);
     node.pod_net(&[
         "load",
@@ -473,12 +478,7 @@ fn load_refusals_name_the_flag_and_load_nothing() {
     if !require_root("load_refusals_name_the_flag_and_load_nothing") {
         return;
     }
-    let rig = Rig::build(&RigSpec {
-        nodes: 2,
-        pods_per_node: 0,
-        ..RigSpec::default()
-    })
-    .unwrap();
+    let rig = two_nodes_without_pods();
     let node = rig.node(1);
     let underlay = ["--underlay", "eth0", "--node-ip", "192.168.100.1"];
     let cases: [(Vec<&str>, &str); 6] = [

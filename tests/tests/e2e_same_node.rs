@@ -345,14 +345,14 @@ fn tc_filters_carry_the_fast_path_and_go_with_del_and_unload() {
         .unwrap();
     node.exec(&["tc", "qdisc", "add", "dev", &b.host_veth, "ingress"])
         .unwrap();
-    let refused = output_of(&mut node.pod_add_command(b)).unwrap();
-    assert_eq!(refused.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains(&format!("{} needs a clsact qdisc", b.host_veth))
-            && stderr.contains("an `ingress` qdisc takes its place"),
-        "{stderr}"
+    assert_pod_add_refused(
+        node,
+        b,
+        &format!(
+            "{} needs a clsact qdisc, as this node attaches with tc filters (an `ingress` qdisc \
+             takes its place)",
+            b.host_veth
+        ),
     );
     let pods = node.pod_net(&["pod", "list"]).unwrap();
     assert!(!pods.contains(&b.ip.to_string()), "{pods}");
@@ -379,16 +379,13 @@ fn tc_filters_carry_the_fast_path_and_go_with_del_and_unload() {
         "1,6 0 0 4294967295,",
     ])
     .unwrap();
-    let refused = output_of(&mut node.pod_add_command(b)).unwrap();
-    assert_eq!(refused.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains(&format!(
+    assert_pod_add_refused(
+        node,
+        b,
+        &format!(
             "{} has another tc filter at priority 1, handle 1 (\"\"); pod-net will not replace it",
             b.host_veth
-        )),
-        "{stderr}"
+        ),
     );
     let filters = node
         .exec(&["tc", "filter", "show", "dev", &b.host_veth, "ingress"])
@@ -402,4 +399,13 @@ fn tc_filters_carry_the_fast_path_and_go_with_del_and_unload() {
     assert!(output.contains("1 attachment(s) removed"), "{output}");
     assert_eq!(node.tc_filter(&a.host_veth).unwrap(), None);
     a.ping(b.ip, 2).unwrap();
+}
+
+/// `pod add` of `pod` fails with exit 1 and one line that contains `needle`.
+fn assert_pod_add_refused(node: &Node, pod: &Pod, needle: &str) {
+    let refused = output_of(&mut node.pod_add_command(pod)).unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(needle), "{stderr}");
 }

@@ -1,0 +1,105 @@
+//! Rigs left by processes that died: recognised by the PID in their names
+//! and cleared by the next rig.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd::{output_of, run};
+
+use super::{BPFFS, PREFIX};
+
+/// Namespace names currently present.
+fn netns_names() -> Result<Vec<String>> {
+    let listing = run("ip", ["netns", "list"])?;
+    Ok(listing
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Removes every namespace and pin dir of rig `id`. Deleting a namespace
+/// deletes its veths, and with them the peers and TCX links on them.
+pub(super) fn remove_rig(id: &str) -> Result<()> {
+    let ours = |name: &str| name == id || name.starts_with(&format!("{id}-"));
+    // Pods first: a node's veths go with its pods' namespaces.
+    let mut names: Vec<String> = netns_names()?
+        .into_iter()
+        .filter(|name| ours(name))
+        .collect();
+    names.sort_by_key(|name| std::cmp::Reverse(name.len()));
+    let mut failures = Vec::new();
+    for name in names {
+        let output = output_of(Command::new("ip").args(["netns", "del", &name]))?;
+        if !output.status.success() {
+            failures.push(name);
+        }
+    }
+    for dir in [PathBuf::from(BPFFS), std::env::temp_dir()] {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_str().is_some_and(ours) && entry.path().is_dir() {
+                fs::remove_dir_all(entry.path())
+                    .with_context(|| format!("removing {}", entry.path().display()))?;
+            }
+        }
+    }
+    if !failures.is_empty() {
+        bail!("could not delete namespaces {failures:?}");
+    }
+    Ok(())
+}
+
+/// Clears rigs whose creating process is gone (a crashed or killed run).
+pub fn clear_stale() -> Result<()> {
+    let mut dead = std::collections::BTreeSet::new();
+    let bpffs_names = fs::read_dir(BPFFS)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for name in netns_names()?.into_iter().chain(bpffs_names) {
+        if let Some(id) = stale_rig_id(&name) {
+            dead.insert(id);
+        }
+    }
+    for id in dead {
+        remove_rig(&id)?;
+    }
+    Ok(())
+}
+
+/// The rig id in `name` if it belongs to a rig whose process is dead.
+fn stale_rig_id(name: &str) -> Option<String> {
+    let rest = name.strip_prefix(PREFIX)?;
+    let mut parts = rest.splitn(3, '-');
+    let pid: u32 = parts.next()?.parse().ok()?;
+    let seq: u32 = parts.next()?.parse().ok()?;
+    let alive = Path::new(&format!("/proc/{pid}")).exists();
+    (!alive).then(|| format!("{PREFIX}{pid}-{seq}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_ids_are_parsed_from_names() {
+        // PID 0 never names a live process in /proc.
+        assert_eq!(stale_rig_id("pnr-0-3-n1-p2"), Some("pnr-0-3".to_owned()));
+        assert_eq!(stale_rig_id("pnr-0-3"), Some("pnr-0-3".to_owned()));
+        assert_eq!(stale_rig_id("pnr-manual-n1"), None);
+        assert_eq!(stale_rig_id("other"), None);
+        let live = format!("pnr-{}-0-n1", std::process::id());
+        assert_eq!(stale_rig_id(&live), None);
+    }
+}

@@ -223,9 +223,10 @@ pub fn attach_xdp(pins: &PinDir, link: &Link) -> Result<Attached> {
 /// Detaches `program` from `ifindex`: its pinned link, and in tc mode its
 /// filter. Returns whether it was attached.
 pub fn detach(pins: &PinDir, mode: AttachMode, program: &str, ifindex: u32) -> Result<bool> {
-    let unpinned = unpin(pins, program, ifindex)?;
-    let deleted = mode == AttachMode::Tc && delete_filter(program, ifindex)?;
-    Ok(unpinned || deleted)
+    match mode {
+        AttachMode::Tcx => unpin(pins, program, ifindex),
+        AttachMode::Tc => detach_any(pins, program, ifindex),
+    }
 }
 
 /// Detaches `program` from `ifindex` whichever way it is attached (`gc`).

@@ -171,26 +171,19 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
     }
     let mut datapath = Datapath::open(pins)?;
     let mut config = datapath.config()?;
-    for (wanted, off_flag) in [
-        (options.anti_spoofing, CONFIG_F_NO_ANTI_SPOOF),
-        (options.nat_check, CONFIG_F_NO_NAT_CHECK),
-    ] {
-        match wanted {
-            Some(true) => config.flags &= !off_flag,
-            Some(false) => config.flags |= off_flag,
-            None => {}
-        }
-    }
-    for (wanted, on_flag) in [
+    // Each setting as whether its flag should be set; `None` keeps it.
+    for (set, flag) in [
+        (options.anti_spoofing.map(|on| !on), CONFIG_F_NO_ANTI_SPOOF),
+        (options.nat_check.map(|on| !on), CONFIG_F_NO_NAT_CHECK),
         (options.big_tcp, CONFIG_F_BIG_TCP),
         (
             options.attach.map(|mode| mode == AttachMode::Tc),
             CONFIG_F_TC_ATTACH,
         ),
     ] {
-        match wanted {
-            Some(true) => config.flags |= on_flag,
-            Some(false) => config.flags &= !on_flag,
+        match set {
+            Some(true) => config.flags |= flag,
+            Some(false) => config.flags &= !flag,
             None => {}
         }
     }

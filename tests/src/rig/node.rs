@@ -235,7 +235,6 @@ impl Node {
         Ok(output)
     }
 
-    /// `pod-net pod add` for one pod.
     /// `pod-net pod add` of `pod`'s IPv4 address on its host veth, to run
     /// where a test looks at the exit code and stderr itself.
     #[must_use]
@@ -244,6 +243,7 @@ impl Node {
         self.pod_net_command(&["pod", "add", "--ip", &ip, "--veth", &pod.host_veth])
     }
 
+    /// `pod-net pod add` for one pod (each of its addresses).
     pub fn register(&self, pod: &Pod) -> Result<String> {
         let mut output = String::new();
         for ip in std::iter::once(IpAddr::from(pod.ip)).chain(pod.ip6.map(IpAddr::from)) {

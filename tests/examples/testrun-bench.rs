@@ -12,8 +12,6 @@
 //! cluster (64k local endpoints, 1M remote /32s, 10k remote CIDRs),
 //! sample by sample in turn so both see the same machine. It also reports
 //! each map's memory (bpftool's `bytes_memlock`).
-#[path = "../harness/testrun.rs"]
-mod testrun;
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
@@ -23,9 +21,11 @@ use pod_net_common::{
     map_table,
     program_names::{POD_EGRESS, UNDERLAY_INGRESS},
 };
-use pod_net_tests::frames::{self, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4};
+use pod_net_tests::{
+    frames::{self, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4},
+    testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, endpoint},
+};
 use serde_json::{Value, json};
-use testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, endpoint};
 
 const RUNS_PER_SAMPLE: u32 = 20_000;
 const SAMPLES: usize = 5;

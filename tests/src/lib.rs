@@ -11,3 +11,5 @@ pub mod privileges;
 pub mod rig;
 
 pub use rig::{Node, Pod, Rig, RigSpec};
+#[cfg(feature = "testrun")]
+pub mod testrun;

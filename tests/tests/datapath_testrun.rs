@@ -1,15 +1,13 @@
 //! The kernel programs under `BPF_PROG_TEST_RUN`: exact bytes in and out,
 //! return codes, and the one counter each packet lands in.
-#[path = "../harness/testrun.rs"]
-mod testrun;
 
 use std::net::Ipv4Addr;
 
 use pod_net_tests::{
     frames::{self, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, Ipv4},
     privileges::require_root,
+    testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, endpoint},
 };
-use testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, endpoint};
 
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);

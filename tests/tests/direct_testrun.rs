@@ -6,8 +6,6 @@
 //! test runs on a thread of its own in a private namespace with a veth
 //! underlay, permanent neighbours for the nodes, and IPv4 forwarding on.
 //! The namespace goes with the thread.
-#[path = "../harness/testrun.rs"]
-mod testrun;
 
 use std::{
     ffi::CString,
@@ -19,8 +17,8 @@ use pod_net_tests::{
     cmd,
     frames::{self, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, Ipv4, Ipv6},
     privileges::require_root,
+    testrun::{self, Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, endpoint},
 };
-use testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, endpoint};
 
 const NODE_1: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
 /// Direct, with its MAC in the neighbour table.

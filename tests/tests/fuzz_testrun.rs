@@ -6,8 +6,6 @@
 //! parser calls malformed, forged, L2-broadcast or from a stranger may be
 //! redirected. `POD_NET_FUZZ_ITERATIONS` runs longer (CI: a bounded
 //! corpus); `POD_NET_FUZZ_SEED` replays a run.
-#[path = "../harness/testrun.rs"]
-mod testrun;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -17,8 +15,8 @@ use pod_net_tests::{
         Ipv6,
     },
     privileges::require_root,
+    testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_REDIRECT, XDP_DROP, XDP_REDIRECT, endpoint},
 };
-use testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_REDIRECT, XDP_DROP, XDP_REDIRECT, endpoint};
 
 const NODE_1: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
 const NODE_2: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);

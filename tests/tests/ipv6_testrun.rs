@@ -1,16 +1,14 @@
 //! IPv6 pods under `BPF_PROG_TEST_RUN`: local redirect, hop limit, anti-
 //! spoofing, VXLAN over the IPv4 underlay with inner IPv6 both ways, and
 //! the NAT check, exact bytes in and out.
-#[path = "../harness/testrun.rs"]
-mod testrun;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use pod_net_tests::{
     frames::{self, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4, Ipv6},
     privileges::require_root,
+    testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, endpoint},
 };
-use testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, endpoint};
 
 const NODE_1: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);
 const NODE_2: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 2);

@@ -1,8 +1,6 @@
 //! Correct beside the kernel stack, under `BPF_PROG_TEST_RUN`:
 //! anti-spoofing, the per-pod opt-out, and replies of flows the kernel may
 //! have NATed.
-#[path = "../harness/testrun.rs"]
-mod testrun;
 
 use std::net::Ipv4Addr;
 
@@ -13,8 +11,8 @@ use pod_net_common::{
 use pod_net_tests::{
     frames::{self, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4},
     privileges::require_root,
+    testrun::{self, Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, endpoint},
 };
-use testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, endpoint};
 
 const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);

@@ -1,17 +1,15 @@
 //! What a pod or a stranger on the underlay must not get through, under
 //! `BPF_PROG_TEST_RUN`: forged VXLAN (decapsulated only from known nodes,
 //! never sent by a pod to a node) and forged sources in broadcast frames.
-#[path = "../harness/testrun.rs"]
-mod testrun;
 
 use std::net::Ipv4Addr;
 
 use pod_net_tests::{
     frames::{self, IPPROTO_ICMP, IPPROTO_UDP, Ipv4},
     privileges::require_root,
-};
-use testrun::{
-    Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, endpoint,
+    testrun::{
+        Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, endpoint,
+    },
 };
 
 const NODE_1: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);

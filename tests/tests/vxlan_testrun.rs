@@ -1,17 +1,15 @@
 //! Cross-node programs under `BPF_PROG_TEST_RUN`: VXLAN encapsulation on a
 //! pod's egress and decapsulation on the underlay, exact bytes in and out.
-#[path = "../harness/testrun.rs"]
-mod testrun;
 
 use std::net::Ipv4Addr;
 
 use pod_net_tests::{
     frames::{self, ETH_P_IP, IPPROTO_ICMP, IPPROTO_UDP, Ipv4},
     privileges::require_root,
-};
-use testrun::{
-    Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS,
-    XDP_REDIRECT, endpoint,
+    testrun::{
+        Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS,
+        XDP_REDIRECT, endpoint,
+    },
 };
 
 const NODE_1: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 1);

@@ -1,7 +1,7 @@
 //! A private, unpinned instance of the pod-net object for
 //! `BPF_PROG_TEST_RUN`: exact frames in, exact frames, return codes and
-//! counters out. Shared by the datapath tests and the test-run benchmark.
-#![allow(dead_code, reason = "each includer uses a different part")]
+//! counters out. Shared by the datapath tests and the test-run benchmark
+//! (the `testrun-bench` example).
 
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -14,19 +14,33 @@ pub fn in_ci() -> bool {
 }
 
 /// Returns whether a privileged test may go on. Without root it says it is
-/// skipping and returns false.
+/// skipping and returns false. Use it through [`require_root!`].
 ///
 /// # Panics
 /// Without root in CI: there a privileged test must run.
 #[must_use]
-pub fn require_root(test: &str) -> bool {
+pub fn may_run_privileged() -> bool {
     if is_root() {
         return true;
     }
+    // libtest runs each test on a thread named after it.
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("this test");
     assert!(
         !in_ci(),
         "{test} needs root (network namespaces, BPF); CI runs as root and never skips"
     );
     eprintln!("skipping {test}: needs root (run `cargo xtask test` as root)");
     false
+}
+
+/// The first line of every privileged test: returns from the test, having
+/// said so, when it may skip (not root, outside CI); fails it in CI.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::privileges::may_run_privileged() {
+            return;
+        }
+    };
 }

@@ -2,7 +2,7 @@
 //! non-zero exit, and nothing half-written or lost.
 use std::process::Output;
 
-use pod_net_tests::{Node, Rig, RigSpec, cmd::output_of, privileges::require_root};
+use pod_net_tests::{Node, Rig, RigSpec, cmd::output_of, require_root};
 
 fn rig() -> Rig {
     Rig::build(&RigSpec::default()).expect("build rig")
@@ -55,9 +55,7 @@ fn link_pins(node: &Node) -> usize {
 
 #[test]
 fn commands_on_a_pin_dir_that_was_never_loaded() {
-    if !require_root("commands_on_a_pin_dir_that_was_never_loaded") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     let pod = rig.pod(1, 1);
@@ -82,9 +80,7 @@ fn commands_on_a_pin_dir_that_was_never_loaded() {
 
 #[test]
 fn pod_add_with_bad_interfaces_leaves_no_state() {
-    if !require_root("pod_add_with_bad_interfaces_leaves_no_state") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -101,9 +97,7 @@ fn pod_add_with_bad_interfaces_leaves_no_state() {
 
 #[test]
 fn malformed_values_are_named() {
-    if !require_root("malformed_values_are_named") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -166,9 +160,7 @@ fn malformed_values_are_named() {
 
 #[test]
 fn a_full_map_refuses_the_next_pod_and_keeps_the_others() {
-    if !require_root("a_full_map_refuses_the_next_pod_and_keeps_the_others") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
@@ -190,9 +182,7 @@ fn a_full_map_refuses_the_next_pod_and_keeps_the_others() {
 
 #[test]
 fn full_remote_maps_refuse_and_keep_the_others() {
-    if !require_root("full_remote_maps_refuse_and_keep_the_others") {
-        return;
-    }
+    require_root!();
     let rig = two_nodes_without_pods();
     let node = rig.node(1);
     node.pod_net(&[
@@ -281,9 +271,7 @@ fn full_remote_maps_refuse_and_keep_the_others() {
 
 #[test]
 fn conflicting_and_unknown_pods_change_nothing() {
-    if !require_root("conflicting_and_unknown_pods_change_nothing") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
@@ -317,9 +305,7 @@ fn conflicting_and_unknown_pods_change_nothing() {
 
 #[test]
 fn a_pin_dir_off_bpffs_is_refused() {
-    if !require_root("a_pin_dir_off_bpffs_is_refused") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     let dir = std::env::temp_dir().join(format!("{}-not-bpffs", rig.id()));
@@ -400,9 +386,7 @@ fn usage_errors_are_one_line_and_help_still_works() {
 /// all), nor claim one its interface does not have.
 #[test]
 fn pod_add_refuses_the_nodes_addresses_and_ones_the_pod_lacks() {
-    if !require_root("pod_add_refuses_the_nodes_addresses_and_ones_the_pod_lacks") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
@@ -440,9 +424,7 @@ fn pod_add_refuses_the_nodes_addresses_and_ones_the_pod_lacks() {
 /// a capable one, it is taken, and the underlay gets the size too.
 #[test]
 fn big_tcp_needs_an_underlay_that_sends_big_packets() {
-    if !require_root("big_tcp_needs_an_underlay_that_sends_big_packets") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     node.ip(&["link", "add", "name", "bru", "type", "bridge"])
@@ -475,9 +457,7 @@ fn big_tcp_needs_an_underlay_that_sends_big_packets() {
 /// library names options, not flags), and nothing is loaded.
 #[test]
 fn load_refusals_name_the_flag_and_load_nothing() {
-    if !require_root("load_refusals_name_the_flag_and_load_nothing") {
-        return;
-    }
+    require_root!();
     let rig = two_nodes_without_pods();
     let node = rig.node(1);
     let underlay = ["--underlay", "eth0", "--node-ip", "192.168.100.1"];

@@ -6,7 +6,7 @@ use std::{path::PathBuf, thread};
 use pod_net_tests::{
     Node, Rig, RigSpec,
     cni::{self, Attachment, Runtime, bridge_conflist, ptp_conflist, result_ipv4},
-    privileges::require_root,
+    require_root,
     rig::sibling_binary,
 };
 use serde_json::{Value, json};
@@ -68,9 +68,7 @@ fn registered(node: &Node) -> Vec<(String, String, String)> {
 
 #[test]
 fn bridge_chain_registers_pods_that_talk_through_the_fast_path() {
-    if !require_root("bridge_chain_registers_pods") {
-        return;
-    }
+    require_root!();
     let rig = empty_node();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -114,9 +112,7 @@ fn bridge_chain_registers_pods_that_talk_through_the_fast_path() {
 
 #[test]
 fn ptp_chain_registers_pods_that_talk_through_the_fast_path() {
-    if !require_root("ptp_chain_registers_pods") {
-        return;
-    }
+    require_root!();
     let rig = empty_node();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -144,9 +140,7 @@ fn ptp_chain_registers_pods_that_talk_through_the_fast_path() {
 
 #[test]
 fn del_succeeds_twice_without_netns_after_the_veth_and_without_pins() {
-    if !require_root("del_succeeds_twice") {
-        return;
-    }
+    require_root!();
     let rig = empty_node();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -190,9 +184,7 @@ fn del_succeeds_twice_without_netns_after_the_veth_and_without_pins() {
 
 #[test]
 fn a_late_del_does_not_remove_a_new_pod_that_reused_the_ip() {
-    if !require_root("a_late_del_does_not_remove_a_new_pod") {
-        return;
-    }
+    require_root!();
     let rig = empty_node();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -239,9 +231,7 @@ fn a_late_del_does_not_remove_a_new_pod_that_reused_the_ip() {
 
 #[test]
 fn check_notices_a_pod_that_lost_its_entry() {
-    if !require_root("check_notices_a_pod_that_lost_its_entry") {
-        return;
-    }
+    require_root!();
     let rig = empty_node();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -259,9 +249,7 @@ fn check_notices_a_pod_that_lost_its_entry() {
 
 #[test]
 fn gc_removes_what_the_runtime_no_longer_has() {
-    if !require_root("gc_removes_what_the_runtime_no_longer_has") {
-        return;
-    }
+    require_root!();
     let rig = empty_node();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -306,9 +294,7 @@ fn gc_removes_what_the_runtime_no_longer_has() {
 
 #[test]
 fn thirty_two_parallel_adds_and_dels_leave_consistent_maps() {
-    if !require_root("thirty_two_parallel_adds_and_dels") {
-        return;
-    }
+    require_root!();
     let rig = empty_node();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -365,9 +351,7 @@ fn thirty_two_parallel_adds_and_dels_leave_consistent_maps() {
 
 #[test]
 fn bad_input_gets_the_cni_error_code_it_should() {
-    if !require_root("bad_input_gets_the_cni_error_code") {
-        return;
-    }
+    require_root!();
     let rig = empty_node();
     let node = rig.node(1);
     let plugin = sibling_binary("pod-net-cni");
@@ -459,9 +443,7 @@ fn bad_input_gets_the_cni_error_code_it_should() {
 
 #[test]
 fn add_before_pod_net_is_loaded_says_try_again_later() {
-    if !require_root("add_before_pod_net_is_loaded") {
-        return;
-    }
+    require_root!();
     let rig = empty_node();
     let node = rig.node(1);
     let runtime = bridge_runtime(&rig, node);
@@ -476,9 +458,7 @@ fn add_before_pod_net_is_loaded_says_try_again_later() {
 /// the runtime is told to try again later, and the map keeps its pod.
 #[test]
 fn add_to_a_full_node_says_try_again_later() {
-    if !require_root("add_to_a_full_node_says_try_again_later") {
-        return;
-    }
+    require_root!();
     let rig = empty_node();
     let node = rig.node(1);
     node.pod_net(&["load", "--max-pods", "1"]).unwrap();
@@ -500,9 +480,7 @@ fn add_to_a_full_node_says_try_again_later() {
 
 #[test]
 fn dual_stack_pods_are_registered_with_both_addresses() {
-    if !require_root("dual_stack_pods_are_registered_with_both_addresses") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec {
         nodes: 1,
         pods_per_node: 0,
@@ -581,9 +559,7 @@ fn dual_stack_pods_are_registered_with_both_addresses() {
 
 #[test]
 fn a_bad_pin_dir_is_bad_config_not_try_again() {
-    if !require_root("a_bad_pin_dir_is_bad_config_not_try_again") {
-        return;
-    }
+    require_root!();
     let rig = empty_node();
     let node = rig.node(1);
     let ipam = rig.scratch_dir().unwrap().join("ipam");
@@ -664,9 +640,7 @@ fn call_with_deadline(
 
 #[test]
 fn a_cni_netns_that_is_not_a_namespace_is_refused_without_blocking() {
-    if !require_root("a_cni_netns_that_is_not_a_namespace_is_refused") {
-        return;
-    }
+    require_root!();
     let rig = empty_node();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -704,9 +678,7 @@ fn a_cni_netns_that_is_not_a_namespace_is_refused_without_blocking() {
 
 #[test]
 fn prev_result_addresses_the_sandbox_lacks_are_refused_whole() {
-    if !require_root("prev_result_addresses_the_sandbox_lacks_are_refused") {
-        return;
-    }
+    require_root!();
     let rig = empty_node();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use pod_net_tests::{
     frames::{self, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, Ipv4},
-    privileges::require_root,
+    require_root,
     testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, endpoint},
 };
 
@@ -39,9 +39,7 @@ fn with_macs(frame: &[u8], dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
 
 #[test]
 fn bridged_frame_to_local_pod_is_redirected_with_both_macs_rewritten() {
-    if !require_root("bridged_frame_to_local_pod_is_redirected") {
-        return;
-    }
+    require_root!();
     let harness = harness_with_pod_b();
     // Pod A sends to B's MAC: the bridge would switch it at L2.
     let frame = frames::ping_frame(MAC_B, MAC_A, &Ipv4::new(POD_A, POD_B, IPPROTO_ICMP));
@@ -58,9 +56,7 @@ fn bridged_frame_to_local_pod_is_redirected_with_both_macs_rewritten() {
 
 #[test]
 fn routed_frame_to_local_pod_decrements_ttl_and_fixes_the_checksum() {
-    if !require_root("routed_frame_to_local_pod_decrements_ttl") {
-        return;
-    }
+    require_root!();
     let harness = harness_with_pod_b();
     // Sent to the gateway's MAC: the kernel would route it, one hop.
     let frame = frames::ping_frame(GATEWAY_MAC, MAC_A, &Ipv4::new(POD_A, POD_B, IPPROTO_ICMP));
@@ -80,9 +76,7 @@ fn routed_frame_to_local_pod_decrements_ttl_and_fixes_the_checksum() {
 
 #[test]
 fn routed_frame_with_ttl_1_goes_to_the_kernel_for_icmp() {
-    if !require_root("routed_frame_with_ttl_1_goes_to_the_kernel") {
-        return;
-    }
+    require_root!();
     let harness = harness_with_pod_b();
     let ip = Ipv4 {
         ttl: 1,
@@ -173,9 +167,7 @@ fn passing_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
 
 #[test]
 fn everything_else_passes_untouched_and_is_counted_once() {
-    if !require_root("everything_else_passes_untouched") {
-        return;
-    }
+    require_root!();
     for (name, frame, reason) in passing_cases() {
         // A fresh instance per case, so the counters name this case alone.
         let harness = harness_with_pod_b();
@@ -195,9 +187,7 @@ fn everything_else_passes_untouched_and_is_counted_once() {
 
 #[test]
 fn ip_options_do_not_stop_the_redirect() {
-    if !require_root("ip_options_do_not_stop_the_redirect") {
-        return;
-    }
+    require_root!();
     let harness = harness_with_pod_b();
     // IHL 6: a 4-byte NOP/EOL option word after the fixed header.
     let icmp = frames::icmp_echo(1, 1, b"opts");
@@ -218,9 +208,7 @@ fn ip_options_do_not_stop_the_redirect() {
 
 #[test]
 fn test_run_refuses_frames_with_cut_headers() {
-    if !require_root("test_run_refuses_frames_with_cut_headers") {
-        return;
-    }
+    require_root!();
     // Test run only builds skbs with a whole Ethernet header and, for IPv4,
     // a whole IPv4 header. Shorter frames sent by a pod are covered on the
     // rig (`e2e_same_node`), where a raw socket injects them.
@@ -240,9 +228,7 @@ fn test_run_refuses_frames_with_cut_headers() {
 
 #[test]
 fn every_packet_lands_in_exactly_one_reason() {
-    if !require_root("every_packet_lands_in_exactly_one_reason") {
-        return;
-    }
+    require_root!();
     let harness = harness_with_pod_b();
     let mut frames_sent = Vec::new();
     for (_, frame, _) in passing_cases() {

@@ -16,7 +16,7 @@ use pod_net_common::endpoint::ENDPOINT_F_NO_BYPASS;
 use pod_net_tests::{
     cmd,
     frames::{self, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, Ipv4, Ipv6},
-    privileges::require_root,
+    require_root,
     testrun::{self, Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, endpoint},
 };
 
@@ -198,9 +198,7 @@ fn ping6_from_a(dst: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
 
 #[test]
 fn pod_traffic_to_a_direct_node_leaves_unencapsulated_one_hop_on() {
-    if !require_root("pod_traffic_to_a_direct_node_leaves_unencapsulated") {
-        return;
-    }
+    require_root!();
     on_node_1(|node| {
         let harness = &node.harness;
         let frame = ping_from_a(NODE_2_POD, 64);
@@ -223,9 +221,7 @@ fn pod_traffic_to_a_direct_node_leaves_unencapsulated_one_hop_on() {
 
 #[test]
 fn a_vxlan_node_beside_direct_ones_is_still_encapsulated() {
-    if !require_root("a_vxlan_node_beside_direct_ones_is_still_encapsulated") {
-        return;
-    }
+    require_root!();
     on_node_1(|node| {
         let harness = &node.harness;
         let frame = ping_from_a(NODE_3_POD, 64);
@@ -269,9 +265,7 @@ fn udp6_from_a(ip_len: usize) -> Vec<u8> {
 
 #[test]
 fn expired_and_too_big_packets_to_a_direct_node_go_to_the_kernel() {
-    if !require_root("expired_and_too_big_packets_to_a_direct_node") {
-        return;
-    }
+    require_root!();
     let cases = [
         ("TTL 1", ping_from_a(NODE_2_POD, 1), "pass_ttl_exceeded"),
         (
@@ -324,9 +318,7 @@ fn ping_to(src: Ipv4Addr, dst: Ipv4Addr, src_mac: [u8; 6], ttl: u8) -> Vec<u8> {
 
 #[test]
 fn plain_ip_from_a_direct_nodes_pod_is_delivered_into_the_local_pod() {
-    if !require_root("plain_ip_from_a_direct_nodes_pod_is_delivered") {
-        return;
-    }
+    require_root!();
     on_node_1(|node| {
         let harness = &node.harness;
         let frame = ping_to(NODE_2_POD, POD_A, NODE_2_MAC, 63);
@@ -364,9 +356,7 @@ fn plain_ip_from_a_direct_nodes_pod_is_delivered_into_the_local_pod() {
 
 #[test]
 fn plain_ip_the_fast_path_cannot_vouch_for_goes_to_the_kernel_untouched() {
-    if !require_root("plain_ip_the_fast_path_cannot_vouch_for") {
-        return;
-    }
+    require_root!();
     let udp_to = |src: Ipv4Addr, dst: Ipv4Addr, ports: (u16, u16)| {
         frames::udp_frame(
             (NODE_1_MAC, NODE_2_MAC),
@@ -480,9 +470,7 @@ fn plain_ip_the_fast_path_cannot_vouch_for_goes_to_the_kernel_untouched() {
 
 #[test]
 fn xdp_leaves_direct_traffic_to_tc_uncounted() {
-    if !require_root("xdp_leaves_direct_traffic_to_tc_uncounted") {
-        return;
-    }
+    require_root!();
     on_node_1(|node| {
         let frame = ping_to(NODE_2_POD, POD_A, NODE_2_MAC, 63);
         let run = node.harness.run_xdp(&frame).unwrap();

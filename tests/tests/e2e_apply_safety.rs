@@ -15,7 +15,7 @@ use std::{
 };
 
 use pod_net::{cidr::Cidr, crashpoint};
-use pod_net_tests::{Node, Pod, Rig, RigSpec, cmd::output_of, privileges::require_root};
+use pod_net_tests::{Node, Pod, Rig, RigSpec, cmd::output_of, require_root};
 use serde_json::Value;
 
 const DEVICE: &str = "pnvxlan1";
@@ -270,9 +270,7 @@ fn run_until_killed(node: &Node, args: &[&str], point: &str) {
 
 #[test]
 fn sigkill_mid_apply_of_10k_entries_then_status_gc_and_apply_converge() {
-    if !require_root("sigkill_mid_apply_of_10k_entries") {
-        return;
-    }
+    require_root!();
     let rig = rig(0, true);
     let node = rig.node(1);
     load(node);
@@ -406,9 +404,7 @@ fn sigkill_mid_apply_of_10k_entries_then_status_gc_and_apply_converge() {
 
 #[test]
 fn the_tunnel_device_deleted_by_hand_comes_back_with_its_routes_on_load() {
-    if !require_root("the_tunnel_device_deleted_by_hand") {
-        return;
-    }
+    require_root!();
     let rig = rig(1, true);
     rig.pod_net_mesh().unwrap();
     let node = rig.node(1);
@@ -485,9 +481,7 @@ fn the_tunnel_device_deleted_by_hand_comes_back_with_its_routes_on_load() {
 
 #[test]
 fn an_apply_file_that_fails_validation_changes_nothing() {
-    if !require_root("an_apply_file_that_fails_validation") {
-        return;
-    }
+    require_root!();
     let rig = rig(2, false);
     let node = rig.node(1);
     load(node);
@@ -551,9 +545,7 @@ fn an_apply_file_that_fails_validation_changes_nothing() {
 
 #[test]
 fn four_concurrent_applies_all_succeed_and_converge() {
-    if !require_root("four_concurrent_applies") {
-        return;
-    }
+    require_root!();
     let rig = rig(2, false);
     let node = rig.node(1);
     load(node);
@@ -624,9 +616,7 @@ fn wait_for(what: &str, check: &dyn Fn() -> bool) {
 
 #[test]
 fn the_agent_refuses_a_bad_config_before_changing_anything() {
-    if !require_root("the_agent_refuses_a_bad_config") {
-        return;
-    }
+    require_root!();
     let rig = rig(2, false);
     let node = rig.node(1);
     load(node);

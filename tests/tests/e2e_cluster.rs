@@ -12,7 +12,7 @@ use pod_net_tests::{
     Node, Rig, RigSpec,
     cluster::{Agent, Etcd, PREFIX, TlsFiles, lease_key, remote_nodes, wait_for},
     cni::{self, Attachment, Runtime, result_ipv4},
-    privileges::require_root,
+    require_root,
     rig::sibling_binary,
 };
 
@@ -119,9 +119,7 @@ fn ping(from: &ClusterPod, to: Ipv4Addr, count: u32) -> Result<String, anyhow::E
 
 #[test]
 fn three_agents_lease_distinct_subnets_and_pods_reach_each_other_through_encap() {
-    if !require_root("three_agents_lease_distinct_subnets") {
-        return;
-    }
+    require_root!();
     let rig = rig(4);
     let etcd = Etcd::start(&rig).unwrap();
     etcd.put_config(CONFIG).unwrap();
@@ -224,9 +222,7 @@ fn three_agents_lease_distinct_subnets_and_pods_reach_each_other_through_encap()
 
 #[test]
 fn deleted_and_expired_leases_leave_the_maps_and_routes_of_every_peer() {
-    if !require_root("deleted_and_expired_leases_leave_the_peers") {
-        return;
-    }
+    require_root!();
     let rig = rig(3);
     let etcd = Etcd::start(&rig).unwrap();
     etcd.put_config(CONFIG).unwrap();
@@ -308,9 +304,7 @@ fn deleted_and_expired_leases_leave_the_maps_and_routes_of_every_peer() {
 
 #[test]
 fn eight_racing_agents_hold_eight_distinct_subnets_of_a_pool_of_eight() {
-    if !require_root("eight_racing_agents") {
-        return;
-    }
+    require_root!();
     let rig = rig(8);
     let etcd = Etcd::start(&rig).unwrap();
     // Exactly eight subnets: every race is for the same few.
@@ -428,9 +422,7 @@ fn two_node_cluster() -> TwoNodeCluster {
 
 #[test]
 fn a_sigkilled_agent_restarts_on_the_same_subnet_without_losing_a_packet() {
-    if !require_root("a_sigkilled_agent_restarts_on_the_same_subnet") {
-        return;
-    }
+    require_root!();
     let mut cluster = two_node_cluster();
     let node_1 = cluster.rig.node(1);
     // A lease node 1 programs, deleted while its agent is down.
@@ -504,9 +496,7 @@ fn store_status(node: &Node, agent: &Agent) -> String {
 
 #[test]
 fn etcd_killed_under_a_ping_flood_loses_nothing_and_an_empty_etcd_gets_the_leases_back() {
-    if !require_root("etcd_killed_under_a_ping_flood") {
-        return;
-    }
+    require_root!();
     let mut cluster = two_node_cluster();
     let node_1 = cluster.rig.node(1);
     // 12 s of pings at the least; etcd is away for 10 of them.
@@ -603,9 +593,7 @@ fn etcd_killed_under_a_ping_flood_loses_nothing_and_an_empty_etcd_gets_the_lease
 
 #[test]
 fn malformed_config_leases_and_foreign_backends_are_logged_once_and_skipped() {
-    if !require_root("malformed_config_leases_and_foreign_backends") {
-        return;
-    }
+    require_root!();
     let rig = rig(3);
     let etcd = Etcd::start(&rig).unwrap();
     etcd.put_config(r#"{"Network":"#).unwrap();
@@ -682,9 +670,7 @@ fn malformed_config_leases_and_foreign_backends_are_logged_once_and_skipped() {
 
 #[test]
 fn a_kernel_vxlan_flannel_node_with_a_handwritten_lease_is_reached_both_ways() {
-    if !require_root("a_kernel_vxlan_flannel_node") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec {
         nodes: 3,
         pods_per_node: 1,
@@ -809,9 +795,7 @@ fn agent_output(node: &Node, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn bad_agent_flags_get_one_line_and_change_nothing() {
-    if !require_root("bad_agent_flags_get_one_line") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec {
         nodes: 1,
         pods_per_node: 0,
@@ -872,9 +856,7 @@ fn bad_agent_flags_get_one_line_and_change_nothing() {
 
 #[test]
 fn a_full_pool_is_one_clear_error() {
-    if !require_root("a_full_pool_is_one_clear_error") {
-        return;
-    }
+    require_root!();
     let rig = rig(3);
     let etcd = Etcd::start(&rig).unwrap();
     etcd.put_config(
@@ -911,9 +893,7 @@ fn a_full_pool_is_one_clear_error() {
 
 #[test]
 fn agents_join_an_etcd_that_requires_tls_client_certificates() {
-    if !require_root("agents_join_an_etcd_that_requires_tls") {
-        return;
-    }
+    require_root!();
     let rig = rig(3);
     let tls = TlsFiles::create(&rig.scratch_dir().unwrap().join("tls")).unwrap();
     let etcd = Etcd::start_tls(&rig, tls.clone()).unwrap();
@@ -989,9 +969,7 @@ fn agents_join_an_etcd_that_requires_tls_client_certificates() {
 
 #[test]
 fn a_watch_resumed_past_a_compaction_lists_again_and_converges() {
-    if !require_root("a_watch_resumed_past_a_compaction") {
-        return;
-    }
+    require_root!();
     let rig = rig(3);
     let mut etcd = Etcd::start(&rig).unwrap();
     etcd.put_config(CONFIG).unwrap();
@@ -1073,9 +1051,7 @@ fn modes(node: &Node) -> Vec<(String, String)> {
 /// `direct_in`, no VXLAN), a peer elsewhere over VXLAN.
 #[test]
 fn direct_routing_reaches_peers_on_the_segment_directly_and_others_over_vxlan() {
-    if !require_root("direct_routing_reaches_peers_on_the_segment_directly") {
-        return;
-    }
+    require_root!();
     let rig = rig(3);
     let etcd = Etcd::start(&rig).unwrap();
     etcd.put_config(

@@ -17,7 +17,7 @@ use pod_net_tests::{
     Node, Pod, Rig, RigSpec,
     cmd::output_of,
     cni::{self, Attachment, Runtime, bridge_conflist, result_ipv4},
-    privileges::require_root,
+    require_root,
 };
 use serde_json::Value;
 
@@ -127,9 +127,7 @@ fn registered_ips(node: &Node) -> Vec<String> {
 
 #[test]
 fn sigkill_mid_cni_add_keeps_the_others_forwarding_and_del_repairs() {
-    if !require_root("sigkill_mid_cni_add") {
-        return;
-    }
+    require_root!();
     let rig = rig(0);
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -183,9 +181,7 @@ fn sigkill_mid_cni_add_keeps_the_others_forwarding_and_del_repairs() {
 
 #[test]
 fn sigkill_mid_apply_then_apply_again_completes() {
-    if !require_root("sigkill_mid_apply") {
-        return;
-    }
+    require_root!();
     let rig = rig(4);
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -237,17 +233,13 @@ fn sigkill_mid_apply_then_apply_again_completes() {
 
 #[test]
 fn gc_repairs_every_half_done_state() {
-    if !require_root("gc_repairs_every_half_done_state") {
-        return;
-    }
+    require_root!();
     gc_repairs_every_half_done_state_attached_with("tcx");
 }
 
 #[test]
 fn gc_repairs_every_half_done_state_with_tc_filters() {
-    if !require_root("gc_repairs_every_half_done_state_with_tc_filters") {
-        return;
-    }
+    require_root!();
     gc_repairs_every_half_done_state_attached_with("tc");
 }
 
@@ -357,9 +349,7 @@ fn gc_repairs_every_half_done_state_attached_with(mode: &str) {
 
 #[test]
 fn sigkill_mid_load_keeps_forwarding() {
-    if !require_root("sigkill_mid_load_keeps_forwarding") {
-        return;
-    }
+    require_root!();
     let rig = rig(2);
     let node = rig.node(1);
     node.load_and_register().unwrap();
@@ -391,9 +381,7 @@ impl Drop for Agent {
 
 #[test]
 fn the_agent_repairs_on_its_own_and_a_sigkill_leaves_traffic_flowing() {
-    if !require_root("the_agent_repairs_on_its_own") {
-        return;
-    }
+    require_root!();
     let rig = rig(3);
     let node = rig.node(1);
     node.load_and_register().unwrap();

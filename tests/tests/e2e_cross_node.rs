@@ -2,7 +2,7 @@
 //! switch bridge for three), pods on each, VXLAN in BPF, and the kernel's
 //! own vxlan device as an interop peer.
 
-use pod_net_tests::{Node, Pod, Rig, RigSpec, cmd::output_of, privileges::require_root};
+use pod_net_tests::{Node, Pod, Rig, RigSpec, cmd::output_of, require_root};
 
 fn rig(nodes: u8, pods_per_node: u8, pod_mtu: Option<u32>) -> Rig {
     Rig::build(&RigSpec {
@@ -31,9 +31,7 @@ fn tcp(client: &Pod, server: &Pod, bytes: &str) {
 
 #[test]
 fn three_nodes_every_pod_pair_pings_and_carries_tcp() {
-    if !require_root("three_nodes_every_pod_pair_pings_and_carries_tcp") {
-        return;
-    }
+    require_root!();
     let rig = rig(3, 2, Some(1450));
     rig.pod_net_mesh().unwrap();
     let before: Vec<_> = rig
@@ -84,9 +82,7 @@ fn three_nodes_every_pod_pair_pings_and_carries_tcp() {
 
 #[test]
 fn node_entries_change_the_path_at_runtime() {
-    if !require_root("node_entries_change_the_path_at_runtime") {
-        return;
-    }
+    require_root!();
     let rig = rig(3, 1, Some(1450));
     rig.pod_net_mesh().unwrap();
     let (node_1, node_2, node_3) = (rig.node(1), rig.node(2), rig.node(3));
@@ -156,9 +152,7 @@ fn node_entries_change_the_path_at_runtime() {
 
 #[test]
 fn interop_with_the_kernel_vxlan_device() {
-    if !require_root("interop_with_the_kernel_vxlan_device") {
-        return;
-    }
+    require_root!();
     let rig = rig(2, 1, Some(1450));
     let (pod_net_node, flannel_node) = (rig.node(1), rig.node(2));
     // Node 2 runs no pod-net: flannel's kernel VXLAN, pointing at node 1's
@@ -245,9 +239,7 @@ fn interop_with_the_kernel_vxlan_device() {
 
 #[test]
 fn a_pod_mtu_without_room_for_vxlan_gets_frag_needed_not_silence() {
-    if !require_root("a_pod_mtu_without_room_for_vxlan_gets_frag_needed") {
-        return;
-    }
+    require_root!();
     // Pods at 1500 on a 1500 underlay: misconfigured, as pod add warns.
     let rig = rig(2, 1, None);
     rig.pod_net_mesh().unwrap();
@@ -309,9 +301,7 @@ fn pod_add_stderr(node: &Node, pod: &Pod) -> String {
 
 #[test]
 fn tcp_fits_when_the_pod_mtu_leaves_room_for_vxlan() {
-    if !require_root("tcp_fits_when_the_pod_mtu_leaves_room_for_vxlan") {
-        return;
-    }
+    require_root!();
     let rig = rig(2, 1, Some(1450));
     rig.pod_net_mesh().unwrap();
     let (a, b) = (rig.pod(1, 1), rig.pod(2, 1));
@@ -366,9 +356,7 @@ fn wait_with_timeout(mut child: std::process::Child, seconds: u64) -> bool {
 
 #[test]
 fn the_xdp_receive_path_delivers_and_can_be_turned_off() {
-    if !require_root("the_xdp_receive_path_delivers_and_can_be_turned_off") {
-        return;
-    }
+    require_root!();
     let rig = rig(2, 1, Some(1450));
     rig.pod_net_mesh().unwrap();
     let (node_2, a, b) = (rig.node(2), rig.pod(1, 1), rig.pod(2, 1));
@@ -417,9 +405,7 @@ fn the_xdp_receive_path_delivers_and_can_be_turned_off() {
 /// (`pass_big_gso`). TCP arrives whole both ways on both.
 #[test]
 fn big_tcp_pods_carry_tcp_across_nodes_over_vxlan_and_direct() {
-    if !require_root("big_tcp_pods_carry_tcp_across_nodes_over_vxlan_and_direct") {
-        return;
-    }
+    require_root!();
     let rig = rig(3, 1, Some(1450));
     rig.switch_passes_gso_up_to(192 * 1024).unwrap();
     let (n1, n2) = (rig.node(1), rig.node(2));

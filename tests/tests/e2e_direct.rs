@@ -17,7 +17,7 @@ use pod_net_tests::{
     capture::Capture,
     cmd::output_of,
     frames::{self, ETH_P_IP, IPPROTO_ICMP, Ipv4},
-    privileges::require_root,
+    require_root,
     rig::sibling_binary,
 };
 use serde_json::Value;
@@ -117,9 +117,7 @@ fn direct_routes(node: &Node, family: &str) -> String {
 
 #[test]
 fn direct_nodes_carry_pod_traffic_unencapsulated_beside_a_vxlan_node() {
-    if !require_root("direct_nodes_carry_pod_traffic_unencapsulated") {
-        return;
-    }
+    require_root!();
     // Three nodes on the switch: 1 and 2 direct each way, 3 over VXLAN
     // with both.
     let rig = rig(3, false);
@@ -302,9 +300,7 @@ fn inject(node: &Node, frame: &[u8], count: u32) {
 
 #[test]
 fn plain_ip_not_from_a_direct_peers_pod_reaches_pods_only_through_the_kernel() {
-    if !require_root("plain_ip_not_from_a_direct_peers_pod") {
-        return;
-    }
+    require_root!();
     // Nodes 1 and 2 direct each way; node 3 runs nothing and is nobody's
     // peer: a stranger on the switch.
     let rig = rig(3, false);
@@ -410,9 +406,7 @@ fn plain_ip_not_from_a_direct_peers_pod_reaches_pods_only_through_the_kernel() {
 
 #[test]
 fn node_list_shows_the_mode_and_direct_needs_a_node_on_the_underlay_subnet() {
-    if !require_root("node_list_shows_the_mode_and_direct_needs_a_node_on_the_underlay_subnet") {
-        return;
-    }
+    require_root!();
     let rig = rig(2, false);
     let (n1, n2) = (rig.node(1), rig.node(2));
     n1.load_cross_node().unwrap();
@@ -478,9 +472,7 @@ fn node_list_shows_the_mode_and_direct_needs_a_node_on_the_underlay_subnet() {
 
 #[test]
 fn a_direct_pod_net_node_and_a_host_gw_node_reach_each_others_pods() {
-    if !require_root("a_direct_pod_net_node_and_a_host_gw_node") {
-        return;
-    }
+    require_root!();
     let rig = rig(2, false);
     let (pod_net_node, host_gw_node) = (rig.node(1), rig.node(2));
     host_gw_node.host_gw_style(&[pod_net_node]).unwrap();
@@ -511,9 +503,7 @@ fn a_direct_pod_net_node_and_a_host_gw_node_reach_each_others_pods() {
 
 #[test]
 fn ipv6_pods_on_direct_nodes_and_a_host_gw_node() {
-    if !require_root("ipv6_pods_on_direct_nodes_and_a_host_gw_node") {
-        return;
-    }
+    require_root!();
     // Dual stack: nodes 1 and 2 pod-net, direct to each other and to node
     // 3, which runs host-gw.
     let rig = rig(3, true);
@@ -576,9 +566,7 @@ fn ipv6_pods_on_direct_nodes_and_a_host_gw_node() {
 
 #[test]
 fn host_gw_nodes_reach_each_others_pods_with_kernel_routes_only() {
-    if !require_root("host_gw_nodes_reach_each_others_pods_with_kernel_routes_only") {
-        return;
-    }
+    require_root!();
     // The emulation alone, no pod-net: three dual-stack nodes on the switch.
     let rig = rig(3, true);
     let nodes: Vec<&Node> = rig.nodes().iter().collect();

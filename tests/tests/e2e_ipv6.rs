@@ -5,7 +5,7 @@
 //! pod-net leaves to it.
 use std::net::IpAddr;
 
-use pod_net_tests::{Pod, Rig, RigSpec, privileges::require_root};
+use pod_net_tests::{Pod, Rig, RigSpec, require_root};
 use serde_json::Value;
 
 fn dual_stack(nodes: u8, pods_per_node: u8) -> Rig {
@@ -35,9 +35,7 @@ fn tcp6(client: &Pod, server: &Pod) {
 
 #[test]
 fn ipv6_pods_on_one_node_bypass_the_bridge() {
-    if !require_root("ipv6_pods_on_one_node_bypass_the_bridge") {
-        return;
-    }
+    require_root!();
     let rig = dual_stack(1, 2);
     let node = rig.node(1);
     node.load_and_register().unwrap();
@@ -73,9 +71,7 @@ fn ipv6_pods_on_one_node_bypass_the_bridge() {
 
 #[test]
 fn ipv6_pods_on_two_nodes_talk_through_vxlan_and_the_node_through_the_kernel() {
-    if !require_root("ipv6_pods_on_two_nodes_talk_through_vxlan") {
-        return;
-    }
+    require_root!();
     let rig = dual_stack(2, 1);
     rig.pod_net_mesh().unwrap();
     let (n1, n2) = (rig.node(1), rig.node(2));

@@ -5,7 +5,7 @@ use pod_net_tests::{
     Node, Pod, Rig, RigSpec,
     cmd::output_of,
     frames::{self, IPPROTO_ICMP, Ipv4},
-    privileges::require_root,
+    require_root,
 };
 
 const SERVICE_IP: &str = "10.96.0.10";
@@ -53,9 +53,7 @@ fn tcp_via_service(client: &Pod, backend: &Pod) {
 
 #[test]
 fn a_cluster_ip_backend_on_the_same_node_answers_through_conntrack() {
-    if !require_root("a_cluster_ip_backend_on_the_same_node") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec::default()).unwrap();
     let node = rig.node(1);
     node.load_and_register().unwrap();
@@ -99,9 +97,7 @@ fn a_cluster_ip_backend_on_the_same_node_answers_through_conntrack() {
 
 #[test]
 fn a_cluster_ip_backend_on_another_node_answers_through_conntrack() {
-    if !require_root("a_cluster_ip_backend_on_another_node") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec {
         nodes: 2,
         pods_per_node: 1,
@@ -121,9 +117,7 @@ fn a_cluster_ip_backend_on_another_node_answers_through_conntrack() {
 
 #[test]
 fn a_forged_source_address_is_dropped_and_never_arrives() {
-    if !require_root("a_forged_source_address_is_dropped") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec::default()).unwrap();
     let node = rig.node(1);
     node.load_and_register().unwrap();
@@ -150,9 +144,7 @@ fn a_forged_source_address_is_dropped_and_never_arrives() {
 
 #[test]
 fn a_no_bypass_pod_goes_through_iptables_forward() {
-    if !require_root("a_no_bypass_pod_goes_through_iptables_forward") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec::default()).unwrap();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();

@@ -4,7 +4,7 @@
 //! VTEP MAC per node, and reads IPv4-mapped prefixes as IPv4.
 use std::process::Output;
 
-use pod_net_tests::{Node, Rig, RigSpec, cmd::output_of, privileges::require_root};
+use pod_net_tests::{Node, Rig, RigSpec, cmd::output_of, require_root};
 
 /// Two nodes with one pod each; node 1 loaded with its underlay.
 fn rig() -> Rig {
@@ -56,9 +56,7 @@ fn remote_entries(node: &Node) -> serde_json::Value {
 
 #[test]
 fn node_add_refuses_this_nodes_own_prefixes_and_routes() {
-    if !require_root("node_add_refuses_this_nodes_own_prefixes_and_routes") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     let peer = "192.168.100.2";
@@ -177,9 +175,7 @@ fn node_add_refuses_this_nodes_own_prefixes_and_routes() {
 
 #[test]
 fn routes_that_are_not_pod_nets_are_never_replaced_or_deleted() {
-    if !require_root("routes_that_are_not_pod_nets_are_never_replaced_or_deleted") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     let peer = "192.168.100.2";
@@ -235,9 +231,7 @@ fn routes_that_are_not_pod_nets_are_never_replaced_or_deleted() {
 
 #[test]
 fn node_ips_that_are_not_another_machines_leave_nothing() {
-    if !require_root("node_ips_that_are_not_another_machines_leave_nothing") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     let before = kernel(node);
@@ -286,9 +280,7 @@ fn node_ips_that_are_not_another_machines_leave_nothing() {
 
 #[test]
 fn a_failed_node_add_takes_its_neighbour_and_fdb_entries_back() {
-    if !require_root("a_failed_node_add_takes_its_neighbour_and_fdb_entries_back") {
-        return;
-    }
+    require_root!();
     // IPv6 is off in this rig's namespaces, so an IPv6 prefix fails at
     // the kernel, after the node's neighbour and FDB entries went in.
     let rig = rig();
@@ -326,9 +318,7 @@ fn a_failed_node_add_takes_its_neighbour_and_fdb_entries_back() {
 
 #[test]
 fn one_node_ip_has_one_vtep_mac() {
-    if !require_root("one_node_ip_has_one_vtep_mac") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     let peer = "192.168.100.2";
@@ -405,9 +395,7 @@ fn one_node_ip_has_one_vtep_mac() {
 
 #[test]
 fn ipv4_mapped_prefixes_are_ipv4() {
-    if !require_root("ipv4_mapped_prefixes_are_ipv4") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     let added = node
@@ -467,9 +455,7 @@ fn ipv4_mapped_prefixes_are_ipv4() {
 
 #[test]
 fn node_del_gives_a_node_its_own_mac_back() {
-    if !require_root("node_del_gives_a_node_its_own_mac_back") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     assert_added(&node_add(node, "10.244.2.0/24", "192.168.100.2"));
@@ -521,9 +507,7 @@ fn node_del_gives_a_node_its_own_mac_back() {
 
 #[test]
 fn ipv6_routes_are_marked_and_others_left_alone() {
-    if !require_root("ipv6_routes_are_marked_and_others_left_alone") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec {
         nodes: 2,
         pods_per_node: 1,
@@ -575,9 +559,7 @@ fn ipv6_routes_are_marked_and_others_left_alone() {
 
 #[test]
 fn ipv4_mapped_pod_addresses_are_ipv4() {
-    if !require_root("ipv4_mapped_pod_addresses_are_ipv4") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let (node, pod) = (rig.node(1), rig.pod(1, 1));
     // load_cross_node registered the pod: take it out, then add it mapped.
@@ -617,9 +599,7 @@ fn ipv4_mapped_pod_addresses_are_ipv4() {
 /// `node list` says so, and `node del` and `unload` take it all back.
 #[test]
 fn direct_nodes_are_routed_out_of_the_underlay() {
-    if !require_root("direct_nodes_are_routed_out_of_the_underlay") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec {
         nodes: 2,
         pods_per_node: 1,
@@ -724,9 +704,7 @@ fn direct_nodes_are_routed_out_of_the_underlay() {
 /// node keeps one mode; each refusal leaves nothing behind.
 #[test]
 fn direct_nodes_off_the_segment_or_in_two_modes_are_refused() {
-    if !require_root("direct_nodes_off_the_segment_or_in_two_modes_are_refused") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     let before = kernel(node);
@@ -809,9 +787,7 @@ fn direct_nodes_off_the_segment_or_in_two_modes_are_refused() {
 /// pod-net's on the underlay that no entry explains goes.
 #[test]
 fn direct_routes_lost_with_the_underlay_are_reported_and_repaired() {
-    if !require_root("direct_routes_lost_with_the_underlay_are_reported_and_repaired") {
-        return;
-    }
+    require_root!();
     let rig = rig();
     let node = rig.node(1);
     node.pod_net(&[

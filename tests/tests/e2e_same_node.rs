@@ -5,7 +5,7 @@ use pod_net_tests::{
     Node, Pod, Rig, RigSpec,
     cmd::output_of,
     frames::{self, ETH_P_IP, IPPROTO_ICMP, Ipv4},
-    privileges::require_root,
+    require_root,
 };
 
 fn one_node_two_pods() -> Rig {
@@ -34,9 +34,7 @@ fn register_all(node: &Node) {
 
 #[test]
 fn pings_bypass_the_bridge_and_count_exactly() {
-    if !require_root("pings_bypass_the_bridge_and_count_exactly") {
-        return;
-    }
+    require_root!();
     let rig = one_node_two_pods();
     let node = rig.node(1);
     register_all(node);
@@ -61,9 +59,7 @@ fn pings_bypass_the_bridge_and_count_exactly() {
 
 #[test]
 fn tcp_flows_through_the_fast_path() {
-    if !require_root("tcp_flows_through_the_fast_path") {
-        return;
-    }
+    require_root!();
     let rig = one_node_two_pods();
     let node = rig.node(1);
     register_all(node);
@@ -90,9 +86,7 @@ fn tcp_flows_through_the_fast_path() {
 
 #[test]
 fn traffic_keeps_flowing_with_no_pod_net_process_running() {
-    if !require_root("traffic_keeps_flowing_with_no_pod_net_process_running") {
-        return;
-    }
+    require_root!();
     let rig = one_node_two_pods();
     let node = rig.node(1);
     register_all(node);
@@ -119,9 +113,7 @@ fn traffic_keeps_flowing_with_no_pod_net_process_running() {
 
 #[test]
 fn pod_del_and_unload_fall_back_to_the_bridge() {
-    if !require_root("pod_del_and_unload_fall_back_to_the_bridge") {
-        return;
-    }
+    require_root!();
     let rig = one_node_two_pods();
     let node = rig.node(1);
     register_all(node);
@@ -154,9 +146,7 @@ fn pod_del_and_unload_fall_back_to_the_bridge() {
 
 #[test]
 fn reload_keeps_entries_and_attachments() {
-    if !require_root("reload_keeps_entries_and_attachments") {
-        return;
-    }
+    require_root!();
     let rig = one_node_two_pods();
     let node = rig.node(1);
     register_all(node);
@@ -187,9 +177,7 @@ fn reload_keeps_entries_and_attachments() {
 
 #[test]
 fn malformed_frames_from_a_pod_are_passed_and_counted() {
-    if !require_root("malformed_frames_from_a_pod_are_passed_and_counted") {
-        return;
-    }
+    require_root!();
     let rig = one_node_two_pods();
     let node = rig.node(1);
     register_all(node);
@@ -238,9 +226,7 @@ fn gso_size(netns: &str, name: &str) -> u32 {
 /// default back.
 #[test]
 fn big_tcp_is_given_to_pods_and_taken_back() {
-    if !require_root("big_tcp_is_given_to_pods_and_taken_back") {
-        return;
-    }
+    require_root!();
     let rig = one_node_two_pods();
     let node = rig.node(1);
     let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
@@ -304,9 +290,7 @@ fn big_tcp_is_given_to_pods_and_taken_back() {
 /// leaves no room for clsact) is refused in one line with nothing stored.
 #[test]
 fn tc_filters_carry_the_fast_path_and_go_with_del_and_unload() {
-    if !require_root("tc_filters_carry_the_fast_path_and_go_with_del_and_unload") {
-        return;
-    }
+    require_root!();
     let rig = one_node_two_pods();
     let node = rig.node(1);
     let output = node.pod_net(&["load", "--attach", "tc"]).unwrap();

@@ -8,7 +8,7 @@ use std::{net::Ipv4Addr, thread::sleep, time::Duration};
 use pod_net_tests::{
     Node, Pod, Rig, RigSpec,
     frames::{self, IPPROTO_ICMP, Ipv4},
-    privileges::require_root,
+    require_root,
     rig::sibling_binary,
 };
 
@@ -62,9 +62,7 @@ fn tunnel_rx(node: &Node) -> u64 {
 
 #[test]
 fn forged_vxlan_from_a_pod_or_a_stranger_is_never_decapsulated() {
-    if !require_root("forged_vxlan_is_never_decapsulated") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec {
         nodes: 2,
         pods_per_node: 2,
@@ -139,9 +137,7 @@ fn forged_vxlan_from_a_pod_or_a_stranger_is_never_decapsulated() {
 
 #[test]
 fn a_forged_source_in_a_broadcast_frame_is_dropped_not_flooded() {
-    if !require_root("a_forged_source_in_a_broadcast_frame") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec::default()).unwrap();
     let node = rig.node(1);
     node.load_and_register().unwrap();
@@ -203,9 +199,7 @@ fn peers(node: &Node) -> Vec<String> {
 
 #[test]
 fn peers_follow_the_node_entries_and_drift_is_reported_and_repaired() {
-    if !require_root("peers_follow_the_node_entries") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec {
         nodes: 2,
         pods_per_node: 1,

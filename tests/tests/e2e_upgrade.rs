@@ -3,7 +3,7 @@
 //! and across nodes. Not one packet may be lost.
 use std::{thread, time::Duration};
 
-use pod_net_tests::{Rig, RigSpec, cmd::output_of, privileges::require_root};
+use pod_net_tests::{Rig, RigSpec, cmd::output_of, require_root};
 
 /// Two meshed nodes: pods 1 and 2 on node 1, pod 1 on node 2.
 fn two_meshed_nodes() -> Rig {
@@ -62,9 +62,7 @@ fn reload_all(rig: &Rig, args: &[&str], round: usize) {
 
 #[test]
 fn twenty_reloads_under_a_ping_flood_lose_nothing() {
-    if !require_root("twenty_reloads_under_a_ping_flood_lose_nothing") {
-        return;
-    }
+    require_root!();
     let rig = two_meshed_nodes();
     lose_nothing_while(&rig, 4000, || {
         for round in 0..20 {
@@ -79,9 +77,7 @@ fn twenty_reloads_under_a_ping_flood_lose_nothing() {
 /// each TCX link. Not one packet may be lost.
 #[test]
 fn attach_switches_and_tc_reloads_under_a_ping_flood_lose_nothing() {
-    if !require_root("attach_switches_and_tc_reloads_under_a_ping_flood_lose_nothing") {
-        return;
-    }
+    require_root!();
     let rig = two_meshed_nodes();
     // The first switch to tc gives each interface a clsact qdisc, and the
     // kernel stops an interface's transmit queues for a moment to graft
@@ -150,9 +146,7 @@ fn attach_switches_and_tc_reloads_under_a_ping_flood_lose_nothing() {
 /// refused by name, and kept with its entries: never silently dropped.
 #[test]
 fn a_map_of_another_layout_is_refused_and_kept() {
-    if !require_root("a_map_of_another_layout_is_refused_and_kept") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec {
         nodes: 1,
         pods_per_node: 0,

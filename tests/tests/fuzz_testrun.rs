@@ -14,7 +14,7 @@ use pod_net_tests::{
         self, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4,
         Ipv6,
     },
-    privileges::require_root,
+    require_root,
     testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_REDIRECT, XDP_DROP, XDP_REDIRECT, endpoint},
 };
 
@@ -317,9 +317,7 @@ fn total_packets(harness: &Harness) -> u64 {
 
 #[test]
 fn every_fuzzed_frame_lands_in_one_reason_and_no_suspect_frame_is_redirected() {
-    if !require_root("every_fuzzed_frame_lands_in_one_reason") {
-        return;
-    }
+    require_root!();
     let mut rng = Rng(seed());
     let harness = node_1();
     let (mut runs, mut refused, mut redirected) = (0u64, 0u64, 0u64);

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use pod_net_tests::{
     frames::{self, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4, Ipv6},
-    privileges::require_root,
+    require_root,
     testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, endpoint},
 };
 
@@ -68,9 +68,7 @@ fn delivered_to_b(frame: &[u8], hops: u8) -> Vec<u8> {
 
 #[test]
 fn bridged_ipv6_to_a_local_pod_is_redirected_as_it_is() {
-    if !require_root("bridged_ipv6_to_a_local_pod_is_redirected_as_it_is") {
-        return;
-    }
+    require_root!();
     let harness = node_1();
     let frame = ping6(MAC_B, POD_A, POD_B, 64);
     let run = harness.run(&frame).unwrap();
@@ -85,9 +83,7 @@ fn bridged_ipv6_to_a_local_pod_is_redirected_as_it_is() {
 
 #[test]
 fn routed_ipv6_loses_one_hop_and_expires_at_one() {
-    if !require_root("routed_ipv6_loses_one_hop_and_expires_at_one") {
-        return;
-    }
+    require_root!();
     let harness = node_1();
     let frame = ping6(GATEWAY_MAC, POD_A, POD_B, 64);
     let run = harness.run(&frame).unwrap();
@@ -108,9 +104,7 @@ fn routed_ipv6_loses_one_hop_and_expires_at_one() {
 
 #[test]
 fn ipv6_from_an_address_the_pod_does_not_own_is_dropped() {
-    if !require_root("ipv6_from_an_address_the_pod_does_not_own_is_dropped") {
-        return;
-    }
+    require_root!();
     let harness = node_1();
     // B's address, sent from A's interface.
     let forged = ping6(MAC_A, POD_B, POD_A, 64);
@@ -141,9 +135,7 @@ fn expected_encap(inner: &[u8], node: Ipv4Addr, vtep: [u8; 6], output: &[u8]) ->
 
 #[test]
 fn ipv6_to_a_remote_pod_is_vxlan_encapsulated_over_the_ipv4_underlay() {
-    if !require_root("ipv6_to_a_remote_pod_is_vxlan_encapsulated") {
-        return;
-    }
+    require_root!();
     // A remote /64 (the trie) and a pinned /128 (remote_pods, flannel MAC).
     for (dst, node, vtep) in [
         (REMOTE_POD, NODE_2, NODE_2_VTEP),
@@ -169,9 +161,7 @@ fn ipv6_to_a_remote_pod_is_vxlan_encapsulated_over_the_ipv4_underlay() {
 
 #[test]
 fn vxlan_with_inner_ipv6_is_decapsulated_into_the_pod() {
-    if !require_root("vxlan_with_inner_ipv6_is_decapsulated_into_the_pod") {
-        return;
-    }
+    require_root!();
     let vxlan = |hop_limit: u8| {
         let ip = Ipv6 {
             hop_limit,
@@ -213,9 +203,7 @@ fn vxlan_with_inner_ipv6_is_decapsulated_into_the_pod() {
 
 #[test]
 fn ipv6_replies_to_a_flow_the_kernel_took_go_to_the_kernel() {
-    if !require_root("ipv6_replies_to_a_flow_the_kernel_took_go_to_the_kernel") {
-        return;
-    }
+    require_root!();
     // A and B both on test run's interface, so both may send.
     let mut harness = Harness::new().expect("load pod-net object");
     for (pod, mac) in [(POD_A, MAC_A), (POD_B, MAC_B)] {
@@ -248,9 +236,7 @@ fn ipv6_replies_to_a_flow_the_kernel_took_go_to_the_kernel() {
 
 #[test]
 fn link_local_ipv6_stays_with_the_kernel() {
-    if !require_root("link_local_ipv6_stays_with_the_kernel") {
-        return;
-    }
+    require_root!();
     let harness = node_1();
     let link_local = |last| Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, last);
     // Unregistered, yet not spoofed: on-link, the bridge's to carry.

@@ -9,7 +9,7 @@ use pod_net_tests::{
     Node, Rig, RigSpec,
     cmd::output_of,
     frames::{self, IPPROTO_ICMP, Ipv4},
-    privileges::require_root,
+    require_root,
     rig::sibling_binary,
 };
 use serde_json::Value;
@@ -68,9 +68,7 @@ fn sample(scrape: &prometheus_parse::Scrape, metric: &str, label: (&str, &str)) 
 
 #[test]
 fn json_and_prometheus_agree_with_the_traffic() {
-    if !require_root("json_and_prometheus_agree_with_the_traffic") {
-        return;
-    }
+    require_root!();
     let rig = loaded_rig();
     let node = rig.node(1);
     let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
@@ -115,9 +113,7 @@ fn json_and_prometheus_agree_with_the_traffic() {
 
 #[test]
 fn monitor_reports_a_malformed_frame_only_while_enabled() {
-    if !require_root("monitor_reports_a_malformed_frame_only_while_enabled") {
-        return;
-    }
+    require_root!();
     let rig = loaded_rig();
     let node = rig.node(1);
     let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
@@ -196,9 +192,7 @@ fn config_flags(node: &Node) -> u64 {
 
 #[test]
 fn bpftool_sees_the_same_pods_as_pod_list() {
-    if !require_root("bpftool_sees_the_same_pods_as_pod_list") {
-        return;
-    }
+    require_root!();
     let rig = loaded_rig();
     let node = rig.node(1);
     let path = node.pin_dir.join("local_endpoints");
@@ -262,9 +256,7 @@ fn bpftool_sees_the_same_pods_as_pod_list() {
 
 #[test]
 fn status_is_clean_until_a_veth_disappears_behind_its_back() {
-    if !require_root("status_is_clean_until_a_veth_disappears") {
-        return;
-    }
+    require_root!();
     let rig = loaded_rig();
     let node = rig.node(1);
     let healthy = output_of(&mut node.pod_net_command(&["status"])).unwrap();
@@ -303,9 +295,7 @@ fn status_is_clean_until_a_veth_disappears_behind_its_back() {
 
 #[test]
 fn apply_adds_removes_dry_runs_and_refuses_a_bad_file() {
-    if !require_root("apply_adds_removes_dry_runs") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec::default()).unwrap();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -373,9 +363,7 @@ fn apply_adds_removes_dry_runs_and_refuses_a_bad_file() {
 
 #[test]
 fn the_agent_serves_metrics_follows_its_config_and_leaves_traffic_on_sigterm() {
-    if !require_root("the_agent_serves_metrics") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec::default()).unwrap();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -579,9 +567,7 @@ fn is_registered(node: &Node, pod: &pod_net_tests::Pod) -> bool {
 /// change made meanwhile is applied, and the log stays small.
 #[test]
 fn the_agent_outlasts_more_idle_connections_than_it_has_descriptors() {
-    if !require_root("the_agent_outlasts_idle_connections") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec::default()).unwrap();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -625,9 +611,7 @@ fn the_agent_outlasts_more_idle_connections_than_it_has_descriptors() {
 /// want of descriptors is applied once they are back, with /metrics.
 #[test]
 fn the_agent_recovers_when_descriptors_run_out() {
-    if !require_root("the_agent_recovers_when_descriptors_run_out") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec::default()).unwrap();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -676,9 +660,7 @@ fn the_agent_recovers_when_descriptors_run_out() {
 /// paths 404; a client that never finishes its headers is dropped.
 #[test]
 fn the_agent_answers_get_and_head_only_and_drops_a_slow_client() {
-    if !require_root("the_agent_answers_get_and_head_only") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec::default()).unwrap();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -750,9 +732,7 @@ fn the_agent_answers_get_and_head_only_and_drops_a_slow_client() {
 /// again until it applies, and its error is logged once, not per retry.
 #[test]
 fn the_agent_retries_a_config_it_could_not_apply() {
-    if !require_root("the_agent_retries_a_config_it_could_not_apply") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec::default()).unwrap();
     let node = rig.node(1);
     node.pod_net(&["load"]).unwrap();
@@ -797,9 +777,7 @@ fn the_agent_retries_a_config_it_could_not_apply() {
 /// `status` checks the underlay: up, with carrier, and holding the node IP.
 #[test]
 fn status_reports_an_underlay_that_is_down_or_lost_the_node_ip() {
-    if !require_root("status_reports_an_underlay_that_is_down") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec {
         nodes: 2,
         pods_per_node: 0,
@@ -874,9 +852,7 @@ fn status_reports_an_underlay_that_is_down_or_lost_the_node_ip() {
 /// `unload` says it deleted the tunnel device only when it did.
 #[test]
 fn unload_names_the_tunnel_device_only_when_it_deleted_one() {
-    if !require_root("unload_names_the_tunnel_device_only_when_it_deleted_one") {
-        return;
-    }
+    require_root!();
     let rig = Rig::build(&RigSpec {
         nodes: 2,
         pods_per_node: 0,

@@ -4,7 +4,7 @@
 //! own, so nothing here can touch the host's mounts or pins.
 use std::process::Command;
 
-use pod_net_tests::{privileges::require_root, rig::pod_net_binary};
+use pod_net_tests::{require_root, rig::pod_net_binary};
 
 /// Runs `script` in bash in a private mount namespace whose /sys/fs/bpf is
 /// a fresh bpffs, with `$POD_NET` the binary under test and `bpf_mounts`
@@ -35,9 +35,7 @@ fn assert_has(text: &str, needle: &str) {
 
 #[test]
 fn symlinks_and_dot_dot_are_refused_without_mounting_anything() {
-    if !require_root("symlinks_and_dot_dot_are_refused") {
-        return;
-    }
+    require_root!();
     let text = in_private_mounts(
         r#"
         before=$(bpf_mounts)
@@ -68,9 +66,7 @@ fn symlinks_and_dot_dot_are_refused_without_mounting_anything() {
 
 #[test]
 fn bpffs_is_mounted_only_at_sys_fs_bpf_only_over_nothing_and_not_left_after_a_failure() {
-    if !require_root("bpffs_is_mounted_only_over_nothing") {
-        return;
-    }
+    require_root!();
     let text = in_private_mounts(
         r#"
         # Nothing mounted at all: the mine and the host's copy both go.
@@ -109,9 +105,7 @@ fn bpffs_is_mounted_only_at_sys_fs_bpf_only_over_nothing_and_not_left_after_a_fa
 
 #[test]
 fn foreign_open_and_nested_pin_dirs_are_refused() {
-    if !require_root("foreign_open_and_nested_pin_dirs_are_refused") {
-        return;
-    }
+    require_root!();
     let text = in_private_mounts(
         r#"
         mkdir -m 0700 /sys/fs/bpf/theirs && chown 65534 /sys/fs/bpf/theirs
@@ -154,9 +148,7 @@ fn foreign_open_and_nested_pin_dirs_are_refused() {
 
 #[test]
 fn a_directory_that_is_not_a_pin_dir_is_neither_loaded_into_nor_unloaded() {
-    if !require_root("a_directory_that_is_not_a_pin_dir") {
-        return;
-    }
+    require_root!();
     let text = in_private_mounts(
         r#"
         mkdir -m 0700 /sys/fs/bpf/other

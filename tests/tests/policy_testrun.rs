@@ -10,7 +10,7 @@ use pod_net_common::{
 };
 use pod_net_tests::{
     frames::{self, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4},
-    privileges::require_root,
+    require_root,
     testrun::{self, Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, endpoint},
 };
 
@@ -53,9 +53,7 @@ fn ping(src: Ipv4Addr, src_mac: [u8; 6], dst: Ipv4Addr, dst_mac: [u8; 6]) -> Vec
 
 #[test]
 fn a_forged_source_is_dropped_unless_anti_spoofing_is_off() {
-    if !require_root("a_forged_source_is_dropped") {
-        return;
-    }
+    require_root!();
     let forged = ping(Ipv4Addr::new(10, 244, 1, 77), MAC_A, POD_B, MAC_B);
     let harness = node(POD_A, 0);
     let run = harness.run(&forged).unwrap();
@@ -76,9 +74,7 @@ fn a_forged_source_is_dropped_unless_anti_spoofing_is_off() {
 
 #[test]
 fn a_no_bypass_pod_keeps_both_directions_on_the_kernel_path() {
-    if !require_root("a_no_bypass_pod_keeps_both_directions") {
-        return;
-    }
+    require_root!();
     for sender_no_bypass in [true, false] {
         let mut harness = node(POD_A, 0);
         // Mark A (the sender) or B (the receiver) no-bypass.
@@ -108,9 +104,7 @@ fn a_no_bypass_pod_keeps_both_directions_on_the_kernel_path() {
 
 #[test]
 fn replies_to_a_flow_that_went_to_the_kernel_go_to_the_kernel() {
-    if !require_root("replies_to_a_flow_that_went_to_the_kernel") {
-        return;
-    }
+    require_root!();
     for (protocol, name) in [(IPPROTO_TCP, "tcp"), (IPPROTO_UDP, "udp")] {
         // A opens a flow to a service IP from port 40000: the kernel takes
         // it (and may DNAT it to B).
@@ -160,9 +154,7 @@ fn replies_to_a_flow_that_went_to_the_kernel_go_to_the_kernel() {
 
 #[test]
 fn vxlan_replies_to_a_flow_that_went_to_the_kernel_go_to_the_kernel() {
-    if !require_root("vxlan_replies_to_a_flow_that_went_to_the_kernel") {
-        return;
-    }
+    require_root!();
     let mut harness = node(POD_A, 0);
     harness.set_underlay(NODE_1, 1, 8472).unwrap();
     harness.add_peer(NODE_2).unwrap();

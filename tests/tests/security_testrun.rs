@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use pod_net_tests::{
     frames::{self, IPPROTO_ICMP, IPPROTO_UDP, Ipv4},
-    privileges::require_root,
+    require_root,
     testrun::{
         Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, endpoint,
     },
@@ -76,9 +76,7 @@ fn assert_counted(harness: &Harness, name: &str, reason: &str, frame: &[u8]) {
 
 #[test]
 fn vxlan_from_a_stranger_is_dropped_before_anyone_decapsulates_it() {
-    if !require_root("vxlan_from_a_stranger_is_dropped") {
-        return;
-    }
+    require_root!();
     let node_mac = [2, 0, 0, 0, 0, 1];
     let first_fragment = Ipv4 {
         flags_fragment: 0x2000,
@@ -121,9 +119,7 @@ fn vxlan_from_a_stranger_is_dropped_before_anyone_decapsulates_it() {
 
 #[test]
 fn vxlan_from_a_known_node_still_flows_and_a_stranger_may_reach_a_pods_port() {
-    if !require_root("vxlan_from_a_known_node_still_flows") {
-        return;
-    }
+    require_root!();
     let node_mac = [2, 0, 0, 0, 0, 1];
     let from_peer = forged_vxlan(&Ipv4::new(NODE_2, NODE_1, IPPROTO_UDP), node_mac);
     let harness = node_1();
@@ -162,9 +158,7 @@ fn udp_from_a(dst: Ipv4Addr, dst_mac: [u8; 6], port: u16, flags_fragment: u16) -
 
 #[test]
 fn a_pod_cannot_send_to_a_nodes_vxlan_port() {
-    if !require_root("a_pod_cannot_send_to_a_nodes_vxlan_port") {
-        return;
-    }
+    require_root!();
     let dropped = [
         ("to a node", udp_from_a(NODE_2, GATEWAY_MAC, PORT, 0x4000)),
         (
@@ -232,9 +226,7 @@ fn a_pod_cannot_send_to_a_nodes_vxlan_port() {
 
 #[test]
 fn a_forged_source_in_a_broadcast_or_multicast_frame_is_dropped() {
-    if !require_root("a_forged_source_in_a_broadcast_frame_is_dropped") {
-        return;
-    }
+    require_root!();
     for dst_mac in [BROADCAST, MULTICAST] {
         let forged = frames::ping_frame(
             dst_mac,

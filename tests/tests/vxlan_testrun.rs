@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use pod_net_tests::{
     frames::{self, ETH_P_IP, IPPROTO_ICMP, IPPROTO_UDP, Ipv4},
-    privileges::require_root,
+    require_root,
     testrun::{
         Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS,
         XDP_REDIRECT, endpoint,
@@ -82,9 +82,7 @@ fn expected_encap(inner: &[u8], node: Ipv4Addr, vtep: [u8; 6], output: &[u8]) ->
 
 #[test]
 fn pod_traffic_to_a_remote_cidr_is_vxlan_encapsulated() {
-    if !require_root("pod_traffic_to_a_remote_cidr_is_vxlan_encapsulated") {
-        return;
-    }
+    require_root!();
     let harness = node_1();
     let frame = ping_from_a(REMOTE_POD, 64);
     let run = harness.run(&frame).unwrap();
@@ -124,9 +122,7 @@ fn pod_traffic_to_a_remote_cidr_is_vxlan_encapsulated() {
 
 #[test]
 fn the_source_port_follows_the_flow() {
-    if !require_root("the_source_port_follows_the_flow") {
-        return;
-    }
+    require_root!();
     let harness = node_1();
     let port_of = |frame: &[u8]| {
         let run = harness.run(frame).unwrap();
@@ -142,9 +138,7 @@ fn the_source_port_follows_the_flow() {
 
 #[test]
 fn a_pinned_pod_wins_over_its_cidr_and_uses_the_given_vtep_mac() {
-    if !require_root("a_pinned_pod_wins_over_its_cidr") {
-        return;
-    }
+    require_root!();
     let harness = node_1();
     let frame = ping_from_a(PINNED_POD, 64);
     let run = harness.run(&frame).unwrap();
@@ -157,9 +151,7 @@ fn a_pinned_pod_wins_over_its_cidr_and_uses_the_given_vtep_mac() {
 
 #[test]
 fn expired_ttl_and_unconfigured_underlay_go_to_the_kernel() {
-    if !require_root("expired_ttl_and_unconfigured_underlay_go_to_the_kernel") {
-        return;
-    }
+    require_root!();
     let harness = node_1();
     let expiring = ping_from_a(REMOTE_POD, 1);
     let run = harness.run(&expiring).unwrap();
@@ -207,9 +199,7 @@ fn inner_to_a(ttl: u8) -> Vec<u8> {
 
 #[test]
 fn vxlan_for_a_local_pod_is_decapsulated_into_it() {
-    if !require_root("vxlan_for_a_local_pod_is_decapsulated_into_it") {
-        return;
-    }
+    require_root!();
     let harness = node_1();
     let inner = inner_to_a(63);
     let frame = from_node_2(&inner, VNI, PORT);
@@ -233,9 +223,7 @@ fn vxlan_for_a_local_pod_is_decapsulated_into_it() {
 
 #[test]
 fn outer_ip_options_do_not_stop_decapsulation() {
-    if !require_root("outer_ip_options_do_not_stop_decapsulation") {
-        return;
-    }
+    require_root!();
     let harness = node_1();
     let inner = inner_to_a(63);
     let plain = from_node_2(&inner, VNI, PORT);
@@ -374,9 +362,7 @@ fn underlay_cases() -> Vec<(&'static str, Vec<u8>, u32, &'static str)> {
 
 #[test]
 fn everything_else_on_the_underlay_lands_in_its_reason_and_is_never_redirected() {
-    if !require_root("everything_else_on_the_underlay_lands_in_its_reason") {
-        return;
-    }
+    require_root!();
     for (name, frame, action, reason) in underlay_cases() {
         let harness = node_1();
         let run = harness
@@ -409,9 +395,7 @@ fn node_1_with_xdp() -> Harness {
 
 #[test]
 fn xdp_decapsulates_into_the_pods_veth_with_the_same_bytes_as_tc() {
-    if !require_root("xdp_decapsulates_into_the_pods_veth") {
-        return;
-    }
+    require_root!();
     let harness = node_1_with_xdp();
     let frame = from_node_2(&inner_to_a(63), VNI, PORT);
     let xdp = harness.run_xdp(&frame).unwrap();
@@ -428,9 +412,7 @@ fn xdp_decapsulates_into_the_pods_veth_with_the_same_bytes_as_tc() {
 
 #[test]
 fn xdp_leaves_partial_checksums_and_non_vxlan_to_tc_and_drops_what_tc_drops() {
-    if !require_root("xdp_leaves_partial_checksums_to_tc") {
-        return;
-    }
+    require_root!();
     // A UDP datagram whose checksum holds only the pseudo-header sum, as a
     // sender leaves it for offload.
     let payload = b"offloaded checksum";

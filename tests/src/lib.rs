@@ -5,6 +5,7 @@ pub mod capture;
 pub mod cluster;
 pub mod cmd;
 pub mod cni;
+pub mod decode;
 pub mod flannel;
 pub mod frames;
 pub mod privileges;

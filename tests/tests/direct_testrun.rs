@@ -14,7 +14,7 @@ use std::{
 
 use pod_net_common::endpoint::ENDPOINT_F_NO_BYPASS;
 use pod_net_tests::{
-    cmd,
+    cmd, decode,
     frames::{self, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, Ipv4, Ipv6},
     require_root,
     testrun::{self, Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS, endpoint},
@@ -229,11 +229,12 @@ fn a_vxlan_node_beside_direct_ones_is_still_encapsulated() {
         assert_eq!(run.action, TC_ACT_REDIRECT);
         assert_eq!(run.output.len(), frame.len() + 50);
         // Outer IPv4 to node 3, UDP to the VXLAN port.
+        let wire = decode::vxlan(&run.output).unwrap();
         assert_eq!(
-            &run.output[26..34],
-            &[NODE_1.octets(), NODE_3.octets()].concat()
+            (wire.outer.source, wire.outer.destination),
+            (NODE_1.octets(), NODE_3.octets())
         );
-        assert_eq!(&run.output[36..38], &PORT.to_be_bytes());
+        assert_eq!(wire.udp.destination_port, PORT);
         assert_counted(harness, "VXLAN", "encap", &frame);
     });
 }

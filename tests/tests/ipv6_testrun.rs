@@ -5,7 +5,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use pod_net_tests::{
-    frames::{self, ETH_P_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4, Ipv6},
+    decode,
+    frames::{self, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4, Ipv6},
     require_root,
     testrun::{Harness, LOOPBACK_IFINDEX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, endpoint},
 };
@@ -129,7 +130,7 @@ fn expected_encap(inner: &[u8], node: Ipv4Addr, vtep: [u8; 6], output: &[u8]) ->
         identification: 0,
         ..Ipv4::new(NODE_1, node, IPPROTO_UDP)
     };
-    let source_port = u16::from_be_bytes([output[34], output[35]]);
+    let source_port = decode::vxlan(output).unwrap().udp.source_port;
     frames::vxlan_frame(([0; 6], [0; 6]), &outer, (source_port, PORT), VNI, &inner)
 }
 
@@ -150,8 +151,13 @@ fn ipv6_to_a_remote_pod_is_vxlan_encapsulated_over_the_ipv4_underlay() {
             expected_encap(&frame, node, vtep, &run.output),
             "{dst}"
         );
-        assert_eq!(&run.output[62..64], &ETH_P_IPV6.to_be_bytes());
-        assert_eq!(frames::internet_checksum(&run.output[14..34]), 0);
+        let wire = decode::vxlan(&run.output).unwrap();
+        let inner = decode::Ethernet2Header::from_slice(wire.inner).unwrap().0;
+        assert_eq!(inner.ether_type, decode::EtherType::IPV6);
+        assert_eq!(
+            wire.outer.header_checksum,
+            wire.outer.calc_header_checksum()
+        );
         assert_eq!(
             harness.nonzero_counters().unwrap(),
             [("encap", 1, frame.len() as u64)]

@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 
 use pod_net_tests::{
+    decode,
     frames::{self, ETH_P_IP, IPPROTO_ICMP, IPPROTO_UDP, Ipv4},
     require_root,
     testrun::{
@@ -61,14 +62,10 @@ fn expected_encap(inner: &[u8], node: Ipv4Addr, vtep: [u8; 6], output: &[u8]) ->
     let mut inner = inner.to_vec();
     inner[0..6].copy_from_slice(&vtep);
     inner[6..12].copy_from_slice(&NODE_1_VTEP);
-    let ttl = inner[22] - 1;
+    let sent = decode::ipv4(&inner).unwrap().ip;
     let hop = Ipv4 {
-        ttl,
-        ..Ipv4::new(
-            POD_A,
-            Ipv4Addr::from(<[u8; 4]>::try_from(&inner[30..34]).unwrap()),
-            inner[23],
-        )
+        ttl: sent.time_to_live - 1,
+        ..Ipv4::new(POD_A, Ipv4Addr::from(sent.destination), sent.protocol.0)
     };
     let inner_ip_len = inner.len() - 14 - 20;
     inner[14..34].copy_from_slice(&hop.header(inner_ip_len));
@@ -76,7 +73,7 @@ fn expected_encap(inner: &[u8], node: Ipv4Addr, vtep: [u8; 6], output: &[u8]) ->
         identification: 0,
         ..Ipv4::new(NODE_1, node, IPPROTO_UDP)
     };
-    let source_port = u16::from_be_bytes([output[34], output[35]]);
+    let source_port = decode::vxlan(output).unwrap().udp.source_port;
     frames::vxlan_frame(([0; 6], [0; 6]), &outer, (source_port, PORT), VNI, &inner)
 }
 
@@ -93,27 +90,25 @@ fn pod_traffic_to_a_remote_cidr_is_vxlan_encapsulated() {
         run.output,
         expected_encap(&frame, NODE_2, NODE_2_VTEP, &run.output)
     );
-    // Outer IPv4: version/IHL, DF, TTL 64, UDP, and a checksum that verifies.
-    let outer_ip = &run.output[14..34];
-    assert_eq!(outer_ip[0], 0x45);
+    let wire = decode::vxlan(&run.output).unwrap();
+    // Outer IPv4: DF, TTL 64, UDP, and a checksum that verifies.
+    assert_eq!(usize::from(wire.outer.total_len), frame.len() - 14 + 50);
+    assert!(wire.outer.dont_fragment);
+    assert_eq!(wire.outer.time_to_live, 64);
     assert_eq!(
-        u16::from_be_bytes([outer_ip[2], outer_ip[3]]) as usize,
-        frame.len() - 14 + 50
+        wire.outer.header_checksum,
+        wire.outer.calc_header_checksum()
     );
-    assert_eq!(&outer_ip[6..10], &[0x40, 0, 64, IPPROTO_UDP]);
-    assert_eq!(frames::internet_checksum(outer_ip), 0);
     // UDP: source port in the ephemeral range, destination 8472, length.
-    let source_port = u16::from_be_bytes([run.output[34], run.output[35]]);
+    let source_port = wire.udp.source_port;
     assert!((32768..61000).contains(&source_port), "{source_port}");
-    assert_eq!(&run.output[36..38], &PORT.to_be_bytes());
-    assert_eq!(
-        u16::from_be_bytes([run.output[38], run.output[39]]) as usize,
-        frame.len() - 14 + 50 - 20
-    );
+    assert_eq!(wire.udp.destination_port, PORT);
+    assert_eq!(usize::from(wire.udp.length), frame.len() - 14 + 50 - 20);
     // VXLAN: I flag, VNI 1.
-    assert_eq!(&run.output[42..50], &[0x08, 0, 0, 0, 0, 0, 1, 0]);
+    assert_eq!((wire.flags, wire.vni, wire.reserved), (0x08, VNI, [0; 4]));
     // Inner IPv4 checksum still verifies after the TTL decrement.
-    assert_eq!(frames::internet_checksum(&run.output[64..84]), 0);
+    let inner_ip = decode::ipv4(wire.inner).unwrap().ip;
+    assert_eq!(inner_ip.header_checksum, inner_ip.calc_header_checksum());
     assert_eq!(
         harness.nonzero_counters().unwrap(),
         [("encap", 1, frame.len() as u64)]
@@ -126,7 +121,7 @@ fn the_source_port_follows_the_flow() {
     let harness = node_1();
     let port_of = |frame: &[u8]| {
         let run = harness.run(frame).unwrap();
-        u16::from_be_bytes([run.output[34], run.output[35]])
+        decode::vxlan(&run.output).unwrap().udp.source_port
     };
     let flow = ping_from_a(REMOTE_POD, 64);
     assert_eq!(port_of(&flow), port_of(&flow), "one flow, two ports");

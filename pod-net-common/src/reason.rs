@@ -40,8 +40,8 @@ macro_rules! reasons {
                 }
             }
 
-            /// One line on what the reason means, for `--help`-style output
-            /// and the Prometheus `# HELP` text.
+            /// One line on what the reason means (its doc comment), for
+            /// `pod-net stats --explain` and the README's reason table.
             #[must_use]
             pub const fn help(self) -> &'static str {
                 match self {

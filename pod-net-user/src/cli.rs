@@ -193,6 +193,9 @@ pub struct StatsArgs {
     /// With --watch: stop after N refreshes.
     #[arg(long, value_name = "N", requires = "watch")]
     pub count: Option<u64>,
+    /// Add a column saying what each reason means.
+    #[arg(long, conflicts_with_all = ["json", "prometheus", "watch"])]
+    pub explain: bool,
 }
 
 #[derive(Debug, Args)]
@@ -496,7 +499,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     serde_json::to_string_pretty(&Totals::read(&pins)?.to_json())?
                 );
             } else {
-                print!("{}", Totals::read(&pins)?.to_table());
+                print!("{}", Totals::read(&pins)?.to_table(args.explain));
             }
         }
         Command::Apply(args) => {

@@ -103,6 +103,26 @@ fn json_and_prometheus_agree_with_the_traffic() {
     );
     assert!(text.contains("# TYPE pod_net_packets_total counter"));
     assert!(text.contains("# HELP pod_net_packets_total "));
+    assert!(
+        text.contains("\npod_net_events_suppressed_total 0\n"),
+        "{text}"
+    );
+
+    // --explain: the same counts, and a row per reason ending in what it
+    // means, as reason.rs says it.
+    let explained = node.pod_net(&["stats", "--explain"]).unwrap();
+    let mut lines = explained.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["REASON", "PACKETS", "BYTES", "MEANING"]);
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), pod_net_common::Reason::ALL.len());
+    for (row, reason) in rows.iter().zip(pod_net_common::Reason::ALL) {
+        let counts: Vec<&str> = row.split_whitespace().take(3).collect();
+        let packets = json["counters"][reason.name()]["packets"].to_string();
+        let bytes = json["counters"][reason.name()]["bytes"].to_string();
+        assert_eq!(counts, [reason.name(), &packets, &bytes], "{row}");
+        assert!(row.ends_with(reason.help().trim()), "{row}");
+    }
 
     let watch = node
         .pod_net(&["stats", "--watch", "1", "--count", "1"])

@@ -13,79 +13,62 @@ use crate::datapath::{Datapath, pins::PinDir};
 pub fn render(pins: &PinDir) -> Result<String> {
     let datapath = Datapath::open(pins)?;
     let totals = datapath.counter_totals()?;
+    let maps = datapath.map_fills()?;
     let mut out = String::new();
     family(
         &mut out,
-        "pod_net_packets_total",
-        "counter",
+        ("pod_net_packets_total", "counter"),
         "Packets the pod-net programs handled, by the one reason each was counted under.",
+        totals
+            .iter()
+            .map(|(reason, counter)| (("reason", reason.name()), counter.packets)),
     );
-    for (reason, counter) in &totals {
-        let _ = writeln!(
-            out,
-            "pod_net_packets_total{{reason=\"{}\"}} {}",
-            reason.name(),
-            counter.packets
-        );
-    }
     family(
         &mut out,
-        "pod_net_bytes_total",
-        "counter",
+        ("pod_net_bytes_total", "counter"),
         "Bytes of those packets, as they arrived.",
+        totals
+            .iter()
+            .map(|(reason, counter)| (("reason", reason.name()), counter.bytes)),
     );
-    for (reason, counter) in &totals {
-        let _ = writeln!(
-            out,
-            "pod_net_bytes_total{{reason=\"{}\"}} {}",
-            reason.name(),
-            counter.bytes
-        );
-    }
-    let maps = datapath.map_fills()?;
     family(
         &mut out,
-        "pod_net_map_entries",
-        "gauge",
+        ("pod_net_map_entries", "gauge"),
         "Entries in a pod-net map.",
+        maps.iter()
+            .map(|map| (("map", map.name), map.entries as u64)),
     );
-    for map in &maps {
-        let _ = writeln!(
-            out,
-            "pod_net_map_entries{{map=\"{}\"}} {}",
-            map.name, map.entries
-        );
-    }
     family(
         &mut out,
-        "pod_net_map_capacity",
-        "gauge",
+        ("pod_net_map_capacity", "gauge"),
         "Capacity of a pod-net map (max_entries).",
-    );
-    for map in &maps {
-        let _ = writeln!(
-            out,
-            "pod_net_map_capacity{{map=\"{}\"}} {}",
-            map.name, map.capacity
-        );
-    }
-    family(
-        &mut out,
-        "pod_net_events_suppressed_total",
-        "counter",
-        "Monitor events not emitted: over the rate limit or the ring buffer full.",
+        maps.iter()
+            .map(|map| (("map", map.name), u64::from(map.capacity))),
     );
     let _ = writeln!(
         out,
-        "pod_net_events_suppressed_total {}",
+        "# HELP pod_net_events_suppressed_total Monitor events not emitted: over the rate limit \
+         or the ring buffer full.\n# TYPE pod_net_events_suppressed_total counter\n\
+         pod_net_events_suppressed_total {}",
         events_suppressed(pins)?
     );
     Ok(out)
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+/// One metric family: its HELP and TYPE lines, then a sample per label
+/// value. The format allows one HELP per family, so what each reason means
+/// is in `pod-net stats --explain` instead.
+fn family<'a>(
+    out: &mut String,
+    (name, kind): (&str, &str),
+    help: &str,
+    samples: impl Iterator<Item = ((&'a str, &'a str), u64)>,
+) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+    for ((label, value), sample) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {sample}");
+    }
 }
 
 /// Events the rate limit or a full ring held back, over all CPUs.

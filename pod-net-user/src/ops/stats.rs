@@ -52,20 +52,31 @@ impl Totals {
         serde_json::json!({ "counters": counters })
     }
 
+    /// The counters as a table; with `explain`, a last column says what
+    /// each reason means (from `reason.rs`).
     #[must_use]
-    pub fn to_table(&self) -> String {
+    pub fn to_table(&self, explain: bool) -> String {
         let rows: Vec<Vec<String>> = self
             .0
             .iter()
             .map(|(reason, counter)| {
-                vec![
+                let mut row = vec![
                     reason.name().to_owned(),
                     counter.packets.to_string(),
                     counter.bytes.to_string(),
-                ]
+                ];
+                if explain {
+                    row.push(reason.help().trim().to_owned());
+                }
+                row
             })
             .collect();
-        table::render(&["REASON", "PACKETS", "BYTES"], &rows)
+        let headers: &[&str] = if explain {
+            &["REASON", "PACKETS", "BYTES", "MEANING"]
+        } else {
+            &["REASON", "PACKETS", "BYTES"]
+        };
+        table::render(headers, &rows)
     }
 }
 

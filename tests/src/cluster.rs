@@ -9,8 +9,7 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -18,26 +17,13 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     cmd::run_command,
     rig::{Node, Rig, pod_net_binary},
+    wait::wait_for,
 };
 
 /// etcd's address on the rig's switch.
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
 /// The prefix the tests use (flannel's default).
 pub const PREFIX: &str = "/coreos.com/network";
-
-/// Polls `check` every 100 ms until it returns `Some`, for up to `limit`.
-pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return Ok(value);
-        }
-        if start.elapsed() > limit {
-            bail!("gave up after {limit:?} waiting for {what}");
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// An etcd server in a rig's switch namespace.
 pub struct Etcd {

@@ -10,7 +10,9 @@ pub mod flannel;
 pub mod frames;
 pub mod privileges;
 pub mod rig;
+pub mod wait;
 
 pub use rig::{Node, Pod, Rig, RigSpec};
+pub use wait::{wait_for, wait_until};
 #[cfg(feature = "testrun")]
 pub mod testrun;

@@ -18,10 +18,6 @@ fn two_nodes_without_pods() -> Rig {
     .expect("build rig")
 }
 
-fn pod_net(node: &Node, args: &[&str]) -> Output {
-    output_of(&mut node.pod_net_command(args)).unwrap()
-}
-
 /// Asserts a failed run: exit code, and a single stderr line containing
 /// `needle`.
 fn assert_fails(output: &Output, code: i32, needle: &str) {
@@ -35,16 +31,6 @@ fn assert_one_line_error(output: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
     assert!(stderr.starts_with("pod-net: error: "), "{stderr:?}");
-}
-
-fn pod_ips(node: &Node) -> Vec<String> {
-    let text = node.pod_net(&["pod", "list", "--json"]).unwrap();
-    let pods: serde_json::Value = serde_json::from_str(&text).unwrap();
-    pods.as_array()
-        .unwrap()
-        .iter()
-        .map(|pod| pod["ip"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 fn link_pins(node: &Node) -> usize {
@@ -66,10 +52,16 @@ fn commands_on_a_pin_dir_that_was_never_loaded() {
         vec!["pod", "del", "--ip", &ip],
         vec!["stats"],
     ] {
-        assert_one_line_error(&pod_net(node, &args), "pod-net is not loaded at");
+        assert_one_line_error(
+            &node.pod_net_output(&args).unwrap(),
+            "pod-net is not loaded at",
+        );
     }
-    assert_one_line_error(&pod_net(node, &["unload"]), "is not loaded at");
-    let status = pod_net(node, &["status"]);
+    assert_one_line_error(
+        &node.pod_net_output(&["unload"]).unwrap(),
+        "is not loaded at",
+    );
+    let status = node.pod_net_output(&["status"]).unwrap();
     assert_eq!(status.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&status.stdout).contains("not loaded"));
     assert!(
@@ -86,12 +78,16 @@ fn pod_add_with_bad_interfaces_leaves_no_state() {
     node.pod_net(&["load"]).unwrap();
     let ip = rig.pod(1, 1).ip.to_string();
 
-    let missing = pod_net(node, &["pod", "add", "--ip", &ip, "--veth", "nosuch0"]);
+    let missing = node
+        .pod_net_output(&["pod", "add", "--ip", &ip, "--veth", "nosuch0"])
+        .unwrap();
     assert_one_line_error(&missing, "no interface named \"nosuch0\"");
-    let bridge = pod_net(node, &["pod", "add", "--ip", &ip, "--veth", "cni0"]);
+    let bridge = node
+        .pod_net_output(&["pod", "add", "--ip", &ip, "--veth", "cni0"])
+        .unwrap();
     assert_one_line_error(&bridge, "interface \"cni0\" is not a veth");
 
-    assert!(pod_ips(node).is_empty());
+    assert!(node.pod_ips().unwrap().is_empty());
     assert_eq!(link_pins(node), 0);
 }
 
@@ -103,14 +99,12 @@ fn malformed_values_are_named() {
     node.pod_net(&["load"]).unwrap();
     let veth = rig.pod(1, 1).host_veth.as_str();
 
-    let bad_ip = pod_net(
-        node,
-        &["pod", "add", "--ip", "10.244.1.300", "--veth", veth],
-    );
+    let bad_ip = node
+        .pod_net_output(&["pod", "add", "--ip", "10.244.1.300", "--veth", veth])
+        .unwrap();
     assert_fails(&bad_ip, 2, "invalid value '10.244.1.300' for '--ip <IP>'");
-    let bad_mac = pod_net(
-        node,
-        &[
+    let bad_mac = node
+        .pod_net_output(&[
             "pod",
             "add",
             "--ip",
@@ -119,12 +113,11 @@ fn malformed_values_are_named() {
             veth,
             "--mac",
             "02:00:zz:00:00:01",
-        ],
-    );
+        ])
+        .unwrap();
     assert_fails(&bad_mac, 2, "invalid MAC address \"02:00:zz:00:00:01\"");
-    let multicast_mac = pod_net(
-        node,
-        &[
+    let multicast_mac = node
+        .pod_net_output(&[
             "pod",
             "add",
             "--ip",
@@ -133,16 +126,15 @@ fn malformed_values_are_named() {
             veth,
             "--mac",
             "01:00:5e:00:00:01",
-        ],
-    );
+        ])
+        .unwrap();
     assert_one_line_error(
         &multicast_mac,
         "pod MAC 01:00:5e:00:00:01 is not a unicast address",
     );
     let long_id = "x".repeat(65);
-    let long = pod_net(
-        node,
-        &[
+    let long = node
+        .pod_net_output(&[
             "pod",
             "add",
             "--ip",
@@ -151,10 +143,10 @@ fn malformed_values_are_named() {
             veth,
             "--id",
             &long_id,
-        ],
-    );
+        ])
+        .unwrap();
     assert_one_line_error(&long, "is longer than 64 bytes");
-    assert!(pod_ips(node).is_empty());
+    assert!(node.pod_ips().unwrap().is_empty());
     assert_eq!(link_pins(node), 0);
 }
 
@@ -169,15 +161,15 @@ fn a_full_map_refuses_the_next_pod_and_keeps_the_others() {
 
     let full = output_of(&mut node.pod_add_command(b)).unwrap();
     assert_one_line_error(&full, "local_endpoints is full (1 entries)");
-    assert_eq!(pod_ips(node), [a.ip.to_string()]);
+    assert_eq!(node.pod_ips().unwrap(), [a.ip.to_string()]);
     // The attach made for B was rolled back.
     assert!(node.tcx_ingress_programs(&b.host_veth).unwrap().is_empty());
     assert_eq!(node.tcx_ingress_programs(&a.host_veth).unwrap().len(), 1);
     assert_eq!(link_pins(node), 1);
 
-    let resize = pod_net(node, &["load", "--max-pods", "8"]);
+    let resize = node.pod_net_output(&["load", "--max-pods", "8"]).unwrap();
     assert_one_line_error(&resize, "cannot be resized to --max-pods 8 in place");
-    assert_eq!(pod_ips(node), [a.ip.to_string()]);
+    assert_eq!(node.pod_ips().unwrap(), [a.ip.to_string()]);
 }
 
 #[test]
@@ -198,21 +190,10 @@ fn full_remote_maps_refuse_and_keep_the_others() {
     ])
     .unwrap();
     let kernel_routes = || node.ip(&["route", "show", "dev", "pnvxlan1"]).unwrap();
-    let remote_cidrs = || {
-        let text = node.pod_net(&["node", "list", "--json"]).unwrap();
-        let entries: serde_json::Value = serde_json::from_str(&text).unwrap();
-        entries
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|entry| entry["cidr"].as_str().unwrap().to_owned())
-            .collect::<Vec<_>>()
-    };
+    let remote_cidrs = || node.remote_modes().unwrap().into_keys().collect::<Vec<_>>();
     let add = |cidr: &str| {
-        pod_net(
-            node,
-            &["node", "add", "--cidr", cidr, "--node-ip", "192.168.100.2"],
-        )
+        node.pod_net_output(&["node", "add", "--cidr", cidr, "--node-ip", "192.168.100.2"])
+            .unwrap()
     };
     assert!(add("10.244.2.0/24").status.success());
 
@@ -232,7 +213,9 @@ fn full_remote_maps_refuse_and_keep_the_others() {
     )
     .unwrap();
     let routes_before = kernel_routes();
-    let full = pod_net(node, &["apply", "-f", file.to_str().unwrap()]);
+    let full = node
+        .pod_net_output(&["apply", "-f", file.to_str().unwrap()])
+        .unwrap();
     assert_one_line_error(
         &full,
         "remote_nodes is full (2 entries): 1 of the 2 new entries fit, so none were added; \
@@ -265,7 +248,9 @@ fn full_remote_maps_refuse_and_keep_the_others() {
         "{routes}"
     );
 
-    let resize = pod_net(node, &["load", "--max-remote-pods", "8"]);
+    let resize = node
+        .pod_net_output(&["load", "--max-remote-pods", "8"])
+        .unwrap();
     assert_one_line_error(&resize, "cannot be resized to --max-remote-pods 8 in place");
 }
 
@@ -279,21 +264,24 @@ fn conflicting_and_unknown_pods_change_nothing() {
     let before = node.pod_net(&["pod", "list", "--json"]).unwrap();
 
     // A's address claimed from B's veth.
-    let conflict = pod_net(
-        node,
-        &[
+    let conflict = node
+        .pod_net_output(&[
             "pod",
             "add",
             "--ip",
             &a.ip.to_string(),
             "--veth",
             &b.host_veth,
-        ],
-    );
+        ])
+        .unwrap();
     assert_one_line_error(&conflict, "is already registered on ifindex");
-    let unknown = pod_net(node, &["pod", "del", "--ip", "10.244.1.99"]);
+    let unknown = node
+        .pod_net_output(&["pod", "del", "--ip", "10.244.1.99"])
+        .unwrap();
     assert_one_line_error(&unknown, "no pod with IP 10.244.1.99 is registered");
-    let unknown_id = pod_net(node, &["pod", "del", "--id", "nope"]);
+    let unknown_id = node
+        .pod_net_output(&["pod", "del", "--id", "nope"])
+        .unwrap();
     assert_one_line_error(&unknown_id, "no pod with container ID \"nope\"");
 
     assert_eq!(node.pod_net(&["pod", "list", "--json"]).unwrap(), before);
@@ -391,7 +379,10 @@ fn pod_add_refuses_the_nodes_addresses_and_ones_the_pod_lacks() {
     let node = rig.node(1);
     let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
     node.pod_net(&["load"]).unwrap();
-    let add = |ip: &str, veth: &str| pod_net(node, &["pod", "add", "--ip", ip, "--veth", veth]);
+    let add = |ip: &str, veth: &str| {
+        node.pod_net_output(&["pod", "add", "--ip", ip, "--veth", veth])
+            .unwrap()
+    };
 
     let gateway = node.gateway_ip.to_string();
     assert_one_line_error(
@@ -411,12 +402,12 @@ fn pod_add_refuses_the_nodes_addresses_and_ones_the_pod_lacks() {
         &add(&b.ip.to_string(), &a.host_veth),
         &format!("{} is not configured on the pod's interface eth0", b.ip),
     );
-    assert!(pod_ips(node).is_empty());
+    assert!(node.pod_ips().unwrap().is_empty());
     assert_eq!(link_pins(node), 0);
     // Pods still reach their gateway, and the real addresses register.
     a.ping(node.gateway_ip, 1).unwrap();
     node.register(a).unwrap();
-    assert_eq!(pod_ips(node), [a.ip.to_string()]);
+    assert_eq!(node.pod_ips().unwrap(), [a.ip.to_string()]);
 }
 
 /// `--big-tcp on` over an underlay that cannot send 192 KiB GSO packets (a
@@ -432,9 +423,8 @@ fn big_tcp_needs_an_underlay_that_sends_big_packets() {
     node.ip(&["addr", "add", "192.168.50.1/24", "dev", "bru"])
         .unwrap();
     node.ip(&["link", "set", "bru", "up"]).unwrap();
-    let refused = pod_net(
-        node,
-        &[
+    let refused = node
+        .pod_net_output(&[
             "load",
             "--underlay",
             "bru",
@@ -442,8 +432,8 @@ fn big_tcp_needs_an_underlay_that_sends_big_packets() {
             "192.168.50.1",
             "--big-tcp",
             "on",
-        ],
-    );
+        ])
+        .unwrap();
     assert_one_line_error(
         &refused,
         "the underlay bru sends GSO packets of at most 65536 bytes, so BIG TCP pods' packets \
@@ -486,7 +476,7 @@ fn load_refusals_name_the_flag_and_load_nothing() {
     ];
     for (extra, message) in cases {
         let args = [&["load"][..], &extra].concat();
-        let refused = pod_net(node, &args);
+        let refused = node.pod_net_output(&args).unwrap();
         assert_one_line_error(&refused, message);
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert_eq!(stderr.trim_end(), format!("pod-net: error: {message}"));

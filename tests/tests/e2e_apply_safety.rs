@@ -7,18 +7,18 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::unix::process::ExitStatusExt as _,
     path::Path,
     process::{Child, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use pod_net::{cidr::Cidr, crashpoint};
-use pod_net_tests::{Node, Pod, Rig, RigSpec, cmd::output_of, require_root};
+use pod_net_tests::{Node, Pod, Rig, RigSpec, cmd::output_of, require_root, wait_until};
 use serde_json::Value;
 
 const DEVICE: &str = "pnvxlan1";
+/// How long to wait for an agent or monitor to act on its own.
+const WAIT: Duration = Duration::from_secs(30);
 
 fn rig(pods_per_node: u8, ipv6: bool) -> Rig {
     Rig::build(&RigSpec {
@@ -203,45 +203,6 @@ fn listed(remotes: &[Remote]) -> BTreeSet<(Cidr, Ipv4Addr)> {
         .collect()
 }
 
-/// `pod list`'s addresses, sorted.
-fn pod_ips(node: &Node) -> Vec<String> {
-    let text = node.pod_net(&["pod", "list", "--json"]).unwrap();
-    let pods: Value = serde_json::from_str(&text).unwrap();
-    let mut ips: Vec<String> = pods
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|pod| field(pod, "ip").to_owned())
-        .collect();
-    ips.sort();
-    ips
-}
-
-/// `status --json`'s problems as "what" lines, checking that the exit code
-/// agrees and that each hint is gc's.
-fn problems(node: &Node) -> Vec<(String, String)> {
-    let output = output_of(&mut node.pod_net_command(&["status", "--json"])).unwrap();
-    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let problems: Vec<(String, String)> = status["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|problem| {
-            (
-                field(problem, "what").to_owned(),
-                field(problem, "hint").to_owned(),
-            )
-        })
-        .collect();
-    assert_eq!(output.status.success(), problems.is_empty(), "{problems:?}");
-    assert_eq!(
-        output.status.code(),
-        Some(i32::from(!problems.is_empty())),
-        "{problems:?}"
-    );
-    problems
-}
-
 const GC_HINT: &str = "run `pod-net gc` (`--dry-run` shows the plan)";
 
 /// `needs repair: <first> on pnvxlan1: <reason> (and <n - 1> more like it)`.
@@ -255,17 +216,6 @@ fn repair_problem(first: &str, reason: &str, count: usize) -> (String, String) {
         format!("needs repair: {first} on {DEVICE}: {reason}{more}"),
         GC_HINT.to_owned(),
     )
-}
-
-fn run_until_killed(node: &Node, args: &[&str], point: &str) {
-    let output = output_of(node.pod_net_command(args).env("POD_NET_CRASH_AT", point)).unwrap();
-    assert_eq!(
-        output.status.signal(),
-        Some(libc::SIGKILL),
-        "pod-net {args:?} was not killed at {point}: {:?}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[test]
@@ -283,7 +233,8 @@ fn sigkill_mid_apply_of_10k_entries_then_status_gc_and_apply_converge() {
     // Killed after the first batch of kernel requests: every map entry is
     // there, and the neighbours and FDB entries (sent first), but only
     // some of the routes.
-    run_until_killed(node, &["apply", "-f", path], crashpoint::NETLINK_PARTIAL);
+    node.run_until_killed(&["apply", "-f", path], crashpoint::NETLINK_PARTIAL)
+        .unwrap();
     assert_eq!(node_list(node), listed(&remotes));
     let side = kernel_side(node);
     assert_eq!(side.neighbours, want.neighbours);
@@ -305,7 +256,7 @@ fn sigkill_mid_apply_of_10k_entries_then_status_gc_and_apply_converge() {
     sorted.sort_by_key(|remote| remote.cidr);
     let first = format!("+ route {} via {}", sorted[0].cidr, sorted[0].node_ip);
     assert_eq!(
-        problems(node),
+        node.problems().unwrap(),
         [repair_problem(
             &first,
             "its remote entry has no route there, or one going elsewhere",
@@ -323,7 +274,7 @@ fn sigkill_mid_apply_of_10k_entries_then_status_gc_and_apply_converge() {
     assert_eq!(output, lines.join("\n") + "\n");
     assert_eq!(node_list(node), listed(&remotes));
     assert_eq!(kernel_side(node), want);
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
     assert_eq!(
         node.pod_net(&["apply", "-f", path]).unwrap(),
         "0 change(s) applied\n"
@@ -337,7 +288,8 @@ fn sigkill_mid_apply_of_10k_entries_then_status_gc_and_apply_converge() {
         .cloned()
         .collect();
     write_file(&file, &[], &kept);
-    run_until_killed(node, &["apply", "-f", path], crashpoint::NETLINK_PARTIAL);
+    node.run_until_killed(&["apply", "-f", path], crashpoint::NETLINK_PARTIAL)
+        .unwrap();
     assert_eq!(node_list(node), listed(&kept));
     let side = kernel_side(node);
     let kept_side = expected(&kept);
@@ -349,7 +301,7 @@ fn sigkill_mid_apply_of_10k_entries_then_status_gc_and_apply_converge() {
         Ipv4Addr::new(192, 168, 100, 5),
     ];
     assert_eq!(
-        problems(node),
+        node.problems().unwrap(),
         [
             repair_problem(
                 &format!("- route {} via {}", stale[0].0, stale[0].1),
@@ -394,7 +346,7 @@ fn sigkill_mid_apply_of_10k_entries_then_status_gc_and_apply_converge() {
     assert_eq!(kinds.len(), stale.len() + 4);
     assert_eq!(kernel_side(node), kept_side);
     assert_eq!(node_list(node), listed(&kept));
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
     assert_eq!(node.pod_net(&["gc"]).unwrap(), "0 repair(s) made\n");
     assert_eq!(
         node.pod_net(&["apply", "-f", path]).unwrap(),
@@ -428,7 +380,7 @@ fn the_tunnel_device_deleted_by_hand_comes_back_with_its_routes_on_load() {
     node.ip(&["link", "del", DEVICE]).unwrap();
     assert!(!ping());
     assert_eq!(
-        problems(node),
+        node.problems().unwrap(),
         [(
             format!("the tunnel device {DEVICE} is missing"),
             "run `pod-net load --underlay eth0 --node-ip 192.168.100.1` again".to_owned()
@@ -438,7 +390,7 @@ fn the_tunnel_device_deleted_by_hand_comes_back_with_its_routes_on_load() {
     // load, as the hint says: the device is back, and so is its content.
     load(node);
     assert_eq!(kernel_side(node), want);
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
     assert!(ping());
     assert_eq!(node.pod_net(&["gc"]).unwrap(), "0 repair(s) made\n");
 
@@ -458,7 +410,7 @@ fn the_tunnel_device_deleted_by_hand_comes_back_with_its_routes_on_load() {
     ])
     .unwrap();
     assert_eq!(
-        problems(node),
+        node.problems().unwrap(),
         [
             repair_problem(
                 "+ route 10.244.2.0/24 via 192.168.100.2",
@@ -475,7 +427,7 @@ fn the_tunnel_device_deleted_by_hand_comes_back_with_its_routes_on_load() {
     assert!(!ping());
     node.pod_net(&["gc"]).unwrap();
     assert_eq!(kernel_side(node), want);
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
     assert!(ping());
 }
 
@@ -494,7 +446,7 @@ fn an_apply_file_that_fails_validation_changes_nothing() {
     ];
     write_file(&file, &[a, b], &remotes);
     node.pod_net(&["apply", "-f", path]).unwrap();
-    let state = || (pod_ips(node), node_list(node), kernel_side(node));
+    let state = || (node.pod_ips().unwrap(), node_list(node), kernel_side(node));
     let before = state();
     assert_eq!(before.0, [a.ip.to_string(), b.ip.to_string()]);
     assert_eq!(before.1, listed(&remotes));
@@ -528,14 +480,17 @@ fn an_apply_file_that_fails_validation_changes_nothing() {
         "pod-net: error: pods[1] (10.244.1.9): pod MAC 01:00:5e:00:00:01 is not a unicast \
          address\n"
     );
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
 
     // And for remote entries without the tunnel device to route them.
     node.ip(&["link", "del", DEVICE]).unwrap();
     write_file(&file, &[a], &remotes);
     let output = output_of(&mut node.pod_net_command(&["apply", "-f", path])).unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert_eq!((pod_ips(node), node_list(node)), (before.0, before.1));
+    assert_eq!(
+        (node.pod_ips().unwrap(), node_list(node)),
+        (before.0, before.1)
+    );
     assert_eq!(
         String::from_utf8_lossy(&output.stderr),
         "pod-net: error: the tunnel device pnvxlan1 is missing; run `pod-net load` again to \
@@ -589,10 +544,13 @@ fn four_concurrent_applies_all_succeed_and_converge() {
     // One lock from plan to the last change: the first apply makes every
     // change, the others find nothing left to do.
     assert_eq!(counts, [0, 0, 0, remotes.len() + 2]);
-    assert_eq!(pod_ips(node), [a.ip.to_string(), b.ip.to_string()]);
+    assert_eq!(
+        node.pod_ips().unwrap(),
+        [a.ip.to_string(), b.ip.to_string()]
+    );
     assert_eq!(node_list(node), listed(&remotes));
     assert_eq!(kernel_side(node), expected(&remotes));
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
 }
 
 /// Kills the agent (SIGKILL) when dropped.
@@ -606,14 +564,6 @@ impl Drop for Agent {
 }
 
 /// Waits up to 10 s for `check`.
-fn wait_for(what: &str, check: &dyn Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn the_agent_refuses_a_bad_config_before_changing_anything() {
     require_root!();
@@ -642,13 +592,13 @@ fn the_agent_refuses_a_bad_config_before_changing_anything() {
         .spawn()
         .unwrap(),
     );
-    let state = || (pod_ips(node), node_list(node), kernel_side(node));
+    let state = || (node.pod_ips().unwrap(), node_list(node), kernel_side(node));
     let applied = (
         vec![a.ip.to_string(), b.ip.to_string()],
         listed(&remotes),
         expected(&remotes),
     );
-    wait_for("the first config", &|| state() == applied);
+    wait_until("the first config", WAIT, || state() == applied).unwrap();
 
     // Pod b and node 3 would go first, then the own-IP entry fail.
     write_file(
@@ -661,8 +611,8 @@ fn the_agent_refuses_a_bad_config_before_changing_anything() {
     );
     let refusal = "nodes[1] (10.244.9.0/24): 192.168.100.1 is this node's own underlay address";
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for("the refusal", &|| logged().contains("not applied"));
+    wait_until("the refusal", WAIT, || logged().contains("not applied")).unwrap();
     assert_eq!(state(), applied);
     assert!(logged().contains(refusal), "{}", logged());
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
 }

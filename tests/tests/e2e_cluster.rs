@@ -10,10 +10,11 @@ use std::{
 
 use pod_net_tests::{
     Node, Rig, RigSpec,
-    cluster::{Agent, Etcd, PREFIX, TlsFiles, lease_key, remote_nodes, wait_for},
+    cluster::{Agent, Etcd, PREFIX, TlsFiles, lease_key, remote_nodes},
     cni::{self, Attachment, Runtime, result_ipv4},
     require_root,
     rig::sibling_binary,
+    wait_for,
 };
 
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -1029,23 +1030,6 @@ fn a_watch_resumed_past_a_compaction_lists_again_and_converges() {
     );
 }
 
-/// `(cidr, mode)` of every remote entry on `node`.
-fn modes(node: &Node) -> Vec<(String, String)> {
-    let text = node.pod_net(&["node", "list", "--json"]).unwrap();
-    let entries: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
-    let mut modes: Vec<(String, String)> = entries
-        .iter()
-        .map(|entry| {
-            (
-                entry["cidr"].as_str().unwrap().to_owned(),
-                entry["mode"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    modes.sort();
-    modes
-}
-
 /// flannel's `Backend.DirectRouting`: peers on the underlay's subnet are
 /// routed to directly (pods reach each other with `direct_out` and
 /// `direct_in`, no VXLAN), a peer elsewhere over VXLAN.
@@ -1070,14 +1054,13 @@ fn direct_routing_reaches_peers_on_the_segment_directly_and_others_over_vxlan() 
         .iter()
         .map(|agent| agent.wait_subnet(SOON).unwrap())
         .collect();
-    let mut wanted = vec![
+    let wanted = BTreeMap::from([
         ("10.244.77.0/24".to_owned(), "vxlan".to_owned()),
         (subnets[1].clone(), "direct".to_owned()),
-    ];
-    wanted.sort();
-    let mut last = Vec::new();
+    ]);
+    let mut last = BTreeMap::new();
     let programmed = wait_for("node 1's direct and VXLAN peers", SOON, || {
-        last = modes(node_1);
+        last = node_1.remote_modes().unwrap();
         (last == wanted).then_some(())
     });
     assert!(programmed.is_ok(), "node 1 has {last:?}, wanted {wanted:?}");

@@ -7,7 +7,7 @@
 //! process SIGKILL itself there (see `pod_net::crashpoint`).
 use std::{
     os::unix::process::ExitStatusExt as _,
-    process::{Child, Output, Stdio},
+    process::{Child, Stdio},
     thread,
     time::Duration,
 };
@@ -15,7 +15,6 @@ use std::{
 use pod_net::crashpoint;
 use pod_net_tests::{
     Node, Pod, Rig, RigSpec,
-    cmd::output_of,
     cni::{self, Attachment, Runtime, bridge_conflist, result_ipv4},
     require_root,
 };
@@ -32,45 +31,9 @@ fn rig(pods_per_node: u8) -> Rig {
     .unwrap()
 }
 
-/// Runs `pod-net args..` on `node` with a crash point set, and checks that
-/// it died by SIGKILL there.
-fn run_until_killed(node: &Node, args: &[&str], point: &str) {
-    let output = output_of(node.pod_net_command(args).env(CRASH_AT, point)).unwrap();
-    assert_killed(&output, &format!("pod-net {args:?} at {point}"));
-}
-
-fn assert_killed(output: &Output, what: &str) {
-    assert_eq!(
-        output.status.signal(),
-        Some(libc::SIGKILL),
-        "{what} was not killed: {:?}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// `status --json`'s problems, checking that the exit code agrees.
-fn problems(node: &Node) -> Vec<(String, String)> {
-    let output = output_of(&mut node.pod_net_command(&["status", "--json"])).unwrap();
-    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let problems: Vec<(String, String)> = status["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|problem| {
-            (
-                problem["what"].as_str().unwrap().to_owned(),
-                problem["hint"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    assert_eq!(output.status.success(), problems.is_empty(), "{problems:?}");
-    problems
-}
-
 /// The one problem status reports, which must be a repair gc makes.
 fn the_repair_status_reports(node: &Node) -> String {
-    let problems = problems(node);
+    let problems = node.problems().unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
     let (what, hint) = &problems[0];
     assert!(hint.contains("pod-net gc"), "{hint}");
@@ -168,7 +131,7 @@ fn sigkill_mid_cni_add_keeps_the_others_forwarding_and_del_repairs() {
         "{repair}"
     );
     runtime.del(&c).unwrap();
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
 
     // The retried pod gets the fast path like any other.
     let c = attachment("c2");
@@ -176,7 +139,7 @@ fn sigkill_mid_cni_add_keeps_the_others_forwarding_and_del_repairs() {
     let before = redirects(node);
     ping(&c, a_ip).unwrap();
     assert!(redirects(node) - before >= 10);
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
 }
 
 #[test]
@@ -203,7 +166,8 @@ fn sigkill_mid_apply_then_apply_again_completes() {
     node.register(pods[1]).unwrap();
 
     // Killed inside the first add: attached to pod 3's veth, no entry yet.
-    run_until_killed(node, &["apply", "-f", file], crashpoint::POD_ADD_ATTACHED);
+    node.run_until_killed(&["apply", "-f", file], crashpoint::POD_ADD_ATTACHED)
+        .unwrap();
     assert_fast_path(node, pods[0], pods[1], 5);
     let repair = the_repair_status_reports(node);
     assert!(
@@ -213,8 +177,9 @@ fn sigkill_mid_apply_then_apply_again_completes() {
     assert_eq!(registered_ips(node).len(), 2);
 
     // Killed between two changes: pod 3 is whole, pod 4 not started.
-    run_until_killed(node, &["apply", "-f", file], crashpoint::APPLY_CHANGED);
-    assert_eq!(problems(node), []);
+    node.run_until_killed(&["apply", "-f", file], crashpoint::APPLY_CHANGED)
+        .unwrap();
+    assert_eq!(node.problems().unwrap(), []);
     assert_eq!(registered_ips(node).len(), 3);
 
     // The next apply does exactly what is left.
@@ -226,7 +191,7 @@ fn sigkill_mid_apply_then_apply_again_completes() {
             pods[3].ip, pods[3].host_veth
         )
     );
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
     assert_fast_path(node, pods[2], pods[3], 5);
     assert_fast_path(node, pods[0], pods[3], 5);
 }
@@ -265,22 +230,22 @@ fn gc_repairs_every_half_done_state_attached_with(mode: &str) {
     node.load_and_register().unwrap();
     node.pod_net(&["load", "--attach", mode]).unwrap();
     let (p1, p2, p3, p4) = (rig.pod(1, 1), rig.pod(1, 2), rig.pod(1, 3), rig.pod(1, 4));
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
     assert_eq!(gc(node, false), []);
 
     // A del killed between removing the entry and detaching.
     let p2_index = ifindex(node, &p2.host_veth);
-    run_until_killed(
-        node,
+    node.run_until_killed(
         &["pod", "del", "--ip", &p2.ip.to_string()],
         crashpoint::POD_DEL_REMOVED,
-    );
+    )
+    .unwrap();
     assert!(the_repair_status_reports(node).starts_with("detach pod_egress from veth-p2"));
     let orphan = vec![("detach_orphan".to_owned(), p2_index)];
     assert_eq!(gc(node, true), orphan, "dry run");
     assert_eq!(gc(node, true), orphan, "a dry run changes nothing");
     assert_eq!(gc(node, false), orphan);
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
     assert!(detached(node, &p2.host_veth));
 
     // An attachment lost behind pod-net's back (its pin removed, or the
@@ -329,7 +294,7 @@ fn gc_repairs_every_half_done_state_attached_with(mode: &str) {
     }
     assert_eq!(stale, expected);
     assert_eq!(gc(node, false), stale);
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
     assert!(!registered_ips(node).contains(&p3.ip.to_string()));
 
     // p4's veth is recreated and the kernel hands it the same ifindex: the
@@ -342,7 +307,7 @@ fn gc_repairs_every_half_done_state_attached_with(mode: &str) {
     assert!(detached(node, &p4.host_veth));
     assert!(the_repair_status_reports(node).starts_with("re-attach pod_egress to veth-p4"));
     node.register(p4).unwrap();
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
     assert!(attached_as(node, &p4.host_veth, mode));
     assert_fast_path(node, p4, p1, 5);
 }
@@ -359,13 +324,14 @@ fn sigkill_mid_load_keeps_forwarding() {
     thread::sleep(Duration::from_millis(200));
     // Killed after the links switched to the new programs, before the new
     // programs are pinned: links and pins disagree until the next load.
-    run_until_killed(node, &["load"], crashpoint::LOAD_REPLACED);
-    assert_eq!(problems(node), []);
+    node.run_until_killed(&["load"], crashpoint::LOAD_REPLACED)
+        .unwrap();
+    assert_eq!(node.problems().unwrap(), []);
     let output = node.pod_net(&["load"]).unwrap();
     assert!(output.contains("in place"), "{output}");
     let (sent, received, text) = flood.finish().unwrap();
     assert_eq!((sent, received), (1500, 1500), "{text}");
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
     assert_fast_path(node, a, b, 5);
 }
 
@@ -407,7 +373,7 @@ fn the_agent_repairs_on_its_own_and_a_sigkill_leaves_traffic_flowing() {
         !registered_ips(node).contains(&p3.ip.to_string())
     });
     assert!(gone, "the agent did not remove {} within 5 s", p3.ip);
-    assert_eq!(problems(node), []);
+    assert_eq!(node.problems().unwrap(), []);
 
     agent.0.kill().unwrap();
     let status = agent.0.wait().unwrap();

@@ -14,21 +14,6 @@ fn rig(nodes: u8, pods_per_node: u8, pod_mtu: Option<u32>) -> Rig {
     .expect("build rig")
 }
 
-/// Sends `bytes` of TCP from `client` to `server` with iperf3 and checks
-/// it all went out.
-fn tcp(client: &Pod, server: &Pod, bytes: &str) {
-    let _server = server.iperf3_server(&[]).unwrap();
-    let report = client.iperf3_client(server.ip, &["-n", bytes]).unwrap();
-    // A clean end of a TCP transfer of that size is the proof; iperf3's
-    // received-bytes summary can lag the last bytes under load.
-    let sent = report["end"]["sum_sent"]["bytes"].as_u64().unwrap();
-    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
-    assert!(
-        sent > 0 && received > 0,
-        "{client:?} -> {server:?}: {sent}/{received}"
-    );
-}
-
 #[test]
 fn three_nodes_every_pod_pair_pings_and_carries_tcp() {
     require_root!();
@@ -48,7 +33,7 @@ fn three_nodes_every_pod_pair_pings_and_carries_tcp() {
         }
     }
     for (from, to) in [(1, 2), (2, 3), (3, 1), (2, 1)] {
-        tcp(rig.pod(from, 1), rig.pod(to, 2), "8M");
+        rig.pod(from, 1).tcp_transfer(rig.pod(to, 2), "8M").unwrap();
     }
 
     for (node, before) in rig.nodes().iter().zip(&before) {
@@ -190,8 +175,8 @@ fn interop_with_the_kernel_vxlan_device() {
     let before = pod_net_node.counters().unwrap();
     a.ping(b.ip, 3).unwrap();
     b.ping(a.ip, 3).unwrap();
-    tcp(a, b, "8M");
-    tcp(b, a, "8M");
+    a.tcp_transfer(b, "8M").unwrap();
+    b.tcp_transfer(a, "8M").unwrap();
     assert!(pod_net_node.counted_since(&before, "encap").unwrap() >= 6);
     assert!(pod_net_node.counted_since(&before, "decap").unwrap() >= 6);
 
@@ -261,7 +246,7 @@ fn a_pod_mtu_without_room_for_vxlan_gets_frag_needed_not_silence() {
     // What fits the tunnel goes through.
     assert!(a.df_ping(b.ip, 1422).unwrap().status.success());
     // TCP learns the path MTU and carries on.
-    tcp(a, b, "8M");
+    a.tcp_transfer(b, "8M").unwrap();
 
     // pod add says so, exactly once, and still registers the pod.
     let node = rig.node(1);
@@ -306,8 +291,8 @@ fn tcp_fits_when_the_pod_mtu_leaves_room_for_vxlan() {
     rig.pod_net_mesh().unwrap();
     let (a, b) = (rig.pod(1, 1), rig.pod(2, 1));
     let before = rig.node(1).counters().unwrap();
-    tcp(a, b, "32M");
-    tcp(b, a, "32M");
+    a.tcp_transfer(b, "32M").unwrap();
+    b.tcp_transfer(a, "32M").unwrap();
     let node_1 = rig.node(1);
     assert!(node_1.counted_since(&before, "encap").unwrap() > 100);
     assert!(node_1.counted_since(&before, "decap").unwrap() > 100);
@@ -382,7 +367,7 @@ fn the_xdp_receive_path_delivers_and_can_be_turned_off() {
     assert_eq!(node_2.counted_since(&before, "decap").unwrap(), 10);
     assert_eq!(xdp_xmit(node_2, &b.host_veth) - xdp_before, 10);
     // TCP from a veth carries offloaded (partial) checksums: TC delivers it.
-    tcp(a, b, "8M");
+    a.tcp_transfer(b, "8M").unwrap();
 
     node_2.pod_net(&["load", "--no-xdp"]).unwrap();
     let status = node_2.pod_net(&["status", "--json"]).unwrap();
@@ -450,7 +435,7 @@ fn big_tcp_pods_carry_tcp_across_nodes_over_vxlan_and_direct() {
         };
         let before = n1.counters().unwrap();
         let sent_before = n1.counted(out).unwrap();
-        tcp(a, b, "256M");
+        a.tcp_transfer(b, "256M").unwrap();
         let sent = n1.counted(out).unwrap();
         let (packets, bytes) = (sent.0 - sent_before.0, sent.1 - sent_before.1);
         if direct {
@@ -464,7 +449,7 @@ fn big_tcp_pods_carry_tcp_across_nodes_over_vxlan_and_direct() {
         } else {
             assert!(n1.counted_since(&before, "pass_big_gso").unwrap() > 10);
         }
-        tcp(b, a, "64M");
+        b.tcp_transfer(a, "64M").unwrap();
         assert!(
             n1.counted_since(&before, out).unwrap() > 100,
             "{out} (direct {direct})"

@@ -6,7 +6,6 @@
 //! node in the same cluster, and flannel host-gw nodes (kernel routes only)
 //! as the baseline and interop peer.
 use std::{
-    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
     thread::sleep,
     time::Duration,
@@ -20,7 +19,6 @@ use pod_net_tests::{
     require_root,
     rig::sibling_binary,
 };
-use serde_json::Value;
 
 /// Pods at MTU 1500 on a 1500 underlay: direct routing adds no header.
 fn rig(nodes: u8, ipv6: bool) -> Rig {
@@ -36,21 +34,6 @@ fn rig(nodes: u8, ipv6: bool) -> Rig {
 
 fn ip6(pod: &Pod) -> IpAddr {
     IpAddr::V6(pod.ip6.expect("a dual-stack pod"))
-}
-
-/// Sends `bytes` of TCP from `client` to `server` with iperf3 and checks
-/// it all went out and some came in.
-fn tcp(client: &Pod, server: &Pod, bytes: &str) {
-    let _server = server.iperf3_server(&[]).unwrap();
-    let report = client.iperf3_client(server.ip, &["-n", bytes]).unwrap();
-    let sent = report["end"]["sum_sent"]["bytes"].as_u64().unwrap();
-    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
-    assert!(
-        sent > 0 && received > 0,
-        "{} -> {}: {sent}/{received}",
-        client.ip,
-        server.ip
-    );
 }
 
 /// A ping with don't-fragment and `size` bytes of payload, which must be
@@ -89,26 +72,6 @@ fn tx(node: &Node, ifname: &str) -> u64 {
     node.link_packets(ifname).unwrap().tx
 }
 
-/// `node list --json` as cidr -> mode.
-fn modes(node: &Node) -> BTreeMap<String, String> {
-    let text = node.pod_net(&["node", "list", "--json"]).unwrap();
-    let entries: Value = serde_json::from_str(&text).unwrap();
-    entries
-        .as_array()
-        .unwrap_or_else(|| panic!("node list --json is not an array: {text}"))
-        .iter()
-        .map(|entry| {
-            (
-                entry["cidr"].as_str().unwrap().to_owned(),
-                entry["mode"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("no mode in {entry}"))
-                    .to_owned(),
-            )
-        })
-        .collect()
-}
-
 /// pod-net's kernel routes on the underlay (`proto 112`).
 fn direct_routes(node: &Node, family: &str) -> String {
     node.ip(&[family, "route", "show", "proto", "112", "dev", "eth0"])
@@ -143,7 +106,7 @@ fn direct_nodes_carry_pod_traffic_unencapsulated_beside_a_vxlan_node() {
     assert!(!routes.contains("10.244.3.0/24"), "{routes}");
 
     // node list --json says which is which (the MODE column: below).
-    let modes = modes(n1);
+    let modes = n1.remote_modes().unwrap();
     assert_eq!(modes["10.244.2.0/24"], "direct", "{modes:?}");
     assert_eq!(modes["10.244.3.0/24"], "vxlan", "{modes:?}");
 
@@ -193,8 +156,8 @@ fn direct_nodes_carry_pod_traffic_unencapsulated_beside_a_vxlan_node() {
     df_ping(a, b.ip, 1472);
     df_ping(b, a.ip, 1472);
 
-    tcp(a, b, "16M");
-    tcp(b, a, "16M");
+    a.tcp_transfer(b, "16M").unwrap();
+    b.tcp_transfer(a, "16M").unwrap();
     for (node, before) in [(n1, &before_1), (n2, &before_2)] {
         let index = node.index;
         assert!(
@@ -435,7 +398,7 @@ fn node_list_shows_the_mode_and_direct_needs_a_node_on_the_underlay_subnet() {
     };
     assert_eq!(mode("10.244.2.0/24"), "direct", "{list}");
     assert_eq!(mode("10.244.3.0/24"), "vxlan", "{list}");
-    let modes = modes(n1);
+    let modes = n1.remote_modes().unwrap();
     assert_eq!(modes["10.244.2.0/24"], "direct");
     assert_eq!(modes["10.244.3.0/24"], "vxlan");
 
@@ -487,8 +450,8 @@ fn a_direct_pod_net_node_and_a_host_gw_node_reach_each_others_pods() {
     b.ping(a.ip, 3).unwrap();
     df_ping(a, b.ip, 1472);
     df_ping(b, a.ip, 1472);
-    tcp(a, b, "8M");
-    tcp(b, a, "8M");
+    a.tcp_transfer(b, "8M").unwrap();
+    b.tcp_transfer(a, "8M").unwrap();
     // The host-gw node's kernel forwards from its own MAC: direct_in.
     assert!(pod_net_node.counted_since(&before, "direct_out").unwrap() >= 8);
     assert!(pod_net_node.counted_since(&before, "direct_in").unwrap() >= 8);
@@ -602,7 +565,7 @@ fn host_gw_nodes_reach_each_others_pods_with_kernel_routes_only() {
     // No tunnel: a full-size packet crosses with don't-fragment, and TCP.
     let (a, b) = (rig.pod(1, 1), rig.pod(2, 1));
     df_ping(a, b.ip, 1472);
-    tcp(a, b, "8M");
+    a.tcp_transfer(b, "8M").unwrap();
     // Plain IP on the wire, TTL 63 after the sending node's hop, no VXLAN.
     let file = rig.scratch_dir().unwrap().join("host-gw.pcap");
     let capture = Capture::start(

@@ -4,7 +4,7 @@
 //! VTEP MAC per node, and reads IPv4-mapped prefixes as IPv4.
 use std::process::Output;
 
-use pod_net_tests::{Node, Rig, RigSpec, cmd::output_of, require_root};
+use pod_net_tests::{Node, Rig, RigSpec, require_root};
 
 /// Two nodes with one pod each; node 1 loaded with its underlay.
 fn rig() -> Rig {
@@ -18,12 +18,9 @@ fn rig() -> Rig {
     rig
 }
 
-fn pod_net(node: &Node, args: &[&str]) -> Output {
-    output_of(&mut node.pod_net_command(args)).unwrap()
-}
-
 fn node_add(node: &Node, cidr: &str, node_ip: &str) -> Output {
-    pod_net(node, &["node", "add", "--cidr", cidr, "--node-ip", node_ip])
+    node.pod_net_output(&["node", "add", "--cidr", cidr, "--node-ip", node_ip])
+        .unwrap()
 }
 
 /// Asserts a run that failed with exactly `pod-net: error: <message>`.
@@ -129,7 +126,9 @@ fn node_add_refuses_this_nodes_own_prefixes_and_routes() {
 
     // Nor does `node del` reach them.
     for cidr in ["10.244.1.0/24", "192.168.100.0/24", "0.0.0.0/0"] {
-        let del = pod_net(node, &["node", "del", "--cidr", cidr]);
+        let del = node
+            .pod_net_output(&["node", "del", "--cidr", cidr])
+            .unwrap();
         assert_refused(&del, &format!("no remote node entry for {cidr}"));
     }
     assert_eq!(kernel(node), before);
@@ -142,7 +141,9 @@ fn node_add_refuses_this_nodes_own_prefixes_and_routes() {
          [[nodes]]\ncidr = \"10.244.1.0/24\"\nnode_ip = \"192.168.100.1\"\n",
     )
     .unwrap();
-    let apply = pod_net(node, &["apply", "-f", file.to_str().unwrap()]);
+    let apply = node
+        .pod_net_output(&["apply", "-f", file.to_str().unwrap()])
+        .unwrap();
     assert_refused(
         &apply,
         "nodes[1] (10.244.1.0/24): 192.168.100.1 is this node's own underlay address",
@@ -157,7 +158,9 @@ fn node_add_refuses_this_nodes_own_prefixes_and_routes() {
          [[nodes]]\ncidr = \"10.244.1.0/24\"\nnode_ip = \"192.168.100.2\"\n",
     )
     .unwrap();
-    let apply = pod_net(node, &["apply", "-f", file.to_str().unwrap()]);
+    let apply = node
+        .pod_net_output(&["apply", "-f", file.to_str().unwrap()])
+        .unwrap();
     assert_refused(
         &apply,
         "10.244.1.0/24 contains 10.244.1.1, an address of this node (on cni0)",
@@ -223,7 +226,9 @@ fn routes_that_are_not_pod_nets_are_never_replaced_or_deleted() {
         "10.244.2.0/24 overlaps this node's route 10.244.2.0/24 dev pnvxlan1 (proto boot), \
          which is not pod-net's",
     );
-    let del = pod_net(node, &["node", "del", "--cidr", "10.244.2.0/24"]);
+    let del = node
+        .pod_net_output(&["node", "del", "--cidr", "10.244.2.0/24"])
+        .unwrap();
     assert_added(&del);
     assert_eq!(node.ip(&["route", "show", "10.244.2.0/24"]).unwrap(), taken);
     assert_eq!(remote_entries(node), serde_json::json!([]));
@@ -306,7 +311,9 @@ fn a_failed_node_add_takes_its_neighbour_and_fdb_entries_back() {
          [[nodes]]\ncidr = \"fd00:10:244:3::/64\"\nnode_ip = \"192.168.100.3\"\n",
     )
     .unwrap();
-    let apply = pod_net(node, &["apply", "-f", file.to_str().unwrap()]);
+    let apply = node
+        .pod_net_output(&["apply", "-f", file.to_str().unwrap()])
+        .unwrap();
     assert_refused(
         &apply,
         "adding 2 remote entries: nothing was added: adding neighbour fe80::c0a8:6403 on \
@@ -329,9 +336,8 @@ fn one_node_ip_has_one_vtep_mac() {
         "192.168.100.2 lladdr 0e:6e:c0:a8:64:02 PERMANENT \n"
     );
 
-    let other_mac = pod_net(
-        node,
-        &[
+    let other_mac = node
+        .pod_net_output(&[
             "node",
             "add",
             "--cidr",
@@ -340,17 +346,16 @@ fn one_node_ip_has_one_vtep_mac() {
             peer,
             "--vtep-mac",
             "02:fa:00:00:00:02",
-        ],
-    );
+        ])
+        .unwrap();
     assert_refused(
         &other_mac,
         "node 192.168.100.2 already has VTEP MAC 0e:6e:c0:a8:64:02 (for 10.244.2.0/24); one \
          node has one VTEP MAC, so 10.244.2.9/32 cannot use 02:fa:00:00:00:02",
     );
     // The MAC pod-net derives for 192.168.100.2, claimed for another node.
-    let taken_mac = pod_net(
-        node,
-        &[
+    let taken_mac = node
+        .pod_net_output(&[
             "node",
             "add",
             "--cidr",
@@ -359,8 +364,8 @@ fn one_node_ip_has_one_vtep_mac() {
             "192.168.100.3",
             "--vtep-mac",
             "0e:6e:c0:a8:64:02",
-        ],
-    );
+        ])
+        .unwrap();
     assert_refused(
         &taken_mac,
         "VTEP MAC 0e:6e:c0:a8:64:02 is already node 192.168.100.2's (for 10.244.2.0/24); \
@@ -370,9 +375,8 @@ fn one_node_ip_has_one_vtep_mac() {
 
     // The same MAC, given, is no conflict; deleting one of the node's two
     // prefixes keeps its entries, deleting the last takes them.
-    let same_mac = pod_net(
-        node,
-        &[
+    let same_mac = node
+        .pod_net_output(&[
             "node",
             "add",
             "--cidr",
@@ -381,8 +385,8 @@ fn one_node_ip_has_one_vtep_mac() {
             peer,
             "--vtep-mac",
             "0e:6e:c0:a8:64:02",
-        ],
-    );
+        ])
+        .unwrap();
     assert_added(&same_mac);
     node.pod_net(&["node", "del", "--cidr", "10.244.2.9/32"])
         .unwrap();
@@ -620,9 +624,8 @@ fn direct_nodes_are_routed_out_of_the_underlay() {
             "added fd00:10:244:2::/64 via node 192.168.100.2 (direct)\n",
         ),
     ] {
-        let output = pod_net(
-            node,
-            &[
+        let output = node
+            .pod_net_output(&[
                 "node",
                 "add",
                 "--cidr",
@@ -630,8 +633,8 @@ fn direct_nodes_are_routed_out_of_the_underlay() {
                 "--node-ip",
                 "192.168.100.2",
                 "--direct",
-            ],
-        );
+            ])
+            .unwrap();
         assert_added(&output);
         assert_eq!(String::from_utf8_lossy(&output.stdout), said);
     }
@@ -664,9 +667,8 @@ fn direct_nodes_are_routed_out_of_the_underlay() {
     );
 
     // Again is no change; del takes the route back.
-    let again = pod_net(
-        node,
-        &[
+    let again = node
+        .pod_net_output(&[
             "node",
             "add",
             "--cidr",
@@ -674,8 +676,8 @@ fn direct_nodes_are_routed_out_of_the_underlay() {
             "--node-ip",
             "192.168.100.2",
             "--direct",
-        ],
-    );
+        ])
+        .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&again.stdout),
         "10.244.2.0/24 via node 192.168.100.2 (direct) is already there\n"
@@ -709,9 +711,8 @@ fn direct_nodes_off_the_segment_or_in_two_modes_are_refused() {
     let node = rig.node(1);
     let before = kernel(node);
     assert_refused(
-        &pod_net(
-            node,
-            &[
+        &node
+            .pod_net_output(&[
                 "node",
                 "add",
                 "--cidr",
@@ -719,15 +720,14 @@ fn direct_nodes_off_the_segment_or_in_two_modes_are_refused() {
                 "--node-ip",
                 "192.168.77.7",
                 "--direct",
-            ],
-        ),
+            ])
+            .unwrap(),
         "node 192.168.77.7 is not on a subnet of the underlay eth0 (192.168.100.0/24): direct \
          routing needs a node on the same L2 segment, as a gateway would drop pod addresses; \
          reach it over VXLAN instead",
     );
-    let both = pod_net(
-        node,
-        &[
+    let both = node
+        .pod_net_output(&[
             "node",
             "add",
             "--cidr",
@@ -737,14 +737,13 @@ fn direct_nodes_off_the_segment_or_in_two_modes_are_refused() {
             "--direct",
             "--vtep-mac",
             "0e:6e:c0:a8:64:02",
-        ],
-    );
+        ])
+        .unwrap();
     assert_eq!(both.status.code(), Some(2), "clap refuses the pair");
     // This rig's underlay has IPv6 off.
     assert_refused(
-        &pod_net(
-            node,
-            &[
+        &node
+            .pod_net_output(&[
                 "node",
                 "add",
                 "--cidr",
@@ -752,8 +751,8 @@ fn direct_nodes_off_the_segment_or_in_two_modes_are_refused() {
                 "--node-ip",
                 "192.168.100.2",
                 "--direct",
-            ],
-        ),
+            ])
+            .unwrap(),
         "fd00:10:244:2::/64 cannot be routed directly: IPv6 is off on the underlay eth0 \
          (net.ipv6.conf.eth0.disable_ipv6)",
     );
@@ -763,9 +762,8 @@ fn direct_nodes_off_the_segment_or_in_two_modes_are_refused() {
     assert_added(&node_add(node, "10.244.2.0/24", "192.168.100.2"));
     let before = kernel(node);
     assert_refused(
-        &pod_net(
-            node,
-            &[
+        &node
+            .pod_net_output(&[
                 "node",
                 "add",
                 "--cidr",
@@ -773,8 +771,8 @@ fn direct_nodes_off_the_segment_or_in_two_modes_are_refused() {
                 "--node-ip",
                 "192.168.100.2",
                 "--direct",
-            ],
-        ),
+            ])
+            .unwrap(),
         "node 192.168.100.2 is already reached by vxlan (for 10.244.2.0/24); one node has one \
          mode, so 10.244.3.0/24 cannot go to it by direct",
     );
@@ -807,7 +805,7 @@ fn direct_routes_lost_with_the_underlay_are_reported_and_repaired() {
     node.ip(&["link", "set", "eth0", "down"]).unwrap();
     node.ip(&["link", "set", "eth0", "up"]).unwrap();
     assert_eq!(marked(), "", "the kernel flushed the route with the link");
-    let status = pod_net(node, &["status"]);
+    let status = node.pod_net_output(&["status"]).unwrap();
     assert_eq!(status.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&status.stdout).contains(
@@ -846,11 +844,14 @@ fn direct_routes_lost_with_the_underlay_are_reported_and_repaired() {
     );
     node.pod_net(&["gc"]).unwrap();
     assert_eq!(marked(), routed);
-    assert_eq!(pod_net(node, &["status"]).status.code(), Some(0));
+    assert_eq!(
+        node.pod_net_output(&["status"]).unwrap().status.code(),
+        Some(0)
+    );
 
     // Without forwarding on the underlay, direct traffic cannot come in.
     node.sysctl("net.ipv4.conf.eth0.forwarding", "0").unwrap();
-    let status = pod_net(node, &["status"]);
+    let status = node.pod_net_output(&["status"]).unwrap();
     assert_eq!(status.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&status.stdout).contains(

@@ -1,9 +1,6 @@
 //! What an operator sees: stats in three formats, monitor events, the
 //! agent, declarative apply, status as a health probe, and bpftool.
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use pod_net_tests::{
     Node, Rig, RigSpec,
@@ -11,6 +8,7 @@ use pod_net_tests::{
     frames::{self, IPPROTO_ICMP, Ipv4},
     require_root,
     rig::sibling_binary,
+    wait_until,
 };
 use serde_json::Value;
 
@@ -156,11 +154,10 @@ fn monitor_reports_a_malformed_frame_only_while_enabled() {
             .unwrap(),
     ));
     // Wait for the monitor to switch events on.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while config_flags(node) == 0 {
-        assert!(Instant::now() < deadline, "monitor never enabled events");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the monitor to enable events", WAIT, || {
+        config_flags(node) != 0
+    })
+    .unwrap();
     a.inject(&bad_frame(22)).unwrap();
     let output = monitor.wait_with_output();
     assert!(output.status.success());
@@ -408,20 +405,13 @@ fn the_agent_serves_metrics_follows_its_config_and_leaves_traffic_on_sigterm() {
         .spawn()
         .unwrap(),
     ));
-    let wait_for = |what: &str, check: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !check() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     let registered = |ip: &str| {
         node.pod_net(&["pod", "list", "--json"])
             .unwrap()
             .contains(ip)
     };
-    wait_for("the initial config", &|| registered(&a.ip.to_string()));
-    wait_for("/metrics", &|| {
+    wait_until("the initial config", WAIT, || registered(&a.ip.to_string())).unwrap();
+    wait_until("/metrics", WAIT, || {
         let binary = sibling_binary("pod-net-probe");
         output_of(&mut node.command(&[
             binary.to_str().unwrap(),
@@ -430,7 +420,8 @@ fn the_agent_serves_metrics_follows_its_config_and_leaves_traffic_on_sigterm() {
             "/metrics",
         ]))
         .is_ok_and(|output| output.status.success())
-    });
+    })
+    .unwrap();
     let scrape = parse_prometheus(&probe(node, &["get", "127.0.0.1:9565", "/metrics"]));
     assert_eq!(
         sample(&scrape, "pod_net_map_entries", ("map", "local_endpoints")),
@@ -439,7 +430,7 @@ fn the_agent_serves_metrics_follows_its_config_and_leaves_traffic_on_sigterm() {
 
     // A change to the file is applied within a bounded wait.
     std::fs::write(&file, pod(a) + &pod(b)).unwrap();
-    wait_for("the changed config", &|| registered(&b.ip.to_string()));
+    wait_until("the changed config", WAIT, || registered(&b.ip.to_string())).unwrap();
 
     // SIGTERM: the agent exits cleanly and the datapath keeps forwarding.
     // SAFETY: signalling our own child.
@@ -460,6 +451,8 @@ fn the_agent_serves_metrics_follows_its_config_and_leaves_traffic_on_sigterm() {
 
 /// Where the agent tests serve /metrics, inside the node's namespace.
 const METRICS: &str = "127.0.0.1:9565";
+/// How long to wait for an agent or monitor to act on its own.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// Runs `work` on a thread inside `node`'s network namespace; sockets it
 /// opens stay in that namespace.
@@ -540,9 +533,10 @@ impl Agent {
             child: KillOnDrop(Some(child)),
             log,
         };
-        wait_for("/metrics", &|| {
+        wait_until("/metrics", WAIT, || {
             get_metrics(node).is_ok_and(|response| response.starts_with("HTTP/1.1 200 OK\r\n"))
-        });
+        })
+        .unwrap();
         agent
     }
 
@@ -558,14 +552,6 @@ impl Agent {
         let status = child.wait().unwrap();
         assert!(status.success(), "agent exited with {status}");
         self.log()
-    }
-}
-
-fn wait_for(what: &str, check: &dyn Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -595,7 +581,7 @@ fn the_agent_outlasts_more_idle_connections_than_it_has_descriptors() {
     let config = rig.scratch_dir().unwrap().join("agent.toml");
     std::fs::write(&config, pod_entry(a)).unwrap();
     let agent = Agent::start(&rig, node, Some(&config), Some(128));
-    wait_for("the initial config", &|| is_registered(node, a));
+    wait_until("the initial config", WAIT, || is_registered(node, a)).unwrap();
 
     let idle: Vec<std::net::TcpStream> = in_node(node, || {
         (0..200)
@@ -611,7 +597,10 @@ fn the_agent_outlasts_more_idle_connections_than_it_has_descriptors() {
         1
     );
     std::fs::write(&config, pod_entry(a) + &pod_entry(b)).unwrap();
-    wait_for("the config changed under load", &|| is_registered(node, b));
+    wait_until("the config changed under load", WAIT, || {
+        is_registered(node, b)
+    })
+    .unwrap();
     drop(idle);
     assert!(
         get_metrics(node)
@@ -639,7 +628,7 @@ fn the_agent_recovers_when_descriptors_run_out() {
     let config = rig.scratch_dir().unwrap().join("agent.toml");
     std::fs::write(&config, pod_entry(a)).unwrap();
     let agent = Agent::start(&rig, node, Some(&config), None);
-    wait_for("the initial config", &|| is_registered(node, a));
+    wait_until("the initial config", WAIT, || is_registered(node, a)).unwrap();
     let pid = agent.child.0.as_ref().unwrap().id();
     let in_use = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -662,7 +651,7 @@ fn the_agent_recovers_when_descriptors_run_out() {
     let log = agent.log();
     assert!(log.contains("not applied"), "{log}");
     drop(idle);
-    wait_for("the config that failed", &|| is_registered(node, b));
+    wait_until("the config that failed", WAIT, || is_registered(node, b)).unwrap();
     assert!(
         get_metrics(node)
             .unwrap()
@@ -763,7 +752,7 @@ fn the_agent_retries_a_config_it_could_not_apply() {
     let config = rig.scratch_dir().unwrap().join("agent.toml");
     std::fs::write(&config, pod_entry(a) + &pod_entry(b)).unwrap();
     let agent = Agent::start(&rig, node, Some(&config), None);
-    wait_for("the failure", &|| agent.log().contains("not applied"));
+    wait_until("the failure", WAIT, || agent.log().contains("not applied")).unwrap();
     let log = agent.log();
     let failed = log
         .lines()
@@ -782,9 +771,10 @@ fn the_agent_retries_a_config_it_could_not_apply() {
     node.ip(&["link", "set", "pn-late", "name", &b.host_veth])
         .unwrap();
     node.ip(&["link", "set", &b.host_veth, "up"]).unwrap();
-    wait_for("the retry", &|| {
+    wait_until("the retry", WAIT, || {
         is_registered(node, a) && is_registered(node, b)
-    });
+    })
+    .unwrap();
     let log = agent.stop();
     assert!(log.contains(": 2 change(s) applied"), "{log}");
     let failures = log.matches("not applied").count();

@@ -55,7 +55,7 @@ pub fn run() -> Result<()> {
     print!("{}", std::fs::read_to_string(&agents[0].subnet_file)?);
 
     let node_1 = rig.node(1);
-    pod_net_tests::cluster::wait_for(
+    pod_net_tests::wait_for(
         "node 1 to program both peers",
         Duration::from_secs(30),
         || {

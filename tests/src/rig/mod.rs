@@ -21,6 +21,7 @@
 mod node;
 mod pod;
 mod process;
+mod reports;
 mod stale;
 
 pub use node::LinkPackets;

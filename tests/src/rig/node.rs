@@ -1,15 +1,15 @@
 //! A node of the rig: commands in its namespace, and the pod-net CLI
 //! driven there (load, register, peers, counters).
 use std::{
-    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
+    os::unix::process::ExitStatusExt as _,
     path::Path,
-    process::Command,
+    process::{Command, Output},
 };
 
 use anyhow::{Context as _, Result};
 
-use crate::cmd::{run, run_command};
+use crate::cmd::{output_of, run, run_command};
 
 use super::{BPFFS, Node, Pod, RigSpec, add_netns, pod_ip6, pod_net_binary, sibling_binary};
 
@@ -151,6 +151,12 @@ impl Node {
         run_command(&mut self.pod_net_command(args))
     }
 
+    /// Runs `pod-net args..` here and returns how it ended, whatever its
+    /// exit status: for tests of refusals.
+    pub fn pod_net_output(&self, args: &[&str]) -> Result<Output> {
+        output_of(&mut self.pod_net_command(args))
+    }
+
     /// The `pod-net` command for this node, to inspect its exit status.
     #[must_use]
     pub fn pod_net_command(&self, args: &[&str]) -> Command {
@@ -159,6 +165,19 @@ impl Node {
         let mut full: Vec<&str> = vec![binary.to_str().unwrap_or("pod-net"), "--pin-dir", &pin_dir];
         full.extend_from_slice(args);
         self.command(&full)
+    }
+
+    /// Runs `pod-net args..` with the crash point `point` set
+    /// (`POD_NET_CRASH_AT`); fails unless it died there by SIGKILL.
+    pub fn run_until_killed(&self, args: &[&str], point: &str) -> Result<()> {
+        let output = output_of(self.pod_net_command(args).env("POD_NET_CRASH_AT", point))?;
+        anyhow::ensure!(
+            output.status.signal() == Some(libc::SIGKILL),
+            "pod-net {args:?} was not killed at {point}: {:?}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
     }
 
     /// Loads pod-net on this node and registers every pod.
@@ -258,66 +277,6 @@ impl Node {
             ])?);
         }
         Ok(output)
-    }
-
-    /// Packet counts per reason, from `pod-net stats --json`.
-    pub fn counters(&self) -> Result<BTreeMap<String, u64>> {
-        Ok(self
-            .counted_all()?
-            .into_iter()
-            .map(|(name, (packets, _))| (name, packets))
-            .collect())
-    }
-
-    /// Packets counted under `reason`.
-    pub fn counter(&self, reason: &str) -> Result<u64> {
-        self.counted(reason).map(|(packets, _)| packets)
-    }
-
-    /// Packets and bytes counted under `reason`.
-    pub fn counted(&self, reason: &str) -> Result<(u64, u64)> {
-        self.counted_all()?
-            .remove(reason)
-            .with_context(|| format!("no counter {reason}"))
-    }
-
-    /// Packets counted under `reason` since the `before` snapshot of
-    /// [`Node::counters`].
-    pub fn counted_since(&self, before: &BTreeMap<String, u64>, reason: &str) -> Result<u64> {
-        Ok(self.counter(reason)? - before.get(reason).copied().unwrap_or(0))
-    }
-
-    /// Every reason that moved since the `before` snapshot, with how far.
-    pub fn moved_since(&self, before: &BTreeMap<String, u64>) -> Result<BTreeMap<String, u64>> {
-        Ok(self
-            .counters()?
-            .into_iter()
-            .filter_map(|(name, count)| {
-                let delta = count - before.get(&name).copied().unwrap_or(0);
-                (delta != 0).then_some((name, delta))
-            })
-            .collect())
-    }
-
-    /// Packets and bytes per reason.
-    fn counted_all(&self) -> Result<BTreeMap<String, (u64, u64)>> {
-        let text = self.pod_net(&["stats", "--json"])?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).context("parsing pod-net stats --json")?;
-        let counters = json["counters"]
-            .as_object()
-            .context("stats --json has no counters object")?;
-        counters
-            .iter()
-            .map(|(name, value)| {
-                let count = |field: &str| {
-                    value[field]
-                        .as_u64()
-                        .with_context(|| format!("{name} has no {field} count"))
-                };
-                Ok((name.clone(), (count("packets")?, count("bytes")?)))
-            })
-            .collect()
     }
 
     /// IDs of the TCX ingress programs on an interface of the node, as the

@@ -160,6 +160,24 @@ impl Pod {
         Ok(report)
     }
 
+    /// Sends `bytes` (iperf3's `-n`, e.g. "8M") over one TCP connection to
+    /// `server`, and fails unless both ends report bytes. A clean end of the
+    /// transfer is the proof: iperf3's received-bytes summary can lag the
+    /// last bytes under load, so it is not compared with what was sent.
+    pub fn tcp_transfer(&self, server: &Pod, bytes: &str) -> Result<()> {
+        let _server = server.iperf3_server(&[])?;
+        let report = self.iperf3_client(server.ip, &["-n", bytes])?;
+        let sent = report["end"]["sum_sent"]["bytes"].as_u64().unwrap_or(0);
+        let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+        anyhow::ensure!(
+            sent > 0 && received > 0,
+            "{} -> {}: sent {sent}, received {received}",
+            self.ip,
+            server.ip
+        );
+        Ok(())
+    }
+
     /// RX and TX packet counters of the pod's `eth0`.
     pub fn eth0_packets(&self) -> Result<LinkPackets> {
         link_packets(&self.command(&["ip", "-j", "-s", "link", "show", "dev", "eth0"]))

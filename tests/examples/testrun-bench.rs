@@ -98,27 +98,34 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    // The maps that grow with a node and a cluster, by name.
+    let sized_maps = [
+        map_table::LOCAL_ENDPOINTS,
+        map_table::REMOTE_PODS,
+        map_table::REMOTE_NODES,
+    ];
     let memory = |harness: &Harness| -> anyhow::Result<Value> {
         let mut maps = serde_json::Map::new();
-        for name in [
-            map_table::LOCAL_ENDPOINTS.name,
-            map_table::REMOTE_PODS.name,
-            map_table::REMOTE_NODES.name,
-        ] {
-            maps.insert(name.to_owned(), json!(memlock(harness.map_id(name)?)?));
+        for map in sized_maps {
+            let bytes = memlock(harness.map_id(map.name)?)?;
+            maps.insert(map.name.to_owned(), json!(bytes));
         }
         Ok(Value::Object(maps))
+    };
+    let entries = |counts: [u32; 3]| -> Value {
+        sized_maps
+            .iter()
+            .zip(counts)
+            .map(|(map, count)| (map.name.to_owned(), json!(count)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     };
     let report = json!({
         "timings": timings,
         "memlock": {"small": memory(&small)?, "big": memory(&big)?},
         "entries": {
-            "small": {"local_endpoints": 2, "remote_pods": 1, "remote_nodes": 1},
-            "big": {
-                "local_endpoints": BIG_LOCAL + 2,
-                "remote_pods": BIG_PINNED + 1,
-                "remote_nodes": BIG_CIDRS + 1,
-            },
+            "small": entries([2, 1, 1]),
+            "big": entries([BIG_LOCAL + 2, BIG_PINNED + 1, BIG_CIDRS + 1]),
         },
         "fill_seconds": fill_seconds,
     });

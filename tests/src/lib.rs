@@ -1,5 +1,7 @@
 //! Test support for pod-net: the veth-namespace rig (also behind
-//! `cargo xtask rig`), command helpers and the privilege gate.
+//! `cargo xtask rig`), command helpers, the privilege gate, frames built and
+//! read back, and (with the `testrun` feature) the `BPF_PROG_TEST_RUN`
+//! harness.
 
 pub mod capture;
 pub mod cluster;
@@ -10,9 +12,9 @@ pub mod flannel;
 pub mod frames;
 pub mod privileges;
 pub mod rig;
+#[cfg(feature = "testrun")]
+pub mod testrun;
 pub mod wait;
 
 pub use rig::{Node, Pod, Rig, RigSpec};
 pub use wait::{wait_for, wait_until};
-#[cfg(feature = "testrun")]
-pub mod testrun;

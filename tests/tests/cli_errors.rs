@@ -2,7 +2,7 @@
 //! non-zero exit, and nothing half-written or lost.
 use std::process::Output;
 
-use pod_net_tests::{Node, Rig, RigSpec, cmd::output_of, require_root};
+use pod_net_tests::{Rig, RigSpec, cmd::output_of, require_root};
 
 fn rig() -> Rig {
     Rig::build(&RigSpec::default()).expect("build rig")
@@ -31,12 +31,6 @@ fn assert_one_line_error(output: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
     assert!(stderr.starts_with("pod-net: error: "), "{stderr:?}");
-}
-
-fn link_pins(node: &Node) -> usize {
-    std::fs::read_dir(node.pin_dir.join("links"))
-        .unwrap()
-        .count()
 }
 
 #[test]
@@ -88,7 +82,7 @@ fn pod_add_with_bad_interfaces_leaves_no_state() {
     assert_one_line_error(&bridge, "interface \"cni0\" is not a veth");
 
     assert!(node.pod_ips().unwrap().is_empty());
-    assert_eq!(link_pins(node), 0);
+    assert!(node.pinned_links("pod_egress").unwrap().is_empty());
 }
 
 #[test]
@@ -147,7 +141,7 @@ fn malformed_values_are_named() {
         .unwrap();
     assert_one_line_error(&long, "is longer than 64 bytes");
     assert!(node.pod_ips().unwrap().is_empty());
-    assert_eq!(link_pins(node), 0);
+    assert!(node.pinned_links("pod_egress").unwrap().is_empty());
 }
 
 #[test]
@@ -165,7 +159,7 @@ fn a_full_map_refuses_the_next_pod_and_keeps_the_others() {
     // The attach made for B was rolled back.
     assert!(node.tcx_ingress_programs(&b.host_veth).unwrap().is_empty());
     assert_eq!(node.tcx_ingress_programs(&a.host_veth).unwrap().len(), 1);
-    assert_eq!(link_pins(node), 1);
+    assert_eq!(node.pinned_links("pod_egress").unwrap().len(), 1);
 
     let resize = node.pod_net_output(&["load", "--max-pods", "8"]).unwrap();
     assert_one_line_error(&resize, "cannot be resized to --max-pods 8 in place");
@@ -403,7 +397,7 @@ fn pod_add_refuses_the_nodes_addresses_and_ones_the_pod_lacks() {
         &format!("{} is not configured on the pod's interface eth0", b.ip),
     );
     assert!(node.pod_ips().unwrap().is_empty());
-    assert_eq!(link_pins(node), 0);
+    assert!(node.pinned_links("pod_egress").unwrap().is_empty());
     // Pods still reach their gateway, and the real addresses register.
     a.ping(node.gateway_ip, 1).unwrap();
     node.register(a).unwrap();

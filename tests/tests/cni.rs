@@ -102,12 +102,7 @@ fn bridge_chain_registers_pods_that_talk_through_the_fast_path() {
     runtime.del(&b).unwrap();
     runtime.del(&a).unwrap();
     assert!(registered(node).is_empty());
-    assert!(
-        std::fs::read_dir(node.pin_dir.join("links/pod_egress"))
-            .unwrap()
-            .next()
-            .is_none()
-    );
+    assert!(node.pinned_links("pod_egress").unwrap().is_empty());
 }
 
 #[test]
@@ -341,12 +336,7 @@ fn thirty_two_parallel_adds_and_dels_leave_consistent_maps() {
         }
     });
     assert!(registered(node).is_empty());
-    assert!(
-        std::fs::read_dir(node.pin_dir.join("links/pod_egress"))
-            .unwrap()
-            .next()
-            .is_none()
-    );
+    assert!(node.pinned_links("pod_egress").unwrap().is_empty());
 }
 
 #[test]

@@ -132,13 +132,8 @@ fn attach_switches_and_tc_reloads_under_a_ping_flood_lose_nothing() {
         );
     }
     for program in ["pod_egress", "underlay_ingress"] {
-        let links = node.pin_dir.join("links").join(program);
-        assert_eq!(
-            std::fs::read_dir(&links).unwrap().count(),
-            0,
-            "{}",
-            links.display()
-        );
+        let links = node.pinned_links(program).unwrap();
+        assert!(links.is_empty(), "{program}: {links:?}");
     }
 }
 

@@ -14,9 +14,11 @@
 //! host's.
 //!
 //! Here: the topology (building and removing a rig). Beside it: `node` (a
-//! node's namespace and the pod-net CLI driven there), `pod` (the traffic a
-//! pod sends), `process` (background processes and where the binaries are)
-//! and `stale` (clearing the leftovers of rigs whose process died).
+//! node's namespace and the pod-net CLI driven there), `reports` (what that
+//! CLI reports, parsed: counters, pods, remote entries, status problems),
+//! `pod` (the traffic a pod sends), `process` (background processes and
+//! where the binaries are) and `stale` (clearing the leftovers of rigs whose
+//! process died).
 
 mod node;
 mod pod;

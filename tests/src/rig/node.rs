@@ -1,5 +1,5 @@
 //! A node of the rig: commands in its namespace, and the pod-net CLI
-//! driven there (load, register, peers, counters).
+//! driven there (load, register, peers).
 use std::{
     net::{IpAddr, Ipv4Addr},
     os::unix::process::ExitStatusExt as _,
@@ -277,6 +277,21 @@ impl Node {
             ])?);
         }
         Ok(output)
+    }
+
+    /// The TCX links pinned for `program` (`links/<program>/` in the pin
+    /// dir), by file name; none when the folder is not there.
+    pub fn pinned_links(&self, program: &str) -> Result<Vec<String>> {
+        let folder = self.pin_dir.join("links").join(program);
+        let entries = match std::fs::read_dir(&folder) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            entries => entries.with_context(|| format!("listing {}", folder.display()))?,
+        };
+        let mut names = entries
+            .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<Vec<_>>>()?;
+        names.sort();
+        Ok(names)
     }
 
     /// IDs of the TCX ingress programs on an interface of the node, as the

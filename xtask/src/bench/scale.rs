@@ -14,6 +14,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr, time::Instant};
 
 use anyhow::{Context as _, Result};
+use pod_net_common::map_table::{self, MapSpec};
 use pod_net_tests::{Node, Rig, RigSpec, cmd::run_command};
 use serde_json::Value;
 
@@ -25,6 +26,13 @@ use super::{
 /// Remote pods in the apply benchmark, spread over this many nodes.
 const APPLY_PODS: u32 = 100_000;
 const APPLY_NODES: u32 = 50;
+
+/// The maps that grow with a node and a cluster.
+const SIZED_MAPS: [MapSpec; 3] = [
+    map_table::LOCAL_ENDPOINTS,
+    map_table::REMOTE_PODS,
+    map_table::REMOTE_NODES,
+];
 
 const SMALL: &str = "10 entries";
 const BIG: &str = "64k local + 1M pods + 10k CIDRs";
@@ -241,7 +249,7 @@ fn vtep_mac(ip: Ipv4Addr) -> String {
 /// `bytes_memlock` of each pinned map of `node` that holds entries.
 fn map_memlock(node: &Node) -> Result<BTreeMap<String, u64>> {
     let mut memlock = BTreeMap::new();
-    for name in ["local_endpoints", "remote_pods", "remote_nodes"] {
+    for MapSpec { name, .. } in SIZED_MAPS {
         let pin = node.pin_dir.join(name);
         let text = run_command(&mut node.command(&[
             "bpftool",
@@ -304,9 +312,9 @@ fn memory_report(test_run: &[Value], applied: &BTreeMap<String, u64>) -> Result<
         let kilobytes = u32::try_from(bytes.unwrap_or_default() / 1000).unwrap_or(u32::MAX);
         Summary::of(vec![f64::from(kilobytes) / 1000.0])
     };
-    let rows = ["local_endpoints", "remote_pods", "remote_nodes"]
+    let rows = SIZED_MAPS
         .iter()
-        .map(|map| Row {
+        .map(|&MapSpec { name: map, .. }| Row {
             figure: format!(
                 "{map} ({} / {} / {} entries)",
                 first["entries"]["small"][map],
@@ -322,7 +330,7 @@ fn memory_report(test_run: &[Value], applied: &BTreeMap<String, u64>) -> Result<
                 ),
                 (
                     format!("apply {APPLY_PODS}"),
-                    megabytes(applied.get(*map).copied()),
+                    megabytes(applied.get(map).copied()),
                 ),
                 (BIG.into(), megabytes(first["memlock"]["big"][map].as_u64())),
             ],
@@ -335,15 +343,24 @@ fn memory_report(test_run: &[Value], applied: &BTreeMap<String, u64>) -> Result<
         baselines: Vec::new(),
         ratios: Vec::new(),
         rows,
-        notes: vec![
-            "At the default capacities: local_endpoints 65,536 (preallocated, so its size does \
-             not depend on its entries), remote_pods 1,048,576 (allocated as filled, plus its \
-             bucket array), remote_nodes 65,536 (a trie: per entry)."
-                .into(),
-        ],
+        notes: vec![format!(
+            "At the default capacities: {} {} (preallocated, so its size does not depend on \
+                 its entries), {} {} (allocated as filled, plus its bucket array), {} {} (a \
+                 trie: per entry).",
+            map_table::LOCAL_ENDPOINTS.name,
+            map_table::LOCAL_ENDPOINTS.capacity,
+            map_table::REMOTE_PODS.name,
+            map_table::REMOTE_PODS.capacity,
+            map_table::REMOTE_NODES.name,
+            map_table::REMOTE_NODES.capacity,
+        )],
     })
 }
 
 fn applied_entries(map: &str) -> u32 {
-    if map == "remote_pods" { APPLY_PODS } else { 0 }
+    if map == map_table::REMOTE_PODS.name {
+        APPLY_PODS
+    } else {
+        0
+    }
 }

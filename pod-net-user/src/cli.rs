@@ -24,7 +24,7 @@ use crate::{
         underlay::UnderlayOptions,
         unload,
     },
-    error::{self, Capacity, LoadRefusal},
+    error::{self, Capacity, LoadRefusal, NodeError},
     mac::MacAddr,
     node::{
         endpoints::{self, AddOutcome, PodSpec},
@@ -726,7 +726,14 @@ fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
                 no_bypass: args.no_bypass,
                 pod_netns: None,
             };
-            let added = endpoints::add(pins, &spec)?;
+            let added = endpoints::add(pins, &spec).map_err(|err| {
+                match error::find::<NodeError>(&err) {
+                    Some(NodeError::AlreadyRegistered { ip, .. }) => {
+                        anyhow::anyhow!("{err:#}; run `pod-net pod del --ip {ip}` first")
+                    }
+                    _ => err,
+                }
+            })?;
             match added.outcome {
                 AddOutcome::Added => println!("added pod {} on {}", args.ip, spec.veth),
                 AddOutcome::Unchanged => {

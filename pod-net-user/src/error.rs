@@ -6,9 +6,14 @@
 //! other error. A [`LoadRefusal`] names the option it refuses, not a flag:
 //! the CLI and the agent take those options under flags of their own, and
 //! each puts its own names in the message.
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
 
 use thiserror::Error;
+
+use crate::mac::MacAddr;
 
 #[derive(Debug, Error)]
 pub enum NodeError {
@@ -22,6 +27,23 @@ pub enum NodeError {
         map: &'static str,
         capacity: u32,
         advice: String,
+    },
+    /// A pinned map is not of the type or sizes this build reads: another
+    /// build pinned it.
+    #[error("pinned map {map} is not of this build's layout (made by another pod-net version?)")]
+    LayoutMismatch {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// The address is another pod's already (another veth, MAC or owner).
+    /// `owner` completes the sentence: " by container <id>", or nothing.
+    #[error("{ip} is already registered on ifindex {ifindex} with MAC {mac}{owner}")]
+    AlreadyRegistered {
+        ip: IpAddr,
+        ifindex: u32,
+        mac: MacAddr,
+        owner: String,
     },
     /// The interface a pod was registered with does not exist.
     #[error("no interface named {name:?} in this network namespace")]

@@ -269,6 +269,14 @@ fn conflicting_and_unknown_pods_change_nothing() {
         ])
         .unwrap();
     assert_one_line_error(&conflict, "is already registered on ifindex");
+    // The library says whose it is; the CLI adds how to free it.
+    assert!(
+        String::from_utf8_lossy(&conflict.stderr).ends_with(&format!(
+            " with MAC {}; run `pod-net pod del --ip {}` first\n",
+            a.mac, a.ip
+        )),
+        "{conflict:?}"
+    );
     let unknown = node
         .pod_net_output(&["pod", "del", "--ip", "10.244.1.99"])
         .unwrap();

@@ -177,3 +177,67 @@ fn a_map_of_another_layout_is_refused_and_kept() {
     assert_eq!(bpftool(&format!("-j map dump pinned {map}")), before);
     assert!(!node.pin_dir.join("progs").exists());
 }
+
+/// A pinned map swapped after load for one of the same sizes but another
+/// type (what a mixed-version upgrade could leave): the commands that read
+/// it name it in one line.
+#[test]
+fn a_map_swapped_for_another_type_is_named_by_the_commands_that_read_it() {
+    require_root!();
+    let rig = Rig::build(&RigSpec {
+        nodes: 1,
+        pods_per_node: 1,
+        ..RigSpec::default()
+    })
+    .unwrap();
+    let node = rig.node(1);
+    node.pod_net(&["load"]).unwrap();
+    let counters = pod_net_common::map_table::COUNTERS;
+    let pin = node.pin_dir.join(counters.name);
+    std::fs::remove_file(&pin).unwrap();
+    // A plain array where this build pins a per-CPU one: the sizes agree.
+    pod_net_tests::cmd::run(
+        "bpftool",
+        [
+            "map",
+            "create",
+            pin.to_str().unwrap(),
+            "type",
+            "array",
+            "key",
+            &counters.key_size.to_string(),
+            "value",
+            &counters.value_size.to_string(),
+            "entries",
+            &counters.capacity.to_string(),
+            "name",
+            counters.name,
+        ],
+    )
+    .unwrap();
+
+    let wanted = "pinned map counters is not of this build's layout (made by another pod-net \
+                  version?)";
+    for args in [
+        &["stats"][..],
+        &["status"],
+        &[
+            "pod",
+            "add",
+            "--ip",
+            &rig.pod(1, 1).ip.to_string(),
+            "--veth",
+            "veth-p1",
+        ],
+    ] {
+        let output = node.pod_net_output(args).unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("pod-net: error: {wanted}: ")),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(node.pod_ips().unwrap_err().to_string().contains(wanted));
+}

@@ -74,11 +74,17 @@ impl Failure {
 /// The spec's code for a typed failure: "try again later" (11) where
 /// waiting can help (the datapath not loaded yet, a map full until pods
 /// go), "invalid network configuration" (7) for interfaces that cannot be
-/// a pod's.
+/// a pod's and for an address another pod holds (which ADD does not meet:
+/// it replaces, as the newest owner of an address IPAM handed out is the
+/// right one), and an I/O failure (5) for pins another build made, which
+/// waiting does not mend.
 const fn code_of(error: &NodeError) -> u32 {
     match error {
         NodeError::NotLoaded { .. } | NodeError::MapFull { .. } => codes::TRY_AGAIN_LATER,
-        NodeError::NoSuchInterface { .. } | NodeError::NotAVeth { .. } => codes::INVALID_CONFIG,
+        NodeError::NoSuchInterface { .. }
+        | NodeError::NotAVeth { .. }
+        | NodeError::AlreadyRegistered { .. } => codes::INVALID_CONFIG,
+        NodeError::LayoutMismatch { .. } => codes::IO_FAILURE,
     }
 }
 

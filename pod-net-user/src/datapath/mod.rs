@@ -19,10 +19,11 @@ use aya::maps::{
     Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray,
 };
 use pod_net_common::{
-    Config, Counter, Endpoint, EndpointKey, Reason, RemoteAddr, RemoteNode, map_table,
+    Config, Counter, Endpoint, EndpointKey, Reason, RemoteAddr, RemoteNode,
+    map_table::{self, MapSpec},
 };
 
-use crate::datapath::pins::PinDir;
+use crate::{datapath::pins::PinDir, error::NodeError};
 
 /// A map's fill level.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -54,31 +55,21 @@ impl Datapath {
     /// Opens the pinned maps; fails clearly when `load` has not run here.
     pub fn open(pins: &PinDir) -> Result<Self> {
         pins.require_loaded()?;
-        let (endpoints, endpoints_info) = open_map(pins, map_table::LOCAL_ENDPOINTS.name)?;
-        let (remote_pods, remote_pods_info) = open_map(pins, map_table::REMOTE_PODS.name)?;
-        let (remotes, remotes_info) = open_map(pins, map_table::REMOTE_NODES.name)?;
-        let (config, _) = open_map(pins, map_table::CONFIG.name)?;
-        let (counters, _) = open_map(pins, map_table::COUNTERS.name)?;
+        let (endpoints, endpoints_info) = open_typed(pins, map_table::LOCAL_ENDPOINTS)?;
+        let (remote_pods, remote_pods_info) = open_typed(pins, map_table::REMOTE_PODS)?;
+        let (remotes, remotes_info) = open_typed(pins, map_table::REMOTE_NODES)?;
+        let (config, _) = open_typed(pins, map_table::CONFIG)?;
+        let (counters, _) = open_typed(pins, map_table::COUNTERS)?;
         Ok(Self {
             pins: pins.clone(),
-            endpoints: endpoints
-                .try_into()
-                .context("local_endpoints has an unexpected layout")?,
+            endpoints,
             endpoints_capacity: endpoints_info.max_entries(),
-            remote_pods: remote_pods
-                .try_into()
-                .context("remote_pods has an unexpected layout")?,
+            remote_pods,
             remote_pods_capacity: remote_pods_info.max_entries(),
-            remotes: remotes
-                .try_into()
-                .context("remote_nodes has an unexpected layout")?,
+            remotes,
             remotes_capacity: remotes_info.max_entries(),
-            config: config
-                .try_into()
-                .context("config has an unexpected layout")?,
-            counters: counters
-                .try_into()
-                .context("counters has an unexpected layout")?,
+            config,
+            counters,
         })
     }
 
@@ -106,8 +97,7 @@ impl Datapath {
     /// The XDP redirect targets, opened on demand (only the XDP path needs
     /// them).
     pub fn pod_veths(&self) -> Result<DevMapHash<MapData>> {
-        let (map, _) = open_map(&self.pins, map_table::POD_VETHS.name)?;
-        map.try_into().context("pod_veths has an unexpected layout")
+        open_typed(&self.pins, map_table::POD_VETHS).map(|(map, _)| map)
     }
 
     /// The node settings `load` wrote.
@@ -156,7 +146,22 @@ pub fn is_missing_key(error: &MapError) -> bool {
     }
 }
 
-pub(crate) fn open_map(pins: &PinDir, name: &str) -> Result<(Map, MapInfo)> {
+/// Opens the pinned map `spec` as the typed handle `T`. One whose type or
+/// sizes are not `T`'s (pinned by another build) is a
+/// [`NodeError::LayoutMismatch`].
+pub(crate) fn open_typed<T>(pins: &PinDir, spec: MapSpec) -> Result<(T, MapInfo)>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let (map, info) = open_map(pins, spec.name)?;
+    let typed = T::try_from(map).map_err(|source| NodeError::LayoutMismatch {
+        map: spec.name,
+        source,
+    })?;
+    Ok((typed, info))
+}
+
+fn open_map(pins: &PinDir, name: &str) -> Result<(Map, MapInfo)> {
     let path = pins.map(name);
     let data = MapData::from_pin(&path)
         .with_context(|| format!("opening pinned map {}", path.display()))?;

@@ -130,12 +130,13 @@ pub fn add_locked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<A
         && existing != endpoint
         && !spec.replace
     {
-        bail!(
-            "{ip} is already registered on ifindex {} with MAC {}{}; run `pod-net pod del --ip {ip}` first",
-            existing.ifindex,
-            MacAddr(existing.mac),
-            owner_suffix(&existing),
-        );
+        return Err(NodeError::AlreadyRegistered {
+            ip,
+            ifindex: existing.ifindex,
+            mac: MacAddr(existing.mac),
+            owner: owner_suffix(&existing),
+        }
+        .into());
     }
     let pod_netns = spec.pod_netns.as_deref();
     check_address(ip, &veth, pod_netns)?;

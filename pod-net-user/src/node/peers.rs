@@ -13,14 +13,12 @@ use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, MapData, MapError};
 use pod_net_common::{PeerNode, map_table, remote::PEER_F_VXLAN};
 
-use crate::datapath::{is_missing_key, map_batch::BPF_NOEXIST, open_map, pins::PinDir};
+use crate::datapath::{is_missing_key, map_batch::BPF_NOEXIST, open_typed, pins::PinDir};
 
 type PeerMap = HashMap<MapData, [u8; 4], PeerNode>;
 
 fn open(pins: &PinDir) -> Result<PeerMap> {
-    let (map, _) = open_map(pins, map_table::PEER_NODES.name)?;
-    map.try_into()
-        .context("peer_nodes has an unexpected layout")
+    open_typed(pins, map_table::PEER_NODES).map(|(map, _)| map)
 }
 
 /// Makes `node_ips` peers (again: the write is idempotent).

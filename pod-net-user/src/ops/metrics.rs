@@ -7,7 +7,7 @@ use anyhow::Result;
 use aya::maps::PerCpuArray;
 use pod_net_common::{event::RateLimit, map_table};
 
-use crate::datapath::{Datapath, pins::PinDir};
+use crate::datapath::{Datapath, open_typed, pins::PinDir};
 
 /// Everything `/metrics` serves, read from the pinned maps now.
 pub fn render(pins: &PinDir) -> Result<String> {
@@ -73,8 +73,7 @@ fn family<'a>(
 
 /// Events the rate limit or a full ring held back, over all CPUs.
 pub fn events_suppressed(pins: &PinDir) -> Result<u64> {
-    let map = aya::maps::MapData::from_pin(pins.map(map_table::EVENT_LIMITS.name))?;
-    let limits: PerCpuArray<_, RateLimit> = aya::maps::Map::from_map_data(map)?.try_into()?;
+    let (limits, _): (PerCpuArray<_, RateLimit>, _) = open_typed(pins, map_table::EVENT_LIMITS)?;
     Ok(limits
         .get(&0, 0)?
         .iter()

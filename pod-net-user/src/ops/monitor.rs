@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Map, MapData, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use pod_net_common::{
     Reason,
     event::{CONFIG_F_EVENTS, CONFIG_F_EVENTS_ALL, Event},
@@ -24,7 +24,7 @@ use rustix::{
 };
 
 use crate::{
-    datapath::{Datapath, pins::PinDir},
+    datapath::{Datapath, open_typed, pins::PinDir},
     ops::metrics,
     sys::netdev,
 };
@@ -49,9 +49,8 @@ pub fn run(pins: &PinDir, options: &MonitorOptions) -> Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("installing the signal handler")?;
     }
-    let map = MapData::from_pin(pins.map(map_table::EVENTS.name))
-        .context("opening the events ring buffer (is pod-net loaded?)")?;
-    let mut ring: RingBuf<MapData> = Map::from_map_data(map)?.try_into()?;
+    pins.require_loaded()?;
+    let (mut ring, _): (RingBuf<MapData>, _) = open_typed(pins, map_table::EVENTS)?;
     let suppressed_before = metrics::events_suppressed(pins)?;
     set_events(pins, Some(options))?;
     stream(&mut ring, options, &stop);

@@ -12,16 +12,21 @@
 //! - `agent`: the node daemon, and joining a cluster through etcd;
 //! - `cni`: the chained CNI plugin;
 //! - `cli`: the command line, which owns flag names and rendering.
+//!
+//! What the binaries and the tests call is public: the three front ends
+//! (`cli`, `cni`, `agent`), the typed failures (`error`), and the parsers
+//! and kernel helpers the tests drive directly. `datapath` and `node` are
+//! reached only through those front ends and `ops`.
 
 pub mod agent;
 pub mod cidr;
 pub mod cli;
 pub mod cni;
 pub mod crashpoint;
-pub mod datapath;
+pub(crate) mod datapath;
 pub mod error;
 pub mod mac;
-pub mod node;
+pub(crate) mod node;
 pub mod ops;
 pub mod sys;
 

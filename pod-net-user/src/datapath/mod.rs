@@ -74,8 +74,9 @@ impl Datapath {
     }
 
     /// How full each map that can fill up is.
-    pub fn map_fills(&self) -> Result<Vec<MapFill>> {
-        Ok(vec![
+    #[must_use]
+    pub fn map_fills(&self) -> Vec<MapFill> {
+        vec![
             MapFill {
                 name: map_table::LOCAL_ENDPOINTS.name,
                 entries: self.endpoints.keys().count(),
@@ -91,7 +92,7 @@ impl Datapath {
                 entries: self.remotes.keys().count(),
                 capacity: self.remotes_capacity,
             },
-        ])
+        ]
     }
 
     /// The XDP redirect targets, opened on demand (only the XDP path needs

@@ -48,6 +48,9 @@ impl Config {
 /// flannel's VXLAN port, pod-net's default (IANA's is 4789).
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 
+/// flannel's VXLAN network identifier, pod-net's default.
+pub const DEFAULT_VNI: u32 = 1;
+
 /// Bytes VXLAN adds in front of the inner frame: outer IPv4 (20), UDP (8),
 /// VXLAN (8) and the inner Ethernet header (14); the outer Ethernet header
 /// takes the place of the original one.

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use pod_net_common::{
-    config::DEFAULT_VXLAN_PORT,
+    config::{DEFAULT_VNI, DEFAULT_VXLAN_PORT},
     map_table::{self, MapSpec},
 };
 
@@ -246,7 +246,7 @@ pub struct LoadArgs {
     #[arg(long, value_name = "IPV4", requires = "underlay")]
     pub node_ip: Option<Ipv4Addr>,
     /// VXLAN network identifier (flannel's default is 1).
-    #[arg(long, default_value_t = 1, requires = "underlay")]
+    #[arg(long, default_value_t = DEFAULT_VNI, requires = "underlay")]
     pub vni: u32,
     /// VXLAN UDP port (flannel's default is 8472; IANA's is 4789).
     #[arg(long, default_value_t = DEFAULT_VXLAN_PORT, requires = "underlay")]

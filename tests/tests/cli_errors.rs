@@ -171,18 +171,8 @@ fn full_remote_maps_refuse_and_keep_the_others() {
     require_root!();
     let rig = two_nodes_without_pods();
     let node = rig.node(1);
-    node.pod_net(&[
-        "load",
-        "--underlay",
-        "eth0",
-        "--node-ip",
-        "192.168.100.1",
-        "--max-remote-pods",
-        "1",
-        "--max-remote-cidrs",
-        "2",
-    ])
-    .unwrap();
+    node.load_on_underlay(&["--max-remote-pods", "1", "--max-remote-cidrs", "2"])
+        .unwrap();
     let kernel_routes = || node.ip(&["route", "show", "dev", "pnvxlan1"]).unwrap();
     let remote_cidrs = || node.remote_modes().unwrap().into_keys().collect::<Vec<_>>();
     let add = |cidr: &str| {

@@ -32,9 +32,7 @@ fn rig(pods_per_node: u8, ipv6: bool) -> Rig {
 
 /// `load` with node 1's underlay, registering no pod.
 fn load(node: &Node) {
-    let node_ip = node.underlay_ip.to_string();
-    node.pod_net(&["load", "--underlay", "eth0", "--node-ip", &node_ip])
-        .unwrap();
+    node.load_on_underlay(&[]).unwrap();
 }
 
 /// A remote entry as a file lists it.

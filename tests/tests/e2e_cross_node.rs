@@ -395,16 +395,7 @@ fn big_tcp_pods_carry_tcp_across_nodes_over_vxlan_and_direct() {
     rig.switch_passes_gso_up_to(192 * 1024).unwrap();
     let (n1, n2) = (rig.node(1), rig.node(2));
     for node in [n1, n2] {
-        node.pod_net(&[
-            "load",
-            "--underlay",
-            "eth0",
-            "--node-ip",
-            &node.underlay_ip.to_string(),
-            "--big-tcp",
-            "on",
-        ])
-        .unwrap();
+        node.load_on_underlay(&["--big-tcp", "on"]).unwrap();
         node.register(&node.pods[0]).unwrap();
     }
     let (a, b) = (rig.pod(1, 1), rig.pod(2, 1));

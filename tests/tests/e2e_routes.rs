@@ -820,8 +820,7 @@ fn direct_routes_lost_with_the_underlay_are_reported_and_repaired() {
 
     node.ip(&["link", "set", "eth0", "down"]).unwrap();
     node.ip(&["link", "set", "eth0", "up"]).unwrap();
-    node.pod_net(&["load", "--underlay", "eth0", "--node-ip", "192.168.100.1"])
-        .unwrap();
+    node.load_on_underlay(&[]).unwrap();
     assert_eq!(marked(), routed, "load puts it back too");
 
     // One that no entry explains: gc takes it away, and only it.

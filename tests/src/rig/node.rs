@@ -180,6 +180,15 @@ impl Node {
         Ok(())
     }
 
+    /// `pod-net load --underlay eth0 --node-ip <this node's> extra..`: the
+    /// datapath with its cross-node path on the rig's underlay.
+    pub fn load_on_underlay(&self, extra: &[&str]) -> Result<String> {
+        let node_ip = self.underlay_ip.to_string();
+        let mut args = vec!["load", "--underlay", "eth0", "--node-ip", &node_ip];
+        args.extend_from_slice(extra);
+        self.pod_net(&args)
+    }
+
     /// Loads pod-net on this node and registers every pod.
     pub fn load_and_register(&self) -> Result<()> {
         self.pod_net(&["load"])?;
@@ -192,8 +201,7 @@ impl Node {
     /// Loads pod-net with this node's underlay (`eth0`, 192.168.100.N) and
     /// registers every pod.
     pub fn load_cross_node(&self) -> Result<()> {
-        let node_ip = self.underlay_ip.to_string();
-        self.pod_net(&["load", "--underlay", "eth0", "--node-ip", &node_ip])?;
+        self.load_on_underlay(&[])?;
         for pod in &self.pods {
             self.register(pod)?;
         }

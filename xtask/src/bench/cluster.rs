@@ -141,13 +141,7 @@ fn round(rig: &Rig, etcd: &Etcd, size: u32, first: bool, figures: &mut Figures) 
     drop(agent);
 
     // The baseline: the same entries in one `pod-net apply`.
-    apply_node.pod_net(&[
-        "load",
-        "--underlay",
-        "eth0",
-        "--node-ip",
-        &apply_node.underlay_ip.to_string(),
-    ])?;
+    apply_node.load_on_underlay(&[])?;
     let file = rig.scratch_dir()?.join(format!("nodes-{size}.toml"));
     fs::write(&file, apply_file(&leases))?;
     let started = Instant::now();

@@ -126,13 +126,7 @@ fn apply_rounds(rounds: usize) -> Result<(ApplyFigures, BTreeMap<String, u64>)> 
     })?;
     let dir = rig.scratch_dir()?;
     let node = rig.node(1);
-    node.pod_net(&[
-        "load",
-        "--underlay",
-        "eth0",
-        "--node-ip",
-        &node.underlay_ip.to_string(),
-    ])?;
+    node.load_on_underlay(&[])?;
     // The kernel-only side: a flannel-style vxlan device of its own.
     node.ip(&[
         "link",

@@ -50,14 +50,11 @@ pub fn write(path: &Path, conflist: &Value) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::cluster::flannel;
 
     #[test]
     fn the_conflist_chains_bridge_then_pod_net_cni() {
-        let config = NetworkConfig::parse(
-            "/k/config",
-            br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
-        )
-        .unwrap();
+        let config = flannel::example_config();
         let conflist = render(
             &config,
             "10.244.7.0/24".parse().unwrap(),

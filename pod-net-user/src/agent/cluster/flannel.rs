@@ -9,14 +9,12 @@ use std::{
     str::FromStr,
 };
 
+use pod_net_common::config::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::{cidr::Cidr, mac::MacAddr};
 
-/// flannel's defaults for the VXLAN backend.
-pub const DEFAULT_VNI: u32 = 1;
-pub const DEFAULT_PORT: u16 = 8472;
 /// The only backend pod-net speaks.
 pub const VXLAN: &str = "vxlan";
 /// flannel looks at no more than this many free subnets, then picks one
@@ -258,7 +256,7 @@ impl NetworkConfig {
             port: backend
                 .port
                 .filter(|port| *port != 0)
-                .unwrap_or(DEFAULT_PORT),
+                .unwrap_or(DEFAULT_VXLAN_PORT),
             direct_routing: backend.direct_routing.unwrap_or(false),
         })
     }
@@ -388,6 +386,17 @@ impl Peer {
             vtep_mac,
         })
     }
+}
+
+/// flannel's default network, VXLAN backend: what the unit tests of the
+/// files the agent writes start from.
+#[cfg(test)]
+pub(crate) fn example_config() -> NetworkConfig {
+    NetworkConfig::parse(
+        "/coreos.com/network/config",
+        br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .expect("a valid config")
 }
 
 #[cfg(test)]

@@ -2,13 +2,12 @@
 //! scripts sourcing the file) work on a pod-net node unchanged.
 use std::{io, path::Path};
 
+use pod_net_common::config::VXLAN_OVERHEAD;
+
 use super::{
     files::write_atomically,
     flannel::{NetworkConfig, Subnet},
 };
-
-/// VXLAN's overhead on an IPv4 underlay: outer IPv4, UDP, VXLAN, inner Ethernet.
-pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// The file's text: flannel's names and formats (`FLANNEL_SUBNET` is the
 /// gateway address with the subnet's length).
@@ -59,14 +58,11 @@ pub fn previous_subnet(path: &Path) -> Option<Subnet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::cluster::flannel;
 
     #[test]
     fn the_file_is_flannels_and_reads_back() {
-        let config = NetworkConfig::parse(
-            "/k/config",
-            br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
-        )
-        .unwrap();
+        let config = flannel::example_config();
         let subnet: Subnet = "10.244.7.0/24".parse().unwrap();
         assert_eq!(
             render(&config, subnet, 1500),

@@ -54,9 +54,8 @@ fn tcp_via_service(client: &Pod, backend: &Pod) {
 #[test]
 fn a_cluster_ip_backend_on_the_same_node_answers_through_conntrack() {
     require_root!();
-    let rig = Rig::build(&RigSpec::default()).unwrap();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
     let node = rig.node(1);
-    node.load_and_register().unwrap();
     let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
     cluster_ip(node, b);
     let (nat_before, redirect_before) = (
@@ -118,9 +117,8 @@ fn a_cluster_ip_backend_on_another_node_answers_through_conntrack() {
 #[test]
 fn a_forged_source_address_is_dropped_and_never_arrives() {
     require_root!();
-    let rig = Rig::build(&RigSpec::default()).unwrap();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
     let node = rig.node(1);
-    node.load_and_register().unwrap();
     let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
     let forged = frames::ping_frame(
         frames::mac(&b.mac),

@@ -28,16 +28,11 @@ fn quiet_pair(rig: &Rig) -> (&Pod, &Pod) {
     (a, b)
 }
 
-fn register_all(node: &Node) {
-    node.load_and_register().expect("load and register pods");
-}
-
 #[test]
 fn pings_bypass_the_bridge_and_count_exactly() {
     require_root!();
-    let rig = one_node_two_pods();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
     let node = rig.node(1);
-    register_all(node);
     let (a, b) = quiet_pair(&rig);
 
     let before = node.counters().unwrap();
@@ -60,9 +55,8 @@ fn pings_bypass_the_bridge_and_count_exactly() {
 #[test]
 fn tcp_flows_through_the_fast_path() {
     require_root!();
-    let rig = one_node_two_pods();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
     let node = rig.node(1);
-    register_all(node);
     let (a, b) = quiet_pair(&rig);
 
     let before = node.counters().unwrap();
@@ -87,9 +81,8 @@ fn tcp_flows_through_the_fast_path() {
 #[test]
 fn traffic_keeps_flowing_with_no_pod_net_process_running() {
     require_root!();
-    let rig = one_node_two_pods();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
     let node = rig.node(1);
-    register_all(node);
     let (a, b) = quiet_pair(&rig);
     // Every pod-net call above has exited; only pins hold the datapath.
     let running = std::process::Command::new("pgrep")
@@ -114,9 +107,8 @@ fn traffic_keeps_flowing_with_no_pod_net_process_running() {
 #[test]
 fn pod_del_and_unload_fall_back_to_the_bridge() {
     require_root!();
-    let rig = one_node_two_pods();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
     let node = rig.node(1);
-    register_all(node);
     let (a, b) = quiet_pair(&rig);
 
     node.pod_net(&["pod", "del", "--ip", &b.ip.to_string()])
@@ -147,9 +139,8 @@ fn pod_del_and_unload_fall_back_to_the_bridge() {
 #[test]
 fn reload_keeps_entries_and_attachments() {
     require_root!();
-    let rig = one_node_two_pods();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
     let node = rig.node(1);
-    register_all(node);
     let (a, b) = quiet_pair(&rig);
     let pods_before = node.pod_net(&["pod", "list", "--json"]).unwrap();
     let programs_before = tcx_programs(node, &a.host_veth);
@@ -178,9 +169,8 @@ fn reload_keeps_entries_and_attachments() {
 #[test]
 fn malformed_frames_from_a_pod_are_passed_and_counted() {
     require_root!();
-    let rig = one_node_two_pods();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
     let node = rig.node(1);
-    register_all(node);
     let (a, b) = quiet_pair(&rig);
     let mac = |text: &str| frames::mac(text);
     let ping = frames::ping_frame(

@@ -138,9 +138,8 @@ fn forged_vxlan_from_a_pod_or_a_stranger_is_never_decapsulated() {
 #[test]
 fn a_forged_source_in_a_broadcast_frame_is_dropped_not_flooded() {
     require_root!();
-    let rig = Rig::build(&RigSpec::default()).unwrap();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
     let node = rig.node(1);
-    node.load_and_register().unwrap();
     let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
     for dst_mac in [[0xff; 6], [0x01, 0x00, 0x5e, 0, 0, 1]] {
         let forged = frames::ping_frame(

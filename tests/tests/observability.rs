@@ -12,12 +12,6 @@ use pod_net_tests::{
 };
 use serde_json::Value;
 
-fn loaded_rig() -> Rig {
-    let rig = Rig::build(&RigSpec::default()).expect("build rig");
-    rig.node(1).load_and_register().expect("load");
-    rig
-}
-
 fn probe(node: &Node, args: &[&str]) -> String {
     let binary = sibling_binary("pod-net-probe");
     let mut full = vec![binary.to_str().unwrap()];
@@ -67,7 +61,7 @@ fn sample(scrape: &prometheus_parse::Scrape, metric: &str, label: (&str, &str)) 
 #[test]
 fn json_and_prometheus_agree_with_the_traffic() {
     require_root!();
-    let rig = loaded_rig();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
     let node = rig.node(1);
     let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
     a.pin_neighbour(b).unwrap();
@@ -132,7 +126,7 @@ fn json_and_prometheus_agree_with_the_traffic() {
 #[test]
 fn monitor_reports_a_malformed_frame_only_while_enabled() {
     require_root!();
-    let rig = loaded_rig();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
     let node = rig.node(1);
     let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
     let bad_frame = |ttl: u8| {
@@ -210,7 +204,7 @@ fn config_flags(node: &Node) -> u64 {
 #[test]
 fn bpftool_sees_the_same_pods_as_pod_list() {
     require_root!();
-    let rig = loaded_rig();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
     let node = rig.node(1);
     let path = node.pin_dir.join("local_endpoints");
     let dump: Value = serde_json::from_str(
@@ -274,7 +268,7 @@ fn bpftool_sees_the_same_pods_as_pod_list() {
 #[test]
 fn status_is_clean_until_a_veth_disappears_behind_its_back() {
     require_root!();
-    let rig = loaded_rig();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
     let node = rig.node(1);
     let healthy = output_of(&mut node.pod_net_command(&["status"])).unwrap();
     assert!(

@@ -130,6 +130,17 @@ impl Rig {
         Self::build_with_id(id, spec, false)
     }
 
+    /// Builds a rig and loads pod-net on every node with its pods
+    /// registered, same-node only (no underlay): the opening of most
+    /// single-node tests.
+    pub fn loaded(spec: &RigSpec) -> Result<Self> {
+        let rig = Self::build(spec)?;
+        for node in rig.nodes() {
+            node.load_and_register()?;
+        }
+        Ok(rig)
+    }
+
     /// Builds the long-lived rig of `cargo xtask rig up`, replacing an older
     /// one. It survives this process; `remove_manual` takes it down.
     pub fn build_manual(spec: &RigSpec) -> Result<Self> {

@@ -336,18 +336,11 @@ fn inspect_sandbox(env: &Env, conf: &NetConf) -> Step<Sandbox> {
     })
 }
 
-fn require_loaded(pins: &PinDir) -> Step<()> {
-    if pins.is_loaded() {
-        Ok(())
-    } else {
-        Err(Failure::new(
-            codes::TRY_AGAIN_LATER,
-            format!(
-                "pod-net is not loaded at {} yet; run `pod-net load` on this node",
-                pins.root().display()
-            ),
-        ))
-    }
+/// Fails with `code` unless `pod-net load` has run: "try again later" for
+/// ADD and CHECK (the node is still starting), "not available" for STATUS.
+fn require_loaded(pins: &PinDir, code: u32) -> Step<()> {
+    pins.require_loaded()
+        .map_err(|err| Failure::new(code, format!("{err:#}")))
 }
 
 fn add(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<String> {
@@ -355,7 +348,7 @@ fn add(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<String> {
     let ifname = required(env.ifname.as_ref(), "CNI_IFNAME")?;
     required(env.path.as_ref(), "CNI_PATH")?;
     let sandbox = inspect_sandbox(env, conf)?;
-    require_loaded(pins)?;
+    require_loaded(pins, codes::TRY_AGAIN_LATER)?;
     // All refusals before the first registration: nothing half-written.
     for ip in &sandbox.ips {
         endpoints::refuse_node_address(*ip).map_err(|err| {
@@ -408,7 +401,7 @@ fn check(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<()> {
     let container_id = required(env.container_id.as_ref(), "CNI_CONTAINERID")?;
     let ifname = required(env.ifname.as_ref(), "CNI_IFNAME")?;
     let sandbox = inspect_sandbox(env, conf)?;
-    require_loaded(pins)?;
+    require_loaded(pins, codes::TRY_AGAIN_LATER)?;
     let failed = |msg: String| Failure::new(codes::CHECK_FAILED, msg);
     let datapath = Datapath::open(pins)
         .map_err(|err| Failure::with_details(codes::IO_FAILURE, "opening the datapath", &err))?;
@@ -487,12 +480,5 @@ fn gc(conf: &NetConf, pins: &PinDir) -> Step<()> {
 }
 
 fn status(pins: &PinDir) -> Step<()> {
-    if pins.is_loaded() {
-        Ok(())
-    } else {
-        Err(Failure::new(
-            codes::NOT_AVAILABLE,
-            format!("pod-net is not loaded at {}", pins.root().display()),
-        ))
-    }
+    require_loaded(pins, codes::NOT_AVAILABLE)
 }

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
 };
 pub use pod_net_common::Endpoint;
 use pod_net_common::{
@@ -43,6 +43,18 @@ pub struct Run {
     pub action: u32,
     pub output: Vec<u8>,
     pub duration_ns: u128,
+}
+
+impl Run {
+    /// What the kernel reported, with `output` cut to what the program left.
+    fn of(result: &TestRunResult, mut output: Vec<u8>) -> Self {
+        output.truncate(result.data_size_out as usize);
+        Self {
+            action: result.return_value,
+            output,
+            duration_ns: result.duration.as_nanos(),
+        }
+    }
 }
 
 impl Harness {
@@ -254,12 +266,7 @@ impl Harness {
             data_out: Some(&mut output),
             ..TestRunOptions::default()
         })?;
-        output.truncate(result.data_size_out as usize);
-        Ok(Run {
-            action: result.return_value,
-            output,
-            duration_ns: result.duration.as_nanos(),
-        })
+        Ok(Run::of(&result, output))
     }
 
     /// Runs `pod_egress` `repeat` times on `frame`.
@@ -300,12 +307,7 @@ impl Harness {
             repeat,
             ..TestRunOptions::default()
         })?;
-        output.truncate(result.data_size_out as usize);
-        Ok(Run {
-            action: result.return_value,
-            output,
-            duration_ns: result.duration.as_nanos(),
-        })
+        Ok(Run::of(&result, output))
     }
 
     /// The kernel's id of map `name`, for bpftool.

@@ -45,13 +45,13 @@ pub fn render(pins: &PinDir) -> Result<String> {
         maps.iter()
             .map(|map| (("map", map.name), u64::from(map.capacity))),
     );
-    let _ = writeln!(
-        out,
-        "# HELP pod_net_events_suppressed_total Monitor events not emitted: over the rate limit \
-         or the ring buffer full.\n# TYPE pod_net_events_suppressed_total counter\n\
-         pod_net_events_suppressed_total {}",
-        events_suppressed(pins)?
+    let suppressed = "pod_net_events_suppressed_total";
+    header(
+        &mut out,
+        (suppressed, "counter"),
+        "Monitor events not emitted: over the rate limit or the ring buffer full.",
     );
+    let _ = writeln!(out, "{suppressed} {}", events_suppressed(pins)?);
     Ok(out)
 }
 
@@ -64,11 +64,16 @@ fn family<'a>(
     help: &str,
     samples: impl Iterator<Item = ((&'a str, &'a str), u64)>,
 ) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+    header(out, (name, kind), help);
     for ((label, value), sample) in samples {
         let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {sample}");
     }
+}
+
+/// A family's HELP and TYPE lines.
+fn header(out: &mut String, (name, kind): (&str, &str), help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// Events the rate limit or a full ring held back, over all CPUs.

@@ -1,6 +1,7 @@
 //! The `pod-net` command line. Names follow the design's CLI contract:
 //! scripts and tests depend on them.
 use std::{
+    io::Write as _,
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     process::ExitCode,
@@ -505,14 +506,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Apply(args) => {
             let config = apply::read(&args.file)?;
             let changes = apply::run(&pins, &config, args.dry_run)?;
-            for change in &changes {
-                println!("{change}");
-            }
-            if args.dry_run {
-                println!("{} change(s) (dry run: nothing changed)", changes.len());
-            } else {
-                println!("{} change(s) applied", changes.len());
-            }
+            print_changes(&changes, args.dry_run)?;
         }
         Command::Agent(args) if args.cluster.release_lease => {
             let options = args
@@ -562,6 +556,26 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         )?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `apply`'s changes, a line each, and their count. A cluster's worth of
+/// lines goes out buffered, not one write per line.
+fn print_changes(changes: &[apply::Change], dry_run: bool) -> Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for change in changes {
+        writeln!(out, "{change}")?;
+    }
+    if dry_run {
+        writeln!(
+            out,
+            "{} change(s) (dry run: nothing changed)",
+            changes.len()
+        )?;
+    } else {
+        writeln!(out, "{} change(s) applied", changes.len())?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// An option `load` refused, in the CLI's words: the library names the

@@ -1,7 +1,8 @@
-//! Batched map writes: `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_DELETE_BATCH`,
+//! Batched map calls: `BPF_MAP_LOOKUP_BATCH` and `BPF_MAP_DELETE_BATCH`,
 //! one syscall for many entries (aya 0.14 has no batch calls). `apply`
-//! writes a cluster's worth of remote entries this way. Where the kernel
-//! has no batch operation for a map type, each entry gets its own syscall.
+//! reads and writes a cluster's worth of remote entries this way. Where the
+//! kernel has no batch operation for a map type, each entry gets its own
+//! syscall.
 use std::{
     io,
     mem::size_of,
@@ -12,7 +13,11 @@ use aya::Pod;
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+/// Entries per lookup call: enough that a hash bucket always fits (the
+/// kernel refuses a count smaller than a bucket with ENOSPC).
+const LOOKUP_CHUNK: usize = 4096;
 /// The kernel's ENOTSUPP (not EOPNOTSUPP): no batch operation for the map.
 const ENOTSUPP: i32 = 524;
 
@@ -50,6 +55,64 @@ struct ElemAttr {
     key: u64,
     value: u64,
     flags: u64,
+}
+
+/// Every entry of a hash map, `LOOKUP_CHUNK` entries per syscall, in the
+/// map's own order; `None` where the kernel has no batch lookup for the
+/// map type (an LPM trie), so the caller walks it key by key. Entries
+/// written meanwhile may or may not be seen, as with a walk.
+pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
+    map: BorrowedFd<'_>,
+) -> io::Result<Option<Vec<(K, V)>>> {
+    let mut keys = vec![K::default(); LOOKUP_CHUNK];
+    let mut values = vec![V::default(); LOOKUP_CHUNK];
+    // The kernel's position in the map: a bucket index for a hash map.
+    let mut token = 0u32;
+    let mut entries = Vec::new();
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                std::ptr::from_ref(&token) as u64
+            },
+            out_batch: std::ptr::from_mut(&mut token) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk_len(LOOKUP_CHUNK),
+            map_fd: fd_number(map),
+            ..BatchAttr::default()
+        };
+        first = false;
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        // On the last call the kernel says ENOENT, with what it found.
+        let got = (attr.count as usize).min(LOOKUP_CHUNK);
+        match result {
+            // A full call always carries entries; none would never end.
+            Ok(()) if got == 0 => return Ok(Some(entries)),
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {
+                entries.extend(
+                    keys[..got]
+                        .iter()
+                        .copied()
+                        .zip(values[..got].iter().copied()),
+                );
+                return Ok(Some(entries));
+            }
+            Err(error) if entries.is_empty() && error.raw_os_error() == Some(ENOTSUPP) => {
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        }
+        entries.extend(
+            keys[..got]
+                .iter()
+                .copied()
+                .zip(values[..got].iter().copied()),
+        );
+    }
 }
 
 /// Deletes every key in `keys`; a missing key fails with ENOENT.

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{MapData, lpm_trie::Key};
+use aya::maps::{IterableMap, MapData, lpm_trie::Key};
 use pod_net_common::{
     Config, RemoteAddr, RemoteNode,
     config::VXLAN_OVERHEAD,
@@ -413,15 +413,15 @@ pub fn del_many(pins: &PinDir, _lock: &PinDirLock, cidrs: &[Cidr]) -> Result<Vec
         let _ = insert_new(pins, &cidrs, &values);
         return Err(error.context("removing remote entries"));
     }
-    // A node stops being a peer with its last prefix.
+    // A node stops being a peer with its last prefix (each node once: a
+    // node's 10,000 pods are one peer).
     let still_used: HashSet<[u8; 4]> = current.values().map(|node| node.node_ip).collect();
-    peers::remove(
-        pins,
-        removed
-            .iter()
-            .filter(|(_, node)| !still_used.contains(&node.node_ip))
-            .map(|(_, node)| Ipv4Addr::from(node.node_ip)),
-    )?;
+    let gone_peers: BTreeSet<Ipv4Addr> = removed
+        .iter()
+        .filter(|(_, node)| !still_used.contains(&node.node_ip))
+        .map(|(_, node)| Ipv4Addr::from(node.node_ip))
+        .collect();
+    peers::remove(pins, gone_peers)?;
     if let Ok(links) = Links::of(&config) {
         let routes: Vec<RemoteRoute> = removed
             .iter()
@@ -848,11 +848,23 @@ fn mapped(cidr: Cidr) -> RemoteAddr {
 
 /// Every (prefix, node) in both tables.
 fn entries(datapath: &Datapath) -> Result<Vec<(Cidr, RemoteNode)>> {
-    let pods = datapath.remote_pods.iter().map(|entry| {
-        let (addr, value) = entry.context("reading remote_pods")?;
-        // A single address: 128 bits, IPv4-mapped or not.
-        Ok((cidr_of(&Key::new(128, addr)), value))
-    });
+    // The pods' hash map can hold a million entries: read it in batches
+    // (two syscalls per entry key by key).
+    let pods: Vec<(RemoteAddr, RemoteNode)> =
+        match map_batch::lookup_all(IterableMap::map(&datapath.remote_pods).fd().as_fd())
+            .context("reading remote_pods")?
+        {
+            Some(pods) => pods,
+            None => datapath
+                .remote_pods
+                .iter()
+                .collect::<Result<_, _>>()
+                .context("reading remote_pods")?,
+        };
+    // A single address: 128 bits, IPv4-mapped or not.
+    let pods = pods
+        .into_iter()
+        .map(|(addr, value)| Ok((cidr_of(&Key::new(128, addr)), value)));
     let cidrs = datapath.remotes.iter().map(|entry| {
         let (key, value) = entry.context("reading remote_nodes")?;
         Ok((cidr_of(&key), value))

@@ -452,12 +452,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 big_tcp: args.big_tcp,
                 attach: args.attach,
             };
-            let report = loader::load(&pins, &options).map_err(|err| {
-                match error::find::<LoadRefusal>(&err) {
-                    Some(refusal) => anyhow::anyhow!(load_refusal(refusal)),
-                    None => err,
-                }
-            })?;
+            let report = loader::load(&pins, &options)?;
             print_load_report(&pins, &report);
         }
         Command::Unload => {
@@ -578,14 +573,61 @@ fn print_changes(changes: &[apply::Change], dry_run: bool) -> Result<()> {
     Ok(())
 }
 
-/// An option `load` refused, in the CLI's words: the library names the
-/// option, the CLI its flag.
-fn load_refusal(refusal: &LoadRefusal) -> String {
-    let flag = |capacity: Capacity| match capacity {
+/// An error as one line, the causes after colons (as `{:#}` prints it),
+/// with the typed failures in the CLI's words: the library names options
+/// and capacities, the CLI its flags and commands.
+#[must_use]
+pub fn error_line(error: &anyhow::Error) -> String {
+    error
+        .chain()
+        .map(|cause| {
+            if let Some(refusal) = cause.downcast_ref::<LoadRefusal>() {
+                load_refusal(refusal)
+            } else if let Some(error) = cause.downcast_ref::<NodeError>() {
+                node_error(error)
+            } else {
+                cause.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// The `load` flag that sets a capacity.
+const fn capacity_flag(capacity: Capacity) -> &'static str {
+    match capacity {
         Capacity::Pods => "--max-pods",
         Capacity::RemotePods => "--max-remote-pods",
         Capacity::RemoteCidrs => "--max-remote-cidrs",
-    };
+    }
+}
+
+/// A node failure, with the command or flag that mends it where the
+/// library's words name none.
+fn node_error(error: &NodeError) -> String {
+    match error {
+        NodeError::MapFull {
+            capacity,
+            size,
+            fitted,
+        } => format!(
+            "{} is full ({size} entries){}; remove stale entries, or `pod-net unload` and load \
+             again with a larger {}",
+            capacity.map(),
+            error::fitted_clause(*fitted),
+            capacity_flag(*capacity)
+        ),
+        NodeError::AlreadyRegistered { ip, .. } => {
+            format!("{error}; run `pod-net pod del --ip {ip}` first")
+        }
+        _ => error.to_string(),
+    }
+}
+
+/// An option `load` refused, in the CLI's words: the library names the
+/// option, the CLI its flag.
+fn load_refusal(refusal: &LoadRefusal) -> String {
+    let flag = capacity_flag;
     match refusal {
         LoadRefusal::ZeroCapacity(capacity) => format!("{} must be at least 1", flag(*capacity)),
         LoadRefusal::CapacityFixed {
@@ -740,14 +782,7 @@ fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
                 no_bypass: args.no_bypass,
                 pod_netns: None,
             };
-            let added = endpoints::add(pins, &spec).map_err(|err| {
-                match error::find::<NodeError>(&err) {
-                    Some(NodeError::AlreadyRegistered { ip, .. }) => {
-                        anyhow::anyhow!("{err:#}; run `pod-net pod del --ip {ip}` first")
-                    }
-                    _ => err,
-                }
-            })?;
+            let added = endpoints::add(pins, &spec)?;
             match added.outcome {
                 AddOutcome::Added => println!("added pod {} on {}", args.ip, spec.veth),
                 AddOutcome::Unchanged => {

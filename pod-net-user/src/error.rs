@@ -2,10 +2,11 @@
 //!
 //! Each travels inside the `anyhow` chain its call site adds context to;
 //! [`find`] picks it out. The CNI plugin turns them into the spec's codes
-//! ("try again later" where waiting can help); the CLI prints them as any
-//! other error. A [`LoadRefusal`] names the option it refuses, not a flag:
-//! the CLI and the agent take those options under flags of their own, and
-//! each puts its own names in the message.
+//! ("try again later" where waiting can help). The messages here name
+//! options, capacities and maps, never one of the CLI's flags: the CLI
+//! (`cli::error_line`) words a [`LoadRefusal`], a full map and an address
+//! already taken with its own flags and commands, and the agent, which
+//! takes the same options under other flags, keeps these words.
 use std::{
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
@@ -20,13 +21,18 @@ pub enum NodeError {
     /// Nothing is pinned at the pin dir yet.
     #[error("pod-net is not loaded at {} (no pinned program); run `pod-net load` first", pin_dir.display())]
     NotLoaded { pin_dir: PathBuf },
-    /// A map has no room for another entry. `advice` completes the
-    /// sentence: what fitted, and how to make room.
-    #[error("{map} is full ({capacity} entries){advice}")]
+    /// A map has no room for what was asked: `size` entries hold it. Of a
+    /// batch, `fitted` says how many of how many would have fitted (none
+    /// went in). Maps cannot grow in place, so the way out is a reload.
+    #[error(
+        "{} is full ({size} entries){}; remove stale entries, or unload and load again with a \
+         larger {capacity} capacity",
+        .capacity.map(), fitted_clause(*.fitted)
+    )]
     MapFull {
-        map: &'static str,
-        capacity: u32,
-        advice: String,
+        capacity: Capacity,
+        size: u32,
+        fitted: Option<(usize, usize)>,
     },
     /// A pinned map is not of the type or sizes this build reads: another
     /// build pinned it.
@@ -114,6 +120,14 @@ impl std::fmt::Display for Capacity {
             Self::RemoteCidrs => "remote CIDR",
         })
     }
+}
+
+/// How much of a batch would have fitted into a full map, as a clause.
+#[must_use]
+pub fn fitted_clause(fitted: Option<(usize, usize)>) -> String {
+    fitted.map_or_else(String::new, |(fit, wanted)| {
+        format!(": {fit} of the {wanted} new entries fit, so none were added")
+    })
 }
 
 /// The typed failure of type `E` in `error`'s chain, if there is one.

@@ -154,7 +154,11 @@ fn a_full_map_refuses_the_next_pod_and_keeps_the_others() {
     node.register(a).unwrap();
 
     let full = output_of(&mut node.pod_add_command(b)).unwrap();
-    assert_one_line_error(&full, "local_endpoints is full (1 entries)");
+    assert_one_line_error(
+        &full,
+        "local_endpoints is full (1 entries); remove stale entries, or `pod-net unload` and load \
+         again with a larger --max-pods",
+    );
     assert_eq!(node.pod_ips().unwrap(), [a.ip.to_string()]);
     // The attach made for B was rolled back.
     assert!(node.tcx_ingress_programs(&b.host_veth).unwrap().is_empty());
@@ -203,7 +207,8 @@ fn full_remote_maps_refuse_and_keep_the_others() {
     assert_one_line_error(
         &full,
         "remote_nodes is full (2 entries): 1 of the 2 new entries fit, so none were added; \
-         remove stale entries or load with a larger --max-remote-cidrs",
+         remove stale entries, or `pod-net unload` and load again with a larger \
+         --max-remote-cidrs",
     );
     assert_eq!(remote_cidrs(), ["10.244.2.0/24"]);
     assert_eq!(kernel_routes(), routes_before);
@@ -212,14 +217,14 @@ fn full_remote_maps_refuse_and_keep_the_others() {
     assert!(add("10.244.3.0/24").status.success());
     assert_one_line_error(
         &add("10.244.6.0/24"),
-        "remote_nodes is full (2 entries); remove stale entries or load with a larger \
-         --max-remote-cidrs",
+        "remote_nodes is full (2 entries); remove stale entries, or `pod-net unload` and load \
+         again with a larger --max-remote-cidrs",
     );
     assert!(add("10.244.4.7/32").status.success());
     assert_one_line_error(
         &add("10.244.4.8/32"),
-        "remote_pods is full (1 entries); remove stale entries or load with a larger \
-         --max-remote-pods",
+        "remote_pods is full (1 entries); remove stale entries, or `pod-net unload` and load \
+         again with a larger --max-remote-pods",
     );
     assert_eq!(
         remote_cidrs(),

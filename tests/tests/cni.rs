@@ -461,7 +461,8 @@ fn add_to_a_full_node_says_try_again_later() {
     assert!(
         failure.msg.starts_with("registering 10.244.1.")
             && failure.msg.ends_with(
-                ": local_endpoints is full (1 entries); remove stale pods or load with a larger map"
+                ": local_endpoints is full (1 entries); remove stale entries, or unload and \
+                 load again with a larger pod capacity"
             ),
         "{failure}"
     );

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // One line naming what was wrong, the causes after colons.
-            eprintln!("pod-net: error: {err:#}");
+            eprintln!("pod-net: error: {}", cli::error_line(&err));
             ExitCode::FAILURE
         }
     }

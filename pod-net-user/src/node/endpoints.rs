@@ -12,7 +12,7 @@ use pod_net_common::{
     Endpoint, EndpointKey,
     endpoint::{CONTAINER_ID_LEN, ENDPOINT_F_NO_BYPASS, IFNAME_LEN},
     event::CONFIG_F_BIG_TCP,
-    map_table, program_names,
+    program_names,
 };
 use serde::Serialize;
 
@@ -25,7 +25,7 @@ use crate::{
         pins::{PinDir, PinDirLock},
         underlay, xdp,
     },
-    error::NodeError,
+    error::{Capacity, NodeError},
     mac::MacAddr,
     node::{big_tcp, remotes},
     sys::{
@@ -386,9 +386,9 @@ fn map_insert_error(err: MapError, capacity: u32) -> anyhow::Error {
         && syscall.io_error.raw_os_error() == Some(libc::E2BIG)
     {
         return NodeError::MapFull {
-            map: map_table::LOCAL_ENDPOINTS.name,
-            capacity,
-            advice: "; remove stale pods or load with a larger map".to_owned(),
+            capacity: Capacity::Pods,
+            size: capacity,
+            fitted: None,
         }
         .into();
     }

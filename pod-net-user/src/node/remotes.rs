@@ -26,7 +26,7 @@ use crate::{
         map_batch::{self, BatchError},
         pins::{PinDir, PinDirLock},
     },
-    error::NodeError,
+    error::{Capacity, NodeError},
     mac::MacAddr,
     node::{
         direct,
@@ -503,10 +503,11 @@ impl Table {
         }
     }
 
-    const fn load_flag(self) -> &'static str {
+    /// The capacity `load` sizes it by.
+    const fn load_capacity(self) -> Capacity {
         match self {
-            Self::Pods => "--max-remote-pods",
-            Self::Cidrs => "--max-remote-cidrs",
+            Self::Pods => Capacity::RemotePods,
+            Self::Cidrs => Capacity::RemoteCidrs,
         }
     }
 
@@ -546,18 +547,10 @@ impl InsertFailure {
                     .iter()
                     .filter(|cidr| Table::of(**cidr) == table)
                     .count();
-                let enough = if cidrs.len() == 1 {
-                    String::new()
-                } else {
-                    format!(": {fit} of the {wanted} new entries fit, so none were added")
-                };
                 NodeError::MapFull {
-                    map: table.map_name(),
-                    capacity: table.capacity(datapath),
-                    advice: format!(
-                        "{enough}; remove stale entries or load with a larger {}",
-                        table.load_flag()
-                    ),
+                    capacity: table.load_capacity(),
+                    size: table.capacity(datapath),
+                    fitted: (cidrs.len() > 1).then_some((fit, wanted)),
                 }
                 .into()
             }

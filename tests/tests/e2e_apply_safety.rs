@@ -234,6 +234,23 @@ fn sigkill_mid_apply_of_10k_entries_then_status_gc_and_apply_converge() {
     node.run_until_killed(&["apply", "-f", path], crashpoint::NETLINK_PARTIAL)
         .unwrap();
     assert_eq!(node_list(node), listed(&remotes));
+    // status counts the maps in batches of 4096: every entry counts.
+    let status = node.pod_net_output(&["status", "--json"]).unwrap();
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let entries = |map: &str| {
+        status["maps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|fill| fill["name"] == map)
+            .unwrap()["entries"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(
+        (entries("remote_pods"), entries("remote_nodes")),
+        (10_000, 2)
+    );
     let side = kernel_side(node);
     assert_eq!(side.neighbours, want.neighbours);
     assert_eq!(side.fdb, want.fdb);

@@ -61,14 +61,37 @@ struct ElemAttr {
 /// map's own order; `None` where the kernel has no batch lookup for the
 /// map type (an LPM trie), so the caller walks it key by key. Entries
 /// written meanwhile may or may not be seen, as with a walk.
-pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
+pub fn lookup_all<K: Pod + bytemuck::Zeroable, V: Pod + bytemuck::Zeroable>(
     map: BorrowedFd<'_>,
 ) -> io::Result<Option<Vec<(K, V)>>> {
-    let mut keys = vec![K::default(); LOOKUP_CHUNK];
-    let mut values = vec![V::default(); LOOKUP_CHUNK];
+    let mut entries = Vec::new();
+    let supported = lookup_chunks(map, |keys: &[K], values: &[V]| {
+        entries.extend(keys.iter().copied().zip(values.iter().copied()));
+    })?;
+    Ok(supported.then_some(entries))
+}
+
+/// How many entries a hash map holds, counted as [`lookup_all`] reads
+/// them but without keeping them; `None` where there is no batch lookup.
+pub fn count<K: Pod + bytemuck::Zeroable, V: Pod + bytemuck::Zeroable>(
+    map: BorrowedFd<'_>,
+) -> io::Result<Option<usize>> {
+    let mut count = 0;
+    let supported = lookup_chunks(map, |keys: &[K], _: &[V]| count += keys.len())?;
+    Ok(supported.then_some(count))
+}
+
+/// Reads the whole map with `BPF_MAP_LOOKUP_BATCH`, handing each chunk to
+/// `each`; false, having read nothing, where the kernel has no batch
+/// lookup for the map type.
+fn lookup_chunks<K: Pod + bytemuck::Zeroable, V: Pod + bytemuck::Zeroable>(
+    map: BorrowedFd<'_>,
+    mut each: impl FnMut(&[K], &[V]),
+) -> io::Result<bool> {
+    let mut keys = vec![K::zeroed(); LOOKUP_CHUNK];
+    let mut values = vec![V::zeroed(); LOOKUP_CHUNK];
     // The kernel's position in the map: a bucket index for a hash map.
     let mut token = 0u32;
-    let mut entries = Vec::new();
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
@@ -84,34 +107,21 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
             map_fd: fd_number(map),
             ..BatchAttr::default()
         };
-        first = false;
         let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        // On the last call the kernel says ENOENT, with what it found.
         let got = (attr.count as usize).min(LOOKUP_CHUNK);
         match result {
             // A full call always carries entries; none would never end.
-            Ok(()) if got == 0 => return Ok(Some(entries)),
-            Ok(()) => {}
+            Ok(()) if got == 0 => return Ok(true),
+            Ok(()) => each(&keys[..got], &values[..got]),
+            // On the last call the kernel says ENOENT, with what it found.
             Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {
-                entries.extend(
-                    keys[..got]
-                        .iter()
-                        .copied()
-                        .zip(values[..got].iter().copied()),
-                );
-                return Ok(Some(entries));
+                each(&keys[..got], &values[..got]);
+                return Ok(true);
             }
-            Err(error) if entries.is_empty() && error.raw_os_error() == Some(ENOTSUPP) => {
-                return Ok(None);
-            }
+            Err(error) if first && error.raw_os_error() == Some(ENOTSUPP) => return Ok(false),
             Err(error) => return Err(error),
         }
-        entries.extend(
-            keys[..got]
-                .iter()
-                .copied()
-                .zip(values[..got].iter().copied()),
-        );
+        first = false;
     }
 }
 

@@ -15,8 +15,10 @@ pub mod xdp;
 use std::net::IpAddr;
 
 use anyhow::{Context as _, Result};
+use std::os::fd::AsFd as _;
+
 use aya::maps::{
-    Array, DevMapHash, HashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray,
+    Array, DevMapHash, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray,
 };
 use pod_net_common::{
     Config, Counter, Endpoint, EndpointKey, Reason, RemoteAddr, RemoteNode,
@@ -73,18 +75,19 @@ impl Datapath {
         })
     }
 
-    /// How full each map that can fill up is.
-    #[must_use]
-    pub fn map_fills(&self) -> Vec<MapFill> {
-        vec![
+    /// How full each map that can fill up is. The hash maps are counted in
+    /// batches (a million remote pods would be a million syscalls key by
+    /// key, on every `status` and every scrape of `/metrics`).
+    pub fn map_fills(&self) -> Result<Vec<MapFill>> {
+        Ok(vec![
             MapFill {
                 name: map_table::LOCAL_ENDPOINTS.name,
-                entries: self.endpoints.keys().count(),
+                entries: hash_len(&self.endpoints).context("counting local_endpoints")?,
                 capacity: self.endpoints_capacity,
             },
             MapFill {
                 name: map_table::REMOTE_PODS.name,
-                entries: self.remote_pods.keys().count(),
+                entries: hash_len(&self.remote_pods).context("counting remote_pods")?,
                 capacity: self.remote_pods_capacity,
             },
             MapFill {
@@ -92,7 +95,7 @@ impl Datapath {
                 entries: self.remotes.keys().count(),
                 capacity: self.remotes_capacity,
             },
-        ]
+        ])
     }
 
     /// The XDP redirect targets, opened on demand (only the XDP path needs
@@ -134,6 +137,15 @@ impl Datapath {
             })
             .collect()
     }
+}
+
+/// The entries of a hash map: counted in batches, or key by key where the
+/// kernel has no batch lookup.
+fn hash_len<K: aya::Pod + bytemuck::Zeroable, V: aya::Pod + bytemuck::Zeroable>(
+    map: &HashMap<MapData, K, V>,
+) -> std::io::Result<usize> {
+    let fd = IterableMap::map(map).fd().as_fd();
+    Ok(map_batch::count::<K, V>(fd)?.unwrap_or_else(|| map.keys().count()))
 }
 
 /// Whether a map call failed because the key is not there: aya says so

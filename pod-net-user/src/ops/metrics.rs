@@ -13,7 +13,7 @@ use crate::datapath::{Datapath, open_typed, pins::PinDir};
 pub fn render(pins: &PinDir) -> Result<String> {
     let datapath = Datapath::open(pins)?;
     let totals = datapath.counter_totals()?;
-    let maps = datapath.map_fills();
+    let maps = datapath.map_fills()?;
     let mut out = String::new();
     family(
         &mut out,

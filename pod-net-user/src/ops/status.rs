@@ -172,7 +172,7 @@ pub fn check(pins: &PinDir) -> Result<Status> {
     status.attach = AttachMode::of(&config).name();
     let entries = datapath.endpoint_entries()?;
     status.pods = entries.len();
-    for map in datapath.map_fills() {
+    for map in datapath.map_fills()? {
         fill(&mut status, map);
     }
     check_pods(&entries, &mut status)?;

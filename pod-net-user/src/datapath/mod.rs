@@ -12,11 +12,9 @@ pub mod underlay;
 pub mod unload;
 pub mod xdp;
 
-use std::net::IpAddr;
+use std::{net::IpAddr, os::fd::AsFd as _};
 
 use anyhow::{Context as _, Result};
-use std::os::fd::AsFd as _;
-
 use aya::maps::{
     Array, DevMapHash, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray,
 };
@@ -111,11 +109,7 @@ impl Datapath {
 
     /// Every local endpoint, sorted by address.
     pub fn endpoint_entries(&self) -> Result<Vec<(EndpointKey, Endpoint)>> {
-        let mut entries = self
-            .endpoints
-            .iter()
-            .collect::<Result<Vec<_>, MapError>>()
-            .context("reading local_endpoints")?;
+        let mut entries = hash_entries(&self.endpoints).context("reading local_endpoints")?;
         entries.sort_by_key(|(key, _)| (key.family, key.addr));
         Ok(entries)
     }
@@ -139,11 +133,26 @@ impl Datapath {
     }
 }
 
-/// The entries of a hash map: counted in batches, or key by key where the
-/// kernel has no batch lookup.
-fn hash_len<K: aya::Pod + bytemuck::Zeroable, V: aya::Pod + bytemuck::Zeroable>(
-    map: &HashMap<MapData, K, V>,
-) -> std::io::Result<usize> {
+/// Every entry of a hash map: read in batches, or key by key (two syscalls
+/// an entry) where the kernel has no batch lookup.
+pub(crate) fn hash_entries<K, V>(map: &HashMap<MapData, K, V>) -> Result<Vec<(K, V)>>
+where
+    K: aya::Pod + bytemuck::Zeroable,
+    V: aya::Pod + bytemuck::Zeroable,
+{
+    let fd = IterableMap::map(map).fd().as_fd();
+    match map_batch::lookup_all(fd)? {
+        Some(entries) => Ok(entries),
+        None => Ok(map.iter().collect::<Result<_, MapError>>()?),
+    }
+}
+
+/// How many entries a hash map holds, counted as [`hash_entries`] reads.
+fn hash_len<K, V>(map: &HashMap<MapData, K, V>) -> std::io::Result<usize>
+where
+    K: aya::Pod + bytemuck::Zeroable,
+    V: aya::Pod + bytemuck::Zeroable,
+{
     let fd = IterableMap::map(map).fd().as_fd();
     Ok(map_batch::count::<K, V>(fd)?.unwrap_or_else(|| map.keys().count()))
 }

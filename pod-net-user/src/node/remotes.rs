@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{IterableMap, MapData, lpm_trie::Key};
+use aya::maps::{MapData, lpm_trie::Key};
 use pod_net_common::{
     Config, RemoteAddr, RemoteNode,
     config::VXLAN_OVERHEAD,
@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::{
     cidr::Cidr,
     datapath::{
-        Datapath, endpoint_ip,
+        Datapath, endpoint_ip, hash_entries,
         map_batch::{self, BatchError},
         pins::{PinDir, PinDirLock},
     },
@@ -841,19 +841,8 @@ fn mapped(cidr: Cidr) -> RemoteAddr {
 
 /// Every (prefix, node) in both tables.
 fn entries(datapath: &Datapath) -> Result<Vec<(Cidr, RemoteNode)>> {
-    // The pods' hash map can hold a million entries: read it in batches
-    // (two syscalls per entry key by key).
-    let pods: Vec<(RemoteAddr, RemoteNode)> =
-        match map_batch::lookup_all(IterableMap::map(&datapath.remote_pods).fd().as_fd())
-            .context("reading remote_pods")?
-        {
-            Some(pods) => pods,
-            None => datapath
-                .remote_pods
-                .iter()
-                .collect::<Result<_, _>>()
-                .context("reading remote_pods")?,
-        };
+    // The pods' hash map can hold a million entries: read in batches.
+    let pods = hash_entries(&datapath.remote_pods).context("reading remote_pods")?;
     // A single address: 128 bits, IPv4-mapped or not.
     let pods = pods
         .into_iter()

@@ -837,3 +837,35 @@ fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_failures_read_in_the_clis_words_behind_their_context() {
+        let full = anyhow::Error::from(NodeError::MapFull {
+            capacity: Capacity::RemoteCidrs,
+            size: 2,
+            fitted: Some((1, 2)),
+        })
+        .context("adding 2 remote entries");
+        assert_eq!(
+            error_line(&full),
+            "adding 2 remote entries: remote_nodes is full (2 entries): 1 of the 2 new entries \
+             fit, so none were added; remove stale entries, or `pod-net unload` and load again \
+             with a larger --max-remote-cidrs"
+        );
+        // The library's own words, as the CNI plugin and the agent print them.
+        assert_eq!(
+            format!("{full:#}"),
+            "adding 2 remote entries: remote_nodes is full (2 entries): 1 of the 2 new entries \
+             fit, so none were added; remove stale entries, or unload and load again with a \
+             larger remote CIDR capacity"
+        );
+        let refused = anyhow::Error::from(LoadRefusal::ZeroCapacity(Capacity::Pods));
+        assert_eq!(error_line(&refused), "--max-pods must be at least 1");
+        let plain = anyhow::anyhow!("no such thing").context("reading it");
+        assert_eq!(error_line(&plain), "reading it: no such thing");
+    }
+}

@@ -194,6 +194,20 @@ fn node_list(node: &Node) -> BTreeSet<(Cidr, Ipv4Addr)> {
         .collect()
 }
 
+/// The entries `status --json` counts in `map` (whatever its health).
+fn map_entries(node: &Node, map: &str) -> u64 {
+    let status = node.pod_net_output(&["status", "--json"]).unwrap();
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    status["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|fill| fill["name"] == map)
+        .unwrap_or_else(|| panic!("no {map} in {status}"))["entries"]
+        .as_u64()
+        .unwrap()
+}
+
 fn listed(remotes: &[Remote]) -> BTreeSet<(Cidr, Ipv4Addr)> {
     remotes
         .iter()
@@ -235,20 +249,11 @@ fn sigkill_mid_apply_of_10k_entries_then_status_gc_and_apply_converge() {
         .unwrap();
     assert_eq!(node_list(node), listed(&remotes));
     // status counts the maps in batches of 4096: every entry counts.
-    let status = node.pod_net_output(&["status", "--json"]).unwrap();
-    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
-    let entries = |map: &str| {
-        status["maps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|fill| fill["name"] == map)
-            .unwrap()["entries"]
-            .as_u64()
-            .unwrap()
-    };
     assert_eq!(
-        (entries("remote_pods"), entries("remote_nodes")),
+        (
+            map_entries(node, "remote_pods"),
+            map_entries(node, "remote_nodes")
+        ),
         (10_000, 2)
     );
     let side = kernel_side(node);
@@ -630,4 +635,32 @@ fn the_agent_refuses_a_bad_config_before_changing_anything() {
     assert_eq!(state(), applied);
     assert!(logged().contains(refusal), "{}", logged());
     assert_eq!(node.problems().unwrap(), []);
+}
+
+/// More remote CIDRs than one batched read of the trie takes (4096 a
+/// call): every one is listed, counted, and removed again.
+#[test]
+fn five_thousand_remote_cidrs_are_listed_counted_and_removed() {
+    require_root!();
+    let rig = rig(0, false);
+    let node = rig.node(1);
+    load(node);
+    let file = rig.scratch_dir().unwrap().join("cidrs.toml");
+    let path = file.to_str().unwrap();
+    let remotes: Vec<Remote> = (0..5000u16)
+        .map(|index| {
+            let [high, low] = index.to_be_bytes();
+            let cidr = format!("10.{}.{low}.0/24", 100 + high);
+            remote(&cidr, [192, 168, 100, 2 + (low % 4)])
+        })
+        .collect();
+    write_file(&file, &[], &remotes);
+    node.pod_net(&["apply", "-f", path]).unwrap();
+    assert_eq!(node_list(node), listed(&remotes));
+    assert_eq!(map_entries(node, "remote_nodes"), 5000);
+
+    write_file(&file, &[], &[]);
+    node.pod_net(&["apply", "-f", path]).unwrap();
+    assert!(node_list(node).is_empty());
+    assert_eq!(map_entries(node, "remote_nodes"), 0);
 }

@@ -57,9 +57,9 @@ struct ElemAttr {
     flags: u64,
 }
 
-/// Every entry of a hash map, `LOOKUP_CHUNK` entries per syscall, in the
-/// map's own order; `None` where the kernel has no batch lookup for the
-/// map type (an LPM trie), so the caller walks it key by key. Entries
+/// Every entry of a map, `LOOKUP_CHUNK` entries per syscall, in the map's
+/// own order; `None` where the kernel has no batch lookup for the map
+/// type, so the caller walks it key by key. Entries
 /// written meanwhile may or may not be seen, as with a walk.
 pub fn lookup_all<K: Pod + bytemuck::Zeroable, V: Pod + bytemuck::Zeroable>(
     map: BorrowedFd<'_>,
@@ -71,7 +71,7 @@ pub fn lookup_all<K: Pod + bytemuck::Zeroable, V: Pod + bytemuck::Zeroable>(
     Ok(supported.then_some(entries))
 }
 
-/// How many entries a hash map holds, counted as [`lookup_all`] reads
+/// How many entries a map holds, counted as [`lookup_all`] reads
 /// them but without keeping them; `None` where there is no batch lookup.
 pub fn count<K: Pod + bytemuck::Zeroable, V: Pod + bytemuck::Zeroable>(
     map: BorrowedFd<'_>,
@@ -90,17 +90,15 @@ fn lookup_chunks<K: Pod + bytemuck::Zeroable, V: Pod + bytemuck::Zeroable>(
 ) -> io::Result<bool> {
     let mut keys = vec![K::zeroed(); LOOKUP_CHUNK];
     let mut values = vec![V::zeroed(); LOOKUP_CHUNK];
-    // The kernel's position in the map: a bucket index for a hash map.
-    let mut token = 0u32;
+    // The kernel's position in the map: a bucket index (u32) for a hash
+    // map, the last key read for the maps of the generic batch calls (an
+    // LPM trie).
+    let mut token = vec![0u8; size_of::<K>().max(size_of::<u32>())];
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                std::ptr::from_ref(&token) as u64
-            },
-            out_batch: std::ptr::from_mut(&mut token) as u64,
+            in_batch: if first { 0 } else { token.as_ptr() as u64 },
+            out_batch: token.as_mut_ptr() as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
             count: chunk_len(LOOKUP_CHUNK),

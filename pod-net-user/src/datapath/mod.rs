@@ -25,6 +25,20 @@ use pod_net_common::{
 
 use crate::{datapath::pins::PinDir, error::NodeError};
 
+/// A `remote_nodes` key as the kernel lays it out: aya's
+/// `lpm_trie::Key<RemoteAddr>`, with the byte-wise traits the batched read
+/// needs.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct TrieKey {
+    pub prefix_len: u32,
+    pub addr: RemoteAddr,
+}
+
+// SAFETY: plain `#[repr(C)]` data without padding (bytemuck's derive
+// checks), as aya's `Pod` requires.
+unsafe impl aya::Pod for TrieKey {}
+
 /// A map's fill level.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MapFill {
@@ -90,10 +104,22 @@ impl Datapath {
             },
             MapFill {
                 name: map_table::REMOTE_NODES.name,
-                entries: self.remotes.keys().count(),
+                entries: map_batch::count::<TrieKey, RemoteNode>(self.remotes_fd())
+                    .context("counting remote_nodes")?
+                    .unwrap_or_else(|| self.remotes.keys().count()),
                 capacity: self.remotes_capacity,
             },
         ])
+    }
+
+    /// Every `remote_nodes` entry, read in batches; `None` where the kernel
+    /// has no batch lookup for an LPM trie (the caller walks it).
+    pub fn remote_node_entries(&self) -> std::io::Result<Option<Vec<(TrieKey, RemoteNode)>>> {
+        map_batch::lookup_all(self.remotes_fd())
+    }
+
+    fn remotes_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        IterableMap::map(&self.remotes).fd().as_fd()
     }
 
     /// The XDP redirect targets, opened on demand (only the XDP path needs

@@ -841,25 +841,37 @@ fn mapped(cidr: Cidr) -> RemoteAddr {
 
 /// Every (prefix, node) in both tables.
 fn entries(datapath: &Datapath) -> Result<Vec<(Cidr, RemoteNode)>> {
-    // The pods' hash map can hold a million entries: read in batches.
-    let pods = hash_entries(&datapath.remote_pods).context("reading remote_pods")?;
-    // A single address: 128 bits, IPv4-mapped or not.
-    let pods = pods
+    // Both maps can be big (a million pods, 65,536 CIDRs): read in batches.
+    let pods = hash_entries(&datapath.remote_pods)
+        .context("reading remote_pods")?
         .into_iter()
-        .map(|(addr, value)| Ok((cidr_of(&Key::new(128, addr)), value)));
-    let cidrs = datapath.remotes.iter().map(|entry| {
-        let (key, value) = entry.context("reading remote_nodes")?;
-        Ok((cidr_of(&key), value))
-    });
-    pods.chain(cidrs).collect()
+        // A single address: 128 bits, IPv4-mapped or not.
+        .map(|(addr, value)| (cidr_of(128, &addr), value));
+    let cidrs: Vec<(Cidr, RemoteNode)> = match datapath
+        .remote_node_entries()
+        .context("reading remote_nodes")?
+    {
+        Some(entries) => entries
+            .into_iter()
+            .map(|(key, value)| (cidr_of(key.prefix_len, &key.addr), value))
+            .collect(),
+        None => datapath
+            .remotes
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.context("reading remote_nodes")?;
+                Ok((cidr_of(key.prefix_len(), &key.data()), value))
+            })
+            .collect::<Result<_>>()?,
+    };
+    Ok(pods.chain(cidrs).collect())
 }
 
 /// The prefix a trie key stands for. The kernel keeps prefix lengths at
 /// most 128 for a 16-byte key, so they fit a `u8`.
-fn cidr_of(key: &Key<RemoteAddr>) -> Cidr {
-    let data = key.data();
-    let addr = &data.addr;
-    let prefix_len = u8::try_from(key.prefix_len()).unwrap_or(u8::MAX);
+fn cidr_of(prefix_len: u32, addr: &RemoteAddr) -> Cidr {
+    let addr = &addr.addr;
+    let prefix_len = u8::try_from(prefix_len).unwrap_or(u8::MAX);
     let mapped_bits = u8::try_from(IPV4_MAPPED_PREFIX_BITS).unwrap_or(u8::MAX);
     if prefix_len >= mapped_bits && addr[..10] == [0; 10] && addr[10..12] == [0xff, 0xff] {
         Cidr {

@@ -1,7 +1,7 @@
 //! The datapath: the programs and maps, loaded and pinned on bpffs
 //! (`loader`, with the checks of `layout` and the `underlay` it sets up;
-//! `unload`; `pins`, `attach`, `xdp`), written in bulk (`map_batch`), and
-//! here, typed handles on the pinned maps of a loaded datapath.
+//! `unload`; `pins`, `attach`, `xdp`), read and written in bulk (`map_batch`),
+//! and here, typed handles on the pinned maps of a loaded datapath.
 
 pub mod attach;
 pub mod layout;

@@ -452,8 +452,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 big_tcp: args.big_tcp,
                 attach: args.attach,
             };
-            let report = loader::load(&pins, &options)?;
-            print_load_report(&pins, &report);
+            print_load_report(&pins, &loader::load(&pins, &options)?);
         }
         Command::Unload => {
             let report = unload::unload(&pins)?;
@@ -627,9 +626,10 @@ fn node_error(error: &NodeError) -> String {
 /// An option `load` refused, in the CLI's words: the library names the
 /// option, the CLI its flag.
 fn load_refusal(refusal: &LoadRefusal) -> String {
-    let flag = capacity_flag;
     match refusal {
-        LoadRefusal::ZeroCapacity(capacity) => format!("{} must be at least 1", flag(*capacity)),
+        LoadRefusal::ZeroCapacity(capacity) => {
+            format!("{} must be at least 1", capacity_flag(*capacity))
+        }
         LoadRefusal::CapacityFixed {
             capacity,
             path,
@@ -640,7 +640,7 @@ fn load_refusal(refusal: &LoadRefusal) -> String {
              place (`pod-net unload` first, which drops its entries)",
             capacity.map(),
             path.display(),
-            flag(*capacity)
+            capacity_flag(*capacity)
         ),
         LoadRefusal::ZeroVxlanPort => "--vxlan-port must not be 0".to_owned(),
         LoadRefusal::NoSuchUnderlay(name) => {

@@ -1,12 +1,14 @@
 //! Pinned maps against this build's map table: a map of another layout
 //! or size is refused by name before anything is loaded, never dropped.
 
-use crate::error::{Capacity, LoadRefusal};
 use anyhow::{Context as _, Result, bail};
 use aya::maps::MapData;
 
 use super::loader::{LoadOptions, pinned_maps};
-use crate::datapath::pins::PinDir;
+use crate::{
+    datapath::pins::PinDir,
+    error::{Capacity, LoadRefusal},
+};
 
 /// Refuses pinned maps whose layout differs from this build's.
 pub(super) fn check_pinned_layouts(pins: &PinDir) -> Result<()> {

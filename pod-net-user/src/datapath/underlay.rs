@@ -1,7 +1,6 @@
 //! The underlay: the interface and node IP VXLAN and direct routing leave
 //! from, checked as `load` takes it, set up (the tunnel device, the config,
 //! `underlay_ingress`), and the pod MTUs it leaves room for.
-use crate::error::LoadRefusal;
 use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result, bail};
@@ -9,6 +8,7 @@ use pod_net_common::{Config, config::VXLAN_OVERHEAD, program_names, remote::deri
 
 use crate::{
     datapath::{Datapath, attach, attach::AttachMode, pins::PinDir},
+    error::LoadRefusal,
     mac::MacAddr,
     node::{
         remotes,

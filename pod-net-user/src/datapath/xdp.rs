@@ -2,13 +2,14 @@
 //! off, and readying each pod for it. XDP redirects into a veth land in the
 //! peer's NAPI queue, which exists only with GRO (or XDP) on the pod's end,
 //! so each pod's `eth0` gets GRO and its host veth a `pod_veths` entry.
-use crate::error::LoadRefusal;
+use std::path::Path;
+
 use anyhow::{Context as _, Result};
 use pod_net_common::{Config, program_names};
-use std::path::Path;
 
 use crate::{
     datapath::{Datapath, attach, is_missing_key, pins::PinDir},
+    error::LoadRefusal,
     sys::{
         netdev::{self, Link},
         netns,

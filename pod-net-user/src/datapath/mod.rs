@@ -112,10 +112,23 @@ impl Datapath {
         ])
     }
 
-    /// Every `remote_nodes` entry, read in batches; `None` where the kernel
-    /// has no batch lookup for an LPM trie (the caller walks it).
-    pub fn remote_node_entries(&self) -> std::io::Result<Option<Vec<(TrieKey, RemoteNode)>>> {
-        map_batch::lookup_all(self.remotes_fd())
+    /// Every `remote_nodes` entry: read in batches, or key by key where the
+    /// kernel has no batch lookup for an LPM trie.
+    pub fn remote_node_entries(&self) -> Result<Vec<(TrieKey, RemoteNode)>> {
+        if let Some(entries) = map_batch::lookup_all(self.remotes_fd())? {
+            return Ok(entries);
+        }
+        self.remotes
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry?;
+                let key = TrieKey {
+                    prefix_len: key.prefix_len(),
+                    addr: key.data(),
+                };
+                Ok((key, value))
+            })
+            .collect()
     }
 
     fn remotes_fd(&self) -> std::os::fd::BorrowedFd<'_> {

@@ -847,23 +847,11 @@ fn entries(datapath: &Datapath) -> Result<Vec<(Cidr, RemoteNode)>> {
         .into_iter()
         // A single address: 128 bits, IPv4-mapped or not.
         .map(|(addr, value)| (cidr_of(128, &addr), value));
-    let cidrs: Vec<(Cidr, RemoteNode)> = match datapath
+    let cidrs = datapath
         .remote_node_entries()
         .context("reading remote_nodes")?
-    {
-        Some(entries) => entries
-            .into_iter()
-            .map(|(key, value)| (cidr_of(key.prefix_len, &key.addr), value))
-            .collect(),
-        None => datapath
-            .remotes
-            .iter()
-            .map(|entry| {
-                let (key, value) = entry.context("reading remote_nodes")?;
-                Ok((cidr_of(key.prefix_len(), &key.data()), value))
-            })
-            .collect::<Result<_>>()?,
-    };
+        .into_iter()
+        .map(|(key, value)| (cidr_of(key.prefix_len, &key.addr), value));
     Ok(pods.chain(cidrs).collect())
 }
 

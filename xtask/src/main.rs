@@ -7,6 +7,7 @@ mod install;
 mod run;
 mod setup;
 mod test;
+mod toolchain;
 
 use std::process::ExitCode;
 

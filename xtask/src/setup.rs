@@ -5,7 +5,10 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::run::{show, succeeds};
+use crate::{
+    run::{show, succeeds},
+    toolchain::EbpfToolchain,
+};
 
 /// Debian packages the build, the tests, the demo and the bench use.
 const PACKAGES: &[(&str, &str)] = &[
@@ -116,38 +119,44 @@ fn is_installed(package: &str) -> bool {
 }
 
 fn rust_toolchain() -> Result<()> {
-    let toolchains = Command::new("rustup")
-        .args(["toolchain", "list"])
-        .output()
-        .context("running rustup (the eBPF build needs a nightly toolchain from rustup)")?;
-    if String::from_utf8_lossy(&toolchains.stdout)
-        .lines()
-        .any(|line| line.starts_with("nightly"))
-    {
-        println!("setup: nightly toolchain present");
+    let pinned = EbpfToolchain::pinned()?;
+    let toolchain = if pinned.installed() {
+        println!("setup: {} present", pinned.channel);
+        pinned.channel.clone()
+    } else if pinned.is_plain_nightly() {
+        println!(
+            "setup: the installed `nightly` is {} (rustc of {}); using it",
+            pinned.channel, pinned.commit_date
+        );
+        "nightly".to_owned()
     } else {
-        println!("setup: installing the nightly toolchain (builds the eBPF crate)");
+        println!(
+            "setup: installing {} (builds the eBPF crate; pinned, as a newer nightly's LLVM may \
+             be one bpf-linker cannot read)",
+            pinned.channel
+        );
         show(Command::new("rustup").args([
             "toolchain",
             "install",
-            "nightly",
+            &pinned.channel,
             "--profile",
             "minimal",
         ]))?;
-    }
+        pinned.channel.clone()
+    };
     let components = Command::new("rustup")
-        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .args(["component", "list", "--toolchain", &toolchain, "--installed"])
         .output()
-        .context("listing nightly components")?;
+        .with_context(|| format!("listing {toolchain}'s components"))?;
     if String::from_utf8_lossy(&components.stdout)
         .lines()
         .any(|line| line.starts_with("rust-src"))
     {
-        println!("setup: rust-src for nightly present");
+        println!("setup: rust-src for {toolchain} present");
         return Ok(());
     }
-    println!("setup: adding rust-src to nightly (build-std=core for the bpf target)");
-    show(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    println!("setup: adding rust-src to {toolchain} (build-std=core for the bpf target)");
+    show(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &toolchain]))
 }
 
 fn bpf_linker() -> Result<()> {

@@ -3,7 +3,10 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::run::{cargo, show, workspace_root};
+use crate::{
+    run::{cargo, show, workspace_root},
+    toolchain::EbpfToolchain,
+};
 
 pub fn run(extra: &[String]) -> Result<()> {
     println!("test: cargo fmt --check");
@@ -17,7 +20,7 @@ pub fn run(extra: &[String]) -> Result<()> {
         "warnings",
     ]))?;
     println!("test: cargo clippy for the eBPF crate (bpf target, nightly)");
-    show(&mut ebpf_clippy())?;
+    show(&mut ebpf_clippy(&EbpfToolchain::pinned()?.name()))?;
     // The rig tests run the pod-net binary; build it before they look for it.
     println!("test: building the binaries");
     show(&mut cargo(&["build", "--bins"]))?;
@@ -36,11 +39,11 @@ pub fn run(extra: &[String]) -> Result<()> {
 }
 
 /// Clippy over the kernel programs, built the way aya-build builds them
-/// (nightly, the bpf target, core from source), in a target dir of its own.
-fn ebpf_clippy() -> Command {
+/// (the pinned nightly, the bpf target, core from source), in a target dir of its own.
+fn ebpf_clippy(toolchain: &str) -> Command {
     let mut command = Command::new("rustup");
     command
-        .args(["run", "nightly", "cargo", "clippy", "-p", "pod-net-ebpf"])
+        .args(["run", toolchain, "cargo", "clippy", "-p", "pod-net-ebpf"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
         .current_dir(workspace_root())

@@ -38,6 +38,36 @@ use crate::{
     },
 };
 
+/// `print!` and `println!` that hand a failed write back with `?`: a
+/// reader that went away (`pod-net pod list | head -1`) ends the command
+/// quietly (see [`is_broken_pipe`]) instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => { write!(std::io::stdout(), $($arg)*)? };
+}
+macro_rules! outln {
+    ($($arg:tt)*) => { writeln!(std::io::stdout(), $($arg)*)? };
+}
+
+/// Whether `err` is a write to a stdout whose reader went away. The command
+/// then ends as coreutils do: quietly, by the SIGPIPE it would have died of
+/// (see [`end_by_sigpipe`]).
+#[must_use]
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Ends the process by SIGPIPE, the shell's usual status for a writer
+/// whose reader left (141); exit status 141 should the signal not end it.
+#[must_use]
+pub fn end_by_sigpipe() -> ExitCode {
+    let _ = signal_hook::low_level::emulate_default_handler(signal_hook::consts::SIGPIPE);
+    ExitCode::from(141)
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "pod-net",
@@ -61,11 +91,12 @@ pub enum Command {
     Unload,
     /// Check the datapath against the node; exits non-zero on any problem.
     Status {
+        /// Print the status as JSON.
         #[arg(long)]
         json: bool,
         /// Where a cluster agent publishes the store's state (beside its
         /// --subnet-file); shown when present.
-        #[arg(long, value_name = "FILE", default_value = cluster::DEFAULT_STATUS_FILE)]
+        #[arg(long, value_name = "FILE", default_value = crate::ops::cluster_status::DEFAULT_STATUS_FILE)]
         cluster_status: PathBuf,
     },
     /// Register, remove and list the pods on this node.
@@ -87,6 +118,7 @@ pub enum Command {
         /// Print what would be repaired; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print the repairs as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -137,10 +169,13 @@ pub struct ClusterArgs {
     /// TTL of this node's lease; renewed at a third of it.
     #[arg(long, value_name = "SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub subnet_lease_ttl: u64,
+    /// The CA (PEM) that etcd's server certificate must chain to; talks TLS to etcd.
     #[arg(long, value_name = "FILE", requires = "etcd_endpoints")]
     pub etcd_cafile: Option<PathBuf>,
+    /// This node's client certificate (PEM) for etcd's client authentication.
     #[arg(long, value_name = "FILE", requires_all = ["etcd_endpoints", "etcd_keyfile"])]
     pub etcd_certfile: Option<PathBuf>,
+    /// The private key (PEM) of --etcd-certfile.
     #[arg(long, value_name = "FILE", requires_all = ["etcd_endpoints", "etcd_certfile"])]
     pub etcd_keyfile: Option<PathBuf>,
     /// Delete this node's lease from etcd and exit: the node leaves the cluster.
@@ -183,6 +218,7 @@ pub struct ApplyArgs {
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
+    /// Print the counters as JSON.
     #[arg(long, conflicts_with = "prometheus")]
     pub json: bool,
     /// The Prometheus text exposition format.
@@ -303,11 +339,13 @@ pub enum NodeCommand {
     Add(NodeAddArgs),
     /// Stop sending a prefix anywhere.
     Del {
+        /// The exact prefix to remove, as `node list` shows it.
         #[arg(long)]
         cidr: Cidr,
     },
     /// List the remote prefixes and their nodes.
     List {
+        /// Print the list as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -339,6 +377,7 @@ pub enum PodCommand {
     Del(PodDelArgs),
     /// List the registered pod addresses.
     List {
+        /// Print the list as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -375,8 +414,10 @@ pub struct PodAddArgs {
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct PodDelArgs {
+    /// The pod address to remove.
     #[arg(long, value_parser = pod_ip)]
     pub ip: Option<IpAddr>,
+    /// Remove every address registered for this container.
     #[arg(long = "id", value_name = "CONTAINER_ID")]
     pub container_id: Option<String>,
 }
@@ -452,11 +493,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 big_tcp: args.big_tcp,
                 attach: args.attach,
             };
-            print_load_report(&pins, &loader::load(&pins, &options)?);
+            print_load_report(&pins, &loader::load(&pins, &options)?)?;
         }
         Command::Unload => {
             let report = unload::unload(&pins)?;
-            println!(
+            outln!(
                 "unloaded {} ({} attachment(s) removed{})",
                 pins.root().display(),
                 report.links_removed,
@@ -473,9 +514,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let mut status = status::check(&pins)?;
             status.add_store(&cluster_status)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                outln!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print!("{}", status.to_text());
+                out!("{}", status.to_text());
             }
             if !status.healthy {
                 return Ok(ExitCode::FAILURE);
@@ -487,14 +528,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(seconds) = args.watch {
                 stats::watch(&pins, seconds, args.count)?;
             } else if args.prometheus {
-                print!("{}", metrics::render(&pins)?);
+                out!("{}", metrics::render(&pins)?);
             } else if args.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&Totals::read(&pins)?.to_json())?
                 );
             } else {
-                print!("{}", Totals::read(&pins)?.to_table(args.explain));
+                out!("{}", Totals::read(&pins)?.to_table(args.explain));
             }
         }
         Command::Apply(args) => {
@@ -511,7 +552,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 .enable_all()
                 .build()?
                 .block_on(cluster::release(&options))?;
-            println!("released the lease on {subnet}");
+            outln!("released the lease on {subnet}");
         }
         Command::Agent(args) => agent::run(
             pins,
@@ -526,17 +567,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Gc { dry_run, json } => {
             let repairs = gc::run(&pins, dry_run)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&repairs)?);
+                outln!("{}", serde_json::to_string_pretty(&repairs)?);
             } else {
                 for repair in &repairs {
-                    println!("{repair}");
+                    outln!("{repair}");
                 }
                 let verb = if dry_run {
                     "to make (dry run: nothing changed)"
                 } else {
                     "made"
                 };
-                println!("{} repair(s) {verb}", repairs.len());
+                outln!("{} repair(s) {verb}", repairs.len());
             }
         }
         Command::Monitor(args) => monitor::run(
@@ -657,21 +698,21 @@ fn load_refusal(refusal: &LoadRefusal) -> String {
     }
 }
 
-fn print_load_report(pins: &PinDir, report: &LoadReport) {
+fn print_load_report(pins: &PinDir, report: &LoadReport) -> Result<()> {
     if report.mounted_bpffs {
-        println!("mounted bpffs at /sys/fs/bpf");
+        outln!("mounted bpffs at /sys/fs/bpf");
     }
     if report.replaced {
-        println!(
+        outln!(
             "replaced the datapath at {} in place ({} attachment(s) updated, maps kept)",
             pins.root().display(),
             report.attachments_updated
         );
     } else {
-        println!("loaded the datapath at {}", pins.root().display());
+        outln!("loaded the datapath at {}", pins.root().display());
     }
     if let Some(underlay) = &report.underlay {
-        println!(
+        outln!(
             "cross-node: VXLAN VNI {} port {} via {} from {} (VTEP MAC {}, kernel path {})",
             underlay.vni,
             underlay.vxlan_port,
@@ -682,23 +723,24 @@ fn print_load_report(pins: &PinDir, report: &LoadReport) {
         );
     }
     if report.xdp {
-        println!("XDP receive path on the underlay: on");
+        outln!("XDP receive path on the underlay: on");
     }
     if !report.anti_spoofing {
-        println!("anti-spoofing: off");
+        outln!("anti-spoofing: off");
     }
     if !report.nat_check {
-        println!("NAT check: off (replies of kernel-NATed flows take the fast path)");
+        outln!("NAT check: off (replies of kernel-NATed flows take the fast path)");
     }
     if report.big_tcp {
-        println!("BIG TCP: on (pods' IPv4 GSO/GRO up to 192 KiB)");
+        outln!("BIG TCP: on (pods' IPv4 GSO/GRO up to 192 KiB)");
     }
     if report.attach == AttachMode::Tc {
-        println!("attach: tc (cls_bpf filters on clsact qdiscs)");
+        outln!("attach: tc (cls_bpf filters on clsact qdiscs)");
     }
     for warning in &report.warnings {
         eprintln!("pod-net: warning: {warning}");
     }
+    Ok(())
 }
 
 fn run_node(pins: &PinDir, command: NodeCommand) -> Result<()> {
@@ -721,27 +763,29 @@ fn run_node(pins: &PinDir, command: NodeCommand) -> Result<()> {
             };
             match remotes::add(pins, &spec)? {
                 remotes::AddOutcome::Added => {
-                    println!("added {} via node {}{mode}", spec.cidr, spec.node_ip);
+                    outln!("added {} via node {}{mode}", spec.cidr, spec.node_ip);
                 }
                 remotes::AddOutcome::Unchanged => {
-                    println!(
+                    outln!(
                         "{} via node {}{mode} is already there",
-                        spec.cidr, spec.node_ip
+                        spec.cidr,
+                        spec.node_ip
                     );
                 }
             }
         }
         NodeCommand::Del { cidr } => {
             let removed = remotes::del(pins, cidr)?;
-            println!(
+            outln!(
                 "removed {} (was via node {})",
-                removed.cidr, removed.node_ip
+                removed.cidr,
+                removed.node_ip
             );
         }
         NodeCommand::List { json } => {
             let nodes = remotes::list(pins)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&nodes)?);
+                outln!("{}", serde_json::to_string_pretty(&nodes)?);
             } else {
                 let rows: Vec<Vec<String>> = nodes
                     .iter()
@@ -759,7 +803,7 @@ fn run_node(pins: &PinDir, command: NodeCommand) -> Result<()> {
                         ]
                     })
                     .collect();
-                print!(
+                out!(
                     "{}",
                     table::render(&["CIDR", "NODE IP", "MODE", "VTEP MAC"], &rows)
                 );
@@ -784,9 +828,9 @@ fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
             };
             let added = endpoints::add(pins, &spec)?;
             match added.outcome {
-                AddOutcome::Added => println!("added pod {} on {}", args.ip, spec.veth),
+                AddOutcome::Added => outln!("added pod {} on {}", args.ip, spec.veth),
                 AddOutcome::Unchanged => {
-                    println!("pod {} on {} is already registered", args.ip, spec.veth);
+                    outln!("pod {} on {} is already registered", args.ip, spec.veth);
                 }
             }
             if let Some(warning) = added.mtu_warning {
@@ -800,13 +844,13 @@ fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
                 (None, None) => unreachable!("clap requires --ip or --id"),
             };
             for entry in removed {
-                println!("removed pod {}", entry.ip);
+                outln!("removed pod {}", entry.ip);
             }
         }
         PodCommand::List { json } => {
             let pods = endpoints::list(pins)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&pods)?);
+                outln!("{}", serde_json::to_string_pretty(&pods)?);
             } else {
                 let rows: Vec<Vec<String>> = pods
                     .iter()
@@ -825,7 +869,7 @@ fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
                         ]
                     })
                     .collect();
-                print!(
+                out!(
                     "{}",
                     table::render(
                         &["IP", "VETH", "IFINDEX", "MAC", "GATEWAY MAC", "CONTAINER"],
@@ -867,5 +911,23 @@ mod tests {
         assert_eq!(error_line(&refused), "--max-pods must be at least 1");
         let plain = anyhow::anyhow!("no such thing").context("reading it");
         assert_eq!(error_line(&plain), "reading it: no such thing");
+    }
+
+    #[test]
+    fn every_flag_of_every_command_says_what_it_is_for() {
+        fn undocumented(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                undocumented(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        undocumented(&Cli::command(), "pod-net", &mut missing);
+        assert!(missing.is_empty(), "flags without help: {missing:?}");
     }
 }

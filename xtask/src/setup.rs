@@ -145,7 +145,13 @@ fn rust_toolchain() -> Result<()> {
         pinned.channel.clone()
     };
     let components = Command::new("rustup")
-        .args(["component", "list", "--toolchain", &toolchain, "--installed"])
+        .args([
+            "component",
+            "list",
+            "--toolchain",
+            &toolchain,
+            "--installed",
+        ])
         .output()
         .with_context(|| format!("listing {toolchain}'s components"))?;
     if String::from_utf8_lossy(&components.stdout)

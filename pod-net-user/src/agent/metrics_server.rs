@@ -37,7 +37,7 @@ use tokio::{
 
 use crate::{
     agent::{
-        cluster,
+        cluster::board::StatusBoard,
         throttle::{self, Throttle},
     },
     datapath::pins::PinDir,
@@ -62,16 +62,19 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Source {
     pub pins: PinDir,
-    pub cluster: Option<cluster::SharedStatus>,
+    pub cluster: Option<StatusBoard>,
 }
 
 impl Source {
     fn render(&self) -> anyhow::Result<String> {
-        let mut exposition = metrics::render(&self.pins)?;
-        if let Some(status) = &self.cluster
-            && let Ok(status) = status.lock()
-        {
-            exposition.push_str(&status.to_prometheus());
+        // A cluster agent serves from its first second, before it has
+        // loaded the datapath (etcd may be away): the store's state alone.
+        let mut exposition = match (&self.cluster, self.pins.is_loaded()) {
+            (Some(_), false) => String::new(),
+            _ => metrics::render(&self.pins)?,
+        };
+        if let Some(board) = &self.cluster {
+            exposition.push_str(&board.snapshot().to_prometheus());
         }
         Ok(exposition)
     }

@@ -26,7 +26,7 @@ use tokio::{
 use self::throttle::{Throttle, ThrottledLog};
 use crate::{
     datapath::pins::PinDir,
-    ops::{apply, gc},
+    ops::{apply, cluster_status::status_file, gc},
 };
 
 /// How often the config file's modification time is checked.
@@ -45,31 +45,27 @@ pub struct AgentOptions {
 }
 
 /// Runs until SIGTERM or SIGINT.
-pub fn run(pins: PinDir, mut options: AgentOptions) -> Result<()> {
+pub fn run(pins: PinDir, options: AgentOptions) -> Result<()> {
     // netlink-packet-route warns about every attribute newer than itself.
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,netlink_packet_route=error"),
     )
     .init();
-    let cluster = options.cluster.take();
-    if cluster.is_none() {
-        pins.require_loaded()?;
+    match &options.cluster {
+        Some(cluster) => cluster.validate()?,
+        None => pins.require_loaded()?,
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Two workers: a task stuck in a system call never stops the others
+    // (`/metrics` above all).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
-        // Joining loads the datapath, so it comes before everything else.
-        let joined = match cluster {
-            Some(cluster) => Some(cluster::join(&pins, cluster).await?),
-            None => None,
-        };
-        serve(pins, options, joined).await
-    })
+    runtime.block_on(serve(pins, options))
 }
 
-async fn serve(pins: PinDir, options: AgentOptions, joined: Option<cluster::Joined>) -> Result<()> {
+async fn serve(pins: PinDir, mut options: AgentOptions) -> Result<()> {
     let listener = TcpListener::bind(options.metrics_addr)
         .await
         .with_context(|| format!("listening on {}", options.metrics_addr))?;
@@ -80,34 +76,63 @@ async fn serve(pins: PinDir, options: AgentOptions, joined: Option<cluster::Join
     );
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut tasks = vec![
-        tokio::spawn(metrics_server::serve(
-            listener,
-            metrics_server::Source {
-                pins: pins.clone(),
-                cluster: joined.as_ref().map(cluster::Joined::status),
-            },
-        )),
-        tokio::spawn(forward_program_logs(pins.clone())),
-    ];
+    let cluster = options.cluster.take();
+    let board = cluster.as_ref().map(|cluster| {
+        cluster::board::StatusBoard::new(
+            "etcd",
+            &pins.root().display().to_string(),
+            Some(status_file(&cluster.subnet_file)),
+        )
+    });
+    let mut tasks = vec![tokio::spawn(metrics_server::serve(
+        listener,
+        metrics_server::Source {
+            pins: pins.clone(),
+            cluster: board.clone(),
+        },
+    ))];
+    // Joining loads the datapath, so what needs it starts after; /metrics
+    // serves meanwhile.
+    if let (Some(cluster), Some(board)) = (cluster, board) {
+        tasks.push(tokio::spawn(board.clone().heartbeat()));
+        let joined = tokio::select! {
+            joined = cluster::join(&pins, cluster, board) => Some(joined),
+            _ = terminate.recv() => None,
+            _ = interrupt.recv() => None,
+        };
+        match joined {
+            Some(Ok(joined)) => tasks.push(tokio::spawn(cluster::follow(pins.clone(), joined))),
+            Some(Err(err)) => {
+                stopped(tasks);
+                return Err(err.into());
+            }
+            None => {
+                stopped(tasks);
+                return Ok(());
+            }
+        }
+    }
+    tasks.push(tokio::spawn(forward_program_logs(pins.clone())));
     if let Some(path) = options.config.clone() {
         tasks.push(tokio::spawn(reconcile_forever(pins.clone(), path)));
     }
     if let Some(interval) = options.gc_interval {
         tasks.push(tokio::spawn(repair_forever(pins.clone(), interval)));
     }
-    if let Some(joined) = joined {
-        tasks.push(tokio::spawn(cluster::follow(pins.clone(), joined)));
-    }
     tokio::select! {
         _ = terminate.recv() => {}
         _ = interrupt.recv() => {}
     }
+    stopped(tasks);
+    Ok(())
+}
+
+/// Ends the agent's tasks; the datapath stays.
+fn stopped(tasks: Vec<tokio::task::JoinHandle<()>>) {
     for task in tasks {
         task.abort();
     }
     info!("stopping; the datapath keeps forwarding");
-    Ok(())
 }
 
 /// Forwards what the programs log with aya-log to this process's log.

@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     };
     match cli::run(cli) {
         Ok(code) => code,
+        Err(err) if cli::is_broken_pipe(&err) => cli::end_by_sigpipe(),
         Err(err) => {
             // One line naming what was wrong, the causes after colons.
             eprintln!("pod-net: error: {}", cli::error_line(&err));

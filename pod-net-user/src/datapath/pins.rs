@@ -232,6 +232,52 @@ pub struct PinDirLock {
     _file: File,
 }
 
+/// Held by a running `pod-net monitor`: a lock on the pin dir's marker,
+/// released when the monitor ends, however it ends. Events left on with
+/// no holder were left by a monitor that died.
+pub struct MonitorLock {
+    _file: File,
+}
+
+impl PinDir {
+    /// Takes the monitor's lock; a second monitor is refused (the two would
+    /// share one ring buffer's events and turn them off under each other).
+    pub fn monitor_lock(&self) -> Result<MonitorLock> {
+        let file = self.open_marker()?;
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(MonitorLock { _file: file }),
+            Err(rustix::io::Errno::WOULDBLOCK) => bail!(
+                "another `pod-net monitor` runs on {}; one at a time",
+                self.root.display()
+            ),
+            Err(err) => Err(io::Error::from(err))
+                .with_context(|| format!("locking {}", self.marker().display())),
+        }
+    }
+
+    /// Whether a `pod-net monitor` holds its lock now.
+    pub fn monitor_running(&self) -> Result<bool> {
+        let file = self.open_marker()?;
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockShared) {
+            Ok(()) => Ok(false),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(true),
+            Err(err) => Err(io::Error::from(err))
+                .with_context(|| format!("locking {}", self.marker().display())),
+        }
+    }
+
+    /// The marker, made first if a pin dir from before markers lacks it.
+    fn open_marker(&self) -> Result<File> {
+        let marker = self.marker();
+        match fs::create_dir(&marker) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err).with_context(|| format!("creating {}", marker.display())),
+        }
+        File::open(&marker).with_context(|| format!("opening {}", marker.display()))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinnedLinkEntry {
     pub ifindex: u32,

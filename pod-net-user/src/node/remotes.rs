@@ -38,7 +38,7 @@ use crate::{
 };
 
 /// A remote node entry as the CLI describes it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct NodeSpec {
     pub cidr: Cidr,
     pub node_ip: Ipv4Addr,
@@ -50,7 +50,7 @@ pub struct NodeSpec {
 }
 
 /// How a remote node's pods are reached. One node has one mode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Encapsulated in VXLAN.
@@ -245,33 +245,29 @@ fn check(
         .map(|spec| node_value(spec, config).map_err(|error| at(spec, error)))
         .collect::<Result<Vec<_>>>()?;
 
-    let routes = tunnel::main_routes()?;
-    let pods = datapath
-        .endpoint_entries()?
-        .iter()
-        .map(|(key, _)| endpoint_ip(key))
-        .collect();
-    let addresses = netdev::all_addresses()?;
-    for spec in specs.iter().filter(|spec| spec.mode == Mode::Direct) {
-        direct::check_on_link(&links.underlay, &addresses, spec.node_ip)
-            .map_err(|error| at(spec, error))?;
-    }
-    let host = HostView::new(addresses, routes.clone(), pods, netdev::link_names()?);
+    let host = HostChecks::read(datapath, links)?;
     for spec in specs {
-        host.check_prefix(spec.cidr)?;
-        host.check_node_ip(spec.node_ip)
-            .map_err(|error| at(spec, error))?;
+        host.check(spec).map_err(|error| at(spec, error))?;
     }
 
     let replaced: HashSet<Cidr> = replaced.iter().copied().collect();
+    let new_cidrs: HashSet<Cidr> = specs.iter().map(|spec| spec.cidr).collect();
     let current: Vec<(Cidr, RemoteNode)> = entries(datapath)?
         .into_iter()
         .filter(|(cidr, _)| !replaced.contains(cidr))
         .collect();
-    check_nodes(&current, specs, &values)?;
+    let mut index = NodeIndex::default();
+    // An entry being added again is no conflict with itself.
+    for (cidr, node) in current.iter().filter(|(cidr, _)| !new_cidrs.contains(cidr)) {
+        index.insert(*cidr, node);
+    }
+    for (spec, value) in specs.iter().zip(&values) {
+        index.admit(spec, value)?;
+    }
     Ok(Checked {
         values,
-        routed: routes
+        routed: host
+            .routes
             .iter()
             .filter(|route| route.is_pod_nets())
             .map(|route| route.cidr)
@@ -280,84 +276,135 @@ fn check(
     })
 }
 
-/// The checks between entries: one node IP, one VTEP MAC and one mode, and
-/// one VTEP MAC, one node IP; no node IP inside a remote prefix.
-fn check_nodes(
-    current: &[(Cidr, RemoteNode)],
-    specs: &[NodeSpec],
-    values: &[RemoteNode],
-) -> Result<()> {
-    let mut mac_of: HashMap<[u8; 4], ([u8; 6], Cidr)> = HashMap::new();
-    let mut mode_of: HashMap<[u8; 4], (Mode, Cidr)> = HashMap::new();
-    let mut node_of: HashMap<[u8; 6], ([u8; 4], Cidr)> = HashMap::new();
-    let new_cidrs: HashSet<Cidr> = specs.iter().map(|spec| spec.cidr).collect();
-    // An entry being added again is no conflict with itself.
-    for (cidr, node) in current.iter().filter(|(cidr, _)| !new_cidrs.contains(cidr)) {
-        mac_of.entry(node.node_ip).or_insert((node.vtep_mac, *cidr));
-        mode_of
-            .entry(node.node_ip)
-            .or_insert((Mode::of(node), *cidr));
-        node_of
-            .entry(node.vtep_mac)
-            .or_insert((node.node_ip, *cidr));
+/// This node as the checks of a new entry see it, read once: its
+/// addresses, routes, pods and underlay. The checks need no other entry.
+pub struct HostChecks {
+    view: HostView,
+    routes: Vec<tunnel::KernelRoute>,
+    addresses: Vec<netdev::HostAddress>,
+    underlay: Link,
+}
+
+impl HostChecks {
+    /// Reads the node.
+    pub fn new(datapath: &Datapath) -> Result<Self> {
+        let config = datapath.config()?;
+        Self::read(datapath, &Links::of(&config)?)
     }
-    for (spec, value) in specs.iter().zip(values) {
-        match mode_of.get(&value.node_ip) {
-            Some((other, cidr)) if *other != spec.mode => bail!(
+
+    fn read(datapath: &Datapath, links: &Links) -> Result<Self> {
+        let routes = tunnel::main_routes()?;
+        let pods = datapath
+            .endpoint_entries()?
+            .iter()
+            .map(|(key, _)| endpoint_ip(key))
+            .collect();
+        let addresses = netdev::all_addresses()?;
+        Ok(Self {
+            view: HostView::new(
+                addresses.clone(),
+                routes.clone(),
+                pods,
+                netdev::link_names()?,
+            ),
+            routes,
+            addresses,
+            underlay: links.underlay.clone(),
+        })
+    }
+
+    /// Refuses an entry this node cannot take, whatever the other entries:
+    /// a prefix over its own addresses, pods or routes, a node IP that is
+    /// not another machine's, a direct node off the underlay's subnets.
+    pub fn check(&self, spec: &NodeSpec) -> Result<()> {
+        if spec.mode == Mode::Direct {
+            direct::check_on_link(&self.underlay, &self.addresses, spec.node_ip)?;
+        }
+        self.view.check_prefix(spec.cidr)?;
+        self.view.check_node_ip(spec.node_ip)
+    }
+}
+
+/// The rules between entries, checked as each one goes in: one node IP
+/// has one VTEP MAC and one mode, one VTEP MAC one node IP, and no node IP
+/// lies inside a remote prefix (the tunnel would carry its own underlay).
+/// An entry that breaks a rule is refused and leaves the index as it was,
+/// so the entries already in always stand.
+#[derive(Debug, Default)]
+pub struct NodeIndex {
+    mac_of: HashMap<[u8; 4], ([u8; 6], Cidr)>,
+    mode_of: HashMap<[u8; 4], (Mode, Cidr)>,
+    node_of: HashMap<[u8; 6], ([u8; 4], Cidr)>,
+    /// IPv4 prefixes, and the lengths among them.
+    prefixes: HashSet<Cidr>,
+    lengths: BTreeSet<u8>,
+    /// Node IPs, sorted.
+    node_ips: BTreeSet<IpAddr>,
+}
+
+impl NodeIndex {
+    /// Takes an entry as it is, unchecked (one already stored).
+    pub fn insert(&mut self, cidr: Cidr, node: &RemoteNode) {
+        self.mac_of
+            .entry(node.node_ip)
+            .or_insert((node.vtep_mac, cidr));
+        self.mode_of
+            .entry(node.node_ip)
+            .or_insert((Mode::of(node), cidr));
+        self.node_of
+            .entry(node.vtep_mac)
+            .or_insert((node.node_ip, cidr));
+        if cidr.addr.is_ipv4() {
+            self.prefixes.insert(cidr);
+            self.lengths.insert(cidr.prefix_len);
+        }
+        self.node_ips.insert(IpAddr::from(node.node_ip));
+    }
+
+    /// Checks `spec` (stored as `value`) against the entries in, and takes
+    /// it if it breaks no rule.
+    pub fn admit(&mut self, spec: &NodeSpec, value: &RemoteNode) -> Result<()> {
+        let mac = MacAddr(value.vtep_mac);
+        if let Some((other, cidr)) = self.mode_of.get(&value.node_ip)
+            && *other != spec.mode
+        {
+            bail!(
                 "node {} is already reached by {other} (for {cidr}); one node has one mode, so \
                  {} cannot go to it by {}",
                 spec.node_ip,
                 spec.cidr,
                 spec.mode
-            ),
-            Some(_) => {}
-            None => {
-                mode_of.insert(value.node_ip, (spec.mode, spec.cidr));
-            }
+            );
         }
-        let mac = MacAddr(value.vtep_mac);
-        match mac_of.get(&value.node_ip) {
-            Some((other, cidr)) if *other != value.vtep_mac => bail!(
+        if let Some((other, cidr)) = self.mac_of.get(&value.node_ip)
+            && *other != value.vtep_mac
+        {
+            bail!(
                 "node {} already has VTEP MAC {} (for {cidr}); one node has one VTEP MAC, so \
                  {} cannot use {mac}",
                 spec.node_ip,
                 MacAddr(*other),
                 spec.cidr
-            ),
-            Some(_) => {}
-            None => {
-                mac_of.insert(value.node_ip, (value.vtep_mac, spec.cidr));
-            }
+            );
         }
-        match node_of.get(&value.vtep_mac) {
-            Some((other, cidr)) if *other != value.node_ip => bail!(
+        if let Some((other, cidr)) = self.node_of.get(&value.vtep_mac)
+            && *other != value.node_ip
+        {
+            bail!(
                 "VTEP MAC {mac} is already node {}'s (for {cidr}); {} via node {} needs \
                  another one",
                 Ipv4Addr::from(*other),
                 spec.cidr,
                 spec.node_ip
-            ),
-            Some(_) => {}
-            None => {
-                node_of.insert(value.vtep_mac, (value.node_ip, spec.cidr));
-            }
+            );
         }
-    }
-
-    let prefixes: HashSet<Cidr> = current
-        .iter()
-        .map(|(cidr, _)| *cidr)
-        .chain(new_cidrs.iter().copied())
-        .filter(|cidr| cidr.addr.is_ipv4())
-        .collect();
-    let lengths: BTreeSet<u8> = prefixes.iter().map(|cidr| cidr.prefix_len).collect();
-    let mut node_ips: Vec<IpAddr> = mac_of.keys().map(|ip| IpAddr::from(*ip)).collect();
-    node_ips.sort_unstable();
-    for spec in specs {
-        let inside = lengths
+        let own = spec.cidr.addr.is_ipv4().then_some(spec.cidr);
+        let inside = self
+            .lengths
             .iter()
+            .chain(own.as_ref().map(|cidr| &cidr.prefix_len))
             .map(|&len| Cidr::masked(spec.node_ip.into(), len))
-            .find(|cidr| prefixes.contains(cidr));
+            .find(|cidr| self.prefixes.contains(cidr) || Some(*cidr) == own);
         if let Some(cidr) = inside {
             bail!(
                 "node IP {} lies inside the remote prefix {cidr}: the tunnel cannot carry its \
@@ -365,14 +412,16 @@ fn check_nodes(
                 spec.node_ip
             );
         }
-        if let Some(node_ip) = spec.cidr.first_inside(&node_ips, |ip| *ip) {
+        let first_from = self.node_ips.range(spec.cidr.addr..).next();
+        if let Some(node_ip) = first_from.filter(|ip| spec.cidr.contains(**ip)) {
             bail!(
                 "{} contains node IP {node_ip}: the tunnel cannot carry its own underlay",
                 spec.cidr
             );
         }
+        self.insert(spec.cidr, value);
+        Ok(())
     }
-    Ok(())
 }
 
 /// Removes the entry for exactly `cidr`. Afterwards traffic to it is no

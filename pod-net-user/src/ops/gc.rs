@@ -13,6 +13,7 @@
 //! - The tunnel device is brought in step with the remote entries: a route,
 //!   neighbour or FDB entry an entry needs is written again, one no entry
 //!   explains is removed (see `tunnel_sync`).
+//! - Events a `pod-net monitor` left on when it died are turned off.
 //!
 //! Everything runs under the pin dir lock, so it never races a live add.
 use std::{
@@ -38,6 +39,7 @@ use crate::{
         peers, remotes,
         tunnel_sync::{self, Fix},
     },
+    ops::monitor,
     sys::netdev::{self, Link, LinkKind},
 };
 
@@ -71,6 +73,9 @@ pub enum Repair {
         #[serde(flatten)]
         fix: RouteFix,
     },
+    /// Events are on, but no `pod-net monitor` runs to read them (one died
+    /// without turning them off): every packet pays for them.
+    EventsOff,
 }
 
 impl Repair {
@@ -109,6 +114,10 @@ impl fmt::Display for Repair {
             ),
             Self::Tunnel { device, fix } => write!(f, "{fix} on {device}: {}", fix.reason()),
             Self::Direct { underlay, fix } => write!(f, "{fix} (on {underlay})"),
+            Self::EventsOff => write!(
+                f,
+                "turn events off: they are on, but no `pod-net monitor` runs to read them"
+            ),
         }
     }
 }
@@ -188,6 +197,9 @@ pub fn plan(pins: &PinDir, datapath: &Datapath) -> Result<Vec<Repair>> {
             .into_iter()
             .map(|(device, fix)| Repair::Tunnel { device, fix }),
     );
+    if monitor::events_on(datapath)? && !pins.monitor_running()? {
+        repairs.push(Repair::EventsOff);
+    }
     if let Some(underlay) = underlay(&config)? {
         repairs.extend(
             direct::plan(&underlay, &remotes::direct_routes(datapath)?)?
@@ -265,6 +277,7 @@ fn make(
         Repair::ForgetXdpVeth { ifindex } => xdp::forget_pod(datapath, *ifindex),
         Repair::AddPeer { node_ip } => peers::add(pins, [*node_ip]),
         Repair::RemovePeer { node_ip } => peers::remove(pins, [*node_ip]),
+        Repair::EventsOff => monitor::turn_off_events(datapath),
         // Made in one batch by `execute`.
         Repair::Tunnel { .. } | Repair::Direct { .. } => Ok(()),
     }

@@ -1,8 +1,10 @@
 //! Operating a node: making it match a file (`apply`), repairing half-done
 //! state (`gc`), checking it (`status`), and watching what the programs do
-//! (`stats`, `metrics`, `monitor`), with plain-text tables (`table`).
+//! (`stats`, `metrics`, `monitor`), with plain-text tables (`table`), and
+//! what a cluster agent reports about its store (`cluster_status`).
 
 pub mod apply;
+pub mod cluster_status;
 pub mod gc;
 pub mod metrics;
 pub mod monitor;

@@ -1,7 +1,10 @@
 //! `pod-net monitor`: turns events on, prints them as they come, and turns
-//! them off again on Ctrl-C (or SIGTERM).
+//! them off again on Ctrl-C, SIGTERM, or when its reader goes away. One
+//! monitor at a time runs on a pin dir, holding a lock that tells `status`
+//! and `gc` whether events that are on still have a reader.
 use std::{
     collections::HashMap,
+    io::Write as _,
     net::IpAddr,
     os::fd::AsFd,
     sync::{
@@ -42,7 +45,10 @@ pub struct MonitorOptions {
     pub count: Option<u64>,
 }
 
-/// Runs until Ctrl-C, SIGTERM or `count` events.
+/// Runs until Ctrl-C, SIGTERM, `count` events or a reader that goes away
+/// (then the error is the broken pipe, for the caller to end quietly).
+/// The events go off again however it ends, short of SIGKILL: a monitor
+/// holds a lock while it runs, and `gc` turns off events no monitor holds.
 pub fn run(pins: &PinDir, options: &MonitorOptions) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -50,23 +56,55 @@ pub fn run(pins: &PinDir, options: &MonitorOptions) -> Result<()> {
             .context("installing the signal handler")?;
     }
     pins.require_loaded()?;
+    let _running = pins.monitor_lock()?;
     let (mut ring, _): (RingBuf<MapData>, _) = open_typed(pins, map_table::EVENTS)?;
     let suppressed_before = metrics::events_suppressed(pins)?;
-    set_events(pins, Some(options))?;
-    stream(&mut ring, options, &stop);
+    let events = EventsOn::turn_on(pins, options)?;
+    let streamed = stream(&mut ring, options, &stop);
     // Stop the programs from producing events.
-    set_events(pins, None)?;
+    events.turn_off()?;
     let suppressed = metrics::events_suppressed(pins)?.saturating_sub(suppressed_before);
     if suppressed > 0 {
         eprintln!("pod-net: {suppressed} event(s) held back by the rate limit");
     }
-    Ok(())
+    streamed.map_err(Into::into)
 }
 
-fn stream(ring: &mut RingBuf<MapData>, options: &MonitorOptions, stop: &AtomicBool) {
+/// Events turned on; turned off when dropped (a panic, an early return).
+struct EventsOn<'a> {
+    pins: Option<&'a PinDir>,
+}
+
+impl<'a> EventsOn<'a> {
+    fn turn_on(pins: &'a PinDir, options: &MonitorOptions) -> Result<Self> {
+        set_events(pins, Some(options))?;
+        Ok(Self { pins: Some(pins) })
+    }
+
+    fn turn_off(mut self) -> Result<()> {
+        self.pins
+            .take()
+            .map_or(Ok(()), |pins| set_events(pins, None))
+    }
+}
+
+impl Drop for EventsOn<'_> {
+    fn drop(&mut self) {
+        if let Some(pins) = self.pins.take() {
+            let _ = set_events(pins, None);
+        }
+    }
+}
+
+fn stream(
+    ring: &mut RingBuf<MapData>,
+    options: &MonitorOptions,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
     let clock = Clock::new();
     let mut names = netdev::link_names().unwrap_or_default();
     let mut seen = 0u64;
+    let mut stdout = std::io::stdout().lock();
     while !stop.load(Ordering::Relaxed) {
         while let Some(item) = ring.next() {
             let Some(event) =
@@ -79,13 +117,38 @@ fn stream(ring: &mut RingBuf<MapData>, options: &MonitorOptions, stop: &AtomicBo
             if !names.contains_key(&event.ifindex) {
                 names = netdev::link_names().unwrap_or_default();
             }
-            println!("{}", format_event(&event, &clock, &names, options.json));
+            let line = format!("{}\n", format_event(&event, &clock, &names, options.json));
+            // A reader that stops reading must not keep us from Ctrl-C.
+            if !wait_writable(&stdout, stop) {
+                return Ok(());
+            }
+            stdout.write_all(line.as_bytes())?;
+            stdout.flush()?;
             seen += 1;
             if options.count.is_some_and(|count| seen >= count) {
-                return;
+                return Ok(());
             }
         }
         wait_readable(&ring, Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+/// Waits until `out` takes a line without blocking; `false` if told to
+/// stop first. (A pipe that polls writable has room for a line of an
+/// event: less than a page.)
+fn wait_writable(out: &impl AsFd, stop: &AtomicBool) -> bool {
+    let timeout = Timespec::try_from(Duration::from_millis(200)).ok();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut fds = [PollFd::new(out, PollFlags::OUT)];
+        // An error (EINTR from a signal) just looks again; a closed reader
+        // polls as an error, which the write then reports.
+        if poll(&mut fds, timeout.as_ref()).is_ok_and(|ready| ready > 0) {
+            return true;
+        }
     }
 }
 
@@ -93,6 +156,21 @@ fn stream(ring: &mut RingBuf<MapData>, options: &MonitorOptions, stop: &AtomicBo
 fn set_events(pins: &PinDir, options: Option<&MonitorOptions>) -> Result<()> {
     let mut datapath = Datapath::open(pins)?;
     let _lock = pins.lock()?;
+    write_events(&mut datapath, options)
+}
+
+/// Whether the programs produce events now.
+pub fn events_on(datapath: &Datapath) -> Result<bool> {
+    Ok(datapath.config()?.flags & (CONFIG_F_EVENTS | CONFIG_F_EVENTS_ALL) != 0)
+}
+
+/// Turns events off, under the caller's pin dir lock (`gc`'s repair of
+/// events a dead monitor left on).
+pub fn turn_off_events(datapath: &mut Datapath) -> Result<()> {
+    write_events(datapath, None)
+}
+
+fn write_events(datapath: &mut Datapath, options: Option<&MonitorOptions>) -> Result<()> {
     let mut config = datapath.config()?;
     config.flags &= !(CONFIG_F_EVENTS | CONFIG_F_EVENTS_ALL);
     config.event_cost_ns = 0;

@@ -116,18 +116,19 @@ pub fn watch(pins: &PinDir, seconds: u64, count: Option<u64>) -> Result<()> {
                 ]
             })
             .collect();
+        // A reader that went away ends the watch (the caller ends quietly).
         let mut stdout = std::io::stdout().lock();
         if redraw {
             // Home and clear: refresh in place.
-            let _ = write!(stdout, "\x1b[H\x1b[2J");
+            write!(stdout, "\x1b[H\x1b[2J")?;
         }
-        let _ = write!(
+        write!(
             stdout,
             "{}",
             table::render(&["REASON", "PACKETS", "PKT/S", "BYTES/S"], &rows)
-        );
-        let _ = writeln!(stdout);
-        let _ = stdout.flush();
+        )?;
+        writeln!(stdout)?;
+        stdout.flush()?;
         previous = now;
         shown += 1;
     }

@@ -1,7 +1,7 @@
 //! `pod-net status`: is the datapath whole, and does it match the node?
 //! Each problem comes with a hint; any problem makes the exit code non-zero
 //! so the command can serve as a health probe.
-use std::{fmt::Write as _, net::Ipv4Addr, path::Path};
+use std::{fmt::Write as _, net::Ipv4Addr, path::Path, time::SystemTime};
 
 use anyhow::{Context as _, Result};
 use aya::programs::ProgramInfo;
@@ -13,7 +13,6 @@ use pod_net_common::{
 use serde::Serialize;
 
 use crate::{
-    agent::cluster::ClusterStatus,
     datapath::{
         Datapath, MapFill,
         attach::{self, AttachMode},
@@ -28,9 +27,16 @@ use crate::{
         direct::{self, RouteFix},
         endpoints, remotes, tunnel,
     },
+    ops::cluster_status::{ClusterStatus, Liveness},
     ops::gc::{self, Repair},
-    sys::netdev::{self, Link, LinkKind},
+    sys::{
+        files::read_regular,
+        netdev::{self, Link, LinkKind},
+    },
 };
+
+/// The most a cluster status file can be (it names at most 50 records).
+const STATUS_FILE_LIMIT: u64 = 1024 * 1024;
 
 #[derive(Debug, Serialize)]
 #[expect(
@@ -55,6 +61,8 @@ pub struct Status {
     pub maps: Vec<MapFill>,
     /// The cluster store, as the agent last published it.
     pub store: Option<ClusterStatus>,
+    /// Whether the agent that published it is gone or silent.
+    pub store_stale: bool,
     pub problems: Vec<Problem>,
 }
 
@@ -84,12 +92,15 @@ pub struct Problem {
 impl Status {
     /// Adds what a cluster agent published in `file` (nothing when there is
     /// no such file: no agent follows a store here). A store the agent is
-    /// not connected to is a problem; the datapath forwards all the same.
+    /// not connected to is a problem, as is an agent that is gone or
+    /// silent (its file is then stale) and whatever the agent reports it
+    /// cannot fix; the datapath forwards all the same. Records the agent
+    /// skips are shown, and are not a problem of this node.
     pub fn add_store(&mut self, file: &Path) -> Result<()> {
-        let text = match std::fs::read(file) {
-            Ok(text) => text,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(err) => return Err(err).with_context(|| format!("reading {}", file.display())),
+        let Some(text) = read_regular(file, STATUS_FILE_LIMIT)
+            .with_context(|| format!("reading {}", file.display()))?
+        else {
+            return Ok(());
         };
         let store: ClusterStatus = serde_json::from_slice(&text)
             .with_context(|| format!("{} is not a cluster status", file.display()))?;
@@ -97,14 +108,49 @@ impl Status {
         if store.pin_dir != self.pin_dir {
             return Ok(());
         }
-        if !store.connected {
-            self.problem(
-                "the agent is not connected to the cluster store",
-                "the datapath keeps forwarding with the entries it has; the agent reconnects \
-                 with backoff (see its log)",
-            );
-            self.healthy = false;
+        let file = file.display();
+        match store.liveness(SystemTime::now()) {
+            Liveness::Running => {
+                if !store.connected {
+                    self.problem(
+                        "the agent is not connected to the cluster store",
+                        "the datapath keeps forwarding with the entries it has; the agent \
+                         reconnects with backoff (see its log)",
+                    );
+                }
+                for problem in &store.problems {
+                    self.problem(
+                        format!("the agent: {problem}"),
+                        "see the agent's log; the datapath keeps forwarding with the entries \
+                         it has",
+                    );
+                }
+            }
+            Liveness::Gone => {
+                self.store_stale = true;
+                self.problem(
+                    format!(
+                        "the agent (pid {}) that wrote {file} is gone: what it says of the store \
+                         is stale",
+                        store.pid
+                    ),
+                    "the datapath keeps forwarding with the entries it has; start the agent \
+                     again to follow the store",
+                );
+            }
+            Liveness::Silent(age) => {
+                self.store_stale = true;
+                self.problem(
+                    format!(
+                        "the agent (pid {}) has not written {file} for {} s: it may be hung",
+                        store.pid,
+                        age.as_secs()
+                    ),
+                    "see its log; the datapath keeps forwarding with the entries it has",
+                );
+            }
         }
+        self.healthy = self.problems.is_empty();
         self.store = Some(store);
         Ok(())
     }
@@ -132,6 +178,7 @@ pub fn check(pins: &PinDir) -> Result<Status> {
         pods: 0,
         maps: Vec::new(),
         store: None,
+        store_stale: false,
         problems: Vec::new(),
     };
     let bpffs = pins
@@ -467,7 +514,29 @@ impl Status {
             );
         }
         if let Some(store) = &self.store {
-            let _ = writeln!(out, "store:     {}", describe_store(store));
+            let stale = if self.store_stale { "(stale) " } else { "" };
+            let _ = writeln!(
+                out,
+                "store:     {stale}{}",
+                store.describe(SystemTime::now())
+            );
+            for skipped in &store.skipped {
+                let _ = writeln!(out, "skipped:   {}: {}", skipped.key, skipped.reason);
+            }
+            if store.skipped_now > store.skipped.len() {
+                let _ = writeln!(
+                    out,
+                    "skipped:   ... and {} more",
+                    store.skipped_now - store.skipped.len()
+                );
+            }
+            if store.own_lease_restored > 0 {
+                let _ = writeln!(
+                    out,
+                    "lease:     rewritten by another writer and restored {} time(s)",
+                    store.own_lease_restored
+                );
+            }
         }
         if self.healthy {
             out.push_str("health:    ok\n");
@@ -479,34 +548,4 @@ impl Status {
         }
         out
     }
-}
-
-/// `etcd connected, revision 42, 3 peer(s), subnet 10.244.7.0/24, last sync
-/// 2 s ago, lease expires in 86390 s (written 1 s ago)`.
-fn describe_store(store: &ClusterStatus) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs());
-    let ago = |time: u64| format!("{} s ago", now.saturating_sub(time));
-    let mut text = format!(
-        "etcd {}, revision {}, {} peer(s)",
-        if store.connected {
-            "connected"
-        } else {
-            "NOT connected"
-        },
-        store.revision,
-        store.peers
-    );
-    if let Some(subnet) = &store.subnet {
-        let _ = write!(text, ", subnet {subnet}");
-    }
-    if let Some(last_sync) = store.last_sync {
-        let _ = write!(text, ", last sync {}", ago(last_sync));
-    }
-    if let Some(expiry) = store.lease_expiry {
-        let _ = write!(text, ", lease expires in {} s", expiry.saturating_sub(now));
-    }
-    let _ = write!(text, " (written {})", ago(store.updated));
-    text
 }

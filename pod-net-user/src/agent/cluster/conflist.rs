@@ -5,10 +5,8 @@ use std::{io, path::Path};
 
 use serde_json::{Value, json};
 
-use super::{
-    files::{holds, write_atomically},
-    flannel::{NetworkConfig, Subnet},
-};
+use super::flannel::{NetworkConfig, Subnet};
+use crate::sys::files::{holds, write_atomically};
 
 /// The network's name in the conflist (and host-local's state directory).
 pub const NETWORK_NAME: &str = "pod-net";

@@ -1,7 +1,9 @@
 //! The store on etcd v3 (the `etcd-client` crate), tuned for etcd 3.4:
 //! gRPC keep-alive no tighter than 5 s (3.4 drops faster pingers), and a
-//! deadline on every unary call, so a hung etcd is noticed instead of
-//! waited on forever.
+//! deadline on every call, so a hung etcd is noticed instead of waited on
+//! forever. Lists go page by page at one revision and watches take big
+//! revisions in fragments, so no answer has to fit one gRPC message
+//! whatever the records hold.
 use std::{path::PathBuf, time::Duration};
 
 use etcd_client::{
@@ -10,13 +12,17 @@ use etcd_client::{
 };
 use thiserror::Error;
 
-use super::store::{Change, LeaseGrant, Listing, Record, Store, StoreError, Watch, WatchUpdate};
+use super::store::{
+    Change, LeaseGrant, Listing, Record, Store, StoreError, Value, Watch, WatchUpdate, bounded_key,
+};
 
 /// gRPC keep-alive: a ping every 10 s, the connection dead after 5 s
 /// without an answer.
 const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(5));
 /// Deadline of one unary call (get, put, grant, ...).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of a whole list, every page included.
+const LIST_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// flanneld's TLS flags.
 #[derive(Clone, Debug, Default)]
@@ -117,10 +123,45 @@ impl Etcd {
 
 fn record(kv: &etcd_client::KeyValue) -> Record {
     Record {
-        key: String::from_utf8_lossy(kv.key()).into_owned(),
-        value: kv.value().to_vec(),
+        key: bounded_key(kv.key()),
+        value: Value::bounded(kv.value()),
         lease: kv.lease(),
+        created: kv.create_revision(),
+        modified: kv.mod_revision(),
     }
+}
+
+/// Whether a call failed because its answer did not fit one gRPC message.
+fn too_large(err: &etcd_client::Error) -> bool {
+    matches!(err, etcd_client::Error::GRpcStatus(status)
+        if matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted)
+            && status.message().contains("too large"))
+}
+
+/// Whether a read at a fixed revision failed because it was compacted.
+fn compacted(err: &etcd_client::Error) -> bool {
+    matches!(err, etcd_client::Error::GRpcStatus(status)
+        if status.message().contains("compacted"))
+}
+
+/// The end of the key range of every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff (or empty): to the end of the keyspace.
+    vec![0]
+}
+
+/// The key right after `key`.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
 }
 
 /// A prefix watch.
@@ -130,6 +171,10 @@ pub struct EtcdWatch {
 
 impl Watch for EtcdWatch {
     async fn next(&mut self) -> Result<WatchUpdate, StoreError> {
+        // A revision too big for one message comes in fragments (the watch
+        // asks for them): gathered here, so an update is whole revisions.
+        let mut changes = Vec::new();
+        let mut revision = 0;
         loop {
             let Some(response) = self.stream.message().await.map_err(store_error)? else {
                 return Err(StoreError::Unreachable("the watch stream ended".into()));
@@ -150,7 +195,7 @@ impl Watch for EtcdWatch {
             // The last event's revision, not the header's: etcd may send a
             // catch-up batch stamped with the current revision while more
             // events are still to come, and a resume must not skip them.
-            let revision = response
+            revision = response
                 .events()
                 .iter()
                 .filter_map(|event| event.kv().map(etcd_client::KeyValue::mod_revision))
@@ -159,24 +204,86 @@ impl Watch for EtcdWatch {
                     response
                         .header()
                         .map_or(0, etcd_client::ResponseHeader::revision)
-                });
-            let changes = response
-                .events()
-                .iter()
-                .filter_map(|event| {
-                    let kv = event.kv()?;
-                    Some(match event.event_type() {
-                        EventType::Put => Change::Put(record(kv)),
-                        EventType::Delete => Change::Delete {
-                            key: String::from_utf8_lossy(kv.key()).into_owned(),
-                        },
-                    })
                 })
-                .collect();
-            return Ok(WatchUpdate::Changes { changes, revision });
+                .max(revision);
+            changes.extend(response.events().iter().filter_map(|event| {
+                let kv = event.kv()?;
+                Some(match event.event_type() {
+                    EventType::Put => Change::Put(record(kv)),
+                    EventType::Delete => Change::Delete {
+                        key: bounded_key(kv.key()),
+                    },
+                })
+            }));
+            if !response.0.fragment {
+                return Ok(WatchUpdate::Changes { changes, revision });
+            }
         }
     }
 }
+
+/// Records per page of a list. Halved while a page is too big for one gRPC
+/// message (hostile records can be megabytes each), doubled back after.
+const PAGE: i64 = 1000;
+/// Lists started again when their revision was compacted under them.
+const LIST_ATTEMPTS: usize = 3;
+
+impl Etcd {
+    /// One list at one revision, page by page.
+    async fn list_once(&mut self, prefix: &str) -> Result<Listing, etcd_client::Error> {
+        let end = prefix_end(prefix.as_bytes());
+        let mut listing = Listing::default();
+        let mut from = prefix.as_bytes().to_vec();
+        let mut limit = PAGE;
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
+            if listing.revision > 0 {
+                options = options.with_revision(listing.revision);
+            }
+            let response = match self.client.get(from.clone(), Some(options.clone())).await {
+                Ok(response) => response,
+                Err(err) if too_large(&err) && limit > 1 => {
+                    limit /= 2;
+                    continue;
+                }
+                Err(err) if too_large(&err) => {
+                    // One record over a whole message: keep its key only.
+                    let response = self
+                        .client
+                        .get(from.clone(), Some(options.with_keys_only()))
+                        .await?;
+                    let Some(kv) = response.kvs().first() else {
+                        return Err(err);
+                    };
+                    listing.records.push(Record {
+                        value: Value::Dropped {
+                            len: MAX_MESSAGE_BYTES,
+                        },
+                        ..record(kv)
+                    });
+                    from = successor(kv.key());
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            if listing.revision == 0 {
+                listing.revision = response
+                    .header()
+                    .map_or(0, etcd_client::ResponseHeader::revision);
+            }
+            listing.records.extend(response.kvs().iter().map(record));
+            match response.kvs().last() {
+                Some(last) if response.more() => from = successor(last.key()),
+                _ => return Ok(listing),
+            }
+            limit = (limit * 2).min(PAGE);
+        }
+    }
+}
+
+/// What one gRPC message may carry (tonic's default, which etcd's own
+/// clients share).
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 impl Store for Etcd {
     type Watch = EtcdWatch;
@@ -187,23 +294,25 @@ impl Store for Etcd {
     }
 
     async fn list(&mut self, prefix: &str) -> Result<Listing, StoreError> {
-        let response = timed(
-            self.client
-                .get(prefix, Some(GetOptions::new().with_prefix())),
-        )
-        .await?;
-        Ok(Listing {
-            records: response.kvs().iter().map(record).collect(),
-            revision: response
-                .header()
-                .map_or(0, etcd_client::ResponseHeader::revision),
-        })
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // The deadline covers the whole list: many pages of hostile
+            // records must not hold the agent longer than a hung etcd would.
+            match tokio::time::timeout(LIST_TIMEOUT, self.list_once(prefix)).await {
+                Ok(Ok(listing)) => return Ok(listing),
+                Ok(Err(err)) if compacted(&err) && attempt < LIST_ATTEMPTS => {}
+                Ok(Err(err)) => return Err(store_error(err)),
+                Err(_) => return Err(StoreError::Timeout(LIST_TIMEOUT)),
+            }
+        }
     }
 
     async fn watch(&mut self, prefix: &str, revision: i64) -> Result<EtcdWatch, StoreError> {
         let options = WatchOptions::new()
             .with_prefix()
-            .with_start_revision(revision);
+            .with_start_revision(revision)
+            .with_fragment();
         let stream = timed(self.client.watch(prefix, Some(options))).await?;
         Ok(EtcdWatch { stream })
     }
@@ -247,19 +356,19 @@ impl Store for Etcd {
     async fn replace(
         &mut self,
         key: &str,
-        expected: &[u8],
+        modified: i64,
         value: &[u8],
         lease: i64,
     ) -> Result<bool, StoreError> {
         let txn = Txn::new()
-            .when([Compare::value(key, CompareOp::Equal, expected)])
+            .when([Compare::mod_revision(key, CompareOp::Equal, modified)])
             .and_then([TxnOp::put(key, value, lease_option(lease))]);
         Ok(timed(self.client.txn(txn)).await?.succeeded())
     }
 
-    async fn delete_if(&mut self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
+    async fn delete_if(&mut self, key: &str, modified: i64) -> Result<bool, StoreError> {
         let txn = Txn::new()
-            .when([Compare::value(key, CompareOp::Equal, expected)])
+            .when([Compare::mod_revision(key, CompareOp::Equal, modified)])
             .and_then([TxnOp::delete(key, None)]);
         Ok(timed(self.client.txn(txn)).await?.succeeded())
     }
@@ -267,4 +376,17 @@ impl Store for Etcd {
 
 fn lease_option(lease: i64) -> Option<PutOptions> {
     (lease != 0).then(|| PutOptions::new().with_lease(lease))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_cover_exactly_a_prefix() {
+        assert_eq!(prefix_end(b"/p/subnets/"), b"/p/subnets0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"\0");
+        assert_eq!(successor(b"/p/a"), b"/p/a\0");
+    }
 }

@@ -30,7 +30,7 @@ pub enum SchemaError {
     Invalid { key: String, reason: String },
     #[error("{key}: backend type {found:?}, not vxlan")]
     ForeignBackend { key: String, found: String },
-    #[error("{key}: not a subnet key (expected <prefix>/subnets/A.B.C.D-LEN)")]
+    #[error("{key}: not a subnet key (expected <prefix>/subnets/A.B.C.D-LEN[&IPV6-LEN])")]
     Key { key: String },
 }
 
@@ -76,12 +76,14 @@ impl Subnet {
         format!("{}-{}", self.ip, self.len)
     }
 
-    /// The subnet in a key ending in `A.B.C.D-LEN` (flannel also accepts an
-    /// `&IPV6-LEN` tail, which pod-net ignores).
+    /// The subnet in a key ending in `A.B.C.D-LEN` (or in flannel's
+    /// dual-stack form, see [`LeaseKey`]).
     #[must_use]
     pub fn from_key(key: &str) -> Option<Self> {
-        let name = key.rsplit('/').next()?;
-        let name = name.split('&').next()?;
+        LeaseKey::parse(key).map(|key| key.subnet)
+    }
+
+    fn parse_name(name: &str) -> Option<Self> {
         let (ip, len) = name.split_once('-')?;
         let ip: Ipv4Addr = ip.parse().ok()?;
         let len: u8 = len.parse().ok().filter(|len| (1..=32).contains(len))?;
@@ -122,6 +124,42 @@ impl FromStr for Subnet {
             return Err(format!("{text:?} has host bits set"));
         }
         Ok(Self { ip, len })
+    }
+}
+
+/// A lease's key: `<prefix>/subnets/10.244.7.0-24`, or flannel's
+/// dual-stack form `10.244.7.0-24&fd00:10:244:7::-64`, where the IPv4
+/// subnet is the lease and the IPv6 one goes with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseKey {
+    pub subnet: Subnet,
+    pub ipv6: Option<Cidr>,
+}
+
+impl LeaseKey {
+    /// The subnets in `key`, when both parts are well formed: a network
+    /// address (no host bits) with its length.
+    #[must_use]
+    pub fn parse(key: &str) -> Option<Self> {
+        let name = key.rsplit('/').next()?;
+        let (v4, v6) = match name.split_once('&') {
+            Some((v4, v6)) => (v4, Some(v6)),
+            None => (name, None),
+        };
+        let subnet = Subnet::parse_name(v4)?;
+        let ipv6 = match v6 {
+            None => None,
+            Some(v6) => Some(Self::parse_ipv6(v6)?),
+        };
+        Some(Self { subnet, ipv6 })
+    }
+
+    fn parse_ipv6(name: &str) -> Option<Cidr> {
+        let (ip, len) = name.rsplit_once('-')?;
+        let ip: std::net::Ipv6Addr = ip.parse().ok()?;
+        let len: u8 = len.parse().ok().filter(|len| (1..=128).contains(len))?;
+        let cidr = Cidr::masked(ip.into(), len);
+        (cidr.addr == std::net::IpAddr::V6(ip)).then_some(cidr)
     }
 }
 
@@ -261,6 +299,14 @@ impl NetworkConfig {
         })
     }
 
+    /// Whether `subnet` is one this network can hold: inside `Network`,
+    /// of `SubnetLen` (flannel's rule for a lease; reservations may lie
+    /// outside `SubnetMin..=SubnetMax`).
+    #[must_use]
+    pub fn holds(&self, subnet: Subnet) -> bool {
+        subnet.len == self.subnet_len && self.network.contains(subnet.ip)
+    }
+
     /// Whether `subnet` is one this network hands out.
     #[must_use]
     pub fn fits(&self, subnet: Subnet) -> bool {
@@ -339,9 +385,12 @@ impl LeaseAttrs {
 }
 
 /// Another node, as its lease describes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Peer {
     pub subnet: Subnet,
+    /// The IPv6 subnet of a dual-stack key. pod-net's underlay is IPv4, so
+    /// it is parsed and shown, not routed.
+    pub ipv6_subnet: Option<Cidr>,
     pub public_ip: Ipv4Addr,
     pub vtep_mac: MacAddr,
 }
@@ -350,7 +399,7 @@ impl Peer {
     /// The peer in the lease at `key` with `value`. A lease of another
     /// backend, or another VNI, is a node pod-net cannot reach.
     pub fn parse(key: &str, value: &[u8], vni: u32) -> Result<Self, SchemaError> {
-        let subnet = Subnet::from_key(key).ok_or_else(|| SchemaError::Key {
+        let lease_key = LeaseKey::parse(key).ok_or_else(|| SchemaError::Key {
             key: key.to_owned(),
         })?;
         let attrs: LeaseAttrs = serde_json::from_slice(value).map_err(|err| SchemaError::Json {
@@ -381,7 +430,8 @@ impl Peer {
             .parse()
             .map_err(|err| invalid(format!("VtepMAC: {err}")))?;
         Ok(Self {
-            subnet,
+            subnet: lease_key.subnet,
+            ipv6_subnet: lease_key.ipv6,
             public_ip: attrs.public_ip,
             vtep_mac,
         })
@@ -532,6 +582,23 @@ mod tests {
             Some(subnet)
         );
         assert_eq!(Subnet::from_key("/x/subnets/10.244.7.1-24"), None);
+        // The dual-stack form: both parts must be networks.
+        assert_eq!(
+            LeaseKey::parse("/x/subnets/10.244.7.0-24&fd00:10:244:7::-64"),
+            Some(LeaseKey {
+                subnet,
+                ipv6: Some("fd00:10:244:7::/64".parse().unwrap()),
+            })
+        );
+        for bad in [
+            "/x/subnets/10.244.7.0-24&",
+            "/x/subnets/10.244.7.0-24&fd00::1-64",
+            "/x/subnets/10.244.7.0-24&fd00::-129",
+            "/x/subnets/10.244.7.0-24&10.1.0.0-16",
+            "/x/subnets/10.244.7.0-24&fd00::-64&fd01::-64",
+        ] {
+            assert_eq!(LeaseKey::parse(bad), None, "{bad}");
+        }
         assert_eq!(Subnet::from_key("/x/subnets/garbage"), None);
         let mac: MacAddr = "0e:6e:c0:a8:64:01".parse().unwrap();
         let attrs = LeaseAttrs::vxlan(Ipv4Addr::new(192, 168, 100, 1), 1, mac);
@@ -545,6 +612,7 @@ mod tests {
             Peer::parse("/p/subnets/10.244.4.0-24", flannel, 1),
             Ok(Peer {
                 subnet: "10.244.4.0/24".parse().unwrap(),
+                ipv6_subnet: None,
                 public_ip: Ipv4Addr::new(192, 168, 100, 4),
                 vtep_mac: "02:fa:00:00:00:04".parse().unwrap(),
             })

@@ -4,10 +4,8 @@ use std::{io, path::Path};
 
 use pod_net_common::config::VXLAN_OVERHEAD;
 
-use super::{
-    files::write_atomically,
-    flannel::{NetworkConfig, Subnet},
-};
+use super::flannel::{NetworkConfig, Subnet};
+use crate::sys::files::{read_regular, write_atomically};
 
 /// The file's text: flannel's names and formats (`FLANNEL_SUBNET` is the
 /// gateway address with the subnet's length).
@@ -42,7 +40,8 @@ pub fn write(
 /// readable: flannel reuses it when no lease names this node.
 #[must_use]
 pub fn previous_subnet(path: &Path) -> Option<Subnet> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let bytes = read_regular(path, 4096).ok()??;
+    let text = String::from_utf8(bytes).ok()?;
     let value = text
         .lines()
         .find_map(|line| line.strip_prefix("FLANNEL_SUBNET="))?;

@@ -15,8 +15,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    cmd::run_command,
-    rig::{Node, Rig, pod_net_binary},
+    RigSpec,
+    cmd::{output_of, run_command},
+    rig::{Node, Rig, pod_net_binary, sibling_binary},
     wait::wait_for,
 };
 
@@ -24,6 +25,10 @@ use crate::{
 pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 254);
 /// The prefix the tests use (flannel's default).
 pub const PREFIX: &str = "/coreos.com/network";
+/// flannel's default network, VXLAN backend.
+pub const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+/// Bound for anything the agents should do "within seconds".
+pub const SOON: Duration = Duration::from_secs(20);
 
 /// An etcd server in a rig's switch namespace.
 pub struct Etcd {
@@ -435,6 +440,20 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
+    /// A memory figure of the agent from `/proc/PID/status`, in KiB:
+    /// `VmRSS` (now) or `VmHWM` (peak).
+    pub fn memory_kib(&self, field: &str) -> Result<u64> {
+        let pid = self.pid().context("the agent is not running")?;
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let prefix = format!("{field}:");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|value| value.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .with_context(|| format!("no {field} in /proc/{pid}/status"))
+    }
+
     /// Whether the agent process is still running.
     pub fn running(&mut self) -> bool {
         self.child
@@ -540,6 +559,126 @@ pub fn remote_nodes(node: &Node) -> Result<Vec<(String, String, String)>> {
     Ok(nodes)
 }
 
+/// A lease's value in flannel's schema: VXLAN, VNI 1.
+#[must_use]
+pub fn lease_value(public_ip: &str, vtep_mac: &str) -> String {
+    format!(
+        r#"{{"PublicIP":"{public_ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{vtep_mac}"}}}}"#
+    )
+}
+
+/// The lease of synthetic node `index` under `10.0.0.0/8`: subnet
+/// 10.x.y.0/24, node IP 172.16.x.y (programmed, never sent to).
+#[must_use]
+pub fn synthetic_lease(index: u32) -> (String, String) {
+    let [_, _, high, low] = (index + 256).to_be_bytes();
+    let key = format!("{PREFIX}/subnets/10.{high}.{low}.0-24");
+    let ip = Ipv4Addr::new(172, 16, high, low);
+    let mac = format!("0e:6e:ac:10:{high:02x}:{low:02x}");
+    (key, lease_value(&ip.to_string(), &mac))
+}
+
+/// `nodes` nodes with no pods, and cni0 without the rig's address: the
+/// bridge plugin gives it the leased subnet's gateway.
+#[must_use]
+pub fn rig(nodes: u8) -> Rig {
+    let rig = Rig::build(&RigSpec {
+        nodes,
+        pods_per_node: 0,
+        ..RigSpec::default()
+    })
+    .unwrap();
+    for node in rig.nodes() {
+        node.ip(&["addr", "flush", "dev", "cni0"]).unwrap();
+    }
+    rig
+}
+
+/// Where the agent of `node` keeps its files and log.
+#[must_use]
+pub fn agent_dir(rig: &Rig, node: &Node) -> PathBuf {
+    rig.scratch_dir()
+        .unwrap()
+        .join(format!("agent-n{}", node.index))
+}
+
+/// Starts the agent of `node` against the rig's etcd (without TLS).
+#[must_use]
+pub fn start(rig: &Rig, node: &Node, extra: &[&str]) -> Agent {
+    Agent::start(node, &agent_dir(rig, node), &Etcd::endpoint(), extra).unwrap()
+}
+
+/// Waits until `node` has programmed exactly `wanted` (cidr, node ip, mac).
+pub fn wait_programmed(node: &Node, wanted: &[(String, String, String)]) {
+    let mut wanted = wanted.to_vec();
+    wanted.sort();
+    let mut last = Vec::new();
+    let result = wait_for("the peers' leases in the maps", SOON, || {
+        last = remote_nodes(node).unwrap();
+        (last == wanted).then_some(())
+    });
+    assert!(
+        result.is_ok(),
+        "node {} has {last:?}, wanted {wanted:?}",
+        node.index
+    );
+}
+
+/// What a node's peers should program for it: (its subnet, its IP, its
+/// derived VTEP MAC).
+#[must_use]
+pub fn entry(node: &Node, subnet: &str) -> (String, String, String) {
+    (
+        subnet.to_owned(),
+        node.underlay_ip.to_string(),
+        node.derived_vtep_mac(),
+    )
+}
+
+/// The routes through the tunnel device in `node`, as `ip route` prints them.
+#[must_use]
+pub fn tunnel_routes(node: &Node) -> String {
+    node.ip(&["route", "show", "dev", "pnvxlan1"])
+        .unwrap_or_default()
+}
+
+/// `pod_net_cluster_<name>` from the agent's `/metrics` on `node` (the
+/// default address, inside the node's namespace).
+#[must_use]
+pub fn cluster_metric(node: &Node, name: &str) -> Option<String> {
+    let probe = sibling_binary("pod-net-probe");
+    let body = node
+        .exec(&[probe.to_str()?, "get", "127.0.0.1:9565", "/metrics"])
+        .ok()?;
+    let prefix = format!("pod_net_cluster_{name} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(str::to_owned)
+}
+
+/// `pod-net status` on `node`, reading what `agent` published: its output
+/// and whether it said healthy (exit 0).
+#[must_use]
+pub fn store_status_of(node: &Node, agent: &Agent) -> (String, bool) {
+    let file = agent.subnet_file.with_file_name("cluster-status.json");
+    let output = output_of(&mut node.pod_net_command(&[
+        "status",
+        "--cluster-status",
+        file.to_str().unwrap(),
+    ]))
+    .unwrap();
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        output.status.success(),
+    )
+}
+
+/// `pod-net status` on `node`, reading what `agent` published.
+#[must_use]
+pub fn store_status(node: &Node, agent: &Agent) -> String {
+    store_status_of(node, agent).0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,6 +690,15 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn synthetic_leases_are_distinct_and_in_the_network() {
+        let (key, value) = synthetic_lease(0);
+        assert_eq!(key, "/coreos.com/network/subnets/10.1.0.0-24");
+        assert!(value.contains(r#""PublicIP":"172.16.1.0""#));
+        let (key, _) = synthetic_lease(10_199);
+        assert_eq!(key, "/coreos.com/network/subnets/10.40.215.0-24");
     }
 
     #[test]

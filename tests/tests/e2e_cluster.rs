@@ -2,81 +2,21 @@
 //! --etcd-endpoints` on every node, a real etcd in the rig's switch
 //! namespace, flannel's schema. No `node add` anywhere.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::Ipv4Addr,
-    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
 use pod_net_tests::{
     Node, Rig, RigSpec,
-    cluster::{Agent, Etcd, PREFIX, TlsFiles, lease_key, remote_nodes},
+    cluster::{
+        Agent, CONFIG, Etcd, PREFIX, SOON, TlsFiles, agent_dir, cluster_metric, entry, lease_key,
+        remote_nodes, rig, start, store_status, synthetic_lease, tunnel_routes, wait_programmed,
+    },
     cni::{self, Attachment, Runtime, result_ipv4},
-    require_root,
-    rig::sibling_binary,
-    wait_for,
+    require_root, wait_for,
 };
-
-const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
-/// Bound for anything the agents should do "within seconds".
-const SOON: Duration = Duration::from_secs(20);
-
-/// `nodes` nodes with no pods, and cni0 without the rig's address: the
-/// bridge plugin gives it the leased subnet's gateway.
-fn rig(nodes: u8) -> Rig {
-    let rig = Rig::build(&RigSpec {
-        nodes,
-        pods_per_node: 0,
-        ..RigSpec::default()
-    })
-    .unwrap();
-    for node in rig.nodes() {
-        node.ip(&["addr", "flush", "dev", "cni0"]).unwrap();
-    }
-    rig
-}
-
-fn agent_dir(rig: &Rig, node: &Node) -> PathBuf {
-    rig.scratch_dir()
-        .unwrap()
-        .join(format!("agent-n{}", node.index))
-}
-
-fn start(rig: &Rig, node: &Node, extra: &[&str]) -> Agent {
-    Agent::start(node, &agent_dir(rig, node), &Etcd::endpoint(), extra).unwrap()
-}
-
-/// Waits until `node` has programmed exactly `wanted` (cidr, node ip, mac).
-fn wait_programmed(node: &Node, wanted: &[(String, String, String)]) {
-    let mut wanted = wanted.to_vec();
-    wanted.sort();
-    let mut last = Vec::new();
-    let result = wait_for("the peers' leases in the maps", SOON, || {
-        last = remote_nodes(node).unwrap();
-        (last == wanted).then_some(())
-    });
-    assert!(
-        result.is_ok(),
-        "node {} has {last:?}, wanted {wanted:?}",
-        node.index
-    );
-}
-
-/// What a node's peers should program for it: (its subnet, its IP, its
-/// derived VTEP MAC).
-fn entry(node: &Node, subnet: &str) -> (String, String, String) {
-    (
-        subnet.to_owned(),
-        node.underlay_ip.to_string(),
-        node.derived_vtep_mac(),
-    )
-}
-
-/// The routes through the tunnel device in `node`, as `ip route` prints them.
-fn tunnel_routes(node: &Node) -> String {
-    node.ip(&["route", "show", "dev", "pnvxlan1"])
-        .unwrap_or_default()
-}
 
 /// A pod made through `agent`'s own conflist by the CNI runtime.
 struct ClusterPod {
@@ -468,31 +408,6 @@ fn a_sigkilled_agent_restarts_on_the_same_subnet_without_losing_a_packet() {
             .len(),
         2
     );
-}
-
-/// `pod_net_cluster_<name>` from the agent's `/metrics` on `node` (the
-/// default address, inside the node's namespace).
-fn cluster_metric(node: &Node, name: &str) -> Option<String> {
-    let probe = sibling_binary("pod-net-probe");
-    let body = node
-        .exec(&[probe.to_str()?, "get", "127.0.0.1:9565", "/metrics"])
-        .ok()?;
-    let prefix = format!("pod_net_cluster_{name} ");
-    body.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map(str::to_owned)
-}
-
-/// `pod-net status` on `node`, reading what `agent` published.
-fn store_status(node: &Node, agent: &Agent) -> String {
-    let file = agent.subnet_file.with_file_name("cluster-status.json");
-    let output = pod_net_tests::cmd::output_of(&mut node.pod_net_command(&[
-        "status",
-        "--cluster-status",
-        file.to_str().unwrap(),
-    ]))
-    .unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[test]
@@ -1096,4 +1011,140 @@ fn direct_routing_reaches_peers_on_the_segment_directly_and_others_over_vxlan() 
         0,
         "nothing went over VXLAN"
     );
+}
+
+#[test]
+fn the_reconnect_backoff_starts_over_after_every_outage() {
+    require_root!();
+    let rig = rig(3);
+    let mut etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(CONFIG).unwrap();
+    let node = rig.node(1);
+    let agent = start(&rig, node, &[]);
+    agent.wait_subnet(SOON).unwrap();
+    wait_for("the agent to follow", SOON, || {
+        (agent.log_lines("following 0 other node(s)") == 1).then_some(())
+    })
+    .unwrap();
+    for outage in 1..=4 {
+        etcd.kill();
+        wait_for("the agent to see the outage", SOON, || {
+            (agent.log_lines("reconnecting in") >= outage).then_some(())
+        })
+        .unwrap();
+        // Down long enough for the retries to back off.
+        std::thread::sleep(Duration::from_secs(2));
+        etcd.restart(false).unwrap();
+        let resumed = wait_for("the watch to resume", SOON, || {
+            (agent.log_lines("resuming the watch at revision") >= outage).then_some(())
+        });
+        assert!(resumed.is_ok(), "{}", agent.log_text());
+    }
+    // Every outage starts from the first wait again, and backs off while
+    // it lasts.
+    let log = agent.log_text();
+    let firsts: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("reconnecting in"))
+        .collect();
+    assert_eq!(firsts.len(), 4, "{log}");
+    for line in firsts {
+        assert!(line.ends_with("reconnecting in 200ms"), "{line}\n{log}");
+    }
+    assert_eq!(agent.log_lines("retrying in 400ms"), 4, "{log}");
+}
+
+/// The remote prefixes in `node`'s maps.
+fn entry_cidrs(node: &Node) -> Vec<String> {
+    remote_nodes(node)
+        .unwrap()
+        .into_iter()
+        .map(|(cidr, _, _)| cidr)
+        .collect()
+}
+
+/// The prefixes routed through `node`'s tunnel device.
+fn routed(node: &Node) -> HashSet<String> {
+    tunnel_routes(node)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn readers_never_see_an_entry_without_its_route_while_thousands_of_leases_come_and_go() {
+    const LEASES: u32 = 20_000;
+    require_root!();
+    let rig = rig(3);
+    let etcd = Etcd::start(&rig).unwrap();
+    // The synthetic leases in 10/8, this node's own in 11/8.
+    etcd.put_config(
+        r#"{"Network":"10.0.0.0/7","SubnetMin":"11.0.0.0","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    let node = rig.node(1);
+    let mut agent = start(&rig, node, &[]);
+    agent.wait_subnet(SOON).unwrap();
+    agent.kill();
+    let leases: Vec<(String, String)> = (0..LEASES).map(synthetic_lease).collect();
+    etcd.put_many(&leases).unwrap();
+
+    // The documented order: a route goes in before its entry and out after
+    // it. So an entry read between two reads of the routes is in one of
+    // them, whichever way the batch goes.
+    let stop = AtomicBool::new(false);
+    let (reads, mid_batch, violations) = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let (mut reads, mut mid_batch, mut violations) = (0, 0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let before = routed(node);
+                let entries = entry_cidrs(node);
+                let after = routed(node);
+                for cidr in &entries {
+                    if !before.contains(cidr) && !after.contains(cidr) {
+                        violations.push(cidr.clone());
+                    }
+                }
+                if before.len() != entries.len() || after.len() != entries.len() {
+                    mid_batch += 1;
+                }
+                reads += 1;
+            }
+            (reads, mid_batch, violations)
+        });
+        // 20,000 leases in one batch: the restarted agent's first list.
+        agent.restart().unwrap();
+        let batch = Duration::from_mins(2);
+        wait_for("every lease programmed", batch, || {
+            (entry_cidrs(node).len() == LEASES as usize).then_some(())
+        })
+        .unwrap();
+        // And out again in one watch update.
+        etcd.etcdctl(&["del", "--prefix", &format!("{PREFIX}/subnets/10.")])
+            .unwrap();
+        wait_for("every lease gone", batch, || {
+            entry_cidrs(node).is_empty().then_some(())
+        })
+        .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        reader.join().unwrap()
+    });
+    assert!(
+        violations.is_empty(),
+        "entries without routes: {violations:?}"
+    );
+    println!("{reads} reads, {mid_batch} mid-batch");
+    assert!(
+        mid_batch > 0,
+        "no read saw a batch under way ({reads} reads)"
+    );
+    wait_for("the routes gone too", SOON, || {
+        routed(node).is_empty().then_some(())
+    })
+    .unwrap();
+    // One log line per batch, none per lease.
+    let log = agent.log_text();
+    assert_eq!(agent.log_lines("etcd: + node"), 0, "{log}");
+    assert!(log.lines().count() < 60, "{log}");
 }

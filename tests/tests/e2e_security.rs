@@ -254,3 +254,80 @@ fn peers_follow_the_node_entries_and_drift_is_reported_and_repaired() {
     assert_eq!(peers(node_1), ["192.168.100.2"]);
     a.ping(b.ip, 1).unwrap();
 }
+
+#[test]
+fn a_second_pin_dir_cannot_take_a_loaded_underlay_or_its_tunnel_device() {
+    require_root!();
+    let rig = Rig::build(&RigSpec {
+        nodes: 2,
+        pods_per_node: 0,
+        ..RigSpec::default()
+    })
+    .unwrap();
+    let node = rig.node(1);
+    node.load_on_underlay(&[]).unwrap();
+    node.pod_net(&[
+        "node",
+        "add",
+        "--cidr",
+        "10.244.9.0/24",
+        "--node-ip",
+        "192.168.100.9",
+    ])
+    .unwrap();
+    let kernel = || {
+        (
+            node.ip(&["-d", "link", "show", "pnvxlan1"]).unwrap(),
+            node.ip(&["route", "show", "dev", "pnvxlan1"]).unwrap(),
+        )
+    };
+    let before = kernel();
+    let first = node.pin_dir.display().to_string();
+    assert!(
+        before.0.contains(&format!("alias pod-net:{first}")),
+        "{}",
+        before.0
+    );
+
+    // Another pin dir on the same underlay (and VNI): refused, in one line
+    // naming the first, before anything is made.
+    let second = format!("{first}-second");
+    let node_ip = node.underlay_ip.to_string();
+    let binary = pod_net_tests::rig::pod_net_binary();
+    let second_pod_net = |args: &[&str]| {
+        let mut full = vec![binary.to_str().unwrap(), "--pin-dir", &second];
+        full.extend_from_slice(args);
+        pod_net_tests::cmd::output_of(&mut node.command(&full)).unwrap()
+    };
+    let load = |extra: &[&str]| {
+        let mut args = vec!["load"];
+        args.extend_from_slice(extra);
+        second_pod_net(&args)
+    };
+    for vni in ["1", "2"] {
+        let output = load(&["--underlay", "eth0", "--node-ip", &node_ip, "--vni", vni]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "eth0 is the underlay of the datapath at {first} (its tunnel device pnvxlan1)"
+            )),
+            "{stderr}"
+        );
+        assert!(!std::path::Path::new(&second).exists());
+        assert!(node.ip(&["link", "show", "pnvxlan2"]).is_err());
+    }
+    assert_eq!(kernel(), before);
+
+    // A second datapath without an underlay is fine, and its unload leaves
+    // the first one's device and routes alone.
+    assert!(load(&[]).status.success());
+    let unload = second_pod_net(&["unload"]);
+    let unload = String::from_utf8_lossy(&unload.stdout);
+    assert!(unload.starts_with("unloaded"), "{unload}");
+    assert!(!unload.contains("pnvxlan1"), "{unload}");
+    assert_eq!(kernel(), before);
+    let list = node.pod_net(&["node", "list"]).unwrap();
+    assert!(list.contains("10.244.9.0/24"), "{list}");
+}

@@ -879,3 +879,128 @@ fn unload_names_the_tunnel_device_only_when_it_deleted_one() {
         format!("unloaded {pin_dir} (1 attachment(s) removed)\n")
     );
 }
+
+/// Runs `pod-net args` on `node` with its stdout a pipe whose reader is
+/// already gone, as `pod-net ... | head -c 1` leaves it.
+fn with_reader_gone(node: &Node, args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    node.pod_net_command(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_a_command_quietly_as_coreutils_do() {
+    use std::os::unix::process::ExitStatusExt as _;
+    require_root!();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
+    let node = rig.node(1);
+    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
+    for args in [
+        &["pod", "list", "--json"][..],
+        &["pod", "list"],
+        &["node", "list", "--json"],
+        &["stats", "--explain"],
+        &["stats", "--prometheus"],
+        &["status"],
+        &["gc", "--dry-run"],
+    ] {
+        let output = with_reader_gone(node, args);
+        assert_eq!(
+            output.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {output:?}"
+        );
+        assert_eq!(String::from_utf8_lossy(&output.stderr), "", "{args:?}");
+    }
+    // The monitor meets the closed pipe with its first event, and turns
+    // events off on its way out.
+    let _flood = a.ping_flood(b.ip, 3000).unwrap();
+    let output = with_reader_gone(node, &["monitor", "--all"]);
+    assert_eq!(output.status.signal(), Some(libc::SIGPIPE), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    assert_eq!(config_flags(node), 0);
+}
+
+#[test]
+fn a_monitor_whose_reader_stalls_still_stops_on_sigint_and_turns_events_off() {
+    require_root!();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
+    let node = rig.node(1);
+    let (a, b) = (rig.pod(1, 1), rig.pod(1, 2));
+    // A reader that never reads: the pipe fills, and the monitor's writes
+    // would block.
+    let (_reader, writer) = std::io::pipe().unwrap();
+    let mut monitor = KillOnDrop(Some(
+        node.pod_net_command(&["monitor", "--all"])
+            .stdout(writer)
+            .spawn()
+            .unwrap(),
+    ));
+    wait_until("the monitor to enable events", WAIT, || {
+        config_flags(node) != 0
+    })
+    .unwrap();
+    // 500 pings a second: well over a pipe's 64 KiB of event lines.
+    let flood = a.ping_flood(b.ip, 1500).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = monitor.0.as_ref().unwrap().id().to_string();
+    pod_net_tests::cmd::run("kill", ["-INT", pid.as_str()]).unwrap();
+    let child = monitor.0.as_mut().unwrap();
+    wait_until("the monitor to stop on SIGINT", WAIT, || {
+        child.try_wait().unwrap().is_some()
+    })
+    .unwrap();
+    assert_eq!(config_flags(node), 0);
+    drop(flood);
+}
+
+#[test]
+fn events_a_killed_monitor_left_on_are_reported_and_turned_off_and_one_monitor_runs_at_once() {
+    require_root!();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
+    let node = rig.node(1);
+    let mut monitor = KillOnDrop(Some(
+        node.pod_net_command(&["monitor"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    wait_until("the monitor to enable events", WAIT, || {
+        config_flags(node) != 0
+    })
+    .unwrap();
+    // A second one is refused while the first runs.
+    let second = node.pod_net_output(&["monitor", "--count", "1"]).unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another `pod-net monitor` runs on"),
+        "{stderr}"
+    );
+    // Nothing to repair while it runs.
+    assert!(node.pod_net_output(&["status"]).unwrap().status.success());
+
+    // SIGKILL: no chance to turn events off.
+    let child = monitor.0.as_mut().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_ne!(config_flags(node), 0);
+    let status = node.pod_net_output(&["status"]).unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(!status.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "needs repair: turn events off: they are on, but no `pod-net monitor` runs to read \
+             them"
+        ),
+        "{text}"
+    );
+    let gc = node.pod_net(&["gc"]).unwrap();
+    assert!(gc.contains("turn events off"), "{gc}");
+    assert_eq!(config_flags(node), 0);
+    assert!(node.pod_net_output(&["status"]).unwrap().status.success());
+}

@@ -29,8 +29,8 @@ use pod_net_common::{
 use super::{
     layout::{check_pinned_capacity, check_pinned_layouts},
     underlay::{
-        UnderlayOptions, UnderlaySummary, check_same_underlay, enable_underlay, loaded_underlay,
-        mtu_warnings, resolve_underlay, underlay_summary,
+        UnderlayOptions, UnderlaySummary, check_owner, check_same_underlay, enable_underlay,
+        loaded_underlay, mtu_warnings, resolve_underlay, underlay_summary,
     },
     unload::remove_pin,
 };
@@ -138,6 +138,9 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         .as_ref()
         .map(|underlay| resolve_underlay(underlay).map(|link| (underlay, link)))
         .transpose()?;
+    if let Some((underlay, link)) = &underlay {
+        check_owner(pins, underlay, link)?;
+    }
     if options.xdp == Some(true) && underlay.is_none() && loaded_underlay(pins)?.is_none() {
         return Err(LoadRefusal::XdpNeedsUnderlay.into());
     }

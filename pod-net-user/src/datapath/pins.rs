@@ -226,6 +226,29 @@ impl PinDir {
     }
 }
 
+impl PinDir {
+    /// The pin dir's lock if it comes free within `wait`; `None` if another
+    /// command holds it all that while.
+    pub fn lock_within(&self, wait: std::time::Duration) -> Result<Option<PinDirLock>> {
+        let file = File::open(&self.root)
+            .with_context(|| format!("opening pin dir {} to lock it", self.root.display()))?;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(Some(PinDirLock { _file: file })),
+                Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                Err(err) => {
+                    return Err(io::Error::from(err))
+                        .with_context(|| format!("locking pin dir {}", self.root.display()));
+                }
+            }
+        }
+    }
+}
+
 /// Held while a command changes pinned state; the lock is released on drop
 /// (closing the descriptor releases the flock, also when the process dies).
 pub struct PinDirLock {

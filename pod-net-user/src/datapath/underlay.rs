@@ -73,6 +73,43 @@ pub(super) fn resolve_underlay(options: &UnderlayOptions) -> Result<Link> {
     Ok(link)
 }
 
+/// Refuses an underlay, or a tunnel device, that the datapath of another
+/// loaded pin dir uses: two datapaths on one underlay would decapsulate
+/// (or drop) each other's VXLAN, and unloading one would delete the
+/// other's tunnel device and routes. A tunnel device's alias names the pin
+/// dir it serves (see [`tunnel::owner`]).
+pub(super) fn check_owner(pins: &PinDir, options: &UnderlayOptions, underlay: &Link) -> Result<()> {
+    let name = tunnel::device_name(options.vni);
+    for device in netdev::all_links()? {
+        let Some(owner) = tunnel::owner(&device) else {
+            continue;
+        };
+        let in_the_way = device.name == name || device.vxlan_underlay == Some(underlay.index);
+        if in_the_way && owner != pins.root() && PinDir::new(&owner).is_loaded() {
+            bail!(
+                "{} is the underlay of the datapath at {} (its tunnel device {}); one underlay \
+                 serves one pin dir: `pod-net --pin-dir {} unload` first, or load this one \
+                 without --underlay",
+                underlay.name,
+                owner.display(),
+                device.name,
+                owner.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Whether this pin dir may delete the tunnel device of `vni` and its
+/// routes: it is the device's owner, or no loaded pin dir is.
+pub(super) fn owns_tunnel(pins: &PinDir, vni: u32) -> Result<bool> {
+    let Some(device) = netdev::link_by_name(&tunnel::device_name(vni))? else {
+        return Ok(true);
+    };
+    Ok(tunnel::owner(&device)
+        .is_none_or(|owner| owner == pins.root() || !PinDir::new(&owner).is_loaded()))
+}
+
 /// Refuses to switch an already configured underlay in place.
 pub(super) fn check_same_underlay(pins: &PinDir, wanted: &UnderlayOptions) -> Result<()> {
     if !pins.is_loaded() {
@@ -109,6 +146,7 @@ pub(super) fn enable_underlay(pins: &PinDir, options: &UnderlayOptions, link: &L
         underlay: link,
         node_ip: options.node_ip,
         vtep_mac,
+        owner: pins.root(),
     })?;
     let mut datapath = Datapath::open(pins)?;
     let current = datapath.config()?;

@@ -9,7 +9,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use pod_net_common::Config;
 
-use super::loader::{PROGRAMS, pinned_maps};
+use super::{
+    loader::{PROGRAMS, pinned_maps},
+    underlay::owns_tunnel,
+};
 use crate::{
     datapath::{Datapath, attach, pins::PinDir},
     node::{direct, tunnel},
@@ -51,7 +54,14 @@ pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
             report.links_removed += 1;
         }
     }
-    if let Some(config) = config.filter(Config::has_underlay) {
+    // The underlay's routes and the tunnel device are another pin dir's
+    // when its datapath owns them (a second load is refused, but a pin dir
+    // from before owners were recorded may still be around).
+    let config = match config.filter(Config::has_underlay) {
+        Some(config) if !owns_tunnel(pins, config.vni)? => None,
+        config => config,
+    };
+    if let Some(config) = config {
         if let Some(underlay) = netdev::link_by_index(config.underlay_ifindex)? {
             direct::remove_all_routes(&underlay)?;
             direct::remove_link_local(&underlay, Ipv4Addr::from(config.node_ip))?;

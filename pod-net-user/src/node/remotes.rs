@@ -106,17 +106,8 @@ pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
     let checked = check(&datapath, &config, &links, std::slice::from_ref(spec), &[])?;
     let value = checked.values[0];
     let route = [remote_route(spec.cidr, &value)];
-    let new_peer = peers::admit(pins, &peers_of(std::slice::from_ref(spec)))?;
-    match insert_new(pins, &[spec.cidr], &[value]) {
-        Ok(()) => {}
-        Err(InsertFailure::Exists(_)) => {
-            let existing = exact_value(&datapath, spec.cidr)?;
-            if existing == value {
-                new_peer.keep();
-                // Make sure the kernel's side is there too.
-                links.add_routes(&config, &route, &checked.routed)?;
-                return Ok(AddOutcome::Unchanged);
-            }
+    if let Some(&(_, existing)) = checked.present.first() {
+        if existing != value {
             bail!(
                 "{} already goes to node {}; run `pod-net node del --cidr {}` first",
                 spec.cidr,
@@ -124,16 +115,51 @@ pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
                 spec.cidr
             );
         }
-        Err(failure) => return Err(failure.into_error(&datapath, &[spec.cidr])),
+        // The same entry again: make sure the kernel's side is there too.
+        peers::admit(pins, &peers_of(std::slice::from_ref(spec)))?.keep();
+        links.add_routes(&config, &route, &checked.routed)?;
+        return Ok(AddOutcome::Unchanged);
     }
-    if let Err(err) = links.add_routes(&config, &route, &checked.routed) {
-        // Leave the node as it was.
-        let _ = delete(pins, &[spec.cidr]);
-        checked.undo(&links, &route);
-        return Err(err);
-    }
-    new_peer.keep();
+    add_checked(
+        pins,
+        &datapath,
+        &links,
+        std::slice::from_ref(spec),
+        &checked,
+    )?;
     Ok(AddOutcome::Added)
+}
+
+/// Makes the checked new entries of `specs`: the peers first, then the
+/// kernel's routes, then the map entries, so a fast-path entry never exists
+/// without the kernel path beside it (a reader of the maps that then reads
+/// the routes finds every entry's route). Any failure takes back what was
+/// done.
+fn add_checked(
+    pins: &PinDir,
+    datapath: &Datapath,
+    links: &Links,
+    specs: &[NodeSpec],
+    checked: &Checked,
+) -> Result<()> {
+    let cidrs: Vec<Cidr> = specs.iter().map(|spec| spec.cidr).collect();
+    let routes: Vec<RemoteRoute> = cidrs
+        .iter()
+        .zip(&checked.values)
+        .map(|(cidr, value)| remote_route(*cidr, value))
+        .collect();
+    let new_peers = peers::admit(pins, &peers_of(specs))?;
+    if let Err(err) = links.add_routes(&datapath.config()?, &routes, &checked.routed) {
+        // Leave the node as it was.
+        checked.undo(links, &routes);
+        return Err(err.context("nothing was added"));
+    }
+    if let Err(failure) = insert_new(pins, &cidrs, &checked.values) {
+        checked.undo(links, &routes);
+        return Err(failure.into_error(datapath, &cidrs));
+    }
+    new_peers.keep();
+    Ok(())
 }
 
 /// Adds many new entries at once (what `apply` does), under the caller's
@@ -148,25 +174,11 @@ pub fn add_many(pins: &PinDir, _lock: &PinDirLock, specs: &[NodeSpec]) -> Result
     let datapath = Datapath::open(pins)?;
     let config = datapath.config()?;
     let links = Links::of(&config)?;
-    let cidrs: Vec<Cidr> = specs.iter().map(|spec| spec.cidr).collect();
-
     let checked = check(&datapath, &config, &links, specs, &[])?;
-    let routes: Vec<RemoteRoute> = cidrs
-        .iter()
-        .zip(&checked.values)
-        .map(|(cidr, value)| remote_route(*cidr, value))
-        .collect();
-    let new_peers = peers::admit(pins, &peers_of(specs))?;
-    insert_new(pins, &cidrs, &checked.values)
-        .map_err(|failure| failure.into_error(&datapath, &cidrs))?;
-    if let Err(err) = links.add_routes(&config, &routes, &checked.routed) {
-        // Leave the node as it was.
-        let _ = delete(pins, &cidrs);
-        checked.undo(&links, &routes);
-        return Err(err.context("nothing was added"));
+    if let Some((cidr, _)) = checked.present.first() {
+        bail!("{cidr} already has a remote entry; nothing was added");
     }
-    new_peers.keep();
-    Ok(())
+    add_checked(pins, &datapath, &links, specs, &checked)
 }
 
 /// Checks new entries without changing anything: against this node (see
@@ -195,6 +207,8 @@ fn peers_of(specs: &[NodeSpec]) -> BTreeSet<Ipv4Addr> {
 /// What [`check`] learnt: the values to store, and what to undo with.
 struct Checked {
     values: Vec<RemoteNode>,
+    /// The new entries' prefixes already in the maps, with their values.
+    present: Vec<(Cidr, RemoteNode)>,
     /// Prefixes pod-net routes already (replaced, not created).
     routed: BTreeSet<Cidr>,
     /// Node IPs the entries already there use.
@@ -257,15 +271,21 @@ fn check(
         .filter(|(cidr, _)| !replaced.contains(cidr))
         .collect();
     let mut index = NodeIndex::default();
-    // An entry being added again is no conflict with itself.
-    for (cidr, node) in current.iter().filter(|(cidr, _)| !new_cidrs.contains(cidr)) {
-        index.insert(*cidr, node);
+    let mut present = Vec::new();
+    for (cidr, node) in &current {
+        if new_cidrs.contains(cidr) {
+            // An entry being added again is no conflict with itself.
+            present.push((*cidr, *node));
+        } else {
+            index.insert(*cidr, node);
+        }
     }
     for (spec, value) in specs.iter().zip(&values) {
         index.admit(spec, value)?;
     }
     Ok(Checked {
         values,
+        present,
         routed: host
             .routes
             .iter()
@@ -673,17 +693,6 @@ fn delete(pins: &PinDir, cidrs: &[Cidr]) -> Result<(), (Vec<Cidr>, anyhow::Error
         deleted.extend(selected);
     }
     Ok(())
-}
-
-/// The value stored under exactly `cidr`, which must be present.
-fn exact_value(datapath: &Datapath, cidr: Cidr) -> Result<RemoteNode> {
-    // A trie lookup by a key matches the longest stored prefix no longer
-    // than the key's: `cidr` itself, when it is stored.
-    match Table::of(cidr) {
-        Table::Pods => datapath.remote_pods.get(&pod_keys(&[cidr])[0], 0),
-        Table::Cidrs => datapath.remotes.get(&trie_key(cidr), 0),
-    }
-    .with_context(|| format!("reading the entry for {cidr}"))
 }
 
 /// The stored value for `spec`, after the checks no map can make. `apply`

@@ -15,6 +15,7 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -61,9 +62,26 @@ pub struct TunnelSpec<'a> {
     pub underlay: &'a Link,
     pub node_ip: Ipv4Addr,
     pub vtep_mac: MacAddr,
+    /// The pin dir whose datapath the device serves.
+    pub owner: &'a Path,
 }
 
-/// Creates the tunnel device if it is missing, and brings it up.
+/// How a tunnel device names its owner in its alias (`ip link` shows it).
+const OWNER_ALIAS: &str = "pod-net:";
+
+/// The pin dir a pod-net tunnel device serves, as its alias records it.
+#[must_use]
+pub fn owner(device: &Link) -> Option<PathBuf> {
+    device
+        .alias
+        .as_deref()?
+        .strip_prefix(OWNER_ALIAS)
+        .map(PathBuf::from)
+}
+
+/// Creates the tunnel device if it is missing, and brings it up. Its alias
+/// records `spec.owner` (a device from before owners were recorded is
+/// given one).
 pub fn ensure_device(spec: &TunnelSpec<'_>) -> Result<Link> {
     let name = device_name(spec.vni);
     let mtu = spec
@@ -71,17 +89,31 @@ pub fn ensure_device(spec: &TunnelSpec<'_>) -> Result<Link> {
         .mtu
         .checked_sub(VXLAN_OVERHEAD)
         .context("the underlay MTU is too small for VXLAN")?;
-    if let Some(existing) = netdev::link_by_name(&name)? {
-        if existing.kind != LinkKind::Vxlan {
+    let device = match netdev::link_by_name(&name)? {
+        Some(existing) if existing.kind != LinkKind::Vxlan => {
             bail!("{name} exists and is not a vxlan device; remove it or pick another VNI");
         }
-        return Ok(existing);
+        Some(existing) => existing,
+        None => create_device(spec, &name, mtu)?,
+    };
+    // The kernel takes an alias only on a device that exists.
+    let alias = format!("{OWNER_ALIAS}{}", spec.owner.display());
+    if device.alias.as_deref() != Some(alias.as_str()) {
+        let mut message = LinkMessage::default();
+        message.header.index = device.index;
+        message.attributes = vec![LinkAttribute::IfAlias(alias)];
+        netlink::change(RouteNetlinkMessage::SetLink(message), 0)
+            .with_context(|| format!("recording the owner of {name}"))?;
     }
+    Ok(device)
+}
+
+fn create_device(spec: &TunnelSpec<'_>, name: &str, mtu: u32) -> Result<Link> {
     let mut message = LinkMessage::default();
     message.header.flags = LinkFlags::Up;
     message.header.change_mask = LinkFlags::Up;
     message.attributes = vec![
-        LinkAttribute::IfName(name.clone()),
+        LinkAttribute::IfName(name.to_owned()),
         LinkAttribute::Address(spec.vtep_mac.0.to_vec()),
         LinkAttribute::Mtu(mtu),
         LinkAttribute::LinkInfo(vec![
@@ -100,7 +132,7 @@ pub fn ensure_device(spec: &TunnelSpec<'_>) -> Result<Link> {
         NLM_F_CREATE | NLM_F_EXCL,
     )
     .with_context(|| format!("creating tunnel device {name}"))?;
-    netdev::link_by_name(&name)?.with_context(|| format!("{name} vanished after creation"))
+    netdev::link_by_name(name)?.with_context(|| format!("{name} vanished after creation"))
 }
 
 /// Deletes the tunnel device (its routes and neighbours go with it).

@@ -35,6 +35,10 @@ use crate::{
     },
 };
 
+/// How long `status` waits for a change under way to finish before it
+/// reads anyway (and says the node is converging).
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The most a cluster status file can be (it names at most 50 records).
 const STATUS_FILE_LIMIT: u64 = 1024 * 1024;
 
@@ -63,6 +67,9 @@ pub struct Status {
     pub store: Option<ClusterStatus>,
     /// Whether the agent that published it is gone or silent.
     pub store_stale: bool,
+    /// Another command was changing the maps all the while `status` looked:
+    /// what it saw may be between two states.
+    pub converging: bool,
     pub problems: Vec<Problem>,
 }
 
@@ -179,6 +186,7 @@ pub fn check(pins: &PinDir) -> Result<Status> {
         maps: Vec::new(),
         store: None,
         store_stale: false,
+        converging: false,
         problems: Vec::new(),
     };
     let bpffs = pins
@@ -201,6 +209,11 @@ pub fn check(pins: &PinDir) -> Result<Status> {
         return Ok(finish(status));
     }
     status.loaded = true;
+    // Read under the lock, so the maps and the kernel path are seen between
+    // changes, not in the middle of one (an agent applying 10,000 leases
+    // holds it for a second or two); past the wait, read as it is.
+    let settled = pins.lock_within(SETTLE_WAIT)?;
+    status.converging = settled.is_none();
     for name in PROGRAMS {
         status.programs.push(ProgramStatus {
             name,
@@ -537,6 +550,12 @@ impl Status {
                     store.own_lease_restored
                 );
             }
+        }
+        if self.converging {
+            out.push_str(
+                "state:     converging (a change was under way all the while; run again for a \
+                 settled view)\n",
+            );
         }
         if self.healthy {
             out.push_str("health:    ok\n");

@@ -71,6 +71,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     ))
 }
 
+/// Checks ahead that [`write_atomically`] may write `path`: its directory,
+/// if it exists already, is one no one else can plant files in.
+pub fn check_dir_of(path: &Path) -> io::Result<()> {
+    match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        Some(dir) if dir.exists() => check_dir(dir),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses a directory that someone else could plant files in or swap
 /// files out of: writable by group or others without the sticky bit.
 fn check_dir(dir: &Path) -> io::Result<()> {

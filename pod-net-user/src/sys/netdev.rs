@@ -13,7 +13,7 @@ use netlink_packet_core::{DefaultNla, Nla as _};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
-    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
 };
 
 use crate::{error::NodeError, mac::MacAddr, sys::netlink};
@@ -35,6 +35,10 @@ pub struct Link {
     /// names (or in ours when that is `None`).
     pub peer_index: Option<u32>,
     pub peer_netnsid: Option<i32>,
+    /// `ip link set ... alias TEXT`, if set.
+    pub alias: Option<String>,
+    /// For a vxlan device: the ifindex of the interface it sends through.
+    pub vxlan_underlay: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +182,8 @@ fn link_from_message(message: &LinkMessage) -> Link {
         master: None,
         peer_index: None,
         peer_netnsid: None,
+        alias: None,
+        vxlan_underlay: None,
     };
     for attribute in &message.attributes {
         match attribute {
@@ -187,15 +193,26 @@ fn link_from_message(message: &LinkMessage) -> Link {
             LinkAttribute::Controller(master) => link.master = Some(*master),
             LinkAttribute::Link(peer) => link.peer_index = Some(*peer),
             LinkAttribute::LinkNetNsId(netnsid) => link.peer_netnsid = Some(*netnsid),
+            LinkAttribute::IfAlias(alias) => link.alias = Some(alias.clone()),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
-                    if let LinkInfo::Kind(kind) = info {
-                        link.kind = match kind {
-                            InfoKind::Veth => LinkKind::Veth,
-                            InfoKind::Bridge => LinkKind::Bridge,
-                            InfoKind::Vxlan => LinkKind::Vxlan,
-                            _ => LinkKind::Other,
-                        };
+                    match info {
+                        LinkInfo::Kind(kind) => {
+                            link.kind = match kind {
+                                InfoKind::Veth => LinkKind::Veth,
+                                InfoKind::Bridge => LinkKind::Bridge,
+                                InfoKind::Vxlan => LinkKind::Vxlan,
+                                _ => LinkKind::Other,
+                            };
+                        }
+                        LinkInfo::Data(InfoData::Vxlan(vxlan)) => {
+                            link.vxlan_underlay =
+                                vxlan.iter().find_map(|attribute| match attribute {
+                                    InfoVxlan::Link(index) => Some(*index),
+                                    _ => None,
+                                });
+                        }
+                        _ => {}
                     }
                 }
             }

@@ -5,17 +5,14 @@
 //! agent's memory.
 use std::{
     fmt::Write as _,
-    fs,
-    net::Ipv4Addr,
-    path::Path,
-    thread,
+    fs, thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use pod_net_tests::{
     Rig, RigSpec,
-    cluster::{Agent, Etcd},
+    cluster::{Agent, Etcd, synthetic_lease},
 };
 
 use super::report::{Report, Row, Summary};
@@ -65,19 +62,6 @@ pub fn run(rounds: usize) -> Result<Vec<Report>> {
     Ok(vec![report(&figures, rounds)])
 }
 
-/// The lease of synthetic node `index`: subnet 10.x.y.0/24, node IP
-/// 172.16.x.y (never sent to: only programmed).
-fn synthetic(index: u32) -> (String, String) {
-    let [_, _, high, low] = (index + 256).to_be_bytes();
-    let key = format!("/coreos.com/network/subnets/10.{high}.{low}.0-24");
-    let ip = Ipv4Addr::new(172, 16, high, low);
-    let mac = format!("0e:6e:ac:10:{high:02x}:{low:02x}");
-    let value = format!(
-        r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
-    );
-    (key, value)
-}
-
 /// Waits (bounded) until `agent`'s log has `count` lines containing `needle`.
 fn wait_log(agent: &Agent, needle: &str, count: usize, limit: Duration) -> Result<()> {
     let start = Instant::now();
@@ -96,7 +80,7 @@ fn round(rig: &Rig, etcd: &Etcd, size: u32, first: bool, figures: &mut Figures) 
         let _ = node.pod_net(&["unload"]);
     }
     etcd.put_config(CONFIG)?;
-    let leases: Vec<(String, String)> = (0..size).map(synthetic).collect();
+    let leases: Vec<(String, String)> = (0..size).map(synthetic_lease).collect();
     etcd.put_many(&leases)?;
 
     // Cold start: from spawning the agent to all leases programmed.
@@ -122,7 +106,7 @@ fn round(rig: &Rig, etcd: &Etcd, size: u32, first: bool, figures: &mut Figures) 
     // A lease written to the running agent's etcd, one at a time.
     if first {
         for index in 0..LATENCY_SAMPLES {
-            let (key, value) = synthetic(size + index);
+            let (key, value) = synthetic_lease(size + index);
             let programmed = agent.log_lines("change(s) programmed");
             let started = Instant::now();
             etcd.put(&key, &value)?;
@@ -171,18 +155,8 @@ fn apply_file(leases: &[(String, String)]) -> String {
 
 /// The agent's peak resident memory (`VmHWM`).
 fn peak_rss_kib(agent: &Agent) -> Result<f64> {
-    let pid = agent.pid().context("the agent is not running")?;
-    let status = fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))?;
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .context("no VmHWM")?;
-    let kib: f64 = line
-        .split_whitespace()
-        .nth(1)
-        .context("no VmHWM value")?
-        .parse()?;
-    Ok(kib)
+    #[expect(clippy::cast_precision_loss, reason = "KiB of one process")]
+    Ok(agent.memory_kib("VmHWM")? as f64)
 }
 
 fn percentile(samples: &[f64], percent: usize) -> f64 {
@@ -251,19 +225,5 @@ fn report(figures: &[Figures], rounds: usize) -> Report {
         ratios: Vec::new(),
         rows,
         notes,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn synthetic_leases_are_distinct_and_in_the_network() {
-        let (key, value) = synthetic(0);
-        assert_eq!(key, "/coreos.com/network/subnets/10.1.0.0-24");
-        assert!(value.contains(r#""PublicIP":"172.16.1.0""#));
-        let (key, _) = synthetic(10_199);
-        assert_eq!(key, "/coreos.com/network/subnets/10.40.215.0-24");
     }
 }

@@ -103,6 +103,8 @@ struct View {
     verdicts: HashMap<NodeSpec, Result<pod_net_common::RemoteNode, String>>,
     /// Problems the agent cannot fix itself, by topic.
     problems: BTreeMap<&'static str, String>,
+    /// How many leases the last admission took.
+    admitted: usize,
 }
 
 /// Follows the store until the task is aborted. Never returns an error:
@@ -180,9 +182,10 @@ async fn follow_once(
         view.verdicts.clear();
         reconciled = program(pins, joined, view, view.revision);
         info!(
-            "following {} other node(s) under {prefix} from revision {}",
-            view.records.len(),
-            view.revision
+            "following {} other node(s) under {prefix} from revision {} ({} record(s) skipped)",
+            view.admitted,
+            view.revision,
+            view.reported.len()
         );
     }
     let mut watch = joined.store.watch(&prefix, view.revision + 1).await?;
@@ -417,6 +420,7 @@ fn program(pins: &PinDir, joined: &Joined, view: &mut View, revision: i64) -> bo
         }
     };
     report_skipped(joined, view, &admission);
+    view.admitted = admission.entries.len();
     let wanted: BTreeMap<Subnet, NodeSpec> = admission
         .entries
         .into_iter()

@@ -39,7 +39,7 @@ use crate::{
         pins::PinDir,
         underlay::UnderlayOptions,
     },
-    sys::netdev,
+    sys::{files, netdev},
 };
 
 /// flanneld's default etcd prefix.
@@ -93,10 +93,18 @@ pub enum ClusterError {
 
 impl ClusterOptions {
     /// Checks what can be checked before anything starts (the interface,
-    /// the TLS files), so a mistake there is one line and nothing else.
+    /// the TLS files, the directories written to), so a mistake there is
+    /// one line and nothing else.
     pub fn validate(&self) -> Result<(), ClusterError> {
         underlay(self)?;
         self.tls.load()?;
+        let files = [Some(&self.subnet_file), self.cni_conflist.as_ref()];
+        for path in files.into_iter().flatten() {
+            files::check_dir_of(path).map_err(|source| ClusterError::Write {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
         Ok(())
     }
 }

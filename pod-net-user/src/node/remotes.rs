@@ -152,7 +152,12 @@ fn add_checked(
     if let Err(err) = links.add_routes(&datapath.config()?, &routes, &checked.routed) {
         // Leave the node as it was.
         checked.undo(links, &routes);
-        return Err(err.context("nothing was added"));
+        // In a batch, the failure names one entry of many: none went in.
+        return Err(if specs.len() > 1 {
+            err.context("nothing was added")
+        } else {
+            err
+        });
     }
     if let Err(failure) = insert_new(pins, &cidrs, &checked.values) {
         checked.undo(links, &routes);
@@ -261,7 +266,13 @@ fn check(
 
     let host = HostChecks::read(datapath, links)?;
     for spec in specs {
-        host.check(spec).map_err(|error| at(spec, error))?;
+        host.check_direct(spec).map_err(|error| at(spec, error))?;
+    }
+    for spec in specs {
+        host.view.check_prefix(spec.cidr)?;
+        host.view
+            .check_node_ip(spec.node_ip)
+            .map_err(|error| at(spec, error))?;
     }
 
     let replaced: HashSet<Cidr> = replaced.iter().copied().collect();
@@ -337,11 +348,17 @@ impl HostChecks {
     /// a prefix over its own addresses, pods or routes, a node IP that is
     /// not another machine's, a direct node off the underlay's subnets.
     pub fn check(&self, spec: &NodeSpec) -> Result<()> {
+        self.check_direct(spec)?;
+        self.view.check_prefix(spec.cidr)?;
+        self.view.check_node_ip(spec.node_ip)
+    }
+
+    /// A direct node must be on one of the underlay's subnets.
+    fn check_direct(&self, spec: &NodeSpec) -> Result<()> {
         if spec.mode == Mode::Direct {
             direct::check_on_link(&self.underlay, &self.addresses, spec.node_ip)?;
         }
-        self.view.check_prefix(spec.cidr)?;
-        self.view.check_node_ip(spec.node_ip)
+        Ok(())
     }
 }
 

@@ -1,8 +1,8 @@
 //! `cargo xtask bench cluster`: an agent joining through etcd a cluster
 //! whose etcd already holds 1,000 and 10,000 leases (written directly),
-//! against `pod-net apply` of the same entries; then how long a lease
-//! written to a running agent's etcd takes to be programmed, and the
-//! agent's memory.
+//! and 10,000 beside 1,000 oversized garbage records, against `pod-net
+//! apply` of the same entries; then how long a lease written to a running
+//! agent's etcd takes to be programmed, and the agent's memory.
 use std::{
     fmt::Write as _,
     fs, thread,
@@ -17,7 +17,10 @@ use pod_net_tests::{
 
 use super::report::{Report, Row, Summary};
 
-const SIZES: [u32; 2] = [1_000, 10_000];
+/// (leases, oversized garbage records beside them).
+const SIZES: [(u32, u32); 3] = [(1_000, 0), (10_000, 0), (10_000, 1_000)];
+/// A garbage record's size: twice what the agent keeps of a value.
+const GARBAGE_BYTES: usize = 128 * 1024;
 /// New leases written one by one to a running agent.
 const LATENCY_SAMPLES: u32 = 200;
 const CONFIG: &str = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#;
@@ -25,6 +28,7 @@ const CONFIG: &str = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#;
 /// One size's figures.
 struct Figures {
     size: u32,
+    garbage: u32,
     agent_cold_start: Vec<f64>,
     apply: Vec<f64>,
     /// Per written lease, seconds until programmed (including etcdctl's run).
@@ -43,9 +47,10 @@ pub fn run(rounds: usize) -> Result<Vec<Report>> {
     })?;
     let mut etcd = Etcd::start(&rig)?;
     let mut figures = Vec::new();
-    for size in SIZES {
+    for (size, garbage) in SIZES {
         let mut size_figures = Figures {
             size,
+            garbage,
             agent_cold_start: Vec::new(),
             apply: Vec::new(),
             new_lease: Vec::new(),
@@ -53,9 +58,12 @@ pub fn run(rounds: usize) -> Result<Vec<Report>> {
             peak_rss_kib: Vec::new(),
         };
         for round in 0..rounds {
-            println!("bench cluster: {size} leases, round {}", round + 1);
+            println!(
+                "bench cluster: {size} leases, {garbage} garbage records, round {}",
+                round + 1
+            );
             etcd.restart(true)?;
-            self::round(&rig, &etcd, size, round == 0, &mut size_figures)?;
+            self::round(&rig, &etcd, round == 0, &mut size_figures)?;
         }
         figures.push(size_figures);
     }
@@ -74,7 +82,8 @@ fn wait_log(agent: &Agent, needle: &str, count: usize, limit: Duration) -> Resul
     Ok(())
 }
 
-fn round(rig: &Rig, etcd: &Etcd, size: u32, first: bool, figures: &mut Figures) -> Result<()> {
+fn round(rig: &Rig, etcd: &Etcd, first: bool, figures: &mut Figures) -> Result<()> {
+    let size = figures.size;
     let (node, apply_node) = (rig.node(1), rig.node(2));
     for node in [node, apply_node] {
         let _ = node.pod_net(&["unload"]);
@@ -82,6 +91,14 @@ fn round(rig: &Rig, etcd: &Etcd, size: u32, first: bool, figures: &mut Figures) 
     etcd.put_config(CONFIG)?;
     let leases: Vec<(String, String)> = (0..size).map(synthetic_lease).collect();
     etcd.put_many(&leases)?;
+    // Garbage sorts after the leases ("g" > "1"), in pages of its own.
+    let garbage = "x".repeat(GARBAGE_BYTES);
+    for index in 0..figures.garbage {
+        etcd.put_many(&[(
+            format!("/coreos.com/network/subnets/garbage-{index:05}"),
+            garbage.clone(),
+        )])?;
+    }
 
     // Cold start: from spawning the agent to all leases programmed.
     let dir = rig.scratch_dir()?.join(format!("agent-{size}"));
@@ -104,7 +121,7 @@ fn round(rig: &Rig, etcd: &Etcd, size: u32, first: bool, figures: &mut Figures) 
         .push(started.elapsed().as_secs_f64());
 
     // A lease written to the running agent's etcd, one at a time.
-    if first {
+    if first && figures.garbage == 0 {
         for index in 0..LATENCY_SAMPLES {
             let (key, value) = synthetic_lease(size + index);
             let programmed = agent.log_lines("change(s) programmed");
@@ -179,8 +196,17 @@ fn report(figures: &[Figures], rounds: usize) -> Report {
     ];
     for size in figures {
         let n = size.size;
+        let what = if size.garbage == 0 {
+            format!("{n} leases")
+        } else {
+            format!(
+                "{n} leases + {} records of {} KiB",
+                size.garbage,
+                GARBAGE_BYTES / 1024
+            )
+        };
         rows.push(Row {
-            figure: format!("join {n} leases"),
+            figure: format!("join {what}"),
             unit: "s".into(),
             higher_is_better: false,
             paths: vec![
@@ -189,7 +215,7 @@ fn report(figures: &[Figures], rounds: usize) -> Report {
             ],
         });
         rows.push(Row {
-            figure: format!("agent peak RSS, {n} leases"),
+            figure: format!("agent peak RSS, {what}"),
             unit: "MiB".into(),
             higher_is_better: false,
             paths: vec![(

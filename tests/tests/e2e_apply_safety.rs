@@ -230,6 +230,44 @@ fn repair_problem(first: &str, reason: &str, count: usize) -> (String, String) {
     )
 }
 
+/// What an add killed mid-routes leaves, as `status` names it: the peers
+/// let in first, and one line per kind of orphan for thousands of routes.
+fn assert_orphans_are_named(node: &Node, side: &KernelSide) {
+    let routes: Vec<&(Cidr, IpAddr)> = side.routes.iter().collect();
+    let (neighbour, fdb) = (
+        side.neighbours.iter().next().unwrap(),
+        side.fdb.iter().next().unwrap(),
+    );
+    let peers = (2..=5).map(|host| {
+        (
+            format!("needs repair: remove 192.168.100.{host} from peer_nodes: no remote entry sends to it"),
+            GC_HINT.to_owned(),
+        )
+    });
+    assert_eq!(
+        node.problems().unwrap(),
+        peers
+            .chain([
+                repair_problem(
+                    &format!("- route {} via {}", routes[0].0, routes[0].1),
+                    "no remote entry has this route",
+                    routes.len()
+                ),
+                repair_problem(
+                    &format!("- neighbour {} lladdr {}", neighbour.0, neighbour.1),
+                    "no remote entry uses it",
+                    side.neighbours.len()
+                ),
+                repair_problem(
+                    &format!("- fdb {} dst {}", fdb.0, fdb.1),
+                    "no remote entry uses it",
+                    side.fdb.len()
+                ),
+            ])
+            .collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn sigkill_mid_apply_of_10k_entries_then_status_gc_and_apply_converge() {
     require_root!();
@@ -265,49 +303,15 @@ fn sigkill_mid_apply_of_10k_entries_then_status_gc_and_apply_converge() {
         side.routes.len()
     );
 
-    // status names what no entry explains: the peers let in first, and one
-    // line per kind for thousands of routes.
-    let routes: Vec<&(Cidr, IpAddr)> = side.routes.iter().collect();
-    let (neighbour, fdb) = (
-        side.neighbours.iter().next().unwrap(),
-        side.fdb.iter().next().unwrap(),
-    );
-    let peers = (2..=5).map(|host| {
-        (
-            format!("needs repair: remove 192.168.100.{host} from peer_nodes: no remote entry sends to it"),
-            GC_HINT.to_owned(),
-        )
-    });
-    assert_eq!(
-        node.problems().unwrap(),
-        peers
-            .chain([
-                repair_problem(
-                    &format!("- route {} via {}", routes[0].0, routes[0].1),
-                    "no remote entry has this route",
-                    routes.len()
-                ),
-                repair_problem(
-                    &format!("- neighbour {} lladdr {}", neighbour.0, neighbour.1),
-                    "no remote entry uses it",
-                    side.neighbours.len()
-                ),
-                repair_problem(
-                    &format!("- fdb {} dst {}", fdb.0, fdb.1),
-                    "no remote entry uses it",
-                    side.fdb.len()
-                ),
-            ])
-            .collect::<Vec<_>>()
-    );
+    assert_orphans_are_named(node, &side);
 
     // apply again takes the orphans back, then adds every entry.
     let output = node.pod_net(&["apply", "-f", path]).unwrap();
     let lines: Vec<&str> = output.lines().collect();
     let count = |prefix: &str| lines.iter().filter(|line| line.starts_with(prefix)).count();
-    assert_eq!(count("- route "), routes.len(), "{output}");
+    assert_eq!(count("- route "), side.routes.len(), "{output}");
     assert_eq!(count("+ node "), remotes.len());
-    let changes = routes.len() + side.neighbours.len() + side.fdb.len() + remotes.len();
+    let changes = side.routes.len() + side.neighbours.len() + side.fdb.len() + remotes.len();
     assert_eq!(
         lines.last(),
         Some(&format!("{changes} change(s) applied").as_str())

@@ -24,10 +24,8 @@ use crate::{
     direct,
     maps::{LOCAL_ENDPOINTS, PEER_NODES},
     nat,
-    parse::{
-        ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, Ip, IpPacket, Packet, Parsed, ensure_linear,
-        parse_l2_l3, ptr_at, valid_ipv4_at, valid_ipv6_at,
-    },
+    packet::{ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, Packet, ensure_linear, ptr_at},
+    parse::{Ip, IpPacket, Parsed, parse_l2_l3, valid_ipv4_at, valid_ipv6_at},
     redirect,
     verdict::Verdict,
 };

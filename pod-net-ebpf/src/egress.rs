@@ -13,7 +13,8 @@ use crate::{
     ip::Addr,
     maps::LOCAL_ENDPOINTS,
     nat,
-    parse::{IPPROTO_UDP, Ip, IpPacket, Parsed, parse_l2_l3},
+    packet::IPPROTO_UDP,
+    parse::{Ip, IpPacket, Parsed, parse_l2_l3},
     redirect, remote,
     verdict::Verdict,
 };

@@ -25,7 +25,8 @@ use crate::{
     csum::ipv4_header_checksum,
     ip::IP_DF,
     mtu,
-    parse::{ETH_P_IP, IPPROTO_UDP, IpPacket, ptr_at},
+    packet::{ETH_P_IP, IPPROTO_UDP, ptr_at},
+    parse::IpPacket,
     verdict::Verdict,
 };
 

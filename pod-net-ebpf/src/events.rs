@@ -14,7 +14,8 @@ use pod_net_common::{
 use crate::{
     maps::{EVENT_LIMITS, EVENT_SCRATCH, EVENTS},
     nat,
-    parse::{ETH_P_IP, ETH_P_IPV6, Ip, Packet, ptr_at},
+    packet::{ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
+    parse::Ip,
 };
 
 /// Proof that this CPU's `event_scratch` slot holds what the event will

@@ -8,7 +8,7 @@ use pod_net_common::{
 
 use crate::{
     csum::decrement_ttl,
-    parse::{ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
+    packet::{ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
 };
 
 /// The IPv4 don't-fragment flag, in the first byte of `frags`.

@@ -16,6 +16,7 @@ mod ip;
 mod maps;
 mod mtu;
 mod nat;
+mod packet;
 mod parse;
 mod redirect;
 mod remote;
@@ -26,7 +27,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use parse::Packet;
+use packet::Packet;
 use pod_net_common::{Config, Reason};
 
 /// TC ingress of a pod's host-side veth: every packet the pod sends.

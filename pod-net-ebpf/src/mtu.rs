@@ -9,7 +9,8 @@ use network_types::{eth::EthHdr, tcp::TcpHdr, udp::UdpHdr};
 use pod_net_common::{Config, Reason};
 
 use crate::{
-    parse::{IPPROTO_TCP, Ip, ptr_at},
+    packet::{IPPROTO_TCP, ptr_at},
+    parse::Ip,
     verdict::Verdict,
 };
 

@@ -5,7 +5,7 @@ use pod_net_common::nat::NatFlowKey;
 use crate::{
     ip::{Addr, Ip},
     maps::NAT_FLOWS,
-    parse::{IPPROTO_TCP, IPPROTO_UDP, Packet, ptr_at},
+    packet::{IPPROTO_TCP, IPPROTO_UDP, Packet, ptr_at},
 };
 
 /// Source and destination ports of a TCP or UDP packet whose network

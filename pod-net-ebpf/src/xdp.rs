@@ -15,7 +15,8 @@ use crate::{
     csum::{decrement_ttl, fold},
     decap::{Inbound, classify},
     maps::POD_VETHS,
-    parse::{IPPROTO_TCP, IPPROTO_UDP, Ip, ptr_at},
+    packet::{IPPROTO_TCP, IPPROTO_UDP, ptr_at},
+    parse::Ip,
     redirect::address_to_pod,
 };
 
@@ -110,7 +111,7 @@ pub fn decide_and_act(ctx: &XdpContext, config: &Config) -> XdpVerdict {
     unsafe {
         decrement_ttl(&mut *ip);
         address_to_pod(eth, endpoint);
-        (*eth).ether_type = crate::parse::ETH_P_IP.to_be();
+        (*eth).ether_type = crate::packet::ETH_P_IP.to_be();
     }
     let action = match POD_VETHS.redirect(endpoint.ifindex, 0) {
         Ok(action) | Err(action) => action,

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use pod_net_tests::{Pod, rig::Background};
 
-use super::measure::CpuTimes;
+use super::cpu::CpuTimes;
 
 /// The offered rate at which CPU per packet is measured: below every
 /// path's maximum here, so each path carries the same load.

@@ -4,6 +4,7 @@
 mod cluster;
 mod cni;
 mod compare;
+mod cpu;
 mod cross_node;
 mod generator;
 mod measure;

@@ -45,6 +45,9 @@ impl Config {
     }
 }
 
+/// The largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
 /// flannel's VXLAN port, pod-net's default (IANA's is 4789).
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 

@@ -20,12 +20,14 @@ use crate::{
     cidr::Cidr,
     datapath::{
         attach::AttachMode,
-        loader::{self, LoadOptions, LoadReport},
         pins::{DEFAULT_PIN_DIR, PinDir},
+    },
+    error::{self, Capacity, LoadRefusal, NodeError},
+    lifecycle::{
+        load::{self, LoadOptions, LoadReport},
         underlay::UnderlayOptions,
         unload,
     },
-    error::{self, Capacity, LoadRefusal, NodeError},
     mac::MacAddr,
     node::{
         endpoints::{self, AddOutcome, PodSpec},
@@ -493,7 +495,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 big_tcp: args.big_tcp,
                 attach: args.attach,
             };
-            print_load_report(&pins, &loader::load(&pins, &options)?)?;
+            print_load_report(&pins, &load::load(&pins, &options)?)?;
         }
         Command::Unload => {
             let report = unload::unload(&pins)?;

@@ -25,6 +25,7 @@ pub mod cni;
 pub mod crashpoint;
 pub(crate) mod datapath;
 pub mod error;
+pub(crate) mod lifecycle;
 pub mod mac;
 pub(crate) mod node;
 pub mod ops;

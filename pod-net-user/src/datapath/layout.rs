@@ -1,17 +1,38 @@
-//! Pinned maps against this build's map table: a map of another layout
-//! or size is refused by name before anything is loaded, never dropped.
+//! What a datapath is made of, as this build lays it out: its programs and
+//! pinned maps; and pinned maps checked against this build's map table (a
+//! map of another layout or size is refused by name before anything is
+//! loaded, never dropped).
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::MapData;
 
-use super::loader::{LoadOptions, pinned_maps};
+use pod_net_common::{
+    map_table::{self, MapSpec},
+    program_names,
+};
+
 use crate::{
     datapath::pins::PinDir,
     error::{Capacity, LoadRefusal},
 };
 
+/// Every program in the object.
+pub const PROGRAMS: [&str; 3] = [
+    program_names::POD_EGRESS,
+    program_names::UNDERLAY_INGRESS,
+    program_names::UNDERLAY_XDP,
+];
+
+/// The programs attached at TC.
+pub const TC_PROGRAMS: [&str; 2] = [program_names::POD_EGRESS, program_names::UNDERLAY_INGRESS];
+
+/// The maps `load` pins, as this build lays them out.
+pub fn pinned_maps() -> impl Iterator<Item = &'static MapSpec> {
+    map_table::ALL.iter().filter(|map| map.pinned)
+}
+
 /// Refuses pinned maps whose layout differs from this build's.
-pub(super) fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
+pub fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
     for map in pinned_maps() {
         let path = pins.map(map.name);
         if !path.exists() {
@@ -47,13 +68,9 @@ pub(super) fn check_pinned_layouts(pins: &PinDir) -> Result<()> {
 }
 
 /// Refuses a capacity that differs from an existing map's: a map cannot
-/// grow in place.
-pub(super) fn check_pinned_capacity(pins: &PinDir, options: &LoadOptions) -> Result<()> {
-    for (capacity, wanted) in [
-        (Capacity::Pods, options.max_pods),
-        (Capacity::RemotePods, options.max_remote_pods),
-        (Capacity::RemoteCidrs, options.max_remote_cidrs),
-    ] {
+/// grow in place. `wanted` holds the capacities asked for.
+pub fn check_pinned_capacity(pins: &PinDir, wanted: &[(Capacity, Option<u32>)]) -> Result<()> {
+    for &(capacity, wanted) in wanted {
         let Some(wanted) = wanted else {
             continue;
         };

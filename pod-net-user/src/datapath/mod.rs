@@ -1,15 +1,13 @@
-//! The datapath: the programs and maps, loaded and pinned on bpffs
-//! (`loader`, with the checks of `layout` and the `underlay` it sets up;
-//! `unload`; `pins`, `attach`, `xdp`), read and written in bulk (`map_batch`),
-//! and here, typed handles on the pinned maps of a loaded datapath.
+//! The datapath: its programs and maps as this build lays them out
+//! (`layout`), where they are pinned (`pins`), how programs are attached
+//! (`attach`, `xdp`), maps read and written in bulk (`map_batch`), and here,
+//! typed handles on the pinned maps of a loaded datapath. Loading and
+//! unloading it is `crate::lifecycle`'s.
 
 pub mod attach;
 pub mod layout;
-pub mod loader;
 pub mod map_batch;
 pub mod pins;
-pub mod underlay;
-pub mod unload;
 pub mod xdp;
 
 use std::{net::IpAddr, os::fd::AsFd as _};

@@ -473,6 +473,15 @@ fn is_mount_point(dir: &Path) -> Result<bool> {
     Ok(parent.dev() != meta.dev())
 }
 
+/// Removes one pin; one already gone is fine.
+pub fn remove_pin(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("removing pin {}", path.display())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

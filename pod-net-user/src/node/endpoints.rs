@@ -23,11 +23,11 @@ use crate::{
         attach::{self, AttachMode, Attached},
         endpoint_ip, endpoint_key, is_missing_key,
         pins::{PinDir, PinDirLock},
-        underlay, xdp,
+        xdp,
     },
     error::{Capacity, NodeError},
     mac::MacAddr,
-    node::{big_tcp, remotes},
+    node::{big_tcp, mtu, remotes},
     sys::{
         netdev::{self, Link},
         netns,
@@ -143,7 +143,7 @@ pub fn add_locked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<A
 
     let config = datapath.config()?;
     let mtu_warning =
-        underlay::pod_mtu_warning(&config, || remotes::tunnel_overhead(&datapath), veth.index)?;
+        mtu::pod_mtu_warning(&config, || remotes::tunnel_overhead(&datapath), veth.index)?;
     if config.flags & CONFIG_F_BIG_TCP != 0 {
         big_tcp::set_pod(veth.index, big_tcp::BIG_SIZE, pod_netns)?;
     }

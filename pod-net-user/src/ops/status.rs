@@ -17,10 +17,10 @@ use crate::{
         Datapath, MapFill,
         attach::{self, AttachMode},
         endpoint_ip,
-        loader::PROGRAMS,
+        layout::PROGRAMS,
         pins::{PinDir, is_on_bpffs},
-        underlay::underlay_summary,
     },
+    lifecycle::underlay::underlay_summary,
     mac::MacAddr,
     node::{
         big_tcp,

@@ -9,7 +9,7 @@ use std::{
     str::FromStr,
 };
 
-use pod_net_common::config::{DEFAULT_VNI, DEFAULT_VXLAN_PORT};
+use pod_net_common::config::{DEFAULT_VNI, DEFAULT_VXLAN_PORT, MAX_VNI};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -278,11 +278,8 @@ impl NetworkConfig {
             });
         }
         let vni = backend.vni.unwrap_or(DEFAULT_VNI);
-        if vni == 0 || vni > crate::datapath::underlay::MAX_VNI {
-            return Err(invalid(format!(
-                "VNI {vni} is not 1..={}",
-                crate::datapath::underlay::MAX_VNI
-            )));
+        if vni == 0 || vni > MAX_VNI {
+            return Err(invalid(format!("VNI {vni} is not 1..={MAX_VNI}")));
         }
         Ok(Self {
             network,

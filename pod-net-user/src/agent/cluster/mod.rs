@@ -34,9 +34,9 @@ use self::{
     store::{Store, StoreError},
 };
 use crate::{
-    datapath::{
-        loader::{self, LoadOptions},
-        pins::PinDir,
+    datapath::pins::PinDir,
+    lifecycle::{
+        load::{self, LoadOptions},
         underlay::UnderlayOptions,
     },
     sys::{files, netdev},
@@ -243,7 +243,7 @@ pub async fn join(
         }),
         ..LoadOptions::default()
     };
-    let report = loader::load(pins, &load).map_err(ClusterError::Load)?;
+    let report = load::load(pins, &load).map_err(ClusterError::Load)?;
     let vtep_mac = report
         .underlay
         .as_ref()

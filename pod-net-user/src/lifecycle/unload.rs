@@ -1,20 +1,17 @@
 //! `pod-net unload`: detaching everything, deleting the tunnel device and
 //! pod-net's routes on the underlay, and removing the pin dir.
-use std::{
-    fs, io,
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-};
+use std::{fs, io, net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use pod_net_common::Config;
 
-use super::{
-    loader::{PROGRAMS, pinned_maps},
-    underlay::owns_tunnel,
-};
+use super::underlay::owns_tunnel;
 use crate::{
-    datapath::{Datapath, attach, pins::PinDir},
+    datapath::{
+        Datapath, attach,
+        layout::{PROGRAMS, pinned_maps},
+        pins::{PinDir, remove_pin},
+    },
     node::{direct, tunnel},
     sys::netdev,
 };
@@ -104,12 +101,4 @@ pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
         }
     }
     Ok(report)
-}
-
-pub(super) fn remove_pin(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(err).with_context(|| format!("removing pin {}", path.display())),
-    }
 }

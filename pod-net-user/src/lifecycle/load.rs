@@ -22,46 +22,27 @@ use aya::{
 use pod_net_common::{
     Config,
     event::{CONFIG_F_BIG_TCP, CONFIG_F_NO_ANTI_SPOOF, CONFIG_F_NO_NAT_CHECK, CONFIG_F_TC_ATTACH},
-    map_table::{self, MapSpec},
-    program_names,
+    map_table,
 };
 
-use super::{
-    layout::{check_pinned_capacity, check_pinned_layouts},
-    underlay::{
-        UnderlayOptions, UnderlaySummary, check_owner, check_same_underlay, enable_underlay,
-        loaded_underlay, mtu_warnings, resolve_underlay, underlay_summary,
-    },
-    unload::remove_pin,
+use super::underlay::{
+    UnderlayOptions, UnderlaySummary, check_owner, check_same_underlay, enable_underlay,
+    loaded_underlay, resolve_underlay, underlay_summary,
 };
 use crate::{
     crashpoint,
     datapath::{
         Datapath,
         attach::{self, AttachMode, AttachmentKind},
-        pins::{PinDir, PinDirLock, ensure_bpffs, unmount_bpffs},
+        layout::{PROGRAMS, TC_PROGRAMS, check_pinned_capacity, check_pinned_layouts, pinned_maps},
+        pins::{PinDir, PinDirLock, ensure_bpffs, remove_pin, unmount_bpffs},
         xdp,
     },
     ebpf_object,
     error::{Capacity, LoadRefusal},
-    node::{big_tcp, direct, peers, remotes, tunnel_sync},
+    node::{big_tcp, direct, mtu::mtu_warnings, peers, remotes, tunnel_sync},
     sys::netdev,
 };
-
-/// Every program in the object.
-pub const PROGRAMS: [&str; 3] = [
-    program_names::POD_EGRESS,
-    program_names::UNDERLAY_INGRESS,
-    program_names::UNDERLAY_XDP,
-];
-
-/// The programs attached at TC.
-const TC_PROGRAMS: [&str; 2] = [program_names::POD_EGRESS, program_names::UNDERLAY_INGRESS];
-
-/// The maps `load` pins, as this build lays them out.
-pub(super) fn pinned_maps() -> impl Iterator<Item = &'static MapSpec> {
-    map_table::ALL.iter().filter(|map| map.pinned)
-}
 
 /// What `load` may change about the datapath.
 #[derive(Clone, Debug, Default)]
@@ -252,7 +233,14 @@ fn load_on_bpffs(pins: &PinDir, options: &LoadOptions) -> Result<(PinDirLock, (b
     let result = (|| {
         let lock = pins.lock()?;
         check_pinned_layouts(pins)?;
-        check_pinned_capacity(pins, options)?;
+        check_pinned_capacity(
+            pins,
+            &[
+                (Capacity::Pods, options.max_pods),
+                (Capacity::RemotePods, options.max_remote_pods),
+                (Capacity::RemoteCidrs, options.max_remote_cidrs),
+            ],
+        )?;
         if let Some(underlay) = &options.underlay {
             check_same_underlay(pins, underlay)?;
         }

@@ -819,7 +819,7 @@ fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
     match command {
         PodCommand::Add(args) => {
             let spec = PodSpec {
-                ip: Some(args.ip),
+                ip: args.ip,
                 veth: args.veth,
                 mac: args.mac,
                 container_id: args.container_id,

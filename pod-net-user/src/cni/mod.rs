@@ -23,7 +23,7 @@ use crate::{
     },
     error::{self, NodeError},
     mac::MacAddr,
-    node::endpoints::{self, PodSpec},
+    node::endpoints::{self, PodAddError, PodSpec},
     ops::gc,
     sys::{
         netdev::{self, Link, LinkKind},
@@ -349,19 +349,11 @@ fn add(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<String> {
     required(env.path.as_ref(), "CNI_PATH")?;
     let sandbox = inspect_sandbox(env, conf)?;
     require_loaded(pins, codes::TRY_AGAIN_LATER)?;
-    // All refusals before the first registration: nothing half-written.
-    for ip in &sandbox.ips {
-        endpoints::refuse_node_address(*ip).map_err(|err| {
-            Failure::with_details(
-                codes::INVALID_CONFIG,
-                format!("prevResult gives the pod {ip}, an address of this node"),
-                &err,
-            )
-        })?;
-    }
-    for ip in &sandbox.ips {
-        let spec = PodSpec {
-            ip: Some(*ip),
+    let specs: Vec<PodSpec> = sandbox
+        .ips
+        .iter()
+        .map(|ip| PodSpec {
+            ip: *ip,
             veth: sandbox.host_veth.name.clone(),
             mac: Some(sandbox.mac),
             container_id: container_id.to_owned(),
@@ -370,11 +362,20 @@ fn add(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<String> {
             no_bypass: conf.no_bypass,
             // Checked by inspect_sandbox: the namespace to look in first.
             pod_netns: env.netns.as_ref().map(PathBuf::from),
-        };
-        endpoints::add(pins, &spec).map_err(|err| {
-            Failure::with_details(codes::IO_FAILURE, format!("registering {ip}"), &err)
-        })?;
-    }
+        })
+        .collect();
+    // A node address is refused before the first registration: nothing
+    // half-written.
+    endpoints::add_pod(pins, &specs).map_err(|failure| match failure {
+        PodAddError::NodeAddress { ip, error } => Failure::with_details(
+            codes::INVALID_CONFIG,
+            format!("prevResult gives the pod {ip}, an address of this node"),
+            &error,
+        ),
+        PodAddError::Register { ip, error } => {
+            Failure::with_details(codes::IO_FAILURE, format!("registering {ip}"), &error)
+        }
+    })?;
     // The result is the previous one, byte for byte.
     Ok(conf
         .prev_result

@@ -35,9 +35,9 @@ use crate::{
 };
 
 /// A pod to register, as the CLI or the CNI plugin describes it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PodSpec {
-    pub ip: Option<IpAddr>,
+    pub ip: IpAddr,
     pub veth: String,
     /// The pod's MAC; read from the veth peer when absent.
     pub mac: Option<MacAddr>,
@@ -92,10 +92,42 @@ pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<Added> {
 }
 
 /// [`add`] under the caller's lock (`apply` holds one for all its changes).
-pub fn add_locked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<Added> {
-    let Some(ip) = spec.ip else {
-        bail!("a pod needs an IP address");
+pub fn add_locked(pins: &PinDir, lock: &PinDirLock, spec: &PodSpec) -> Result<Added> {
+    refuse_node_address(spec.ip)?;
+    add_checked(pins, lock, spec)
+}
+
+/// Why registering a pod's addresses failed, and at which address.
+#[derive(Debug)]
+pub enum PodAddError {
+    /// The address is one of the node's own: nothing was registered.
+    NodeAddress { ip: IpAddr, error: anyhow::Error },
+    /// Registering `ip` failed (the addresses before it are registered).
+    Register { ip: IpAddr, error: anyhow::Error },
+}
+
+/// Registers every address of one pod (a dual-stack pod has two), under
+/// one lock. All of them are checked against the node's own addresses
+/// before the first is registered, so that refusal leaves nothing behind.
+pub fn add_pod(pins: &PinDir, specs: &[PodSpec]) -> Result<Vec<Added>, PodAddError> {
+    let Some(first) = specs.first() else {
+        return Ok(Vec::new());
     };
+    let register = |ip, error| PodAddError::Register { ip, error };
+    let lock = pins.lock().map_err(|error| register(first.ip, error))?;
+    for spec in specs {
+        refuse_node_address(spec.ip)
+            .map_err(|error| PodAddError::NodeAddress { ip: spec.ip, error })?;
+    }
+    specs
+        .iter()
+        .map(|spec| add_checked(pins, &lock, spec).map_err(|error| register(spec.ip, error)))
+        .collect()
+}
+
+/// Registers `spec`, whose address is not the node's own.
+fn add_checked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<Added> {
+    let ip = spec.ip;
     let container_id = fixed_field::<CONTAINER_ID_LEN>("container ID", &spec.container_id)?;
     let pod_ifname = fixed_field::<IFNAME_LEN>("pod interface name", &spec.pod_ifname)?;
     let mut datapath = Datapath::open(pins)?;
@@ -139,7 +171,7 @@ pub fn add_locked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<A
         .into());
     }
     let pod_netns = spec.pod_netns.as_deref();
-    check_address(ip, &veth, pod_netns)?;
+    refuse_address_not_on_pod(ip, &veth, pod_netns)?;
 
     let config = datapath.config()?;
     let mtu_warning =
@@ -299,13 +331,6 @@ fn pod_entry(
         pod_ifname: field_text(&endpoint.pod_ifname),
         no_bypass: endpoint.flags & ENDPOINT_F_NO_BYPASS != 0,
     }
-}
-
-/// Refuses `ip` as the address of the pod behind `veth` when it is the
-/// node's own, or when the pod's interface (if it can be seen) lacks it.
-pub fn check_address(ip: IpAddr, veth: &Link, pod_netns: Option<&Path>) -> Result<()> {
-    refuse_node_address(ip)?;
-    refuse_address_not_on_pod(ip, veth, pod_netns)
 }
 
 /// Refuses `ip` when it is one of this node's own addresses (any interface

@@ -47,8 +47,8 @@ use crate::{
 pub struct NodeConfig {
     #[serde(default)]
     pub pods: Vec<PodConfig>,
-    #[serde(default)]
-    pub nodes: Vec<RemoteConfig>,
+    #[serde(default, deserialize_with = "node_specs")]
+    pub nodes: Vec<NodeSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -64,28 +64,35 @@ pub struct PodConfig {
     pub no_bypass: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A `[[nodes]]` entry as the file spells it: a [`NodeSpec`] once read.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RemoteConfig {
+struct NodeInFile {
     #[serde(deserialize_with = "from_str")]
-    pub cidr: Cidr,
-    pub node_ip: Ipv4Addr,
+    cidr: Cidr,
+    node_ip: Ipv4Addr,
     #[serde(default, deserialize_with = "optional_from_str")]
-    pub vtep_mac: Option<MacAddr>,
+    vtep_mac: Option<MacAddr>,
     /// Route to the node without VXLAN (`node add --direct`).
     #[serde(default)]
-    pub direct: bool,
+    direct: bool,
 }
 
-impl RemoteConfig {
-    #[must_use]
-    pub const fn mode(&self) -> Mode {
-        if self.direct {
-            Mode::Direct
-        } else {
-            Mode::Vxlan
-        }
-    }
+fn node_specs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<NodeSpec>, D::Error> {
+    let nodes = Vec::<NodeInFile>::deserialize(deserializer)?;
+    Ok(nodes
+        .into_iter()
+        .map(|node| NodeSpec {
+            cidr: node.cidr,
+            node_ip: node.node_ip,
+            vtep_mac: node.vtep_mac,
+            mode: if node.direct {
+                Mode::Direct
+            } else {
+                Mode::Vxlan
+            },
+        })
+        .collect())
 }
 
 fn from_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
@@ -163,7 +170,7 @@ pub enum Change {
     RemovePod {
         ip: IpAddr,
     },
-    AddNode(RemoteConfig),
+    AddNode(NodeSpec),
     RemoveNode {
         cidr: Cidr,
     },
@@ -179,7 +186,7 @@ impl fmt::Display for Change {
         match self {
             Self::AddPod(pod) => write!(f, "+ pod {} on {}", pod.ip, pod.veth),
             Self::RemovePod { ip } => write!(f, "- pod {ip}"),
-            Self::AddNode(node) => match node.mode() {
+            Self::AddNode(node) => match node.mode {
                 Mode::Vxlan => write!(f, "+ node {} via {}", node.cidr, node.node_ip),
                 Mode::Direct => write!(f, "+ node {} via {} (direct)", node.cidr, node.node_ip),
             },
@@ -199,7 +206,7 @@ pub fn run(pins: &PinDir, config: &NodeConfig, dry_run: bool) -> Result<Vec<Chan
 /// As [`run`] for remote nodes alone: the node list comes from a cluster
 /// store, and the pods, which are the runtime's and the operator's, are left
 /// as they are.
-pub fn run_nodes(pins: &PinDir, nodes: Vec<RemoteConfig>) -> Result<Vec<Change>> {
+pub fn run_nodes(pins: &PinDir, nodes: Vec<NodeSpec>) -> Result<Vec<Change>> {
     let config = NodeConfig {
         pods: Vec::new(),
         nodes,
@@ -212,15 +219,7 @@ pub fn run_nodes(pins: &PinDir, nodes: Vec<RemoteConfig>) -> Result<Vec<Change>>
 /// added entries get `node add`'s checks (against this node and the entries
 /// that stay) as they go in, which is the one full pass per update. Returns
 /// the changes made.
-pub fn change_nodes(
-    pins: &PinDir,
-    removed: &[Cidr],
-    added: Vec<RemoteConfig>,
-) -> Result<Vec<Change>> {
-    let loaded = Datapath::open(pins)?.config()?;
-    for spec in added.iter().map(node_spec) {
-        remotes::node_value(&spec, &loaded).with_context(|| spec.cidr.to_string())?;
-    }
+pub fn change_nodes(pins: &PinDir, removed: &[Cidr], added: Vec<NodeSpec>) -> Result<Vec<Change>> {
     let lock = pins.lock()?;
     let changes: Vec<Change> = removed
         .iter()
@@ -328,15 +327,15 @@ fn plan_nodes(pins: &PinDir, config: &NodeConfig) -> Result<Vec<Change>> {
         .into_iter()
         .map(|entry| (entry.cidr, entry))
         .collect();
-    let same = |entry: &remotes::NodeEntry, node: &RemoteConfig| {
+    let same = |entry: &remotes::NodeEntry, node: &NodeSpec| {
         entry.node_ip == node.node_ip
-            && entry.mode == node.mode()
+            && entry.mode == node.mode
             && match node.vtep_mac {
                 Some(mac) => entry.vtep_mac_given && entry.vtep_mac == mac,
                 None => !entry.vtep_mac_given,
             }
     };
-    let wanted: BTreeMap<Cidr, &RemoteConfig> =
+    let wanted: BTreeMap<Cidr, &NodeSpec> =
         config.nodes.iter().map(|node| (node.cidr, node)).collect();
     for (cidr, entry) in &current {
         if !wanted.get(cidr).is_some_and(|node| same(entry, node)) {
@@ -384,13 +383,12 @@ fn validate(datapath: &Datapath, config: &NodeConfig) -> Result<()> {
         );
     }
     for (index, node) in config.nodes.iter().enumerate() {
-        remotes::node_value(&node_spec(node), &loaded)
+        remotes::node_value(node, &loaded)
             .with_context(|| format!("nodes[{index}] ({})", node.cidr))?;
     }
     // The file's nodes replace every current entry: check them as a whole
     // against this node's addresses, routes and pods, and each other.
-    let specs: Vec<NodeSpec> = config.nodes.iter().map(node_spec).collect();
-    remotes::validate(datapath, &specs, &remotes::cidrs(datapath)?)?;
+    remotes::validate(datapath, &config.nodes, &remotes::cidrs(datapath)?)?;
     if !config.nodes.is_empty() && tunnel_sync::device(&loaded)?.is_none() {
         bail!(
             "the tunnel device {} is missing; run `pod-net load` again to recreate it",
@@ -398,15 +396,6 @@ fn validate(datapath: &Datapath, config: &NodeConfig) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn node_spec(node: &RemoteConfig) -> NodeSpec {
-    NodeSpec {
-        cidr: node.cidr,
-        node_ip: node.node_ip,
-        vtep_mac: node.vtep_mac,
-        mode: node.mode(),
-    }
 }
 
 /// Makes `changes` under the caller's lock: the tunnel device is mended
@@ -437,7 +426,7 @@ fn execute(pins: &PinDir, lock: &PinDirLock, changes: &[Change]) -> Result<()> {
                 crashpoint::here(crashpoint::APPLY_CHANGED);
             }
             Change::RemoveNode { cidr } => gone_nodes.push(*cidr),
-            Change::AddNode(node) => new_nodes.push(node_spec(node)),
+            Change::AddNode(node) => new_nodes.push(node.clone()),
             Change::AddPod(_) | Change::Tunnel { .. } => {}
         }
     }
@@ -446,11 +435,14 @@ fn execute(pins: &PinDir, lock: &PinDirLock, changes: &[Change]) -> Result<()> {
     for change in changes {
         if let Change::AddPod(pod) = change {
             let spec = PodSpec {
-                ip: Some(pod.ip),
+                ip: pod.ip,
                 veth: pod.veth.clone(),
                 mac: pod.mac,
+                container_id: String::new(),
+                pod_ifname: String::new(),
+                replace: false,
                 no_bypass: pod.no_bypass,
-                ..PodSpec::default()
+                pod_netns: None,
             };
             endpoints::add_locked(pins, lock, &spec).with_context(|| change.to_string())?;
             crashpoint::here(crashpoint::APPLY_CHANGED);

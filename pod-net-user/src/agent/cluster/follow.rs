@@ -33,10 +33,10 @@ use crate::{
     datapath::{Datapath, pins::PinDir},
     node::{
         direct,
-        remotes::{self, HostChecks, Mode, NodeSpec},
+        remotes::{self, HostChecks, NodeSpec},
     },
     ops::{
-        apply::{self, RemoteConfig},
+        apply,
         cluster_status::{SKIPPED_SHOWN, SkippedRecord, unix_seconds},
     },
     sys::netdev,
@@ -433,18 +433,18 @@ fn program(pins: &PinDir, joined: &Joined, view: &mut View, revision: i64) -> bo
                 .filter(|(subnet, spec)| wanted.get(subnet) != Some(spec))
                 .map(|(_, spec)| spec.cidr)
                 .collect();
-            let added: Vec<RemoteConfig> = wanted
+            let added: Vec<NodeSpec> = wanted
                 .iter()
                 .filter(|(subnet, spec)| programmed.get(subnet) != Some(spec))
-                .map(|(_, spec)| remote_config(spec))
+                .map(|(_, spec)| spec.clone())
                 .collect();
             apply::change_nodes(pins, &removed, added).or_else(|err| {
                 // The maps drifted from what we last made them: diff all.
                 warn!("etcd: {err:#}; reconciling every entry");
-                apply::run_nodes(pins, wanted.values().map(remote_config).collect())
+                apply::run_nodes(pins, wanted.values().cloned().collect())
             })
         }
-        None => apply::run_nodes(pins, wanted.values().map(remote_config).collect()),
+        None => apply::run_nodes(pins, wanted.values().cloned().collect()),
     };
     match result {
         Ok(changes) => {
@@ -522,15 +522,6 @@ fn admit(pins: &PinDir, joined: &Joined, view: &mut View) -> anyhow::Result<Admi
             None => Err(anyhow::anyhow!("not checked")),
         },
     ))
-}
-
-fn remote_config(spec: &NodeSpec) -> RemoteConfig {
-    RemoteConfig {
-        cidr: spec.cidr,
-        node_ip: spec.node_ip,
-        vtep_mac: spec.vtep_mac,
-        direct: spec.mode == Mode::Direct,
-    }
 }
 
 /// Logs each skipped record once per version and reason, counts it, and

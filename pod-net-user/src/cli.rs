@@ -19,6 +19,7 @@ use crate::{
     agent::cluster::{self, ClusterOptions, etcd::TlsFiles},
     cidr::Cidr,
     datapath::{
+        Datapath, Locked,
         attach::AttachMode,
         pins::{DEFAULT_PIN_DIR, PinDir},
     },
@@ -763,7 +764,7 @@ fn run_node(pins: &PinDir, command: NodeCommand) -> Result<()> {
                 remotes::Mode::Vxlan => "",
                 remotes::Mode::Direct => " (direct)",
             };
-            match remotes::add(pins, &spec)? {
+            match remotes::add(&mut Locked::new(pins)?, &spec)? {
                 remotes::AddOutcome::Added => {
                     outln!("added {} via node {}{mode}", spec.cidr, spec.node_ip);
                 }
@@ -777,7 +778,7 @@ fn run_node(pins: &PinDir, command: NodeCommand) -> Result<()> {
             }
         }
         NodeCommand::Del { cidr } => {
-            let removed = remotes::del(pins, cidr)?;
+            let removed = remotes::del(&mut Locked::new(pins)?, cidr)?;
             outln!(
                 "removed {} (was via node {})",
                 removed.cidr,
@@ -785,7 +786,7 @@ fn run_node(pins: &PinDir, command: NodeCommand) -> Result<()> {
             );
         }
         NodeCommand::List { json } => {
-            let nodes = remotes::list(pins)?;
+            let nodes = remotes::list(&Datapath::open(pins)?)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&nodes)?);
             } else {
@@ -828,7 +829,7 @@ fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
                 no_bypass: args.no_bypass,
                 pod_netns: None,
             };
-            let added = endpoints::add(pins, &spec)?;
+            let added = endpoints::add(&mut Locked::new(pins)?, &spec)?;
             match added.outcome {
                 AddOutcome::Added => outln!("added pod {} on {}", args.ip, spec.veth),
                 AddOutcome::Unchanged => {
@@ -841,8 +842,8 @@ fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
         }
         PodCommand::Del(args) => {
             let removed = match (args.ip, args.container_id) {
-                (Some(ip), _) => vec![endpoints::del_by_ip(pins, ip)?],
-                (None, Some(id)) => endpoints::del_by_container(pins, &id)?,
+                (Some(ip), _) => vec![endpoints::del_by_ip(&mut Locked::new(pins)?, ip)?],
+                (None, Some(id)) => endpoints::del_by_container(&mut Locked::new(pins)?, &id)?,
                 (None, None) => unreachable!("clap requires --ip or --id"),
             };
             for entry in removed {
@@ -850,7 +851,7 @@ fn run_pod(pins: &PinDir, command: PodCommand) -> Result<()> {
             }
         }
         PodCommand::List { json } => {
-            let pods = endpoints::list(pins)?;
+            let pods = endpoints::list(&Datapath::open(pins)?)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&pods)?);
             } else {

@@ -18,7 +18,7 @@ use types::{Attachment, CniError, NetConf, PrevResult, codes};
 
 use crate::{
     datapath::{
-        Datapath, attach, endpoint_ip,
+        Datapath, Locked, attach, endpoint_ip,
         pins::{self, PinDir},
     },
     error::{self, NodeError},
@@ -364,9 +364,10 @@ fn add(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<String> {
             pod_netns: env.netns.as_ref().map(PathBuf::from),
         })
         .collect();
+    let mut datapath = locked(pins)?;
     // A node address is refused before the first registration: nothing
     // half-written.
-    endpoints::add_pod(pins, &specs).map_err(|failure| match failure {
+    endpoints::add_pod(&mut datapath, &specs).map_err(|failure| match failure {
         PodAddError::NodeAddress { ip, error } => Failure::with_details(
             codes::INVALID_CONFIG,
             format!("prevResult gives the pod {ip}, an address of this node"),
@@ -391,7 +392,7 @@ fn del(env: &Env, pins: &PinDir) -> Step<()> {
     if !pins.is_loaded() {
         return Ok(());
     }
-    endpoints::remove_matching(pins, |endpoint| {
+    endpoints::remove_matching(&mut locked(pins)?, |endpoint| {
         endpoints::owner(endpoint) == (container_id.to_owned(), ifname.to_owned())
     })
     .map(drop)
@@ -467,7 +468,8 @@ fn gc(conf: &NetConf, pins: &PinDir) -> Step<()> {
              }| (container_id.clone(), ifname.clone()),
         )
         .collect();
-    endpoints::remove_matching(pins, |endpoint| {
+    let mut datapath = locked(pins)?;
+    endpoints::remove_matching(&mut datapath, |endpoint| {
         let owner = endpoints::owner(endpoint);
         // Entries without an owner were made by hand (`pod-net pod add`).
         !owner.0.is_empty() && !keep.contains(&owner)
@@ -475,9 +477,15 @@ fn gc(conf: &NetConf, pins: &PinDir) -> Step<()> {
     .map_err(|err| Failure::with_details(codes::IO_FAILURE, "removing stale pods", &err))?;
     // Then what no runtime knows about: pods whose veth is gone, and
     // attachments an interrupted ADD or DEL left behind.
-    gc::run(pins, false)
+    gc::repair(&mut datapath, false)
         .map(drop)
         .map_err(|err| Failure::with_details(codes::IO_FAILURE, "repairing the datapath", &err))
+}
+
+/// The datapath under its pin dir's lock, for one call's changes.
+fn locked(pins: &PinDir) -> Step<Locked> {
+    Locked::new(pins)
+        .map_err(|err| Failure::with_details(codes::IO_FAILURE, "opening the datapath", &err))
 }
 
 fn status(pins: &PinDir) -> Step<()> {

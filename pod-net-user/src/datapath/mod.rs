@@ -1,8 +1,10 @@
 //! The datapath: its programs and maps as this build lays them out
 //! (`layout`), where they are pinned (`pins`), how programs are attached
 //! (`attach`, `xdp`), maps read and written in bulk (`map_batch`), and here,
-//! typed handles on the pinned maps of a loaded datapath. Loading and
-//! unloading it is `crate::lifecycle`'s.
+//! the one handle on a loaded datapath's maps: [`Datapath`] to read them,
+//! [`Locked`] (the same maps under the pin dir's lock) to change them. An
+//! operation opens it once and passes it down. Loading and unloading the
+//! datapath is `crate::lifecycle`'s.
 
 pub mod attach;
 pub mod layout;
@@ -10,18 +12,27 @@ pub mod map_batch;
 pub mod pins;
 pub mod xdp;
 
-use std::{net::IpAddr, os::fd::AsFd as _};
+use std::{
+    net::IpAddr,
+    ops::{Deref, DerefMut},
+    os::fd::{AsFd as _, BorrowedFd},
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{
     Array, DevMapHash, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray,
+    RingBuf,
 };
 use pod_net_common::{
-    Config, Counter, Endpoint, EndpointKey, Reason, RemoteAddr, RemoteNode,
+    Config, Counter, Endpoint, EndpointKey, PeerNode, Reason, RemoteAddr, RemoteNode,
+    event::RateLimit,
     map_table::{self, MapSpec},
 };
 
-use crate::{datapath::pins::PinDir, error::NodeError};
+use crate::{
+    datapath::pins::{PinDir, PinDirLock},
+    error::NodeError,
+};
 
 /// A `remote_nodes` key as the kernel lays it out: aya's
 /// `lpm_trie::Key<RemoteAddr>`, with the byte-wise traits the batched read
@@ -48,6 +59,8 @@ pub struct MapFill {
 /// The maps of a loaded pin dir, opened from their pins.
 pub struct Datapath {
     pins: PinDir,
+    /// The nodes whose VXLAN is let in.
+    pub peer_nodes: HashMap<MapData, [u8; 4], PeerNode>,
     pub endpoints: HashMap<MapData, EndpointKey, Endpoint>,
     /// Capacity of `local_endpoints`, as created.
     pub endpoints_capacity: u32,
@@ -72,8 +85,10 @@ impl Datapath {
         let (remotes, remotes_info) = open_typed(pins, map_table::REMOTE_NODES)?;
         let (config, _) = open_typed(pins, map_table::CONFIG)?;
         let (counters, _) = open_typed(pins, map_table::COUNTERS)?;
+        let (peer_nodes, _) = open_typed(pins, map_table::PEER_NODES)?;
         Ok(Self {
             pins: pins.clone(),
+            peer_nodes,
             endpoints,
             endpoints_capacity: endpoints_info.max_entries(),
             remote_pods,
@@ -129,8 +144,20 @@ impl Datapath {
             .collect()
     }
 
-    fn remotes_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    /// `remote_nodes`, for the batched calls.
+    pub fn remotes_fd(&self) -> BorrowedFd<'_> {
         IterableMap::map(&self.remotes).fd().as_fd()
+    }
+
+    /// `remote_pods`, for the batched calls.
+    pub fn remote_pods_fd(&self) -> BorrowedFd<'_> {
+        IterableMap::map(&self.remote_pods).fd().as_fd()
+    }
+
+    /// Where this datapath is pinned.
+    #[must_use]
+    pub const fn pins(&self) -> &PinDir {
+        &self.pins
     }
 
     /// The XDP redirect targets, opened on demand (only the XDP path needs
@@ -139,9 +166,28 @@ impl Datapath {
         open_typed(&self.pins, map_table::POD_VETHS).map(|(map, _)| map)
     }
 
+    /// The programs' event ring buffer, opened on demand (only a monitor
+    /// reads it).
+    pub fn events(&self) -> Result<RingBuf<MapData>> {
+        open_typed(&self.pins, map_table::EVENTS).map(|(map, _)| map)
+    }
+
+    /// Events the per-CPU rate limit held back, summed over CPUs.
+    pub fn events_suppressed(&self) -> Result<u64> {
+        let (limits, _): (PerCpuArray<_, RateLimit>, _) =
+            open_typed(&self.pins, map_table::EVENT_LIMITS)?;
+        let per_cpu = limits.get(&0, 0).context("reading event_limits")?;
+        Ok(per_cpu.iter().map(|limit| limit.suppressed).sum())
+    }
+
     /// The node settings `load` wrote.
     pub fn config(&self) -> Result<Config> {
         self.config.get(&0, 0).context("reading config")
+    }
+
+    /// Writes the node settings.
+    pub fn set_config(&mut self, config: Config) -> Result<()> {
+        self.config.set(0, config, 0).context("writing config")
     }
 
     /// Every local endpoint, sorted by address.
@@ -167,6 +213,47 @@ impl Datapath {
                 Ok((reason, total))
             })
             .collect()
+    }
+}
+
+/// A loaded datapath under its pin dir's lock: the one value a change holds
+/// from its first read to its last write, and passes down. The lock goes
+/// when it is dropped.
+pub struct Locked {
+    datapath: Datapath,
+    _lock: PinDirLock,
+}
+
+impl Locked {
+    /// Takes the pin dir's lock, then opens the maps; fails clearly when
+    /// `load` has not run here.
+    pub fn new(pins: &PinDir) -> Result<Self> {
+        pins.require_loaded()?;
+        let lock = pins.lock()?;
+        Self::under(lock, pins)
+    }
+
+    /// Opens the maps under a lock already held (`load` takes it before
+    /// the maps exist).
+    pub fn under(lock: PinDirLock, pins: &PinDir) -> Result<Self> {
+        Ok(Self {
+            datapath: Datapath::open(pins)?,
+            _lock: lock,
+        })
+    }
+}
+
+impl Deref for Locked {
+    type Target = Datapath;
+
+    fn deref(&self) -> &Datapath {
+        &self.datapath
+    }
+}
+
+impl DerefMut for Locked {
+    fn deref_mut(&mut self) -> &mut Datapath {
+        &mut self.datapath
     }
 }
 
@@ -208,7 +295,7 @@ pub fn is_missing_key(error: &MapError) -> bool {
 /// Opens the pinned map `spec` as the typed handle `T`. One whose type or
 /// sizes are not `T`'s (pinned by another build) is a
 /// [`NodeError::LayoutMismatch`].
-pub(crate) fn open_typed<T>(pins: &PinDir, spec: MapSpec) -> Result<(T, MapInfo)>
+fn open_typed<T>(pins: &PinDir, spec: MapSpec) -> Result<(T, MapInfo)>
 where
     T: TryFrom<Map, Error = MapError>,
 {

@@ -27,15 +27,15 @@ use pod_net_common::{
 
 use super::underlay::{
     UnderlayOptions, UnderlaySummary, check_owner, check_same_underlay, enable_underlay,
-    loaded_underlay, resolve_underlay, underlay_summary,
+    loaded_underlay, resolve_underlay, underlay_link, underlay_summary,
 };
 use crate::{
     crashpoint,
     datapath::{
-        Datapath,
+        Datapath, Locked,
         attach::{self, AttachMode, AttachmentKind},
         layout::{PROGRAMS, TC_PROGRAMS, check_pinned_capacity, check_pinned_layouts, pinned_maps},
-        pins::{PinDir, PinDirLock, ensure_bpffs, remove_pin, unmount_bpffs},
+        pins::{PinDir, ensure_bpffs, remove_pin, unmount_bpffs},
         xdp,
     },
     ebpf_object,
@@ -143,17 +143,16 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         let _ = unmount_bpffs();
     }
     // Held to the end: the settings below are part of the load.
-    let (lock, (replaced, attachments_updated)) = loaded?;
+    let (mut datapath, (replaced, attachments_updated)) = loaded?;
     if let Some((underlay, link)) = &underlay {
-        enable_underlay(pins, underlay, link)?;
+        enable_underlay(&mut datapath, underlay, link)?;
         // A tunnel device deleted by hand comes back empty: give it the
         // remote entries' routes, neighbours and FDB entries again. Direct
         // routes go with the underlay's link when it flaps: put them back.
-        tunnel_sync::sync(pins, &lock)?;
-        let direct_routes = remotes::direct_routes(&Datapath::open(pins)?)?;
+        tunnel_sync::sync(&datapath)?;
+        let direct_routes = remotes::direct_routes(&datapath)?;
         direct::execute(link, &direct::plan(link, &direct_routes)?)?;
     }
-    let mut datapath = Datapath::open(pins)?;
     let mut config = datapath.config()?;
     // Each setting as whether its flag should be set; `None` keeps it.
     for (set, flag) in [
@@ -177,15 +176,12 @@ pub fn load(pins: &PinDir, options: &LoadOptions) -> Result<LoadReport> {
         } else {
             big_tcp::DEFAULT_SIZE
         };
-        if let Some(link) = loaded_underlay(pins)? {
+        if let Some(link) = underlay_link(&config)? {
             big_tcp::set_underlay(&link, size)?;
         }
         big_tcp::set_all(&datapath, size)?;
     }
-    datapath
-        .config
-        .set(0, config, 0)
-        .context("writing config")?;
+    datapath.set_config(config)?;
     if let Some(wanted) = options.xdp {
         xdp::set(pins, &datapath, &config, wanted)?;
     }
@@ -223,8 +219,9 @@ fn load_warnings(datapath: &Datapath, config: &Config) -> Result<Vec<String>> {
 }
 
 /// Creates the pin dir as needed and loads the programs and maps into it,
-/// returning with the pin dir locked; on failure, removes what it created.
-fn load_on_bpffs(pins: &PinDir, options: &LoadOptions) -> Result<(PinDirLock, (bool, usize))> {
+/// returning the datapath under its pin dir's lock; on failure, removes
+/// what it created.
+fn load_on_bpffs(pins: &PinDir, options: &LoadOptions) -> Result<(Locked, (bool, usize))> {
     let new_dirs = pins.create()?;
     let new_map_pins: Vec<PathBuf> = pinned_maps()
         .map(|map| pins.map(map.name))
@@ -245,12 +242,14 @@ fn load_on_bpffs(pins: &PinDir, options: &LoadOptions) -> Result<(PinDirLock, (b
             check_same_underlay(pins, underlay)?;
         }
         let loaded = load_programs(pins, options)?;
+        let mut datapath = Locked::under(lock, pins)?;
         if new_map_pins.contains(&pins.map(map_table::PEER_NODES.name)) {
             // An upgrade from a build without `peer_nodes`: its remote
             // entries' nodes must stay peers, or their VXLAN is dropped.
-            peers::sync(pins, &remotes::vxlan_nodes(&Datapath::open(pins)?)?)?;
+            let nodes = remotes::vxlan_nodes(&datapath)?;
+            peers::sync(&mut datapath, &nodes)?;
         }
-        Ok((lock, loaded))
+        Ok((datapath, loaded))
     })();
     if result.is_err() {
         // Leave nothing behind that this failed attempt created.

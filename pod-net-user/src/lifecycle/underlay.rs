@@ -3,7 +3,7 @@
 //! `underlay_ingress`), and the pod MTUs it leaves room for.
 use std::net::Ipv4Addr;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use pod_net_common::{
     Config,
     config::{MAX_VNI, VXLAN_OVERHEAD},
@@ -12,7 +12,7 @@ use pod_net_common::{
 };
 
 use crate::{
-    datapath::{Datapath, attach, attach::AttachMode, pins::PinDir},
+    datapath::{Datapath, Locked, attach, attach::AttachMode, pins::PinDir},
     error::LoadRefusal,
     mac::MacAddr,
     node::tunnel::{self, TunnelSpec},
@@ -137,7 +137,12 @@ pub(super) fn check_same_underlay(pins: &PinDir, wanted: &UnderlayOptions) -> Re
 
 /// Writes the node settings, creates the kernel's tunnel device and attaches
 /// the decapsulating program to the underlay.
-pub(super) fn enable_underlay(pins: &PinDir, options: &UnderlayOptions, link: &Link) -> Result<()> {
+pub(super) fn enable_underlay(
+    datapath: &mut Locked,
+    options: &UnderlayOptions,
+    link: &Link,
+) -> Result<()> {
+    let pins = datapath.pins().clone();
     let vtep_mac = MacAddr(derived_vtep_mac(options.node_ip.octets()));
     tunnel::ensure_device(&TunnelSpec {
         vni: options.vni,
@@ -147,7 +152,6 @@ pub(super) fn enable_underlay(pins: &PinDir, options: &UnderlayOptions, link: &L
         vtep_mac,
         owner: pins.root(),
     })?;
-    let mut datapath = Datapath::open(pins)?;
     let current = datapath.config()?;
     let config = Config {
         node_ip: options.node_ip.octets(),
@@ -158,14 +162,11 @@ pub(super) fn enable_underlay(pins: &PinDir, options: &UnderlayOptions, link: &L
         // A monitor may be listening: keep its settings.
         ..current
     };
-    datapath
-        .config
-        .set(0, config, 0)
-        .context("writing config")?;
+    datapath.set_config(config)?;
     // The current way: a `load --attach` that changes it moves every
     // attachment once the config says so.
     attach::attach(
-        pins,
+        &pins,
         AttachMode::of(&config),
         program_names::UNDERLAY_INGRESS,
         link,
@@ -201,7 +202,11 @@ pub(super) fn loaded_underlay(pins: &PinDir) -> Result<Option<Link>> {
     if !pins.is_loaded() {
         return Ok(None);
     }
-    let config = Datapath::open(pins)?.config()?;
+    underlay_link(&Datapath::open(pins)?.config()?)
+}
+
+/// The underlay `config` names, if pod-net has one and it still exists.
+pub fn underlay_link(config: &Config) -> Result<Option<Link>> {
     if !config.has_underlay() {
         return Ok(None);
     }

@@ -19,11 +19,9 @@ use serde::Serialize;
 use crate::{
     crashpoint,
     datapath::{
-        Datapath,
+        Datapath, Locked,
         attach::{self, AttachMode, Attached},
-        endpoint_ip, endpoint_key, is_missing_key,
-        pins::{PinDir, PinDirLock},
-        xdp,
+        endpoint_ip, endpoint_key, is_missing_key, xdp,
     },
     error::{Capacity, NodeError},
     mac::MacAddr,
@@ -85,16 +83,9 @@ pub struct PodEntry {
 
 /// Registers `spec`: resolves the veth and MACs, attaches the program, and
 /// stores the entry. Adding the same pod again changes nothing.
-pub fn add(pins: &PinDir, spec: &PodSpec) -> Result<Added> {
-    pins.require_loaded()?;
-    let lock = pins.lock()?;
-    add_locked(pins, &lock, spec)
-}
-
-/// [`add`] under the caller's lock (`apply` holds one for all its changes).
-pub fn add_locked(pins: &PinDir, lock: &PinDirLock, spec: &PodSpec) -> Result<Added> {
+pub fn add(datapath: &mut Locked, spec: &PodSpec) -> Result<Added> {
     refuse_node_address(spec.ip)?;
-    add_checked(pins, lock, spec)
+    add_checked(datapath, spec)
 }
 
 /// Why registering a pod's addresses failed, and at which address.
@@ -109,28 +100,26 @@ pub enum PodAddError {
 /// Registers every address of one pod (a dual-stack pod has two), under
 /// one lock. All of them are checked against the node's own addresses
 /// before the first is registered, so that refusal leaves nothing behind.
-pub fn add_pod(pins: &PinDir, specs: &[PodSpec]) -> Result<Vec<Added>, PodAddError> {
-    let Some(first) = specs.first() else {
-        return Ok(Vec::new());
-    };
-    let register = |ip, error| PodAddError::Register { ip, error };
-    let lock = pins.lock().map_err(|error| register(first.ip, error))?;
+pub fn add_pod(datapath: &mut Locked, specs: &[PodSpec]) -> Result<Vec<Added>, PodAddError> {
     for spec in specs {
         refuse_node_address(spec.ip)
             .map_err(|error| PodAddError::NodeAddress { ip: spec.ip, error })?;
     }
     specs
         .iter()
-        .map(|spec| add_checked(pins, &lock, spec).map_err(|error| register(spec.ip, error)))
+        .map(|spec| {
+            add_checked(datapath, spec)
+                .map_err(|error| PodAddError::Register { ip: spec.ip, error })
+        })
         .collect()
 }
 
 /// Registers `spec`, whose address is not the node's own.
-fn add_checked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<Added> {
+fn add_checked(datapath: &mut Locked, spec: &PodSpec) -> Result<Added> {
     let ip = spec.ip;
     let container_id = fixed_field::<CONTAINER_ID_LEN>("container ID", &spec.container_id)?;
     let pod_ifname = fixed_field::<IFNAME_LEN>("pod interface name", &spec.pod_ifname)?;
-    let mut datapath = Datapath::open(pins)?;
+    let pins = datapath.pins().clone();
     let veth = netdev::require_veth(&spec.veth)?;
     let mac = match spec.mac {
         Some(mac) => mac,
@@ -175,15 +164,15 @@ fn add_checked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<Adde
 
     let config = datapath.config()?;
     let mtu_warning =
-        mtu::pod_mtu_warning(&config, || remotes::tunnel_overhead(&datapath), veth.index)?;
+        mtu::pod_mtu_warning(&config, || remotes::tunnel_overhead(datapath), veth.index)?;
     if config.flags & CONFIG_F_BIG_TCP != 0 {
         big_tcp::set_pod(veth.index, big_tcp::BIG_SIZE, pod_netns)?;
     }
-    if xdp::is_on(pins)? {
-        xdp::prepare_pod(&datapath, &veth, pod_netns)?;
+    if xdp::is_on(&pins)? {
+        xdp::prepare_pod(datapath, &veth, pod_netns)?;
     }
     let mode = AttachMode::of(&config);
-    let attached = attach::attach(pins, mode, program_names::POD_EGRESS, &veth)?;
+    let attached = attach::attach(&pins, mode, program_names::POD_EGRESS, &veth)?;
     crashpoint::here(crashpoint::POD_ADD_ATTACHED);
     if existing == Some(endpoint) {
         return Ok(Added {
@@ -194,7 +183,7 @@ fn add_checked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<Adde
     if let Err(err) = datapath.endpoints.insert(key, endpoint, 0) {
         if attached == Attached::New {
             // Leave the node as it was before this call.
-            let _ = attach::detach(pins, mode, program_names::POD_EGRESS, veth.index);
+            let _ = attach::detach(&pins, mode, program_names::POD_EGRESS, veth.index);
         }
         return Err(map_insert_error(err, datapath.endpoints_capacity));
     }
@@ -206,29 +195,21 @@ fn add_checked(pins: &PinDir, _lock: &PinDirLock, spec: &PodSpec) -> Result<Adde
 
 /// Removes the entry for `ip`, and the attachment when no other address of
 /// the pod uses that veth. Returns the removed entry.
-pub fn del_by_ip(pins: &PinDir, ip: IpAddr) -> Result<PodEntry> {
-    pins.require_loaded()?;
-    let lock = pins.lock()?;
-    del_by_ip_locked(pins, &lock, ip)
-}
-
-/// [`del_by_ip`] under the caller's lock.
-pub fn del_by_ip_locked(pins: &PinDir, _lock: &PinDirLock, ip: IpAddr) -> Result<PodEntry> {
-    let mut datapath = Datapath::open(pins)?;
+pub fn del_by_ip(datapath: &mut Locked, ip: IpAddr) -> Result<PodEntry> {
     let key = endpoint_key(ip);
     let endpoint = match datapath.endpoints.get(&key, 0) {
         Ok(endpoint) => endpoint,
         Err(MapError::KeyNotFound) => bail!("no pod with IP {ip} is registered"),
         Err(err) => return Err(err).context("reading local_endpoints"),
     };
-    remove_and_detach(pins, &mut datapath, &[(key, endpoint)])?;
+    remove_and_detach(datapath, &[(key, endpoint)])?;
     Ok(pod_entry(&key, &endpoint, &netdev::link_names()?))
 }
 
 /// Removes every entry registered under `container_id`. Returns them.
-pub fn del_by_container(pins: &PinDir, container_id: &str) -> Result<Vec<PodEntry>> {
+pub fn del_by_container(datapath: &mut Locked, container_id: &str) -> Result<Vec<PodEntry>> {
     let wanted = fixed_field::<CONTAINER_ID_LEN>("container ID", container_id)?;
-    let removed = remove_matching(pins, |endpoint| endpoint.container_id == wanted)?;
+    let removed = remove_matching(datapath, |endpoint| endpoint.container_id == wanted)?;
     if removed.is_empty() {
         bail!("no pod with container ID {container_id:?} is registered");
     }
@@ -243,17 +224,15 @@ pub fn del_by_container(pins: &PinDir, container_id: &str) -> Result<Vec<PodEntr
 /// entry is left on a veth, and returns them. Selecting nothing is not an
 /// error.
 pub fn remove_matching(
-    pins: &PinDir,
+    datapath: &mut Locked,
     doomed: impl Fn(&Endpoint) -> bool,
 ) -> Result<Vec<(EndpointKey, Endpoint)>> {
-    let mut datapath = Datapath::open(pins)?;
-    let _lock = pins.lock()?;
     let selected: Vec<_> = datapath
         .endpoint_entries()?
         .into_iter()
         .filter(|(_, endpoint)| doomed(endpoint))
         .collect();
-    remove_and_detach(pins, &mut datapath, &selected)?;
+    remove_and_detach(datapath, &selected)?;
     Ok(selected)
 }
 
@@ -269,11 +248,8 @@ pub fn owner(endpoint: &Endpoint) -> (String, String) {
 /// Removes the `doomed` entries, then every `pod_egress` link on a veth no
 /// entry uses any more: the doomed pods' own, and any an add that was
 /// killed between attaching and storing its entry left behind.
-fn remove_and_detach(
-    pins: &PinDir,
-    datapath: &mut Datapath,
-    doomed: &[(EndpointKey, Endpoint)],
-) -> Result<()> {
+fn remove_and_detach(datapath: &mut Locked, doomed: &[(EndpointKey, Endpoint)]) -> Result<()> {
+    let pins = datapath.pins().clone();
     for (key, _) in doomed {
         match datapath.endpoints.remove(key) {
             Ok(()) => {}
@@ -291,22 +267,21 @@ fn remove_and_detach(
     for (_, endpoint) in doomed {
         if !in_use.contains(&endpoint.ifindex) {
             xdp::forget_pod(datapath, endpoint.ifindex)?;
-            attach::detach(pins, mode, program_names::POD_EGRESS, endpoint.ifindex)?;
+            attach::detach(&pins, mode, program_names::POD_EGRESS, endpoint.ifindex)?;
         }
     }
     // Pinned links of no pod: left by a del cut short after the entries
     // went. (A filter left that way goes with its veth, or with `gc`.)
     for link in pins.pinned_links(program_names::POD_EGRESS)? {
         if !in_use.contains(&link.ifindex) {
-            attach::unpin(pins, program_names::POD_EGRESS, link.ifindex)?;
+            attach::unpin(&pins, program_names::POD_EGRESS, link.ifindex)?;
         }
     }
     Ok(())
 }
 
 /// Every registered pod address.
-pub fn list(pins: &PinDir) -> Result<Vec<PodEntry>> {
-    let datapath = Datapath::open(pins)?;
+pub fn list(datapath: &Datapath) -> Result<Vec<PodEntry>> {
     let names = netdev::link_names()?;
     Ok(datapath
         .endpoint_entries()?

@@ -10,38 +10,30 @@
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, MapData, MapError};
-use pod_net_common::{PeerNode, map_table, remote::PEER_F_VXLAN};
+use aya::maps::MapError;
+use pod_net_common::{PeerNode, remote::PEER_F_VXLAN};
 
-use crate::datapath::{is_missing_key, map_batch::BPF_NOEXIST, open_typed, pins::PinDir};
+use crate::datapath::{Datapath, is_missing_key, map_batch::BPF_NOEXIST};
 
-type PeerMap = HashMap<MapData, [u8; 4], PeerNode>;
-
-fn open(pins: &PinDir) -> Result<PeerMap> {
-    open_typed(pins, map_table::PEER_NODES).map(|(map, _)| map)
-}
+const VXLAN_PEER: PeerNode = PeerNode {
+    flags: PEER_F_VXLAN,
+};
 
 /// Makes `node_ips` peers (again: the write is idempotent).
-pub fn add(pins: &PinDir, node_ips: impl IntoIterator<Item = Ipv4Addr>) -> Result<()> {
-    let mut map = open(pins)?;
+pub fn add(datapath: &mut Datapath, node_ips: impl IntoIterator<Item = Ipv4Addr>) -> Result<()> {
     for node_ip in node_ips {
-        map.insert(
-            node_ip.octets(),
-            PeerNode {
-                flags: PEER_F_VXLAN,
-            },
-            0,
-        )
-        .with_context(|| format!("adding {node_ip} to peer_nodes"))?;
+        datapath
+            .peer_nodes
+            .insert(node_ip.octets(), VXLAN_PEER, 0)
+            .with_context(|| format!("adding {node_ip} to peer_nodes"))?;
     }
     Ok(())
 }
 
 /// Stops treating `node_ips` as peers.
-pub fn remove(pins: &PinDir, node_ips: impl IntoIterator<Item = Ipv4Addr>) -> Result<()> {
-    let mut map = open(pins)?;
+pub fn remove(datapath: &mut Datapath, node_ips: impl IntoIterator<Item = Ipv4Addr>) -> Result<()> {
     for node_ip in node_ips {
-        match map.remove(&node_ip.octets()) {
+        match datapath.peer_nodes.remove(&node_ip.octets()) {
             Ok(()) => {}
             Err(err) if is_missing_key(&err) => {}
             Err(err) => {
@@ -53,8 +45,9 @@ pub fn remove(pins: &PinDir, node_ips: impl IntoIterator<Item = Ipv4Addr>) -> Re
 }
 
 /// The peers in the map now.
-pub fn current(pins: &PinDir) -> Result<BTreeSet<Ipv4Addr>> {
-    open(pins)?
+pub fn current(datapath: &Datapath) -> Result<BTreeSet<Ipv4Addr>> {
+    datapath
+        .peer_nodes
         .keys()
         .map(|key| key.map(Ipv4Addr::from).context("reading peer_nodes"))
         .collect()
@@ -69,8 +62,8 @@ pub struct Drift {
     pub extra: BTreeSet<Ipv4Addr>,
 }
 
-pub fn drift(pins: &PinDir, wanted: &BTreeSet<Ipv4Addr>) -> Result<Drift> {
-    let current = current(pins)?;
+pub fn drift(datapath: &Datapath, wanted: &BTreeSet<Ipv4Addr>) -> Result<Drift> {
+    let current = current(datapath)?;
     Ok(Drift {
         missing: wanted.difference(&current).copied().collect(),
         extra: current.difference(wanted).copied().collect(),
@@ -78,57 +71,31 @@ pub fn drift(pins: &PinDir, wanted: &BTreeSet<Ipv4Addr>) -> Result<Drift> {
 }
 
 /// Makes the map hold exactly `wanted`.
-pub fn sync(pins: &PinDir, wanted: &BTreeSet<Ipv4Addr>) -> Result<Drift> {
-    let drift = drift(pins, wanted)?;
-    add(pins, drift.missing.iter().copied())?;
-    remove(pins, drift.extra.iter().copied())?;
+pub fn sync(datapath: &mut Datapath, wanted: &BTreeSet<Ipv4Addr>) -> Result<Drift> {
+    let drift = drift(datapath, wanted)?;
+    add(datapath, drift.missing.iter().copied())?;
+    remove(datapath, drift.extra.iter().copied())?;
     Ok(drift)
 }
 
-/// Adds the nodes among `node_ips` that are not peers yet, and takes them
-/// out again when dropped unless [`Admission::keep`] was called: a failed
-/// `node add` leaves the map as it was.
-pub fn admit(pins: &PinDir, node_ips: &BTreeSet<Ipv4Addr>) -> Result<Admission> {
-    let mut map = open(pins)?;
-    let mut admission = Admission {
-        pins: pins.clone(),
-        added: Vec::new(),
-        kept: false,
-    };
+/// Adds the nodes among `node_ips` that are not peers yet, and returns
+/// those it added: the caller removes them again if what needed them fails,
+/// so a failed `node add` leaves the map as it was.
+pub fn admit(datapath: &mut Datapath, node_ips: &BTreeSet<Ipv4Addr>) -> Result<Vec<Ipv4Addr>> {
+    let mut added = Vec::new();
     for &node_ip in node_ips {
-        let value = PeerNode {
-            flags: PEER_F_VXLAN,
-        };
-        match map.insert(node_ip.octets(), value, BPF_NOEXIST) {
-            Ok(()) => admission.added.push(node_ip),
+        match datapath
+            .peer_nodes
+            .insert(node_ip.octets(), VXLAN_PEER, BPF_NOEXIST)
+        {
+            Ok(()) => added.push(node_ip),
             Err(MapError::SyscallError(error))
                 if error.io_error.raw_os_error() == Some(libc::EEXIST) => {}
             Err(err) => {
+                let _ = remove(datapath, added);
                 return Err(err).with_context(|| format!("adding {node_ip} to peer_nodes"));
             }
         }
     }
-    Ok(admission)
-}
-
-/// Peers [`admit`] added, removed on drop unless kept.
-pub struct Admission {
-    pins: PinDir,
-    added: Vec<Ipv4Addr>,
-    kept: bool,
-}
-
-impl Admission {
-    /// The remote entries went in: the new peers stay.
-    pub fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        if !self.kept {
-            let _ = remove(&self.pins, self.added.iter().copied());
-        }
-    }
+    Ok(added)
 }

@@ -6,11 +6,10 @@
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr},
-    os::fd::AsFd as _,
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{MapData, lpm_trie::Key};
+use aya::maps::lpm_trie::Key;
 use pod_net_common::{
     Config, RemoteAddr, RemoteNode,
     config::VXLAN_OVERHEAD,
@@ -22,9 +21,8 @@ use serde::Serialize;
 use crate::{
     cidr::Cidr,
     datapath::{
-        Datapath, endpoint_ip, hash_entries,
+        Datapath, Locked, endpoint_ip, hash_entries,
         map_batch::{self, BatchError},
-        pins::{PinDir, PinDirLock},
     },
     error::{Capacity, NodeError},
     mac::MacAddr,
@@ -97,13 +95,10 @@ pub struct NodeEntry {
 }
 
 /// Adds a remote entry; the same entry again changes nothing.
-pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
-    let datapath = Datapath::open(pins)?;
+pub fn add(datapath: &mut Locked, spec: &NodeSpec) -> Result<AddOutcome> {
     let config = datapath.config()?;
     let links = Links::of(&config)?;
-
-    let _lock = pins.lock()?;
-    let checked = check(&datapath, &config, &links, std::slice::from_ref(spec), &[])?;
+    let checked = check(datapath, &config, &links, std::slice::from_ref(spec), &[])?;
     let value = checked.values[0];
     let route = [remote_route(spec.cidr, &value)];
     if let Some(&(_, existing)) = checked.present.first() {
@@ -116,17 +111,11 @@ pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
             );
         }
         // The same entry again: make sure the kernel's side is there too.
-        peers::admit(pins, &peers_of(std::slice::from_ref(spec)))?.keep();
+        peers::admit(datapath, &peers_of(std::slice::from_ref(spec)))?;
         links.add_routes(&config, &route, &checked.routed)?;
         return Ok(AddOutcome::Unchanged);
     }
-    add_checked(
-        pins,
-        &datapath,
-        &links,
-        std::slice::from_ref(spec),
-        &checked,
-    )?;
+    add_checked(datapath, &links, std::slice::from_ref(spec), &checked)?;
     Ok(AddOutcome::Added)
 }
 
@@ -136,8 +125,7 @@ pub fn add(pins: &PinDir, spec: &NodeSpec) -> Result<AddOutcome> {
 /// the routes finds every entry's route). Any failure takes back what was
 /// done.
 fn add_checked(
-    pins: &PinDir,
-    datapath: &Datapath,
+    datapath: &mut Locked,
     links: &Links,
     specs: &[NodeSpec],
     checked: &Checked,
@@ -148,10 +136,11 @@ fn add_checked(
         .zip(&checked.values)
         .map(|(cidr, value)| remote_route(*cidr, value))
         .collect();
-    let new_peers = peers::admit(pins, &peers_of(specs))?;
+    let new_peers = peers::admit(datapath, &peers_of(specs))?;
     if let Err(err) = links.add_routes(&datapath.config()?, &routes, &checked.routed) {
         // Leave the node as it was.
         checked.undo(links, &routes);
+        let _ = peers::remove(datapath, new_peers);
         // In a batch, the failure names one entry of many: none went in.
         return Err(if specs.len() > 1 {
             err.context("nothing was added")
@@ -159,31 +148,30 @@ fn add_checked(
             err
         });
     }
-    if let Err(failure) = insert_new(pins, &cidrs, &checked.values) {
+    if let Err(failure) = insert_new(datapath, &cidrs, &checked.values) {
         checked.undo(links, &routes);
+        let _ = peers::remove(datapath, new_peers);
         return Err(failure.into_error(datapath, &cidrs));
     }
-    new_peers.keep();
     Ok(())
 }
 
-/// Adds many new entries at once (what `apply` does), under the caller's
-/// lock (`apply` holds one lock from its plan to its last change): the
-/// maps written entry after entry in one go, and every route on one
-/// netlink socket. A prefix already present, or a full map, fails the
-/// whole call and leaves the entries as they were.
-pub fn add_many(pins: &PinDir, _lock: &PinDirLock, specs: &[NodeSpec]) -> Result<()> {
+/// Adds many new entries at once (what `apply` does, which holds the lock
+/// from its plan to its last change): the maps written entry after entry
+/// in one go, and every route on one netlink socket. A prefix already
+/// present, or a full map, fails the whole call and leaves the entries as
+/// they were.
+pub fn add_many(datapath: &mut Locked, specs: &[NodeSpec]) -> Result<()> {
     if specs.is_empty() {
         return Ok(());
     }
-    let datapath = Datapath::open(pins)?;
     let config = datapath.config()?;
     let links = Links::of(&config)?;
-    let checked = check(&datapath, &config, &links, specs, &[])?;
+    let checked = check(datapath, &config, &links, specs, &[])?;
     if let Some((cidr, _)) = checked.present.first() {
         bail!("{cidr} already has a remote entry; nothing was added");
     }
-    add_checked(pins, &datapath, &links, specs, &checked)
+    add_checked(datapath, &links, specs, &checked)
 }
 
 /// Checks new entries without changing anything: against this node (see
@@ -463,25 +451,23 @@ impl NodeIndex {
 
 /// Removes the entry for exactly `cidr`. Afterwards traffic to it is no
 /// longer encapsulated, and the kernel answers it as unroutable.
-pub fn del(pins: &PinDir, cidr: Cidr) -> Result<NodeEntry> {
-    pins.require_loaded()?;
-    let lock = pins.lock()?;
-    let mut removed = del_many(pins, &lock, &[cidr])?;
+pub fn del(datapath: &mut Locked, cidr: Cidr) -> Result<NodeEntry> {
+    let mut removed = del_many(datapath, &[cidr])?;
     removed
         .pop()
         .with_context(|| format!("no remote node entry for {cidr}"))
 }
 
-/// Removes the entries for exactly these prefixes, all or none, under the
-/// caller's lock: a prefix with no entry fails the call before anything
-/// changes.
-pub fn del_many(pins: &PinDir, _lock: &PinDirLock, cidrs: &[Cidr]) -> Result<Vec<NodeEntry>> {
+/// Removes the entries for exactly these prefixes, all or none: a prefix
+/// with no entry fails the call before anything changes. The map entries
+/// go first, then the kernel's routes, so no fast-path entry outlives its
+/// kernel path.
+pub fn del_many(datapath: &mut Locked, cidrs: &[Cidr]) -> Result<Vec<NodeEntry>> {
     if cidrs.is_empty() {
         return Ok(Vec::new());
     }
-    let datapath = Datapath::open(pins)?;
     let config = datapath.config()?;
-    let mut current: HashMap<Cidr, RemoteNode> = entries(&datapath)?.into_iter().collect();
+    let mut current: HashMap<Cidr, RemoteNode> = entries(datapath)?.into_iter().collect();
     let mut removed = Vec::with_capacity(cidrs.len());
     for &cidr in cidrs {
         let node = current
@@ -489,14 +475,14 @@ pub fn del_many(pins: &PinDir, _lock: &PinDirLock, cidrs: &[Cidr]) -> Result<Vec
             .with_context(|| format!("no remote node entry for {cidr}"))?;
         removed.push((cidr, node));
     }
-    if let Err((done, error)) = delete(pins, cidrs) {
+    if let Err((done, error)) = delete(datapath, cidrs) {
         // Put back what went, so the call changes nothing.
         let was: HashMap<Cidr, RemoteNode> = removed.iter().copied().collect();
         let (cidrs, values): (Vec<Cidr>, Vec<RemoteNode>) = done
             .iter()
             .filter_map(|cidr| was.get(cidr).map(|node| (*cidr, *node)))
             .unzip();
-        let _ = insert_new(pins, &cidrs, &values);
+        let _ = insert_new(datapath, &cidrs, &values);
         return Err(error.context("removing remote entries"));
     }
     // A node stops being a peer with its last prefix (each node once: a
@@ -507,7 +493,7 @@ pub fn del_many(pins: &PinDir, _lock: &PinDirLock, cidrs: &[Cidr]) -> Result<Vec
         .filter(|(_, node)| !still_used.contains(&node.node_ip))
         .map(|(_, node)| Ipv4Addr::from(node.node_ip))
         .collect();
-    peers::remove(pins, gone_peers)?;
+    peers::remove(datapath, gone_peers)?;
     if let Ok(links) = Links::of(&config) {
         let routes: Vec<RemoteRoute> = removed
             .iter()
@@ -597,6 +583,14 @@ impl Table {
         }
     }
 
+    /// The map, for the batched calls.
+    fn fd(self, datapath: &Datapath) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Self::Pods => datapath.remote_pods_fd(),
+            Self::Cidrs => datapath.remotes_fd(),
+        }
+    }
+
     fn capacity(self, datapath: &Datapath) -> u32 {
         match self {
             Self::Pods => datapath.remote_pods_capacity,
@@ -647,7 +641,11 @@ impl InsertFailure {
 
 /// Writes `cidrs[i] -> values[i]`, each into its table, refusing (with
 /// `BPF_NOEXIST`) to overwrite. On any failure, removes what it wrote.
-fn insert_new(pins: &PinDir, cidrs: &[Cidr], values: &[RemoteNode]) -> Result<(), InsertFailure> {
+fn insert_new(
+    datapath: &Datapath,
+    cidrs: &[Cidr],
+    values: &[RemoteNode],
+) -> Result<(), InsertFailure> {
     let mut written: Vec<Cidr> = Vec::new();
     for table in [Table::Pods, Table::Cidrs] {
         let (indices, table_values): (Vec<usize>, Vec<RemoteNode>) = cidrs
@@ -658,15 +656,14 @@ fn insert_new(pins: &PinDir, cidrs: &[Cidr], values: &[RemoteNode]) -> Result<()
             .map(|(index, (_, value))| (index, *value))
             .unzip();
         let selected: Vec<Cidr> = indices.iter().map(|&index| cidrs[index]).collect();
-        let map = open_table(pins, table).map_err(InsertFailure::Other)?;
-        let fd = map.fd().as_fd();
+        let fd = table.fd(datapath);
         let result = match table {
             Table::Pods => map_batch::insert_new(fd, &pod_keys(&selected), &table_values),
             Table::Cidrs => map_batch::insert_new(fd, &trie_keys(&selected), &table_values),
         };
         if let Err(BatchError { done, error }) = result {
             written.extend_from_slice(&selected[..done]);
-            let _ = delete(pins, &written);
+            let _ = delete(datapath, &written);
             let index = indices.get(done).copied().unwrap_or_default();
             return Err(match error.raw_os_error() {
                 Some(libc::EEXIST) => InsertFailure::Exists(index),
@@ -685,7 +682,7 @@ fn insert_new(pins: &PinDir, cidrs: &[Cidr], values: &[RemoteNode]) -> Result<()
 
 /// Deletes exactly these prefixes, each from its table. On failure,
 /// returns the ones already deleted.
-fn delete(pins: &PinDir, cidrs: &[Cidr]) -> Result<(), (Vec<Cidr>, anyhow::Error)> {
+fn delete(datapath: &Datapath, cidrs: &[Cidr]) -> Result<(), (Vec<Cidr>, anyhow::Error)> {
     let mut deleted = Vec::new();
     for table in [Table::Pods, Table::Cidrs] {
         let selected: Vec<Cidr> = cidrs
@@ -696,10 +693,10 @@ fn delete(pins: &PinDir, cidrs: &[Cidr]) -> Result<(), (Vec<Cidr>, anyhow::Error
         if selected.is_empty() {
             continue;
         }
-        let map = open_table(pins, table).map_err(|error| (deleted.clone(), error))?;
+        let fd = table.fd(datapath);
         let result = match table {
-            Table::Pods => map_batch::delete(map.fd().as_fd(), &pod_keys(&selected)),
-            Table::Cidrs => map_batch::delete(map.fd().as_fd(), &trie_keys(&selected)),
+            Table::Pods => map_batch::delete(fd, &pod_keys(&selected)),
+            Table::Cidrs => map_batch::delete(fd, &trie_keys(&selected)),
         };
         if let Err(BatchError { done, error }) = result {
             deleted.extend_from_slice(&selected[..done]);
@@ -758,12 +755,6 @@ fn remote_route(cidr: Cidr, node: &RemoteNode) -> RemoteRoute {
     }
 }
 
-/// A table as raw map data, for the entry-by-entry calls.
-fn open_table(pins: &PinDir, table: Table) -> Result<MapData> {
-    let path = pins.map(table.map_name());
-    MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
-}
-
 /// The nodes the VXLAN entries send to: the peers whose VXLAN is opened.
 pub fn vxlan_nodes(datapath: &Datapath) -> Result<BTreeSet<Ipv4Addr>> {
     Ok(entries(datapath)?
@@ -810,9 +801,8 @@ pub fn cidrs(datapath: &Datapath) -> Result<Vec<Cidr>> {
 }
 
 /// Every remote entry, sorted by prefix.
-pub fn list(pins: &PinDir) -> Result<Vec<NodeEntry>> {
-    let datapath = Datapath::open(pins)?;
-    let mut list: Vec<NodeEntry> = entries(&datapath)?
+pub fn list(datapath: &Datapath) -> Result<Vec<NodeEntry>> {
+    let mut list: Vec<NodeEntry> = entries(datapath)?
         .iter()
         .map(|(cidr, node)| node_entry(*cidr, node))
         .collect();

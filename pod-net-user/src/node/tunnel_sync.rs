@@ -25,10 +25,7 @@ use serde::Serialize;
 
 use crate::{
     cidr::Cidr,
-    datapath::{
-        Datapath,
-        pins::{PinDir, PinDirLock},
-    },
+    datapath::{Datapath, Locked},
     mac::MacAddr,
     node::{
         remotes::{self, Mode, NodeEntry},
@@ -143,8 +140,8 @@ pub fn device(config: &Config) -> Result<Option<Link>> {
 
 /// The fixes that bring `device` in step with the VXLAN remote entries
 /// (direct ones are routed out of the underlay instead). Read-only.
-pub fn plan(pins: &PinDir, device: &Link) -> Result<Vec<Fix>> {
-    let mut entries = remotes::list(pins)?;
+pub fn plan(datapath: &Datapath, device: &Link) -> Result<Vec<Fix>> {
+    let mut entries = remotes::list(datapath)?;
     entries.retain(|entry| entry.mode == Mode::Vxlan);
     let contents =
         tunnel::contents(device).with_context(|| format!("listing what {} holds", device.name))?;
@@ -154,11 +151,11 @@ pub fn plan(pins: &PinDir, device: &Link) -> Result<Vec<Fix>> {
 /// The fixes the tunnel device of `config` needs, each with the device's
 /// name; none without an underlay or a device (`status` reports a missing
 /// device, and `load` makes it again, in step).
-pub fn plan_if_loaded(pins: &PinDir, config: &Config) -> Result<Vec<(String, Fix)>> {
-    let Some(device) = device(config)? else {
+pub fn plan_if_loaded(datapath: &Datapath) -> Result<Vec<(String, Fix)>> {
+    let Some(device) = device(&datapath.config()?)? else {
         return Ok(Vec::new());
     };
-    Ok(plan(pins, &device)?
+    Ok(plan(datapath, &device)?
         .into_iter()
         .map(|fix| (device.name.clone(), fix))
         .collect())
@@ -221,15 +218,14 @@ pub fn execute(device: &Link, fixes: &[Fix]) -> Result<()> {
     Ok(())
 }
 
-/// Brings the tunnel device in step with the remote entries, under the
-/// caller's lock; nothing to do without an underlay or a device. `load`
-/// runs it: a device it had to create again starts empty.
-pub fn sync(pins: &PinDir, _lock: &PinDirLock) -> Result<Vec<Fix>> {
-    let config = Datapath::open(pins)?.config()?;
-    let Some(device) = device(&config)? else {
+/// Brings the tunnel device in step with the remote entries; nothing to do
+/// without an underlay or a device. `load` runs it: a device it had to
+/// create again starts empty.
+pub fn sync(datapath: &Locked) -> Result<Vec<Fix>> {
+    let Some(device) = device(&datapath.config()?)? else {
         return Ok(Vec::new());
     };
-    let fixes = plan(pins, &device)?;
+    let fixes = plan(datapath, &device)?;
     execute(&device, &fixes)?;
     Ok(fixes)
 }

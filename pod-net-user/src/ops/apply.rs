@@ -3,9 +3,9 @@
 //! it no longer holds is removed, and the difference is printed. A file
 //! that does not parse or validate changes nothing.
 //!
-//! The order: validate the whole file, then take the pin dir lock, then
-//! plan and make the changes under that one lock, so two applies (or an
-//! apply and the agent) never plan from the same state.
+//! The order: take the pin dir lock (the one handle on the datapath), then
+//! validate the whole file, plan and make the changes under it, so two
+//! applies (or an apply and the agent) never plan from the same state.
 //!
 //! The plan covers the kernel's side of the remote entries too: what an
 //! interrupted command left out of step (see `tunnel_sync`) is mended
@@ -27,10 +27,7 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 use crate::{
     cidr::Cidr,
     crashpoint,
-    datapath::{
-        Datapath, endpoint_ip,
-        pins::{PinDir, PinDirLock},
-    },
+    datapath::{Datapath, Locked, endpoint_ip, pins::PinDir},
     mac::MacAddr,
     node::{
         endpoints::{self, PodSpec},
@@ -196,37 +193,40 @@ impl fmt::Display for Change {
     }
 }
 
-/// Validates `config`, then, under the pin dir lock, plans the changes
-/// that make the node match it and (unless `dry_run`) makes them. Returns
-/// the changes. A file that fails validation changes nothing.
+/// Under the pin dir lock, validates `config`, plans the changes that make
+/// the node match it and (unless `dry_run`) makes them. Returns the
+/// changes. A file that fails validation changes nothing.
 pub fn run(pins: &PinDir, config: &NodeConfig, dry_run: bool) -> Result<Vec<Change>> {
-    run_scoped(pins, config, Scope::Everything, dry_run)
+    run_scoped(&mut Locked::new(pins)?, config, Scope::Everything, dry_run)
 }
 
-/// As [`run`] for remote nodes alone: the node list comes from a cluster
-/// store, and the pods, which are the runtime's and the operator's, are left
-/// as they are.
-pub fn run_nodes(pins: &PinDir, nodes: Vec<NodeSpec>) -> Result<Vec<Change>> {
+/// As [`run`] for remote nodes alone, on the caller's locked datapath: the
+/// node list comes from a cluster store, and the pods, which are the
+/// runtime's and the operator's, are left as they are.
+pub fn run_nodes(datapath: &mut Locked, nodes: Vec<NodeSpec>) -> Result<Vec<Change>> {
     let config = NodeConfig {
         pods: Vec::new(),
         nodes,
     };
-    run_scoped(pins, &config, Scope::NodesOnly, false)
+    run_scoped(datapath, &config, Scope::NodesOnly, false)
 }
 
 /// Makes exactly these node changes (what one cluster-store update says)
-/// under the same lock as a whole file, without diffing every entry: the
-/// added entries get `node add`'s checks (against this node and the entries
-/// that stay) as they go in, which is the one full pass per update. Returns
-/// the changes made.
-pub fn change_nodes(pins: &PinDir, removed: &[Cidr], added: Vec<NodeSpec>) -> Result<Vec<Change>> {
-    let lock = pins.lock()?;
+/// on the caller's locked datapath, without diffing every entry: the added
+/// entries get `node add`'s checks (against this node and the entries that
+/// stay) as they go in, which is the one full pass per update. Returns the
+/// changes made.
+pub fn change_nodes(
+    datapath: &mut Locked,
+    removed: &[Cidr],
+    added: Vec<NodeSpec>,
+) -> Result<Vec<Change>> {
     let changes: Vec<Change> = removed
         .iter()
         .map(|&cidr| Change::RemoveNode { cidr })
         .chain(added.into_iter().map(Change::AddNode))
         .collect();
-    execute(pins, &lock, &changes)?;
+    execute(datapath, &changes)?;
     Ok(changes)
 }
 
@@ -238,30 +238,23 @@ enum Scope {
 }
 
 fn run_scoped(
-    pins: &PinDir,
+    datapath: &mut Locked,
     config: &NodeConfig,
     scope: Scope,
     dry_run: bool,
 ) -> Result<Vec<Change>> {
-    let datapath = Datapath::open(pins)?;
-    validate(&datapath, config)?;
-    let lock = pins.lock()?;
-    let changes = plan(pins, &datapath, config, scope)?;
+    validate(datapath, config)?;
+    let changes = plan(datapath, config, scope)?;
     if !dry_run {
-        execute(pins, &lock, &changes)?;
+        execute(datapath, &changes)?;
     }
     Ok(changes)
 }
 
 /// The changes that make the node match `config` (validated), read under
 /// the lock: first what mends the tunnel device, then the map changes.
-fn plan(
-    pins: &PinDir,
-    datapath: &Datapath,
-    config: &NodeConfig,
-    scope: Scope,
-) -> Result<Vec<Change>> {
-    let mut changes: Vec<Change> = tunnel_sync::plan_if_loaded(pins, &datapath.config()?)?
+fn plan(datapath: &Datapath, config: &NodeConfig, scope: Scope) -> Result<Vec<Change>> {
+    let mut changes: Vec<Change> = tunnel_sync::plan_if_loaded(datapath)?
         .into_iter()
         .map(|(device, fix)| Change::Tunnel { device, fix })
         .collect();
@@ -269,7 +262,7 @@ fn plan(
     if scope == Scope::Everything {
         changes.extend(plan_pods(datapath, config)?);
     }
-    changes.extend(plan_nodes(pins, config)?);
+    changes.extend(plan_nodes(datapath, config)?);
     Ok(changes)
 }
 
@@ -321,9 +314,9 @@ fn plan_pods(datapath: &Datapath, config: &NodeConfig) -> Result<Vec<Change>> {
 }
 
 /// Remote nodes: keyed by exact prefix.
-fn plan_nodes(pins: &PinDir, config: &NodeConfig) -> Result<Vec<Change>> {
+fn plan_nodes(datapath: &Datapath, config: &NodeConfig) -> Result<Vec<Change>> {
     let mut changes = Vec::new();
-    let current: BTreeMap<Cidr, remotes::NodeEntry> = remotes::list(pins)?
+    let current: BTreeMap<Cidr, remotes::NodeEntry> = remotes::list(datapath)?
         .into_iter()
         .map(|entry| (entry.cidr, entry))
         .collect();
@@ -398,12 +391,12 @@ fn validate(datapath: &Datapath, config: &NodeConfig) -> Result<()> {
     Ok(())
 }
 
-/// Makes `changes` under the caller's lock: the tunnel device is mended
-/// first (so the map changes start from a node in step), then removals, so
-/// an IP or prefix that moves is free. Remote entries go in batches (one
-/// map call and one netlink socket for all of them); pods one by one, as
-/// each needs its veth attached.
-fn execute(pins: &PinDir, lock: &PinDirLock, changes: &[Change]) -> Result<()> {
+/// Makes `changes`: the tunnel device is mended first (so the map changes
+/// start from a node in step), then removals, so an IP or prefix that
+/// moves is free. Remote entries go in batches (one map call and one
+/// netlink socket for all of them); pods one by one, as each needs its veth
+/// attached.
+fn execute(datapath: &mut Locked, changes: &[Change]) -> Result<()> {
     let mut gone_nodes = Vec::new();
     let mut new_nodes = Vec::new();
     let (mut device, mut fixes) = (None, Vec::new());
@@ -422,7 +415,7 @@ fn execute(pins: &PinDir, lock: &PinDirLock, changes: &[Change]) -> Result<()> {
     for change in changes {
         match change {
             Change::RemovePod { ip } => {
-                endpoints::del_by_ip_locked(pins, lock, *ip).with_context(|| change.to_string())?;
+                endpoints::del_by_ip(datapath, *ip).with_context(|| change.to_string())?;
                 crashpoint::here(crashpoint::APPLY_CHANGED);
             }
             Change::RemoveNode { cidr } => gone_nodes.push(*cidr),
@@ -430,7 +423,7 @@ fn execute(pins: &PinDir, lock: &PinDirLock, changes: &[Change]) -> Result<()> {
             Change::AddPod(_) | Change::Tunnel { .. } => {}
         }
     }
-    remotes::del_many(pins, lock, &gone_nodes)
+    remotes::del_many(datapath, &gone_nodes)
         .with_context(|| format!("removing {} remote entries", gone_nodes.len()))?;
     for change in changes {
         if let Change::AddPod(pod) = change {
@@ -444,10 +437,10 @@ fn execute(pins: &PinDir, lock: &PinDirLock, changes: &[Change]) -> Result<()> {
                 no_bypass: pod.no_bypass,
                 pod_netns: None,
             };
-            endpoints::add_locked(pins, lock, &spec).with_context(|| change.to_string())?;
+            endpoints::add(datapath, &spec).with_context(|| change.to_string())?;
             crashpoint::here(crashpoint::APPLY_CHANGED);
         }
     }
-    remotes::add_many(pins, lock, &new_nodes)
+    remotes::add_many(datapath, &new_nodes)
         .with_context(|| format!("adding {} remote entries", new_nodes.len()))
 }

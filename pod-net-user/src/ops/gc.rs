@@ -23,17 +23,18 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use pod_net_common::{Config, EndpointKey, program_names};
+use pod_net_common::{EndpointKey, program_names};
 use serde::Serialize;
 
 use crate::{
     datapath::{
-        Datapath,
+        Datapath, Locked,
         attach::{self, AttachMode},
         endpoint_ip, endpoint_key, is_missing_key,
         pins::PinDir,
         xdp,
     },
+    lifecycle::underlay::underlay_link,
     node::{
         direct::{self, RouteFix},
         peers, remotes,
@@ -124,17 +125,22 @@ impl fmt::Display for Repair {
 
 /// Finds and, unless `dry_run`, makes the repairs. Returns them.
 pub fn run(pins: &PinDir, dry_run: bool) -> Result<Vec<Repair>> {
-    let mut datapath = Datapath::open(pins)?;
-    let _lock = pins.lock()?;
-    let repairs = plan(pins, &datapath)?;
+    repair(&mut Locked::new(pins)?, dry_run)
+}
+
+/// [`run`] on a datapath the caller has locked (the CNI's GC holds it for
+/// its own removals too).
+pub fn repair(datapath: &mut Locked, dry_run: bool) -> Result<Vec<Repair>> {
+    let repairs = plan(datapath)?;
     if !dry_run {
-        execute(pins, &mut datapath, &repairs)?;
+        execute(datapath, &repairs)?;
     }
     Ok(repairs)
 }
 
 /// The repairs the node needs now. Read-only.
-pub fn plan(pins: &PinDir, datapath: &Datapath) -> Result<Vec<Repair>> {
+pub fn plan(datapath: &Datapath) -> Result<Vec<Repair>> {
+    let pins = datapath.pins();
     let links: BTreeMap<u32, Link> = netdev::all_links()?
         .into_iter()
         .map(|link| (link.index, link))
@@ -178,7 +184,7 @@ pub fn plan(pins: &PinDir, datapath: &Datapath) -> Result<Vec<Repair>> {
             repairs.push(Repair::ForgetXdpVeth { ifindex });
         }
     }
-    let drift = peers::drift(pins, &remotes::vxlan_nodes(datapath)?)?;
+    let drift = peers::drift(datapath, &remotes::vxlan_nodes(datapath)?)?;
     repairs.extend(
         drift
             .missing
@@ -193,14 +199,14 @@ pub fn plan(pins: &PinDir, datapath: &Datapath) -> Result<Vec<Repair>> {
     );
     let config = datapath.config()?;
     repairs.extend(
-        tunnel_sync::plan_if_loaded(pins, &config)?
+        tunnel_sync::plan_if_loaded(datapath)?
             .into_iter()
             .map(|(device, fix)| Repair::Tunnel { device, fix }),
     );
     if monitor::events_on(datapath)? && !pins.monitor_running()? {
         repairs.push(Repair::EventsOff);
     }
-    if let Some(underlay) = underlay(&config)? {
+    if let Some(underlay) = underlay_link(&config)? {
         repairs.extend(
             direct::plan(&underlay, &remotes::direct_routes(datapath)?)?
                 .into_iter()
@@ -213,16 +219,8 @@ pub fn plan(pins: &PinDir, datapath: &Datapath) -> Result<Vec<Repair>> {
     Ok(repairs)
 }
 
-/// The underlay of a datapath loaded with one, if it still exists.
-fn underlay(config: &Config) -> Result<Option<Link>> {
-    if !config.has_underlay() {
-        return Ok(None);
-    }
-    netdev::link_by_index(config.underlay_ifindex)
-}
-
-fn execute(pins: &PinDir, datapath: &mut Datapath, repairs: &[Repair]) -> Result<()> {
-    let xdp_on = xdp::is_on(pins)?;
+fn execute(datapath: &mut Locked, repairs: &[Repair]) -> Result<()> {
+    let xdp_on = xdp::is_on(datapath.pins())?;
     let mode = AttachMode::of(&datapath.config()?);
     let (mut fixes, mut route_fixes) = (Vec::new(), Vec::new());
     for repair in repairs {
@@ -230,7 +228,7 @@ fn execute(pins: &PinDir, datapath: &mut Datapath, repairs: &[Repair]) -> Result
             // Thousands at once after a crash: one batch each, below.
             Repair::Tunnel { fix, .. } => fixes.push(fix.clone()),
             Repair::Direct { fix, .. } => route_fixes.push(fix.clone()),
-            _ => make(pins, datapath, mode, xdp_on, repair).with_context(|| repair.to_string())?,
+            _ => make(datapath, mode, xdp_on, repair).with_context(|| repair.to_string())?,
         }
     }
     let config = datapath.config()?;
@@ -241,7 +239,7 @@ fn execute(pins: &PinDir, datapath: &mut Datapath, repairs: &[Repair]) -> Result
             .with_context(|| format!("mending {} ({} repair(s))", device.name, fixes.len()))?;
     }
     if !route_fixes.is_empty()
-        && let Some(underlay) = underlay(&config)?
+        && let Some(underlay) = underlay_link(&config)?
     {
         direct::execute(&underlay, &route_fixes).with_context(|| {
             format!(
@@ -254,13 +252,8 @@ fn execute(pins: &PinDir, datapath: &mut Datapath, repairs: &[Repair]) -> Result
     Ok(())
 }
 
-fn make(
-    pins: &PinDir,
-    datapath: &mut Datapath,
-    mode: AttachMode,
-    xdp_on: bool,
-    repair: &Repair,
-) -> Result<()> {
+fn make(datapath: &mut Locked, mode: AttachMode, xdp_on: bool, repair: &Repair) -> Result<()> {
+    let pins = datapath.pins().clone();
     match repair {
         Repair::RemoveStaleEntry { ip, .. } => remove_entry(datapath, &endpoint_key(*ip)),
         Repair::Reattach { ifindex, .. } => {
@@ -269,14 +262,14 @@ fn make(
             if xdp_on {
                 xdp::prepare_pod(datapath, &veth, None)?;
             }
-            attach::attach(pins, mode, program_names::POD_EGRESS, &veth).map(drop)
+            attach::attach(&pins, mode, program_names::POD_EGRESS, &veth).map(drop)
         }
         Repair::DetachOrphan { ifindex, .. } => {
-            attach::detach_any(pins, program_names::POD_EGRESS, *ifindex).map(drop)
+            attach::detach_any(&pins, program_names::POD_EGRESS, *ifindex).map(drop)
         }
         Repair::ForgetXdpVeth { ifindex } => xdp::forget_pod(datapath, *ifindex),
-        Repair::AddPeer { node_ip } => peers::add(pins, [*node_ip]),
-        Repair::RemovePeer { node_ip } => peers::remove(pins, [*node_ip]),
+        Repair::AddPeer { node_ip } => peers::add(datapath, [*node_ip]),
+        Repair::RemovePeer { node_ip } => peers::remove(datapath, [*node_ip]),
         Repair::EventsOff => monitor::turn_off_events(datapath),
         // Made in one batch by `execute`.
         Repair::Tunnel { .. } | Repair::Direct { .. } => Ok(()),

@@ -4,10 +4,8 @@
 use std::fmt::Write as _;
 
 use anyhow::Result;
-use aya::maps::PerCpuArray;
-use pod_net_common::{event::RateLimit, map_table};
 
-use crate::datapath::{Datapath, open_typed, pins::PinDir};
+use crate::datapath::{Datapath, pins::PinDir};
 
 /// Everything `/metrics` serves, read from the pinned maps now.
 pub fn render(pins: &PinDir) -> Result<String> {
@@ -51,7 +49,7 @@ pub fn render(pins: &PinDir) -> Result<String> {
         (suppressed, "counter"),
         "Monitor events not emitted: over the rate limit or the ring buffer full.",
     );
-    let _ = writeln!(out, "{suppressed} {}", events_suppressed(pins)?);
+    let _ = writeln!(out, "{suppressed} {}", datapath.events_suppressed()?);
     Ok(out)
 }
 
@@ -74,14 +72,4 @@ fn family<'a>(
 fn header(out: &mut String, (name, kind): (&str, &str), help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Events the rate limit or a full ring held back, over all CPUs.
-pub fn events_suppressed(pins: &PinDir) -> Result<u64> {
-    let (limits, _): (PerCpuArray<_, RateLimit>, _) = open_typed(pins, map_table::EVENT_LIMITS)?;
-    Ok(limits
-        .get(&0, 0)?
-        .iter()
-        .map(|limit| limit.suppressed)
-        .sum())
 }

@@ -19,7 +19,6 @@ use aya::maps::{MapData, RingBuf};
 use pod_net_common::{
     Reason,
     event::{CONFIG_F_EVENTS, CONFIG_F_EVENTS_ALL, Event},
-    map_table,
 };
 use rustix::{
     event::{PollFd, PollFlags, Timespec, poll},
@@ -27,8 +26,7 @@ use rustix::{
 };
 
 use crate::{
-    datapath::{Datapath, open_typed, pins::PinDir},
-    ops::metrics,
+    datapath::{Datapath, Locked, pins::PinDir},
     sys::netdev,
 };
 
@@ -57,13 +55,16 @@ pub fn run(pins: &PinDir, options: &MonitorOptions) -> Result<()> {
     }
     pins.require_loaded()?;
     let _running = pins.monitor_lock()?;
-    let (mut ring, _): (RingBuf<MapData>, _) = open_typed(pins, map_table::EVENTS)?;
-    let suppressed_before = metrics::events_suppressed(pins)?;
+    let datapath = Datapath::open(pins)?;
+    let mut ring = datapath.events()?;
+    let suppressed_before = datapath.events_suppressed()?;
     let events = EventsOn::turn_on(pins, options)?;
     let streamed = stream(&mut ring, options, &stop);
     // Stop the programs from producing events.
     events.turn_off()?;
-    let suppressed = metrics::events_suppressed(pins)?.saturating_sub(suppressed_before);
+    let suppressed = datapath
+        .events_suppressed()?
+        .saturating_sub(suppressed_before);
     if suppressed > 0 {
         eprintln!("pod-net: {suppressed} event(s) held back by the rate limit");
     }
@@ -154,8 +155,7 @@ fn wait_writable(out: &impl AsFd, stop: &AtomicBool) -> bool {
 
 /// Turns events on (with the options' level and rate) or off.
 fn set_events(pins: &PinDir, options: Option<&MonitorOptions>) -> Result<()> {
-    let mut datapath = Datapath::open(pins)?;
-    let _lock = pins.lock()?;
+    let mut datapath = Locked::new(pins)?;
     write_events(&mut datapath, options)
 }
 
@@ -181,7 +181,7 @@ fn write_events(datapath: &mut Datapath, options: Option<&MonitorOptions>) -> Re
         }
         config.event_cost_ns = 1_000_000_000 / options.rate.max(1);
     }
-    datapath.config.set(0, config, 0).context("writing config")
+    datapath.set_config(config)
 }
 
 fn wait_readable(fd: &impl AsFd, timeout: Duration) {

@@ -239,7 +239,7 @@ pub fn check(pins: &PinDir) -> Result<Status> {
     if config.flags & CONFIG_F_BIG_TCP != 0 {
         check_big_tcp(&entries, &mut status)?;
     }
-    check_repairs(pins, &datapath, &mut status)?;
+    check_repairs(&datapath, &mut status)?;
     check_underlay(pins, &config, &mut status)?;
     check_direct(&datapath, &config, &mut status)?;
     Ok(finish(status))
@@ -355,8 +355,8 @@ fn check_pods(entries: &[(EndpointKey, Endpoint)], status: &mut Status) -> Resul
 }
 
 /// Half-done state: whatever `pod-net gc` would repair is a problem.
-fn check_repairs(pins: &PinDir, datapath: &Datapath, status: &mut Status) -> Result<()> {
-    let (batched, others): (Vec<Repair>, Vec<Repair>) = gc::plan(pins, datapath)?
+fn check_repairs(datapath: &Datapath, status: &mut Status) -> Result<()> {
+    let (batched, others): (Vec<Repair>, Vec<Repair>) = gc::plan(datapath)?
         .into_iter()
         .partition(Repair::is_batched);
     for repair in others {

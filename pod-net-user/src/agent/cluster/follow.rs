@@ -30,7 +30,7 @@ use super::{
     write_node_files,
 };
 use crate::{
-    datapath::{Datapath, pins::PinDir},
+    datapath::{Datapath, Locked, pins::PinDir},
     node::{
         direct,
         remotes::{self, HostChecks, NodeSpec},
@@ -409,11 +409,16 @@ fn set_problem(joined: &Joined, view: &mut View, topic: &'static str, problem: O
 }
 
 /// Makes the remote entries what the leases admit, and reports the records
-/// skipped. Whether the maps now match (a failure is logged, and retried
-/// by the caller with a full reconcile).
+/// skipped, all on one locked handle on the datapath. Whether the maps now
+/// match (a failure is logged, and retried by the caller with a full
+/// reconcile).
 fn program(pins: &PinDir, joined: &Joined, view: &mut View, revision: i64) -> bool {
-    let admission = match admit(pins, joined, view) {
-        Ok(admission) => admission,
+    let judged = Locked::new(pins).and_then(|datapath| {
+        let admission = admit(&datapath, joined, view)?;
+        Ok((datapath, admission))
+    });
+    let (mut datapath, admission) = match judged {
+        Ok(judged) => judged,
         Err(err) => {
             error!("reading this node to check the leases: {err:#}");
             return false;
@@ -438,13 +443,13 @@ fn program(pins: &PinDir, joined: &Joined, view: &mut View, revision: i64) -> bo
                 .filter(|(subnet, spec)| programmed.get(subnet) != Some(spec))
                 .map(|(_, spec)| spec.clone())
                 .collect();
-            apply::change_nodes(pins, &removed, added).or_else(|err| {
+            apply::change_nodes(&mut datapath, &removed, added).or_else(|err| {
                 // The maps drifted from what we last made them: diff all.
                 warn!("etcd: {err:#}; reconciling every entry");
-                apply::run_nodes(pins, wanted.values().cloned().collect())
+                apply::run_nodes(&mut datapath, wanted.values().cloned().collect())
             })
         }
-        None => apply::run_nodes(pins, wanted.values().cloned().collect()),
+        None => apply::run_nodes(&mut datapath, wanted.values().cloned().collect()),
     };
     match result {
         Ok(changes) => {
@@ -469,8 +474,7 @@ fn program(pins: &PinDir, joined: &Joined, view: &mut View, revision: i64) -> bo
 
 /// The leases as [`admission`] judges them, with this node's checks of
 /// each entry made once and kept until the next resync.
-fn admit(pins: &PinDir, joined: &Joined, view: &mut View) -> anyhow::Result<Admission> {
-    let datapath = Datapath::open(pins)?;
+fn admit(datapath: &Datapath, joined: &Joined, view: &mut View) -> anyhow::Result<Admission> {
     let loaded = datapath.config()?;
     // The underlay's subnets, read afresh: an address change is followed.
     let direct_subnets = if joined.config.direct_routing {
@@ -497,7 +501,7 @@ fn admit(pins: &PinDir, joined: &Joined, view: &mut View) -> anyhow::Result<Admi
         .collect();
     if !unjudged.is_empty() {
         // One read of the node (its routes, addresses, pods) for them all.
-        let host = HostChecks::new(&datapath)?;
+        let host = HostChecks::new(datapath)?;
         for spec in unjudged {
             let verdict = host
                 .check(spec)

@@ -1,12 +1,13 @@
 //! Fault injection for the crash-safety tests: with
 //! `POD_NET_CRASH_AT=<point>` in its environment, a process kills itself
 //! with SIGKILL when it reaches `<point>`, the same as an operator's
-//! `kill -9` or the OOM killer at the worst moment. Unset (always, outside
-//! tests), each point costs one environment lookup.
+//! `kill -9` or the OOM killer at the worst moment.
+//!
+//! Only in builds with the `crashpoints` feature, which the tests turn on:
+//! in any other build each point is nothing at all.
 //!
 //! The points sit between two writes that belong together, where a crash
 //! leaves the half-done state `pod-net gc` repairs.
-use rustix::process::{Signal, getpid, kill_process};
 
 pub const POD_ADD_ATTACHED: &str = "pod-add-attached";
 pub const POD_DEL_REMOVED: &str = "pod-del-removed";
@@ -18,13 +19,18 @@ pub const LOAD_REPLACED: &str = "load-replaced";
 /// part way.
 pub const NETLINK_PARTIAL: &str = "netlink-partial";
 
-const VARIABLE: &str = "POD_NET_CRASH_AT";
-
 /// Dies here, by SIGKILL, when `POD_NET_CRASH_AT` names `point`.
+#[cfg(feature = "crashpoints")]
 pub fn here(point: &str) {
-    if std::env::var_os(VARIABLE).is_some_and(|wanted| wanted == point) {
+    use rustix::process::{Signal, getpid, kill_process};
+    if std::env::var_os("POD_NET_CRASH_AT").is_some_and(|wanted| wanted == point) {
         // SIGKILL cannot be caught, so no destructor, flush or unlock
         // runs, as in a real crash.
         let _ = kill_process(getpid(), Signal::KILL);
     }
 }
+
+/// Nothing: this build has no crash points.
+#[cfg(not(feature = "crashpoints"))]
+#[inline(always)]
+pub fn here(_point: &str) {}

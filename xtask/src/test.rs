@@ -21,9 +21,15 @@ pub fn run(extra: &[String]) -> Result<()> {
     ]))?;
     println!("test: cargo clippy for the eBPF crate (bpf target, nightly)");
     show(&mut ebpf_clippy(&EbpfToolchain::pinned()?.name()))?;
-    // The rig tests run the pod-net binary; build it before they look for it.
-    println!("test: building the binaries");
-    show(&mut cargo(&["build", "--bins"]))?;
+    // The rig tests run the pod-net binary; build it before they look for
+    // it, with the crash points the crash-safety tests set off.
+    println!("test: building the binaries (with crash points)");
+    show(&mut cargo(&[
+        "build",
+        "--bins",
+        "--features",
+        "pod-net-user/crashpoints",
+    ]))?;
     println!("test: cargo test");
     let mut test = cargo(&[
         "test",

@@ -1031,12 +1031,13 @@ fn the_reconnect_backoff_starts_over_after_every_outage() {
         wait_for("the agent to see the outage", SOON, || {
             (agent.log_lines("reconnecting in") >= outage).then_some(())
         })
-        .unwrap();
-        // Down long enough for the retries to back off.
+        .unwrap(); // Down long enough for the retries to back off.
         std::thread::sleep(Duration::from_secs(2));
         etcd.restart(false).unwrap();
         let resumed = wait_for("the watch to resume", SOON, || {
-            (agent.log_lines("resuming the watch at revision") >= outage).then_some(())
+            (agent.log_lines("resuming the watch at revision") >= outage
+                && cluster_metric(node, "store_connected").as_deref() == Some("1"))
+            .then_some(())
         });
         assert!(resumed.is_ok(), "{}", agent.log_text());
     }

@@ -101,7 +101,7 @@ async fn serve(pins: PinDir, mut options: AgentOptions) -> Result<()> {
             _ = interrupt.recv() => None,
         };
         match joined {
-            Some(Ok(joined)) => tasks.push(tokio::spawn(cluster::follow(pins.clone(), joined))),
+            Some(Ok((joined, target))) => tasks.push(tokio::spawn(cluster::follow(joined, target))),
             Some(Err(err)) => {
                 stopped(tasks);
                 return Err(err.into());

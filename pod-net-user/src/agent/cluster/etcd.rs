@@ -12,6 +12,7 @@ use etcd_client::{
 };
 use thiserror::Error;
 
+use super::backoff::Backoff;
 use super::store::{
     Change, LeaseGrant, Listing, Record, Store, StoreError, Value, Watch, WatchUpdate, bounded_key,
 };
@@ -75,9 +76,11 @@ impl TlsFiles {
     }
 }
 
-/// A connection to etcd.
+/// A connection to etcd, and where to make it again.
 pub struct Etcd {
     client: Client,
+    endpoints: Vec<String>,
+    tls: Option<TlsOptions>,
 }
 
 fn store_error(err: etcd_client::Error) -> StoreError {
@@ -111,13 +114,36 @@ impl Etcd {
             .with_keep_alive_while_idle(true)
             .with_connect_timeout(CALL_TIMEOUT)
             .with_timeout(CALL_TIMEOUT);
-        if let Some(tls) = tls {
+        if let Some(tls) = tls.clone() {
             options = options.with_tls(tls);
         }
         let client = timed(Client::connect(endpoints, Some(options))).await?;
-        let mut etcd = Self { client };
+        let mut etcd = Self {
+            client,
+            endpoints: endpoints.to_vec(),
+            tls,
+        };
         timed(etcd.client.status()).await?;
         Ok(etcd)
+    }
+
+    /// Connects, retrying with `backoff` until etcd answers.
+    pub async fn connect_retrying(
+        endpoints: &[String],
+        tls: Option<TlsOptions>,
+        backoff: &mut Backoff,
+    ) -> Self {
+        loop {
+            // Boxed: the client's connect future is large.
+            match Box::pin(Self::connect(endpoints, tls.clone())).await {
+                Ok(store) => return store,
+                Err(err) => {
+                    let delay = backoff.next();
+                    log::warn!("etcd {}: {err}; retrying in {delay:?}", endpoints.join(","));
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
     }
 }
 
@@ -287,6 +313,11 @@ const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 impl Store for Etcd {
     type Watch = EtcdWatch;
+
+    async fn reconnect(&mut self, backoff: &mut Backoff) -> Result<(), StoreError> {
+        *self = Self::connect_retrying(&self.endpoints, self.tls.clone(), backoff).await;
+        Ok(())
+    }
 
     async fn get(&mut self, key: &str) -> Result<Option<Record>, StoreError> {
         let response = timed(self.client.get(key, None)).await?;

@@ -23,57 +23,28 @@ use log::{debug, error, info, warn};
 use super::{
     Joined,
     admission::{self, Admission, Claim, Own},
-    config_key, connect,
+    backoff::Backoff,
+    config_key,
     flannel::{NetworkConfig, Peer, SchemaError, Subnet},
     lease::{self, Mended},
-    store::{Change, Record, Store as _, StoreError, Watch as _, WatchUpdate},
-    write_node_files,
+    store::{Change, Record, Store, StoreError, Watch as _, WatchUpdate},
+    subnets_prefix,
+    target::{Session, Target},
 };
 use crate::{
-    datapath::{Datapath, Locked, pins::PinDir},
-    node::{
-        direct,
-        remotes::{self, HostChecks, NodeSpec},
-    },
+    node::remotes::NodeSpec,
     ops::{
         apply,
         cluster_status::{SKIPPED_SHOWN, SkippedRecord, unix_seconds},
     },
-    sys::netdev,
 };
 
-/// Backoff between attempts while the store is unreachable.
-pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
 /// How often a failed reconcile is tried again.
 const RETRY_RECONCILE: Duration = Duration::from_secs(2);
 /// How often the maps are diffed against every lease even when nothing
 /// changed, undoing drift (a `node del` or `node add` by hand), and this
 /// node's checks of every entry are made again.
 const RESYNC: Duration = Duration::from_mins(1);
-
-/// Waits that double while the store keeps failing, from the first again
-/// once a connection works.
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    #[must_use]
-    pub const fn new() -> Self {
-        Self { next: BACKOFF.0 }
-    }
-
-    /// How long to wait before the next attempt.
-    pub fn next(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (delay * 2).min(BACKOFF.1);
-        delay
-    }
-
-    pub const fn reset(&mut self) {
-        self.next = BACKOFF.0;
-    }
-}
 
 /// A subnet record as the loop keeps it.
 enum Seen {
@@ -110,11 +81,11 @@ struct View {
 /// Follows the store until the task is aborted. Never returns an error:
 /// store trouble is logged and retried, and meanwhile the datapath
 /// forwards with the entries it has.
-pub async fn follow(pins: PinDir, mut joined: Joined) {
+pub async fn follow<S: Store>(mut joined: Joined<S>, mut target: impl Target) {
     let mut view = View::default();
     let mut backoff = Backoff::new();
     loop {
-        match follow_once(&pins, &mut joined, &mut view, &mut backoff).await {
+        match follow_once(&mut joined, &mut target, &mut view, &mut backoff).await {
             Ok(why) => {
                 view.revision = 0;
                 let delay = backoff.next();
@@ -126,9 +97,8 @@ pub async fn follow(pins: PinDir, mut joined: Joined) {
                 let delay = backoff.next();
                 warn!("etcd: {err}; the datapath keeps its entries; reconnecting in {delay:?}");
                 tokio::time::sleep(delay).await;
-                match connect(&joined.options, &mut backoff).await {
-                    Ok(store) => joined.store = store,
-                    Err(err) => error!("{err}"),
+                if let Err(err) = joined.store.reconnect(&mut backoff).await {
+                    error!("{err}");
                 }
             }
         }
@@ -138,7 +108,7 @@ pub async fn follow(pins: PinDir, mut joined: Joined) {
 /// After a reconnect: whether the watch can go on from where it stopped.
 /// Not if the store went back in time or lost our lease (an etcd restarted
 /// empty): then everything is listed again.
-async fn can_resume(joined: &mut Joined, view: &View) -> Result<bool, StoreError> {
+async fn can_resume<S: Store>(joined: &mut Joined<S>, view: &View) -> Result<bool, StoreError> {
     if view.revision == 0 {
         return Ok(false);
     }
@@ -153,24 +123,24 @@ async fn can_resume(joined: &mut Joined, view: &View) -> Result<bool, StoreError
 
 /// A list (unless the watch can resume), then a watch from there, until
 /// the watch is lost (`Ok`, with why) or the store fails (`Err`).
-async fn follow_once(
-    pins: &PinDir,
-    joined: &mut Joined,
+async fn follow_once<S: Store>(
+    joined: &mut Joined<S>,
+    target: &mut impl Target,
     view: &mut View,
     backoff: &mut Backoff,
 ) -> Result<String, StoreError> {
-    let prefix = format!("{}/", joined.options.prefix.trim_end_matches('/'));
+    let prefix = format!("{}/", joined.prefix.trim_end_matches('/'));
     let mut reconciled = true;
     if can_resume(joined, view).await? {
         info!("resuming the watch at revision {}", view.revision + 1);
     } else {
         let listing = joined.store.list(&prefix).await?;
-        let config_key = config_key(&joined.options.prefix);
+        let config_key = config_key(&joined.prefix);
         let config = listing
             .records
             .iter()
             .find(|record| record.key == config_key);
-        config_changed(pins, joined, view, config);
+        config_changed(joined, target, view, config);
         let mended = lease::ensure(&mut joined.store, &mut joined.lease, &listing).await?;
         note_mended(joined, mended);
         view.records.clear();
@@ -180,30 +150,27 @@ async fn follow_once(
         view.revision = listing.revision;
         view.programmed = None;
         view.verdicts.clear();
-        reconciled = program(pins, joined, view, view.revision);
+        reconciled = program(joined, target, view, view.revision);
         info!(
             "following {} other node(s) under {prefix} from revision {} ({} record(s) skipped)",
             view.admitted,
             view.revision,
             view.reported.len()
         );
-    }
-    let mut watch = joined.store.watch(&prefix, view.revision + 1).await?;
-    // Listed (or resumed) and watching: a healthy connection.
-    joined.board.update(|status| status.connected = true);
+    } // Listed (or resumed): a healthy connection, whatever comes next.
     backoff.reset();
+    let mut watch = joined.store.watch(&prefix, view.revision + 1).await?;
+    joined.board.update(|status| status.connected = true);
     let mut renew_at = tokio::time::Instant::now() + joined.lease.renew_interval();
     let mut resync_at = tokio::time::Instant::now() + RESYNC;
     loop {
         tokio::select! {
             update = watch.next() => match update? {
                 WatchUpdate::Lost(why) => return Ok(why),
-                WatchUpdate::Changes { changes, revision } => {
-                    if let Some(why) = changed(pins, joined, view, changes).await? {
+                WatchUpdate::Changes { changes, revision } => {                    if let Some(why) = changed(joined, target, view, changes).await? {
                         return Ok(why);
                     }
-                    view.revision = view.revision.max(revision);
-                    reconciled = program(pins, joined, view, revision);
+                    view.revision = view.revision.max(revision);                    reconciled = program(joined, target, view, revision);
                 }
             },
             () = tokio::time::sleep_until(renew_at), if joined.lease.id != 0 => {
@@ -214,13 +181,11 @@ async fn follow_once(
                 renew_at = tokio::time::Instant::now() + joined.lease.renew_interval();
             },
             () = tokio::time::sleep(RETRY_RECONCILE), if !reconciled => {
-                view.programmed = None;
-                reconciled = program(pins, joined, view, 0);
+                view.programmed = None;                reconciled = program(joined, target, view, 0);
             },
             () = tokio::time::sleep_until(resync_at) => {
                 view.programmed = None;
-                view.verdicts.clear();
-                reconciled = program(pins, joined, view, 0);
+                view.verdicts.clear();                reconciled = program(joined, target, view, 0);
                 resync_at = tokio::time::Instant::now() + RESYNC;
             },
         }
@@ -228,13 +193,13 @@ async fn follow_once(
 }
 
 /// Takes in one watch update; `Some(why)` when the loop must list again.
-async fn changed(
-    pins: &PinDir,
-    joined: &mut Joined,
+async fn changed<S: Store>(
+    joined: &mut Joined<S>,
+    target: &mut impl Target,
     view: &mut View,
     changes: Vec<Change>,
 ) -> Result<Option<String>, StoreError> {
-    let config_key = config_key(&joined.options.prefix);
+    let config_key = config_key(&joined.prefix);
     for change in changes {
         let key = change.key().to_owned();
         if key == config_key {
@@ -242,7 +207,7 @@ async fn changed(
                 Change::Put(record) => Some(record),
                 Change::Delete { .. } => None,
             };
-            config_changed(pins, joined, view, record);
+            config_changed(joined, target, view, record);
             continue;
         }
         match change {
@@ -263,8 +228,8 @@ async fn changed(
 }
 
 /// Files a record under `subnets/` (others are not the loop's business).
-fn seen(joined: &Joined, view: &mut View, record: &Record) {
-    let subnets = super::subnets_prefix(&joined.options.prefix);
+fn seen<S>(joined: &Joined<S>, view: &mut View, record: &Record) {
+    let subnets = subnets_prefix(&joined.prefix);
     if !record.key.starts_with(&subnets) || record.key == joined.lease.key {
         return;
     }
@@ -305,7 +270,7 @@ fn reason(err: &SchemaError) -> String {
 }
 
 /// Records what happened to our own key.
-fn note_mended(joined: &Joined, mended: Mended) {
+fn note_mended<S>(joined: &Joined<S>, mended: Mended) {
     joined.board.update(|status| {
         status.lease_expiry = joined.lease.expiry();
         if mended == Mended::Restored {
@@ -318,8 +283,13 @@ fn note_mended(joined: &Joined, mended: Mended) {
 /// this node's VNI, port, subnet length and subnet applies at once;
 /// another one needs the agent restarted, and says so until it is or the
 /// config is back.
-fn config_changed(pins: &PinDir, joined: &mut Joined, view: &mut View, record: Option<&Record>) {
-    let key = config_key(&joined.options.prefix);
+fn config_changed<S>(
+    joined: &mut Joined<S>,
+    target: &mut impl Target,
+    view: &mut View,
+    record: Option<&Record>,
+) {
+    let key = config_key(&joined.prefix);
     let running = &joined.config;
     let keeps = format!(
         "the agent keeps the config it started with (Network {}, /{} subnets, VNI {}, port {})",
@@ -351,10 +321,10 @@ fn config_changed(pins: &PinDir, joined: &mut Joined, view: &mut View, record: O
                      applied",
                     new.network, new.subnet_min, new.subnet_max, new.direct_routing
                 );
-                joined.config = new;
-                if let Err(err) = write_node_files(pins, joined) {
-                    error!("{err}");
+                if let Err(err) = target.config_changed(&new) {
+                    error!("{err:#}");
                 }
+                joined.config = new;
                 view.programmed = None;
                 None
             }
@@ -387,7 +357,12 @@ fn incompatible(running: &NetworkConfig, new: &NetworkConfig, own: Subnet) -> Op
 }
 
 /// Sets (or with `None` clears) one problem, saying so when it changes.
-fn set_problem(joined: &Joined, view: &mut View, topic: &'static str, problem: Option<String>) {
+fn set_problem<S>(
+    joined: &Joined<S>,
+    view: &mut View,
+    topic: &'static str,
+    problem: Option<String>,
+) {
     let changed = match &problem {
         Some(problem) => view.problems.get(topic) != Some(problem),
         None => view.problems.contains_key(topic),
@@ -412,12 +387,17 @@ fn set_problem(joined: &Joined, view: &mut View, topic: &'static str, problem: O
 /// skipped, all on one locked handle on the datapath. Whether the maps now
 /// match (a failure is logged, and retried by the caller with a full
 /// reconcile).
-fn program(pins: &PinDir, joined: &Joined, view: &mut View, revision: i64) -> bool {
-    let judged = Locked::new(pins).and_then(|datapath| {
-        let admission = admit(&datapath, joined, view)?;
-        Ok((datapath, admission))
+fn program<S>(
+    joined: &Joined<S>,
+    target: &mut impl Target,
+    view: &mut View,
+    revision: i64,
+) -> bool {
+    let judged = target.session().and_then(|mut session| {
+        let admission = admit(&mut *session, joined, view)?;
+        Ok((session, admission))
     });
-    let (mut datapath, admission) = match judged {
+    let (mut session, admission) = match judged {
         Ok(judged) => judged,
         Err(err) => {
             error!("reading this node to check the leases: {err:#}");
@@ -443,13 +423,13 @@ fn program(pins: &PinDir, joined: &Joined, view: &mut View, revision: i64) -> bo
                 .filter(|(subnet, spec)| programmed.get(subnet) != Some(spec))
                 .map(|(_, spec)| spec.clone())
                 .collect();
-            apply::change_nodes(&mut datapath, &removed, added).or_else(|err| {
+            session.change(&removed, added).or_else(|err| {
                 // The maps drifted from what we last made them: diff all.
                 warn!("etcd: {err:#}; reconciling every entry");
-                apply::run_nodes(&mut datapath, wanted.values().cloned().collect())
+                session.reconcile(wanted.values().cloned().collect())
             })
         }
-        None => apply::run_nodes(&mut datapath, wanted.values().cloned().collect()),
+        None => session.reconcile(wanted.values().cloned().collect()),
     };
     match result {
         Ok(changes) => {
@@ -474,11 +454,13 @@ fn program(pins: &PinDir, joined: &Joined, view: &mut View, revision: i64) -> bo
 
 /// The leases as [`admission`] judges them, with this node's checks of
 /// each entry made once and kept until the next resync.
-fn admit(datapath: &Datapath, joined: &Joined, view: &mut View) -> anyhow::Result<Admission> {
-    let loaded = datapath.config()?;
-    // The underlay's subnets, read afresh: an address change is followed.
+fn admit<S>(
+    session: &mut dyn Session,
+    joined: &Joined<S>,
+    view: &mut View,
+) -> anyhow::Result<Admission> {
     let direct_subnets = if joined.config.direct_routing {
-        direct::subnets(loaded.underlay_ifindex, &netdev::all_addresses()?)
+        session.direct_subnets()?
     } else {
         Vec::new()
     };
@@ -500,13 +482,8 @@ fn admit(datapath: &Datapath, joined: &Joined, view: &mut View) -> anyhow::Resul
         .filter(|spec| !view.verdicts.contains_key(*spec))
         .collect();
     if !unjudged.is_empty() {
-        // One read of the node (its routes, addresses, pods) for them all.
-        let host = HostChecks::new(datapath)?;
-        for spec in unjudged {
-            let verdict = host
-                .check(spec)
-                .and_then(|()| remotes::node_value(spec, &loaded))
-                .map_err(|err| format!("{err:#}"));
+        let verdicts = session.judge(&unjudged)?;
+        for (spec, verdict) in unjudged.into_iter().zip(verdicts) {
             view.verdicts.insert(spec.clone(), verdict);
         }
     }
@@ -530,7 +507,7 @@ fn admit(datapath: &Datapath, joined: &Joined, view: &mut View) -> anyhow::Resul
 
 /// Logs each skipped record once per version and reason, counts it, and
 /// names the skipped records in the status.
-fn report_skipped(joined: &Joined, view: &mut View, admission: &Admission) {
+fn report_skipped<S>(joined: &Joined<S>, view: &mut View, admission: &Admission) {
     // Each skipped record with what tells its versions apart.
     let mut skipped: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
     for (key, seen) in &view.records {
@@ -588,19 +565,5 @@ fn report(changes: &[apply::Change], peers: usize, revision: i64) {
             "etcd: {} change(s) programmed, {peers} other node(s) at revision {revision}",
             changes.len()
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_backoff_doubles_to_its_cap_and_starts_over_after_a_reset() {
-        let mut backoff = Backoff::new();
-        let waits: Vec<u128> = (0..7).map(|_| backoff.next().as_millis()).collect();
-        assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000, 5000]);
-        backoff.reset();
-        assert_eq!(backoff.next(), Duration::from_millis(200));
     }
 }

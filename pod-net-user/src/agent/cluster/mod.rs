@@ -10,29 +10,36 @@
 //! the store going away: the datapath keeps what it has. What the agent
 //! sees is on its status `board`.
 mod admission;
+mod backoff;
 pub mod board;
 pub mod conflist;
 pub mod etcd;
 pub mod flannel;
 mod follow;
+#[cfg(test)]
+mod follow_tests;
 mod lease;
+#[cfg(test)]
+mod memory;
 pub mod store;
 pub mod subnet_env;
+mod target;
 
 use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use log::{info, warn};
 use thiserror::Error;
 
-pub use self::follow::follow;
 use self::{
+    backoff::Backoff,
     board::StatusBoard,
     etcd::{Etcd, TlsError, TlsFiles},
     flannel::{LeaseAttrs, LeaseKey, NetworkConfig, SchemaError, Subnet},
-    follow::Backoff,
     lease::OwnLease,
     store::{Store, StoreError},
+    target::NodeFiles,
 };
+pub use self::{follow::follow, target::DatapathTarget};
 use crate::{
     datapath::pins::PinDir,
     lifecycle::{
@@ -109,13 +116,15 @@ impl ClusterOptions {
     }
 }
 
-/// Everything `join` settled, for `follow`.
-pub struct Joined {
-    options: ClusterOptions,
-    store: Etcd,
+/// Everything `join` settled, for `follow`: the store it follows, and
+/// this node as the store knows it.
+pub struct Joined<S> {
+    /// Where the network lives in the store (`<prefix>/config`,
+    /// `<prefix>/subnets/`).
+    prefix: String,
+    store: S,
     config: NetworkConfig,
     public_ip: Ipv4Addr,
-    underlay_mtu: u32,
     lease: OwnLease,
     board: StatusBoard,
 }
@@ -147,25 +156,6 @@ fn underlay(options: &ClusterOptions) -> Result<(Ipv4Addr, u32), ClusterError> {
             .ok_or_else(|| ClusterError::NoAddress(options.iface.clone()))?,
     };
     Ok((public_ip, link.mtu))
-}
-
-/// Connects, retrying with `backoff` until etcd answers.
-async fn connect(options: &ClusterOptions, backoff: &mut Backoff) -> Result<Etcd, ClusterError> {
-    let tls = options.tls.load()?;
-    loop {
-        // Boxed: the client's connect future is large.
-        match Box::pin(Etcd::connect(&options.endpoints, tls.clone())).await {
-            Ok(store) => return Ok(store),
-            Err(err) => {
-                let delay = backoff.next();
-                warn!(
-                    "etcd {}: {err}; retrying in {delay:?}",
-                    options.endpoints.join(",")
-                );
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
 }
 
 /// Reads `<prefix>/config` until it is there and valid. A bad one is
@@ -210,16 +200,17 @@ async fn network_config(
 /// `--iface`, leases a subnet, and writes `subnet.env` and the conflist.
 /// Waits (with backoff) while etcd is unreachable or the config missing or
 /// bad; fails on what waiting cannot fix. `board` shows how far it got.
+/// Returns the store to follow, and the datapath to program.
 pub async fn join(
     pins: &PinDir,
     options: ClusterOptions,
     board: StatusBoard,
-) -> Result<Joined, ClusterError> {
+) -> Result<(Joined<Etcd>, DatapathTarget), ClusterError> {
     let (public_ip, underlay_mtu) = underlay(&options)?;
-    options.tls.load()?;
+    let tls = options.tls.load()?;
     let mut backoff = Backoff::new();
     let (mut store, config) = loop {
-        let mut store = connect(&options, &mut backoff).await?;
+        let mut store = Etcd::connect_retrying(&options.endpoints, tls.clone(), &mut backoff).await;
         match network_config(&mut store, &options, &board).await {
             Ok(config) => break (store, config),
             Err(err) => warn!("etcd: {err}; reconnecting"),
@@ -273,7 +264,7 @@ pub async fn join(
             Ok(lease) => break lease,
             Err(ClusterError::Store(err)) => {
                 warn!("etcd: {err}; reconnecting");
-                store = connect(&options, &mut backoff).await?;
+                store.reconnect(&mut backoff).await?;
             }
             Err(err) => return Err(err),
         }
@@ -282,43 +273,25 @@ pub async fn join(
         status.subnet = Some(lease.subnet.to_string());
         status.lease_expiry = lease.expiry();
     });
+    let target = DatapathTarget {
+        pins: pins.clone(),
+        files: NodeFiles {
+            subnet_file: options.subnet_file.clone(),
+            cni_conflist: options.cni_conflist.clone(),
+            subnet: lease.subnet,
+            underlay_mtu,
+        },
+    };
+    target.files.write(pins, &config)?;
     let joined = Joined {
-        options,
+        prefix: options.prefix,
         store,
         config,
         public_ip,
-        underlay_mtu,
         lease,
         board,
     };
-    write_node_files(pins, &joined)?;
-    Ok(joined)
-}
-
-/// Writes `subnet.env` and (when asked for) the conflist for the joined
-/// node's subnet and network.
-fn write_node_files(pins: &PinDir, joined: &Joined) -> Result<(), ClusterError> {
-    let options = &joined.options;
-    let write_error = |path: &PathBuf| {
-        let path = path.display().to_string();
-        move |source| ClusterError::Write { path, source }
-    };
-    let subnet = joined.lease.subnet;
-    subnet_env::write(
-        &options.subnet_file,
-        &joined.config,
-        subnet,
-        joined.underlay_mtu,
-    )
-    .map_err(write_error(&options.subnet_file))?;
-    info!("wrote {}", options.subnet_file.display());
-    if let Some(path) = &options.cni_conflist {
-        let mtu = subnet_env::pod_mtu(joined.underlay_mtu);
-        let conflist = conflist::render(&joined.config, subnet, mtu, pins.root());
-        conflist::write(path, &conflist).map_err(write_error(path))?;
-        info!("wrote {}", path.display());
-    }
-    Ok(())
+    Ok((joined, target))
 }
 
 /// `pod-net agent --release-lease`: deletes this node's lease, as a node

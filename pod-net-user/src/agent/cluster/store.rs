@@ -1,6 +1,7 @@
 //! The cluster store as the membership loop sees it: list, watch from a
-//! revision, leases, put-if-absent. etcd is the first implementation
-//! (`etcd.rs`); a Kubernetes Node watcher is meant to be the second.
+//! revision, leases, put-if-absent, and reconnecting after a failure. etcd
+//! is the real implementation (`etcd.rs`); an in-memory one (`memory.rs`)
+//! drives the follow loop's unit tests.
 //!
 //! The store is untrusted input. A store bounds what it hands over: a
 //! value over [`MAX_VALUE_BYTES`] (or a key over [`MAX_KEY_BYTES`]) is
@@ -12,6 +13,8 @@ use std::{
 };
 
 use thiserror::Error;
+
+use super::backoff::Backoff;
 
 /// The largest value kept. A flannel lease is about 150 bytes, its network
 /// config a few hundred.
@@ -172,8 +175,15 @@ pub struct LeaseGrant {
     pub ttl: Duration,
 }
 
-pub trait Store {
+pub trait Store: Send {
     type Watch: Watch + Send;
+
+    /// Connects again after a failure, retrying with `backoff` until the
+    /// store answers.
+    fn reconnect(
+        &mut self,
+        backoff: &mut Backoff,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// One record, if present.
     fn get(&mut self, key: &str)

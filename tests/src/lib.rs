@@ -10,6 +10,7 @@ pub mod cni;
 pub mod decode;
 pub mod flannel;
 pub mod frames;
+pub mod peers;
 pub mod privileges;
 pub mod rig;
 #[cfg(feature = "testrun")]

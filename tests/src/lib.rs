@@ -10,6 +10,7 @@ pub mod cni;
 pub mod daemon;
 pub mod decode;
 pub mod flannel;
+pub mod flanneld;
 pub mod frames;
 pub mod kube;
 pub mod peers;

@@ -283,12 +283,19 @@ impl ControlPlane {
             .arg("--")
             .arg(&self.kubectl)
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!(
+                "--cache-dir={}",
+                self.dir.join("kubectl-cache").display()
+            ))
             .args(["--request-timeout=10s"])
             .args(args);
         output_of(&mut command)
     }
 
     /// The kubectl command, with `kubeconfig`, in the switch namespace.
+    /// Its discovery cache is this control plane's own (every rig's
+    /// apiserver is 192.168.100.254:6443, so a shared one in ~/.kube would
+    /// mix them).
     #[must_use]
     pub fn kubectl_command(&self, kubeconfig: &Path, args: &[&str]) -> Command {
         let mut command = Command::new("nsenter");
@@ -297,6 +304,10 @@ impl ControlPlane {
             .arg("--")
             .arg(&self.kubectl)
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!(
+                "--cache-dir={}",
+                self.dir.join("kubectl-cache").display()
+            ))
             .args(["--request-timeout=10s"])
             .args(args);
         command

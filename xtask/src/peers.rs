@@ -32,6 +32,9 @@ const GOPROXY: &str = "https://proxy.golang.org";
 const GO_RELEASE: &str = "go1.26";
 /// Attempts at fetching modules, and the pause after each failure.
 const DOWNLOAD_PAUSES: [u64; 3] = [10, 30, 60];
+/// Bound on one module download (a cold one of the k8s builder takes
+/// under 15 s): a proxy that stops answering must not hang setup.
+const DOWNLOAD_LIMIT: Duration = Duration::from_mins(10);
 /// The one line dropped from flanneld's `main.go`: the tencentvpc backend,
 /// whose dependency `github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/vpc`
 /// the proxy does not serve.
@@ -181,32 +184,60 @@ fn builder_source(builder: Builder) -> PathBuf {
 /// is reached over the network.
 fn download(go: &Go, dir: &Path, args: &[&str]) -> Result<()> {
     let mut pauses = DOWNLOAD_PAUSES.iter();
+    let log = dir.join("download.log");
     loop {
         let mut command = go.command(dir, args);
-        let output = command
-            .output()
-            .with_context(|| format!("starting {}", describe(&command)))?;
-        if output.status.success() {
+        let (status, stderr) = run_bounded(&mut command, &log, DOWNLOAD_LIMIT)?;
+        if status == Some(true) {
             return Ok(());
         }
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let what = match status {
+            None => format!("timed out after {} s", DOWNLOAD_LIMIT.as_secs()),
+            Some(_) => "failed".to_owned(),
+        };
         let Some(pause) = pauses.next() else {
             bail!(
-                "{} failed {} times, the last ({}): {}",
+                "{} {what} ({} attempts), the last said: {}",
                 describe(&command),
                 DOWNLOAD_PAUSES.len() + 1,
-                output.status,
                 stderr.trim()
             );
         };
         println!(
-            "setup: {} failed ({}), retrying in {pause} s: {}",
+            "setup: {} {what}, retrying in {pause} s: {}",
             describe(&command),
-            output.status,
             stderr.trim().lines().last().unwrap_or_default()
         );
         thread::sleep(Duration::from_secs(*pause));
     }
+}
+
+/// Runs `command` with its output in `log`, killing it after `limit`:
+/// (Some(success) or None if it was killed, the log's text).
+fn run_bounded(
+    command: &mut Command,
+    log: &Path,
+    limit: Duration,
+) -> Result<(Option<bool>, String)> {
+    let file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut child = command
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("starting {}", describe(command)))?;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status.success());
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    Ok((status, fs::read_to_string(log).unwrap_or_default()))
 }
 
 /// flanneld's main package is its module root, which cannot be imported,
@@ -343,7 +374,15 @@ fn build(go: &Go, peer: &Peer, recipe: &str) -> Result<()> {
         go.command(&peer.builder.build_dir(), &args)
             .env("CGO_ENABLED", if flags.cgo { "1" } else { "0" }),
     )
-    .with_context(|| format!("building {} {}", peer.name, peer.version))?;
+    .with_context(|| {
+        format!(
+            "building {} {} ({} free in {}; a cold build of every peer needs about 6 GB)",
+            peer.name,
+            peer.version,
+            free_space(&peers::cache_root()),
+            peers::cache_root().display()
+        )
+    })?;
     let seconds = started.elapsed().as_secs();
     check_version(peer, &partial)?;
     fs::rename(&partial, peer.binary())
@@ -400,6 +439,21 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// The space left on `path`'s file system, in GB, or `?`.
+fn free_space(path: &Path) -> String {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return "?".to_owned();
+    };
+    // SAFETY: statvfs fills the struct it is given; all-zero is a valid one.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct of the right type.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &raw mut stats) } != 0 {
+        return "?".to_owned();
+    }
+    let megabytes = stats.f_bavail.saturating_mul(stats.f_frsize) / 1_000_000;
+    format!("{}.{} GB", megabytes / 1000, megabytes % 1000 / 100)
 }
 
 /// `du -sh`'s figure for `path`, or `?`.

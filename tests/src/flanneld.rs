@@ -18,7 +18,7 @@ use std::{
     ffi::OsString,
     fs,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
@@ -59,6 +59,8 @@ pub struct Flanneld {
     /// Its files: `subnet.env`, `net-conf.json`, the log, CNI state.
     pub dir: PathBuf,
     pub subnet_file: PathBuf,
+    /// When the running flanneld was started: its `subnet.env` is newer.
+    started: SystemTime,
 }
 
 impl Flanneld {
@@ -145,21 +147,29 @@ impl Flanneld {
             // Outside a pod, kube mode learns its Node's name from NODE_NAME.
             daemon = daemon.env("NODE_NAME", &name);
         }
+        let started = SystemTime::now();
         daemon.start()?;
         Ok(Self {
             daemon,
             dir,
             subnet_file,
+            started,
         })
     }
 
-    /// Waits for `subnet.env` and returns the leased subnet,
-    /// `10.244.N.0/24` (from `FLANNEL_SUBNET`, the gateway `10.244.N.1/24`).
+    /// Waits for the running flanneld to write `subnet.env` and returns
+    /// the leased subnet, `10.244.N.0/24` (from `FLANNEL_SUBNET`, the
+    /// gateway `10.244.N.1/24`).
     pub fn wait_subnet(&mut self, limit: Duration) -> Result<String> {
         let file = self.subnet_file.clone();
+        let started = self.started;
         let result = wait_for("flanneld's subnet.env", limit, || {
             if !self.daemon.running() {
                 return Some(None);
+            }
+            let written = fs::metadata(&file).and_then(|meta| meta.modified()).ok()?;
+            if written < started {
+                return None;
             }
             let text = fs::read_to_string(&file).ok()?;
             subnet_of(&text).map(Some)
@@ -189,11 +199,12 @@ impl Flanneld {
         self.daemon.stop()
     }
 
-    /// Kills flanneld and starts it again with the same flags, its old
-    /// `subnet.env` removed (so [`Self::wait_subnet`] waits for the new one).
+    /// Kills flanneld and starts it again with the same flags. Its
+    /// `subnet.env` stays, as on a real node (flanneld reads its previous
+    /// subnet there); [`Self::wait_subnet`] waits for the new run's.
     pub fn restart(&mut self) -> Result<()> {
         self.daemon.kill();
-        let _ = fs::remove_file(&self.subnet_file);
+        self.started = SystemTime::now();
         self.daemon.start()
     }
 

@@ -162,7 +162,11 @@ fn prepare(go: &Go, builder: Builder) -> Result<()> {
     if builder == Builder::Flanneld {
         let module = format!("github.com/flannel-io/flannel@{}", builder.version());
         download(go, &dir, &["mod", "download", &module])?;
-        write_flanneld_main(&dir, builder.version())?;
+        let source = peers::go_mod_cache().join(format!(
+            "github.com/flannel-io/flannel@{}/main.go",
+            builder.version()
+        ));
+        write_flanneld_main(&source, &dir)?;
     }
     download(go, &dir, &["mod", "download"])?;
     println!(
@@ -244,11 +248,9 @@ fn run_bounded(
 /// so the builder compiles a copy of its `main.go`, generated here from the
 /// module cache into the build dir (never into the repository), without
 /// the tencentvpc backend's import.
-fn write_flanneld_main(dir: &Path, version: &str) -> Result<()> {
-    let source =
-        peers::go_mod_cache().join(format!("github.com/flannel-io/flannel@{version}/main.go"));
+fn write_flanneld_main(source: &Path, dir: &Path) -> Result<()> {
     let text =
-        fs::read_to_string(&source).with_context(|| format!("reading {}", source.display()))?;
+        fs::read_to_string(source).with_context(|| format!("reading {}", source.display()))?;
     let kept: Vec<&str> = text
         .lines()
         .filter(|line| !line.contains(FLANNEL_DROPPED_IMPORT))
@@ -523,6 +525,29 @@ mod tests {
                 .ldflags
                 .contains("-X k8s.io/client-go/pkg/version.gitMinor=37 ")
         );
+    }
+
+    #[test]
+    fn flanneld_main_loses_exactly_the_tencentvpc_import() {
+        let dir = std::env::temp_dir().join(format!("xtask-flannel-main-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let source = dir.join("main.go");
+        fs::write(
+            &source,
+            "import (\n\t_ \"github.com/flannel-io/flannel/pkg/backend/vxlan\"\n\t\
+             _ \"github.com/flannel-io/flannel/pkg/backend/tencentvpc\"\n)\n",
+        )
+        .unwrap();
+        write_flanneld_main(&source, &dir).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join("cmd/flanneld/main.go")).unwrap(),
+            "import (\n\t_ \"github.com/flannel-io/flannel/pkg/backend/vxlan\"\n)\n"
+        );
+        // A release without that import needs a new look at the recipe.
+        fs::write(&source, "package main\n").unwrap();
+        let error = write_flanneld_main(&source, &dir).unwrap_err().to_string();
+        assert!(error.contains("has 0 lines importing"), "{error}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

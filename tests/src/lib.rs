@@ -7,9 +7,13 @@ pub mod capture;
 pub mod cluster;
 pub mod cmd;
 pub mod cni;
+pub mod daemon;
 pub mod decode;
 pub mod flannel;
+pub mod flanneld;
 pub mod frames;
+pub mod kube;
+pub mod peers;
 pub mod privileges;
 pub mod rig;
 #[cfg(feature = "testrun")]

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod demo_cluster;
 mod install;
+mod peers;
 mod run;
 mod setup;
 mod test;

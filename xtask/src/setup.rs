@@ -1,11 +1,13 @@
 //! `cargo xtask setup`: everything a fresh Debian machine lacks for building
 //! and testing pod-net. Idempotent: each step checks first and says what it
-//! found or did. This is the only place that installs anything.
+//! found or did. This is the only place that installs anything, the
+//! Go-built peers of the tests included (`peers`).
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
+    peers,
     run::{show, succeeds},
     toolchain::EbpfToolchain,
 };
@@ -61,6 +63,18 @@ const PACKAGES: &[(&str, &str)] = &[
         "netsniff-ng",
         "trafgen, a low-overhead packet generator for the bench",
     ),
+    (
+        "gcc",
+        "cgo, which flanneld's udp backend needs (the Go-built peers)",
+    ),
+    (
+        "libc6-dev",
+        "the static C library flanneld links, as upstream builds it",
+    ),
+    (
+        "openssl",
+        "certificates for the tests' control plane and TLS etcd",
+    ),
 ];
 
 /// The LLVM bpf-linker must be built against.
@@ -72,6 +86,7 @@ pub fn run() -> Result<()> {
     rust_toolchain()?;
     bpf_linker()?;
     bpffs()?;
+    peers::run()?;
     Ok(())
 }
 

@@ -61,6 +61,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "netsniff-ng",
         "trafgen, a low-overhead packet generator for the bench",
     ),
+    (
+        "busybox-static",
+        "the image's init shell (cargo xtask image copies /bin/busybox in)",
+    ),
 ];
 
 /// The LLVM bpf-linker must be built against.

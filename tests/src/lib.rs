@@ -1,6 +1,6 @@
 //! Test support for pod-net: the veth-namespace rig (also behind
 //! `cargo xtask rig`), command helpers, the privilege gate, frames built and
-//! read back, and (with the `testrun` feature) the `BPF_PROG_TEST_RUN`
+//! read back, the deployment manifest read as data, and (with the `testrun` feature) the `BPF_PROG_TEST_RUN`
 //! harness.
 
 pub mod capture;
@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod cmd;
 pub mod cni;
 pub mod decode;
+pub mod deploy;
 pub mod flannel;
 pub mod frames;
 pub mod privileges;

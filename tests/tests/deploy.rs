@@ -1,0 +1,253 @@
+//! The Kubernetes deployment: the manifest says what docs/kubernetes.md
+//! says it does.
+use std::collections::BTreeMap;
+
+use pod_net_tests::deploy::{
+    self, EnvSource, agent_container, config_data, daemonset, documents, find,
+    install_cni_container, manifest_path,
+};
+use serde_json::{Value, json};
+
+fn manifest() -> Vec<Value> {
+    documents(&manifest_path()).unwrap()
+}
+
+fn pod_spec(docs: &[Value]) -> &Value {
+    &daemonset(docs).unwrap()["spec"]["template"]["spec"]
+}
+
+#[test]
+fn the_manifest_holds_exactly_the_expected_objects() {
+    let docs = manifest();
+    let kinds: Vec<(&str, &str)> = docs
+        .iter()
+        .map(|doc| {
+            (
+                doc["kind"].as_str().unwrap(),
+                doc["metadata"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("Namespace", "pod-net"),
+            ("ServiceAccount", "pod-net"),
+            ("ClusterRole", "pod-net"),
+            ("ClusterRoleBinding", "pod-net"),
+            ("ConfigMap", "pod-net-cfg"),
+            ("DaemonSet", "pod-net"),
+        ]
+    );
+    for doc in &docs {
+        let kind = doc["kind"].as_str().unwrap();
+        let namespaced = !matches!(kind, "Namespace" | "ClusterRole" | "ClusterRoleBinding");
+        assert_eq!(
+            doc["metadata"]["namespace"] == "pod-net",
+            namespaced,
+            "{kind}'s namespace"
+        );
+    }
+    assert_eq!(
+        find(&docs, "Namespace", "pod-net").unwrap()["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+}
+
+#[test]
+fn rbac_is_the_least_the_agent_needs() {
+    let docs = manifest();
+    assert_eq!(
+        find(&docs, "ClusterRole", "pod-net").unwrap()["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
+        ])
+    );
+    let binding = find(&docs, "ClusterRoleBinding", "pod-net").unwrap();
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "pod-net"})
+    );
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "pod-net", "namespace": "pod-net"}])
+    );
+    assert_eq!(pod_spec(&docs)["serviceAccountName"], "pod-net");
+}
+
+#[test]
+fn the_config_map_is_flannels_net_conf() {
+    let data = config_data(&manifest()).unwrap();
+    let net_conf: Value = serde_json::from_str(&data["net-conf.json"]).unwrap();
+    assert_eq!(
+        net_conf,
+        json!({"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}})
+    );
+    assert_eq!(data["iface"], "eth0");
+    let volume = pod_spec(&manifest())["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|volume| volume["name"] == "net-conf")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        volume["configMap"],
+        json!({"name": "pod-net-cfg", "items": [{"key": "net-conf.json", "path": "net-conf.json"}]})
+    );
+}
+
+#[test]
+fn the_daemonset_runs_on_every_node_in_the_host_network() {
+    let docs = manifest();
+    let daemonset = daemonset(&docs).unwrap();
+    assert_eq!(
+        daemonset["spec"]["selector"]["matchLabels"],
+        daemonset["spec"]["template"]["metadata"]["labels"]
+    );
+    assert_eq!(
+        daemonset["spec"]["updateStrategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+    );
+    let spec = pod_spec(&docs);
+    assert_eq!(spec["hostNetwork"], true);
+    assert_eq!(spec["priorityClassName"], "system-node-critical");
+    assert_eq!(spec["tolerations"], json!([{"operator": "Exists"}]));
+    assert_eq!(spec["nodeSelector"], json!({"kubernetes.io/os": "linux"}));
+    assert_eq!(spec["terminationGracePeriodSeconds"], 10);
+    for list in ["initContainers", "containers"] {
+        for container in spec[list].as_array().unwrap() {
+            assert_eq!(container["image"], "pod-net:dev");
+            assert_eq!(container["imagePullPolicy"], "IfNotPresent");
+        }
+    }
+}
+
+#[test]
+fn the_agent_container_runs_the_kube_agent() {
+    let agent = agent_container().unwrap();
+    assert_eq!(agent.command, ["/usr/local/bin/pod-net"]);
+    assert_eq!(
+        agent.args,
+        [
+            "agent",
+            "--kube-subnet-mgr",
+            "--iface=$(POD_NET_IFACE)",
+            "--net-config-path=/etc/kube-flannel/net-conf.json",
+            "--subnet-file=/run/pod-net/subnet.env",
+            "--cni-conflist=/etc/cni/net.d/10-pod-net.conflist",
+            "--metrics-addr=127.0.0.1:9565",
+        ]
+    );
+    assert_eq!(
+        agent.env,
+        [
+            (
+                "NODE_NAME".to_owned(),
+                EnvSource::Field("spec.nodeName".to_owned())
+            ),
+            (
+                "POD_NET_IFACE".to_owned(),
+                EnvSource::ConfigMapKey {
+                    name: "pod-net-cfg".to_owned(),
+                    key: "iface".to_owned()
+                }
+            ),
+        ]
+    );
+    // What the kubelet would run on node-1.
+    let fields = BTreeMap::from([("spec.nodeName".to_owned(), "node-1".to_owned())]);
+    let env = agent.environment(&fields, &config_data(&manifest()).unwrap());
+    assert_eq!(env["NODE_NAME"], "node-1");
+    assert_eq!(agent.argv(&env)[3], "--iface=eth0");
+
+    assert_eq!(agent.spec["securityContext"], json!({"privileged": true}));
+    assert_eq!(
+        agent.spec["readinessProbe"]["exec"]["command"],
+        json!(["/usr/local/bin/pod-net", "status"])
+    );
+    assert_eq!(
+        agent.spec["livenessProbe"]["httpGet"],
+        json!({"host": "127.0.0.1", "port": 9565, "path": "/metrics"})
+    );
+    assert_eq!(
+        agent.spec["resources"],
+        json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}})
+    );
+}
+
+#[test]
+fn the_pins_and_files_are_the_hosts() {
+    let docs = manifest();
+    let spec = pod_spec(&docs);
+    let agent = agent_container().unwrap();
+    assert_eq!(
+        agent.spec["volumeMounts"],
+        json!([
+            {"name": "bpffs", "mountPath": "/sys/fs/bpf", "mountPropagation": "Bidirectional"},
+            {"name": "run", "mountPath": "/run/pod-net"},
+            {"name": "cni-conf", "mountPath": "/etc/cni/net.d"},
+            {"name": "net-conf", "mountPath": "/etc/kube-flannel", "readOnly": true},
+        ])
+    );
+    let host_path = |name: &str| -> Value {
+        spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|volume| volume["name"] == name)
+            .map(|volume| volume["hostPath"].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        host_path("bpffs"),
+        json!({"path": "/sys/fs/bpf", "type": "Directory"})
+    );
+    assert_eq!(
+        host_path("run"),
+        json!({"path": "/run/pod-net", "type": "DirectoryOrCreate"})
+    );
+    assert_eq!(
+        host_path("cni-conf"),
+        json!({"path": "/etc/cni/net.d", "type": "DirectoryOrCreate"})
+    );
+    assert_eq!(
+        host_path("cni-bin"),
+        json!({"path": "/opt/cni/bin", "type": "DirectoryOrCreate"})
+    );
+}
+
+#[test]
+fn the_init_container_installs_the_plugin_unprivileged() {
+    let init = install_cni_container().unwrap();
+    assert_eq!(init.command, ["/bin/sh", "-c"]);
+    assert_eq!(
+        init.args,
+        [
+            "set -e; cp /usr/local/bin/pod-net-cni /host/opt/cni/bin/.pod-net-cni.new; \
+          mv -f /host/opt/cni/bin/.pod-net-cni.new /host/opt/cni/bin/pod-net-cni"
+        ]
+    );
+    assert_eq!(
+        init.spec["securityContext"],
+        json!({
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        })
+    );
+    assert_eq!(
+        init.spec["volumeMounts"],
+        json!([{"name": "cni-bin", "mountPath": "/host/opt/cni/bin"}])
+    );
+}
+
+#[test]
+fn the_kustomization_applies_the_manifest() {
+    let path = deploy::workspace_root().join("deploy/kubernetes/kustomization.yaml");
+    let docs = documents(&path).unwrap();
+    assert_eq!(docs.len(), 1);
+    assert_eq!(docs[0]["kind"], "Kustomization");
+    assert_eq!(docs[0]["resources"], json!(["pod-net.yaml"]));
+}

@@ -1,6 +1,7 @@
 //! Test support for pod-net: the veth-namespace rig (also behind
 //! `cargo xtask rig`), command helpers, the privilege gate, frames built and
-//! read back, the deployment manifest read as data, and (with the `testrun` feature) the `BPF_PROG_TEST_RUN`
+//! read back, the deployment manifest read as data and private container
+//! runtimes for the image, and (with the `testrun` feature) the `BPF_PROG_TEST_RUN`
 //! harness.
 
 pub mod capture;
@@ -13,6 +14,7 @@ pub mod flannel;
 pub mod frames;
 pub mod privileges;
 pub mod rig;
+pub mod runtimes;
 #[cfg(feature = "testrun")]
 pub mod testrun;
 pub mod wait;

@@ -1,10 +1,15 @@
 //! The Kubernetes deployment: the manifest says what docs/kubernetes.md
-//! says it does.
+//! says it does, and the image `cargo xtask image` builds imports into
+//! containerd and podman and runs there.
 use std::collections::BTreeMap;
 
-use pod_net_tests::deploy::{
-    self, EnvSource, agent_container, config_data, daemonset, documents, find,
-    install_cni_container, manifest_path,
+use pod_net_tests::{
+    deploy::{
+        self, EnvSource, agent_container, config_data, daemonset, documents, find,
+        install_cni_container, manifest_path,
+    },
+    require_root,
+    runtimes::{Podman, PrivateContainerd, ScratchDir, image_archive},
 };
 use serde_json::{Value, json};
 
@@ -250,4 +255,95 @@ fn the_kustomization_applies_the_manifest() {
     assert_eq!(docs.len(), 1);
     assert_eq!(docs[0]["kind"], "Kustomization");
     assert_eq!(docs[0]["resources"], json!(["pod-net.yaml"]));
+}
+
+/// The archive imports into a containerd of the test's own, under the name
+/// the manifest's `image: pod-net:dev` resolves to, and runs there.
+#[test]
+fn the_image_imports_into_containerd_and_runs() {
+    require_root!();
+    let dir = ScratchDir::new("image-containerd").unwrap();
+    let archive = image_archive().unwrap();
+    let containerd = PrivateContainerd::start(&dir.path().join("containerd")).unwrap();
+
+    let imported = containerd.import(&archive).unwrap();
+    assert!(
+        imported.contains("docker.io/library/pod-net:dev"),
+        "{imported}"
+    );
+    let listed =
+        pod_net_tests::cmd::run_command(&mut containerd.ctr(&["images", "ls", "-q"])).unwrap();
+    assert_eq!(
+        listed.lines().collect::<Vec<_>>(),
+        ["docker.io/library/pod-net:dev"]
+    );
+
+    let version = containerd
+        .run(
+            "docker.io/library/pod-net:dev",
+            "pod-net-version",
+            &["pod-net", "--version"],
+        )
+        .unwrap();
+    assert_eq!(
+        version.trim(),
+        format!("pod-net {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// `podman load` takes the archive; the image runs `pod-net --version`, and
+/// the manifest's own init command installs `pod-net-cni` into a host
+/// directory with every capability dropped.
+#[test]
+fn the_image_loads_into_podman_and_installs_the_plugin() {
+    require_root!();
+    let dir = ScratchDir::new("image-podman").unwrap();
+    let archive = image_archive().unwrap();
+    let podman = Podman::new(&dir.path().join("podman"));
+
+    let loaded = podman.load(&archive).unwrap();
+    assert!(
+        loaded.contains("Loaded image: docker.io/library/pod-net:dev"),
+        "{loaded}"
+    );
+    let mut run = podman.command(&["run", "--rm", "--network", "none"]);
+    run.args(Podman::RUN_LIMITS)
+        .args(["pod-net:dev", "pod-net", "--version"]);
+    let version = pod_net_tests::cmd::run_command(&mut run).unwrap();
+    assert_eq!(
+        version.trim(),
+        format!("pod-net {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let host_bin = dir.path().join("opt-cni-bin");
+    std::fs::create_dir_all(&host_bin).unwrap();
+    let init = install_cni_container().unwrap();
+    let volume = format!("{}:/host/opt/cni/bin", host_bin.display());
+    let mut install = podman.command(&["run", "--rm", "--network", "none"]);
+    install
+        .args(Podman::RUN_LIMITS)
+        .args(["--cap-drop", "ALL", "--read-only", "--security-opt"])
+        .args(["no-new-privileges", "--volume", &volume])
+        .args(["--entrypoint", &init.command[0], "pod-net:dev"])
+        .args(&init.command[1..])
+        .args(&init.args);
+    pod_net_tests::cmd::run_command(&mut install).unwrap();
+    let installed = host_bin.join("pod-net-cni");
+    let names: Vec<_> = std::fs::read_dir(&host_bin)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["pod-net-cni"], "no staging file is left behind");
+    // The installed plugin is the static one and answers CNI's VERSION.
+    let output = std::process::Command::new(&installed)
+        .env_clear()
+        .env("CNI_COMMAND", "VERSION")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let versions: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        versions["supportedVersions"].as_array().is_some(),
+        "{versions}"
+    );
 }

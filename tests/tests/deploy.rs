@@ -347,3 +347,132 @@ fn the_image_loads_into_podman_and_installs_the_plugin() {
         "{versions}"
     );
 }
+
+/// A network namespace of the test's own, with a veth pair inside it as an
+/// underlay, and a process holding it (podman joins it by that process's
+/// `/proc/PID/ns/net`, as its `/run` is private). Removed on drop.
+struct UnderlayNamespace {
+    name: String,
+    holder: std::process::Child,
+}
+
+impl UnderlayNamespace {
+    const NODE_IP: &str = "192.168.101.1";
+
+    fn new() -> Self {
+        let name = format!("pndimg-{}", std::process::id());
+        let _ = run("ip", &["netns", "del", &name]);
+        run("ip", &["netns", "add", &name]).unwrap();
+        let netns = format!("/run/netns/{name}");
+        for args in [
+            &[
+                "ip", "link", "add", "pndimg0", "type", "veth", "peer", "name", "pndimg1",
+            ][..],
+            &["ip", "addr", "add", "192.168.101.1/24", "dev", "pndimg0"],
+            &["ip", "link", "set", "pndimg0", "up"],
+            &["ip", "link", "set", "pndimg1", "up"],
+        ] {
+            run(
+                "nsenter",
+                &[&[&*format!("--net={netns}")][..], args].concat(),
+            )
+            .unwrap();
+        }
+        let holder = std::process::Command::new("nsenter")
+            .arg(format!("--net={netns}"))
+            .args(["sleep", "600"])
+            .spawn()
+            .unwrap();
+        Self { name, holder }
+    }
+
+    fn podman_network(&self) -> String {
+        format!("ns:/proc/{}/ns/net", self.holder.id())
+    }
+
+    /// `pod-net` of this build (the host's, not the image's) in the namespace.
+    fn pod_net(&self, args: &[&str]) -> anyhow::Result<String> {
+        let binary = pod_net_tests::rig::pod_net_binary();
+        let mut command = std::process::Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.name))
+            .arg(binary)
+            .args(args);
+        pod_net_tests::cmd::run_command(&mut command)
+    }
+}
+
+impl Drop for UnderlayNamespace {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    pod_net_tests::cmd::run(program, args)
+}
+
+/// What a rolling update relies on, with the image: the datapath a
+/// container loads stays on the host's bpffs after the container is gone
+/// (its program still attached to the underlay), and the next container's
+/// `load` replaces the programs in place.
+#[test]
+fn the_datapath_the_image_loads_outlives_its_container() {
+    require_root!();
+    let dir = ScratchDir::new("image-datapath").unwrap();
+    let archive = image_archive().unwrap();
+    let podman = Podman::new(&dir.path().join("podman"));
+    podman.load(&archive).unwrap();
+    let underlay = UnderlayNamespace::new();
+    let pin_dir = format!("/sys/fs/bpf/pndimg-{}", std::process::id());
+    let _ = underlay.pod_net(&["--pin-dir", &pin_dir, "unload"]);
+
+    let network = underlay.podman_network();
+    let in_container = |args: &[&str]| {
+        let mut command = podman.command(&["run", "--rm", "--privileged"]);
+        command
+            .args(["--network", &network])
+            .args(["--volume", "/sys/fs/bpf:/sys/fs/bpf"])
+            .args(Podman::RUN_LIMITS)
+            .args(["pod-net:dev", "pod-net", "--pin-dir", &pin_dir])
+            .args(args);
+        pod_net_tests::cmd::run_command(&mut command)
+    };
+    let load = [
+        "load",
+        "--underlay",
+        "pndimg0",
+        "--node-ip",
+        UnderlayNamespace::NODE_IP,
+    ];
+
+    let first = in_container(&load).unwrap();
+    assert!(
+        first.contains(&format!("loaded the datapath at {pin_dir}")),
+        "{first}"
+    );
+    let status = underlay.pod_net(&["--pin-dir", &pin_dir, "status", "--json"]);
+    let unload = underlay.pod_net(&["--pin-dir", &pin_dir, "unload"]);
+    let status: Value = serde_json::from_str(&status.unwrap()).unwrap();
+    assert!(unload.is_ok(), "{unload:?}");
+    assert_eq!(status["healthy"], true, "{status:#}");
+    let underlay_ingress = status["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|program| program["name"] == "underlay_ingress")
+        .unwrap();
+    assert_eq!(underlay_ingress["attachments"], 1, "{status:#}");
+
+    let first = in_container(&load).unwrap();
+    let second = in_container(&load).unwrap();
+    let unload = underlay.pod_net(&["--pin-dir", &pin_dir, "unload"]);
+    assert!(first.contains("loaded the datapath"), "{first}");
+    assert!(
+        second.contains(&format!("replaced the datapath at {pin_dir} in place")),
+        "{second}"
+    );
+    assert!(unload.is_ok(), "{unload:?}");
+}

@@ -36,7 +36,7 @@ pub struct ImageArgs {
     /// as `docker.io/library/pod-net:dev` in containerd).
     #[arg(long, default_value = "pod-net:dev")]
     pub tag: String,
-    /// Where to write the archive [default: target/image/<name>_<tag>.oci.tar].
+    /// Where to write the archive [default: <target dir>/image/<name>_<tag>.oci.tar].
     #[arg(long)]
     pub output: Option<PathBuf>,
 }
@@ -72,7 +72,7 @@ pub fn run(args: &ImageArgs) -> Result<()> {
                 "-C target-feature=+crt-static",
             ),
     )?;
-    let release = workspace_root().join("target").join(triple).join("release");
+    let release = target_dir().join(triple).join("release");
     let pod_net = read_static(&release.join("pod-net"))?;
     let pod_net_cni = read_static(&release.join("pod-net-cni"))?;
     let busybox = read_static(Path::new(BUSYBOX)).context(
@@ -136,6 +136,15 @@ fn target() -> Result<(&'static str, &'static str)> {
     }
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the
+/// workspace root, as cargo takes it here) or `target/`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || workspace_root().join("target"),
+        |dir| workspace_root().join(dir),
+    )
+}
+
 fn default_output(tag: &str) -> PathBuf {
     let file: String = tag
         .chars()
@@ -147,9 +156,7 @@ fn default_output(tag: &str) -> PathBuf {
             }
         })
         .collect();
-    workspace_root()
-        .join("target/image")
-        .join(format!("{file}.oci.tar"))
+    target_dir().join("image").join(format!("{file}.oci.tar"))
 }
 
 /// A reference as containerd (and so the kubelet) names it: `pod-net:dev`

@@ -1,6 +1,7 @@
 //! Test support for pod-net: the veth-namespace rig (also behind
 //! `cargo xtask rig`), command helpers, the privilege gate, frames built and
-//! read back, and (with the `testrun` feature) the `BPF_PROG_TEST_RUN`
+//! read back, the deployment manifest read as data and private container
+//! runtimes for the image, and (with the `testrun` feature) the `BPF_PROG_TEST_RUN`
 //! harness.
 
 pub mod capture;
@@ -9,6 +10,7 @@ pub mod cmd;
 pub mod cni;
 pub mod daemon;
 pub mod decode;
+pub mod deploy;
 pub mod flannel;
 pub mod flanneld;
 pub mod frames;
@@ -16,6 +18,7 @@ pub mod kube;
 pub mod peers;
 pub mod privileges;
 pub mod rig;
+pub mod runtimes;
 #[cfg(feature = "testrun")]
 pub mod testrun;
 pub mod wait;

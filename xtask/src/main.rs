@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod demo_cluster;
+mod image;
 mod install;
 mod peers;
 mod run;
@@ -41,6 +42,9 @@ enum Command {
     },
     /// Measure pod-net against the kernel path, side by side in one run.
     Bench(bench::BenchArgs),
+    /// Build the OCI image archive (static binaries, FROM scratch) for
+    /// `ctr images import` or `podman load`; no docker, no registry.
+    Image(image::ImageArgs),
     /// Put `pod-net` on PATH and `pod-net-cni` in the CNI bin dir.
     Install {
         #[arg(long, default_value = "/usr/local/bin")]
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Command::Test { args } => setup::run().and_then(|()| test::run(&args)),
         Command::Rig { action } => rig(&action),
         Command::Bench(args) => setup::run().and_then(|()| bench::run(&args)),
+        Command::Image(args) => setup::run().and_then(|()| image::run(&args)),
         Command::Install {
             bin_dir,
             cni_bin_dir,

@@ -75,6 +75,15 @@ const PACKAGES: &[(&str, &str)] = &[
         "openssl",
         "certificates for the tests' control plane and TLS etcd",
     ),
+    (
+        "busybox-static",
+        "the image's init shell (cargo xtask image copies /bin/busybox in)",
+    ),
+    (
+        "containerd",
+        "ctr images import and run of the image, in tests",
+    ),
+    ("podman", "podman load and run of the image, in tests"),
 ];
 
 /// The LLVM bpf-linker must be built against.

@@ -61,7 +61,8 @@ impl State {
             Change::Delete { key } => {
                 self.records.remove(key);
             }
-        }        self.watches.retain(|(prefix, sender)| {
+        }
+        self.watches.retain(|(prefix, sender)| {
             !change.key().starts_with(prefix.as_str())
                 || sender
                     .send(Ok(WatchUpdate::Changes {

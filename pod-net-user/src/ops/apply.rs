@@ -266,46 +266,73 @@ fn plan(datapath: &Datapath, config: &NodeConfig, scope: Scope) -> Result<Vec<Ch
     Ok(changes)
 }
 
-/// Pods: keyed by IP; an entry whose veth or MAC differs is replaced.
+/// A local entry as apply compares it with a `[[pods]]` entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct PodState {
+    /// The host veth's name; empty when the entry's ifindex names no
+    /// interface in this namespace.
+    pub veth: String,
+    pub mac: MacAddr,
+    pub no_bypass: bool,
+    /// The container ID of the CNI runtime that registered it; empty for
+    /// pods added by hand or by apply.
+    pub owner: String,
+}
+
+/// Pods: the maps' entries as [`PodState`]s, diffed by [`diff_pods`].
 fn plan_pods(datapath: &Datapath, config: &NodeConfig) -> Result<Vec<Change>> {
-    let mut changes = Vec::new();
     let names = netdev::link_names()?;
-    let entries = datapath.endpoint_entries()?;
-    let wanted: BTreeMap<IpAddr, &PodConfig> =
-        config.pods.iter().map(|pod| (pod.ip, pod)).collect();
+    let current: BTreeMap<IpAddr, PodState> = datapath
+        .endpoint_entries()?
+        .into_iter()
+        .map(|(key, endpoint)| {
+            let state = PodState {
+                veth: names.get(&endpoint.ifindex).cloned().unwrap_or_default(),
+                mac: MacAddr(endpoint.mac),
+                no_bypass: endpoint.flags & ENDPOINT_F_NO_BYPASS != 0,
+                owner: endpoints::owner(&endpoint).0,
+            };
+            (endpoint_ip(&key), state)
+        })
+        .collect();
+    diff_pods(&current, &config.pods)
+}
+
+/// The pod changes that turn `current` into `wanted` (validated: no IP
+/// twice). Keyed by IP; an entry whose veth, MAC or `no_bypass` differs is
+/// replaced (removed, then added). A pod a CNI runtime registered is the
+/// runtime's: left alone, and refused when `wanted` names its IP.
+fn diff_pods(current: &BTreeMap<IpAddr, PodState>, wanted: &[PodConfig]) -> Result<Vec<Change>> {
+    let mut changes = Vec::new();
+    let by_ip: BTreeMap<IpAddr, &PodConfig> = wanted.iter().map(|pod| (pod.ip, pod)).collect();
     // A pod a CNI runtime registered is the runtime's: the file cannot
     // take its address (found here, before anything changes).
-    for (key, endpoint) in &entries {
-        let (owner, _) = endpoints::owner(endpoint);
-        let ip = endpoint_ip(key);
-        if !owner.is_empty() && wanted.contains_key(&ip) {
+    for (ip, state) in current {
+        if !state.owner.is_empty() && by_ip.contains_key(ip) {
             bail!(
-                "pod {ip} is registered by container {owner}; the file cannot take it over \
-                 (remove it from the file, or the container first)"
+                "pod {ip} is registered by container {}; the file cannot take it over \
+                 (remove it from the file, or the container first)",
+                state.owner
             );
         }
     }
-    let current: BTreeMap<IpAddr, (String, MacAddr, bool)> = entries
-        .into_iter()
-        .filter(|(_, endpoint)| endpoints::owner(endpoint).0.is_empty())
-        .map(|(key, endpoint)| {
-            let veth = names.get(&endpoint.ifindex).cloned().unwrap_or_default();
-            let no_bypass = endpoint.flags & ENDPOINT_F_NO_BYPASS != 0;
-            (endpoint_ip(&key), (veth, MacAddr(endpoint.mac), no_bypass))
-        })
+    let mine: BTreeMap<IpAddr, &PodState> = current
+        .iter()
+        .filter(|(_, state)| state.owner.is_empty())
+        .map(|(ip, state)| (*ip, state))
         .collect();
-    let same = |pod: &PodConfig, (veth, mac, no_bypass): &(String, MacAddr, bool)| {
-        pod.veth == *veth
-            && pod.mac.is_none_or(|wanted| wanted == *mac)
-            && pod.no_bypass == *no_bypass
+    let same = |pod: &PodConfig, state: &PodState| {
+        pod.veth == state.veth
+            && pod.mac.is_none_or(|wanted| wanted == state.mac)
+            && pod.no_bypass == state.no_bypass
     };
-    for (ip, entry) in &current {
-        if !wanted.get(ip).is_some_and(|pod| same(pod, entry)) {
+    for (ip, state) in &mine {
+        if !by_ip.get(ip).is_some_and(|pod| same(pod, state)) {
             changes.push(Change::RemovePod { ip: *ip });
         }
     }
-    for pod in &config.pods {
-        if !current.get(&pod.ip).is_some_and(|entry| same(pod, entry)) {
+    for pod in wanted {
+        if !mine.get(&pod.ip).is_some_and(|state| same(pod, state)) {
             changes.push(Change::AddPod(pod.clone()));
         }
     }
@@ -313,13 +340,21 @@ fn plan_pods(datapath: &Datapath, config: &NodeConfig) -> Result<Vec<Change>> {
     Ok(changes)
 }
 
-/// Remote nodes: keyed by exact prefix.
+/// Remote nodes: the maps' entries, diffed by [`diff_nodes`].
 fn plan_nodes(datapath: &Datapath, config: &NodeConfig) -> Result<Vec<Change>> {
-    let mut changes = Vec::new();
     let current: BTreeMap<Cidr, remotes::NodeEntry> = remotes::list(datapath)?
         .into_iter()
         .map(|entry| (entry.cidr, entry))
         .collect();
+    Ok(diff_nodes(&current, &config.nodes))
+}
+
+/// The remote node changes that turn `current` into `wanted` (validated:
+/// no prefix twice). Keyed by exact prefix; an entry whose node IP, mode
+/// or VTEP MAC (given, or derived from the node IP) differs is replaced.
+#[must_use]
+fn diff_nodes(current: &BTreeMap<Cidr, remotes::NodeEntry>, wanted: &[NodeSpec]) -> Vec<Change> {
+    let mut changes = Vec::new();
     let same = |entry: &remotes::NodeEntry, node: &NodeSpec| {
         entry.node_ip == node.node_ip
             && entry.mode == node.mode
@@ -328,14 +363,13 @@ fn plan_nodes(datapath: &Datapath, config: &NodeConfig) -> Result<Vec<Change>> {
                 None => !entry.vtep_mac_given,
             }
     };
-    let wanted: BTreeMap<Cidr, &NodeSpec> =
-        config.nodes.iter().map(|node| (node.cidr, node)).collect();
-    for (cidr, entry) in &current {
-        if !wanted.get(cidr).is_some_and(|node| same(entry, node)) {
+    let by_cidr: BTreeMap<Cidr, &NodeSpec> = wanted.iter().map(|node| (node.cidr, node)).collect();
+    for (cidr, entry) in current {
+        if !by_cidr.get(cidr).is_some_and(|node| same(entry, node)) {
             changes.push(Change::RemoveNode { cidr: *cidr });
         }
     }
-    for node in &config.nodes {
+    for node in wanted {
         if !current
             .get(&node.cidr)
             .is_some_and(|entry| same(entry, node))
@@ -343,31 +377,13 @@ fn plan_nodes(datapath: &Datapath, config: &NodeConfig) -> Result<Vec<Change>> {
             changes.push(Change::AddNode(node.clone()));
         }
     }
-    Ok(changes)
+    changes
 }
 
 /// Checks everything that can be checked without changing anything, so
 /// that no change is made for a file that would fail part way.
 fn validate(datapath: &Datapath, config: &NodeConfig) -> Result<()> {
-    let mut seen = std::collections::HashSet::new();
-    for (index, pod) in config.pods.iter().enumerate() {
-        let at = || format!("pods[{index}] ({})", pod.ip);
-        if !seen.insert(pod.ip) {
-            bail!("{}: listed twice", at());
-        }
-        netdev::require_veth(&pod.veth).with_context(at)?;
-        if let Some(mac) = pod.mac
-            && (mac.is_zero() || mac.is_multicast())
-        {
-            bail!("{}: pod MAC {mac} is not a unicast address", at());
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    for (index, node) in config.nodes.iter().enumerate() {
-        if !seen.insert(node.cidr) {
-            bail!("nodes[{index}] ({}): listed twice", node.cidr);
-        }
-    }
+    validate_entries(config, |veth| netdev::require_veth(veth).map(drop))?;
     let loaded = datapath.config()?;
     if !config.nodes.is_empty() && !loaded.has_underlay() {
         bail!(
@@ -387,6 +403,32 @@ fn validate(datapath: &Datapath, config: &NodeConfig) -> Result<()> {
             "the tunnel device {} is missing; run `pod-net load` again to recreate it",
             tunnel::device_name(loaded.vni)
         );
+    }
+    Ok(())
+}
+
+/// The checks of [`validate`] that read the file alone, pod by pod and
+/// then node by node: no pod IP or node prefix twice, each pod's veth a
+/// veth (`require_veth` says), each given pod MAC unicast.
+fn validate_entries(config: &NodeConfig, require_veth: impl Fn(&str) -> Result<()>) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for (index, pod) in config.pods.iter().enumerate() {
+        let at = || format!("pods[{index}] ({})", pod.ip);
+        if !seen.insert(pod.ip) {
+            bail!("{}: listed twice", at());
+        }
+        require_veth(&pod.veth).with_context(at)?;
+        if let Some(mac) = pod.mac
+            && (mac.is_zero() || mac.is_multicast())
+        {
+            bail!("{}: pod MAC {mac} is not a unicast address", at());
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (index, node) in config.nodes.iter().enumerate() {
+        if !seen.insert(node.cidr) {
+            bail!("nodes[{index}] ({}): listed twice", node.cidr);
+        }
     }
     Ok(())
 }

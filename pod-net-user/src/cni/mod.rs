@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use pod_net_common::program_names;
+use pod_net_common::{endpoint::Endpoint, program_names};
 pub use types::SUPPORTED_VERSIONS;
 use types::{Attachment, CniError, NetConf, PrevResult, codes};
 
@@ -104,7 +104,12 @@ pub struct Env {
 impl Env {
     #[must_use]
     pub fn from_process() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// The variables as `var` gives them; an empty one counts as unset.
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |name: &str| var(name).filter(|value| !value.is_empty());
         Self {
             command: var("CNI_COMMAND"),
             container_id: var("CNI_CONTAINERID"),
@@ -152,12 +157,39 @@ fn dispatch(env: &Env, stdin: &[u8]) -> Step<String> {
     }
     let conf = parse_conf(stdin)?;
     let pins = pin_dir(&conf.pin_dir)?;
+    run_command(parse_command(command)?, env, &conf, &pins)
+}
+
+/// Runs `command` with the configuration read and its pin dir checked.
+fn run_command(command: Command, env: &Env, conf: &NetConf, pins: &PinDir) -> Step<String> {
     match command {
-        "ADD" => add(env, &conf, &pins),
-        "DEL" => del(env, &pins).map(|()| String::new()),
-        "CHECK" => check(env, &conf, &pins).map(|()| String::new()),
-        "GC" => gc(&conf, &pins).map(|()| String::new()),
-        "STATUS" => status(&pins).map(|()| String::new()),
+        Command::Add => add(env, conf, pins),
+        Command::Del => del(env, pins).map(|()| String::new()),
+        Command::Check => check(env, conf, pins).map(|()| String::new()),
+        Command::Gc => gc(conf, pins).map(|()| String::new()),
+        Command::Status => status(pins).map(|()| String::new()),
+    }
+}
+
+/// The commands that read a configuration (all but VERSION).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Command {
+    Add,
+    Del,
+    Check,
+    Gc,
+    Status,
+}
+
+/// `CNI_COMMAND` as one of [`Command`]; anything else is a bad
+/// environment (reported once the configuration is read).
+fn parse_command(command: &str) -> Step<Command> {
+    match command {
+        "ADD" => Ok(Command::Add),
+        "DEL" => Ok(Command::Del),
+        "CHECK" => Ok(Command::Check),
+        "GC" => Ok(Command::Gc),
+        "STATUS" => Ok(Command::Status),
         other => Err(Failure::new(
             codes::BAD_ENV,
             format!("CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, GC, STATUS, VERSION"),
@@ -239,44 +271,7 @@ struct Sandbox {
 fn inspect_sandbox(env: &Env, conf: &NetConf) -> Step<Sandbox> {
     let netns = required(env.netns.as_ref(), "CNI_NETNS")?;
     let ifname = required(env.ifname.as_ref(), "CNI_IFNAME")?.to_owned();
-    let prev_result = conf.prev_result.as_ref().ok_or_else(|| {
-        Failure::new(
-            codes::INVALID_CONFIG,
-            "no prevResult: pod-net-cni is chained after a plugin that creates the pod's \
-             interface (bridge or ptp)",
-        )
-    })?;
-    let prev: PrevResult = serde_json::from_str(prev_result.get())
-        .map_err(|err| Failure::new(codes::INVALID_CONFIG, format!("invalid prevResult: {err}")))?;
-    // The sandbox interface by name and sandbox, not by position: bridge
-    // lists cni0 and the host veth first.
-    let index = prev
-        .interfaces
-        .iter()
-        .position(|interface| interface.name == ifname && !interface.sandbox.is_empty())
-        .ok_or_else(|| {
-            Failure::new(
-                codes::INVALID_CONFIG,
-                format!("prevResult lists no sandbox interface named {ifname}"),
-            )
-        })?;
-    let ips = prev
-        .ips
-        .iter()
-        .filter(|ip| ip.interface == Some(index))
-        .map(|ip| {
-            let address = ip.address.split('/').next().unwrap_or_default();
-            address
-                .parse::<IpAddr>()
-                .map(|ip| ip.to_canonical())
-                .map_err(|_| {
-                    Failure::new(
-                        codes::INVALID_CONFIG,
-                        format!("prevResult has an invalid address {:?}", ip.address),
-                    )
-                })
-        })
-        .collect::<Step<Vec<IpAddr>>>()?;
+    let ips = prev_ips(conf, &ifname)?;
 
     let netns = netns::open(Path::new(netns)).map_err(|err| {
         Failure::with_details(
@@ -334,6 +329,48 @@ fn inspect_sandbox(env: &Env, conf: &NetConf) -> Step<Sandbox> {
         mac,
         host_veth,
     })
+}
+
+/// The addresses prevResult gives the sandbox interface `ifname` (each
+/// IPv4-mapped one as IPv4), in its order.
+fn prev_ips(conf: &NetConf, ifname: &str) -> Step<Vec<IpAddr>> {
+    let prev_result = conf.prev_result.as_ref().ok_or_else(|| {
+        Failure::new(
+            codes::INVALID_CONFIG,
+            "no prevResult: pod-net-cni is chained after a plugin that creates the pod's \
+             interface (bridge or ptp)",
+        )
+    })?;
+    let prev: PrevResult = serde_json::from_str(prev_result.get())
+        .map_err(|err| Failure::new(codes::INVALID_CONFIG, format!("invalid prevResult: {err}")))?;
+    // The sandbox interface by name and sandbox, not by position: bridge
+    // lists cni0 and the host veth first.
+    let index = prev
+        .interfaces
+        .iter()
+        .position(|interface| interface.name == ifname && !interface.sandbox.is_empty())
+        .ok_or_else(|| {
+            Failure::new(
+                codes::INVALID_CONFIG,
+                format!("prevResult lists no sandbox interface named {ifname}"),
+            )
+        })?;
+    prev.ips
+        .iter()
+        .filter(|ip| ip.interface == Some(index))
+        .map(|ip| {
+            let address = ip.address.split('/').next().unwrap_or_default();
+            address
+                .parse::<IpAddr>()
+                .map(|ip| ip.to_canonical())
+                .map_err(|_| {
+                    Failure::new(
+                        codes::INVALID_CONFIG,
+                        format!("prevResult has an invalid address {:?}", ip.address),
+                    )
+                })
+        })
+        .collect()
 }
 
 /// Fails with `code` unless `pod-net load` has run: "try again later" for
@@ -404,7 +441,6 @@ fn check(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<()> {
     let ifname = required(env.ifname.as_ref(), "CNI_IFNAME")?;
     let sandbox = inspect_sandbox(env, conf)?;
     require_loaded(pins, codes::TRY_AGAIN_LATER)?;
-    let failed = |msg: String| Failure::new(codes::CHECK_FAILED, msg);
     let datapath = Datapath::open(pins)
         .map_err(|err| Failure::with_details(codes::IO_FAILURE, "opening the datapath", &err))?;
     let entries: HashMap<IpAddr, _> = datapath
@@ -413,6 +449,28 @@ fn check(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<()> {
         .into_iter()
         .map(|(key, endpoint)| (endpoint_ip(&key), endpoint))
         .collect();
+    check_entries(&entries, &sandbox, container_id, ifname)?;
+    let attached = attach::is_attached(pins, program_names::POD_EGRESS, &sandbox.host_veth)
+        .map_err(|err| Failure::with_details(codes::IO_FAILURE, "querying the attachment", &err))?;
+    if !attached {
+        return Err(Failure::new(
+            codes::CHECK_FAILED,
+            format!("pod_egress is not attached to {}", sandbox.host_veth.name),
+        ));
+    }
+    Ok(())
+}
+
+/// CHECK's verdict on the entries (by address) for the sandbox's
+/// addresses: each registered, to this container's interface, on its host
+/// veth, with its MAC.
+fn check_entries(
+    entries: &HashMap<IpAddr, Endpoint>,
+    sandbox: &Sandbox,
+    container_id: &str,
+    ifname: &str,
+) -> Step<()> {
+    let failed = |msg: String| Failure::new(codes::CHECK_FAILED, msg);
     for ip in &sandbox.ips {
         let endpoint = entries
             .get(ip)
@@ -434,18 +492,29 @@ fn check(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<()> {
             )));
         }
     }
-    let attached = attach::is_attached(pins, program_names::POD_EGRESS, &sandbox.host_veth)
-        .map_err(|err| Failure::with_details(codes::IO_FAILURE, "querying the attachment", &err))?;
-    if !attached {
-        return Err(failed(format!(
-            "pod_egress is not attached to {}",
-            sandbox.host_veth.name
-        )));
-    }
     Ok(())
 }
 
 fn gc(conf: &NetConf, pins: &PinDir) -> Step<()> {
+    let keep = gc_keep(conf)?;
+    if !pins.is_loaded() {
+        return Ok(());
+    }
+    let mut datapath = locked(pins)?;
+    endpoints::remove_matching(&mut datapath, |endpoint| {
+        gc_removes(&endpoints::owner(endpoint), &keep)
+    })
+    .map_err(|err| Failure::with_details(codes::IO_FAILURE, "removing stale pods", &err))?;
+    // Then what no runtime knows about: pods whose veth is gone, and
+    // attachments an interrupted ADD or DEL left behind.
+    gc::repair(&mut datapath, false)
+        .map(drop)
+        .map_err(|err| Failure::with_details(codes::IO_FAILURE, "repairing the datapath", &err))
+}
+
+/// The (container ID, interface) pairs GC keeps: the runtime's valid
+/// attachments, under their final name or the older one.
+fn gc_keep(conf: &NetConf) -> Step<HashSet<(String, String)>> {
     let Some(valid) = conf
         .valid_attachments
         .as_ref()
@@ -456,10 +525,7 @@ fn gc(conf: &NetConf, pins: &PinDir) -> Step<()> {
             "GC needs cni.dev/valid-attachments",
         ));
     };
-    if !pins.is_loaded() {
-        return Ok(());
-    }
-    let keep: HashSet<(String, String)> = valid
+    Ok(valid
         .iter()
         .map(
             |Attachment {
@@ -467,19 +533,13 @@ fn gc(conf: &NetConf, pins: &PinDir) -> Step<()> {
                  ifname,
              }| (container_id.clone(), ifname.clone()),
         )
-        .collect();
-    let mut datapath = locked(pins)?;
-    endpoints::remove_matching(&mut datapath, |endpoint| {
-        let owner = endpoints::owner(endpoint);
-        // Entries without an owner were made by hand (`pod-net pod add`).
-        !owner.0.is_empty() && !keep.contains(&owner)
-    })
-    .map_err(|err| Failure::with_details(codes::IO_FAILURE, "removing stale pods", &err))?;
-    // Then what no runtime knows about: pods whose veth is gone, and
-    // attachments an interrupted ADD or DEL left behind.
-    gc::repair(&mut datapath, false)
-        .map(drop)
-        .map_err(|err| Failure::with_details(codes::IO_FAILURE, "repairing the datapath", &err))
+        .collect())
+}
+
+/// Whether GC removes an entry with this owner (container ID, interface).
+fn gc_removes(owner: &(String, String), keep: &HashSet<(String, String)>) -> bool {
+    // Entries without an owner were made by hand (`pod-net pod add`).
+    !owner.0.is_empty() && !keep.contains(owner)
 }
 
 /// The datapath under its pin dir's lock, for one call's changes.

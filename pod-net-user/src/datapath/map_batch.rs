@@ -86,14 +86,20 @@ pub fn count<K: Pod + bytemuck::Zeroable, V: Pod + bytemuck::Zeroable>(
 /// lookup for the map type.
 fn lookup_chunks<K: Pod + bytemuck::Zeroable, V: Pod + bytemuck::Zeroable>(
     map: BorrowedFd<'_>,
+    each: impl FnMut(&[K], &[V]),
+) -> io::Result<bool> {
+    lookup_chunks_by(fd_number(map), |attr| bpf(BPF_MAP_LOOKUP_BATCH, attr), each)
+}
+
+/// [`lookup_chunks`], making each `BPF_MAP_LOOKUP_BATCH` call with `call`.
+fn lookup_chunks_by<K: Pod + bytemuck::Zeroable, V: Pod + bytemuck::Zeroable>(
+    map_fd: u32,
+    mut call: impl FnMut(&mut BatchAttr) -> io::Result<()>,
     mut each: impl FnMut(&[K], &[V]),
 ) -> io::Result<bool> {
     let mut keys = vec![K::zeroed(); LOOKUP_CHUNK];
     let mut values = vec![V::zeroed(); LOOKUP_CHUNK];
-    // The kernel's position in the map: a bucket index (u32) for a hash
-    // map, the last key read for the maps of the generic batch calls (an
-    // LPM trie).
-    let mut token = vec![0u8; size_of::<K>().max(size_of::<u32>())];
+    let mut token = vec![0u8; token_len::<K>()];
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
@@ -102,10 +108,10 @@ fn lookup_chunks<K: Pod + bytemuck::Zeroable, V: Pod + bytemuck::Zeroable>(
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
             count: chunk_len(LOOKUP_CHUNK),
-            map_fd: fd_number(map),
+            map_fd,
             ..BatchAttr::default()
         };
-        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let result = call(&mut attr);
         let got = (attr.count as usize).min(LOOKUP_CHUNK);
         match result {
             // A full call always carries entries; none would never end.
@@ -123,9 +129,17 @@ fn lookup_chunks<K: Pod + bytemuck::Zeroable, V: Pod + bytemuck::Zeroable>(
     }
 }
 
+/// The kernel's position in a map between batch lookups: a bucket index
+/// (u32) for a hash map, the last key read for the maps of the generic
+/// batch calls (an LPM trie). Its bytes are the kernel's to read and write.
+fn token_len<K>() -> usize {
+    size_of::<K>().max(size_of::<u32>())
+}
+
 /// Deletes every key in `keys`; a missing key fails with ENOENT.
 pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> Result<(), BatchError> {
-    batched::<K, K>(BPF_MAP_DELETE_BATCH, map, keys, None, |index| {
+    let call = |attr: &mut BatchAttr| bpf(BPF_MAP_DELETE_BATCH, attr);
+    batched::<K, K>(call, fd_number(map), keys, None, |index| {
         let mut attr = ElemAttr {
             map_fd: fd_number(map),
             key: std::ptr::from_ref(&keys[index]) as u64,
@@ -149,12 +163,13 @@ pub fn insert_new<K: Pod, V: Pod>(
     })
 }
 
-/// Runs batch `command` over `keys` (and `values`), as many entries per
-/// call as the count field takes; where the kernel has no batch call for
-/// the map type, `one` does each entry instead.
+/// Runs a batch command (each call made with `call`) over `keys` (and
+/// `values`), as many entries per call as the count field takes; where the
+/// kernel has no batch call for the map type, `one` does each entry
+/// instead.
 fn batched<K: Pod, V: Pod>(
-    command: libc::c_long,
-    map: BorrowedFd<'_>,
+    mut call: impl FnMut(&mut BatchAttr) -> io::Result<()>,
+    map_fd: u32,
     keys: &[K],
     values: Option<&[V]>,
     one: impl FnMut(usize) -> io::Result<()>,
@@ -166,10 +181,10 @@ fn batched<K: Pod, V: Pod>(
             keys: keys[done..].as_ptr() as u64,
             values: values.map_or(0, |values| values[done..].as_ptr() as u64),
             count: chunk,
-            map_fd: fd_number(map),
+            map_fd,
             ..BatchAttr::default()
         };
-        match bpf(command, &mut attr) {
+        match call(&mut attr) {
             Ok(()) => done += chunk as usize,
             Err(error) if done == 0 && error.raw_os_error() == Some(ENOTSUPP) => {
                 return one_by_one(keys.len(), one);

@@ -572,10 +572,10 @@ mod tests {
         })
     }
 
-    /// Every variable a runtime sets for ADD, but `without`.
-    fn env_without(command: &str, without: &[&str]) -> Env {
+    /// Every variable a runtime sets for ADD but `without`, and no
+    /// `CNI_COMMAND` ([`run_command`] is given the command).
+    fn env_without(without: &[&str]) -> Env {
         let all = [
-            ("CNI_COMMAND", command),
             ("CNI_CONTAINERID", "c1"),
             ("CNI_NETNS", NETNS),
             ("CNI_IFNAME", "eth0"),
@@ -867,7 +867,7 @@ mod tests {
             ),
         ];
         for (command, without, want) in cases {
-            let env = env_without("unused", &without);
+            let env = env_without(&without);
             let got = run_command(command, &env, &good, &pins)
                 .map(|stdout| assert_eq!(stdout, ""))
                 .map_err(|failure| (failure.code, failure.msg));
@@ -876,7 +876,7 @@ mod tests {
         // ADD and CHECK read prevResult before they look at the sandbox.
         let no_prev = conf(&json!({"cniVersion": "1.0.0", "name": "n", "type": "pod-net-cni"}));
         for command in [Command::Add, Command::Check] {
-            let (code, msg) = failure(run_command(command, &env_without("", &[]), &no_prev, &pins));
+            let (code, msg) = failure(run_command(command, &env_without(&[]), &no_prev, &pins));
             assert_eq!(code, codes::INVALID_CONFIG);
             assert_eq!(
                 msg,

@@ -11,6 +11,8 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -18,9 +20,11 @@ use serde_json::Value;
 
 use crate::{
     cluster::{self, Agent, Etcd, SOON, lease_key},
+    cmd::{output_of, run_command},
     cni::{self, Attachment, Runtime, result_ipv4},
     flanneld::{self, Flanneld},
     rig::{Node, Rig},
+    wait::wait_until,
 };
 
 /// What runs on a node of a mixed cluster.
@@ -174,30 +178,37 @@ pub struct MixedPod<'a> {
 }
 
 impl MixedPod<'_> {
-    /// `ping -c count` to `to`, 50 ms apart, each reply awaited for up to
-    /// 1 s: (transmitted, received) from ping's summary.
-    pub fn ping(&self, to: Ipv4Addr, count: u32) -> Result<(u64, u64)> {
+    /// `ip netns exec <the pod's netns> args..`.
+    fn command(&self, args: &[&str]) -> Result<Command> {
         let netns = self
             .attachment
             .netns
             .as_deref()
             .context("the pod has no netns")?
             .trim_start_matches("/run/netns/");
-        let output = crate::cmd::output_of(std::process::Command::new("ip").args([
-            "netns",
-            "exec",
-            netns,
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.05",
-            "-W",
-            "1",
-            &to.to_string(),
-        ]))?;
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns]).args(args);
+        Ok(command)
+    }
+
+    /// `ping -c count` to `to`, 50 ms apart, each reply awaited for up to
+    /// 1 s: (transmitted, received) from ping's summary.
+    pub fn ping(&self, to: Ipv4Addr, count: u32) -> Result<(u64, u64)> {
+        self.ping_with(to, count, &[])
+    }
+
+    /// Like [`Self::ping`], with `size` bytes of payload and don't-fragment.
+    pub fn df_ping(&self, to: Ipv4Addr, count: u32, size: u32) -> Result<(u64, u64)> {
+        self.ping_with(to, count, &["-M", "do", "-s", &size.to_string()])
+    }
+
+    fn ping_with(&self, to: Ipv4Addr, count: u32, extra: &[&str]) -> Result<(u64, u64)> {
+        let count = count.to_string();
+        let to = to.to_string();
+        let mut args = vec!["ping", "-n", "-q", "-c", &count, "-i", "0.05", "-W", "1"];
+        args.extend_from_slice(extra);
+        args.push(&to);
+        let output = output_of(&mut self.command(&args)?)?;
         let text = String::from_utf8_lossy(&output.stdout);
         let line = text
             .lines()
@@ -215,6 +226,47 @@ impl MixedPod<'_> {
             (Some(sent), Some(received)) => Ok((sent, received)),
             _ => bail!("ping {to}: unreadable summary {line:?}"),
         }
+    }
+
+    /// Sends `bytes` (iperf3's `-n`, e.g. "8M") over one TCP connection to
+    /// an iperf3 server in `server` (bounded: 30 s), and returns the bytes
+    /// the client sent; fails unless the server reports bytes too.
+    pub fn tcp_transfer(&self, server: &MixedPod, bytes: &str) -> Result<u64> {
+        let mut child = server
+            .command(&["iperf3", "-s", "-1"])?
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 -s")?;
+        let result = (|| {
+            wait_until("iperf3 listening", Duration::from_secs(5), || {
+                server
+                    .command(&["ss", "-Hltn", "sport = :5201"])
+                    .ok()
+                    .and_then(|mut command| run_command(&mut command).ok())
+                    .is_some_and(|listening| !listening.trim().is_empty())
+            })?;
+            let target = server.ip.to_string();
+            let text = run_command(
+                &mut self
+                    .command(&["timeout", "30", "iperf3", "-c", &target, "-n", bytes, "-J"])?,
+            )?;
+            let report: Value = serde_json::from_str(&text).context("parsing iperf3 -J")?;
+            if let Some(error) = report.get("error") {
+                bail!("iperf3 {} -> {target}: {error}", self.ip);
+            }
+            let sent = report["end"]["sum_sent"]["bytes"].as_u64().unwrap_or(0);
+            let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+            anyhow::ensure!(
+                sent > 0 && received > 0,
+                "iperf3 {} -> {target}: sent {sent}, received {received}",
+                self.ip
+            );
+            Ok(sent)
+        })();
+        let _ = child.kill();
+        let _ = child.wait();
+        result
     }
 }
 

@@ -15,7 +15,9 @@ use pod_net_tests::{
     cluster::{self, CONFIG, Etcd, PREFIX, SOON, lease_key, remote_nodes, wait_programmed},
     cmd::output_of,
     interop::{self, Member, MixedPod, Route},
-    require_root, wait_for,
+    require_root,
+    rig::LinkPackets,
+    wait_for,
 };
 use serde_json::Value;
 
@@ -280,72 +282,144 @@ fn expected_on_flannel(node: u8, from: u8, to: u8, mode: Mode) -> (u64, u64) {
     }
 }
 
-/// Every pod pings every other pod; each pair's echo requests and replies
-/// all arrive, and land exactly where [`expected`] says in the pod-net
-/// nodes' counters, and where [`expected_on_flannel`] says on the flannel
-/// nodes' `flannel.1`.
-fn ping_every_pair(members: &[&Member], pods: &[MixedPod], mode: Mode) {
-    let pod_net: Vec<&Node> = members
-        .iter()
-        .filter(|member| member.is_pod_net())
-        .map(|member| member.node)
-        .collect();
-    let flannel: Vec<&Node> = members
-        .iter()
-        .filter(|member| !member.is_pod_net())
-        .map(|member| member.node)
-        .collect();
-    let mut pairs = 0;
-    for from in pods {
-        for to in pods {
-            if from.name == to.name {
-                continue;
-            }
-            let pair = format!("{} {} -> {} {}", from.name, from.ip, to.name, to.ip);
-            // The first reply resolves the neighbours on the way (and waits
-            // for a flanneld still programming its peers).
-            let first = wait_for(&format!("a first reply {pair}"), SOON, || {
-                from.ping(to.ip, 1)
-                    .ok()
-                    .filter(|(_, received)| *received == 1)
-            });
-            assert!(first.is_ok(), "{pair}: no reply");
-            let before: Vec<_> = pod_net.iter().map(|node| watched(node)).collect();
-            let tunnels_before: Vec<_> = flannel
-                .iter()
-                .map(|node| node.link_packets("flannel.1").unwrap())
-                .collect();
-            let (sent, received) = from.ping(to.ip, PINGS).unwrap();
-            assert_eq!(
-                (sent, received),
-                (u64::from(PINGS), u64::from(PINGS)),
-                "{pair}"
-            );
-            for (node, before) in pod_net.iter().zip(before) {
-                let moved: BTreeMap<&str, u64> = watched(node)
+/// `from` pings `to` ([`PINGS`] echo requests, of `size` bytes with
+/// don't-fragment when given); every request and reply arrives and lands
+/// exactly where [`expected`] says in the pod-net nodes' counters, and
+/// where [`expected_on_flannel`] says on the flannel nodes' `flannel.1`.
+fn assert_pair(members: &[&Member], from: &MixedPod, to: &MixedPod, mode: Mode, size: Option<u32>) {
+    let pair = format!(
+        "{} {} -> {} {} ({} bytes)",
+        from.name,
+        from.ip,
+        to.name,
+        to.ip,
+        size.map_or_else(|| "56".to_owned(), |size| size.to_string())
+    );
+    // The first reply resolves the neighbours on the way (and waits for a
+    // flanneld still programming its peers).
+    let first = wait_for(&format!("a first reply {pair}"), SOON, || {
+        from.ping(to.ip, 1)
+            .ok()
+            .filter(|(_, received)| *received == 1)
+    });
+    assert!(first.is_ok(), "{pair}: no reply");
+    let before: Vec<_> = members.iter().map(|member| watched_on(member)).collect();
+    let (sent, received) = match size {
+        Some(size) => from.df_ping(to.ip, PINGS, size).unwrap(),
+        None => from.ping(to.ip, PINGS).unwrap(),
+    };
+    assert_eq!(
+        (sent, received),
+        (u64::from(PINGS), u64::from(PINGS)),
+        "{pair}"
+    );
+    for (member, before) in members.iter().zip(before) {
+        let node = member.node.index;
+        match (watched_on(member), before) {
+            (Watched::PodNet(after), Watched::PodNet(before)) => {
+                let moved: BTreeMap<&str, u64> = after
                     .into_iter()
                     .map(|(reason, count)| (reason, count - before[reason]))
                     .collect();
                 assert_eq!(
                     moved,
-                    expected(node.index, from.node, to.node, mode),
-                    "{pair}: the counters of pod-net node {}",
-                    node.index
+                    expected(node, from.node, to.node, mode),
+                    "{pair}: the counters of pod-net node {node}"
                 );
             }
-            for (node, before) in flannel.iter().zip(tunnels_before) {
-                let after = node.link_packets("flannel.1").unwrap();
-                assert_eq!(
-                    (after.rx - before.rx, after.tx - before.tx),
-                    expected_on_flannel(node.index, from.node, to.node, mode),
-                    "{pair}: flannel.1 (received, sent) on flannel node {}",
-                    node.index
-                );
+            (Watched::Flannel(after), Watched::Flannel(before)) => assert_eq!(
+                (after.rx - before.rx, after.tx - before.tx),
+                expected_on_flannel(node, from.node, to.node, mode),
+                "{pair}: flannel.1 (received, sent) on flannel node {node}"
+            ),
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// What [`assert_pair`] reads on a node before and after.
+enum Watched {
+    /// A pod-net node's [`WATCHED`] counters.
+    PodNet(BTreeMap<&'static str, u64>),
+    /// A flannel node's `flannel.1` packets.
+    Flannel(LinkPackets),
+}
+
+fn watched_on(member: &Member) -> Watched {
+    if member.is_pod_net() {
+        Watched::PodNet(watched(member.node))
+    } else {
+        Watched::Flannel(member.node.link_packets("flannel.1").unwrap())
+    }
+}
+
+/// Every pod pings every other pod ([`assert_pair`]).
+fn ping_every_pair(members: &[&Member], pods: &[MixedPod], mode: Mode) {
+    let mut pairs = 0;
+    for from in pods {
+        for to in pods {
+            if from.name != to.name {
+                assert_pair(members, from, to, mode, None);
+                pairs += 1;
             }
-            pairs += 1;
         }
     }
     assert_eq!(pairs, pods.len() * (pods.len() - 1));
+}
+
+/// The biggest echo payload the pods' MTU (1450: flannel's `FLANNEL_MTU`
+/// and the agent's conflist alike) takes whole: 1450 - 20 - 8. Over VXLAN
+/// that is a full 1500-byte packet on the underlay.
+const FULL_SIZE: u32 = 1422;
+
+/// Underlay and neighbour traffic a pod-net node sees beside the pods'
+/// (etcd's TCP, ARP): not part of what a transfer between pods moves.
+const BACKGROUND: [&str; 3] = ["pass_not_vxlan", "pass_not_ip", "pass_multicast"];
+
+/// Beside the small pings: between the first pods of two nodes with
+/// pod-net on either end, full-size echo requests with don't-fragment go
+/// and come back exactly as the small ones; and 8 MB of TCP go each way
+/// between a pod-net pod and a flannel pod, with the pod-net node counting
+/// packets both ways on the fast path and under no other reason.
+fn assert_full_size_and_tcp(members: &[&Member], pods: &[MixedPod], mode: Mode) {
+    let firsts: Vec<&MixedPod> = members
+        .iter()
+        .filter_map(|member| pods.iter().find(|pod| pod.node == member.node.index))
+        .collect();
+    let pod_net = |pod: &MixedPod| {
+        members
+            .iter()
+            .any(|member| member.node.index == pod.node && member.is_pod_net())
+    };
+    for from in &firsts {
+        for to in &firsts {
+            if from.node != to.node && (pod_net(from) || pod_net(to)) {
+                assert_pair(members, from, to, mode, Some(FULL_SIZE));
+            }
+        }
+    }
+    let ours = firsts.iter().find(|pod| pod_net(pod)).unwrap();
+    let theirs = firsts.iter().find(|pod| !pod_net(pod)).unwrap();
+    let node = members
+        .iter()
+        .find(|member| member.node.index == ours.node)
+        .unwrap()
+        .node;
+    let (out, into) = mode.reasons();
+    for (client, server) in [(ours, theirs), (theirs, ours)] {
+        let before = node.counters().unwrap();
+        client.tcp_transfer(server, "8M").unwrap();
+        let mut moved = node.moved_since(&before).unwrap();
+        moved.retain(|reason, _| !BACKGROUND.contains(&reason.as_str()));
+        let reasons: Vec<&str> = moved.keys().map(String::as_str).collect();
+        let mut wanted = vec![out, into];
+        wanted.sort_unstable();
+        assert_eq!(
+            reasons, wanted,
+            "TCP {} -> {}: pod-net node {} counted {moved:?}",
+            client.ip, server.ip, node.index
+        );
+    }
 }
 
 /// flanneld on a flannel member logged no error and ignored no lease:
@@ -414,8 +488,9 @@ fn mixed_cluster_of_four(config: &str, mode: Mode) {
     eprintln!("programmed after {:?}", started.elapsed());
     let pods = make_pods(&rig, &all, 2, "m");
     ping_every_pair(&all, &pods, mode);
+    assert_full_size_and_tcp(&all, &pods, mode);
     eprintln!(
-        "{} pairs pinged after {:?}",
+        "{} pairs pinged, full-size and TCP after {:?}",
         pods.len() * (pods.len() - 1),
         started.elapsed()
     );

@@ -7,7 +7,7 @@
 //!
 //! Beside that, what a flannel node's kernel holds for its peers, parsed
 //! from `ip -j` and `bridge -j`: the routes, the neighbour entries and the
-//! FDB entries of `flannel.1`, and its routes on the underlay.
+//! FDB entries of its VXLAN device, and its routes on the underlay.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -41,6 +41,8 @@ pub struct Member<'a> {
     pub subnet: String,
     /// The VTEP MAC its lease publishes (`BackendData.VtepMAC`).
     pub vtep_mac: String,
+    /// The VNI its lease publishes (`BackendData.VNI`).
+    pub vni: u64,
 }
 
 impl<'a> Member<'a> {
@@ -73,11 +75,15 @@ impl<'a> Member<'a> {
             .as_str()
             .with_context(|| format!("{key} has no VtepMAC: {text}"))?
             .to_owned();
+        let vni = lease["BackendData"]["VNI"]
+            .as_u64()
+            .with_context(|| format!("{key} has no VNI: {text}"))?;
         Ok(Self {
             node,
             runs,
             subnet,
             vtep_mac,
+            vni,
         })
     }
 
@@ -114,12 +120,12 @@ impl<'a> Member<'a> {
     }
 
     /// The VXLAN device this node's own kernel path uses: pod-net's
-    /// `pnvxlan1` or flannel's `flannel.1`.
+    /// `pnvxlan<VNI>` or flannel's `flannel.<VNI>`.
     #[must_use]
-    pub fn tunnel_device(&self) -> &'static str {
+    pub fn tunnel_device(&self) -> String {
         match self.runs {
-            Runs::PodNet(_) => "pnvxlan1",
-            Runs::Flannel(_) => "flannel.1",
+            Runs::PodNet(_) => format!("pnvxlan{}", self.vni),
+            Runs::Flannel(_) => format!("flannel.{}", self.vni),
         }
     }
 
@@ -368,4 +374,12 @@ pub fn fdb(node: &Node, device: &str) -> Result<BTreeSet<(String, String, String
             )
         })
         .collect())
+}
+
+/// `device` on `node` as `ip -d -j link show` reports it (a VXLAN
+/// device's `linkinfo.info_data` holds its id, port and local address).
+pub fn link_details(node: &Node, device: &str) -> Result<Value> {
+    let text = node.ip(&["-d", "-j", "link", "show", "dev", device])?;
+    let links: Value = serde_json::from_str(&text).with_context(|| format!("parsing {text:?}"))?;
+    Ok(links[0].clone())
 }

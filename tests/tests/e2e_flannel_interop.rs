@@ -87,7 +87,7 @@ fn assert_own_vtep(member: &Member) {
     let node = member.node;
     assert_eq!(
         member.vtep_mac,
-        node.link_mac(member.tunnel_device()).unwrap(),
+        node.link_mac(&member.tunnel_device()).unwrap(),
         "node {}",
         node.index
     );
@@ -96,8 +96,9 @@ fn assert_own_vtep(member: &Member) {
     }
 }
 
-/// etcd holds exactly one lease per member, on distinct subnets, in
-/// flannel's format.
+/// etcd holds exactly one lease per member, on distinct subnets, for the
+/// VXLAN backend (its VNI is checked against the devices by
+/// [`assert_devices`]).
 fn assert_leases(etcd: &Etcd, members: &[&Member]) {
     let mut wanted: Vec<String> = members
         .iter()
@@ -109,7 +110,6 @@ fn assert_leases(etcd: &Etcd, members: &[&Member]) {
         let lease: Value =
             serde_json::from_str(&etcd.get(&lease_key(&member.subnet)).unwrap().unwrap()).unwrap();
         assert_eq!(lease["BackendType"], "vxlan", "{lease}");
-        assert_eq!(lease["BackendData"]["VNI"], 1, "{lease}");
     }
 }
 
@@ -145,7 +145,7 @@ fn assert_programmed(members: &[&Member], mode: Mode) {
             .iter()
             .filter(|peer| peer.node.index != node.index)
             .collect();
-        let device = member.tunnel_device();
+        let device = &member.tunnel_device();
         let what = |thing: &str| format!("node {}: {thing}", node.index);
         let wanted_routes: BTreeMap<String, Route> = peers
             .iter()
@@ -330,7 +330,8 @@ fn assert_pair(members: &[&Member], from: &MixedPod, to: &MixedPod, mode: Mode, 
             (Watched::Flannel(after), Watched::Flannel(before)) => assert_eq!(
                 (after.rx - before.rx, after.tx - before.tx),
                 expected_on_flannel(node, from.node, to.node, mode),
-                "{pair}: flannel.1 (received, sent) on flannel node {node}"
+                "{pair}: {} (received, sent) on flannel node {node}",
+                member.tunnel_device()
             ),
             _ => unreachable!(),
         }
@@ -349,7 +350,7 @@ fn watched_on(member: &Member) -> Watched {
     if member.is_pod_net() {
         Watched::PodNet(watched(member.node))
     } else {
-        Watched::Flannel(member.node.link_packets("flannel.1").unwrap())
+        Watched::Flannel(member.node.link_packets(&member.tunnel_device()).unwrap())
     }
 }
 
@@ -474,31 +475,70 @@ fn assert_store_healthy(member: &Member, peers: usize) {
     );
 }
 
-/// A rig of four nodes, pod-net on nodes 1 and 2 and flanneld on 3 and 4,
-/// with `config`; two pods on each node, every pair pinging both ways.
-fn mixed_cluster_of_four(config: &str, mode: Mode) {
+/// The shape of a mixed cluster.
+struct Shape<'a> {
+    /// flannel's network config.
+    config: &'a str,
+    mode: Mode,
+    /// The VNI and UDP port `config` gives its VXLAN devices.
+    vni: u64,
+    port: u64,
+    /// The nodes running pod-net, and flanneld (a rig of their number).
+    pod_net: &'a [u8],
+    flannel: &'a [u8],
+    pods_per_node: u8,
+}
+
+/// Every node's own VXLAN device (pod-net's `pnvxlan<VNI>`, flannel's
+/// `flannel.<VNI>`) has the config's VNI and port, on the node's underlay
+/// address, with an MTU 50 below the underlay's.
+fn assert_devices(members: &[&Member], vni: u64, port: u64) {
+    for member in members {
+        assert_eq!(member.vni, vni);
+        let device = member.tunnel_device();
+        let link = interop::link_details(member.node, &device).unwrap();
+        let data = &link["linkinfo"]["info_data"];
+        assert_eq!(link["linkinfo"]["info_kind"], "vxlan", "{link}");
+        assert_eq!(data["id"], vni, "{link}");
+        assert_eq!(data["port"], port, "{link}");
+        assert_eq!(
+            data["local"],
+            member.node.underlay_ip.to_string().as_str(),
+            "{link}"
+        );
+        assert_eq!(link["mtu"], 1450, "{link}");
+    }
+}
+
+/// A mixed cluster of `shape`: leases, devices and what each node
+/// programs checked; every pod pinging every other both ways, full-size
+/// pings and TCP ([`assert_full_size_and_tcp`]); status healthy; flanneld
+/// without an error.
+fn mixed_cluster(shape: &Shape) {
     let started = Instant::now();
-    let rig = cluster::rig(4);
+    let nodes = shape.pod_net.len() + shape.flannel.len();
+    let rig = cluster::rig(u8::try_from(nodes).unwrap());
     let etcd = Etcd::start(&rig).unwrap();
-    etcd.put_config(config).unwrap();
-    let members = start(&rig, &etcd, &[1, 2], &[3, 4]);
+    etcd.put_config(shape.config).unwrap();
+    let members = start(&rig, &etcd, shape.pod_net, shape.flannel);
     let all: Vec<&Member> = members.iter().collect();
     assert_leases(&etcd, &all);
-    assert_programmed(&all, mode);
+    assert_devices(&all, shape.vni, shape.port);
+    assert_programmed(&all, shape.mode);
     eprintln!("programmed after {:?}", started.elapsed());
-    let pods = make_pods(&rig, &all, 2, "m");
-    ping_every_pair(&all, &pods, mode);
-    assert_full_size_and_tcp(&all, &pods, mode);
+    let pods = make_pods(&rig, &all, shape.pods_per_node, "m");
+    ping_every_pair(&all, &pods, shape.mode);
+    assert_full_size_and_tcp(&all, &pods, shape.mode);
     eprintln!(
         "{} pairs pinged, full-size and TCP after {:?}",
         pods.len() * (pods.len() - 1),
         started.elapsed()
     );
     for member in all.iter().filter(|member| member.is_pod_net()) {
-        assert_store_healthy(member, 3);
+        assert_store_healthy(member, nodes - 1);
     }
     // Nothing changed on the way.
-    assert_programmed(&all, mode);
+    assert_programmed(&all, shape.mode);
     drop(pods);
     for member in &members {
         assert_flanneld_clean(member);
@@ -507,16 +547,47 @@ fn mixed_cluster_of_four(config: &str, mode: Mode) {
     eprintln!("done after {:?}", started.elapsed());
 }
 
+/// pod-net on nodes 1 and 2, flanneld on 3 and 4, two pods on each.
+const FOUR: Shape = Shape {
+    config: CONFIG,
+    mode: Mode::Vxlan,
+    vni: 1,
+    port: 8472,
+    pod_net: &[1, 2],
+    flannel: &[3, 4],
+    pods_per_node: 2,
+};
+
 #[test]
 fn pod_net_and_flanneld_nodes_share_one_vxlan_network_and_every_pod_reaches_every_other() {
     require_root!();
-    mixed_cluster_of_four(CONFIG, Mode::Vxlan);
+    mixed_cluster(&FOUR);
 }
 
 #[test]
 fn with_direct_routing_pod_net_and_flanneld_nodes_route_to_each_other_without_vxlan() {
     require_root!();
-    mixed_cluster_of_four(DIRECT, Mode::Direct);
+    mixed_cluster(&Shape {
+        config: DIRECT,
+        mode: Mode::Direct,
+        ..FOUR
+    });
+}
+
+/// flannel's `VNI` and `Port` are the cluster's, not pod-net's defaults:
+/// both sides make their devices with them and speak them on the wire.
+#[test]
+fn a_network_with_its_own_vni_and_port_is_shared_the_same_way() {
+    require_root!();
+    mixed_cluster(&Shape {
+        config: r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":7,"Port":4789}}"#,
+        vni: 7,
+        port: 4789,
+        pod_net: &[1],
+        flannel: &[2, 3],
+        pods_per_node: 1,
+        ..FOUR
+    });
 }
 
 #[test]
@@ -564,10 +635,12 @@ fn a_flannel_node_that_leaves_is_dropped_and_one_that_joins_is_added_and_reached
         let routes = cluster::tunnel_routes(node);
         assert!(!routes.contains(&gone.0), "{routes}");
         let fdb = node
-            .exec(&["bridge", "fdb", "show", "dev", "pnvxlan1"])
+            .exec(&["bridge", "fdb", "show", "dev", &member.tunnel_device()])
             .unwrap();
         assert!(!fdb.contains(&gone.1), "{fdb}");
-        let neighbours = node.ip(&["neigh", "show", "dev", "pnvxlan1"]).unwrap();
+        let neighbours = node
+            .ip(&["neigh", "show", "dev", &member.tunnel_device()])
+            .unwrap();
         assert!(!neighbours.contains(&gone.1), "{neighbours}");
     }
     // A pod-net pod's packets for the stranded pod take no fast path now.

@@ -14,7 +14,7 @@ use pod_net_tests::{
     Node, Rig,
     cluster::{self, CONFIG, Etcd, PREFIX, SOON, lease_key, remote_nodes, wait_programmed},
     cmd::output_of,
-    interop::{self, Member, MixedPod, Route},
+    interop::{self, Member, MixedPod, Route, Runs},
     require_root,
     rig::LinkPackets,
     wait_for,
@@ -590,8 +590,14 @@ fn a_network_with_its_own_vni_and_port_is_shared_the_same_way() {
     });
 }
 
+/// Membership changes across the two kinds of node: pod-net nodes 1 and 2
+/// with flanneld node 3; node 3 leaves (flanneld stopped, its lease
+/// deleted) and is dropped by the pod-net nodes; flanneld node 4 joins
+/// later and is programmed both ways, its pod reached; then pod-net node 2
+/// leaves (agent stopped, `--release-lease`) and is dropped by flanneld
+/// and pod-net alike.
 #[test]
-fn a_flannel_node_that_leaves_is_dropped_and_one_that_joins_is_added_and_reached() {
+fn nodes_leaving_are_dropped_and_a_flannel_node_joining_is_added_and_reached() {
     require_root!();
     let started = Instant::now();
     let rig = cluster::rig(4);
@@ -671,6 +677,42 @@ fn a_flannel_node_that_leaves_is_dropped_and_one_that_joins_is_added_and_reached
     assert_flanneld_clean(&members[3]);
     drop(probe);
     drop(pods);
+
+    // And the other way: a pod-net node that leaves (its agent stopped,
+    // its lease released) is dropped by flanneld as by pod-net.
+    let released = Instant::now();
+    if let Runs::PodNet(agent) = &mut members[1].runs {
+        agent.kill();
+    }
+    let output = members[1]
+        .node
+        .pod_net_command(&[
+            "agent",
+            "--etcd-endpoints",
+            &Etcd::endpoint(),
+            "--iface",
+            "eth0",
+            "--release-lease",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("released the lease on {}\n", members[1].subnet)
+    );
+    let remaining: Vec<&Member> = [&members[0], &members[3]].into();
+    assert_leases(&etcd, &remaining);
+    assert_programmed(&remaining, Mode::Vxlan);
+    eprintln!(
+        "node 2 dropped {:?} after its agent stopped",
+        released.elapsed()
+    );
+    assert_flanneld_clean(&members[3]);
     drop(members);
     eprintln!("done after {:?}", started.elapsed());
 }

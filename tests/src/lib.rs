@@ -14,6 +14,7 @@ pub mod deploy;
 pub mod flannel;
 pub mod flanneld;
 pub mod frames;
+pub mod interop;
 pub mod kube;
 pub mod peers;
 pub mod privileges;

@@ -1,0 +1,385 @@
+//! A mixed cluster: `pod-net agent` on some rig nodes and a real flanneld
+//! (v0.28.10, [`crate::flanneld`]) on others, sharing one flannel-schema
+//! etcd ([`crate::cluster::Etcd`]). Each node's pods are made the way that
+//! node's own network plugin makes them: through the agent's conflist
+//! (bridge, host-local, pod-net-cni) on a pod-net node, through flannel's
+//! CNI plugin on a flannel node.
+//!
+//! Beside that, what a flannel node's kernel holds for its peers, parsed
+//! from `ip -j` and `bridge -j`: the routes, the neighbour entries and the
+//! FDB entries of its VXLAN device, and its routes on the underlay.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use crate::{
+    cluster::{self, Agent, Etcd, SOON, lease_key},
+    cmd::{output_of, run_command},
+    cni::{self, Attachment, Runtime, result_ipv4},
+    flanneld::{self, Flanneld},
+    rig::{Node, Rig},
+    wait::wait_until,
+};
+
+/// What runs on a node of a mixed cluster.
+pub enum Runs {
+    PodNet(Agent),
+    Flannel(Flanneld),
+}
+
+/// A node of a mixed cluster, once it has its lease.
+pub struct Member<'a> {
+    pub node: &'a Node,
+    pub runs: Runs,
+    /// Its subnet, `10.244.N.0/24`.
+    pub subnet: String,
+    /// The VTEP MAC its lease publishes (`BackendData.VtepMAC`).
+    pub vtep_mac: String,
+    /// The VNI its lease publishes (`BackendData.VNI`).
+    pub vni: u64,
+}
+
+impl<'a> Member<'a> {
+    /// Starts `pod-net agent` on `node` against the rig's etcd, and waits
+    /// for its lease.
+    pub fn pod_net(rig: &Rig, etcd: &Etcd, node: &'a Node) -> Result<Self> {
+        let agent = Agent::start(node, &cluster::agent_dir(rig, node), &Etcd::endpoint(), &[])?;
+        let subnet = agent.wait_subnet(SOON)?;
+        Self::leased(etcd, node, Runs::PodNet(agent), subnet)
+    }
+
+    /// Starts flanneld on `node` against the rig's etcd, and waits for its
+    /// lease.
+    pub fn flannel(rig: &Rig, etcd: &Etcd, node: &'a Node) -> Result<Self> {
+        let mut daemon = Flanneld::start_etcd(rig, node, &Etcd::endpoint(), &[])?;
+        let subnet = daemon.wait_subnet(SOON)?;
+        Self::leased(etcd, node, Runs::Flannel(daemon), subnet)
+    }
+
+    /// The member, with the VTEP MAC read from its lease, which must name
+    /// its node.
+    fn leased(etcd: &Etcd, node: &'a Node, runs: Runs, subnet: String) -> Result<Self> {
+        let key = lease_key(&subnet);
+        let text = etcd.get(&key)?.with_context(|| format!("no {key}"))?;
+        let lease: Value = serde_json::from_str(&text).with_context(|| format!("{key}: {text}"))?;
+        if lease["PublicIP"] != node.underlay_ip.to_string().as_str() {
+            bail!("{key} does not name node {}: {text}", node.index);
+        }
+        let vtep_mac = lease["BackendData"]["VtepMAC"]
+            .as_str()
+            .with_context(|| format!("{key} has no VtepMAC: {text}"))?
+            .to_owned();
+        let vni = lease["BackendData"]["VNI"]
+            .as_u64()
+            .with_context(|| format!("{key} has no VNI: {text}"))?;
+        Ok(Self {
+            node,
+            runs,
+            subnet,
+            vtep_mac,
+            vni,
+        })
+    }
+
+    /// Whether pod-net runs here.
+    #[must_use]
+    pub fn is_pod_net(&self) -> bool {
+        matches!(self.runs, Runs::PodNet(_))
+    }
+
+    /// The agent, on a pod-net node.
+    #[must_use]
+    pub fn agent(&self) -> Option<&Agent> {
+        match &self.runs {
+            Runs::PodNet(agent) => Some(agent),
+            Runs::Flannel(_) => None,
+        }
+    }
+
+    /// flanneld's log so far, on a flannel node.
+    #[must_use]
+    pub fn flanneld_log(&self) -> Option<String> {
+        match &self.runs {
+            Runs::Flannel(daemon) => Some(daemon.log_text()),
+            Runs::PodNet(_) => None,
+        }
+    }
+
+    /// flanneld, on a flannel node.
+    pub fn flanneld(&mut self) -> Option<&mut Flanneld> {
+        match &mut self.runs {
+            Runs::Flannel(daemon) => Some(daemon),
+            Runs::PodNet(_) => None,
+        }
+    }
+
+    /// The VXLAN device this node's own kernel path uses: pod-net's
+    /// `pnvxlan<VNI>` or flannel's `flannel.<VNI>`.
+    #[must_use]
+    pub fn tunnel_device(&self) -> String {
+        match self.runs {
+            Runs::PodNet(_) => format!("pnvxlan{}", self.vni),
+            Runs::Flannel(_) => format!("flannel.{}", self.vni),
+        }
+    }
+
+    /// What a pod-net peer programs for this node over VXLAN: (subnet,
+    /// node IP, VTEP MAC), as [`cluster::remote_nodes`] lists it.
+    #[must_use]
+    pub fn entry(&self) -> (String, String, String) {
+        (
+            self.subnet.clone(),
+            self.node.underlay_ip.to_string(),
+            self.vtep_mac.clone(),
+        )
+    }
+
+    /// The first address of its subnet (flannel's next hop for it on
+    /// `flannel.1`).
+    #[must_use]
+    pub fn subnet_ip(&self) -> String {
+        self.subnet
+            .split_once('/')
+            .map_or_else(String::new, |(ip, _)| ip.to_owned())
+    }
+
+    /// A pod `name` on this node, made by this node's network plugin.
+    pub fn pod(&self, rig: &Rig, name: &str) -> Result<MixedPod<'a>> {
+        let (conflist, plugin_path) = match &self.runs {
+            Runs::PodNet(agent) => {
+                let ipam = rig
+                    .scratch_dir()?
+                    .join(format!("ipam-n{}", self.node.index));
+                (agent.conflist(&ipam)?, cni::plugin_path()?)
+            }
+            Runs::Flannel(daemon) => (daemon.conflist(), flanneld::plugin_path()?),
+        };
+        let runtime = Runtime::new(self.node, conflist, plugin_path);
+        let attachment = Attachment::in_sandbox(rig, name)?;
+        let result = runtime.add(&attachment)?;
+        Ok(MixedPod {
+            ip: result_ipv4(&result)?,
+            node: self.node.index,
+            name: name.to_owned(),
+            runtime,
+            attachment,
+        })
+    }
+}
+
+/// A pod of a mixed cluster, deleted through its plugin chain on drop.
+pub struct MixedPod<'a> {
+    runtime: Runtime<'a>,
+    pub attachment: Attachment,
+    pub ip: Ipv4Addr,
+    /// Its node's index.
+    pub node: u8,
+    pub name: String,
+}
+
+impl MixedPod<'_> {
+    /// `ip netns exec <the pod's netns> args..`.
+    fn command(&self, args: &[&str]) -> Result<Command> {
+        let netns = self
+            .attachment
+            .netns
+            .as_deref()
+            .context("the pod has no netns")?
+            .trim_start_matches("/run/netns/");
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns]).args(args);
+        Ok(command)
+    }
+
+    /// `ping -c count` to `to`, 50 ms apart, each reply awaited for up to
+    /// 1 s: (transmitted, received) from ping's summary.
+    pub fn ping(&self, to: Ipv4Addr, count: u32) -> Result<(u64, u64)> {
+        self.ping_with(to, count, &[])
+    }
+
+    /// Like [`Self::ping`], with `size` bytes of payload and don't-fragment.
+    pub fn df_ping(&self, to: Ipv4Addr, count: u32, size: u32) -> Result<(u64, u64)> {
+        self.ping_with(to, count, &["-M", "do", "-s", &size.to_string()])
+    }
+
+    fn ping_with(&self, to: Ipv4Addr, count: u32, extra: &[&str]) -> Result<(u64, u64)> {
+        let count = count.to_string();
+        let to = to.to_string();
+        let mut args = vec!["ping", "-n", "-q", "-c", &count, "-i", "0.05", "-W", "1"];
+        args.extend_from_slice(extra);
+        args.push(&to);
+        let output = output_of(&mut self.command(&args)?)?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let line = text
+            .lines()
+            .find(|line| line.contains("packets transmitted"))
+            .with_context(|| {
+                format!(
+                    "ping {to} printed no summary: {text}{}",
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            })?;
+        let mut numbers = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|part| part.parse::<u64>().ok());
+        match (numbers.next(), numbers.next()) {
+            (Some(sent), Some(received)) => Ok((sent, received)),
+            _ => bail!("ping {to}: unreadable summary {line:?}"),
+        }
+    }
+
+    /// Sends `bytes` (iperf3's `-n`, e.g. "8M") over one TCP connection to
+    /// an iperf3 server in `server` (bounded: 30 s), and returns the bytes
+    /// the client sent; fails unless the server reports bytes too.
+    pub fn tcp_transfer(&self, server: &MixedPod, bytes: &str) -> Result<u64> {
+        let mut child = server
+            .command(&["iperf3", "-s", "-1"])?
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 -s")?;
+        let result = (|| {
+            wait_until("iperf3 listening", Duration::from_secs(5), || {
+                server
+                    .command(&["ss", "-Hltn", "sport = :5201"])
+                    .ok()
+                    .and_then(|mut command| run_command(&mut command).ok())
+                    .is_some_and(|listening| !listening.trim().is_empty())
+            })?;
+            let target = server.ip.to_string();
+            let text = run_command(
+                &mut self
+                    .command(&["timeout", "30", "iperf3", "-c", &target, "-n", bytes, "-J"])?,
+            )?;
+            let report: Value = serde_json::from_str(&text).context("parsing iperf3 -J")?;
+            if let Some(error) = report.get("error") {
+                bail!("iperf3 {} -> {target}: {error}", self.ip);
+            }
+            let sent = report["end"]["sum_sent"]["bytes"].as_u64().unwrap_or(0);
+            let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+            anyhow::ensure!(
+                sent > 0 && received > 0,
+                "iperf3 {} -> {target}: sent {sent}, received {received}",
+                self.ip
+            );
+            Ok(sent)
+        })();
+        let _ = child.kill();
+        let _ = child.wait();
+        result
+    }
+}
+
+impl Drop for MixedPod<'_> {
+    fn drop(&mut self) {
+        let _ = self.runtime.del(&self.attachment);
+    }
+}
+
+/// A route with a gateway, as `ip -j route` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Route {
+    pub gateway: String,
+    pub dev: String,
+    /// `onlink`, ...
+    pub flags: Vec<String>,
+}
+
+impl Route {
+    #[must_use]
+    pub fn new(gateway: &str, dev: &str, flags: &[&str]) -> Self {
+        Self {
+            gateway: gateway.to_owned(),
+            dev: dev.to_owned(),
+            flags: flags.iter().map(|flag| (*flag).to_owned()).collect(),
+        }
+    }
+}
+
+/// The routes with a gateway `ip -j route show args..` prints in `node`,
+/// by destination.
+pub fn routes(node: &Node, args: &[&str]) -> Result<BTreeMap<String, Route>> {
+    let mut full = vec!["-j", "route", "show"];
+    full.extend_from_slice(args);
+    let text = node.ip(&full)?;
+    let list: Value = serde_json::from_str(&text).with_context(|| format!("parsing {text}"))?;
+    let mut routes = BTreeMap::new();
+    for route in list.as_array().context("ip -j route printed no array")? {
+        let (Some(dst), Some(gateway)) = (route["dst"].as_str(), route["gateway"].as_str()) else {
+            continue;
+        };
+        routes.insert(
+            dst.to_owned(),
+            Route {
+                gateway: gateway.to_owned(),
+                dev: route["dev"].as_str().unwrap_or_default().to_owned(),
+                flags: strings(&route["flags"]),
+            },
+        );
+    }
+    Ok(routes)
+}
+
+/// The strings of a JSON array (none for anything else).
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The neighbour entries of `device` on `node`: (IP, MAC, states).
+pub fn neighbours(node: &Node, device: &str) -> Result<BTreeSet<(String, String, Vec<String>)>> {
+    let text = node.ip(&["-j", "neigh", "show", "dev", device])?;
+    let list: Value = serde_json::from_str(&text).with_context(|| format!("parsing {text}"))?;
+    Ok(list
+        .as_array()
+        .context("ip -j neigh printed no array")?
+        .iter()
+        .map(|entry| {
+            (
+                entry["dst"].as_str().unwrap_or_default().to_owned(),
+                entry["lladdr"].as_str().unwrap_or_default().to_owned(),
+                strings(&entry["state"]),
+            )
+        })
+        .collect())
+}
+
+/// The FDB entries of VXLAN `device` on `node`: (MAC, remote IP, state).
+pub fn fdb(node: &Node, device: &str) -> Result<BTreeSet<(String, String, String)>> {
+    let text = node.exec(&["bridge", "-j", "fdb", "show", "dev", device])?;
+    let list: Value = serde_json::from_str(&text).with_context(|| format!("parsing {text}"))?;
+    Ok(list
+        .as_array()
+        .context("bridge -j fdb printed no array")?
+        .iter()
+        .map(|entry| {
+            (
+                entry["mac"].as_str().unwrap_or_default().to_owned(),
+                entry["dst"].as_str().unwrap_or_default().to_owned(),
+                entry["state"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect())
+}
+
+/// `device` on `node` as `ip -d -j link show` reports it (a VXLAN
+/// device's `linkinfo.info_data` holds its id, port and local address).
+pub fn link_details(node: &Node, device: &str) -> Result<Value> {
+    let text = node.ip(&["-d", "-j", "link", "show", "dev", device])?;
+    let links: Value = serde_json::from_str(&text).with_context(|| format!("parsing {text:?}"))?;
+    Ok(links[0].clone())
+}

@@ -36,7 +36,8 @@ const CONFIG_POLL: Duration = Duration::from_millis(500);
 const CONFIG_RETRY_MAX: Duration = Duration::from_secs(8);
 
 pub struct AgentOptions {
-    /// Join a cluster through etcd (which also loads the datapath).
+    /// Join a cluster through etcd or Kubernetes (which also loads the
+    /// datapath).
     pub cluster: Option<cluster::ClusterOptions>,
     pub config: Option<PathBuf>,
     pub metrics_addr: SocketAddr,
@@ -79,7 +80,7 @@ async fn serve(pins: PinDir, mut options: AgentOptions) -> Result<()> {
     let cluster = options.cluster.take();
     let board = cluster.as_ref().map(|cluster| {
         cluster::board::StatusBoard::new(
-            "etcd",
+            cluster.store.name(),
             &pins.root().display().to_string(),
             Some(status_file(&cluster.subnet_file)),
         )
@@ -101,7 +102,7 @@ async fn serve(pins: PinDir, mut options: AgentOptions) -> Result<()> {
             _ = interrupt.recv() => None,
         };
         match joined {
-            Some(Ok((joined, target))) => tasks.push(tokio::spawn(cluster::follow(joined, target))),
+            Some(Ok((member, target))) => tasks.push(tokio::spawn(member.follow(target))),
             Some(Err(err)) => {
                 stopped(tasks);
                 return Err(err.into());

@@ -93,7 +93,7 @@ pub enum Command {
     /// Make the maps match a node config file (TOML or JSON).
     Apply(apply::ApplyArgs),
     /// Run the node daemon: /metrics, program logs, config reconciling.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// Repair half-done state: entries of vanished pods, pods without the program, orphan attachments.
     Gc(gc::GcArgs),
 }
@@ -154,7 +154,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stats(args) => stats::run(&pins, &args)?,
         Command::Monitor(args) => monitor::run(&pins, &args)?,
         Command::Apply(args) => apply::run(&pins, &args)?,
-        Command::Agent(args) => agent::run(pins, args)?,
+        Command::Agent(args) => agent::run(pins, *args)?,
         Command::Gc(args) => gc::run(&pins, &args)?,
     }
     Ok(ExitCode::SUCCESS)

@@ -403,6 +403,17 @@ impl Peer {
             key: key.to_owned(),
             reason: err.to_string(),
         })?;
+        Self::from_attrs(key, lease_key, attrs, vni)
+    }
+
+    /// The peer a lease with `attrs` describes, on the subnets of
+    /// `lease_key` (a lease in etcd, or a Node's annotations and podCIDRs).
+    pub fn from_attrs(
+        key: &str,
+        lease_key: LeaseKey,
+        attrs: LeaseAttrs,
+        vni: u32,
+    ) -> Result<Self, SchemaError> {
         if attrs.backend_type != VXLAN {
             return Err(SchemaError::ForeignBackend {
                 key: key.to_owned(),

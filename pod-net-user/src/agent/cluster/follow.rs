@@ -24,11 +24,9 @@ use super::{
     Joined,
     admission::{self, Admission, Claim, Own},
     backoff::Backoff,
-    config_key,
-    flannel::{NetworkConfig, Peer, SchemaError, Subnet},
+    flannel::{NetworkConfig, SchemaError, Subnet},
     lease::{self, Mended},
     store::{Change, Record, Store, StoreError, Watch as _, WatchUpdate},
-    subnets_prefix,
     target::{Session, Target},
 };
 use crate::{
@@ -95,7 +93,10 @@ pub async fn follow<S: Store>(mut joined: Joined<S>, mut target: impl Target) {
             Err(err) => {
                 joined.board.update(|status| status.connected = false);
                 let delay = backoff.next();
-                warn!("etcd: {err}; the datapath keeps its entries; reconnecting in {delay:?}");
+                warn!(
+                    "{}: {err}; the datapath keeps its entries; reconnecting in {delay:?}",
+                    joined.layout.store_name()
+                );
                 tokio::time::sleep(delay).await;
                 if let Err(err) = joined.store.reconnect(&mut backoff).await {
                     error!("{err}");
@@ -129,18 +130,19 @@ async fn follow_once<S: Store>(
     view: &mut View,
     backoff: &mut Backoff,
 ) -> Result<String, StoreError> {
-    let prefix = format!("{}/", joined.prefix.trim_end_matches('/'));
+    let prefix = joined.layout.watched();
     let mut reconciled = true;
     if can_resume(joined, view).await? {
         info!("resuming the watch at revision {}", view.revision + 1);
     } else {
         let listing = joined.store.list(&prefix).await?;
-        let config_key = config_key(&joined.prefix);
-        let config = listing
-            .records
-            .iter()
-            .find(|record| record.key == config_key);
-        config_changed(joined, target, view, config);
+        if let Some(config_key) = joined.layout.config_key() {
+            let config = listing
+                .records
+                .iter()
+                .find(|record| record.key == config_key);
+            config_changed(joined, target, view, &config_key, config);
+        }
         let mended = lease::ensure(&mut joined.store, &mut joined.lease, &listing).await?;
         note_mended(joined, mended);
         view.records.clear();
@@ -157,9 +159,11 @@ async fn follow_once<S: Store>(
             view.revision,
             view.reported.len()
         );
-    } // Listed (or resumed): a healthy connection, whatever comes next.
-    backoff.reset();
+    }
     let mut watch = joined.store.watch(&prefix, view.revision + 1).await?;
+    // Listed (or resumed) and watching: a healthy connection, whatever
+    // comes next.
+    backoff.reset();
     joined.board.update(|status| status.connected = true);
     let mut renew_at = tokio::time::Instant::now() + joined.lease.renew_interval();
     let mut resync_at = tokio::time::Instant::now() + RESYNC;
@@ -199,15 +203,15 @@ async fn changed<S: Store>(
     view: &mut View,
     changes: Vec<Change>,
 ) -> Result<Option<String>, StoreError> {
-    let config_key = config_key(&joined.prefix);
+    let config_key = joined.layout.config_key();
     for change in changes {
         let key = change.key().to_owned();
-        if key == config_key {
+        if Some(&key) == config_key.as_ref() {
             let record = match &change {
                 Change::Put(record) => Some(record),
                 Change::Delete { .. } => None,
             };
-            config_changed(joined, target, view, record);
+            config_changed(joined, target, view, &key, record);
             continue;
         }
         match change {
@@ -227,10 +231,10 @@ async fn changed<S: Store>(
     Ok(None)
 }
 
-/// Files a record under `subnets/` (others are not the loop's business).
+/// Files a record that may be a lease (others are not the loop's
+/// business; a record that stopped being a lease is forgotten).
 fn seen<S>(joined: &Joined<S>, view: &mut View, record: &Record) {
-    let subnets = subnets_prefix(&joined.prefix);
-    if !record.key.starts_with(&subnets) || record.key == joined.lease.key {
+    if !joined.layout.may_hold_lease(&record.key) || record.key == joined.lease.key {
         return;
     }
     let parsed = match record.value.bytes() {
@@ -239,12 +243,17 @@ fn seen<S>(joined: &Joined<S>, view: &mut View, record: &Record) {
             record.value.len(),
             super::store::MAX_VALUE_BYTES
         )),
-        Some(bytes) => {
-            Peer::parse(&record.key, bytes, joined.config.vni).map_err(|err| reason(&err))
-        }
+        Some(bytes) => joined
+            .layout
+            .peer(&record.key, bytes, joined.config.vni)
+            .map_err(|err| reason(&err)),
     };
     let seen = match parsed {
-        Ok(peer) => Seen::Lease(Claim {
+        Ok(None) => {
+            view.records.remove(&record.key);
+            return;
+        }
+        Ok(Some(peer)) => Seen::Lease(Claim {
             key: record.key.clone(),
             created: record.created,
             peer,
@@ -287,9 +296,9 @@ fn config_changed<S>(
     joined: &mut Joined<S>,
     target: &mut impl Target,
     view: &mut View,
+    key: &str,
     record: Option<&Record>,
 ) {
-    let key = config_key(&joined.prefix);
     let running = &joined.config;
     let keeps = format!(
         "the agent keeps the config it started with (Network {}, /{} subnets, VNI {}, port {})",
@@ -303,7 +312,7 @@ fn config_changed<S>(
                 record.value.len()
             )),
             Some(bytes) => {
-                NetworkConfig::parse(&key, bytes).map_err(|err| format!("{err}; {keeps}"))
+                NetworkConfig::parse(key, bytes).map_err(|err| format!("{err}; {keeps}"))
             }
         },
     };
@@ -425,7 +434,7 @@ fn program<S>(
                 .collect();
             session.change(&removed, added).or_else(|err| {
                 // The maps drifted from what we last made them: diff all.
-                warn!("etcd: {err:#}; reconciling every entry");
+                warn!("{err:#}; reconciling every entry");
                 session.reconcile(wanted.values().cloned().collect())
             })
         }
@@ -433,7 +442,7 @@ fn program<S>(
     };
     match result {
         Ok(changes) => {
-            report(&changes, wanted.len(), revision);
+            report(joined.layout.store_name(), &changes, wanted.len(), revision);
             joined.board.update(|status| {
                 status.peers = wanted.len();
                 status.last_sync = Some(unix_seconds(SystemTime::now()));
@@ -556,13 +565,13 @@ fn report_skipped<S>(joined: &Joined<S>, view: &mut View, admission: &Admission)
 /// Says what a reconcile changed: one line per batch; each change at
 /// debug level (at a churn of 20 leases a second, a line per change is
 /// 12 MB of log an hour).
-fn report(changes: &[apply::Change], peers: usize, revision: i64) {
+fn report(store: &str, changes: &[apply::Change], peers: usize, revision: i64) {
     for change in changes {
-        debug!("etcd: {change}");
+        debug!("{store}: {change}");
     }
     if !changes.is_empty() {
         info!(
-            "etcd: {} change(s) programmed, {peers} other node(s) at revision {revision}",
+            "{store}: {} change(s) programmed, {peers} other node(s) at revision {revision}",
             changes.len()
         );
     }

@@ -17,6 +17,8 @@ use super::{
     board::StatusBoard,
     flannel::{LeaseAttrs, NetworkConfig},
     follow,
+    kube::node::NodeRecord,
+    layout::Layout,
     lease::OwnLease,
     memory::MemoryStore,
     store::Value,
@@ -148,7 +150,9 @@ fn cluster() -> (MemoryStore, Joined<MemoryStore>, StatusBoard) {
     store.put(&key("10.244.1.0-24"), &own);
     let board = StatusBoard::new("memory", "/sys/fs/bpf/test", None);
     let joined = Joined {
-        prefix: PREFIX.to_owned(),
+        layout: Layout::Etcd {
+            prefix: PREFIX.to_owned(),
+        },
         store: store.clone(),
         config: NetworkConfig::parse("config", CONFIG.as_bytes()).unwrap(),
         public_ip: OWN_IP,
@@ -404,5 +408,80 @@ async fn a_compatible_config_change_applies_and_another_is_a_problem_until_undon
         recorder.entries(),
         [("10.244.2.0/24".into(), ip(2), Mode::Direct)]
     );
+    task.abort();
+}
+
+/// A Node as the Kubernetes store hands it over: its podCIDR and, when
+/// `host` is given, the lease annotations of node `192.168.100.HOST`.
+fn node_record(cidr: &str, host: Option<u8>) -> String {
+    let pod_cidrs = vec![cidr.to_owned()];
+    let record = match host {
+        Some(host) => NodeRecord::published(
+            pod_cidrs,
+            &LeaseAttrs::vxlan(
+                Ipv4Addr::new(192, 168, 100, host),
+                1,
+                MacAddr([0x0e, 0, 0, 0, 0, host]),
+            ),
+        ),
+        None => NodeRecord {
+            pod_cidrs,
+            ..NodeRecord::default()
+        },
+    };
+    String::from_utf8(record.to_bytes()).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_kubernetes_nodes_are_leases_only_while_managed_and_leaving_is_not_an_error() {
+    let store = MemoryStore::default();
+    let own = node_record("10.244.1.0/24", Some(1));
+    store.put("nodes/n1", &own);
+    store.put("nodes/n2", &node_record("10.244.2.0/24", Some(2)));
+    // Joining, not managed yet: not a lease, not skipped.
+    store.put("nodes/n3", &node_record("10.244.3.0/24", None));
+    let board = StatusBoard::new("kubernetes", "/sys/fs/bpf/test", None);
+    let joined = Joined {
+        layout: Layout::Kube,
+        store: store.clone(),
+        config: NetworkConfig::parse("net-conf.json", CONFIG.as_bytes()).unwrap(),
+        public_ip: OWN_IP,
+        lease: OwnLease {
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            key: "nodes/n1".to_owned(),
+            id: 0,
+            ttl: Duration::ZERO,
+            value: own.into_bytes(),
+        },
+        board: board.clone(),
+    };
+    let recorder = Recorder::default();
+    let task = tokio::spawn(follow(joined, recorder.clone()));
+    eventually("n2 programmed", || recorder.entries().len() == 1).await;
+    assert_eq!(
+        recorder.entries(),
+        [("10.244.2.0/24".into(), ip(2), Mode::Vxlan)]
+    );
+    assert_eq!(status(&board).skipped_now, 0);
+
+    // n3 publishes its lease, and n2 takes its own away (it left).
+    store.put("nodes/n3", &node_record("10.244.3.0/24", Some(3)));
+    store.put("nodes/n2", &node_record("10.244.2.0/24", None));
+    eventually("n3 in, n2 out", || {
+        recorder.entries() == [("10.244.3.0/24".into(), ip(3), Mode::Vxlan)]
+    })
+    .await;
+    // Annotations that are not a lease pod-net can use are skipped.
+    store.put(
+        "nodes/n4",
+        &node_record("10.244.4.0/24", Some(4)).replace("vxlan", "host-gw"),
+    );
+    eventually("n4 skipped", || status(&board).skipped_now == 1).await;
+    assert_eq!(status(&board).skipped[0].key, "nodes/n4");
+    assert_eq!(
+        status(&board).skipped[0].reason,
+        "backend type \"host-gw\", not vxlan"
+    );
+    assert_eq!(status(&board).peers, 1);
     task.abort();
 }

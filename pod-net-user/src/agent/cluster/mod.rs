@@ -1,14 +1,16 @@
-//! Cluster membership: `pod-net agent --etcd-endpoints ... --iface ...`
-//! joins a cluster through etcd, in flannel's schema.
+//! Cluster membership, in flannel's schema so pod-net and flannel nodes
+//! share one network: `pod-net agent --etcd-endpoints ... --iface ...`
+//! joins through etcd (`etcd`), `--kube-subnet-mgr` through the Kubernetes
+//! API (`kube`).
 //!
-//! [`join`] leases this node a subnet (`lease`), loads the datapath, and
-//! writes `subnet.env` and the CNI conflist. [`follow`] then lists and
-//! watches the store and keeps the remote-node entries (BPF maps and the
-//! kernel path) equal to what `admission` makes of the other nodes'
-//! leases, through the same bulk diff as `apply`. It renews the lease,
-//! writes it back if the store lost it or someone changed it, and rides out
-//! the store going away: the datapath keeps what it has. What the agent
-//! sees is on its status `board`.
+//! [`join`] settles this node's subnet (an etcd lease, or the Node's
+//! podCIDR), loads the datapath, and writes `subnet.env` and the CNI
+//! conflist. [`Member::follow`] then lists and watches the store and keeps
+//! the remote-node entries (BPF maps and the kernel path) equal to what
+//! `admission` makes of the other nodes' leases, through the same bulk
+//! diff as `apply`. It keeps this node's own lease as it wrote it, and
+//! rides out the store going away: the datapath keeps what it has. What
+//! the agent sees is on its status `board`.
 mod admission;
 mod backoff;
 pub mod board;
@@ -18,6 +20,8 @@ pub mod flannel;
 mod follow;
 #[cfg(test)]
 mod follow_tests;
+pub mod kube;
+mod layout;
 mod lease;
 #[cfg(test)]
 mod memory;
@@ -25,18 +29,19 @@ pub mod store;
 pub mod subnet_env;
 mod target;
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{net::Ipv4Addr, path::PathBuf};
 
-use log::{info, warn};
+use log::info;
 use thiserror::Error;
 
 use self::{
-    backoff::Backoff,
     board::StatusBoard,
-    etcd::{Etcd, TlsError, TlsFiles},
-    flannel::{LeaseAttrs, LeaseKey, NetworkConfig, SchemaError, Subnet},
+    etcd::{EtcdOptions, TlsError},
+    flannel::NetworkConfig,
+    kube::KubeOptions,
+    layout::Layout,
     lease::OwnLease,
-    store::{Store, StoreError},
+    store::StoreError,
     target::NodeFiles,
 };
 pub use self::{follow::follow, target::DatapathTarget};
@@ -46,23 +51,37 @@ use crate::{
         load::{self, LoadOptions},
         underlay::UnderlayOptions,
     },
+    mac::MacAddr,
     sys::{files, netdev},
 };
-
-/// flanneld's default etcd prefix.
-pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 
 /// What `pod-net agent` was told about the cluster.
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
-    pub endpoints: Vec<String>,
-    pub prefix: String,
+    /// The underlay interface, by name or by one of its IPv4 addresses.
     pub iface: String,
     pub public_ip: Option<Ipv4Addr>,
     pub subnet_file: PathBuf,
     pub cni_conflist: Option<PathBuf>,
-    pub lease_ttl: Duration,
-    pub tls: TlsFiles,
+    pub store: StoreOptions,
+}
+
+/// Which store the cluster lives in.
+#[derive(Clone, Debug)]
+pub enum StoreOptions {
+    Etcd(EtcdOptions),
+    Kube(KubeOptions),
+}
+
+impl StoreOptions {
+    /// The store, as log lines and `status` name it.
+    #[must_use]
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Etcd(_) => "etcd",
+            Self::Kube(_) => "kubernetes",
+        }
+    }
 }
 
 /// Failures that retrying does not fix: the agent stops with one line.
@@ -72,6 +91,8 @@ pub enum ClusterError {
     Tls(#[from] TlsError),
     #[error("--iface {0}: no such interface")]
     NoInterface(String),
+    #[error("--iface {0}: no interface has this address")]
+    NoInterfaceWithAddress(Ipv4Addr),
     #[error("--iface {0} has no IPv4 address; give --public-ip")]
     NoAddress(String),
     #[error("no free subnet left in {min}..={max} (/{len}): the pool is full")]
@@ -95,16 +116,26 @@ pub enum ClusterError {
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("no lease of this node ({0}) to release")]
-    NothingToRelease(Ipv4Addr),
+    NothingToRelease(String),
+    /// Kubernetes settings or this node's Node (see `kube`).
+    #[error("{0}")]
+    Kube(String),
 }
 
 impl ClusterOptions {
     /// Checks what can be checked before anything starts (the interface,
-    /// the TLS files, the directories written to), so a mistake there is
-    /// one line and nothing else.
+    /// the store's settings, the directories written to), so a mistake
+    /// there is one line and nothing else.
     pub fn validate(&self) -> Result<(), ClusterError> {
         underlay(self)?;
-        self.tls.load()?;
+        match &self.store {
+            StoreOptions::Etcd(etcd) => {
+                etcd.tls.load()?;
+            }
+            StoreOptions::Kube(kube) => {
+                kube.validate()?;
+            }
+        }
         let files = [Some(&self.subnet_file), self.cni_conflist.as_ref()];
         for path in files.into_iter().flatten() {
             files::check_dir_of(path).map_err(|source| ClusterError::Write {
@@ -119,9 +150,7 @@ impl ClusterOptions {
 /// Everything `join` settled, for `follow`: the store it follows, and
 /// this node as the store knows it.
 pub struct Joined<S> {
-    /// Where the network lives in the store (`<prefix>/config`,
-    /// `<prefix>/subnets/`).
-    prefix: String,
+    layout: Layout,
     store: S,
     config: NetworkConfig,
     public_ip: Ipv4Addr,
@@ -129,25 +158,94 @@ pub struct Joined<S> {
     board: StatusBoard,
 }
 
-/// Key names under the prefix.
-fn config_key(prefix: &str) -> String {
-    format!("{}/config", prefix.trim_end_matches('/'))
+/// A joined node, whichever its store.
+pub enum Member {
+    // Boxed: a store's client is large.
+    Etcd(Box<Joined<etcd::Etcd>>),
+    Kube(Box<Joined<kube::KubeStore>>),
 }
 
-fn subnets_prefix(prefix: &str) -> String {
-    format!("{}/subnets/", prefix.trim_end_matches('/'))
+impl Member {
+    /// Follows the store until the task is aborted (see [`follow`]).
+    pub async fn follow(self, target: DatapathTarget) {
+        match self {
+            Self::Etcd(joined) => follow(*joined, target).await,
+            Self::Kube(joined) => follow(*joined, target).await,
+        }
+    }
 }
 
-/// The node's public IP and the underlay's MTU.
-fn underlay(options: &ClusterOptions) -> Result<(Ipv4Addr, u32), ClusterError> {
+/// Joins the cluster: settles this node's subnet, loads the datapath on
+/// `--iface`, and writes `subnet.env` and the conflist. Waits (with
+/// backoff) while the store is unreachable or not ready; fails on what
+/// waiting cannot fix. `board` shows how far it got. Returns the store to
+/// follow, and the datapath to program.
+pub async fn join(
+    pins: &PinDir,
+    options: ClusterOptions,
+    board: StatusBoard,
+) -> Result<(Member, DatapathTarget), ClusterError> {
+    match &options.store {
+        StoreOptions::Etcd(etcd) => {
+            let etcd = etcd.clone();
+            let (joined, target) = etcd::join(pins, &options, &etcd, board).await?;
+            Ok((Member::Etcd(Box::new(joined)), target))
+        }
+        StoreOptions::Kube(kube) => {
+            let kube = kube.clone();
+            let (joined, target) = kube::join(pins, &options, &kube, board).await?;
+            Ok((Member::Kube(Box::new(joined)), target))
+        }
+    }
+}
+
+/// `pod-net agent --release-lease`: removes this node's lease, as a node
+/// leaving the cluster does, and says which. The datapath is left as it is.
+pub async fn release(options: &ClusterOptions) -> Result<String, ClusterError> {
+    let underlay = underlay(options)?;
+    match &options.store {
+        StoreOptions::Etcd(etcd) => etcd::release(etcd, underlay.public_ip)
+            .await
+            .map(|subnet| format!("the lease on {subnet}")),
+        StoreOptions::Kube(kube) => kube::release(kube).await,
+    }
+}
+
+/// The underlay as `--iface` and `--public-ip` give it.
+struct Underlay {
+    /// The interface's name.
+    name: String,
+    /// This node's address for the others.
+    public_ip: Ipv4Addr,
+    mtu: u32,
+}
+
+/// The underlay. `--iface` names the interface, or gives one of its
+/// addresses (as flanneld's does); this node's address is `--public-ip`,
+/// else that address, else the interface's first IPv4 one.
+fn underlay(options: &ClusterOptions) -> Result<Underlay, ClusterError> {
     let netdev_error = |source| ClusterError::Netdev {
         iface: options.iface.clone(),
         source,
     };
-    let link = netdev::link_by_name(&options.iface)
-        .map_err(netdev_error)?
-        .ok_or_else(|| ClusterError::NoInterface(options.iface.clone()))?;
-    let public_ip = match options.public_ip {
+    let given_ip: Option<Ipv4Addr> = options.iface.parse().ok();
+    let link = match given_ip {
+        Some(ip) => {
+            let index = netdev::all_addresses()
+                .map_err(netdev_error)?
+                .into_iter()
+                .find(|address| address.ip == ip)
+                .map(|address| address.index)
+                .ok_or(ClusterError::NoInterfaceWithAddress(ip))?;
+            netdev::link_by_index(index)
+                .map_err(netdev_error)?
+                .ok_or(ClusterError::NoInterfaceWithAddress(ip))?
+        }
+        None => netdev::link_by_name(&options.iface)
+            .map_err(netdev_error)?
+            .ok_or_else(|| ClusterError::NoInterface(options.iface.clone()))?,
+    };
+    let public_ip = match options.public_ip.or(given_ip) {
         Some(ip) => ip,
         None => netdev::ipv4_addresses(link.index)
             .map_err(netdev_error)?
@@ -155,91 +253,42 @@ fn underlay(options: &ClusterOptions) -> Result<(Ipv4Addr, u32), ClusterError> {
             .copied()
             .ok_or_else(|| ClusterError::NoAddress(options.iface.clone()))?,
     };
-    Ok((public_ip, link.mtu))
+    Ok(Underlay {
+        name: link.name,
+        public_ip,
+        mtu: link.mtu,
+    })
 }
 
-/// Reads `<prefix>/config` until it is there and valid. A bad one is
-/// logged once (until it changes), then waited out.
-async fn network_config(
-    store: &mut Etcd,
-    options: &ClusterOptions,
-    board: &StatusBoard,
-) -> Result<NetworkConfig, StoreError> {
-    let key = config_key(&options.prefix);
-    let mut said = None;
-    loop {
-        let problem = match store.get(&key).await? {
-            Some(record) => {
-                let parsed = match record.value.bytes() {
-                    Some(bytes) => NetworkConfig::parse(&key, bytes),
-                    None => Err(SchemaError::Invalid {
-                        key: key.clone(),
-                        reason: format!("{} bytes, too big to be a config", record.value.len()),
-                    }),
-                };
-                match parsed {
-                    Ok(config) => {
-                        board.update(|status| status.problems.clear());
-                        return Ok(config);
-                    }
-                    Err(err) => format!("skipping {err}"),
-                }
-            }
-            None => format!("{key} is not in etcd yet; waiting for it"),
-        };
-        if said.as_ref() != Some(&problem) {
-            warn!("{problem}");
-            board.update(|status| status.problems = vec![problem.clone()]);
-            said = Some(problem);
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// Joins the cluster: reads the network config, loads the datapath on
-/// `--iface`, leases a subnet, and writes `subnet.env` and the conflist.
-/// Waits (with backoff) while etcd is unreachable or the config missing or
-/// bad; fails on what waiting cannot fix. `board` shows how far it got.
-/// Returns the store to follow, and the datapath to program.
-pub async fn join(
+/// Loads (or reloads) the datapath on the underlay for `config`, with
+/// `node_ip` as this node's VXLAN address; the VTEP MAC it got.
+fn load_datapath(
     pins: &PinDir,
-    options: ClusterOptions,
-    board: StatusBoard,
-) -> Result<(Joined<Etcd>, DatapathTarget), ClusterError> {
-    let (public_ip, underlay_mtu) = underlay(&options)?;
-    let tls = options.tls.load()?;
-    let mut backoff = Backoff::new();
-    let (mut store, config) = loop {
-        let mut store = Etcd::connect_retrying(&options.endpoints, tls.clone(), &mut backoff).await;
-        match network_config(&mut store, &options, &board).await {
-            Ok(config) => break (store, config),
-            Err(err) => warn!("etcd: {err}; reconnecting"),
-        }
-    };
+    underlay: &Underlay,
+    node_ip: Ipv4Addr,
+    config: &NetworkConfig,
+) -> Result<MacAddr, ClusterError> {
     info!(
-        "network {} (/{} subnets in {}..={}), VXLAN VNI {} port {}",
+        "network {}, VXLAN VNI {} port {}{}",
         config.network,
-        config.subnet_len,
-        config.subnet_min,
-        config.subnet_max,
         config.vni,
-        config.port
+        config.port,
+        if config.direct_routing {
+            ", direct routing on the underlay's subnets"
+        } else {
+            ""
+        }
     );
     let load = LoadOptions {
         underlay: Some(UnderlayOptions {
-            ifname: options.iface.clone(),
-            node_ip: public_ip,
+            ifname: underlay.name.clone(),
+            node_ip,
             vni: config.vni,
             vxlan_port: config.port,
         }),
         ..LoadOptions::default()
     };
     let report = load::load(pins, &load).map_err(ClusterError::Load)?;
-    let vtep_mac = report
-        .underlay
-        .as_ref()
-        .map(|underlay| underlay.vtep_mac)
-        .unwrap_or_default();
     info!(
         "datapath {} at {}",
         if report.replaced {
@@ -249,26 +298,23 @@ pub async fn join(
         },
         pins.root().display()
     );
-    let attrs = LeaseAttrs::vxlan(public_ip, config.vni, vtep_mac);
-    let lease = loop {
-        let acquired = lease::acquire(
-            &mut store,
-            &subnets_prefix(&options.prefix),
-            &options.subnet_file,
-            options.lease_ttl,
-            &config,
-            &attrs,
-        )
-        .await;
-        match acquired {
-            Ok(lease) => break lease,
-            Err(ClusterError::Store(err)) => {
-                warn!("etcd: {err}; reconnecting");
-                store.reconnect(&mut backoff).await?;
-            }
-            Err(err) => return Err(err),
-        }
-    };
+    Ok(report
+        .underlay
+        .as_ref()
+        .map(|underlay| underlay.vtep_mac)
+        .unwrap_or_default())
+}
+
+/// Writes this node's files for its subnet, and returns the datapath the
+/// follow loop programs.
+fn settle(
+    pins: &PinDir,
+    options: &ClusterOptions,
+    underlay: &Underlay,
+    config: &NetworkConfig,
+    lease: &OwnLease,
+    board: &StatusBoard,
+) -> Result<DatapathTarget, ClusterError> {
     board.update(|status| {
         status.subnet = Some(lease.subnet.to_string());
         status.lease_expiry = lease.expiry();
@@ -279,44 +325,9 @@ pub async fn join(
             subnet_file: options.subnet_file.clone(),
             cni_conflist: options.cni_conflist.clone(),
             subnet: lease.subnet,
-            underlay_mtu,
+            underlay_mtu: underlay.mtu,
         },
     };
-    target.files.write(pins, &config)?;
-    let joined = Joined {
-        prefix: options.prefix,
-        store,
-        config,
-        public_ip,
-        lease,
-        board,
-    };
-    Ok((joined, target))
-}
-
-/// `pod-net agent --release-lease`: deletes this node's lease, as a node
-/// leaving the cluster does. The datapath is left as it is.
-pub async fn release(options: &ClusterOptions) -> Result<Subnet, ClusterError> {
-    let (public_ip, _) = underlay(options)?;
-    let tls = options.tls.load()?;
-    let mut store = Box::pin(Etcd::connect(&options.endpoints, tls)).await?;
-    let listing = store.list(&subnets_prefix(&options.prefix)).await?;
-    for record in &listing.records {
-        let Some(key) = LeaseKey::parse(&record.key) else {
-            continue;
-        };
-        let ours = record
-            .value
-            .bytes()
-            .and_then(|bytes| serde_json::from_slice::<LeaseAttrs>(bytes).ok())
-            .is_some_and(|attrs| attrs.public_ip == public_ip);
-        if ours {
-            store.delete_if(&record.key, record.modified).await?;
-            if record.lease != 0 {
-                store.revoke(record.lease).await?;
-            }
-            return Ok(key.subnet);
-        }
-    }
-    Err(ClusterError::NothingToRelease(public_ip))
+    target.files.write(pins, config)?;
+    Ok(target)
 }

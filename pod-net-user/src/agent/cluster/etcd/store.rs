@@ -12,8 +12,8 @@ use etcd_client::{
 };
 use thiserror::Error;
 
-use super::backoff::Backoff;
-use super::store::{
+use crate::agent::cluster::backoff::Backoff;
+use crate::agent::cluster::store::{
     Change, LeaseGrant, Listing, Record, Store, StoreError, Value, Watch, WatchUpdate, bounded_key,
 };
 

@@ -17,6 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     RigSpec,
     cmd::{output_of, run_command},
+    cni::{self, Attachment, Runtime, result_ipv4},
     rig::{Node, Rig, pod_net_binary, sibling_binary},
     wait::wait_for,
 };
@@ -366,21 +367,22 @@ impl Agent {
     /// Starts an agent on `node` (underlay `eth0`) following etcd at
     /// `endpoint`, with `extra` flags; its files and log in `dir`.
     pub fn start(node: &Node, dir: &Path, endpoint: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_with(node, dir, &["--etcd-endpoints", endpoint], extra)
+    }
+
+    /// Starts an agent on `node` (underlay `eth0`) with `store` flags (the
+    /// store it joins through), then `extra` ones; its files and log in
+    /// `dir`.
+    pub fn start_with(node: &Node, dir: &Path, store: &[&str], extra: &[&str]) -> Result<Self> {
         fs::create_dir_all(dir)?;
         let subnet_file = dir.join("subnet.env");
         let conflist = dir.join("10-pod-net.conflist");
-        let mut args: Vec<String> = [
-            "agent",
-            "--etcd-endpoints",
-            endpoint,
-            "--iface",
-            "eth0",
-            "--gc-interval",
-            "0",
-        ]
-        .iter()
-        .map(|arg| (*arg).to_owned())
-        .collect();
+        let mut args: Vec<String> = ["agent"]
+            .iter()
+            .chain(store)
+            .chain(&["--iface", "eth0", "--gc-interval", "0"])
+            .map(|arg| (*arg).to_owned())
+            .collect();
         args.push("--subnet-file".into());
         args.push(subnet_file.display().to_string());
         args.push("--cni-conflist".into());
@@ -576,6 +578,85 @@ pub fn synthetic_lease(index: u32) -> (String, String) {
     let ip = Ipv4Addr::new(172, 16, high, low);
     let mac = format!("0e:6e:ac:10:{high:02x}:{low:02x}");
     (key, lease_value(&ip.to_string(), &mac))
+}
+
+/// A pod made through `agent`'s own conflist by the CNI runtime.
+pub struct ClusterPod {
+    pub attachment: Attachment,
+    pub ip: Ipv4Addr,
+}
+
+#[must_use]
+pub fn pod_via_conflist(rig: &Rig, node: &Node, agent: &Agent, name: &str) -> ClusterPod {
+    let ipam = rig
+        .scratch_dir()
+        .unwrap()
+        .join(format!("ipam-n{}", node.index));
+    let runtime = Runtime::new(
+        node,
+        agent.conflist(&ipam).unwrap(),
+        cni::plugin_path().unwrap(),
+    );
+    let attachment = Attachment::in_sandbox(rig, name).unwrap();
+    let result = runtime.add(&attachment).unwrap();
+    ClusterPod {
+        ip: result_ipv4(&result).unwrap(),
+        attachment,
+    }
+}
+
+/// `count` pings from `from` to `to`, 0.1 s apart.
+pub fn ping(from: &ClusterPod, to: Ipv4Addr, count: u32) -> Result<String> {
+    let count = count.to_string();
+    from.attachment.exec(&[
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        &count,
+        "-i",
+        "0.1",
+        "-W",
+        "1",
+        &to.to_string(),
+    ])
+}
+
+/// A bounded ping flood (2 ms apart) from a pod made through CNI.
+#[must_use]
+pub fn flood(from: &ClusterPod, to: Ipv4Addr, count: u32) -> std::process::Child {
+    let netns = from
+        .attachment
+        .netns
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("/run/netns/")
+        .to_owned();
+    std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &netns, "ping", "-n", "-q", "-i", "0.002", "-W", "1", "-c",
+        ])
+        .arg(count.to_string())
+        .arg(to.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// (sent, received) of a finished flood.
+#[must_use]
+pub fn flood_result(child: std::process::Child) -> (u64, u64) {
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|line| line.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no summary in {text}"));
+    let mut numbers = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|part| part.parse::<u64>().ok());
+    (numbers.next().unwrap(), numbers.next().unwrap())
 }
 
 /// `nodes` nodes with no pods, and cni0 without the rig's address: the

@@ -16,6 +16,7 @@ pub mod flanneld;
 pub mod frames;
 pub mod interop;
 pub mod kube;
+pub mod kube_cluster;
 pub mod peers;
 pub mod privileges;
 pub mod rig;

@@ -3,7 +3,6 @@
 //! namespace, flannel's schema. No `node add` anywhere.
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
-    net::Ipv4Addr,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -11,52 +10,12 @@ use std::{
 use pod_net_tests::{
     Node, Rig, RigSpec,
     cluster::{
-        Agent, CONFIG, Etcd, PREFIX, SOON, TlsFiles, agent_dir, cluster_metric, entry, lease_key,
-        remote_nodes, rig, start, store_status, synthetic_lease, tunnel_routes, wait_programmed,
+        Agent, CONFIG, ClusterPod, Etcd, PREFIX, SOON, TlsFiles, agent_dir, cluster_metric, entry,
+        flood, flood_result, lease_key, ping, pod_via_conflist, remote_nodes, rig, start,
+        store_status, synthetic_lease, tunnel_routes, wait_programmed,
     },
-    cni::{self, Attachment, Runtime, result_ipv4},
     require_root, wait_for,
 };
-
-/// A pod made through `agent`'s own conflist by the CNI runtime.
-struct ClusterPod {
-    attachment: Attachment,
-    ip: Ipv4Addr,
-}
-
-fn pod_via_conflist(rig: &Rig, node: &Node, agent: &Agent, name: &str) -> ClusterPod {
-    let ipam = rig
-        .scratch_dir()
-        .unwrap()
-        .join(format!("ipam-n{}", node.index));
-    let runtime = Runtime::new(
-        node,
-        agent.conflist(&ipam).unwrap(),
-        cni::plugin_path().unwrap(),
-    );
-    let attachment = Attachment::in_sandbox(rig, name).unwrap();
-    let result = runtime.add(&attachment).unwrap();
-    ClusterPod {
-        ip: result_ipv4(&result).unwrap(),
-        attachment,
-    }
-}
-
-fn ping(from: &ClusterPod, to: Ipv4Addr, count: u32) -> Result<String, anyhow::Error> {
-    let count = count.to_string();
-    from.attachment.exec(&[
-        "ping",
-        "-n",
-        "-q",
-        "-c",
-        &count,
-        "-i",
-        "0.1",
-        "-W",
-        "1",
-        &to.to_string(),
-    ])
-}
 
 #[test]
 fn three_agents_lease_distinct_subnets_and_pods_reach_each_other_through_encap() {
@@ -282,41 +241,6 @@ fn eight_racing_agents_hold_eight_distinct_subnets_of_a_pool_of_eight() {
     }
     drop(agents);
     drop(etcd);
-}
-
-/// A bounded ping flood (2 ms apart) from a pod made through CNI.
-fn flood(from: &ClusterPod, to: Ipv4Addr, count: u32) -> std::process::Child {
-    let netns = from
-        .attachment
-        .netns
-        .as_deref()
-        .unwrap()
-        .trim_start_matches("/run/netns/")
-        .to_owned();
-    std::process::Command::new("ip")
-        .args([
-            "netns", "exec", &netns, "ping", "-n", "-q", "-i", "0.002", "-W", "1", "-c",
-        ])
-        .arg(count.to_string())
-        .arg(to.to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// (sent, received) of a finished flood.
-fn flood_result(child: std::process::Child) -> (u64, u64) {
-    let output = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let line = text
-        .lines()
-        .find(|line| line.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no summary in {text}"));
-    let mut numbers = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|part| part.parse::<u64>().ok());
-    (numbers.next().unwrap(), numbers.next().unwrap())
 }
 
 /// Two agents (nodes 1 and 2 of a 3-node rig) with a pod each, made

@@ -9,14 +9,18 @@ use pod_net_tests::{
     Node, Rig,
     cluster::{
         Agent, ClusterPod, SOON, agent_dir, cluster_metric, entry, flood, flood_result, ping,
-        pod_via_conflist, remote_nodes, rig, store_status, tunnel_routes, wait_programmed,
+        pod_via_conflist, remote_nodes, rig, store_status, store_status_of, tunnel_routes,
+        wait_programmed,
     },
+    deploy,
     kube::ControlPlane,
     kube_cluster::{
         NET_CONF, PREFIX, agent_kubeconfig, flannel_annotations, lease_annotations, node_name,
         register, register_with, start_agent,
     },
-    require_root, wait_for,
+    require_root,
+    runtimes::{Podman, image_archive},
+    wait_for,
 };
 
 /// A lease entry of a node that is not in the rig (only its entry is
@@ -411,7 +415,8 @@ subjects:
 "#;
 
 #[test]
-fn a_forbidden_watch_is_an_error_naming_verb_and_resource_and_granting_it_recovers() {
+fn an_agent_waits_for_its_node_and_a_forbidden_watch_is_an_error_naming_verb_and_resource_until_granted()
+ {
     require_root!();
     let rig = rig(3);
     let plane = ControlPlane::start(&rig).unwrap();
@@ -419,9 +424,19 @@ fn a_forbidden_watch_is_an_error_naming_verb_and_resource_and_granting_it_recove
         .service_account_kubeconfig("pod-net-limited", "agent", NO_WATCH)
         .unwrap();
     let node = rig.node(1);
-    let cidr = register(&plane, &[node]).unwrap().remove(0);
+    // Started before its Node exists: it waits, and says so.
     let agent = start_agent(&rig, node, &kubeconfig, NET_CONF, &[]).unwrap();
+    let waiting = "node node-1 is not registered yet; waiting for it";
+    wait_for("the agent to wait for its Node", SOON, || {
+        (agent.log_lines(waiting) == 1).then_some(())
+    })
+    .unwrap();
+    let (status, healthy) = store_status_of(node, &agent);
+    assert!(!healthy, "{status}");
+    assert!(status.contains(waiting), "{status}");
+    let cidr = register(&plane, &[node]).unwrap().remove(0);
     assert_eq!(agent.wait_subnet(SOON).unwrap(), cidr);
+    assert_eq!(agent.log_lines(waiting), 1, "said once");
     let refused = wait_for("the refused watch", SOON, || {
         (agent.log_lines("forbidden: cannot watch nodes") > 0).then_some(())
     });
@@ -580,4 +595,295 @@ fn bad_kubernetes_flags_get_one_line_and_change_nothing() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2), "{output:?}");
+}
+
+/// A process holding `node`'s network namespace, so podman can join it by
+/// `/proc/PID/ns/net` (its `/run` is private); killed on drop.
+struct NamespaceHolder(std::process::Child);
+
+impl NamespaceHolder {
+    fn new(node: &Node) -> Self {
+        Self(
+            std::process::Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", node.netns))
+                .args(["sleep", "600"])
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn podman_network(&self) -> String {
+        format!("ns:/proc/{}/ns/net", self.0.id())
+    }
+}
+
+impl Drop for NamespaceHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a kubelet mounts at `/var/run/secrets/kubernetes.io/serviceaccount`
+/// for the manifest's `ServiceAccount`: a token, the cluster's CA, the
+/// namespace.
+fn service_account_files(plane: &ControlPlane, dir: &std::path::Path) {
+    let token = plane
+        .kubectl(&[
+            "create",
+            "token",
+            "pod-net",
+            "--namespace",
+            "pod-net",
+            "--duration=1h",
+        ])
+        .unwrap();
+    std::fs::write(dir.join("token"), token.trim()).unwrap();
+    std::fs::copy(plane.ca_file(), dir.join("ca.crt")).unwrap();
+    std::fs::write(dir.join("namespace"), "pod-net").unwrap();
+}
+
+/// The host PID of the process in `node`'s network namespace whose
+/// command line is `argv`.
+fn container_process(node: &Node, argv: &[String]) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let netns = std::fs::metadata(format!("/run/netns/{}", node.netns))
+        .ok()?
+        .ino();
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|arg| [arg.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let ns = std::fs::metadata(entry.path().join("ns/net")).ok()?.ino();
+            (cmdline == wanted && ns == netns).then_some(pid)
+        })
+}
+
+/// The image run as the `DaemonSet` runs it, on node 1: the agent
+/// container's exact command, args and environment (`NODE_NAME` and the
+/// interface from the manifest's sources), its volumes at their mount
+/// paths (host sides in the rig's scratch dir; bpffs a directory of the
+/// rig's on the host's bpffs), and the in-cluster service-account config
+/// a kubelet mounts, with the token of the manifest's `ServiceAccount`.
+#[test]
+fn the_image_runs_the_daemonsets_agent_as_written_with_its_service_account() {
+    require_root!();
+    let rig = rig(3);
+    let plane = ControlPlane::start(&rig).unwrap();
+    agent_kubeconfig(&plane).unwrap(); // The manifest, applied.
+    let node = rig.node(1);
+    let cidr = register(&plane, &[node]).unwrap().remove(0);
+    let far = register_with(
+        &plane,
+        "far",
+        &lease_annotations("192.168.77.7", "02:aa:00:00:00:77"),
+    )
+    .unwrap();
+
+    let scratch = rig.scratch_dir().unwrap();
+    let host = |name: &str| {
+        let dir = scratch.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    };
+    let documents = deploy::documents(&deploy::manifest_path()).unwrap();
+    let config = deploy::config_data(&documents).unwrap();
+    let (run, cni_conf, net_conf, secrets) =
+        (host("run"), host("cni"), host("net-conf"), host("sa"));
+    std::fs::write(net_conf.join("net-conf.json"), &config["net-conf.json"]).unwrap();
+    service_account_files(&plane, &secrets);
+    let bpffs = std::path::PathBuf::from(format!("/sys/fs/bpf/{}-podman", rig.id()));
+    std::fs::create_dir_all(&bpffs).unwrap();
+    let pin_dir = bpffs.join("pod-net");
+
+    let agent = deploy::agent_container().unwrap();
+    let fields = BTreeMap::from([("spec.nodeName".to_owned(), node_name(node))]);
+    let env = agent.environment(&fields, &config);
+    let argv = agent.argv(&env);
+    let podman = Podman::new(&scratch.join("podman"));
+    podman.load(&image_archive().unwrap()).unwrap();
+    let holder = NamespaceHolder::new(node);
+    let volume = |host: &std::path::Path, path: &str| format!("{}:{path}", host.display());
+    // In the foreground, as our child: each podman call has private
+    // mounts (see `Podman`), so a later `podman exec` or `stop` would not
+    // find this container; SIGTERM goes to it through podman's sig-proxy.
+    let mut run_agent = podman.command(&["run", "--rm", "--name", "pod-net-agent"]);
+    run_agent
+        .args(["--privileged", "--network", &holder.podman_network()])
+        .args(Podman::RUN_LIMITS)
+        .args(["--volume", &volume(&bpffs, "/sys/fs/bpf")])
+        .args(["--volume", &volume(&run, "/run/pod-net")])
+        .args(["--volume", &volume(&cni_conf, "/etc/cni/net.d")])
+        .args([
+            "--volume",
+            &format!("{}:/etc/kube-flannel:ro", net_conf.display()),
+        ])
+        .args([
+            "--volume",
+            &format!(
+                "{}:/var/run/secrets/kubernetes.io/serviceaccount:ro",
+                secrets.display()
+            ),
+        ])
+        // What a kubelet sets for the API server's Service.
+        .args(["--env", "KUBERNETES_SERVICE_HOST=192.168.100.254"])
+        .args(["--env", "KUBERNETES_SERVICE_PORT=6443"]);
+    for (name, value) in &env {
+        run_agent.args(["--env", &format!("{name}={value}")]);
+    }
+    run_agent
+        .args(["--entrypoint", &argv[0], "pod-net:dev"])
+        .args(&argv[1..]);
+    let log_path = scratch.join("podman-agent.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut container = run_agent
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    let subnet_env = wait_for("the agent's subnet.env", SOON, || {
+        std::fs::read_to_string(run.join("subnet.env")).ok()
+    });
+    assert!(subnet_env.is_ok(), "{}", logs());
+    let gateway = cidr.replace(".0/24", ".1/24");
+    assert!(
+        subnet_env
+            .unwrap()
+            .contains(&format!("FLANNEL_SUBNET={gateway}")),
+        "{}",
+        logs()
+    );
+    assert!(cni_conf.join("10-pod-net.conflist").exists());
+    let published = flannel_annotations(&plane, &node_name(node)).unwrap();
+    assert_eq!(published["public-ip"], node.underlay_ip.to_string());
+    let pin = pin_dir.to_str().unwrap();
+    let node_list = |node: &Node| {
+        node.exec(&[
+            pod_net_tests::rig::pod_net_binary().to_str().unwrap(),
+            "--pin-dir",
+            pin,
+            "node",
+            "list",
+        ])
+        .unwrap_or_default()
+    };
+    let programmed = wait_for("the far node programmed", SOON, || {
+        node_list(node).contains(&far).then_some(())
+    });
+    assert!(programmed.is_ok(), "{}\n{}", node_list(node), logs());
+    // The readiness probe, exactly as the manifest has it, run in the
+    // container's namespaces (as `kubectl exec` would).
+    let probe: Vec<&str> = agent.spec["readinessProbe"]["exec"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|arg| arg.as_str().unwrap())
+        .collect();
+    let pid = container_process(node, &argv)
+        .expect("the agent's process")
+        .to_string();
+    let ready = pod_net_tests::cmd::output_of(
+        std::process::Command::new("nsenter")
+            .args(["--target", &pid, "--mount", "--pid", "--net", "--"])
+            .args(&probe),
+    )
+    .unwrap();
+    let said = String::from_utf8_lossy(&ready.stdout);
+    assert!(ready.status.success(), "{ready:?}\n{}", logs());
+    assert!(said.contains("kubernetes connected"), "{said}");
+
+    // The pod goes (SIGTERM); the datapath stays with its entries.
+    let pid = i32::try_from(container.id()).unwrap();
+    // SAFETY: a signal to our own child, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let stopped = wait_for("the container to stop", SOON, || {
+        container.try_wait().ok().flatten()
+    });
+    assert!(stopped.is_ok(), "{}", logs());
+    assert!(
+        logs().contains("stopping; the datapath keeps forwarding"),
+        "{}",
+        logs()
+    );
+    assert!(node_list(node).contains(&far));
+    drop(holder);
+}
+
+/// The manifest passes the API server's validation and admission (a
+/// server-side dry run: nothing stored), applies, and grants the agent's
+/// `ServiceAccount` exactly what it uses.
+#[test]
+fn the_deploy_manifest_passes_a_server_dry_run_and_grants_only_what_the_agent_uses() {
+    require_root!();
+    let rig = rig(3);
+    let plane = ControlPlane::start(&rig).unwrap();
+    let manifest = std::fs::read_to_string(deploy::manifest_path()).unwrap();
+    // A dry run creates nothing, so the namespaced objects need their
+    // namespace first.
+    plane.kubectl(&["create", "namespace", "pod-net"]).unwrap();
+    let dry = plane
+        .kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &manifest)
+        .unwrap();
+    assert_eq!(
+        dry.lines().collect::<Vec<_>>(),
+        [
+            "namespace/pod-net configured (server dry run)",
+            "serviceaccount/pod-net created (server dry run)",
+            "clusterrole.rbac.authorization.k8s.io/pod-net created (server dry run)",
+            "clusterrolebinding.rbac.authorization.k8s.io/pod-net created (server dry run)",
+            "configmap/pod-net-cfg created (server dry run)",
+            "daemonset.apps/pod-net created (server dry run)",
+        ]
+    );
+    assert_eq!(
+        plane
+            .kubectl(&[
+                "get",
+                "daemonsets,configmaps,serviceaccounts",
+                "-n",
+                "pod-net",
+                "-o",
+                "name"
+            ])
+            .unwrap()
+            .lines()
+            .filter(|line| !line.contains("kube-root-ca.crt") && *line != "serviceaccount/default")
+            .count(),
+        0,
+        "a dry run stores nothing"
+    );
+    plane.apply(&manifest).unwrap();
+    let agent = "--as=system:serviceaccount:pod-net:pod-net";
+    for (verb, resource, allowed) in [
+        ("get", "nodes", "yes"),
+        ("list", "nodes", "yes"),
+        ("watch", "nodes", "yes"),
+        ("patch", "nodes --subresource=status", "yes"),
+        ("patch", "nodes", "no"),
+        ("update", "nodes", "no"),
+        ("delete", "nodes", "no"),
+        ("create", "nodes", "no"),
+        ("get", "pods", "no"),
+        ("get", "secrets", "no"),
+    ] {
+        // `can-i` exits 1 when the answer is no.
+        let mut args = vec!["auth", "can-i", verb, agent];
+        args.extend(resource.split(' '));
+        let output = plane
+            .kubectl_output(&plane.admin_kubeconfig(), &args)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            allowed,
+            "{verb} {resource}"
+        );
+    }
 }

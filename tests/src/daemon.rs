@@ -227,7 +227,13 @@ pub fn clear_stale() -> Result<()> {
                 kill_recorded(&path);
             }
         }
-        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        // A parallel test of this binary may have removed it first.
+        match fs::remove_dir_all(&dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(error).with_context(|| format!("removing {}", dir.display()));
+            }
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -35,8 +35,13 @@ pub(super) fn remove_rig(id: &str) -> Result<()> {
     let mut failures = Vec::new();
     for name in names {
         let output = output_of(Command::new("ip").args(["netns", "del", &name]))?;
-        if !output.status.success() {
-            failures.push(name);
+        // Another clearer may have won the race; only a namespace that is
+        // still there is a failure.
+        if !output.status.success() && netns_names()?.contains(&name) {
+            failures.push(format!(
+                "{name}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
         }
     }
     for dir in [PathBuf::from(BPFFS), std::env::temp_dir()] {
@@ -45,8 +50,13 @@ pub(super) fn remove_rig(id: &str) -> Result<()> {
         };
         for entry in entries.flatten() {
             if entry.file_name().to_str().is_some_and(ours) && entry.path().is_dir() {
-                fs::remove_dir_all(entry.path())
-                    .with_context(|| format!("removing {}", entry.path().display()))?;
+                match fs::remove_dir_all(entry.path()) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(error)
+                            .with_context(|| format!("removing {}", entry.path().display()));
+                    }
+                    _ => {}
+                }
             }
         }
     }
@@ -56,8 +66,15 @@ pub(super) fn remove_rig(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Serializes clearing: the tests of one binary build rigs on parallel
+/// threads, and two of them must not delete the same leftover at once.
+static CLEARING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Clears rigs whose creating process is gone (a crashed or killed run).
 pub fn clear_stale() -> Result<()> {
+    let _one_at_a_time = CLEARING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut dead = std::collections::BTreeSet::new();
     let bpffs_names = fs::read_dir(BPFFS)
         .map(|entries| {

@@ -46,6 +46,7 @@ pub fn end_by_sigpipe() -> ExitCode {
 
 mod agent;
 mod apply;
+mod cni;
 mod errors;
 mod gc;
 mod load;
@@ -96,6 +97,9 @@ pub enum Command {
     Agent(Box<agent::AgentArgs>),
     /// Repair half-done state: entries of vanished pods, pods without the program, orphan attachments.
     Gc(gc::GcArgs),
+    /// Chain pod-net-cni into another network's conflist (flannel's), or take it out.
+    #[command(subcommand)]
+    Cni(cni::CniCommand),
 }
 
 /// Parses `args` (the program name first). A missing subcommand is an
@@ -156,6 +160,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Apply(args) => apply::run(&pins, &args)?,
         Command::Agent(args) => agent::run(pins, *args)?,
         Command::Gc(args) => gc::run(&pins, &args)?,
+        Command::Cni(command) => cni::run(&pins, command)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -385,6 +385,9 @@ fn add(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<String> {
     let ifname = required(env.ifname.as_ref(), "CNI_IFNAME")?;
     required(env.path.as_ref(), "CNI_PATH")?;
     let sandbox = inspect_sandbox(env, conf)?;
+    if conf.optional && !pins.is_loaded() {
+        return Ok(previous_result(conf));
+    }
     require_loaded(pins, codes::TRY_AGAIN_LATER)?;
     let specs: Vec<PodSpec> = sandbox
         .ips
@@ -414,12 +417,15 @@ fn add(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<String> {
             Failure::with_details(codes::IO_FAILURE, format!("registering {ip}"), &error)
         }
     })?;
-    // The result is the previous one, byte for byte.
-    Ok(conf
-        .prev_result
+    Ok(previous_result(conf))
+}
+
+/// ADD's result: the previous one, byte for byte.
+fn previous_result(conf: &NetConf) -> String {
+    conf.prev_result
         .as_ref()
         .map(|raw| raw.get().to_owned())
-        .unwrap_or_default())
+        .unwrap_or_default()
 }
 
 fn del(env: &Env, pins: &PinDir) -> Step<()> {
@@ -440,6 +446,9 @@ fn check(env: &Env, conf: &NetConf, pins: &PinDir) -> Step<()> {
     let container_id = required(env.container_id.as_ref(), "CNI_CONTAINERID")?;
     let ifname = required(env.ifname.as_ref(), "CNI_IFNAME")?;
     let sandbox = inspect_sandbox(env, conf)?;
+    if conf.optional && !pins.is_loaded() {
+        return Ok(());
+    }
     require_loaded(pins, codes::TRY_AGAIN_LATER)?;
     let datapath = Datapath::open(pins)
         .map_err(|err| Failure::with_details(codes::IO_FAILURE, "opening the datapath", &err))?;
@@ -1254,7 +1263,7 @@ mod tests {
                 peer_index: Some(2),
                 peer_netnsid: Some(0),
                 alias: None,
-                vxlan_underlay: None,
+                vxlan: None,
             },
         }
     }

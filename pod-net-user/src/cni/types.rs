@@ -26,6 +26,11 @@ pub struct NetConf {
     /// FORWARD, NetworkPolicy) instead of the fast path.
     #[serde(default)]
     pub no_bypass: bool,
+    /// An accelerator in another plugin's chain (beside flannel): with no
+    /// datapath loaded, ADD and CHECK pass and the pod keeps the kernel
+    /// path, instead of failing its creation.
+    #[serde(default)]
+    pub optional: bool,
     /// The result of the plugins before this one, kept verbatim.
     #[serde(default)]
     pub prev_result: Option<Box<RawValue>>,

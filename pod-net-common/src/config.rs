@@ -32,6 +32,13 @@ impl Config {
         self.underlay_ifindex != 0
     }
 
+    /// Whether flanneld owns the kernel path (see
+    /// [`crate::event::CONFIG_F_BESIDE_FLANNEL`]).
+    #[must_use]
+    pub const fn beside_flannel(&self) -> bool {
+        self.flags & crate::event::CONFIG_F_BESIDE_FLANNEL != 0
+    }
+
     /// The UDP port a pod may not send to anything but a pod: this node's
     /// VXLAN port, or flannel's default while there is no underlay (a
     /// flannel device may be listening).

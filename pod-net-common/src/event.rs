@@ -22,7 +22,11 @@ pub const CONFIG_F_BIG_TCP: u32 = 16;
 /// rather than TCX links (`load --attach tc`). User space only, like
 /// `CONFIG_F_BIG_TCP`.
 pub const CONFIG_F_TC_ATTACH: u32 = 32;
-
+/// `Config::flags`: loaded beside flanneld (`load --beside-flannel`): the
+/// kernel path (`flannel.<VNI>`, its routes, neighbour and FDB entries, and
+/// the direct routes) is flanneld's; pod-net reads it and never writes it,
+/// and encapsulates as `flannel.<VNI>` (its MAC). User space only.
+pub const CONFIG_F_BESIDE_FLANNEL: u32 = 64;
 /// One event, as the programs write it into the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 //! keeps the maps in step with `--config FILE` (at start and whenever the
 //! file changes), and leaves the datapath running when it stops.
 
+pub mod beside;
 pub mod cluster;
 pub mod metrics_server;
 pub mod throttle;
@@ -39,6 +40,8 @@ pub struct AgentOptions {
     /// Join a cluster through etcd or Kubernetes (which also loads the
     /// datapath).
     pub cluster: Option<cluster::ClusterOptions>,
+    /// Accelerate flanneld on this node (which also loads the datapath).
+    pub beside: Option<beside::BesideOptions>,
     pub config: Option<PathBuf>,
     pub metrics_addr: SocketAddr,
     /// How often to run `pod-net gc`'s repairs; `None` never.
@@ -52,9 +55,10 @@ pub fn run(pins: PinDir, options: AgentOptions) -> Result<()> {
         env_logger::Env::default().default_filter_or("info,netlink_packet_route=error"),
     )
     .init();
-    match &options.cluster {
-        Some(cluster) => cluster.validate()?,
-        None => pins.require_loaded()?,
+    match (&options.cluster, &options.beside) {
+        (Some(cluster), _) => cluster.validate()?,
+        (None, Some(_)) => {}
+        (None, None) => pins.require_loaded()?,
     }
     // Two workers: a task stuck in a system call never stops the others
     // (`/metrics` above all).
@@ -78,13 +82,21 @@ async fn serve(pins: PinDir, mut options: AgentOptions) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let cluster = options.cluster.take();
-    let board = cluster.as_ref().map(|cluster| {
-        cluster::board::StatusBoard::new(
+    let beside = options.beside.take();
+    let pin_dir = pins.root().display().to_string();
+    let board = match (&cluster, &beside) {
+        (Some(cluster), _) => Some(cluster::board::StatusBoard::new(
             cluster.store.name(),
-            &pins.root().display().to_string(),
+            &pin_dir,
             Some(status_file(&cluster.subnet_file)),
-        )
-    });
+        )),
+        (None, Some(beside)) => Some(cluster::board::StatusBoard::new(
+            "flannel",
+            &pin_dir,
+            Some(beside.status_file.clone()),
+        )),
+        (None, None) => None,
+    };
     let mut tasks = vec![tokio::spawn(metrics_server::serve(
         listener,
         metrics_server::Source {
@@ -92,9 +104,21 @@ async fn serve(pins: PinDir, mut options: AgentOptions) -> Result<()> {
             cluster: board.clone(),
         },
     ))];
-    // Joining loads the datapath, so what needs it starts after; /metrics
-    // serves meanwhile.
-    if let (Some(cluster), Some(board)) = (cluster, board) {
+    // Joining (or finding flanneld) loads the datapath, so what needs it
+    // starts after; /metrics serves meanwhile.
+    if let (Some(beside), Some(board)) = (beside, board.clone()) {
+        tasks.push(tokio::spawn(board.clone().heartbeat()));
+        let started = tokio::select! {
+            started = beside::start(pins.clone(), beside, board) => Some(started),
+            _ = terminate.recv() => None,
+            _ = interrupt.recv() => None,
+        };
+        let Some(started) = started else {
+            stopped(tasks);
+            return Ok(());
+        };
+        tasks.push(tokio::spawn(started.follow()));
+    } else if let (Some(cluster), Some(board)) = (cluster, board) {
         tasks.push(tokio::spawn(board.clone().heartbeat()));
         let joined = tokio::select! {
             joined = cluster::join(&pins, cluster, board) => Some(joined),

@@ -8,6 +8,7 @@ use clap::Args;
 use crate::{
     agent::{
         self,
+        beside::{BesideOptions, DEFAULT_FLANNEL_SUBNET_FILE},
         cluster::{
             self, ClusterOptions, StoreOptions,
             etcd::{DEFAULT_PREFIX, EtcdOptions, TlsFiles},
@@ -15,6 +16,7 @@ use crate::{
         },
     },
     datapath::pins::PinDir,
+    ops::cluster_status::status_file,
 };
 
 #[derive(Debug, Args)]
@@ -38,7 +40,7 @@ pub struct AgentArgs {
 #[group(skip)]
 #[command(group(
     clap::ArgGroup::new("store")
-        .args(["etcd_endpoints", "kube_subnet_mgr"])
+        .args(["etcd_endpoints", "kube_subnet_mgr", "beside_flannel"])
         .conflicts_with("config")
 ))]
 pub struct ClusterArgs {
@@ -104,6 +106,31 @@ pub struct ClusterArgs {
     /// Delete this node's lease (etcd) or annotations (Kubernetes) and exit: the node leaves.
     #[arg(long, requires = "store")]
     pub release_lease: bool,
+    /// Accelerate the flanneld running on this node: mirror its kernel state, take no lease.
+    #[arg(
+        long,
+        conflicts_with_all = ["iface", "public_ip", "cni_conflist", "release_lease"]
+    )]
+    pub beside_flannel: bool,
+    /// flanneld's VXLAN device, when there is more than one flannel.<VNI>.
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "beside_flannel",
+        conflicts_with_all = ["etcd_endpoints", "kube_subnet_mgr"]
+    )]
+    pub flannel_device: Option<String>,
+    /// Beside flannel, keep pod-net-cni chained into this conflist (flannel's).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "beside_flannel",
+        conflicts_with_all = ["etcd_endpoints", "kube_subnet_mgr"]
+    )]
+    pub chain_cni_conflist: Option<PathBuf>,
+    /// flanneld's subnet.env (the network and this node's subnet), read beside flannel.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_FLANNEL_SUBNET_FILE)]
+    pub flannel_subnet_file: PathBuf,
 }
 
 impl ClusterArgs {
@@ -158,6 +185,12 @@ pub(super) fn run(pins: PinDir, args: AgentArgs) -> Result<()> {
         pins,
         agent::AgentOptions {
             cluster: args.cluster.options(),
+            beside: args.cluster.beside_flannel.then(|| BesideOptions {
+                flannel_device: args.cluster.flannel_device.clone(),
+                subnet_file: args.cluster.flannel_subnet_file.clone(),
+                status_file: status_file(&args.cluster.subnet_file),
+                chain: args.cluster.chain_cni_conflist.clone(),
+            }),
             config: args.config,
             metrics_addr: args.metrics_addr,
             gc_interval: (args.gc_interval > 0)

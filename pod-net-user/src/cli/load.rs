@@ -12,7 +12,7 @@ use crate::{
     datapath::{attach::AttachMode, pins::PinDir},
     lifecycle::{
         load::{self, LoadOptions, LoadReport},
-        underlay::UnderlayOptions,
+        underlay::{self, UnderlayOptions},
         unload,
     },
 };
@@ -54,6 +54,13 @@ pub struct LoadArgs {
     /// VXLAN UDP port (flannel's default is 8472; IANA's is 4789).
     #[arg(long, default_value_t = DEFAULT_VXLAN_PORT, requires = "underlay")]
     pub vxlan_port: u16,
+    /// Beside a running flanneld (vxlan backend): its flannel.<VNI> is the kernel path, and
+    /// the underlay, node IP, VNI and port are that device's.
+    #[arg(long, conflicts_with = "underlay")]
+    pub beside_flannel: bool,
+    /// flanneld's VXLAN device, when there is more than one flannel.<VNI>.
+    #[arg(long, value_name = "NAME", requires = "beside_flannel")]
+    pub flannel_device: Option<String>,
     /// Decapsulate on the underlay with XDP as well (off by default: see
     /// the README's benchmark). Stays on across reloads until --no-xdp.
     #[arg(long, conflicts_with = "no_xdp")]
@@ -104,16 +111,20 @@ pub(super) fn run(pins: &PinDir, args: &LoadArgs) -> Result<()> {
         max_pods: args.max_pods,
         max_remote_pods: args.max_remote_pods,
         max_remote_cidrs: args.max_remote_cidrs,
-        underlay: args
-            .underlay
-            .clone()
-            .zip(args.node_ip)
-            .map(|(ifname, node_ip)| UnderlayOptions {
-                ifname,
-                node_ip,
-                vni: args.vni,
-                vxlan_port: args.vxlan_port,
-            }),
+        underlay: if args.beside_flannel {
+            Some(underlay::beside_flannel(args.flannel_device.as_deref())?)
+        } else {
+            args.underlay
+                .clone()
+                .zip(args.node_ip)
+                .map(|(ifname, node_ip)| UnderlayOptions {
+                    ifname,
+                    node_ip,
+                    vni: args.vni,
+                    vxlan_port: args.vxlan_port,
+                    beside_flannel: false,
+                })
+        },
         xdp: match (args.xdp, args.no_xdp) {
             (true, _) => Some(true),
             (_, true) => Some(false),

@@ -55,7 +55,7 @@ pub fn unload(pins: &PinDir) -> Result<UnloadReport> {
     // when its datapath owns them (a second load is refused, but a pin dir
     // from before owners were recorded may still be around).
     let config = match config.filter(Config::has_underlay) {
-        Some(config) if !owns_tunnel(pins, config.vni)? => None,
+        Some(config) if !owns_tunnel(pins, &config)? => None,
         config => config,
     };
     if let Some(config) = config {

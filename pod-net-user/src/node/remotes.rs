@@ -312,7 +312,12 @@ impl HostChecks {
     }
 
     fn read(datapath: &Datapath, links: &Links) -> Result<Self> {
-        let routes = tunnel::main_routes()?;
+        let mut routes = tunnel::main_routes()?;
+        if !links.owned {
+            // flanneld's routes to other nodes are the kernel path the
+            // entries stand beside, not routes in their way.
+            routes.retain(|route| !links.is_flannels(route));
+        }
         let pods = datapath
             .endpoint_entries()?
             .iter()
@@ -507,7 +512,7 @@ pub fn del_many(datapath: &mut Locked, cidrs: &[Cidr]) -> Result<Vec<NodeEntry>>
         links.remove_routes(&routes, &gone)?;
         // A node left with another MAC (entries from before one node IP
         // had one MAC) gets its neighbour entry back.
-        tunnel::set_nodes(&links.tunnel, &restore)?;
+        links.set_nodes(&restore)?;
     }
     Ok(removed
         .iter()
@@ -783,8 +788,12 @@ pub fn has_vxlan_peers(datapath: &Datapath) -> Result<bool> {
         .any(|(_, node)| Mode::of(node) == Mode::Vxlan))
 }
 
-/// The direct entries, as the routes they need on the underlay.
+/// The direct entries, as the routes pod-net keeps for them on the
+/// underlay: none beside flannel, whose routes they are.
 pub fn direct_routes(datapath: &Datapath) -> Result<Vec<RemoteRoute>> {
+    if datapath.config()?.beside_flannel() {
+        return Ok(Vec::new());
+    }
     Ok(entries(datapath)?
         .iter()
         .filter(|(_, node)| Mode::of(node) == Mode::Direct)
@@ -821,10 +830,13 @@ fn node_entry(cidr: Cidr, node: &RemoteNode) -> NodeEntry {
 }
 
 /// The interfaces the kernel's routes for remote entries leave by: the
-/// tunnel device for VXLAN nodes, the underlay for direct ones.
+/// tunnel device for VXLAN nodes, the underlay for direct ones. Beside
+/// flannel the routes, neighbour and FDB entries are flanneld's: they are
+/// read, never written.
 struct Links {
     tunnel: Link,
     underlay: Link,
+    owned: bool,
 }
 
 impl Links {
@@ -836,9 +848,15 @@ impl Links {
                  --node-ip IPV4` first"
             );
         }
-        let name = tunnel::device_name(config.vni);
+        let name = tunnel::kernel_device_name(config);
         let tunnel = netdev::link_by_name(&name)?.with_context(|| {
-            format!("the tunnel device {name} is missing; run `pod-net load` again to recreate it")
+            if config.beside_flannel() {
+                format!("flanneld's device {name} is missing: is flanneld running?")
+            } else {
+                format!(
+                    "the tunnel device {name} is missing; run `pod-net load` again to recreate it"
+                )
+            }
         })?;
         let underlay = netdev::link_by_index(config.underlay_ifindex)?.with_context(|| {
             format!(
@@ -846,7 +864,26 @@ impl Links {
                 config.underlay_ifindex
             )
         })?;
-        Ok(Self { tunnel, underlay })
+        Ok(Self {
+            tunnel,
+            underlay,
+            owned: !config.beside_flannel(),
+        })
+    }
+
+    /// Whether `route` is flanneld's route to another node: through its
+    /// device, or via a gateway out of the underlay (`DirectRouting`).
+    fn is_flannels(&self, route: &tunnel::KernelRoute) -> bool {
+        route.oif == Some(self.tunnel.index)
+            || (route.oif == Some(self.underlay.index) && route.gateway.is_some())
+    }
+
+    /// Sets the neighbour and FDB entries of `routes`' nodes again.
+    fn set_nodes(&self, routes: &[RemoteRoute]) -> Result<()> {
+        if !self.owned {
+            return Ok(());
+        }
+        tunnel::set_nodes(&self.tunnel, routes)
     }
 
     /// Routes `routes` each its way. Direct IPv6 prefixes need this node's
@@ -857,6 +894,9 @@ impl Links {
         routes: &[RemoteRoute],
         ours: &BTreeSet<Cidr>,
     ) -> Result<()> {
+        if !self.owned {
+            return Ok(());
+        }
         let (direct, vxlan): (Vec<RemoteRoute>, Vec<RemoteRoute>) =
             routes.iter().partition(|route| route.direct);
         if !direct.is_empty() {
@@ -869,6 +909,9 @@ impl Links {
     /// Removes the routes of `routes` each from its link, and the
     /// neighbour and FDB entries of `gone` VXLAN nodes.
     fn remove_routes(&self, routes: &[RemoteRoute], gone: &[tunnel::GoneNode]) -> Result<()> {
+        if !self.owned {
+            return Ok(());
+        }
         let (direct, vxlan): (Vec<RemoteRoute>, Vec<RemoteRoute>) =
             routes.iter().partition(|route| route.direct);
         tunnel::remove_routes(&self.tunnel, &vxlan, gone)?;

@@ -30,7 +30,7 @@ use netlink_packet_route::{
         RouteScope, RouteType,
     },
 };
-use pod_net_common::config::VXLAN_OVERHEAD;
+use pod_net_common::{Config, config::VXLAN_OVERHEAD};
 use serde::Serialize;
 
 use crate::{
@@ -53,6 +53,32 @@ pub const ROUTE_PROTOCOL: u8 = 0x70;
 #[must_use]
 pub fn device_name(vni: u32) -> String {
     format!("pnvxlan{vni}")
+}
+
+/// flanneld's VXLAN device for a VNI.
+#[must_use]
+pub fn flannel_device_name(vni: u32) -> String {
+    format!("flannel.{vni}")
+}
+
+/// The kernel's VXLAN device of the datapath loaded with `config`: its own
+/// tunnel device, or flanneld's beside flannel.
+#[must_use]
+pub fn kernel_device_name(config: &Config) -> String {
+    if config.beside_flannel() {
+        flannel_device_name(config.vni)
+    } else {
+        device_name(config.vni)
+    }
+}
+
+/// That device, if the datapath has an underlay and the device exists.
+pub fn kernel_device(config: &Config) -> Result<Option<Link>> {
+    if !config.has_underlay() {
+        return Ok(None);
+    }
+    Ok(netdev::link_by_name(&kernel_device_name(config))?
+        .filter(|link| link.kind == LinkKind::Vxlan))
 }
 
 /// What the tunnel device is made of.

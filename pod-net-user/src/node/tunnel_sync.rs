@@ -31,7 +31,7 @@ use crate::{
         remotes::{self, Mode, NodeEntry},
         tunnel::{self, DeviceContents, DeviceRoute, RemoteRoute},
     },
-    sys::netdev::{self, Link, LinkKind},
+    sys::netdev::Link,
 };
 
 /// One difference between the remote entries and the tunnel device, as
@@ -129,13 +129,14 @@ impl fmt::Display for Fix {
     }
 }
 
-/// The tunnel device of a datapath loaded with an underlay, if it exists.
+/// pod-net's own tunnel device, if it exists: the one to keep in step
+/// with the remote entries. Beside flannel there is none (flanneld's
+/// device is flanneld's to keep).
 pub fn device(config: &Config) -> Result<Option<Link>> {
-    if !config.has_underlay() {
+    if config.beside_flannel() {
         return Ok(None);
     }
-    Ok(netdev::link_by_name(&tunnel::device_name(config.vni))?
-        .filter(|link| link.kind == LinkKind::Vxlan))
+    tunnel::kernel_device(config)
 }
 
 /// The fixes that bring `device` in step with the VXLAN remote entries

@@ -398,10 +398,10 @@ fn validate(datapath: &Datapath, config: &NodeConfig) -> Result<()> {
     // The file's nodes replace every current entry: check them as a whole
     // against this node's addresses, routes and pods, and each other.
     remotes::validate(datapath, &config.nodes, &remotes::cidrs(datapath)?)?;
-    if !config.nodes.is_empty() && tunnel_sync::device(&loaded)?.is_none() {
+    if !config.nodes.is_empty() && tunnel::kernel_device(&loaded)?.is_none() {
         bail!(
             "the tunnel device {} is missing; run `pod-net load` again to recreate it",
-            tunnel::device_name(loaded.vni)
+            tunnel::kernel_device_name(&loaded)
         );
     }
     Ok(())

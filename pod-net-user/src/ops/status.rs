@@ -25,7 +25,7 @@ use crate::{
     node::{
         big_tcp,
         direct::{self, RouteFix},
-        endpoints, remotes, tunnel,
+        endpoints, flannel, remotes, tunnel,
     },
     ops::cluster_status::{ClusterStatus, Liveness},
     ops::gc::{self, Repair},
@@ -242,6 +242,9 @@ pub fn check(pins: &PinDir) -> Result<Status> {
     check_repairs(&datapath, &mut status)?;
     check_underlay(pins, &config, &mut status)?;
     check_direct(&datapath, &config, &mut status)?;
+    if config.beside_flannel() {
+        check_beside_flannel(&datapath, &config, &mut status)?;
+    }
     Ok(finish(status))
 }
 
@@ -414,10 +417,14 @@ fn check_underlay(pins: &PinDir, config: &Config, status: &mut Status) -> Result
         vtep_mac: summary.vtep_mac,
         tunnel_device: summary.tunnel_device.clone(),
     });
-    let reload = format!(
-        "run `pod-net load --underlay {} --node-ip {}` again",
-        summary.ifname, summary.node_ip
-    );
+    let reload = if config.beside_flannel() {
+        "run `pod-net load --beside-flannel` again".to_owned()
+    } else {
+        format!(
+            "run `pod-net load --underlay {} --node-ip {}` again",
+            summary.ifname, summary.node_ip
+        )
+    };
     match netdev::link_by_index(config.underlay_ifindex)? {
         None => status.problem(
             format!(
@@ -436,10 +443,47 @@ fn check_underlay(pins: &PinDir, config: &Config, status: &mut Status) -> Result
             check_underlay_link(&link, summary.node_ip, status)?;
         }
     }
-    if netdev::link_by_name(&tunnel::device_name(config.vni))?.is_none() {
+    if tunnel::kernel_device(config)?.is_none() {
+        if config.beside_flannel() {
+            status.problem(
+                format!("flanneld's device {} is missing", summary.tunnel_device),
+                "start flanneld, which makes it again (the fast path forwards what it has \
+                 meanwhile)",
+            );
+        } else {
+            status.problem(
+                format!("the tunnel device {} is missing", summary.tunnel_device),
+                reload,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Beside flannel, the remote entries mirror flanneld's kernel state: each
+/// place they disagree is a problem (the agent is not running, or has not
+/// caught up, or someone changed one side by hand).
+fn check_beside_flannel(datapath: &Datapath, config: &Config, status: &mut Status) -> Result<()> {
+    let Some(device) = tunnel::kernel_device(config)? else {
+        return Ok(());
+    };
+    let entries = remotes::list(datapath)?;
+    // flanneld's direct routes, for the entries' prefixes (which of the
+    // underlay's other routes are flanneld's, only its network says).
+    let direct: Vec<tunnel::KernelRoute> = tunnel::main_routes()?
+        .into_iter()
+        .filter(|route| {
+            route.oif == Some(config.underlay_ifindex)
+                && !route.is_pod_nets()
+                && entries.iter().any(|entry| entry.cidr == route.cidr)
+        })
+        .collect();
+    let mirror = flannel::mirror(&tunnel::contents(&device)?, &direct);
+    for line in flannel::disagreements(&entries, &mirror) {
         status.problem(
-            format!("the tunnel device {} is missing", summary.tunnel_device),
-            reload,
+            line,
+            "`pod-net agent --beside-flannel` keeps the fast path equal to flanneld's kernel \
+             state: is it running?",
         );
     }
     Ok(())

@@ -37,8 +37,20 @@ pub struct Link {
     pub peer_netnsid: Option<i32>,
     /// `ip link set ... alias TEXT`, if set.
     pub alias: Option<String>,
-    /// For a vxlan device: the ifindex of the interface it sends through.
-    pub vxlan_underlay: Option<u32>,
+    /// For a vxlan device: what it is made of.
+    pub vxlan: Option<Vxlan>,
+}
+
+/// A vxlan device's settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Vxlan {
+    pub vni: u32,
+    /// The UDP port it listens on and sends to (host order).
+    pub port: u16,
+    /// The address it sends from, when set.
+    pub local: Option<Ipv4Addr>,
+    /// The ifindex of the interface it sends through, when set.
+    pub underlay: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,7 +195,7 @@ fn link_from_message(message: &LinkMessage) -> Link {
         peer_index: None,
         peer_netnsid: None,
         alias: None,
-        vxlan_underlay: None,
+        vxlan: None,
     };
     for attribute in &message.attributes {
         match attribute {
@@ -205,12 +217,18 @@ fn link_from_message(message: &LinkMessage) -> Link {
                                 _ => LinkKind::Other,
                             };
                         }
-                        LinkInfo::Data(InfoData::Vxlan(vxlan)) => {
-                            link.vxlan_underlay =
-                                vxlan.iter().find_map(|attribute| match attribute {
-                                    InfoVxlan::Link(index) => Some(*index),
-                                    _ => None,
-                                });
+                        LinkInfo::Data(InfoData::Vxlan(attributes)) => {
+                            let mut vxlan = Vxlan::default();
+                            for attribute in attributes {
+                                match attribute {
+                                    InfoVxlan::Id(vni) => vxlan.vni = *vni,
+                                    InfoVxlan::Port(port) => vxlan.port = *port,
+                                    InfoVxlan::Local(local) => vxlan.local = Some(*local),
+                                    InfoVxlan::Link(index) => vxlan.underlay = Some(*index),
+                                    _ => {}
+                                }
+                            }
+                            link.vxlan = Some(vxlan);
                         }
                         _ => {}
                     }

@@ -285,6 +285,7 @@ fn load_datapath(
             node_ip,
             vni: config.vni,
             vxlan_port: config.port,
+            beside_flannel: false,
         }),
         ..LoadOptions::default()
     };

@@ -36,22 +36,43 @@ pub fn write(
     write_atomically(path, render(config, subnet, underlay_mtu).as_bytes())
 }
 
-/// The subnet an earlier run wrote to `path`, if the file is there and
-/// readable: flannel reuses it when no lease names this node.
+/// What a `subnet.env` says: the network, and this node's subnet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubnetEnv {
+    pub network: Subnet,
+    pub subnet: Subnet,
+}
+
+/// The file at `path`, if it is there, readable and well formed (pod-net's
+/// or flanneld's).
 #[must_use]
-pub fn previous_subnet(path: &Path) -> Option<Subnet> {
+pub fn read(path: &Path) -> Option<SubnetEnv> {
     let bytes = read_regular(path, 4096).ok()??;
-    let text = String::from_utf8(bytes).ok()?;
-    let value = text
-        .lines()
-        .find_map(|line| line.strip_prefix("FLANNEL_SUBNET="))?;
-    let (gateway, len) = value.trim().split_once('/')?;
+    parse(&String::from_utf8(bytes).ok()?)
+}
+
+fn parse(text: &str) -> Option<SubnetEnv> {
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+            .map(str::trim)
+    };
+    let network: Subnet = value("FLANNEL_NETWORK")?.parse().ok()?;
+    let (gateway, len) = value("FLANNEL_SUBNET")?.split_once('/')?;
     let gateway: std::net::Ipv4Addr = gateway.parse().ok()?;
     let subnet = Subnet {
         ip: std::net::Ipv4Addr::from(u32::from(gateway).checked_sub(1)?),
         len: len.parse().ok()?,
     };
-    Subnet::from_key(&subnet.key_name()).filter(|parsed| *parsed == subnet)
+    let subnet = Subnet::from_key(&subnet.key_name()).filter(|parsed| *parsed == subnet)?;
+    Some(SubnetEnv { network, subnet })
+}
+
+/// The subnet an earlier run wrote to `path`, if the file is there and
+/// readable: flannel reuses it when no lease names this node.
+#[must_use]
+pub fn previous_subnet(path: &Path) -> Option<Subnet> {
+    read(path).map(|env| env.subnet)
 }
 
 #[cfg(test)]
@@ -76,6 +97,17 @@ mod tests {
                 .unwrap()
                 .contains("FLANNEL_MTU=8950\n")
         );
+        // flanneld's own file.
+        let flanneld = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n\
+                        FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+        assert_eq!(
+            parse(flanneld),
+            Some(SubnetEnv {
+                network: "10.244.0.0/16".parse().unwrap(),
+                subnet: "10.244.3.0/24".parse().unwrap(),
+            })
+        );
+        assert_eq!(parse("FLANNEL_SUBNET=10.244.3.1/24\n"), None);
         std::fs::write(&path, "FLANNEL_SUBNET=garbage\n").unwrap();
         assert_eq!(previous_subnet(&path), None);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -8,6 +8,8 @@
 //! Beside that, what a flannel node's kernel holds for its peers, parsed
 //! from `ip -j` and `bridge -j`: the routes, the neighbour entries and the
 //! FDB entries of its VXLAN device, and its routes on the underlay.
+pub mod checks;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,

@@ -1,0 +1,557 @@
+//! What the mixed-cluster tests assert: every node holding every other
+//! the way its own software does, every pod reaching every other with the
+//! pod-net nodes' counters predicted exactly, full-size packets and TCP,
+//! healthy status and a clean flanneld log.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Debug,
+    time::Instant,
+};
+
+use serde_json::Value;
+
+use super::{Member, MixedPod, Route};
+use crate::{
+    cluster::{self, Etcd, PREFIX, SOON, lease_key, wait_programmed},
+    cmd::output_of,
+    interop,
+    rig::{LinkPackets, Node, Rig},
+    wait_for,
+};
+
+/// flannel's network config with `DirectRouting`: the rig's nodes share
+/// one L2 segment, so every peer is routed to directly.
+pub const DIRECT: &str =
+    r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
+/// Echo requests per measured ping.
+pub const PINGS: u32 = 3;
+/// The counters the ping matrix predicts exactly on a pod-net node: the
+/// fast path's, and those that would say a pod's packet fell back to the
+/// kernel or was dropped.
+pub const WATCHED: [&str; 11] = [
+    "redirect_local",
+    "encap",
+    "decap",
+    "direct_out",
+    "direct_in",
+    "pass_unknown_dst",
+    "pass_inner_not_local",
+    "pass_not_direct_peer",
+    "pass_direct_unresolved",
+    "drop_unknown_peer",
+    "drop_spoofed",
+];
+
+/// How the network carries a packet between two nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Vxlan,
+    Direct,
+}
+
+impl Mode {
+    /// The reasons a pod-net node counts a packet to and from another node
+    /// under.
+    fn reasons(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Vxlan => ("encap", "decap"),
+            Self::Direct => ("direct_out", "direct_in"),
+        }
+    }
+}
+
+/// Starts pod-net agents on the `pod_net` nodes, then flanneld on the
+/// `flannel` ones, each with its lease; checks each lease names its node's
+/// own VTEP.
+pub fn start<'a>(rig: &'a Rig, etcd: &Etcd, pod_net: &[u8], flannel: &[u8]) -> Vec<Member<'a>> {
+    let mut members: Vec<Member> = pod_net
+        .iter()
+        .map(|index| Member::pod_net(rig, etcd, rig.node(*index)).unwrap())
+        .collect();
+    members.extend(
+        flannel
+            .iter()
+            .map(|index| Member::flannel(rig, etcd, rig.node(*index)).unwrap()),
+    );
+    for member in &members {
+        assert_own_vtep(member);
+    }
+    members
+}
+
+/// The lease's VTEP MAC is the one of the node's own VXLAN device (for
+/// pod-net, also the one it derives from the node IP).
+pub fn assert_own_vtep(member: &Member) {
+    let node = member.node;
+    assert_eq!(
+        member.vtep_mac,
+        node.link_mac(&member.tunnel_device()).unwrap(),
+        "node {}",
+        node.index
+    );
+    if member.is_pod_net() {
+        assert_eq!(member.vtep_mac, node.derived_vtep_mac());
+    }
+}
+
+/// etcd holds exactly one lease per member, on distinct subnets, for the
+/// VXLAN backend (its VNI is checked against the devices by
+/// [`assert_devices`]).
+pub fn assert_leases(etcd: &Etcd, members: &[&Member]) {
+    let mut wanted: Vec<String> = members
+        .iter()
+        .map(|member| lease_key(&member.subnet))
+        .collect();
+    wanted.sort();
+    assert_eq!(etcd.keys(&format!("{PREFIX}/subnets/")).unwrap(), wanted);
+    for member in members {
+        let lease: Value =
+            serde_json::from_str(&etcd.get(&lease_key(&member.subnet)).unwrap().unwrap()).unwrap();
+        assert_eq!(lease["BackendType"], "vxlan", "{lease}");
+    }
+}
+
+/// Waits until `read` returns `wanted`, and fails with what it returned
+/// last if it does not within [`SOON`].
+pub fn wait_equal<T: PartialEq + Debug>(what: &str, wanted: &T, mut read: impl FnMut() -> T) {
+    let mut last = None;
+    let result = wait_for(what, SOON, || {
+        let value = read();
+        let done = value == *wanted;
+        last = Some(value);
+        done.then_some(())
+    });
+    assert!(result.is_ok(), "{what}: have {last:?}, wanted {wanted:?}");
+}
+
+/// The routes with a gateway `node` has into the network (its own subnet
+/// is connected, on cni0).
+pub fn network_routes(node: &Node) -> BTreeMap<String, Route> {
+    let mut routes = interop::routes(node, &[]).unwrap();
+    routes.retain(|dst, _| dst.starts_with("10.244."));
+    routes
+}
+
+/// Every member holds every other one the way its own software does, and
+/// nothing more: a pod-net node in its maps with the kernel path beside
+/// them, a flannel node in `flannel.1`'s routes, neighbours and FDB (over
+/// VXLAN) or in routes on `eth0` (direct).
+pub fn assert_programmed(members: &[&Member], mode: Mode) {
+    for member in members {
+        let node = member.node;
+        let peers: Vec<&&Member> = members
+            .iter()
+            .filter(|peer| peer.node.index != node.index)
+            .collect();
+        let device = &member.tunnel_device();
+        let what = |thing: &str| format!("node {}: {thing}", node.index);
+        let wanted_routes: BTreeMap<String, Route> = peers
+            .iter()
+            .map(|peer| {
+                let ip = peer.node.underlay_ip.to_string();
+                let route = match (member.is_pod_net(), mode) {
+                    // pod-net: via the node, its VTEP MAC the neighbour entry's.
+                    (true, Mode::Vxlan) => Route::new(&ip, device, &["onlink"]),
+                    (true, Mode::Direct) => Route::new(&ip, "eth0", &["onlink"]),
+                    // flannel: via the subnet's first address on flannel.1.
+                    (false, Mode::Vxlan) => Route::new(&peer.subnet_ip(), device, &["onlink"]),
+                    // flannel's direct route: host-gw's.
+                    (false, Mode::Direct) => Route::new(&ip, "eth0", &[]),
+                };
+                (peer.subnet.clone(), route)
+            })
+            .collect();
+        let (wanted_neighbours, wanted_fdb) = match mode {
+            Mode::Vxlan => (
+                peers
+                    .iter()
+                    .map(|peer| {
+                        let ip = if member.is_pod_net() {
+                            peer.node.underlay_ip.to_string()
+                        } else {
+                            peer.subnet_ip()
+                        };
+                        (ip, peer.vtep_mac.clone(), vec!["PERMANENT".to_owned()])
+                    })
+                    .collect(),
+                peers
+                    .iter()
+                    .map(|peer| {
+                        (
+                            peer.vtep_mac.clone(),
+                            peer.node.underlay_ip.to_string(),
+                            "permanent".to_owned(),
+                        )
+                    })
+                    .collect(),
+            ),
+            Mode::Direct => (BTreeSet::new(), BTreeSet::new()),
+        };
+        if member.is_pod_net() {
+            match mode {
+                Mode::Vxlan => {
+                    let entries: Vec<_> = peers.iter().map(|peer| peer.entry()).collect();
+                    wait_programmed(node, &entries);
+                }
+                Mode::Direct => {
+                    let modes: BTreeMap<String, String> = peers
+                        .iter()
+                        .map(|peer| (peer.subnet.clone(), "direct".to_owned()))
+                        .collect();
+                    wait_equal(&what("direct entries"), &modes, || {
+                        node.remote_modes().unwrap()
+                    });
+                }
+            }
+        }
+        wait_equal(&what("routes to the peers"), &wanted_routes, || {
+            network_routes(node)
+        });
+        wait_equal(
+            &what(&format!("{device} neighbours")),
+            &wanted_neighbours,
+            || interop::neighbours(node, device).unwrap(),
+        );
+        wait_equal(&what(&format!("{device} FDB")), &wanted_fdb, || {
+            interop::fdb(node, device).unwrap()
+        });
+    }
+}
+
+/// `per_node` pods on each member, made by its own network plugin, named
+/// `<tag>-n<node>p<index>`.
+pub fn make_pods<'a>(
+    rig: &Rig,
+    members: &[&Member<'a>],
+    per_node: u8,
+    tag: &str,
+) -> Vec<MixedPod<'a>> {
+    let mut pods = Vec::new();
+    for member in members {
+        for index in 1..=per_node {
+            let name = format!("{tag}-n{}p{index}", member.node.index);
+            let pod = member.pod(rig, &name).unwrap();
+            let subnet: pod_net::cidr::Cidr = member.subnet.parse().unwrap();
+            assert!(
+                subnet.contains(pod.ip.into()),
+                "{name}: {} not in {subnet}",
+                pod.ip
+            );
+            pods.push(pod);
+        }
+    }
+    pods
+}
+
+/// The [`WATCHED`] counts of `node`.
+pub fn watched(node: &Node) -> BTreeMap<&'static str, u64> {
+    let counters = node.counters().unwrap();
+    WATCHED
+        .iter()
+        .map(|reason| (*reason, counters.get(*reason).copied().unwrap_or(0)))
+        .collect()
+}
+
+/// What [`PINGS`] echo requests from a pod on node `from` to one on node
+/// `to`, and their replies, add to the [`WATCHED`] counters of pod-net
+/// node `node`.
+pub fn expected(node: u8, from: u8, to: u8, mode: Mode) -> BTreeMap<&'static str, u64> {
+    let mut counts: BTreeMap<&'static str, u64> =
+        WATCHED.iter().map(|reason| (*reason, 0)).collect();
+    let pings = u64::from(PINGS);
+    let (out, into) = mode.reasons();
+    if from == to {
+        if node == from {
+            *counts.get_mut("redirect_local").unwrap() += 2 * pings;
+        }
+    } else if node == from || node == to {
+        // Requests one way, replies the other.
+        *counts.get_mut(out).unwrap() += pings;
+        *counts.get_mut(into).unwrap() += pings;
+    }
+    counts
+}
+
+/// What [`PINGS`] echo requests from a pod on node `from` to one on node
+/// `to`, and their replies, add to `flannel.1`'s (received, sent) packets
+/// on flannel node `node`: both, over VXLAN, when `node` is one end and
+/// the other end is another node.
+pub fn expected_on_flannel(node: u8, from: u8, to: u8, mode: Mode) -> (u64, u64) {
+    let pings = u64::from(PINGS);
+    if mode == Mode::Vxlan && from != to && (node == from || node == to) {
+        (pings, pings)
+    } else {
+        (0, 0)
+    }
+}
+
+/// `from` pings `to` ([`PINGS`] echo requests, of `size` bytes with
+/// don't-fragment when given); every request and reply arrives and lands
+/// exactly where [`expected`] says in the pod-net nodes' counters, and
+/// where [`expected_on_flannel`] says on the flannel nodes' `flannel.1`.
+pub fn assert_pair(
+    members: &[&Member],
+    from: &MixedPod,
+    to: &MixedPod,
+    mode: Mode,
+    size: Option<u32>,
+) {
+    let pair = format!(
+        "{} {} -> {} {} ({} bytes)",
+        from.name,
+        from.ip,
+        to.name,
+        to.ip,
+        size.map_or_else(|| "56".to_owned(), |size| size.to_string())
+    );
+    // The first reply resolves the neighbours on the way (and waits for a
+    // flanneld still programming its peers).
+    let first = wait_for(&format!("a first reply {pair}"), SOON, || {
+        from.ping(to.ip, 1)
+            .ok()
+            .filter(|(_, received)| *received == 1)
+    });
+    assert!(first.is_ok(), "{pair}: no reply");
+    let before: Vec<_> = members.iter().map(|member| watched_on(member)).collect();
+    let (sent, received) = match size {
+        Some(size) => from.df_ping(to.ip, PINGS, size).unwrap(),
+        None => from.ping(to.ip, PINGS).unwrap(),
+    };
+    assert_eq!(
+        (sent, received),
+        (u64::from(PINGS), u64::from(PINGS)),
+        "{pair}"
+    );
+    for (member, before) in members.iter().zip(before) {
+        let node = member.node.index;
+        match (watched_on(member), before) {
+            (Watched::PodNet(after), Watched::PodNet(before)) => {
+                let moved: BTreeMap<&str, u64> = after
+                    .into_iter()
+                    .map(|(reason, count)| (reason, count - before[reason]))
+                    .collect();
+                assert_eq!(
+                    moved,
+                    expected(node, from.node, to.node, mode),
+                    "{pair}: the counters of pod-net node {node}"
+                );
+            }
+            (Watched::Flannel(after), Watched::Flannel(before)) => assert_eq!(
+                (after.rx - before.rx, after.tx - before.tx),
+                expected_on_flannel(node, from.node, to.node, mode),
+                "{pair}: {} (received, sent) on flannel node {node}",
+                member.tunnel_device()
+            ),
+            _ => unreachable!(),
+        }
+    }
+}
+
+/// What [`assert_pair`] reads on a node before and after.
+pub enum Watched {
+    /// A pod-net node's [`WATCHED`] counters.
+    PodNet(BTreeMap<&'static str, u64>),
+    /// A flannel node's `flannel.1` packets.
+    Flannel(LinkPackets),
+}
+
+pub fn watched_on(member: &Member) -> Watched {
+    if member.is_pod_net() {
+        Watched::PodNet(watched(member.node))
+    } else {
+        Watched::Flannel(member.node.link_packets(&member.tunnel_device()).unwrap())
+    }
+}
+
+/// Every pod pings every other pod ([`assert_pair`]).
+pub fn ping_every_pair(members: &[&Member], pods: &[MixedPod], mode: Mode) {
+    let mut pairs = 0;
+    for from in pods {
+        for to in pods {
+            if from.name != to.name {
+                assert_pair(members, from, to, mode, None);
+                pairs += 1;
+            }
+        }
+    }
+    assert_eq!(pairs, pods.len() * (pods.len() - 1));
+}
+
+/// The biggest echo payload the pods' MTU (1450: flannel's `FLANNEL_MTU`
+/// and the agent's conflist alike) takes whole: 1450 - 20 - 8. Over VXLAN
+/// that is a full 1500-byte packet on the underlay.
+pub const FULL_SIZE: u32 = 1422;
+
+/// Underlay and neighbour traffic a pod-net node sees beside the pods'
+/// (etcd's TCP, ARP): not part of what a transfer between pods moves.
+pub const BACKGROUND: [&str; 3] = ["pass_not_vxlan", "pass_not_ip", "pass_multicast"];
+
+/// Beside the small pings: between the first pods of two nodes with
+/// pod-net on either end, full-size echo requests with don't-fragment go
+/// and come back exactly as the small ones; and 8 MB of TCP go each way
+/// between a pod-net pod and a flannel pod, with the pod-net node counting
+/// packets both ways on the fast path and under no other reason.
+pub fn assert_full_size_and_tcp(members: &[&Member], pods: &[MixedPod], mode: Mode) {
+    let firsts: Vec<&MixedPod> = members
+        .iter()
+        .filter_map(|member| pods.iter().find(|pod| pod.node == member.node.index))
+        .collect();
+    let pod_net = |pod: &MixedPod| {
+        members
+            .iter()
+            .any(|member| member.node.index == pod.node && member.is_pod_net())
+    };
+    for from in &firsts {
+        for to in &firsts {
+            if from.node != to.node && (pod_net(from) || pod_net(to)) {
+                assert_pair(members, from, to, mode, Some(FULL_SIZE));
+            }
+        }
+    }
+    let ours = firsts.iter().find(|pod| pod_net(pod)).unwrap();
+    let theirs = firsts.iter().find(|pod| !pod_net(pod)).unwrap();
+    let node = members
+        .iter()
+        .find(|member| member.node.index == ours.node)
+        .unwrap()
+        .node;
+    let (out, into) = mode.reasons();
+    for (client, server) in [(ours, theirs), (theirs, ours)] {
+        let before = node.counters().unwrap();
+        client.tcp_transfer(server, "8M").unwrap();
+        let mut moved = node.moved_since(&before).unwrap();
+        moved.retain(|reason, _| !BACKGROUND.contains(&reason.as_str()));
+        let reasons: Vec<&str> = moved.keys().map(String::as_str).collect();
+        let mut wanted = vec![out, into];
+        wanted.sort_unstable();
+        assert_eq!(
+            reasons, wanted,
+            "TCP {} -> {}: pod-net node {} counted {moved:?}",
+            client.ip, server.ip, node.index
+        );
+    }
+}
+
+/// flanneld on a flannel member logged no error and ignored no lease:
+/// every pod-net lease was one it could use.
+pub fn assert_flanneld_clean(member: &Member) {
+    let Some(log) = member.flanneld_log() else {
+        return;
+    };
+    for line in log.lines() {
+        let error = line.starts_with('E') && line[1..].starts_with(|c: char| c.is_ascii_digit());
+        assert!(
+            !error && !line.contains("ignoring"),
+            "node {}: flanneld logged {line:?}",
+            member.node.index
+        );
+    }
+}
+
+/// `pod-net status` on a pod-net member is healthy, following etcd with
+/// `peers` peers and skipping no record.
+pub fn assert_store_healthy(member: &Member, peers: usize) {
+    let node = member.node;
+    let agent = member.agent().unwrap();
+    let file = agent.subnet_file.with_file_name("cluster-status.json");
+    let file = file.to_str().unwrap();
+    let mut last = Value::Null;
+    let published = wait_for("the agent's status to count its peers", SOON, || {
+        let output =
+            output_of(&mut node.pod_net_command(&["status", "--json", "--cluster-status", file]))
+                .unwrap();
+        last = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        (output.status.success() && last["store"]["peers"] == peers).then_some(())
+    });
+    assert!(published.is_ok(), "node {}: {last:#}", node.index);
+    assert_eq!(last["problems"], serde_json::json!([]), "{last:#}");
+    let store = &last["store"];
+    assert_eq!(store["store"], "etcd", "{last:#}");
+    assert_eq!(store["connected"], true, "{last:#}");
+    assert_eq!(store["subnet"], member.subnet.as_str(), "{last:#}");
+    assert_eq!(store["skipped_now"], 0, "{last:#}");
+    assert_eq!(store["skipped_records"], 0, "{last:#}");
+    assert_eq!(store["skipped"], serde_json::json!([]), "{last:#}");
+    assert_eq!(store["problems"], serde_json::json!([]), "{last:#}");
+    // And in words.
+    let (text, healthy) = cluster::store_status_of(node, agent);
+    assert!(healthy, "{text}");
+    assert!(!text.contains("skipped"), "{text}");
+    assert!(
+        text.contains("store:     etcd connected, revision ")
+            && text.contains(&format!(", {peers} peer(s), subnet {},", member.subnet)),
+        "{text}"
+    );
+}
+
+/// The shape of a mixed cluster.
+pub struct Shape<'a> {
+    /// flannel's network config.
+    pub config: &'a str,
+    pub mode: Mode,
+    /// The VNI and UDP port `config` gives its VXLAN devices.
+    pub vni: u64,
+    pub port: u64,
+    /// The nodes running pod-net, and flanneld (a rig of their number).
+    pub pod_net: &'a [u8],
+    pub flannel: &'a [u8],
+    pub pods_per_node: u8,
+}
+
+/// Every node's own VXLAN device (pod-net's `pnvxlan<VNI>`, flannel's
+/// `flannel.<VNI>`) has the config's VNI and port, on the node's underlay
+/// address, with an MTU 50 below the underlay's.
+pub fn assert_devices(members: &[&Member], vni: u64, port: u64) {
+    for member in members {
+        assert_eq!(member.vni, vni);
+        let device = member.tunnel_device();
+        let link = interop::link_details(member.node, &device).unwrap();
+        let data = &link["linkinfo"]["info_data"];
+        assert_eq!(link["linkinfo"]["info_kind"], "vxlan", "{link}");
+        assert_eq!(data["id"], vni, "{link}");
+        assert_eq!(data["port"], port, "{link}");
+        assert_eq!(
+            data["local"],
+            member.node.underlay_ip.to_string().as_str(),
+            "{link}"
+        );
+        assert_eq!(link["mtu"], 1450, "{link}");
+    }
+}
+
+/// A mixed cluster of `shape`: leases, devices and what each node
+/// programs checked; every pod pinging every other both ways, full-size
+/// pings and TCP ([`assert_full_size_and_tcp`]); status healthy; flanneld
+/// without an error.
+pub fn mixed_cluster(shape: &Shape) {
+    let started = Instant::now();
+    let nodes = shape.pod_net.len() + shape.flannel.len();
+    let rig = cluster::rig(u8::try_from(nodes).unwrap());
+    let etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(shape.config).unwrap();
+    let members = start(&rig, &etcd, shape.pod_net, shape.flannel);
+    let all: Vec<&Member> = members.iter().collect();
+    assert_leases(&etcd, &all);
+    assert_devices(&all, shape.vni, shape.port);
+    assert_programmed(&all, shape.mode);
+    eprintln!("programmed after {:?}", started.elapsed());
+    let pods = make_pods(&rig, &all, shape.pods_per_node, "m");
+    ping_every_pair(&all, &pods, shape.mode);
+    assert_full_size_and_tcp(&all, &pods, shape.mode);
+    eprintln!(
+        "{} pairs pinged, full-size and TCP after {:?}",
+        pods.len() * (pods.len() - 1),
+        started.elapsed()
+    );
+    for member in all.iter().filter(|member| member.is_pod_net()) {
+        assert_store_healthy(member, nodes - 1);
+    }
+    // Nothing changed on the way.
+    assert_programmed(&all, shape.mode);
+    drop(pods);
+    for member in &members {
+        assert_flanneld_clean(member);
+    }
+    drop(members);
+    eprintln!("done after {:?}", started.elapsed());
+}

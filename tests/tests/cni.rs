@@ -382,7 +382,7 @@ fn bad_input_gets_the_cni_error_code_it_should() {
     assert_eq!(
         code(raw(
             &add_env,
-            br#"{"cniVersion": "0.3.1", "name": "n", "type": "pod-net-cni"}"#
+            br#"{"cniVersion": "0.2.0", "name": "n", "type": "pod-net-cni"}"#
         )),
         1
     );
@@ -427,7 +427,7 @@ fn bad_input_gets_the_cni_error_code_it_should() {
         serde_json::from_str(&raw(&[("CNI_COMMAND", "VERSION".into())], b"").unwrap()).unwrap();
     assert_eq!(
         version["supportedVersions"],
-        json!(["0.4.0", "1.0.0", "1.1.0"])
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
     );
 }
 

@@ -1,4 +1,4 @@
-//! `pod-net-cni`: a chained CNI plugin (spec 0.4.0, 1.0.0, 1.1.0) that runs
+//! `pod-net-cni`: a chained CNI plugin (spec 0.3.x to 1.1.0) that runs
 //! after `bridge` or `ptp` and registers the pod with the pinned datapath.
 //!
 //! Everything goes through [`run`], which maps the environment and stdin to
@@ -156,8 +156,18 @@ fn dispatch(env: &Env, stdin: &[u8]) -> Step<String> {
         return Ok(version());
     }
     let conf = parse_conf(stdin)?;
+    let command = parse_command(command)?;
+    if command == Command::Check && conf.cni_version.starts_with("0.3.") {
+        return Err(Failure::new(
+            codes::INCOMPATIBLE_VERSION,
+            format!(
+                "CHECK needs cniVersion 0.4.0 or later; the configuration says {}",
+                conf.cni_version
+            ),
+        ));
+    }
     let pins = pin_dir(&conf.pin_dir)?;
-    run_command(parse_command(command)?, env, &conf, &pins)
+    run_command(command, env, &conf, &pins)
 }
 
 /// Runs `command` with the configuration read and its pin dir checked.
@@ -696,7 +706,7 @@ mod tests {
             .unwrap();
             assert_eq!(
                 version,
-                json!({"cniVersion": "1.1.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]})
+                json!({"cniVersion": "1.1.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]})
             );
         }
         // The configuration is read before the command is judged: an
@@ -746,15 +756,15 @@ mod tests {
                 "invalid network configuration: invalid type: string \"yes\", expected a boolean",
             ),
             (
-                r#"{"cniVersion": "0.3.1", "name": "n", "type": "pod-net-cni"}"#,
+                r#"{"cniVersion": "0.2.0", "name": "n", "type": "pod-net-cni"}"#,
                 codes::INCOMPATIBLE_VERSION,
-                "cniVersion 0.3.1 is not supported (supported: 0.4.0, 1.0.0, 1.1.0)",
+                "cniVersion 0.2.0 is not supported (supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0)",
             ),
             // The version is judged before the rest.
             (
                 r#"{"cniVersion": "2.0.0", "name": "", "type": ""}"#,
                 codes::INCOMPATIBLE_VERSION,
-                "cniVersion 2.0.0 is not supported (supported: 0.4.0, 1.0.0, 1.1.0)",
+                "cniVersion 2.0.0 is not supported (supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0)",
             ),
             (
                 r#"{"cniVersion": "1.0.0", "name": "", "type": "pod-net-cni"}"#,
@@ -1007,8 +1017,14 @@ mod tests {
             // A version this plugin does not speak is still the caller's.
             (
                 env(&[("CNI_COMMAND", "ADD")]),
+                br#"{"cniVersion": "0.2.0", "name": "n", "type": "pod-net-cni"}"#,
+                r#"{"cniVersion":"0.2.0","code":1,"msg":"cniVersion 0.2.0 is not supported (supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0)"}"#,
+            ),
+            // 0.3.x chains ADD and DEL; CHECK came with 0.4.0.
+            (
+                env(&[("CNI_COMMAND", "CHECK")]),
                 br#"{"cniVersion": "0.3.1", "name": "n", "type": "pod-net-cni"}"#,
-                r#"{"cniVersion":"0.3.1","code":1,"msg":"cniVersion 0.3.1 is not supported (supported: 0.4.0, 1.0.0, 1.1.0)"}"#,
+                r#"{"cniVersion":"0.3.1","code":1,"msg":"CHECK needs cniVersion 0.4.0 or later; the configuration says 0.3.1"}"#,
             ),
         ];
         for (env, stdin, stdout) in cases {

@@ -6,9 +6,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// Versions this plugin speaks. 0.4.0 introduced CHECK and prevResult on
-/// DEL; 1.1.0 added GC and STATUS.
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
+/// Versions this plugin speaks. 0.3.0 introduced chaining with
+/// prevResult on ADD (kube-flannel's conflist still says 0.3.1); 0.4.0
+/// introduced CHECK and prevResult on DEL; 1.1.0 added GC and STATUS.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// The network configuration on stdin (one plugin's entry of a conflist,
 /// with the runtime's additions).

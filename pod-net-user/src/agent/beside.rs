@@ -33,11 +33,7 @@ use crate::{
         underlay::{self, UnderlayOptions},
     },
     mac::MacAddr,
-    node::{
-        flannel,
-        remotes::{HostChecks, NodeIndex, NodeSpec, node_value},
-        tunnel,
-    },
+    node::{flannel, remotes::NodeSpec, tunnel},
     ops::{
         apply,
         cluster_status::{SKIPPED_SHOWN, SkippedRecord, unix_seconds},
@@ -222,7 +218,7 @@ fn round(
         return Ok(());
     }
     let mut datapath = Locked::new(pins)?;
-    let (admitted, refused) = admit(&datapath, &wanted)?;
+    let (admitted, refused) = flannel::admit(&datapath, &wanted)?;
     let changes = apply::run_nodes(&mut datapath, admitted.clone())?;
     for change in &changes {
         debug!("flannel: {change}");
@@ -266,33 +262,6 @@ fn load_beside(pins: &PinDir, flannel: &Flannel) -> Result<()> {
         flannel.env.subnet
     );
     Ok(())
-}
-
-/// The entries this node takes, each judged on its own (flanneld's state
-/// is trusted no more than a store: a node in the way of this node's own
-/// addresses or routes is refused, never the reason others are).
-fn admit(
-    datapath: &Locked,
-    wanted: &[NodeSpec],
-) -> Result<(Vec<NodeSpec>, BTreeMap<Cidr, String>)> {
-    let config = datapath.config()?;
-    let host = HostChecks::new(datapath)?;
-    let mut index = NodeIndex::default();
-    let mut admitted = Vec::new();
-    let mut refused = BTreeMap::new();
-    for spec in wanted {
-        let verdict = host
-            .check(spec)
-            .and_then(|()| node_value(spec, &config))
-            .and_then(|value| index.admit(spec, &value));
-        match verdict {
-            Ok(()) => admitted.push(spec.clone()),
-            Err(err) => {
-                refused.insert(spec.cidr, format!("{err:#}"));
-            }
-        }
-    }
-    Ok((admitted, refused))
 }
 
 /// Logs each newly refused node once, and names them in the status.

@@ -16,7 +16,10 @@ use crate::{
     datapath::{Datapath, Locked, attach, attach::AttachMode, pins::PinDir},
     error::LoadRefusal,
     mac::MacAddr,
-    node::tunnel::{self, TunnelSpec},
+    node::{
+        flannel,
+        tunnel::{self, TunnelSpec},
+    },
     sys::netdev::{self, Link, LinkKind},
 };
 
@@ -286,6 +289,9 @@ pub(super) fn enable_underlay(
         ..current
     };
     datapath.set_config(config)?;
+    if options.beside_flannel {
+        flannel::prefill(datapath)?;
+    }
     // The current way: a `load --attach` that changes it moves every
     // attachment once the config says so.
     attach::attach(

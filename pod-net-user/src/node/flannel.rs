@@ -15,14 +15,65 @@ use std::{
     net::IpAddr,
 };
 
+use anyhow::Result;
+
 use crate::{
     cidr::Cidr,
+    datapath::Locked,
     mac::MacAddr,
     node::{
-        remotes::{Mode, NodeEntry, NodeSpec},
-        tunnel::{DeviceContents, KernelRoute},
+        remotes::{self, HostChecks, Mode, NodeEntry, NodeIndex, NodeSpec, node_value},
+        tunnel::{self, DeviceContents, KernelRoute},
     },
 };
+
+/// The entries this node takes, each judged on its own (flanneld's state
+/// is trusted no more than a store: a node in the way of this node's own
+/// addresses or routes is refused, never the reason others are).
+pub fn admit(
+    datapath: &Locked,
+    wanted: &[NodeSpec],
+) -> Result<(Vec<NodeSpec>, BTreeMap<Cidr, String>)> {
+    let config = datapath.config()?;
+    let host = HostChecks::new(datapath)?;
+    let mut index = NodeIndex::default();
+    let mut admitted = Vec::new();
+    let mut refused = BTreeMap::new();
+    for spec in wanted {
+        let verdict = host
+            .check(spec)
+            .and_then(|()| node_value(spec, &config))
+            .and_then(|value| index.admit(spec, &value));
+        match verdict {
+            Ok(()) => admitted.push(spec.clone()),
+            Err(err) => {
+                refused.insert(spec.cidr, format!("{err:#}"));
+            }
+        }
+    }
+    Ok((admitted, refused))
+}
+
+/// Fills the empty remote maps of a datapath being loaded beside flannel
+/// with flanneld's VXLAN peers, before the underlay program sees its first
+/// packet: it drops VXLAN from nodes it does not know, and packets already
+/// flowing on flannel's path must not be lost to that while the agent
+/// catches up. (Direct peers need no entry to pass.) Returns how many went
+/// in.
+pub fn prefill(datapath: &mut Locked) -> Result<usize> {
+    let config = datapath.config()?;
+    if !remotes::list(datapath)?.is_empty() {
+        return Ok(0);
+    }
+    let Some(device) = tunnel::kernel_device(&config)? else {
+        return Ok(0);
+    };
+    let mirror = mirror(&tunnel::contents(&device)?, &[]);
+    // A refused node stays on flannel's path; the agent reports it.
+    let (admitted, _refused) = admit(datapath, &mirror.specs)?;
+    remotes::add_many(datapath, &admitted)?;
+    Ok(admitted.len())
+}
 
 /// The remote nodes flanneld's state stands for.
 #[derive(Debug, Default, PartialEq, Eq)]

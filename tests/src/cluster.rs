@@ -352,7 +352,7 @@ impl Drop for Etcd {
     }
 }
 
-/// `pod-net agent --etcd-endpoints ...` on a node, killed (SIGKILL) on drop.
+/// `pod-net agent ...` on a node, killed (SIGKILL) on drop.
 pub struct Agent {
     child: Option<Child>,
     args: Vec<String>,
@@ -374,12 +374,10 @@ impl Agent {
     /// store it joins through), then `extra` ones; its files and log in
     /// `dir`.
     pub fn start_with(node: &Node, dir: &Path, store: &[&str], extra: &[&str]) -> Result<Self> {
-        fs::create_dir_all(dir)?;
         let subnet_file = dir.join("subnet.env");
         let conflist = dir.join("10-pod-net.conflist");
-        let mut args: Vec<String> = ["agent"]
+        let mut args: Vec<String> = store
             .iter()
-            .chain(store)
             .chain(&["--iface", "eth0", "--gc-interval", "0"])
             .map(|arg| (*arg).to_owned())
             .collect();
@@ -388,9 +386,50 @@ impl Agent {
         args.push("--cni-conflist".into());
         args.push(conflist.display().to_string());
         args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        Self::spawn_new(node, dir, args, subnet_file, conflist)
+    }
+
+    /// Starts `pod-net agent --beside-flannel` on `node`, accelerating the
+    /// flanneld that writes `flannel_subnet_file`, keeping pod-net-cni
+    /// chained into flannel's conflist at `chain`; its status and log in
+    /// `dir`, `extra` flags last.
+    pub fn beside_flannel(
+        node: &Node,
+        dir: &Path,
+        flannel_subnet_file: &Path,
+        chain: &Path,
+        extra: &[&str],
+    ) -> Result<Self> {
+        // --subnet-file only places the status file: beside flannel the
+        // agent writes no subnet.env.
+        let subnet_file = dir.join("subnet.env");
+        let mut args: Vec<String> = vec![
+            "--beside-flannel".into(),
+            "--flannel-subnet-file".into(),
+            flannel_subnet_file.display().to_string(),
+            "--chain-cni-conflist".into(),
+            chain.display().to_string(),
+            "--subnet-file".into(),
+            subnet_file.display().to_string(),
+            "--gc-interval".into(),
+            "0".into(),
+        ];
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        Self::spawn_new(node, dir, args, subnet_file, chain.to_path_buf())
+    }
+
+    /// Starts `pod-net agent args..` in `node`'s namespace.
+    fn spawn_new(
+        node: &Node,
+        dir: &Path,
+        args: Vec<String>,
+        subnet_file: PathBuf,
+        conflist: PathBuf,
+    ) -> Result<Self> {
+        fs::create_dir_all(dir)?;
         let mut agent = Self {
             child: None,
-            args,
+            args: std::iter::once("agent".to_owned()).chain(args).collect(),
             netns: node.netns.clone(),
             pin_dir: node.pin_dir.clone(),
             log: dir.join("agent.log"),

@@ -26,13 +26,15 @@ use crate::{
     cni::{self, Attachment, Runtime, result_ipv4},
     flanneld::{self, Flanneld},
     rig::{Node, Rig},
-    wait::wait_until,
+    wait::{wait_for, wait_until},
 };
 
 /// What runs on a node of a mixed cluster.
 pub enum Runs {
     PodNet(Agent),
     Flannel(Flanneld),
+    /// flanneld, with `pod-net agent --beside-flannel` accelerating it.
+    Accelerated(Flanneld, Agent),
 }
 
 /// A node of a mixed cluster, once it has its lease.
@@ -64,6 +66,21 @@ impl<'a> Member<'a> {
         Self::leased(etcd, node, Runs::Flannel(daemon), subnet)
     }
 
+    /// Starts flanneld on `node` as [`Self::flannel`] does, then `pod-net
+    /// agent --beside-flannel` (with `extra` flags) chaining pod-net-cni
+    /// into flannel's conflist, and waits for the datapath and the chain.
+    pub fn accelerated(rig: &Rig, etcd: &Etcd, node: &'a Node, extra: &[&str]) -> Result<Self> {
+        let member = Self::flannel(rig, etcd, node)?;
+        let Runs::Flannel(daemon) = member.runs else {
+            unreachable!("Self::flannel runs flanneld");
+        };
+        let agent = accelerate(rig, node, &daemon, extra)?;
+        Ok(Self {
+            runs: Runs::Accelerated(daemon, agent),
+            ..member
+        })
+    }
+
     /// The member, with the VTEP MAC read from its lease, which must name
     /// its node.
     fn leased(etcd: &Etcd, node: &'a Node, runs: Runs, subnet: String) -> Result<Self> {
@@ -89,34 +106,54 @@ impl<'a> Member<'a> {
         })
     }
 
-    /// Whether pod-net runs here.
+    /// Whether pod-net runs here on its own: its lease, its `pnvxlan`.
     #[must_use]
     pub fn is_pod_net(&self) -> bool {
         matches!(self.runs, Runs::PodNet(_))
     }
 
-    /// The agent, on a pod-net node.
+    /// Whether pod-net accelerates flanneld here.
+    #[must_use]
+    pub fn is_accelerated(&self) -> bool {
+        matches!(self.runs, Runs::Accelerated(..))
+    }
+
+    /// Whether pod-net's datapath carries this node's pods (and counts).
+    #[must_use]
+    pub fn has_fast_path(&self) -> bool {
+        !matches!(self.runs, Runs::Flannel(_))
+    }
+
+    /// The agent, where pod-net runs.
     #[must_use]
     pub fn agent(&self) -> Option<&Agent> {
         match &self.runs {
-            Runs::PodNet(agent) => Some(agent),
+            Runs::PodNet(agent) | Runs::Accelerated(_, agent) => Some(agent),
             Runs::Flannel(_) => None,
         }
     }
 
-    /// flanneld's log so far, on a flannel node.
+    /// The agent, where pod-net runs.
+    pub fn agent_mut(&mut self) -> Option<&mut Agent> {
+        match &mut self.runs {
+            Runs::PodNet(agent) | Runs::Accelerated(_, agent) => Some(agent),
+            Runs::Flannel(_) => None,
+        }
+    }
+
+    /// flanneld's log so far, where flanneld runs.
     #[must_use]
     pub fn flanneld_log(&self) -> Option<String> {
         match &self.runs {
-            Runs::Flannel(daemon) => Some(daemon.log_text()),
+            Runs::Flannel(daemon) | Runs::Accelerated(daemon, _) => Some(daemon.log_text()),
             Runs::PodNet(_) => None,
         }
     }
 
-    /// flanneld, on a flannel node.
+    /// flanneld, where it runs.
     pub fn flanneld(&mut self) -> Option<&mut Flanneld> {
         match &mut self.runs {
-            Runs::Flannel(daemon) => Some(daemon),
+            Runs::Flannel(daemon) | Runs::Accelerated(daemon, _) => Some(daemon),
             Runs::PodNet(_) => None,
         }
     }
@@ -125,9 +162,10 @@ impl<'a> Member<'a> {
     /// `pnvxlan<VNI>` or flannel's `flannel.<VNI>`.
     #[must_use]
     pub fn tunnel_device(&self) -> String {
-        match self.runs {
-            Runs::PodNet(_) => format!("pnvxlan{}", self.vni),
-            Runs::Flannel(_) => format!("flannel.{}", self.vni),
+        if self.is_pod_net() {
+            format!("pnvxlan{}", self.vni)
+        } else {
+            format!("flannel.{}", self.vni)
         }
     }
 
@@ -161,6 +199,14 @@ impl<'a> Member<'a> {
                 (agent.conflist(&ipam)?, cni::plugin_path()?)
             }
             Runs::Flannel(daemon) => (daemon.conflist(), flanneld::plugin_path()?),
+            Runs::Accelerated(_, agent) => {
+                // flannel's conflist as the agent chained it.
+                let text = std::fs::read_to_string(&agent.conflist)
+                    .with_context(|| format!("reading {}", agent.conflist.display()))?;
+                let mut path = cni::plugin_path()?;
+                path.extend(flanneld::plugin_path()?);
+                (serde_json::from_str(&text)?, path)
+            }
         };
         let runtime = Runtime::new(self.node, conflist, plugin_path);
         let attachment = Attachment::in_sandbox(rig, name)?;
@@ -173,6 +219,35 @@ impl<'a> Member<'a> {
             attachment,
         })
     }
+}
+
+/// Starts `pod-net agent --beside-flannel` beside `daemon` on `node`, with
+/// `extra` flags, chaining pod-net-cni into flannel's conflist (written
+/// first, as kube-flannel's install step does); waits until the datapath
+/// is loaded and the conflist chained.
+fn accelerate(rig: &Rig, node: &Node, daemon: &Flanneld, extra: &[&str]) -> Result<Agent> {
+    let dir = cluster::agent_dir(rig, node);
+    std::fs::create_dir_all(&dir)?;
+    let chain = dir.join("10-flannel.conflist");
+    std::fs::write(&chain, serde_json::to_vec_pretty(&daemon.conflist())?)?;
+    let agent = Agent::beside_flannel(node, &dir, &daemon.subnet_file, &chain, extra)?;
+    wait_accelerating(node, &agent)?;
+    Ok(agent)
+}
+
+/// Waits until `agent` beside flanneld has loaded the datapath and chained
+/// pod-net-cni into flannel's conflist.
+pub fn wait_accelerating(node: &Node, agent: &Agent) -> Result<()> {
+    wait_for("the agent beside flanneld to load and chain", SOON, || {
+        let chained =
+            std::fs::read_to_string(&agent.conflist).is_ok_and(|text| text.contains("pod-net-cni"));
+        let loaded = node
+            .pod_net_command(&["status"])
+            .output()
+            .is_ok_and(|output| output.status.success());
+        (chained && loaded).then_some(())
+    })
+    .with_context(|| format!("agent log:\n{}", agent.log_text()))
 }
 
 /// A pod of a mixed cluster, deleted through its plugin chain on drop.
@@ -203,6 +278,20 @@ impl MixedPod<'_> {
     /// 1 s: (transmitted, received) from ping's summary.
     pub fn ping(&self, to: Ipv4Addr, count: u32) -> Result<(u64, u64)> {
         self.ping_with(to, count, &[])
+    }
+
+    /// A bounded ping flood to `to`: `count` echo requests 2 ms apart, each
+    /// reply awaited for up to 1 s; read it with [`cluster::flood_result`].
+    pub fn flood(&self, to: Ipv4Addr, count: u32) -> Result<std::process::Child> {
+        let count = count.to_string();
+        let to = to.to_string();
+        self.command(&[
+            "ping", "-n", "-q", "-i", "0.002", "-W", "1", "-c", &count, &to,
+        ])?
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the ping flood")
     }
 
     /// Like [`Self::ping`], with `size` bytes of payload and don't-fragment.

@@ -27,6 +27,7 @@ const FOUR: Shape = Shape {
     port: 8472,
     pod_net: &[1, 2],
     flannel: &[3, 4],
+    accelerated: &[],
     pods_per_node: 2,
 };
 
@@ -75,7 +76,7 @@ fn nodes_leaving_are_dropped_and_a_flannel_node_joining_is_added_and_reached() {
     let rig = cluster::rig(4);
     let etcd = Etcd::start(&rig).unwrap();
     etcd.put_config(CONFIG).unwrap();
-    let mut members = start(&rig, &etcd, &[1, 2], &[3]);
+    let mut members = start(&rig, &etcd, &[1, 2], &[3], &[]);
     {
         let all: Vec<&Member> = members.iter().collect();
         assert_programmed(&all, Mode::Vxlan);

@@ -61,9 +61,17 @@ impl Mode {
 }
 
 /// Starts pod-net agents on the `pod_net` nodes, then flanneld on the
-/// `flannel` ones, each with its lease; checks each lease names its node's
-/// own VTEP.
-pub fn start<'a>(rig: &'a Rig, etcd: &Etcd, pod_net: &[u8], flannel: &[u8]) -> Vec<Member<'a>> {
+/// `flannel` ones, then flanneld accelerated by pod-net on the
+/// `accelerated` ones, each with its lease; checks each lease names its
+/// node's own VTEP.
+#[must_use]
+pub fn start<'a>(
+    rig: &'a Rig,
+    etcd: &Etcd,
+    pod_net: &[u8],
+    flannel: &[u8],
+    accelerated: &[u8],
+) -> Vec<Member<'a>> {
     let mut members: Vec<Member> = pod_net
         .iter()
         .map(|index| Member::pod_net(rig, etcd, rig.node(*index)).unwrap())
@@ -72,6 +80,11 @@ pub fn start<'a>(rig: &'a Rig, etcd: &Etcd, pod_net: &[u8], flannel: &[u8]) -> V
         flannel
             .iter()
             .map(|index| Member::flannel(rig, etcd, rig.node(*index)).unwrap()),
+    );
+    members.extend(
+        accelerated
+            .iter()
+            .map(|index| Member::accelerated(rig, etcd, rig.node(*index), &[]).unwrap()),
     );
     for member in &members {
         assert_own_vtep(member);
@@ -126,6 +139,7 @@ pub fn wait_equal<T: PartialEq + Debug>(what: &str, wanted: &T, mut read: impl F
 
 /// The routes with a gateway `node` has into the network (its own subnet
 /// is connected, on cni0).
+#[must_use]
 pub fn network_routes(node: &Node) -> BTreeMap<String, Route> {
     let mut routes = interop::routes(node, &[]).unwrap();
     routes.retain(|dst, _| dst.starts_with("10.244."));
@@ -135,7 +149,8 @@ pub fn network_routes(node: &Node) -> BTreeMap<String, Route> {
 /// Every member holds every other one the way its own software does, and
 /// nothing more: a pod-net node in its maps with the kernel path beside
 /// them, a flannel node in `flannel.1`'s routes, neighbours and FDB (over
-/// VXLAN) or in routes on `eth0` (direct).
+/// VXLAN) or in routes on `eth0` (direct), an accelerated node both in
+/// flannel's kernel path and in pod-net's maps.
 pub fn assert_programmed(members: &[&Member], mode: Mode) {
     for member in members {
         let node = member.node;
@@ -187,7 +202,7 @@ pub fn assert_programmed(members: &[&Member], mode: Mode) {
             ),
             Mode::Direct => (BTreeSet::new(), BTreeSet::new()),
         };
-        if member.is_pod_net() {
+        if member.has_fast_path() {
             match mode {
                 Mode::Vxlan => {
                     let entries: Vec<_> = peers.iter().map(|peer| peer.entry()).collect();
@@ -220,6 +235,7 @@ pub fn assert_programmed(members: &[&Member], mode: Mode) {
 
 /// `per_node` pods on each member, made by its own network plugin, named
 /// `<tag>-n<node>p<index>`.
+#[must_use]
 pub fn make_pods<'a>(
     rig: &Rig,
     members: &[&Member<'a>],
@@ -244,6 +260,7 @@ pub fn make_pods<'a>(
 }
 
 /// The [`WATCHED`] counts of `node`.
+#[must_use]
 pub fn watched(node: &Node) -> BTreeMap<&'static str, u64> {
     let counters = node.counters().unwrap();
     WATCHED
@@ -255,6 +272,7 @@ pub fn watched(node: &Node) -> BTreeMap<&'static str, u64> {
 /// What [`PINGS`] echo requests from a pod on node `from` to one on node
 /// `to`, and their replies, add to the [`WATCHED`] counters of pod-net
 /// node `node`.
+#[must_use]
 pub fn expected(node: u8, from: u8, to: u8, mode: Mode) -> BTreeMap<&'static str, u64> {
     let mut counts: BTreeMap<&'static str, u64> =
         WATCHED.iter().map(|reason| (*reason, 0)).collect();
@@ -276,6 +294,7 @@ pub fn expected(node: u8, from: u8, to: u8, mode: Mode) -> BTreeMap<&'static str
 /// `to`, and their replies, add to `flannel.1`'s (received, sent) packets
 /// on flannel node `node`: both, over VXLAN, when `node` is one end and
 /// the other end is another node.
+#[must_use]
 pub fn expected_on_flannel(node: u8, from: u8, to: u8, mode: Mode) -> (u64, u64) {
     let pings = u64::from(PINGS);
     if mode == Mode::Vxlan && from != to && (node == from || node == to) {
@@ -342,6 +361,30 @@ pub fn assert_pair(
                 "{pair}: {} (received, sent) on flannel node {node}",
                 member.tunnel_device()
             ),
+            (
+                Watched::Accelerated(after, after_packets),
+                Watched::Accelerated(before, before_packets),
+            ) => {
+                let moved: BTreeMap<&str, u64> = after
+                    .into_iter()
+                    .map(|(reason, count)| (reason, count - before[reason]))
+                    .collect();
+                assert_eq!(
+                    moved,
+                    expected(node, from.node, to.node, mode),
+                    "{pair}: the counters of accelerated node {node}"
+                );
+                // The fast path goes around flannel's device both ways.
+                assert_eq!(
+                    (
+                        after_packets.rx - before_packets.rx,
+                        after_packets.tx - before_packets.tx
+                    ),
+                    (0, 0),
+                    "{pair}: {} (received, sent) on accelerated node {node}",
+                    member.tunnel_device()
+                );
+            }
             _ => unreachable!(),
         }
     }
@@ -353,13 +396,19 @@ pub enum Watched {
     PodNet(BTreeMap<&'static str, u64>),
     /// A flannel node's `flannel.1` packets.
     Flannel(LinkPackets),
+    /// An accelerated node's: both.
+    Accelerated(BTreeMap<&'static str, u64>, LinkPackets),
 }
 
+#[must_use]
 pub fn watched_on(member: &Member) -> Watched {
+    let packets = || member.node.link_packets(&member.tunnel_device()).unwrap();
     if member.is_pod_net() {
         Watched::PodNet(watched(member.node))
+    } else if member.is_accelerated() {
+        Watched::Accelerated(watched(member.node), packets())
     } else {
-        Watched::Flannel(member.node.link_packets(&member.tunnel_device()).unwrap())
+        Watched::Flannel(packets())
     }
 }
 
@@ -399,7 +448,7 @@ pub fn assert_full_size_and_tcp(members: &[&Member], pods: &[MixedPod], mode: Mo
     let pod_net = |pod: &MixedPod| {
         members
             .iter()
-            .any(|member| member.node.index == pod.node && member.is_pod_net())
+            .any(|member| member.node.index == pod.node && member.has_fast_path())
     };
     for from in &firsts {
         for to in &firsts {
@@ -448,8 +497,8 @@ pub fn assert_flanneld_clean(member: &Member) {
     }
 }
 
-/// `pod-net status` on a pod-net member is healthy, following etcd with
-/// `peers` peers and skipping no record.
+/// `pod-net status` on a pod-net member is healthy, following etcd (or,
+/// accelerated, flanneld) with `peers` peers and skipping no record.
 pub fn assert_store_healthy(member: &Member, peers: usize) {
     let node = member.node;
     let agent = member.agent().unwrap();
@@ -466,7 +515,12 @@ pub fn assert_store_healthy(member: &Member, peers: usize) {
     assert!(published.is_ok(), "node {}: {last:#}", node.index);
     assert_eq!(last["problems"], serde_json::json!([]), "{last:#}");
     let store = &last["store"];
-    assert_eq!(store["store"], "etcd", "{last:#}");
+    let kind = if member.is_accelerated() {
+        "flannel"
+    } else {
+        "etcd"
+    };
+    assert_eq!(store["store"], kind, "{last:#}");
     assert_eq!(store["connected"], true, "{last:#}");
     assert_eq!(store["subnet"], member.subnet.as_str(), "{last:#}");
     assert_eq!(store["skipped_now"], 0, "{last:#}");
@@ -478,7 +532,7 @@ pub fn assert_store_healthy(member: &Member, peers: usize) {
     assert!(healthy, "{text}");
     assert!(!text.contains("skipped"), "{text}");
     assert!(
-        text.contains("store:     etcd connected, revision ")
+        text.contains(&format!("store:     {kind} connected, revision "))
             && text.contains(&format!(", {peers} peer(s), subnet {},", member.subnet)),
         "{text}"
     );
@@ -492,9 +546,11 @@ pub struct Shape<'a> {
     /// The VNI and UDP port `config` gives its VXLAN devices.
     pub vni: u64,
     pub port: u64,
-    /// The nodes running pod-net, and flanneld (a rig of their number).
+    /// The nodes running pod-net, flanneld, and flanneld accelerated by
+    /// pod-net (a rig of their number).
     pub pod_net: &'a [u8],
     pub flannel: &'a [u8],
+    pub accelerated: &'a [u8],
     pub pods_per_node: u8,
 }
 
@@ -525,11 +581,11 @@ pub fn assert_devices(members: &[&Member], vni: u64, port: u64) {
 /// without an error.
 pub fn mixed_cluster(shape: &Shape) {
     let started = Instant::now();
-    let nodes = shape.pod_net.len() + shape.flannel.len();
+    let nodes = shape.pod_net.len() + shape.flannel.len() + shape.accelerated.len();
     let rig = cluster::rig(u8::try_from(nodes).unwrap());
     let etcd = Etcd::start(&rig).unwrap();
     etcd.put_config(shape.config).unwrap();
-    let members = start(&rig, &etcd, shape.pod_net, shape.flannel);
+    let members = start(&rig, &etcd, shape.pod_net, shape.flannel, shape.accelerated);
     let all: Vec<&Member> = members.iter().collect();
     assert_leases(&etcd, &all);
     assert_devices(&all, shape.vni, shape.port);
@@ -543,7 +599,7 @@ pub fn mixed_cluster(shape: &Shape) {
         pods.len() * (pods.len() - 1),
         started.elapsed()
     );
-    for member in all.iter().filter(|member| member.is_pod_net()) {
+    for member in all.iter().filter(|member| member.has_fast_path()) {
         assert_store_healthy(member, nodes - 1);
     }
     // Nothing changed on the way.

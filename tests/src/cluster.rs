@@ -608,15 +608,24 @@ pub fn lease_value(public_ip: &str, vtep_mac: &str) -> String {
     )
 }
 
-/// The lease of synthetic node `index` under `10.0.0.0/8`: subnet
-/// 10.x.y.0/24, node IP 172.16.x.y (programmed, never sent to).
+/// Synthetic node `index` under `10.0.0.0/8`: (subnet 10.x.y.0/24, node
+/// IP 172.16.x.y, VTEP MAC), from 10.1.0.0/24 up (10.0.N.0/24 is left to
+/// the rig's own nodes). The node IP is programmed, never sent to.
+#[must_use]
+pub fn synthetic_peer(index: u32) -> (String, Ipv4Addr, String) {
+    let [_, _, high, low] = (index + 256).to_be_bytes();
+    (
+        format!("10.{high}.{low}.0/24"),
+        Ipv4Addr::new(172, 16, high, low),
+        format!("0e:6e:ac:10:{high:02x}:{low:02x}"),
+    )
+}
+
+/// The etcd lease of [`synthetic_peer`] `index`: (key, value).
 #[must_use]
 pub fn synthetic_lease(index: u32) -> (String, String) {
-    let [_, _, high, low] = (index + 256).to_be_bytes();
-    let key = format!("{PREFIX}/subnets/10.{high}.{low}.0-24");
-    let ip = Ipv4Addr::new(172, 16, high, low);
-    let mac = format!("0e:6e:ac:10:{high:02x}:{low:02x}");
-    (key, lease_value(&ip.to_string(), &mac))
+    let (subnet, ip, mac) = synthetic_peer(index);
+    (lease_key(&subnet), lease_value(&ip.to_string(), &mac))
 }
 
 /// A pod made through `agent`'s own conflist by the CNI runtime.

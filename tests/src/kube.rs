@@ -178,6 +178,14 @@ impl ControlPlane {
         self.dir.join("pki/ca.crt")
     }
 
+    /// The admin's client certificate and key (PEM files), for clients
+    /// other than kubectl (curl).
+    #[must_use]
+    pub fn admin_cert(&self) -> (PathBuf, PathBuf) {
+        let pki = self.dir.join("pki");
+        (pki.join("admin.crt"), pki.join("admin.key"))
+    }
+
     /// Where certificates, kubeconfigs and logs are.
     #[must_use]
     pub fn dir(&self) -> &Path {

@@ -71,7 +71,7 @@ pub fn run(rounds: usize) -> Result<Vec<Report>> {
 }
 
 /// Waits (bounded) until `agent`'s log has `count` lines containing `needle`.
-fn wait_log(agent: &Agent, needle: &str, count: usize, limit: Duration) -> Result<()> {
+pub(super) fn wait_log(agent: &Agent, needle: &str, count: usize, limit: Duration) -> Result<()> {
     let start = Instant::now();
     while agent.log_lines(needle) < count {
         if start.elapsed() > limit {
@@ -176,7 +176,7 @@ fn peak_rss_kib(agent: &Agent) -> Result<f64> {
     Ok(agent.memory_kib("VmHWM")? as f64)
 }
 
-fn percentile(samples: &[f64], percent: usize) -> f64 {
+pub(super) fn percentile(samples: &[f64], percent: usize) -> f64 {
     let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
     if sorted.is_empty() {

@@ -2,6 +2,7 @@
 //! measured in the same run. Results go to target/bench/ as JSON and
 //! Markdown. Benchmarks are not tests: nothing here asserts a timing.
 mod cluster;
+mod cluster_kube;
 mod cni;
 mod compare;
 mod cpu;
@@ -13,7 +14,7 @@ mod same_node;
 mod scale;
 mod testrun;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
 use crate::run::{cargo, show, workspace_root};
@@ -38,6 +39,11 @@ pub struct BenchArgs {
     /// Seconds per TCP run (UDP and latency runs take 3).
     #[arg(long, default_value_t = 5)]
     pub seconds: u32,
+    /// With `cluster`: an agent joining through the Kubernetes API
+    /// (`--kube-subnet-mgr`, 5,000 Nodes) beside one joining through etcd
+    /// (5,000 leases), in the same run.
+    #[arg(long)]
+    pub kube: bool,
 }
 
 pub struct BenchOptions {
@@ -46,6 +52,9 @@ pub struct BenchOptions {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.kube && args.suite != Suite::Cluster {
+        bail!("--kube goes with the cluster bench only");
+    }
     println!("bench: building pod-net (release)");
     show(&mut cargo(&["build", "--release", "--bins"]))?;
     // SAFETY: single-threaded here; the rig reads it to find the binary.
@@ -69,6 +78,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Suite::CrossNode => (vec![cross_node::run(&options)?], "cross-node"),
         Suite::Cni => (vec![cni::run(options.rounds)?], "cni"),
         Suite::Scale => (scale::run(options.rounds)?, "scale"),
+        Suite::Cluster if args.kube => (cluster_kube::run(options.rounds)?, "cluster-kube"),
         Suite::Cluster => (cluster::run(options.rounds)?, "cluster"),
     };
     for (index, report) in reports.iter().enumerate() {

@@ -247,16 +247,28 @@ pub fn make_pods<'a>(
         for index in 1..=per_node {
             let name = format!("{tag}-n{}p{index}", member.node.index);
             let pod = member.pod(rig, &name).unwrap();
-            let subnet: pod_net::cidr::Cidr = member.subnet.parse().unwrap();
             assert!(
-                subnet.contains(pod.ip.into()),
-                "{name}: {} not in {subnet}",
-                pod.ip
+                in_subnet(pod.ip, &member.subnet),
+                "{name}: {} not in {}",
+                pod.ip,
+                member.subnet
             );
             pods.push(pod);
         }
     }
     pods
+}
+
+/// Whether `ip` lies in `subnet` (`a.b.c.d/len`).
+fn in_subnet(ip: std::net::Ipv4Addr, subnet: &str) -> bool {
+    let Some((network, len)) = subnet.split_once('/') else {
+        return false;
+    };
+    let (Ok(network), Ok(len)) = (network.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(network) & mask
 }
 
 /// The [`WATCHED`] counts of `node`.

@@ -13,6 +13,7 @@ pub mod checks;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -25,6 +26,8 @@ use crate::{
     cmd::{output_of, run_command},
     cni::{self, Attachment, Runtime, result_ipv4},
     flanneld::{self, Flanneld},
+    kube::ControlPlane,
+    kube_cluster,
     rig::{Node, Rig},
     wait::{wait_for, wait_until},
 };
@@ -47,30 +50,76 @@ pub struct Member<'a> {
     pub vtep_mac: String,
     /// The VNI its lease publishes (`BackendData.VNI`).
     pub vni: u64,
+    /// The store its lease is in, as `pod-net status` names it.
+    pub store: &'static str,
+}
+
+/// Where the nodes of a mixed cluster meet: flannel's etcd schema, or its
+/// kube schema (`--kube-subnet-mgr`), the Nodes registered beforehand.
+pub enum Meeting<'a> {
+    Etcd(&'a Etcd),
+    Kube {
+        plane: &'a ControlPlane,
+        /// The deploy manifest's service account, for pod-net's agents
+        /// (flanneld runs as the admin).
+        agents: PathBuf,
+    },
+}
+
+impl Meeting<'_> {
+    /// The store's name in `pod-net status`.
+    #[must_use]
+    pub fn store_name(&self) -> &'static str {
+        match self {
+            Self::Etcd(_) => "etcd",
+            Self::Kube { .. } => "kubernetes",
+        }
+    }
 }
 
 impl<'a> Member<'a> {
-    /// Starts `pod-net agent` on `node` against the rig's etcd, and waits
-    /// for its lease.
-    pub fn pod_net(rig: &Rig, etcd: &Etcd, node: &'a Node) -> Result<Self> {
-        let agent = Agent::start(node, &cluster::agent_dir(rig, node), &Etcd::endpoint(), &[])?;
+    /// Starts `pod-net agent` on `node`, joining through `meeting`, and
+    /// waits for its lease.
+    pub fn pod_net(rig: &Rig, meeting: &Meeting, node: &'a Node) -> Result<Self> {
+        let agent = match meeting {
+            Meeting::Etcd(_) => {
+                Agent::start(node, &cluster::agent_dir(rig, node), &Etcd::endpoint(), &[])?
+            }
+            Meeting::Kube { agents, .. } => {
+                kube_cluster::start_agent(rig, node, agents, kube_cluster::NET_CONF, &[])?
+            }
+        };
         let subnet = agent.wait_subnet(SOON)?;
-        Self::leased(etcd, node, Runs::PodNet(agent), subnet)
+        Self::leased(meeting, node, Runs::PodNet(agent), subnet)
     }
 
-    /// Starts flanneld on `node` against the rig's etcd, and waits for its
-    /// lease.
-    pub fn flannel(rig: &Rig, etcd: &Etcd, node: &'a Node) -> Result<Self> {
-        let mut daemon = Flanneld::start_etcd(rig, node, &Etcd::endpoint(), &[])?;
+    /// Starts flanneld on `node`, joining through `meeting`, and waits for
+    /// its lease.
+    pub fn flannel(rig: &Rig, meeting: &Meeting, node: &'a Node) -> Result<Self> {
+        let mut daemon = match meeting {
+            Meeting::Etcd(_) => Flanneld::start_etcd(rig, node, &Etcd::endpoint(), &[])?,
+            Meeting::Kube { plane, .. } => Flanneld::start_kube(
+                rig,
+                node,
+                &kube_cluster::node_name(node),
+                &plane.admin_kubeconfig(),
+                &[],
+            )?,
+        };
         let subnet = daemon.wait_subnet(SOON)?;
-        Self::leased(etcd, node, Runs::Flannel(daemon), subnet)
+        Self::leased(meeting, node, Runs::Flannel(daemon), subnet)
     }
 
     /// Starts flanneld on `node` as [`Self::flannel`] does, then `pod-net
     /// agent --beside-flannel` (with `extra` flags) chaining pod-net-cni
     /// into flannel's conflist, and waits for the datapath and the chain.
-    pub fn accelerated(rig: &Rig, etcd: &Etcd, node: &'a Node, extra: &[&str]) -> Result<Self> {
-        let member = Self::flannel(rig, etcd, node)?;
+    pub fn accelerated(
+        rig: &Rig,
+        meeting: &Meeting,
+        node: &'a Node,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let member = Self::flannel(rig, meeting, node)?;
         let Runs::Flannel(daemon) = member.runs else {
             unreachable!("Self::flannel runs flanneld");
         };
@@ -81,28 +130,58 @@ impl<'a> Member<'a> {
         })
     }
 
-    /// The member, with the VTEP MAC read from its lease, which must name
-    /// its node.
-    fn leased(etcd: &Etcd, node: &'a Node, runs: Runs, subnet: String) -> Result<Self> {
-        let key = lease_key(&subnet);
-        let text = etcd.get(&key)?.with_context(|| format!("no {key}"))?;
-        let lease: Value = serde_json::from_str(&text).with_context(|| format!("{key}: {text}"))?;
-        if lease["PublicIP"] != node.underlay_ip.to_string().as_str() {
-            bail!("{key} does not name node {}: {text}", node.index);
+    /// The member, with its lease as `meeting` holds it, which must name
+    /// its node and `subnet`.
+    fn leased(meeting: &Meeting, node: &'a Node, runs: Runs, subnet: String) -> Result<Self> {
+        let (public_ip, backend, what) = match meeting {
+            Meeting::Etcd(etcd) => {
+                let key = lease_key(&subnet);
+                let text = etcd.get(&key)?.with_context(|| format!("no {key}"))?;
+                let lease: Value =
+                    serde_json::from_str(&text).with_context(|| format!("{key}: {text}"))?;
+                (
+                    lease["PublicIP"].clone(),
+                    lease["BackendData"].clone(),
+                    text,
+                )
+            }
+            Meeting::Kube { plane, .. } => {
+                let name = kube_cluster::node_name(node);
+                let cidr = plane.pod_cidr(&name)?;
+                if cidr.as_deref() != Some(subnet.as_str()) {
+                    bail!("Node {name} has podCIDR {cidr:?}, its subnet.env {subnet}");
+                }
+                let annotations = kube_cluster::flannel_annotations(plane, &name)?;
+                let backend = annotations
+                    .get("backend-data")
+                    .and_then(|data| serde_json::from_str(data).ok())
+                    .unwrap_or(Value::Null);
+                let public_ip = annotations
+                    .get("public-ip")
+                    .map_or(Value::Null, |ip| Value::from(ip.as_str()));
+                (public_ip, backend, format!("{annotations:?}"))
+            }
+        };
+        if public_ip != node.underlay_ip.to_string().as_str() {
+            bail!(
+                "the lease of {subnet} does not name node {}: {what}",
+                node.index
+            );
         }
-        let vtep_mac = lease["BackendData"]["VtepMAC"]
+        let vtep_mac = backend["VtepMAC"]
             .as_str()
-            .with_context(|| format!("{key} has no VtepMAC: {text}"))?
+            .with_context(|| format!("the lease of {subnet} has no VtepMAC: {what}"))?
             .to_owned();
-        let vni = lease["BackendData"]["VNI"]
+        let vni = backend["VNI"]
             .as_u64()
-            .with_context(|| format!("{key} has no VNI: {text}"))?;
+            .with_context(|| format!("the lease of {subnet} has no VNI: {what}"))?;
         Ok(Self {
             node,
             runs,
             subnet,
             vtep_mac,
             vni,
+            store: meeting.store_name(),
         })
     }
 

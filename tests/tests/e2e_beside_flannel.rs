@@ -11,7 +11,7 @@ use std::time::Instant;
 use pod_net_tests::{
     cluster::{self, CONFIG, Etcd, SOON, flood_result, lease_key, remote_nodes},
     interop::{
-        self, Member,
+        self, Meeting, Member,
         checks::{
             DIRECT, Mode, Shape, assert_flanneld_clean, assert_programmed, mixed_cluster,
             ping_every_pair, start,
@@ -103,7 +103,7 @@ fn unload_reload_and_a_flanneld_restart_lose_no_packet() {
     let etcd = Etcd::start(&rig).unwrap();
     etcd.put_config(CONFIG).unwrap();
     // members[0]: flannel node 2; members[1]: accelerated node 1.
-    let mut members = start(&rig, &etcd, &[], &[2], &[1]);
+    let mut members = start(&rig, &Meeting::Etcd(&etcd), &[], &[2], &[1]);
     let node = rig.node(1);
     let pods = vec![
         members[1].pod(&rig, "ours").unwrap(),
@@ -216,14 +216,14 @@ fn flannel_nodes_coming_and_going_are_followed_and_status_names_disagreements() 
     let etcd = Etcd::start(&rig).unwrap();
     etcd.put_config(CONFIG).unwrap();
     // members[0]: flannel node 2; members[1]: accelerated node 1.
-    let mut members = start(&rig, &etcd, &[], &[2], &[1]);
+    let mut members = start(&rig, &Meeting::Etcd(&etcd), &[], &[2], &[1]);
     {
         let all: Vec<&Member> = members.iter().collect();
         assert_programmed(&all, Mode::Vxlan);
     }
 
     // Node 3 joins.
-    members.push(Member::flannel(&rig, &etcd, rig.node(3)).unwrap());
+    members.push(Member::flannel(&rig, &Meeting::Etcd(&etcd), rig.node(3)).unwrap());
     {
         let all: Vec<&Member> = members.iter().collect();
         assert_programmed(&all, Mode::Vxlan);

@@ -9,11 +9,11 @@ use std::time::Instant;
 use pod_net_tests::{
     cluster::{self, CONFIG, Etcd, lease_key, remote_nodes},
     interop::{
-        Member, Runs,
+        Meeting, Member, Runs,
         checks::{
             DIRECT, Mode, Shape, assert_flanneld_clean, assert_leases, assert_own_vtep,
-            assert_programmed, assert_store_healthy, make_pods, mixed_cluster, ping_every_pair,
-            start, watched,
+            assert_programmed, assert_store_healthy, make_pods, mixed_cluster, mixed_kube_cluster,
+            ping_every_pair, start, watched,
         },
     },
     require_root,
@@ -76,7 +76,7 @@ fn nodes_leaving_are_dropped_and_a_flannel_node_joining_is_added_and_reached() {
     let rig = cluster::rig(4);
     let etcd = Etcd::start(&rig).unwrap();
     etcd.put_config(CONFIG).unwrap();
-    let mut members = start(&rig, &etcd, &[1, 2], &[3], &[]);
+    let mut members = start(&rig, &Meeting::Etcd(&etcd), &[1, 2], &[3], &[]);
     {
         let all: Vec<&Member> = members.iter().collect();
         assert_programmed(&all, Mode::Vxlan);
@@ -136,7 +136,7 @@ fn nodes_leaving_are_dropped_and_a_flannel_node_joining_is_added_and_reached() {
     // its pods are reached both ways.
     let joined = Instant::now();
     drop(staying);
-    members.push(Member::flannel(&rig, &etcd, rig.node(4)).unwrap());
+    members.push(Member::flannel(&rig, &Meeting::Etcd(&etcd), rig.node(4)).unwrap());
     assert_own_vtep(&members[3]);
     let cluster_now: Vec<&Member> = [&members[0], &members[1], &members[3]].into();
     assert_leases(&etcd, &cluster_now);
@@ -188,4 +188,19 @@ fn nodes_leaving_are_dropped_and_a_flannel_node_joining_is_added_and_reached() {
     assert_flanneld_clean(&members[3]);
     drop(members);
     eprintln!("done after {:?}", started.elapsed());
+}
+
+/// The same in kube mode: a pod-net agent (`--kube-subnet-mgr`, the
+/// manifest's service account), flanneld (`--kube-subnet-mgr`) and
+/// flanneld accelerated by pod-net meet through a real kube-apiserver,
+/// each reading the others' Node annotations as its own.
+#[test]
+fn in_kube_mode_pod_net_flanneld_and_accelerated_nodes_share_one_network() {
+    require_root!();
+    mixed_kube_cluster(&Shape {
+        pod_net: &[1],
+        flannel: &[2],
+        accelerated: &[3],
+        ..FOUR
+    });
 }

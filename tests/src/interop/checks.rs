@@ -10,11 +10,13 @@ use std::{
 
 use serde_json::Value;
 
-use super::{Member, MixedPod, Route};
+use super::{Meeting, Member, MixedPod, Route};
 use crate::{
     cluster::{self, Etcd, PREFIX, SOON, lease_key, wait_programmed},
     cmd::output_of,
     interop,
+    kube::ControlPlane,
+    kube_cluster,
     rig::{LinkPackets, Node, Rig},
     wait_for,
 };
@@ -67,24 +69,24 @@ impl Mode {
 #[must_use]
 pub fn start<'a>(
     rig: &'a Rig,
-    etcd: &Etcd,
+    meeting: &Meeting,
     pod_net: &[u8],
     flannel: &[u8],
     accelerated: &[u8],
 ) -> Vec<Member<'a>> {
     let mut members: Vec<Member> = pod_net
         .iter()
-        .map(|index| Member::pod_net(rig, etcd, rig.node(*index)).unwrap())
+        .map(|index| Member::pod_net(rig, meeting, rig.node(*index)).unwrap())
         .collect();
     members.extend(
         flannel
             .iter()
-            .map(|index| Member::flannel(rig, etcd, rig.node(*index)).unwrap()),
+            .map(|index| Member::flannel(rig, meeting, rig.node(*index)).unwrap()),
     );
     members.extend(
         accelerated
             .iter()
-            .map(|index| Member::accelerated(rig, etcd, rig.node(*index), &[]).unwrap()),
+            .map(|index| Member::accelerated(rig, meeting, rig.node(*index), &[]).unwrap()),
     );
     for member in &members {
         assert_own_vtep(member);
@@ -530,7 +532,7 @@ pub fn assert_store_healthy(member: &Member, peers: usize) {
     let kind = if member.is_accelerated() {
         "flannel"
     } else {
-        "etcd"
+        member.store
     };
     assert_eq!(store["store"], kind, "{last:#}");
     assert_eq!(store["connected"], true, "{last:#}");
@@ -566,6 +568,14 @@ pub struct Shape<'a> {
     pub pods_per_node: u8,
 }
 
+impl Shape<'_> {
+    /// The rig's nodes: one per member.
+    fn nodes(&self) -> u8 {
+        u8::try_from(self.pod_net.len() + self.flannel.len() + self.accelerated.len())
+            .unwrap_or(u8::MAX)
+    }
+}
+
 /// Every node's own VXLAN device (pod-net's `pnvxlan<VNI>`, flannel's
 /// `flannel.<VNI>`) has the config's VNI and port, on the node's underlay
 /// address, with an MTU 50 below the underlay's.
@@ -587,23 +597,61 @@ pub fn assert_devices(members: &[&Member], vni: u64, port: u64) {
     }
 }
 
-/// A mixed cluster of `shape`: leases, devices and what each node
-/// programs checked; every pod pinging every other both ways, full-size
-/// pings and TCP ([`assert_full_size_and_tcp`]); status healthy; flanneld
-/// without an error.
+/// A mixed cluster of `shape` meeting in etcd: leases, devices and what
+/// each node programs checked; every pod pinging every other both ways,
+/// full-size pings and TCP ([`assert_full_size_and_tcp`]); status healthy;
+/// flanneld without an error.
 pub fn mixed_cluster(shape: &Shape) {
     let started = Instant::now();
-    let nodes = shape.pod_net.len() + shape.flannel.len() + shape.accelerated.len();
-    let rig = cluster::rig(u8::try_from(nodes).unwrap());
+    let rig = cluster::rig(shape.nodes());
     let etcd = Etcd::start(&rig).unwrap();
     etcd.put_config(shape.config).unwrap();
-    let members = start(&rig, &etcd, shape.pod_net, shape.flannel, shape.accelerated);
+    let meeting = Meeting::Etcd(&etcd);
+    let members = start(
+        &rig,
+        &meeting,
+        shape.pod_net,
+        shape.flannel,
+        shape.accelerated,
+    );
+    assert_leases(&etcd, &members.iter().collect::<Vec<_>>());
+    exercise(&rig, members, shape, started);
+}
+
+/// The same as [`mixed_cluster`], the nodes meeting through a real
+/// kube-apiserver in flannel's kube schema: every node registered as a
+/// Node whose podCIDR kube-controller-manager allocates, pod-net's agents
+/// with the deploy manifest's service account (`--kube-subnet-mgr`),
+/// flanneld with `--kube-subnet-mgr`, both with flannel's default
+/// `net-conf.json` (`shape.config` is not used).
+pub fn mixed_kube_cluster(shape: &Shape) {
+    let started = Instant::now();
+    let rig = cluster::rig(shape.nodes());
+    let plane = ControlPlane::start(&rig).unwrap();
+    let nodes: Vec<&Node> = rig.nodes().iter().collect();
+    kube_cluster::register(&plane, &nodes).unwrap();
+    let meeting = Meeting::Kube {
+        plane: &plane,
+        agents: kube_cluster::agent_kubeconfig(&plane).unwrap(),
+    };
+    let members = start(
+        &rig,
+        &meeting,
+        shape.pod_net,
+        shape.flannel,
+        shape.accelerated,
+    );
+    exercise(&rig, members, shape, started);
+}
+
+/// What [`mixed_cluster`] checks once the members run.
+fn exercise(rig: &Rig, members: Vec<Member>, shape: &Shape, started: Instant) {
+    let nodes = members.len();
     let all: Vec<&Member> = members.iter().collect();
-    assert_leases(&etcd, &all);
     assert_devices(&all, shape.vni, shape.port);
     assert_programmed(&all, shape.mode);
     eprintln!("programmed after {:?}", started.elapsed());
-    let pods = make_pods(&rig, &all, shape.pods_per_node, "m");
+    let pods = make_pods(rig, &all, shape.pods_per_node, "m");
     ping_every_pair(&all, &pods, shape.mode);
     assert_full_size_and_tcp(&all, &pods, shape.mode);
     eprintln!(
@@ -620,6 +668,7 @@ pub fn mixed_cluster(shape: &Shape) {
     for member in &members {
         assert_flanneld_clean(member);
     }
+    drop(all);
     drop(members);
     eprintln!("done after {:?}", started.elapsed());
 }

@@ -480,3 +480,73 @@ fn load_refusals_name_the_flag_and_load_nothing() {
         assert!(!node.pin_dir.join("progs").exists(), "{args:?} loaded");
     }
 }
+
+/// `load --beside-flannel` needs flanneld's one VXLAN device: with none,
+/// with two, or with a device that is not `flannel.<VNI>`, it says so in
+/// one line and loads nothing. `cni chain` refuses a conflist it cannot
+/// read or that is not a conflist, and leaves the file as it was.
+#[test]
+fn beside_flannel_and_cni_chain_refusals_name_what_is_wrong_and_change_nothing() {
+    require_root!();
+    let rig = two_nodes_without_pods();
+    let node = rig.node(1);
+    let not_loaded = |node: &pod_net_tests::Node| {
+        let status = node.pod_net_output(&["status"]).unwrap();
+        assert!(
+            String::from_utf8_lossy(&status.stdout).contains("not loaded"),
+            "{status:?}"
+        );
+    };
+    assert_one_line_error(
+        &node.pod_net_output(&["load", "--beside-flannel"]).unwrap(),
+        "no VXLAN device flannel.<VNI> here: is flanneld (vxlan backend) running?",
+    );
+    not_loaded(node);
+    let vxlan = |name: &str, vni: &str| {
+        node.ip(&[
+            "link", "add", name, "type", "vxlan", "id", vni, "dstport", "8472", "dev", "eth0",
+        ])
+        .unwrap();
+    };
+    vxlan("vx9", "9");
+    assert_one_line_error(
+        &node
+            .pod_net_output(&["load", "--beside-flannel", "--flannel-device", "vx9"])
+            .unwrap(),
+        "vx9 has VNI 9: beside flannel the device must be flanneld's flannel.9",
+    );
+    vxlan("flannel.1", "1");
+    vxlan("flannel.7", "7");
+    assert_one_line_error(
+        &node.pod_net_output(&["load", "--beside-flannel"]).unwrap(),
+        "several flannel devices (flannel.1, flannel.7); name one with --flannel-device",
+    );
+    not_loaded(node);
+
+    let dir = rig.scratch_dir().unwrap();
+    let missing = dir.join("missing.conflist");
+    let output = node
+        .pod_net_output(&["cni", "chain", "--conflist", missing.to_str().unwrap()])
+        .unwrap();
+    assert_one_line_error(&output, &format!("{}: no such file", missing.display()));
+    assert!(!missing.exists());
+    let not_a_conflist = dir.join("10-flannel.conflist");
+    let text = r#"{"cniVersion": "0.3.1", "name": "cbr0", "type": "flannel"}"#;
+    std::fs::write(&not_a_conflist, text).unwrap();
+    let output = node
+        .pod_net_output(&[
+            "cni",
+            "chain",
+            "--conflist",
+            not_a_conflist.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert_one_line_error(
+        &output,
+        &format!(
+            "{}: not a CNI conflist: no \"plugins\" list",
+            not_a_conflist.display()
+        ),
+    );
+    assert_eq!(std::fs::read_to_string(&not_a_conflist).unwrap(), text);
+}

@@ -1,7 +1,8 @@
 //! Running the commands a rig is made of, with errors that say what failed.
 use std::{
     ffi::OsStr,
-    process::{Command, Output},
+    io::Write as _,
+    process::{Command, Output, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -36,6 +37,20 @@ pub fn output_of(command: &mut Command) -> Result<Output> {
     command
         .output()
         .with_context(|| format!("starting {}", describe(command)))
+}
+
+/// Runs a prepared command with `input` on its stdin (a value that may be
+/// bigger than one argument can be) and returns its output whatever the
+/// exit status; stdout and stderr are captured.
+pub fn output_with_input(command: &mut Command, input: &[u8]) -> Result<Output> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", describe(command)))?;
+    child.stdin.take().context("no stdin")?.write_all(input)?;
+    Ok(child.wait_with_output()?)
 }
 
 /// The command line, for messages.

@@ -17,10 +17,9 @@
 use std::{
     ffi::OsString,
     fs,
-    io::Write as _,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
@@ -28,7 +27,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     cluster::base64,
-    cmd::{describe, output_of, run_command},
+    cmd::{describe, output_of, output_with_input, run_command},
     daemon::{self, Daemon},
     peers,
     rig::{Node, Rig},
@@ -329,18 +328,7 @@ impl ControlPlane {
     /// `kubectl args..` as the admin with `input` on its stdin.
     pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Result<String> {
         let mut command = self.kubectl_command(&self.admin_kubeconfig(), args);
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", describe(&command)))?;
-        child
-            .stdin
-            .take()
-            .context("no stdin")?
-            .write_all(input.as_bytes())?;
-        let output = child.wait_with_output()?;
+        let output = output_with_input(&mut command, input.as_bytes())?;
         if !output.status.success() {
             bail!(
                 "{} failed ({}): {}",

@@ -9,6 +9,7 @@
 use std::time::Instant;
 
 use pod_net_tests::{
+    Rig,
     cluster::{self, CONFIG, Etcd, SOON, flood_result, lease_key, remote_nodes},
     interop::{
         self, Meeting, Member,
@@ -57,6 +58,15 @@ fn with_direct_routing_accelerated_nodes_route_directly_on_the_fast_path() {
     });
 }
 
+/// flanneld on node 2 (`members[0]`) and flanneld accelerated by pod-net
+/// on node 1 (`members[1]`), meeting in `etcd`, each holding the other.
+fn flannel_and_accelerated<'a>(rig: &'a Rig, etcd: &Etcd) -> Vec<Member<'a>> {
+    etcd.put_config(CONFIG).unwrap();
+    let members = start(rig, &Meeting::Etcd(etcd), &[], &[2], &[1]);
+    assert_programmed(&members.iter().collect::<Vec<_>>(), Mode::Vxlan);
+    members
+}
+
 /// The fast path's (encapsulated, decapsulated) packets on `member`.
 fn fast_path(member: &Member) -> (u64, u64) {
     let counters = member.node.counters().unwrap();
@@ -101,9 +111,7 @@ fn unload_reload_and_a_flanneld_restart_lose_no_packet() {
     // (Node 3 only hosts the rig's switch, with etcd.)
     let rig = cluster::rig(3);
     let etcd = Etcd::start(&rig).unwrap();
-    etcd.put_config(CONFIG).unwrap();
-    // members[0]: flannel node 2; members[1]: accelerated node 1.
-    let mut members = start(&rig, &Meeting::Etcd(&etcd), &[], &[2], &[1]);
+    let mut members = flannel_and_accelerated(&rig, &etcd);
     let node = rig.node(1);
     let pods = vec![
         members[1].pod(&rig, "ours").unwrap(),
@@ -214,13 +222,7 @@ fn flannel_nodes_coming_and_going_are_followed_and_status_names_disagreements() 
     let started = Instant::now();
     let rig = cluster::rig(3);
     let etcd = Etcd::start(&rig).unwrap();
-    etcd.put_config(CONFIG).unwrap();
-    // members[0]: flannel node 2; members[1]: accelerated node 1.
-    let mut members = start(&rig, &Meeting::Etcd(&etcd), &[], &[2], &[1]);
-    {
-        let all: Vec<&Member> = members.iter().collect();
-        assert_programmed(&all, Mode::Vxlan);
-    }
+    let mut members = flannel_and_accelerated(&rig, &etcd);
 
     // Node 3 joins.
     members.push(Member::flannel(&rig, &Meeting::Etcd(&etcd), rig.node(3)).unwrap());

@@ -358,17 +358,11 @@ pub fn assert_pair(
     for (member, before) in members.iter().zip(before) {
         let node = member.node.index;
         match (watched_on(member), before) {
-            (Watched::PodNet(after), Watched::PodNet(before)) => {
-                let moved: BTreeMap<&str, u64> = after
-                    .into_iter()
-                    .map(|(reason, count)| (reason, count - before[reason]))
-                    .collect();
-                assert_eq!(
-                    moved,
-                    expected(node, from.node, to.node, mode),
-                    "{pair}: the counters of pod-net node {node}"
-                );
-            }
+            (Watched::PodNet(after), Watched::PodNet(before)) => assert_eq!(
+                moved(&after, &before),
+                expected(node, from.node, to.node, mode),
+                "{pair}: the counters of pod-net node {node}"
+            ),
             (Watched::Flannel(after), Watched::Flannel(before)) => assert_eq!(
                 (after.rx - before.rx, after.tx - before.tx),
                 expected_on_flannel(node, from.node, to.node, mode),
@@ -379,12 +373,8 @@ pub fn assert_pair(
                 Watched::Accelerated(after, after_packets),
                 Watched::Accelerated(before, before_packets),
             ) => {
-                let moved: BTreeMap<&str, u64> = after
-                    .into_iter()
-                    .map(|(reason, count)| (reason, count - before[reason]))
-                    .collect();
                 assert_eq!(
-                    moved,
+                    moved(&after, &before),
                     expected(node, from.node, to.node, mode),
                     "{pair}: the counters of accelerated node {node}"
                 );
@@ -402,6 +392,17 @@ pub fn assert_pair(
             _ => unreachable!(),
         }
     }
+}
+
+/// How far each of the [`WATCHED`] counters moved from `before` to `after`.
+fn moved(
+    after: &BTreeMap<&'static str, u64>,
+    before: &BTreeMap<&'static str, u64>,
+) -> BTreeMap<&'static str, u64> {
+    after
+        .iter()
+        .map(|(reason, count)| (*reason, count - before[reason]))
+        .collect()
 }
 
 /// What [`assert_pair`] reads on a node before and after.

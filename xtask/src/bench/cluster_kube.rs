@@ -14,9 +14,8 @@
 use std::{
     fmt::Write as _,
     fs,
-    io::Write as _,
     net::Ipv4Addr,
-    process::{Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
@@ -25,7 +24,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use pod_net_tests::{
     Rig, RigSpec,
     cluster::{Agent, Etcd, agent_dir, base64, synthetic_lease, synthetic_peer},
-    cmd::{describe, run_command},
+    cmd::{describe, output_with_input, run_command},
     kube::{ControlPlane, Options},
     kube_cluster::{agent_kubeconfig, lease_annotations, node_name, start_agent},
 };
@@ -397,18 +396,7 @@ impl Bench<'_> {
         command.args(["--data-binary", "@-"]);
         let programmed = agent.log_lines("change(s) programmed");
         let started = Instant::now();
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", describe(&command)))?;
-        child
-            .stdin
-            .take()
-            .context("no stdin")?
-            .write_all(body.as_bytes())?;
-        let output = child.wait_with_output()?;
+        let output = output_with_input(&mut command, body.as_bytes())?;
         let alone = started.elapsed().as_secs_f64();
         if !output.status.success() {
             bail!(

@@ -332,6 +332,21 @@ impl Node {
             }))
     }
 
+    /// The node itself as one end of a path: its namespace, its underlay
+    /// `eth0` and address, for a host-to-host baseline measured as pod
+    /// paths are (index 0, no veth).
+    pub fn host_end(&self) -> Result<Pod> {
+        Ok(Pod {
+            node: self.index,
+            index: 0,
+            netns: self.netns.clone(),
+            ip: self.underlay_ip,
+            ip6: None,
+            mac: self.link_mac("eth0")?,
+            host_veth: String::new(),
+        })
+    }
+
     /// The MAC of an interface in the node namespace.
     pub fn link_mac(&self, ifname: &str) -> Result<String> {
         let text = self.ip(&["-j", "link", "show", "dev", ifname])?;

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: pod-net against the kernel path it replaces, both
 //! measured in the same run. Results go to target/bench/ as JSON and
 //! Markdown. Benchmarks are not tests: nothing here asserts a timing.
+mod beside;
 mod cluster;
 mod cluster_kube;
 mod cni;

@@ -358,7 +358,8 @@ fn is_current(peer: &Peer, recipe: &str) -> bool {
 fn build(go: &Go, peer: &Peer, recipe: &str) -> Result<()> {
     let dir = peer.dir();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let _ = fs::remove_file(peer.recipe_file());
+    // The old binary and its recipe stay in place (and consistent) until the
+    // new binary is: tests that start meanwhile still find a peer to run.
     let partial = dir.join(format!(".{}.partial", peer.file));
     let flags = flags(peer);
     let partial_arg = partial.to_string_lossy().into_owned();

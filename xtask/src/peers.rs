@@ -1,6 +1,7 @@
 //! setup's Go step: builds the real peers the tests run (kube-apiserver,
-//! kube-controller-manager, kubelet, kubectl, flanneld, the flannel CNI
-//! plugin) from the Go module proxy into the cache outside the work tree.
+//! kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl,
+//! flanneld, the flannel CNI plugin) from the Go module proxy into the
+//! cache outside the work tree.
 //!
 //! The catalog (names, versions, paths) is `pod_net_tests::peers`; the
 //! recipes are here and in `xtask/peers/<builder>/go.{mod,sum}`, our builder

@@ -790,12 +790,21 @@ fn the_image_runs_the_daemonsets_agent_as_written_with_its_service_account() {
     let pid = container_process(node, &argv)
         .expect("the agent's process")
         .to_string();
-    let ready = pod_net_tests::cmd::output_of(
-        std::process::Command::new("nsenter")
-            .args(["--target", &pid, "--mount", "--pid", "--net", "--"])
-            .args(&probe),
-    )
-    .unwrap();
+    let run_probe = || {
+        pod_net_tests::cmd::output_of(
+            std::process::Command::new("nsenter")
+                .args(["--target", &pid, "--mount", "--pid", "--net", "--"])
+                .args(&probe),
+        )
+        .unwrap()
+    };
+    // Retried, as the kubelet does (periodSeconds): the agent programs
+    // what it listed a moment before its watch is up and it says
+    // "connected".
+    let _ = wait_for("the readiness probe to pass", SOON, || {
+        run_probe().status.success().then_some(())
+    });
+    let ready = run_probe();
     let said = String::from_utf8_lossy(&ready.stdout);
     assert!(ready.status.success(), "{ready:?}\n{}", logs());
     assert!(said.contains("kubernetes connected"), "{said}");

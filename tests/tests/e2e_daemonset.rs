@@ -4,17 +4,20 @@
 //! real control plane (apiserver, controller-manager, scheduler). The
 //! agents reach the API the way pods do, through the `kubernetes`
 //! Service's `ClusterIP`; test pods get their network from the agents'
-//! conflist and reach each other across nodes through the fast path.
+//! conflist and reach each other across nodes through the fast path, and
+//! keep doing so while `kubectl rollout restart` replaces every agent.
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::Ipv4Addr,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use pod_net_tests::{
     Node, Rig,
     cluster::rig,
+    cmd::run_command,
     deploy::manifest_path,
     kube::{ControlPlane, Options},
     kubelet::{self, BUSYBOX_IMAGE, KubeletNode, test_images},
@@ -62,6 +65,24 @@ impl Cluster {
 
     fn say(&self, what: &str) {
         eprintln!("[{:6.1} s] {what}", self.started.elapsed().as_secs_f64());
+    }
+
+    /// The host PID of pod `pod`'s (first) container on `node`.
+    fn container_pid(&self, node: &KubeletNode, pod: &str) -> u32 {
+        let json = self.json(&["get", "pod", pod]);
+        let id = json["status"]["containerStatuses"][0]["containerID"]
+            .as_str()
+            .and_then(|id| id.strip_prefix("containerd://"))
+            .unwrap()
+            .to_owned();
+        let tasks = run_command(&mut node.ctr(&["tasks", "ls"])).unwrap();
+        tasks
+            .lines()
+            .find_map(|line| {
+                let mut fields = line.split_whitespace();
+                (fields.next()? == id).then(|| fields.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no task {id} in\n{tasks}"))
     }
 
     fn kubelet_node(&self, name: &str) -> &KubeletNode {
@@ -264,6 +285,7 @@ fn the_daemonset_runs_pod_net_on_every_kubelet_and_pods_reach_each_other_over_th
     let pods = cluster.start_test_pods();
     check_test_pods(&cluster, &cidrs, &pods);
     ping_across_nodes(&cluster, &pods);
+    rolling_update_under_pings(&cluster, &agents, &pods);
     // Nothing restarted meanwhile: the kubelets' liveness probes (the
     // agent's /metrics) passed and no agent exited.
     let list = cluster.json(&["-n", "pod-net", "get", "pods", "-l", "k8s-app=pod-net"]);
@@ -384,6 +406,82 @@ fn ping_across_nodes(cluster: &Cluster, pods: &[(String, String, Ipv4Addr)]) {
     for (node, datapath) in cluster.nodes.iter().zip(&datapaths) {
         eprintln!("{}: {:?}", node.name, datapath.counters().unwrap());
     }
+}
+
+/// `kubectl rollout restart`: the kubelets replace the agents one node at
+/// a time (maxUnavailable 1) while a pod on node-1 pings a pod on node-2
+/// every 50 ms. The datapath is pinned and needs no agent, so nothing is
+/// lost, and the fast path carries the pings throughout.
+fn rolling_update_under_pings(
+    cluster: &Cluster,
+    old_agents: &BTreeMap<String, String>,
+    pods: &[(String, String, Ipv4Addr)],
+) {
+    let (from_node, from, _) = &pods[0];
+    let (_, to, to_ip) = &pods[1];
+    let sender = cluster.kubelet_node(from_node);
+    let datapath = sender.datapath(cluster.rig_node(sender));
+    let before = datapath.counters().unwrap();
+    let pid = cluster.container_pid(sender, from);
+    // In the pod's network namespace, from the host: SIGINT ends it with
+    // its summary once the rollout is done.
+    let ping = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["--", "ping", "-n", "-q", "-i", "0.05", "-W", "1"])
+        .arg(to_ip.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    cluster.kubectl(&["-n", "pod-net", "rollout", "restart", "daemonset/pod-net"]);
+    cluster.say("rollout restart");
+    let mut agents = BTreeMap::new();
+    cluster.wait("every agent replaced and ready", || {
+        let list = cluster.json(&["-n", "pod-net", "get", "pods", "-l", "k8s-app=pod-net"]);
+        let all = list["items"].as_array().map_or(0, Vec::len);
+        agents = ready_pods(&list);
+        all == cluster.nodes.len()
+            && agents.len() == cluster.nodes.len()
+            && agents
+                .values()
+                .all(|pod| !old_agents.values().any(|old| old == pod))
+    });
+    // A last agent's first sync, then the summary.
+    std::thread::sleep(Duration::from_secs(1));
+    let ping_pid = i32::try_from(ping.id()).unwrap();
+    // SAFETY: kill(2) of our own child, not yet reaped (nsenter execs ping).
+    unsafe { libc::kill(ping_pid, libc::SIGINT) };
+    let output = ping.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (sent, received) = ping_summary(&text);
+    assert!(sent > 100, "{from} -> {to}: {text}");
+    // SIGINT does not wait for the reply to the last ping, if it is in
+    // flight; every other one is answered.
+    assert!(
+        received + 1 >= sent,
+        "{from} -> {to} during the rollout: {text}"
+    );
+    let moved = datapath.moved_since(&before).unwrap();
+    assert!(
+        moved.get("encap").copied().unwrap_or(0) >= sent
+            && moved.get("decap").copied().unwrap_or(0) >= received,
+        "{from_node} counted {moved:?} for {sent} pings"
+    );
+    cluster.say(&format!(
+        "rolled out under {sent} pings from {from} to {to}, {received} answered, all in BPF"
+    ));
+}
+
+/// (transmitted, received) from ping's summary line.
+fn ping_summary(text: &str) -> (u64, u64) {
+    let line = text
+        .lines()
+        .find(|line| line.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no summary in {text}"));
+    let mut numbers = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|part| part.parse::<u64>().ok());
+    (numbers.next().unwrap(), numbers.next().unwrap())
 }
 
 /// An IPv4 CIDR's network and prefix length.

@@ -192,17 +192,23 @@ impl Cluster {
         pods
     }
 
-    /// Creates a busybox pod on each node; (node name, pod name, pod IP)
-    /// once they run.
+    /// Creates a busybox pod on each node, and a second one on the first
+    /// node; (node name, pod name, pod IP) once they run, by node.
     fn start_test_pods(&self) -> Vec<(String, String, Ipv4Addr)> {
-        for node in &self.nodes {
+        let first = &self.nodes[0].name;
+        let wanted: Vec<(String, &str)> = self
+            .nodes
+            .iter()
+            .map(|node| (format!("pinger-{}", node.name), node.name.as_str()))
+            .chain([(format!("pinger-{first}-b"), first.as_str())])
+            .collect();
+        for (name, node) in &wanted {
             let pod = serde_json::json!({
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "metadata": {"name": format!("pinger-{}", node.name), "namespace": "default",
-                             "labels": {"app": "pinger"}},
+                "metadata": {"name": name, "namespace": "default", "labels": {"app": "pinger"}},
                 "spec": {
-                    "nodeName": node.name,
+                    "nodeName": node,
                     "terminationGracePeriodSeconds": 0,
                     "containers": [{
                         "name": "busybox",
@@ -215,7 +221,7 @@ impl Cluster {
             self.plane.apply(&pod.to_string()).unwrap();
         }
         let mut pods = Vec::new();
-        self.wait("a running test pod on every node", || {
+        self.wait("the test pods running", || {
             let list = self.json(&["get", "pods", "-l", "app=pinger"]);
             pods = list["items"]
                 .as_array()
@@ -230,7 +236,7 @@ impl Cluster {
                     ))
                 })
                 .collect();
-            pods.len() == self.nodes.len()
+            pods.len() == wanted.len()
         });
         pods.sort();
         pods
@@ -263,7 +269,7 @@ fn ready_pods(list: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Pings sent from each test pod to each other pod.
+/// Pings sent from each test pod to each other pod (0.2 s apart).
 const PINGS: u64 = 3;
 
 #[test]
@@ -285,6 +291,7 @@ fn the_daemonset_runs_pod_net_on_every_kubelet_and_pods_reach_each_other_over_th
     let pods = cluster.start_test_pods();
     check_test_pods(&cluster, &cidrs, &pods);
     ping_across_nodes(&cluster, &pods);
+    ping_on_one_node(&cluster, &pods);
     rolling_update_under_pings(&cluster, &agents, &pods);
     // Nothing restarted meanwhile: the kubelets' liveness probes (the
     // agent's /metrics) passed and no agent exited.
@@ -346,9 +353,23 @@ fn check_test_pods(
     for (node_name, pod, ip) in pods {
         let cidr = &cidrs[node_name];
         assert!(contains(cidr, *ip), "{pod} has {ip}, not in {cidr}");
-        let node = cluster.kubelet_node(node_name);
+    }
+    for node in &cluster.nodes {
         let datapath = node.datapath(cluster.rig_node(node));
-        assert_eq!(datapath.pod_ips().unwrap(), vec![ip.to_string()], "{pod}");
+        let mut expected: Vec<Ipv4Addr> = pods
+            .iter()
+            .filter(|(name, _, _)| *name == node.name)
+            .map(|(_, _, ip)| *ip)
+            .collect();
+        expected.sort();
+        let mut listed: Vec<Ipv4Addr> = datapath
+            .pod_ips()
+            .unwrap()
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect();
+        listed.sort();
+        assert_eq!(listed, expected, "{}'s datapath", node.name);
     }
     cluster.say("pods registered in their nodes' datapaths");
 }
@@ -375,6 +396,8 @@ fn ping_across_nodes(cluster: &Cluster, pods: &[(String, String, Ipv4Addr)]) {
                 "ping",
                 "-c",
                 &PINGS.to_string(),
+                "-i",
+                "0.2",
                 "-W",
                 "2",
                 &to_ip.to_string(),
@@ -408,6 +431,55 @@ fn ping_across_nodes(cluster: &Cluster, pods: &[(String, String, Ipv4Addr)]) {
     }
 }
 
+/// The two pods on the first node ping each other: each ping and reply is
+/// redirected from one pod's veth into the other's in BPF, and nothing is
+/// encapsulated anywhere.
+fn ping_on_one_node(cluster: &Cluster, pods: &[(String, String, Ipv4Addr)]) {
+    let node = &cluster.nodes[0];
+    let on_node: Vec<_> = pods
+        .iter()
+        .filter(|(name, _, _)| *name == node.name)
+        .collect();
+    let [(_, from, _), (_, to, to_ip)] = on_node[..] else {
+        panic!("{} runs {on_node:?}", node.name);
+    };
+    let datapaths: Vec<Node> = cluster
+        .nodes
+        .iter()
+        .map(|node| node.datapath(cluster.rig_node(node)))
+        .collect();
+    let before: Vec<_> = datapaths.iter().map(|d| d.counters().unwrap()).collect();
+    let out = cluster.kubectl(&[
+        "exec",
+        from,
+        "--",
+        "ping",
+        "-c",
+        &PINGS.to_string(),
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &to_ip.to_string(),
+    ]);
+    assert!(
+        out.contains(&format!("{PINGS} packets received")),
+        "{from} -> {to}: {out}"
+    );
+    for (index, datapath) in datapaths.iter().enumerate() {
+        let moved = datapath.moved_since(&before[index]).unwrap();
+        let count = |reason: &str| moved.get(reason).copied().unwrap_or(0);
+        assert_eq!((count("encap"), count("decap")), (0, 0), "{moved:?}");
+        if index == 0 {
+            assert!(
+                count("redirect_local") >= 2 * PINGS,
+                "{from} -> {to}: {moved:?}"
+            );
+        }
+    }
+    cluster.say("the pods of one node reached each other through the fast path");
+}
+
 /// `kubectl rollout restart`: the kubelets replace the agents one node at
 /// a time (maxUnavailable 1) while a pod on node-1 pings a pod on node-2
 /// every 50 ms. The datapath is pinned and needs no agent, so nothing is
@@ -418,7 +490,7 @@ fn rolling_update_under_pings(
     pods: &[(String, String, Ipv4Addr)],
 ) {
     let (from_node, from, _) = &pods[0];
-    let (_, to, to_ip) = &pods[1];
+    let (_, to, to_ip) = pods.iter().find(|(node, _, _)| node != from_node).unwrap();
     let sender = cluster.kubelet_node(from_node);
     let datapath = sender.datapath(cluster.rig_node(sender));
     let before = datapath.counters().unwrap();

@@ -529,9 +529,12 @@ impl Agent {
 
     /// The conflist the agent wrote, with host-local's state moved to
     /// `ipam_dir` (several simulated nodes share this host's /var/lib/cni).
+    /// Waits a little for it: the agent writes it just after `subnet.env`.
     pub fn conflist(&self, ipam_dir: &Path) -> Result<serde_json::Value> {
-        let text = fs::read_to_string(&self.conflist)
-            .with_context(|| format!("reading {}", self.conflist.display()))?;
+        let text = wait_for("the agent's conflist", Duration::from_secs(10), || {
+            fs::read_to_string(&self.conflist).ok()
+        })
+        .with_context(|| format!("reading {}", self.conflist.display()))?;
         let mut conflist: serde_json::Value = serde_json::from_str(&text)?;
         conflist["plugins"][0]["ipam"]["dataDir"] = serde_json::json!(ipam_dir);
         Ok(conflist)

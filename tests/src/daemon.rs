@@ -41,6 +41,8 @@ pub struct Daemon {
     program: PathBuf,
     args: Vec<OsString>,
     env: Vec<(String, String)>,
+    /// A mount namespace to run in too (`nsenter --mount`), if any.
+    mount_ns: Option<PathBuf>,
     log: PathBuf,
     record: PathBuf,
     child: Option<Child>,
@@ -65,6 +67,7 @@ impl Daemon {
             program: program.to_path_buf(),
             args,
             env: Vec::new(),
+            mount_ns: None,
             log: log.to_path_buf(),
             record: state_dir(rig_id)?.join(format!("{name}.pid")),
             child: None,
@@ -79,6 +82,15 @@ impl Daemon {
         self
     }
 
+    /// Runs the daemon in the mount namespace `ns` (a `/proc/PID/ns/mnt`
+    /// or a file bound to one) as well as in its network namespace, from
+    /// the next start.
+    #[must_use]
+    pub fn in_mount_namespace(mut self, ns: &Path) -> Self {
+        self.mount_ns = Some(ns.to_path_buf());
+        self
+    }
+
     /// Starts the daemon (stopping it first if it runs).
     pub fn start(&mut self) -> Result<()> {
         self.kill();
@@ -90,8 +102,12 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net=/run/netns/{}", self.netns));
+        if let Some(ns) = &self.mount_ns {
+            command.arg(format!("--mount={}", ns.display()));
+        }
+        let child = command
             .arg("--")
             .arg(&self.program)
             .args(&self.args)

@@ -57,6 +57,15 @@ pub const SOON: Duration = Duration::from_secs(30);
 /// `ServiceAccount`.
 pub const DEFAULT_CONTROLLERS: &[&str] = &["node-ipam-controller", "serviceaccount-controller"];
 
+/// The controllers real kubelets need on top: the `DaemonSet` controller
+/// (it makes a `DaemonSet`'s pods), and the one that publishes the
+/// `kube-root-ca.crt` `ConfigMap` in every namespace (every pod's
+/// service-account volume holds its `ca.crt`, the in-cluster config's CA).
+pub const KUBELET_CONTROLLERS: &[&str] = &[
+    "daemonset-controller",
+    "root-ca-certificate-publisher-controller",
+];
+
 /// A control plane's knobs.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -64,6 +73,8 @@ pub struct Options {
     pub controllers: Vec<String>,
     /// Extra kube-apiserver flags.
     pub apiserver_args: Vec<String>,
+    /// Ready for real kubelets: see [`Options::for_kubelets`].
+    pub kubelets: bool,
 }
 
 impl Default for Options {
@@ -74,7 +85,27 @@ impl Default for Options {
                 .map(|name| (*name).to_owned())
                 .collect(),
             apiserver_args: Vec::new(),
+            kubelets: false,
         }
+    }
+}
+
+impl Options {
+    /// A control plane for real kubelets: a kube-scheduler (a `DaemonSet`'s
+    /// pods are scheduled like any other), [`KUBELET_CONTROLLERS`] with the
+    /// CA they publish (`--root-ca-file`), the apiserver's endpoint in the
+    /// `kubernetes` Service (the `lease` reconciler instead of `none`: the
+    /// Service's `ClusterIP`, 10.96.0.1, is what pods' in-cluster config
+    /// dials, and kube-proxy sends it there), and a client certificate the
+    /// apiserver shows the kubelets (`system:masters`).
+    #[must_use]
+    pub fn for_kubelets() -> Self {
+        let mut options = Self::default();
+        options
+            .controllers
+            .extend(KUBELET_CONTROLLERS.iter().map(|name| (*name).to_owned()));
+        options.kubelets = true;
+        options
     }
 }
 
@@ -87,6 +118,7 @@ pub struct ControlPlane {
     etcd_data: PathBuf,
     kubectl: PathBuf,
     // Dropped in this order (Drop stops them in this order, explicitly).
+    scheduler: Option<Daemon>,
     controller_manager: Daemon,
     apiserver: Daemon,
     etcd: Daemon,
@@ -109,10 +141,22 @@ impl ControlPlane {
         let kubectl = peers::require("kubectl")?;
         let apiserver_bin = peers::require("kube-apiserver")?;
         let kcm_bin = peers::require("kube-controller-manager")?;
+        let scheduler_bin = if options.kubelets {
+            Some(peers::require("kube-scheduler")?)
+        } else {
+            None
+        };
         switch_address(&switch)?;
         let dir = rig.scratch_dir()?.join("kube");
         let pki = dir.join("pki");
         Pki::create(&pki)?;
+        if options.kubelets {
+            Pki::client(
+                &pki,
+                KUBELET_CLIENT,
+                "/O=system:masters/CN=kube-apiserver-kubelet-client",
+            )?;
+        }
         let etcd_data = daemon::state_dir(rig.id())?.join("kube-etcd");
         let _ = fs::remove_dir_all(&etcd_data);
 
@@ -129,7 +173,7 @@ impl ControlPlane {
             &switch,
             "kube-apiserver",
             &apiserver_bin,
-            apiserver_args(&pki, &options.apiserver_args),
+            apiserver_args(&pki, options),
             &dir.join("kube-apiserver.log"),
         )?;
         let controller_manager = Daemon::new(
@@ -137,25 +181,44 @@ impl ControlPlane {
             &switch,
             "kube-controller-manager",
             &kcm_bin,
-            controller_manager_args(&dir.join("controller-manager.kubeconfig"), options),
+            controller_manager_args(&dir.join("controller-manager.kubeconfig"), &pki, options),
             &dir.join("kube-controller-manager.log"),
         )?;
+        let scheduler = scheduler_bin
+            .map(|program| {
+                Daemon::new(
+                    rig.id(),
+                    &switch,
+                    "kube-scheduler",
+                    &program,
+                    scheduler_args(&dir.join("scheduler.kubeconfig")),
+                    &dir.join("kube-scheduler.log"),
+                )
+            })
+            .transpose()?;
         let mut plane = Self {
             switch,
             dir,
             etcd_data,
             kubectl,
+            scheduler,
             controller_manager,
             apiserver,
             etcd,
         };
         plane.cert_kubeconfig("admin", "admin", &["system:masters"])?;
         plane.cert_kubeconfig("controller-manager", "system:kube-controller-manager", &[])?;
+        if plane.scheduler.is_some() {
+            plane.cert_kubeconfig("scheduler", "system:kube-scheduler", &[])?;
+        }
 
         plane.etcd.start()?;
         plane.wait_etcd()?;
         plane.start_apiserver()?;
         plane.controller_manager.start()?;
+        if let Some(scheduler) = &mut plane.scheduler {
+            scheduler.start()?;
+        }
         Ok(plane)
     }
 
@@ -457,9 +520,19 @@ impl ControlPlane {
     #[must_use]
     pub fn logs(&self) -> Vec<(String, String)> {
         [&self.etcd, &self.apiserver, &self.controller_manager]
-            .iter()
+            .into_iter()
+            .chain(self.scheduler.as_ref())
             .map(|daemon| (daemon.name().to_owned(), daemon.log_text()))
             .collect()
+    }
+
+    /// The scheduler's log so far (empty without one).
+    #[must_use]
+    pub fn scheduler_log(&self) -> String {
+        self.scheduler
+            .as_ref()
+            .map(Daemon::log_text)
+            .unwrap_or_default()
     }
 
     /// The apiserver's log so far.
@@ -477,11 +550,11 @@ impl ControlPlane {
     /// Stops everything in reverse start order; how long each took to go.
     pub fn stop(&mut self) -> Vec<(String, Duration)> {
         let mut taken = Vec::new();
-        for daemon in [
+        for daemon in self.scheduler.iter_mut().chain([
             &mut self.controller_manager,
             &mut self.apiserver,
             &mut self.etcd,
-        ] {
+        ]) {
             if let Some(time) = daemon.stop() {
                 taken.push((daemon.name().to_owned(), time));
             }
@@ -550,15 +623,24 @@ fn etcd_args(data: &Path) -> Vec<OsString> {
     ])
 }
 
-fn apiserver_args(pki: &Path, extra: &[String]) -> Vec<OsString> {
+/// The apiserver's client certificate for the kubelets (`<name>.crt`).
+const KUBELET_CLIENT: &str = "kubelet-client";
+
+fn apiserver_args(pki: &Path, options: &Options) -> Vec<OsString> {
     let file = |name: &str| pki.join(name).display().to_string();
+    let reconciler = if options.kubelets {
+        // The kubernetes Service's endpoint, for kube-proxy.
+        "lease"
+    } else {
+        // No kubernetes Service endpoints to keep: nothing routes services.
+        "none"
+    };
     let mut args = vec![
         format!("--etcd-servers={ETCD_CLIENT_URL}"),
         format!("--bind-address={APISERVER_IP}"),
         format!("--advertise-address={APISERVER_IP}"),
         format!("--secure-port={APISERVER_PORT}"),
-        // No kubernetes Service endpoints to keep: nothing routes services.
-        "--endpoint-reconciler-type=none".into(),
+        format!("--endpoint-reconciler-type={reconciler}"),
         format!("--tls-cert-file={}", file("apiserver.crt")),
         format!("--tls-private-key-file={}", file("apiserver.key")),
         format!("--client-ca-file={}", file("ca.crt")),
@@ -572,12 +654,35 @@ fn apiserver_args(pki: &Path, extra: &[String]) -> Vec<OsString> {
         "--allow-privileged=true".into(),
         "--profiling=false".into(),
     ];
-    args.extend(extra.iter().cloned());
+    if options.kubelets {
+        args.extend([
+            format!(
+                "--kubelet-client-certificate={}",
+                file(&format!("{KUBELET_CLIENT}.crt"))
+            ),
+            format!(
+                "--kubelet-client-key={}",
+                file(&format!("{KUBELET_CLIENT}.key"))
+            ),
+            // The node's underlay address, which the kubelet reports.
+            "--kubelet-preferred-address-types=InternalIP".into(),
+        ]);
+    }
+    args.extend(options.apiserver_args.iter().cloned());
     os_args(&args)
 }
 
-fn controller_manager_args(kubeconfig: &Path, options: &Options) -> Vec<OsString> {
+fn scheduler_args(kubeconfig: &Path) -> Vec<OsString> {
     os_args(&[
+        format!("--kubeconfig={}", kubeconfig.display()),
+        "--secure-port=0".into(),
+        "--leader-elect=false".into(),
+        "--profiling=false".into(),
+    ])
+}
+
+fn controller_manager_args(kubeconfig: &Path, pki: &Path, options: &Options) -> Vec<OsString> {
+    let mut args = vec![
         format!("--kubeconfig={}", kubeconfig.display()),
         // Each controller acts as its own ServiceAccount (the node IPAM
         // controller may patch nodes; the controller-manager's own
@@ -590,7 +695,13 @@ fn controller_manager_args(kubeconfig: &Path, options: &Options) -> Vec<OsString
         format!("--cluster-cidr={CLUSTER_CIDR}"),
         format!("--node-cidr-mask-size={NODE_CIDR_MASK}"),
         format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-    ])
+    ];
+    if options.kubelets {
+        // What the root CA publisher puts in every namespace's
+        // kube-root-ca.crt.
+        args.push(format!("--root-ca-file={}", pki.join("ca.crt").display()));
+    }
+    os_args(&args)
 }
 
 /// The control plane's certificates, made with openssl.

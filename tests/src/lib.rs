@@ -1,8 +1,8 @@
 //! Test support for pod-net: the veth-namespace rig (also behind
 //! `cargo xtask rig`), command helpers, the privilege gate, frames built and
-//! read back, the deployment manifest read as data and private container
-//! runtimes for the image, and (with the `testrun` feature) the `BPF_PROG_TEST_RUN`
-//! harness.
+//! read back, the deployment manifest read as data, OCI image archives,
+//! private container runtimes for the image, real kubelets on rig nodes,
+//! and (with the `testrun` feature) the `BPF_PROG_TEST_RUN` harness.
 
 pub mod capture;
 pub mod cluster;
@@ -17,6 +17,8 @@ pub mod frames;
 pub mod interop;
 pub mod kube;
 pub mod kube_cluster;
+pub mod kubelet;
+pub mod oci;
 pub mod peers;
 pub mod privileges;
 pub mod rig;

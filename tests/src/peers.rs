@@ -17,8 +17,9 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 
-/// Kubernetes release of kube-apiserver, kube-controller-manager, kubelet
-/// and kubectl (module `k8s.io/kubernetes`).
+/// Kubernetes release of kube-apiserver, kube-controller-manager,
+/// kube-scheduler, kubelet, kube-proxy and kubectl (module
+/// `k8s.io/kubernetes`).
 pub const K8S_VERSION: &str = "v1.37.2";
 /// flanneld's release (module `github.com/flannel-io/flannel`).
 pub const FLANNEL_VERSION: &str = "v0.28.10";
@@ -122,6 +123,20 @@ pub const PEERS: &[Peer] = &[
         file: "kubelet",
         version: K8S_VERSION,
         package: "k8s.io/kubernetes/cmd/kubelet",
+        builder: Builder::Kubernetes,
+    },
+    Peer {
+        name: "kube-scheduler",
+        file: "kube-scheduler",
+        version: K8S_VERSION,
+        package: "k8s.io/kubernetes/cmd/kube-scheduler",
+        builder: Builder::Kubernetes,
+    },
+    Peer {
+        name: "kube-proxy",
+        file: "kube-proxy",
+        version: K8S_VERSION,
+        package: "k8s.io/kubernetes/cmd/kube-proxy",
         builder: Builder::Kubernetes,
     },
     Peer {
@@ -253,7 +268,7 @@ mod tests {
         assert!(apiserver.ends_with("peers/kube-apiserver-v1.37.2/kube-apiserver"));
         // The CNI plugin's file is its type, in a directory of its own.
         assert!(binary("cni-flannel").ends_with("peers/cni-flannel-v0.9.1/flannel"));
-        assert_eq!(Builder::Kubernetes.peers().count(), 4);
+        assert_eq!(Builder::Kubernetes.peers().count(), 6);
         assert!(
             Builder::ALL
                 .iter()
@@ -263,7 +278,7 @@ mod tests {
 
     #[test]
     fn unknown_peers_are_refused_by_name() {
-        let error = require("kube-proxy").unwrap_err().to_string();
-        assert!(error.contains("no peer \"kube-proxy\""), "{error}");
+        let error = require("coredns").unwrap_err().to_string();
+        assert!(error.contains("no peer \"coredns\""), "{error}");
     }
 }

@@ -742,11 +742,13 @@ fn the_image_runs_the_daemonsets_agent_as_written_with_its_service_account() {
         .args(&argv[1..]);
     let log_path = scratch.join("podman-agent.log");
     let log_file = std::fs::File::create(&log_path).unwrap();
-    let mut container = run_agent
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
+    let mut container = Foreground(
+        run_agent
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap(),
+    );
     let logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
     let subnet_env = wait_for("the agent's subnet.env", SOON, || {
@@ -790,22 +792,31 @@ fn the_image_runs_the_daemonsets_agent_as_written_with_its_service_account() {
     let pid = container_process(node, &argv)
         .expect("the agent's process")
         .to_string();
-    let ready = pod_net_tests::cmd::output_of(
-        std::process::Command::new("nsenter")
-            .args(["--target", &pid, "--mount", "--pid", "--net", "--"])
-            .args(&probe),
-    )
-    .unwrap();
+    let run_probe = || {
+        pod_net_tests::cmd::output_of(
+            std::process::Command::new("nsenter")
+                .args(["--target", &pid, "--mount", "--pid", "--net", "--"])
+                .args(&probe),
+        )
+        .unwrap()
+    };
+    // Retried, as the kubelet does (periodSeconds): the agent programs
+    // what it listed a moment before its watch is up and it says
+    // "connected".
+    let _ = wait_for("the readiness probe to pass", SOON, || {
+        run_probe().status.success().then_some(())
+    });
+    let ready = run_probe();
     let said = String::from_utf8_lossy(&ready.stdout);
     assert!(ready.status.success(), "{ready:?}\n{}", logs());
     assert!(said.contains("kubernetes connected"), "{said}");
 
     // The pod goes (SIGTERM); the datapath stays with its entries.
-    let pid = i32::try_from(container.id()).unwrap();
+    let pid = i32::try_from(container.0.id()).unwrap();
     // SAFETY: a signal to our own child, which has not been reaped.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let stopped = wait_for("the container to stop", SOON, || {
-        container.try_wait().ok().flatten()
+        container.0.try_wait().ok().flatten()
     });
     assert!(stopped.is_ok(), "{}", logs());
     assert!(
@@ -815,6 +826,32 @@ fn the_image_runs_the_daemonsets_agent_as_written_with_its_service_account() {
     );
     assert!(node_list(node).contains(&far));
     drop(holder);
+}
+
+/// A foreground `podman run`, stopped as the test stops it (SIGTERM,
+/// which podman's sig-proxy passes to the container) if the test fails
+/// first: otherwise the container would outlive the run, and the rig
+/// and the podman state it runs from would be cleared beneath it.
+struct Foreground(std::process::Child);
+
+impl Drop for Foreground {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: a signal to our own child, which has not been reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        if wait_for("the container to stop", SOON, || {
+            self.0.try_wait().ok().flatten()
+        })
+        .is_err()
+        {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// The manifest passes the API server's validation and admission (a

@@ -1,6 +1,7 @@
 //! setup's Go step: builds the real peers the tests run (kube-apiserver,
-//! kube-controller-manager, kubelet, kubectl, flanneld, the flannel CNI
-//! plugin) from the Go module proxy into the cache outside the work tree.
+//! kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl,
+//! flanneld, the flannel CNI plugin) from the Go module proxy into the
+//! cache outside the work tree.
 //!
 //! The catalog (names, versions, paths) is `pod_net_tests::peers`; the
 //! recipes are here and in `xtask/peers/<builder>/go.{mod,sum}`, our builder
@@ -358,7 +359,8 @@ fn is_current(peer: &Peer, recipe: &str) -> bool {
 fn build(go: &Go, peer: &Peer, recipe: &str) -> Result<()> {
     let dir = peer.dir();
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let _ = fs::remove_file(peer.recipe_file());
+    // The old binary and its recipe stay in place (and consistent) until the
+    // new binary is: tests that start meanwhile still find a peer to run.
     let partial = dir.join(format!(".{}.partial", peer.file));
     let flags = flags(peer);
     let partial_arg = partial.to_string_lossy().into_owned();

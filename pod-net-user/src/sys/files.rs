@@ -9,7 +9,9 @@
 //!   a name no one can guess, so a symlink or FIFO planted there makes the
 //!   create fail instead of being followed or blocked on;
 //! - files are read only when they are regular files, opened without
-//!   blocking (a FIFO would otherwise hold the reader forever).
+//!   blocking (a FIFO would otherwise hold the reader forever), and not
+//!   through a symlink, except the operator's configuration, which a
+//!   `ConfigMap` volume always presents as one.
 use std::{
     fs,
     hash::{BuildHasher as _, Hasher as _},
@@ -116,9 +118,22 @@ fn random() -> u64 {
 /// bytes; `None` if there is nothing there. Never blocks on a FIFO or
 /// device, and never follows a symlink at `path` itself.
 pub fn read_regular(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    read_limited(path, limit, libc::O_NOFOLLOW)
+}
+
+/// Like [`read_regular`], but through symlinks: for configuration the
+/// operator gives (`--net-config-path`), which Kubernetes mounts from a
+/// `ConfigMap` as a symlink (`net-conf.json -> ..data/net-conf.json`,
+/// `..data -> ..<timestamp>/`). What it ends at must still be a regular
+/// file of at most `limit` bytes, and a FIFO is never blocked on.
+pub fn read_config(path: &Path, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    read_limited(path, limit, 0)
+}
+
+fn read_limited(path: &Path, limit: u64, flags: libc::c_int) -> io::Result<Option<Vec<u8>>> {
     let file = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags(flags | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path);
     let file = match file {
         Ok(file) => file,
@@ -206,6 +221,39 @@ mod tests {
         assert!(read_regular(&path, 100).is_err());
         write_atomically(&path, b"new").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_config_map_file_is_read_through_its_symlinks_and_a_fifo_is_still_refused() {
+        // The kubelet's layout for a ConfigMap volume.
+        let dir = scratch("configmap");
+        let data = dir.join("..2026_12_06_07_30_00.000000001");
+        fs::create_dir(&data).unwrap();
+        fs::write(data.join("net-conf.json"), b"{}").unwrap();
+        symlink(&data, dir.join("..data")).unwrap();
+        let path = dir.join("net-conf.json");
+        symlink("..data/net-conf.json", &path).unwrap();
+        assert_eq!(
+            read_config(&path, 100).unwrap().as_deref(),
+            Some(&b"{}"[..])
+        );
+        assert!(read_regular(&path, 100).is_err());
+        assert!(read_config(&path, 1).is_err(), "the limit still holds");
+        assert_eq!(read_config(&dir.join("missing"), 100).unwrap(), None);
+        // A symlink to a FIFO is neither blocked on nor read.
+        let fifo = dir.join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let to_fifo = dir.join("to-fifo");
+        symlink(&fifo, &to_fifo).unwrap();
+        assert!(read_config(&to_fifo, 100).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -75,7 +75,8 @@ impl KubeOptions {
     pub fn network_config(&self) -> Result<NetworkConfig, ClusterError> {
         let path = &self.net_config;
         let bad = |reason: String| kube_error(format!("--net-config-path {reason}"));
-        let bytes = files::read_regular(path, NET_CONFIG_LIMIT)
+        // Through symlinks: a ConfigMap volume's files are symlinks.
+        let bytes = files::read_config(path, NET_CONFIG_LIMIT)
             .map_err(|err| bad(format!("{}: {err}", path.display())))?
             .ok_or_else(|| bad(format!("{}: no such file", path.display())))?;
         NetworkConfig::parse(&path.display().to_string(), &bytes)

@@ -44,35 +44,47 @@ pub struct SubnetEnv {
 }
 
 /// The file at `path`, if it is there, readable and well formed (pod-net's
-/// or flanneld's).
+/// or flanneld's), with both the network and the subnet.
 #[must_use]
 pub fn read(path: &Path) -> Option<SubnetEnv> {
-    let bytes = read_regular(path, 4096).ok()??;
-    parse(&String::from_utf8(bytes).ok()?)
+    parse(&text_of(path)?)
+}
+
+/// The subnet an earlier run wrote to `path`, if the file is there and
+/// readable: flannel reuses it when no lease names this node. Only
+/// `FLANNEL_SUBNET` counts here, as flanneld reads it.
+#[must_use]
+pub fn previous_subnet(path: &Path) -> Option<Subnet> {
+    subnet_of(&text_of(path)?)
+}
+
+fn text_of(path: &Path) -> Option<String> {
+    String::from_utf8(read_regular(path, 4096).ok()??).ok()
+}
+
+/// The value of `NAME=` in `text`.
+fn value<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+        .map(str::trim)
 }
 
 fn parse(text: &str) -> Option<SubnetEnv> {
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
-            .map(str::trim)
-    };
-    let network: Subnet = value("FLANNEL_NETWORK")?.parse().ok()?;
-    let (gateway, len) = value("FLANNEL_SUBNET")?.split_once('/')?;
+    Some(SubnetEnv {
+        network: value(text, "FLANNEL_NETWORK")?.parse().ok()?,
+        subnet: subnet_of(text)?,
+    })
+}
+
+/// `FLANNEL_SUBNET`'s subnet: the gateway (its first address) and length.
+fn subnet_of(text: &str) -> Option<Subnet> {
+    let (gateway, len) = value(text, "FLANNEL_SUBNET")?.split_once('/')?;
     let gateway: std::net::Ipv4Addr = gateway.parse().ok()?;
     let subnet = Subnet {
         ip: std::net::Ipv4Addr::from(u32::from(gateway).checked_sub(1)?),
         len: len.parse().ok()?,
     };
-    let subnet = Subnet::from_key(&subnet.key_name()).filter(|parsed| *parsed == subnet)?;
-    Some(SubnetEnv { network, subnet })
-}
-
-/// The subnet an earlier run wrote to `path`, if the file is there and
-/// readable: flannel reuses it when no lease names this node.
-#[must_use]
-pub fn previous_subnet(path: &Path) -> Option<Subnet> {
-    read(path).map(|env| env.subnet)
+    Subnet::from_key(&subnet.key_name()).filter(|parsed| *parsed == subnet)
 }
 
 #[cfg(test)]
@@ -107,7 +119,14 @@ mod tests {
                 subnet: "10.244.3.0/24".parse().unwrap(),
             })
         );
+        // Without the network it is no flanneld file, but still an earlier
+        // subnet (as flanneld reads its own).
         assert_eq!(parse("FLANNEL_SUBNET=10.244.3.1/24\n"), None);
+        std::fs::write(&path, "FLANNEL_SUBNET=10.244.50.1/24\n").unwrap();
+        assert_eq!(
+            previous_subnet(&path),
+            Some("10.244.50.0/24".parse().unwrap())
+        );
         std::fs::write(&path, "FLANNEL_SUBNET=garbage\n").unwrap();
         assert_eq!(previous_subnet(&path), None);
         std::fs::remove_dir_all(&dir).unwrap();

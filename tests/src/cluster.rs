@@ -700,14 +700,19 @@ pub fn flood(from: &ClusterPod, to: Ipv4Addr, count: u32) -> std::process::Child
 pub fn flood_result(child: std::process::Child) -> (u64, u64) {
     let output = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    ping_counts(&text).unwrap_or_else(|| panic!("no summary in {text}"))
+}
+
+/// (transmitted, received) from the summary line of ping's output.
+#[must_use]
+pub fn ping_counts(text: &str) -> Option<(u64, u64)> {
     let line = text
         .lines()
-        .find(|line| line.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no summary in {text}"));
+        .find(|line| line.contains("packets transmitted"))?;
     let mut numbers = line
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|part| part.parse::<u64>().ok());
-    (numbers.next().unwrap(), numbers.next().unwrap())
+    Some((numbers.next()?, numbers.next()?))
 }
 
 /// `nodes` nodes with no pods, and cni0 without the rig's address: the

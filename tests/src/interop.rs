@@ -386,22 +386,12 @@ impl MixedPod<'_> {
         args.push(&to);
         let output = output_of(&mut self.command(&args)?)?;
         let text = String::from_utf8_lossy(&output.stdout);
-        let line = text
-            .lines()
-            .find(|line| line.contains("packets transmitted"))
-            .with_context(|| {
-                format!(
-                    "ping {to} printed no summary: {text}{}",
-                    String::from_utf8_lossy(&output.stderr)
-                )
-            })?;
-        let mut numbers = line
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|part| part.parse::<u64>().ok());
-        match (numbers.next(), numbers.next()) {
-            (Some(sent), Some(received)) => Ok((sent, received)),
-            _ => bail!("ping {to}: unreadable summary {line:?}"),
-        }
+        cluster::ping_counts(&text).with_context(|| {
+            format!(
+                "ping {to} printed no summary: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
     }
 
     /// Sends `bytes` (iperf3's `-n`, e.g. "8M") over one TCP connection to

@@ -56,7 +56,7 @@ use crate::{
     kube_cluster::node_name,
     oci, peers,
     rig::{Node, Rig},
-    runtimes::processes_mentioning,
+    runtimes::{self, processes_mentioning},
     wait::{wait_for, wait_until},
 };
 
@@ -325,13 +325,7 @@ impl KubeletNode {
     /// (`k8s.io`).
     #[must_use]
     pub fn ctr(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("ctr");
-        command
-            .arg("--address")
-            .arg(self.dir.join("containerd.sock"))
-            .args(["--namespace", "k8s.io"])
-            .args(args);
-        command
+        runtimes::ctr(&self.dir, args)
     }
 
     /// `ctr images import` of an OCI archive; ctr's output.

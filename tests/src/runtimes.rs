@@ -101,6 +101,19 @@ fn in_private_mounts(program: &str, more_tmpfs: &[&str]) -> Command {
 }
 
 /// A containerd of one test, CRI off (image import and `ctr run` only).
+/// `ctr args..` against the containerd whose socket is
+/// `dir/containerd.sock`, in the kubelet's namespace (`k8s.io`).
+#[must_use]
+pub fn ctr(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new("ctr");
+    command
+        .arg("--address")
+        .arg(dir.join("containerd.sock"))
+        .args(["--namespace", "k8s.io"])
+        .args(args);
+    command
+}
+
 pub struct PrivateContainerd {
     dir: PathBuf,
     child: Child,
@@ -153,13 +166,7 @@ impl PrivateContainerd {
     /// kubelet's), with its FIFOs in the test's directory.
     #[must_use]
     pub fn ctr(&self, args: &[&str]) -> Command {
-        let mut command = Command::new("ctr");
-        command
-            .arg("--address")
-            .arg(self.dir.join("containerd.sock"))
-            .args(["--namespace", "k8s.io"])
-            .args(args);
-        command
+        ctr(&self.dir, args)
     }
 
     /// `ctr images import` of an OCI archive; the names it imported.

@@ -16,7 +16,7 @@ use std::{
 
 use pod_net_tests::{
     Node, Rig,
-    cluster::rig,
+    cluster::{self, rig},
     cmd::run_command,
     deploy::manifest_path,
     kube::{ControlPlane, Options},
@@ -389,23 +389,7 @@ fn ping_across_nodes(cluster: &Cluster, pods: &[(String, String, Ipv4Addr)]) {
                 continue;
             }
             let before: Vec<_> = datapaths.iter().map(|d| d.counters().unwrap()).collect();
-            let out = cluster.kubectl(&[
-                "exec",
-                from,
-                "--",
-                "ping",
-                "-c",
-                &PINGS.to_string(),
-                "-i",
-                "0.2",
-                "-W",
-                "2",
-                &to_ip.to_string(),
-            ]);
-            assert!(
-                out.contains(&format!("{PINGS} packets received")),
-                "{from} -> {to}: {out}"
-            );
+            ping_pod(cluster, from, to, *to_ip);
             for (node, datapath) in cluster.nodes.iter().zip(&datapaths) {
                 let moved = datapath
                     .moved_since(&before[usize::from(node.index()) - 1])
@@ -431,6 +415,28 @@ fn ping_across_nodes(cluster: &Cluster, pods: &[(String, String, Ipv4Addr)]) {
     }
 }
 
+/// Pod `from` pings pod `to` at `to_ip` ([`PINGS`] requests, 0.2 s apart)
+/// through `kubectl exec`, and every one is answered.
+fn ping_pod(cluster: &Cluster, from: &str, to: &str, to_ip: Ipv4Addr) {
+    let out = cluster.kubectl(&[
+        "exec",
+        from,
+        "--",
+        "ping",
+        "-c",
+        &PINGS.to_string(),
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &to_ip.to_string(),
+    ]);
+    assert!(
+        out.contains(&format!("{PINGS} packets received")),
+        "{from} -> {to}: {out}"
+    );
+}
+
 /// The two pods on the first node ping each other: each ping and reply is
 /// redirected from one pod's veth into the other's in BPF, and nothing is
 /// encapsulated anywhere.
@@ -449,23 +455,7 @@ fn ping_on_one_node(cluster: &Cluster, pods: &[(String, String, Ipv4Addr)]) {
         .map(|node| node.datapath(cluster.rig_node(node)))
         .collect();
     let before: Vec<_> = datapaths.iter().map(|d| d.counters().unwrap()).collect();
-    let out = cluster.kubectl(&[
-        "exec",
-        from,
-        "--",
-        "ping",
-        "-c",
-        &PINGS.to_string(),
-        "-i",
-        "0.2",
-        "-W",
-        "2",
-        &to_ip.to_string(),
-    ]);
-    assert!(
-        out.contains(&format!("{PINGS} packets received")),
-        "{from} -> {to}: {out}"
-    );
+    ping_pod(cluster, from, to, *to_ip);
     for (index, datapath) in datapaths.iter().enumerate() {
         let moved = datapath.moved_since(&before[index]).unwrap();
         let count = |reason: &str| moved.get(reason).copied().unwrap_or(0);
@@ -525,7 +515,8 @@ fn rolling_update_under_pings(
     unsafe { libc::kill(ping_pid, libc::SIGINT) };
     let output = ping.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
-    let (sent, received) = ping_summary(&text);
+    let (sent, received) =
+        cluster::ping_counts(&text).unwrap_or_else(|| panic!("no summary in {text}"));
     assert!(sent > 100, "{from} -> {to}: {text}");
     // SIGINT does not wait for the reply to the last ping, if it is in
     // flight; every other one is answered.
@@ -542,18 +533,6 @@ fn rolling_update_under_pings(
     cluster.say(&format!(
         "rolled out under {sent} pings from {from} to {to}, {received} answered, all in BPF"
     ));
-}
-
-/// (transmitted, received) from ping's summary line.
-fn ping_summary(text: &str) -> (u64, u64) {
-    let line = text
-        .lines()
-        .find(|line| line.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no summary in {text}"));
-    let mut numbers = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|part| part.parse::<u64>().ok());
-    (numbers.next().unwrap(), numbers.next().unwrap())
 }
 
 /// An IPv4 CIDR's network and prefix length.

@@ -193,13 +193,11 @@ fn round(
     }
     let device = netdev::link_by_index(flannel.device.0)?
         .context("flanneld's device went away while it was read")?;
-    let network = flannel.env.network.cidr();
-    let own = flannel.env.subnet.cidr();
     let underlay_index = netdev::link_by_name(&flannel.underlay.ifname)?
         .map(|link| link.index)
         .unwrap_or_default();
-    let direct = flannel::direct_routes(&tunnel::main_routes()?, underlay_index, network, own);
-    let mirror = flannel::mirror(&tunnel::contents(&device)?, &direct);
+    let is_flannels = flannel::other_subnet(flannel.env.network.cidr(), flannel.env.subnet.cidr());
+    let mirror = flannel::read(&device, underlay_index, is_flannels)?;
     // A node flanneld is still writing keeps the entry it had.
     let mut wanted: BTreeMap<Cidr, NodeSpec> = mirror
         .specs

@@ -25,6 +25,7 @@ use crate::{
         remotes::{self, HostChecks, Mode, NodeEntry, NodeIndex, NodeSpec, node_value},
         tunnel::{self, DeviceContents, KernelRoute},
     },
+    sys::netdev::Link,
 };
 
 /// The entries this node takes, each judged on its own (flanneld's state
@@ -68,7 +69,8 @@ pub fn prefill(datapath: &mut Locked) -> Result<usize> {
     let Some(device) = tunnel::kernel_device(&config)? else {
         return Ok(0);
     };
-    let mirror = mirror(&tunnel::contents(&device)?, &[]);
+    // VXLAN peers only: a direct peer's packets need no entry to pass.
+    let mirror = read(&device, config.underlay_ifindex, |_| false)?;
     // A refused node stays on flannel's path; the agent reports it.
     let (admitted, _refused) = admit(datapath, &mirror.specs)?;
     remotes::add_many(datapath, &admitted)?;
@@ -136,15 +138,22 @@ pub fn mirror(device: &DeviceContents, direct: &[KernelRoute]) -> Mirror {
     }
 }
 
-/// flanneld's `DirectRouting` routes among `routes`: via a gateway out of
-/// `underlay`, to a subnet of `network` other than this node's `own`, and
-/// not pod-net's.
+/// flanneld's state as remote nodes: `device`'s routes, neighbours and FDB
+/// entries, and its `DirectRouting` routes out of `underlay` to subnets
+/// `is_flannels` accepts (which of the underlay's routes are flanneld's,
+/// only what the caller knows of flannel's network can tell).
+pub fn read(device: &Link, underlay: u32, is_flannels: impl Fn(Cidr) -> bool) -> Result<Mirror> {
+    let direct = direct_routes(&tunnel::main_routes()?, underlay, is_flannels);
+    Ok(mirror(&tunnel::contents(device)?, &direct))
+}
+
+/// flanneld's `DirectRouting` routes among `routes`: via an IPv4 gateway
+/// out of `underlay`, not pod-net's, to a subnet `is_flannels` accepts.
 #[must_use]
 pub fn direct_routes(
     routes: &[KernelRoute],
     underlay: u32,
-    network: Cidr,
-    own: Cidr,
+    is_flannels: impl Fn(Cidr) -> bool,
 ) -> Vec<KernelRoute> {
     routes
         .iter()
@@ -152,12 +161,18 @@ pub fn direct_routes(
             route.oif == Some(underlay)
                 && !route.is_pod_nets()
                 && matches!(route.gateway, Some(IpAddr::V4(_)))
-                && route.cidr.prefix_len > network.prefix_len
-                && network.contains(route.cidr.addr)
-                && !route.cidr.overlaps(&own)
+                && is_flannels(route.cidr)
         })
         .cloned()
         .collect()
+}
+
+/// Whether a subnet is another node's in flannel's `network`, this node's
+/// being `own`.
+pub fn other_subnet(network: Cidr, own: Cidr) -> impl Fn(Cidr) -> bool {
+    move |cidr| {
+        cidr.prefix_len > network.prefix_len && network.contains(cidr.addr) && !cidr.overlaps(&own)
+    }
 }
 
 /// Where the remote entries and flanneld's state disagree, one line each:
@@ -310,7 +325,7 @@ mod tests {
             route("10.96.0.0/24", 2, "192.168.100.9", 3),
             route("0.0.0.0/0", 2, "192.168.100.254", 3),
         ];
-        let kept = direct_routes(&routes, 2, network, own);
+        let kept = direct_routes(&routes, 2, other_subnet(network, own));
         assert_eq!(
             kept.iter().map(|route| route.cidr).collect::<Vec<_>>(),
             [cidr("10.244.2.0/24")]

@@ -468,17 +468,11 @@ fn check_beside_flannel(datapath: &Datapath, config: &Config, status: &mut Statu
         return Ok(());
     };
     let entries = remotes::list(datapath)?;
-    // flanneld's direct routes, for the entries' prefixes (which of the
-    // underlay's other routes are flanneld's, only its network says).
-    let direct: Vec<tunnel::KernelRoute> = tunnel::main_routes()?
-        .into_iter()
-        .filter(|route| {
-            route.oif == Some(config.underlay_ifindex)
-                && !route.is_pod_nets()
-                && entries.iter().any(|entry| entry.cidr == route.cidr)
-        })
-        .collect();
-    let mirror = flannel::mirror(&tunnel::contents(&device)?, &direct);
+    // flanneld's direct routes are judged for the entries' prefixes: the
+    // network that tells the underlay's other routes apart is not here.
+    let mirror = flannel::read(&device, config.underlay_ifindex, |cidr| {
+        entries.iter().any(|entry| entry.cidr == cidr)
+    })?;
     for line in flannel::disagreements(&entries, &mirror) {
         status.problem(
             line,

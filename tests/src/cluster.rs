@@ -5,6 +5,7 @@
 //! node reaches over its underlay), with its data in a directory of its
 //! own on tmpfs. It is killed when its guard drops; so are agents.
 use std::{
+    collections::BTreeMap,
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -743,6 +744,21 @@ pub fn agent_dir(rig: &Rig, node: &Node) -> PathBuf {
 #[must_use]
 pub fn start(rig: &Rig, node: &Node, extra: &[&str]) -> Agent {
     Agent::start(node, &agent_dir(rig, node), &Etcd::endpoint(), extra).unwrap()
+}
+
+/// Waits until `node`'s remote entries are exactly `wanted` (cidr to mode,
+/// `vxlan` or `direct`).
+pub fn wait_modes(node: &Node, wanted: &BTreeMap<String, String>) {
+    let mut last = BTreeMap::new();
+    let programmed = wait_for("the peers' modes in the maps", SOON, || {
+        last = node.remote_modes().unwrap();
+        (last == *wanted).then_some(())
+    });
+    assert!(
+        programmed.is_ok(),
+        "node {} has {last:?}, wanted {wanted:?}",
+        node.index
+    );
 }
 
 /// Waits until `node` has programmed exactly `wanted` (cidr, node ip, mac).

@@ -12,7 +12,7 @@ use pod_net_tests::{
     cluster::{
         Agent, CONFIG, ClusterPod, Etcd, PREFIX, SOON, TlsFiles, agent_dir, cluster_metric, entry,
         flood, flood_result, lease_key, ping, pod_via_conflist, remote_nodes, rig, start,
-        store_status, synthetic_lease, tunnel_routes, wait_programmed,
+        store_status, synthetic_lease, tunnel_routes, wait_modes, wait_programmed,
     },
     require_root, wait_for,
 };
@@ -897,12 +897,7 @@ fn direct_routing_reaches_peers_on_the_segment_directly_and_others_over_vxlan() 
         ("10.244.77.0/24".to_owned(), "vxlan".to_owned()),
         (subnets[1].clone(), "direct".to_owned()),
     ]);
-    let mut last = BTreeMap::new();
-    let programmed = wait_for("node 1's direct and VXLAN peers", SOON, || {
-        last = node_1.remote_modes().unwrap();
-        (last == wanted).then_some(())
-    });
-    assert!(programmed.is_ok(), "node 1 has {last:?}, wanted {wanted:?}");
+    wait_modes(node_1, &wanted);
     // The direct peer's route leaves by the underlay, the other's by the tunnel.
     assert_eq!(
         node_1.ip(&["route", "show", &subnets[1]]).unwrap(),

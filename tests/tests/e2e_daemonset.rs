@@ -223,11 +223,7 @@ impl Cluster {
         let mut pods = Vec::new();
         self.wait("the test pods running", || {
             let list = self.json(&["get", "pods", "-l", "app=pinger"]);
-            pods = list["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|pod| is_ready(pod))
+            pods = ready(&list)
                 .filter_map(|pod| {
                     Some((
                         pod["spec"]["nodeName"].as_str()?.to_owned(),
@@ -243,6 +239,15 @@ impl Cluster {
     }
 }
 
+/// The ready pods of a pod list.
+fn ready(list: &Value) -> impl Iterator<Item = &Value> {
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|pod| is_ready(pod))
+}
+
 fn is_ready(pod: &Value) -> bool {
     pod["status"]["conditions"]
         .as_array()
@@ -255,11 +260,7 @@ fn is_ready(pod: &Value) -> bool {
 
 /// Ready pods of a pod list, by node: (node name, pod name).
 fn ready_pods(list: &Value) -> BTreeMap<String, String> {
-    list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|pod| is_ready(pod))
+    ready(list)
         .filter_map(|pod| {
             Some((
                 pod["spec"]["nodeName"].as_str()?.to_owned(),

@@ -10,7 +10,7 @@ use pod_net_tests::{
     cluster::{
         Agent, ClusterPod, SOON, agent_dir, cluster_metric, entry, flood, flood_result, ping,
         pod_via_conflist, remote_nodes, rig, store_status, store_status_of, tunnel_routes,
-        wait_programmed,
+        wait_modes, wait_programmed,
     },
     deploy,
     kube::ControlPlane,
@@ -363,12 +363,7 @@ fn direct_routing_reaches_peers_on_the_segment_directly_and_others_over_vxlan() 
         (far.clone(), "vxlan".to_owned()),
         (cluster.cidrs[1].clone(), "direct".to_owned()),
     ]);
-    let mut last = BTreeMap::new();
-    let programmed = wait_for("node 1's direct and VXLAN peers", SOON, || {
-        last = node_1.remote_modes().unwrap();
-        (last == wanted).then_some(())
-    });
-    assert!(programmed.is_ok(), "node 1 has {last:?}, wanted {wanted:?}");
+    wait_modes(node_1, &wanted);
     assert_eq!(
         tunnel_routes(node_1),
         format!("{far} via 192.168.77.7 proto 112 onlink \n")

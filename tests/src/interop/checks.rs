@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{Meeting, Member, MixedPod, Route};
 use crate::{
-    cluster::{self, Etcd, PREFIX, SOON, lease_key, wait_programmed},
+    cluster::{self, Etcd, PREFIX, SOON, lease_key, wait_modes, wait_programmed},
     cmd::output_of,
     interop,
     kube::ControlPlane,
@@ -215,9 +215,7 @@ pub fn assert_programmed(members: &[&Member], mode: Mode) {
                         .iter()
                         .map(|peer| (peer.subnet.clone(), "direct".to_owned()))
                         .collect();
-                    wait_equal(&what("direct entries"), &modes, || {
-                        node.remote_modes().unwrap()
-                    });
+                    wait_modes(node, &modes);
                 }
             }
         }
@@ -607,16 +605,7 @@ pub fn mixed_cluster(shape: &Shape) {
     let rig = cluster::rig(shape.nodes());
     let etcd = Etcd::start(&rig).unwrap();
     etcd.put_config(shape.config).unwrap();
-    let meeting = Meeting::Etcd(&etcd);
-    let members = start(
-        &rig,
-        &meeting,
-        shape.pod_net,
-        shape.flannel,
-        shape.accelerated,
-    );
-    assert_leases(&etcd, &members.iter().collect::<Vec<_>>());
-    exercise(&rig, members, shape, started);
+    exercise(&rig, &Meeting::Etcd(&etcd), shape, started);
 }
 
 /// The same as [`mixed_cluster`], the nodes meeting through a real
@@ -635,20 +624,24 @@ pub fn mixed_kube_cluster(shape: &Shape) {
         plane: &plane,
         agents: kube_cluster::agent_kubeconfig(&plane).unwrap(),
     };
+    exercise(&rig, &meeting, shape, started);
+}
+
+/// What [`mixed_cluster`] starts and checks, the nodes meeting through
+/// `meeting` (in etcd, each lease checked too).
+fn exercise(rig: &Rig, meeting: &Meeting, shape: &Shape, started: Instant) {
     let members = start(
-        &rig,
-        &meeting,
+        rig,
+        meeting,
         shape.pod_net,
         shape.flannel,
         shape.accelerated,
     );
-    exercise(&rig, members, shape, started);
-}
-
-/// What [`mixed_cluster`] checks once the members run.
-fn exercise(rig: &Rig, members: Vec<Member>, shape: &Shape, started: Instant) {
     let nodes = members.len();
     let all: Vec<&Member> = members.iter().collect();
+    if let Meeting::Etcd(etcd) = meeting {
+        assert_leases(etcd, &all);
+    }
     assert_devices(&all, shape.vni, shape.port);
     assert_programmed(&all, shape.mode);
     eprintln!("programmed after {:?}", started.elapsed());

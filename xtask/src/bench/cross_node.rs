@@ -13,7 +13,7 @@ use super::{
     beside::{self, BESIDE, BESIDE_FLANNEL, beside_flannel, flannel_alone},
     compare::{self, Path},
     report::{Goal, Report},
-    testrun,
+    settings, testrun,
 };
 
 const KERNEL_VXLAN: &str = "kernel VXLAN";
@@ -122,6 +122,8 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
         notes: vec![
             test_run.describe(&["encap", "decap", "pass_not_ip"]),
             compare::METHOD.into(),
+            compare::counting_note(&samples),
+            settings::describe(&rig)?,
             "Six nodes on one switch bridge; pods at MTU 1450 (flannel's VXLAN MTU) on every \
              path. \"host to host\" is nodes 5 and 6 themselves, eth0 to eth0 at MTU 1500 over \
              the same switch, with no program on either: the limit a pod path can approach. host-gw is flannel's host-gw backend in kernel routes (`<peer pod CIDR> via \

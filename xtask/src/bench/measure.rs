@@ -55,11 +55,15 @@ pub fn sample(client: &Pod, server: &Pod, durations: Durations) -> Result<Sample
     })
 }
 
+/// Seconds iperf3 runs before it starts counting (`--omit`), on every path
+/// alike: TCP's slow start and the first ARP and cache misses stay out.
+const WARM_UP_SECONDS: &str = "1";
+
 /// Received TCP throughput of one iperf3 stream.
 fn tcp_gbps(client: &Pod, server: &Pod, seconds: u32) -> Result<f64> {
     let _server = server.iperf3_server(&[])?;
     let seconds = seconds.to_string();
-    let report = client.iperf3_client(server.ip, &["-t", &seconds])?;
+    let report = client.iperf3_client(server.ip, &["-t", &seconds, "--omit", WARM_UP_SECONDS])?;
     report["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .map(|bps| bps / 1e9)
@@ -71,7 +75,20 @@ fn tcp_gbps(client: &Pod, server: &Pod, seconds: u32) -> Result<f64> {
 fn udp_64b_kpps(client: &Pod, server: &Pod, seconds: u32) -> Result<f64> {
     let _server = server.iperf3_server(&[])?;
     let seconds = seconds.to_string();
-    let report = client.iperf3_client(server.ip, &["-u", "-b", "0", "-l", "64", "-t", &seconds])?;
+    let report = client.iperf3_client(
+        server.ip,
+        &[
+            "-u",
+            "-b",
+            "0",
+            "-l",
+            "64",
+            "-t",
+            &seconds,
+            "--omit",
+            WARM_UP_SECONDS,
+        ],
+    )?;
     let sum = &report["end"]["sum"];
     let packets = sum["packets"].as_f64().context("no UDP packet count")?;
     let lost = sum["lost_packets"].as_f64().context("no UDP loss count")?;

@@ -13,6 +13,7 @@ mod measure;
 mod report;
 mod same_node;
 mod scale;
+mod settings;
 mod testrun;
 
 use anyhow::{Result, bail};

@@ -182,7 +182,30 @@ impl Report {
         for note in &self.notes {
             let _ = writeln!(out, "{note}");
         }
+        self.write_every_round(&mut out, &path_names);
         out
+    }
+
+    /// The same table with every round's sample, in the order measured:
+    /// a median hides a bad round, and this shows it.
+    fn write_every_round(&self, out: &mut String, path_names: &[String]) {
+        let _ = write!(out, "\nEvery round:\n\n| figure |");
+        for name in path_names {
+            let _ = write!(out, " {name} |");
+        }
+        out.push_str("\n|---|");
+        for _ in path_names {
+            out.push_str("---|");
+        }
+        out.push('\n');
+        for row in &self.rows {
+            let _ = write!(out, "| {} ({}) |", row.figure, row.unit);
+            for (_, summary) in &row.paths {
+                let samples: Vec<String> = summary.samples.iter().copied().map(short).collect();
+                let _ = write!(out, " {} |", samples.join(", "));
+            }
+            out.push('\n');
+        }
     }
 
     /// Writes `<dir>/<name>.json` and `<dir>/<name>.md`.
@@ -229,8 +252,8 @@ mod tests {
                 unit: "Gbit/s".into(),
                 higher_is_better: true,
                 paths: vec![
-                    ("bridge".into(), Summary::of(vec![10.0])),
-                    ("pod-net".into(), Summary::of(vec![12.0])),
+                    ("bridge".into(), Summary::of(vec![10.0, 9.5, 10.5])),
+                    ("pod-net".into(), Summary::of(vec![12.0, 12.0, 12.0])),
                 ],
             }],
             notes: vec![],
@@ -240,7 +263,12 @@ mod tests {
         );
         let markdown = report.to_markdown();
         assert!(
-            markdown.contains("| TCP (Gbit/s) | 10.0 (10.0–10.0) | 12.0 (12.0–12.0) | 1.20× |")
+            markdown.contains("| TCP (Gbit/s) | 10.0 (9.50–10.5) | 12.0 (12.0–12.0) | 1.20× |")
+        );
+        // Every round, in the order measured.
+        assert!(
+            markdown.contains("| TCP (Gbit/s) | 10.0, 9.50, 10.5 | 12.0, 12.0, 12.0 |\n"),
+            "{markdown}"
         );
     }
 

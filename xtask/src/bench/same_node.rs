@@ -10,7 +10,7 @@ use super::{
     beside::{self, BESIDE, BESIDE_FLANNEL, beside_flannel, flannel_alone},
     compare::{self, Path},
     report::Report,
-    testrun,
+    settings, testrun,
 };
 
 pub fn run(options: &BenchOptions) -> Result<Report> {
@@ -83,6 +83,8 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
                 "pass_not_ip",
             ]),
             compare::METHOD.into(),
+            compare::counting_note(&samples),
+            settings::describe(&rig)?,
             "\"NAT check off\" is `load --nat-check off`: no lookup of kube-proxy-NATed flows \
              per packet (only for nodes without Services through iptables). \"BIG TCP\" is `load \
              --big-tcp on`: IPv4 GSO/GRO up to 192 KiB on both ends of the pods' veths, against \

@@ -120,8 +120,12 @@ fn ipv6_from_an_address_the_pod_does_not_own_is_dropped() {
 /// What node 1 must emit for `inner` (IPv6 that A sent to its gateway):
 /// outer IPv4/UDP/VXLAN to `node`, the inner Ethernet to `vtep` from node
 /// 1's VTEP with the IPv6 Ethernet type, and one hop fewer. The UDP source port
-/// is the flow hash's, so it is taken from `output`.
+/// is the flow hash's, so it is taken from `output`. The outer MACs are A's
+/// frame's, untouched: `bpf_redirect_neigh` writes the underlay's on the way
+/// out, which a test run does not do.
 fn expected_encap(inner: &[u8], node: Ipv4Addr, vtep: [u8; 6], output: &[u8]) -> Vec<u8> {
+    let mac = |at: usize| -> [u8; 6] { inner[at..at + 6].try_into().unwrap() };
+    let outer_macs = (mac(0), mac(6));
     let mut inner = inner.to_vec();
     inner[0..6].copy_from_slice(&vtep);
     inner[6..12].copy_from_slice(&NODE_1_VTEP);
@@ -131,7 +135,7 @@ fn expected_encap(inner: &[u8], node: Ipv4Addr, vtep: [u8; 6], output: &[u8]) ->
         ..Ipv4::new(NODE_1, node, IPPROTO_UDP)
     };
     let source_port = decode::vxlan(output).unwrap().udp.source_port;
-    frames::vxlan_frame(([0; 6], [0; 6]), &outer, (source_port, PORT), VNI, &inner)
+    frames::vxlan_frame(outer_macs, &outer, (source_port, PORT), VNI, &inner)
 }
 
 #[test]

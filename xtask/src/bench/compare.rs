@@ -4,10 +4,12 @@ use anyhow::Result;
 use pod_net_tests::{Node, Pod};
 
 use super::{
-    BenchOptions,
+    BenchOptions, generator,
     measure::{self, Sample},
+    profile::{self, Profile},
     report::{Row, Summary},
 };
+use crate::run::workspace_root;
 
 /// How the figures are taken, for the report notes.
 pub const METHOD: &str = "TCP: one iperf3 stream; TCP per busy CPU: that throughput over the \
@@ -68,10 +70,30 @@ impl<'a> Path<'a> {
     }
 }
 
+/// Every path's samples, in path order, and the profiles of the last round
+/// when asked for (`--profile`).
+pub struct Measured {
+    pub samples: Vec<Vec<Sample>>,
+    pub profiles: Vec<(&'static str, Profile)>,
+}
+
+impl Measured {
+    /// The notes every pod-to-pod report carries about its own run: how
+    /// well the generator's two counts agreed, and where the time went.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = vec![counting_note(&self.samples)];
+        if !self.profiles.is_empty() {
+            notes.push(profile::note(&self.profiles));
+        }
+        notes
+    }
+}
+
 /// Samples every path once per round, rotating which goes first so none
 /// always runs on a warmer (or busier) machine.
-pub fn sample_round_robin(paths: &[Path<'_>], options: &BenchOptions) -> Result<Vec<Vec<Sample>>> {
+pub fn sample_round_robin(paths: &[Path<'_>], options: &BenchOptions) -> Result<Measured> {
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); paths.len()];
+    let mut profiles = Vec::new();
     for round in 0..options.rounds {
         for offset in 0..paths.len() {
             let index = (round + offset) % paths.len();
@@ -96,15 +118,33 @@ pub fn sample_round_robin(paths: &[Path<'_>], options: &BenchOptions) -> Result<
                 sample.generator.counting_gap * 100.0
             );
             samples[index].push(sample);
+            if options.profile && round + 1 == options.rounds {
+                let data = workspace_root()
+                    .join("target/bench/profile")
+                    .join(format!("{}.data", path.name.replace([' ', ',', '+'], "-")));
+                let profile = generator::profile(
+                    path.client,
+                    path.server,
+                    options.durations.generator,
+                    &data,
+                )?;
+                println!(
+                    "bench: profiled {} ({:.0} busy ns per packet) into {}",
+                    path.name,
+                    profile.busy_ns_per_packet,
+                    data.display()
+                );
+                profiles.push((path.name, profile));
+            }
         }
     }
-    Ok(samples)
+    Ok(Measured { samples, profiles })
 }
 
 /// How far the generator's two counting points (the receiver's `eth0`, its
 /// UDP layer) were apart at worst, over every sample: a note, so that a
 /// reader sees the capacity figure is what the pods took.
-pub fn counting_note(samples: &[Vec<Sample>]) -> String {
+fn counting_note(samples: &[Vec<Sample>]) -> String {
     let worst = samples
         .iter()
         .flatten()

@@ -102,7 +102,7 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
             true,
         ),
     ];
-    let samples = compare::sample_round_robin(&paths, options)?;
+    let measured = compare::sample_round_robin(&paths, options)?;
     let test_run = testrun::ns_per_packet()?;
     let mut report = Report {
         title: "Cross node: pod to pod, VXLAN and direct routing, beside flannel, and the hosts"
@@ -118,11 +118,10 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
             (POD_NET_VXLAN_BIG.into(), POD_NET_VXLAN.into()),
             (POD_NET_DIRECT_BIG.into(), POD_NET_DIRECT.into()),
         ],
-        rows: compare::rows(&paths, &samples),
+        rows: compare::rows(&paths, &measured.samples),
         notes: vec![
             test_run.describe(&["encap", "decap", "pass_not_ip"]),
             compare::METHOD.into(),
-            compare::counting_note(&samples),
             settings::describe(&rig)?,
             "Six nodes on one switch bridge; pods at MTU 1450 (flannel's VXLAN MTU) on every \
              path. \"host to host\" is nodes 5 and 6 themselves, eth0 to eth0 at MTU 1500 over \
@@ -139,6 +138,7 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
                 .into(),
         ],
     };
+    report.notes.extend(measured.notes());
     for (issue, goals) in [
         (13, goals()),
         (23, beside_flannel_goals()),

@@ -17,7 +17,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use pod_net_tests::{Pod, rig::Background};
 
-use super::cpu::CpuTimes;
+use super::{
+    cpu::CpuTimes,
+    profile::{Profile, Recording},
+};
 
 /// The offered rate at which CPU per packet is measured: below every
 /// path's maximum here, so each path carries the same load.
@@ -39,14 +42,34 @@ pub struct GeneratorFigures {
 
 pub fn measure(client: &Pod, server: &Pod, seconds: u32) -> Result<GeneratorFigures> {
     let config = frame_config(client, server)?;
-    let max = run(client, server, &config, None, seconds)?;
-    let fixed = run(client, server, &config, Some(FIXED_RATE_PPS), seconds)?;
+    let max = run(client, server, &config, None, seconds, None)?;
+    let fixed = run(client, server, &config, Some(FIXED_RATE_PPS), seconds, None)?;
     #[expect(clippy::cast_precision_loss, reason = "packet counts fit f64 well")]
     Ok(GeneratorFigures {
         max_kpps: max.packets as f64 / max.elapsed.as_secs_f64() / 1e3,
         cpu_ns_per_packet: fixed.busy_cpu_ns / (fixed.packets.max(1) as f64),
         counting_gap: max.counting_gap().max(fixed.counting_gap()),
     })
+}
+
+/// Where the time of one fixed-rate run goes, recorded into `data`.
+pub fn profile(
+    client: &Pod,
+    server: &Pod,
+    seconds: u32,
+    data: &std::path::Path,
+) -> Result<Profile> {
+    let config = frame_config(client, server)?;
+    run(
+        client,
+        server,
+        &config,
+        Some(FIXED_RATE_PPS),
+        seconds,
+        Some(data),
+    )?
+    .profile
+    .context("the run recorded no profile")
 }
 
 struct Run {
@@ -56,6 +79,7 @@ struct Run {
     delivered: u64,
     elapsed: Duration,
     busy_cpu_ns: f64,
+    profile: Option<Profile>,
 }
 
 impl Run {
@@ -70,13 +94,15 @@ impl Run {
 pub const WARM_UP: Duration = Duration::from_millis(500);
 
 /// Runs trafgen for `seconds` after [`WARM_UP`], counting what the server
-/// receives in that window.
+/// receives in that window (and profiling the machine over it into
+/// `record`, if given).
 fn run(
     client: &Pod,
     server: &Pod,
     config: &ConfigFile,
     rate_pps: Option<u32>,
     seconds: u32,
+    record: Option<&std::path::Path>,
 ) -> Result<Run> {
     let config_path = config.0.to_str().context("non-UTF-8 temp path")?;
     let rate = rate_pps.map(|pps| format!("{pps}pps"));
@@ -94,12 +120,16 @@ fn run(
     }
     let generator: Background = client.spawn(&args)?;
     thread::sleep(WARM_UP);
+    let window = Duration::from_secs(u64::from(seconds));
+    let recording = record
+        .map(|data| Recording::start(data, window))
+        .transpose()?;
     let (before, cpu_before, start) = (
         ReceiverCounts::read(server)?,
         CpuTimes::read()?,
         Instant::now(),
     );
-    thread::sleep(Duration::from_secs(u64::from(seconds)));
+    thread::sleep(window);
     let (after, cpu_after, elapsed) = (
         ReceiverCounts::read(server)?,
         CpuTimes::read()?,
@@ -119,6 +149,9 @@ fn run(
         delivered: after.udp_no_ports.saturating_sub(before.udp_no_ports),
         elapsed,
         busy_cpu_ns: cpu_after.busy_ns_since(&cpu_before),
+        profile: recording
+            .map(|recording| recording.finish(packets))
+            .transpose()?,
     })
 }
 
@@ -243,7 +276,7 @@ mod tests {
             ("pod-net", rig.pod(2, 1), rig.pod(2, 2)),
         ] {
             let config = frame_config(client, server).unwrap();
-            let run = run(client, server, &config, None, 2).unwrap();
+            let run = run(client, server, &config, None, 2, None).unwrap();
             eprintln!(
                 "{path}: eth0 counted {}, the UDP layer took {}",
                 run.packets, run.delivered

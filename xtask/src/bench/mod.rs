@@ -10,6 +10,7 @@ mod cpu;
 mod cross_node;
 mod generator;
 mod measure;
+mod profile;
 mod report;
 mod same_node;
 mod scale;
@@ -46,16 +47,26 @@ pub struct BenchArgs {
     /// (5,000 leases), in the same run.
     #[arg(long)]
     pub kube: bool,
+    /// With `same-node` and `cross-node`: record each path's last
+    /// fixed-rate generator run with `perf` (into target/bench/profile/)
+    /// and report busy CPU ns per packet by function.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 pub struct BenchOptions {
     pub rounds: usize,
+    /// Profile each path's last round (`--profile`).
+    pub profile: bool,
     pub durations: measure::Durations,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.kube && args.suite != Suite::Cluster {
         bail!("--kube goes with the cluster bench only");
+    }
+    if args.profile && !matches!(args.suite, Suite::SameNode | Suite::CrossNode) {
+        bail!("--profile goes with the same-node and cross-node benches only");
     }
     println!("bench: building pod-net (release)");
     show(&mut cargo(&["build", "--release", "--bins"]))?;
@@ -68,6 +79,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let options = BenchOptions {
         rounds: args.rounds.max(1),
+        profile: args.profile,
         durations: measure::Durations {
             tcp: args.seconds,
             udp: 3,

@@ -61,7 +61,7 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
             &["--nat-check", "on", "--big-tcp=on"],
         ),
     ];
-    let samples = compare::sample_round_robin(&paths, options)?;
+    let measured = compare::sample_round_robin(&paths, options)?;
     let test_run = testrun::ns_per_packet()?;
     let mut report = Report {
         title: "Same node: pod to pod".into(),
@@ -72,7 +72,7 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
             ("pod-net, BIG TCP".into(), "pod-net".into()),
             (BESIDE_FLANNEL.into(), BRIDGE.into()),
         ],
-        rows: compare::rows(&paths, &samples),
+        rows: compare::rows(&paths, &measured.samples),
         notes: vec![
             test_run.describe(&[
                 "redirect_local",
@@ -83,7 +83,6 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
                 "pass_not_ip",
             ]),
             compare::METHOD.into(),
-            compare::counting_note(&samples),
             settings::describe(&rig)?,
             "\"NAT check off\" is `load --nat-check off`: no lookup of kube-proxy-NATed flows \
              per packet (only for nodes without Services through iptables). \"BIG TCP\" is `load \
@@ -95,6 +94,7 @@ pub fn run(options: &BenchOptions) -> Result<Report> {
                 .into(),
         ],
     };
+    report.notes.extend(measured.notes());
     report
         .notes
         .push("Goals of issue 23 (printed, not asserted):".into());

@@ -119,26 +119,27 @@ pub fn sample_round_robin(paths: &[Path<'_>], options: &BenchOptions) -> Result<
             );
             samples[index].push(sample);
             if options.profile && round + 1 == options.rounds {
-                let data = workspace_root()
-                    .join("target/bench/profile")
-                    .join(format!("{}.data", path.name.replace([' ', ',', '+'], "-")));
-                let profile = generator::profile(
-                    path.client,
-                    path.server,
-                    options.durations.generator,
-                    &data,
-                )?;
-                println!(
-                    "bench: profiled {} ({:.0} busy ns per packet) into {}",
-                    path.name,
-                    profile.busy_ns_per_packet,
-                    data.display()
-                );
-                profiles.push((path.name, profile));
+                profiles.push((path.name, profile_of(path, options)?));
             }
         }
     }
     Ok(Measured { samples, profiles })
+}
+
+/// One more fixed-rate generator run on `path`, recorded with perf into
+/// `target/bench/profile/<path>.data`.
+fn profile_of(path: &Path<'_>, options: &BenchOptions) -> Result<Profile> {
+    let data = workspace_root()
+        .join("target/bench/profile")
+        .join(format!("{}.data", path.name.replace([' ', ',', '+'], "-")));
+    let profile = generator::profile(path.client, path.server, options.durations.generator, &data)?;
+    println!(
+        "bench: profiled {} ({:.0} busy ns per packet) into {}",
+        path.name,
+        profile.busy_ns_per_packet,
+        data.display()
+    );
+    Ok(profile)
 }
 
 /// How far the generator's two counting points (the receiver's `eth0`, its

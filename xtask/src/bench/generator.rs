@@ -91,7 +91,7 @@ impl Run {
 
 /// How long each generator run goes before its window opens: every path
 /// the same, so none is measured colder than another.
-pub const WARM_UP: Duration = Duration::from_millis(500);
+const WARM_UP: Duration = Duration::from_millis(500);
 
 /// Runs trafgen for `seconds` after [`WARM_UP`], counting what the server
 /// receives in that window (and profiling the machine over it into

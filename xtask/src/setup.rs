@@ -64,6 +64,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "trafgen, a low-overhead packet generator for the bench",
     ),
     (
+        "linux-perf",
+        "perf, for where a path's time goes (`bench --profile`)",
+    ),
+    (
         "gcc",
         "cgo, which flanneld's udp backend needs (the Go-built peers)",
     ),

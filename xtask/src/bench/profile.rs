@@ -76,11 +76,80 @@ impl Recording {
     }
 }
 
+/// The groups a function's time is billed to, so that two paths' profiles
+/// can be set side by side: what a pod path adds to the hosts' own lies in
+/// the first five. A symbol in none of them goes to [`REST`].
+const GROUPS: [&str; 5] = [
+    "eBPF programs",
+    "BPF map lookups",
+    "FIB lookups",
+    "redirects",
+    "devices and receive passes",
+];
+const REST: &str = "the rest";
+
+/// Which of [`GROUPS`] `symbol` is billed to, by the kernel's names.
+fn group_of(symbol: &str) -> &'static str {
+    const MAP_LOOKUPS: [&str; 7] = [
+        "htab_map_hash",
+        "lookup_nulls_elem_raw",
+        "lookup_elem_raw",
+        "trie_lookup_elem",
+        "__htab_map_lookup_elem",
+        "htab_lru_map_lookup_elem",
+        "bpf_map_lookup_elem",
+    ];
+    const REDIRECTS: [&str; 9] = [
+        "skb_do_redirect",
+        "veth_peer_dev",
+        "bpf_redirect",
+        "bpf_redirect_peer",
+        "bpf_redirect_neigh",
+        "__bpf_redirect",
+        "bpf_out_neigh_v4",
+        "xdp_do_redirect",
+        "dev_map_enqueue",
+    ];
+    const DEVICES: [&str; 13] = [
+        "veth_xmit",
+        "veth_poll",
+        "veth_xdp_rcv",
+        "__dev_queue_xmit",
+        "dev_hard_start_xmit",
+        "validate_xmit_skb",
+        "netif_skb_features",
+        "__netif_receive_skb_core",
+        "net_rx_action",
+        "process_backlog",
+        "enqueue_to_backlog",
+        "__netif_rx",
+        "__build_skb_around",
+    ];
+    // The kernel suffixes some names (`.constprop.0`, `.isra.0`).
+    let base = symbol.split('.').next().unwrap_or(symbol);
+    if symbol.starts_with("bpf_prog_") {
+        GROUPS[0]
+    } else if MAP_LOOKUPS.contains(&base) {
+        GROUPS[1]
+    } else if base.starts_with("fib_") || base.contains("fib_lookup") {
+        GROUPS[2]
+    } else if REDIRECTS.contains(&base) {
+        GROUPS[3]
+    } else if DEVICES.contains(&base) {
+        GROUPS[4]
+    } else {
+        REST
+    }
+}
+
 /// Busy CPU time per delivered packet, by function.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Profile {
     /// The costliest functions first: (symbol, ns per packet).
     pub functions: Vec<(String, f64)>,
+    /// Every busy sample billed to [`GROUPS`] and the rest, in ns per
+    /// packet.
+    pub groups: Vec<(&'static str, f64)>,
     /// Every busy sample, in ns per packet.
     pub busy_ns_per_packet: f64,
 }
@@ -106,8 +175,21 @@ impl Profile {
             .collect();
         functions.sort_by_key(|(_, samples)| std::cmp::Reverse(*samples));
         let busy = functions.iter().map(|(_, samples)| samples).sum();
+        let groups = GROUPS
+            .iter()
+            .chain([&REST])
+            .map(|&group| {
+                let samples = functions
+                    .iter()
+                    .filter(|(symbol, _)| group_of(symbol) == group)
+                    .map(|(_, samples)| samples)
+                    .sum();
+                (group, per_packet(samples))
+            })
+            .collect();
         Self {
             busy_ns_per_packet: per_packet(busy),
+            groups,
             functions: functions
                 .into_iter()
                 .take(TOP)
@@ -125,10 +207,16 @@ pub fn note(profiles: &[(&str, Profile)]) -> String {
          idle left out):"
     );
     for (path, profile) in profiles {
+        let groups: Vec<String> = profile
+            .groups
+            .iter()
+            .map(|(group, ns)| format!("{group} {ns:.0}"))
+            .collect();
         let _ = write!(
             out,
-            "\n- {path}: {:.0} ns busy per packet; ",
-            profile.busy_ns_per_packet
+            "\n- {path}: {:.0} ns busy per packet ({}); costliest functions: ",
+            profile.busy_ns_per_packet,
+            groups.join(", ")
         );
         let functions: Vec<String> = profile
             .functions
@@ -157,5 +245,33 @@ mod tests {
         assert_eq!(profile.functions[0].0, "veth_xmit");
         assert!((profile.functions[0].1 - 598e6 / 997.0).abs() < 1.0);
         assert!((profile.busy_ns_per_packet - 997e6 / 997.0).abs() < 1.0);
+        let group = |name: &str| {
+            profile
+                .groups
+                .iter()
+                .find(|(group, _)| *group == name)
+                .map(|(_, ns)| *ns)
+                .unwrap()
+        };
+        assert!((group("eBPF programs") - 399e6 / 997.0).abs() < 1.0);
+        assert!((group("devices and receive passes") - 598e6 / 997.0).abs() < 1.0);
+        assert!(group("the rest").abs() < 1e-9);
+    }
+
+    #[test]
+    fn bills_suffixed_kernel_names_to_their_group() {
+        assert_eq!(
+            group_of("__netif_receive_skb_core.constprop.0"),
+            "devices and receive passes"
+        );
+        assert_eq!(
+            group_of("validate_xmit_skb.isra.0"),
+            "devices and receive passes"
+        );
+        assert_eq!(group_of("fib_table_lookup"), "FIB lookups");
+        assert_eq!(group_of("bpf_ipv4_fib_lookup"), "FIB lookups");
+        assert_eq!(group_of("htab_map_hash"), "BPF map lookups");
+        assert_eq!(group_of("skb_do_redirect"), "redirects");
+        assert_eq!(group_of("udp_v4_early_demux"), "the rest");
     }
 }

@@ -1,8 +1,9 @@
 //! Where a path's time goes (`cargo xtask bench … --profile`): `perf
-//! record` samples every CPU during the generator's fixed-rate window of
-//! each path's last round, and each function's samples become nanoseconds
-//! per delivered packet. Two paths side by side then show which functions
-//! one pays for and the other does not.
+//! record` samples every CPU during one extra fixed-rate generator run per
+//! path, after its last round, and each function's samples become
+//! nanoseconds per delivered packet, by function and by group. Two paths
+//! side by side then show what one pays for and the other does not. A
+//! recording dropped unfinished ends with its own `sleep`.
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},

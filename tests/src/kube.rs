@@ -436,19 +436,24 @@ impl ControlPlane {
         Ok((!text.is_empty()).then(|| text.to_owned()))
     }
 
-    /// Waits (up to [`SOON`]) until the controller-manager has given Node
-    /// `name` a pod CIDR, and returns it.
+    /// Waits (up to [`READY_LIMIT`]) until the controller-manager has given
+    /// Node `name` a pod CIDR, and returns it. Not [`SOON`]: after the API
+    /// server has been away, the controller-manager's node informer comes
+    /// back on client-go's reflector backoff (up to 30 s, jittered up to
+    /// twice that), and only then sees a new Node.
     pub fn wait_pod_cidr(&self, name: &str) -> Result<String> {
         let mut last = String::new();
-        wait_for(&format!("a podCIDR on node {name}"), SOON, || {
-            match self.pod_cidr(name) {
+        wait_for(
+            &format!("a podCIDR on node {name}"),
+            READY_LIMIT,
+            || match self.pod_cidr(name) {
                 Ok(cidr) => cidr,
                 Err(err) => {
                     last = format!("{err:#}");
                     None
                 }
-            }
-        })
+            },
+        )
         .with_context(|| {
             format!(
                 "last error: {last}\nkube-controller-manager's log:\n{}",

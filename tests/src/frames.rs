@@ -286,6 +286,20 @@ pub fn mac(text: &str) -> [u8; 6] {
     out
 }
 
+/// An Ethernet frame's (destination, source) MACs.
+///
+/// # Panics
+/// On a frame shorter than the two MACs: test input is fixed.
+#[must_use]
+pub fn macs_of(frame: &[u8]) -> ([u8; 6], [u8; 6]) {
+    let mac = |at: usize| -> [u8; 6] {
+        frame[at..at + 6]
+            .try_into()
+            .unwrap_or_else(|_| panic!("a frame of {} bytes has no MACs", frame.len()))
+    };
+    (mac(0), mac(6))
+}
+
 /// Lower-case hex, as `pod-net-probe` takes frames and payloads.
 #[must_use]
 pub fn hex(bytes: &[u8]) -> String {

@@ -124,8 +124,7 @@ fn ipv6_from_an_address_the_pod_does_not_own_is_dropped() {
 /// frame's, untouched: `bpf_redirect_neigh` writes the underlay's on the way
 /// out, which a test run does not do.
 fn expected_encap(inner: &[u8], node: Ipv4Addr, vtep: [u8; 6], output: &[u8]) -> Vec<u8> {
-    let mac = |at: usize| -> [u8; 6] { inner[at..at + 6].try_into().unwrap() };
-    let outer_macs = (mac(0), mac(6));
+    let outer_macs = frames::macs_of(inner);
     let mut inner = inner.to_vec();
     inner[0..6].copy_from_slice(&vtep);
     inner[6..12].copy_from_slice(&NODE_1_VTEP);

@@ -174,6 +174,18 @@ mod tests {
 
     use super::*;
 
+    /// A FIFO at `path`, where a regular file belongs.
+    fn make_fifo(path: &Path) {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+    }
+
     fn scratch(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("pod-net-files-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -209,14 +221,7 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"new");
         // A FIFO where the file goes is neither read nor opened to write.
         fs::remove_file(&path).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &path,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        make_fifo(&path);
         assert!(!holds(&path, b"new"));
         assert!(read_regular(&path, 100).is_err());
         write_atomically(&path, b"new").unwrap();
@@ -243,14 +248,7 @@ mod tests {
         assert_eq!(read_config(&dir.join("missing"), 100).unwrap(), None);
         // A symlink to a FIFO is neither blocked on nor read.
         let fifo = dir.join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        make_fifo(&fifo);
         let to_fifo = dir.join("to-fifo");
         symlink(&fifo, &to_fifo).unwrap();
         assert!(read_config(&to_fifo, 100).is_err());

@@ -62,3 +62,10 @@ pub fn describe(command: &Command) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// Arguments for a daemon's command line, as [`std::process::Command`]
+/// takes them.
+#[must_use]
+pub fn os_args<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Vec<std::ffi::OsString> {
+    args.iter().map(|arg| arg.as_ref().to_os_string()).collect()
+}

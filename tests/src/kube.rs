@@ -27,7 +27,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{
     cluster::base64,
-    cmd::{describe, output_of, output_with_input, run_command},
+    cmd::{describe, os_args, output_of, output_with_input, run_command},
     daemon::{self, Daemon},
     peers,
     rig::{Node, Rig},
@@ -608,10 +608,6 @@ fn switch_address(switch: &str) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-fn os_args(args: &[String]) -> Vec<OsString> {
-    args.iter().map(OsString::from).collect()
 }
 
 fn etcd_args(data: &Path) -> Vec<OsString> {

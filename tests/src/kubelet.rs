@@ -36,7 +36,6 @@
 //! cgroups. The node's network namespace and bpffs directory go with the
 //! rig.
 use std::{
-    ffi::OsString,
     fmt::Write as _,
     fs,
     net::Ipv4Addr,
@@ -50,7 +49,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::json;
 
 use crate::{
-    cmd::{output_of, run_command},
+    cmd::{os_args, output_of, run_command},
     daemon::{self, Daemon},
     kube::{APISERVER_IP, CLUSTER_CIDR, ControlPlane, SERVICE_CIDR},
     kube_cluster::node_name,
@@ -546,10 +545,6 @@ conntrack:
 ",
         kubeconfig = kubeconfig.display()
     )
-}
-
-fn os_args(args: &[&str]) -> Vec<OsString> {
-    args.iter().map(OsString::from).collect()
 }
 
 fn path_str(path: &Path) -> Result<String> {

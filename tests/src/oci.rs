@@ -7,11 +7,13 @@
 //! the same files give the same digests. `cargo xtask image` builds the
 //! pod-net image with it; the kubelet rig builds its pause and busybox
 //! images with it.
-use std::{fmt::Write as _, fs, path::Path};
+use std::{fs, path::Path};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
+
+use crate::frames::hex;
 
 /// The OCI architecture of this machine (`amd64`, `arm64`).
 pub fn host_architecture() -> Result<&'static str> {
@@ -224,15 +226,6 @@ impl Image {
 #[must_use]
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(bytes)))
-}
-
-/// Lower-case hex of `bytes`.
-#[must_use]
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut text, byte| {
-        let _ = write!(text, "{byte:02x}");
-        text
-    })
 }
 
 /// A tar writer whose entries carry no host facts: 0:0, mtime 0, ustar.

@@ -360,9 +360,18 @@ pub struct Agent {
     netns: String,
     pin_dir: PathBuf,
     pub log: PathBuf,
+    /// `RUST_LOG` for the agent: [`AGENT_LOG`] unless changed before a
+    /// [`restart`](Self::restart).
+    pub log_filter: String,
     pub subnet_file: PathBuf,
     pub conflist: PathBuf,
 }
+
+/// The agents' log filter: the agent's default, without netlink's noise.
+pub const AGENT_LOG: &str = "info,netlink_packet_route=error";
+/// Also each change the agent programs, as it makes it (debug level).
+pub const AGENT_LOG_EACH_CHANGE: &str =
+    "info,netlink_packet_route=error,pod_net::agent::change_log=debug";
 
 impl Agent {
     /// Starts an agent on `node` (underlay `eth0`) following etcd at
@@ -434,6 +443,7 @@ impl Agent {
             netns: node.netns.clone(),
             pin_dir: node.pin_dir.clone(),
             log: dir.join("agent.log"),
+            log_filter: AGENT_LOG.to_owned(),
             subnet_file,
             conflist,
         };
@@ -453,7 +463,7 @@ impl Agent {
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .args(&self.args)
-            .env("RUST_LOG", "info,netlink_packet_route=error")
+            .env("RUST_LOG", &self.log_filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

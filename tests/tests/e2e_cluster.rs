@@ -992,6 +992,10 @@ fn routed(node: &Node) -> HashSet<String> {
         .collect()
 }
 
+/// A network holding the synthetic leases (10/8) and this node's (11/8).
+const SYNTHETIC_CONFIG: &str =
+    r#"{"Network":"10.0.0.0/7","SubnetMin":"11.0.0.0","Backend":{"Type":"vxlan"}}"#;
+
 #[test]
 fn readers_never_see_an_entry_without_its_route_while_thousands_of_leases_come_and_go() {
     const LEASES: u32 = 20_000;
@@ -999,10 +1003,7 @@ fn readers_never_see_an_entry_without_its_route_while_thousands_of_leases_come_a
     let rig = rig(3);
     let etcd = Etcd::start(&rig).unwrap();
     // The synthetic leases in 10/8, this node's own in 11/8.
-    etcd.put_config(
-        r#"{"Network":"10.0.0.0/7","SubnetMin":"11.0.0.0","Backend":{"Type":"vxlan"}}"#,
-    )
-    .unwrap();
+    etcd.put_config(SYNTHETIC_CONFIG).unwrap();
     let node = rig.node(1);
     let mut agent = start(&rig, node, &[]);
     agent.wait_subnet(SOON).unwrap();
@@ -1067,4 +1068,61 @@ fn readers_never_see_an_entry_without_its_route_while_thousands_of_leases_come_a
     let log = agent.log_text();
     assert_eq!(agent.log_lines("etcd: + node"), 0, "{log}");
     assert!(log.lines().count() < 60, "{log}");
+}
+
+/// The changes the agent's INFO lines say it programmed, summed.
+fn logged_changes(log: &str) -> usize {
+    log.lines()
+        .flat_map(|line| line.split("etcd: ").skip(1))
+        .filter_map(|part| part.split_once(" change(s) programmed"))
+        .filter_map(|(count, _)| count.parse::<usize>().ok())
+        .sum()
+}
+
+#[test]
+fn lease_churn_is_one_log_line_per_window_and_every_change_is_counted() {
+    const LEASES: u32 = 100;
+    require_root!();
+    let rig = rig(3);
+    let etcd = Etcd::start(&rig).unwrap();
+    // The synthetic leases in 10/8, this node's own in 11/8.
+    etcd.put_config(SYNTHETIC_CONFIG).unwrap();
+    let node = rig.node(1);
+    let agent = start(&rig, node, &[]);
+    agent.wait_subnet(SOON).unwrap();
+    wait_for("the agent to follow", SOON, || {
+        (agent.log_lines("following 0 other node(s)") == 1).then_some(())
+    })
+    .unwrap();
+    // One lease at a time, each its own watch update: churn.
+    let started = std::time::Instant::now();
+    let leases: Vec<(String, String)> = (0..LEASES).map(synthetic_lease).collect();
+    for (key, value) in &leases {
+        etcd.put(key, value).unwrap();
+    }
+    for (key, _) in &leases {
+        etcd.etcdctl(&["del", key]).unwrap();
+    }
+    let churned = started.elapsed();
+    let changes = 2 * LEASES as usize;
+    // The last window's line comes when it ends.
+    let logged = wait_for(
+        "every change in the log",
+        SOON + Duration::from_secs(10),
+        || (logged_changes(&agent.log_text()) >= changes).then_some(()),
+    );
+    let log = agent.log_text();
+    assert!(logged.is_ok(), "{log}");
+    assert_eq!(logged_changes(&log), changes, "{log}");
+    assert!(entry_cidrs(node).is_empty());
+    // A line at once, then one per 10 s window while churn lasts, then
+    // the last window's; none per lease.
+    let lines = agent.log_lines("change(s) programmed");
+    let windows = churned.as_secs() / 10 + 2;
+    assert!(
+        lines as u64 <= windows,
+        "{lines} lines for {changes} changes in {churned:?}\n{log}"
+    );
+    assert_eq!(agent.log_lines("etcd: + node"), 0, "{log}");
+    println!("{changes} changes in {churned:?}: {lines} log line(s)");
 }

@@ -19,11 +19,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use log::{debug, error, info, warn};
+use log::{error, info, warn};
 
-use super::cluster::{
-    board::StatusBoard,
-    subnet_env::{self, SubnetEnv},
+use super::{
+    change_log::ChangeLog,
+    cluster::{
+        board::StatusBoard,
+        subnet_env::{self, SubnetEnv},
+    },
 };
 use crate::{
     cidr::Cidr,
@@ -44,6 +47,8 @@ use crate::{
 
 /// Where flanneld writes its `subnet.env`.
 pub const DEFAULT_FLANNEL_SUBNET_FILE: &str = "/run/flannel/subnet.env";
+/// Where the entries come from, as the log names it.
+const SOURCE: &str = "flannel";
 /// How often flanneld's state is read.
 const POLL: Duration = Duration::from_millis(500);
 /// How often every entry is diffed against the maps even when flanneld's
@@ -103,6 +108,8 @@ struct State {
     /// The last problem said, so it is said once.
     said: Option<String>,
     resync_at: Option<tokio::time::Instant>,
+    /// What was programmed, for the log.
+    change_log: ChangeLog,
 }
 
 /// The agent beside flanneld, once the datapath is loaded.
@@ -143,6 +150,7 @@ impl Beside {
     /// One round, its problem said once.
     fn round(&mut self) {
         let (state, board) = (&mut self.state, &self.board);
+        state.change_log.flush(SOURCE);
         match round(&self.pins, &self.options, state, board) {
             Ok(()) => {
                 if state.said.take().is_some() {
@@ -218,16 +226,9 @@ fn round(
     let mut datapath = Locked::new(pins)?;
     let (admitted, refused) = flannel::admit(&datapath, &wanted)?;
     let changes = apply::run_nodes(&mut datapath, admitted.clone())?;
-    for change in &changes {
-        debug!("flannel: {change}");
-    }
-    if !changes.is_empty() {
-        info!(
-            "flannel: {} change(s) programmed, {} other node(s)",
-            changes.len(),
-            admitted.len()
-        );
-    }
+    state
+        .change_log
+        .programmed(SOURCE, &changes, admitted.len(), None);
     report_refused(state, board, refused);
     board.update(|status| {
         status.peers = admitted.len();

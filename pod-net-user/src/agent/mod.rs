@@ -4,6 +4,7 @@
 //! file changes), and leaves the datapath running when it stops.
 
 pub mod beside;
+mod change_log;
 pub mod cluster;
 pub mod metrics_server;
 pub mod throttle;

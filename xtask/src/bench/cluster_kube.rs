@@ -31,7 +31,7 @@ use pod_net_tests::{
 use serde_json::{Value, json};
 
 use super::{
-    cluster::{percentile, wait_log},
+    cluster::{NODE_ADDED, log_each_change, percentile, wait_log},
     report::{Goal, Report, Row, Summary},
 };
 
@@ -248,6 +248,9 @@ impl Bench<'_> {
             let agent = self.join(mode, &mut figures[mode.index()])?;
             agents.push((mode, agent));
         }
+        for (_, agent) in &mut agents {
+            log_each_change(agent, &format!("following {PEERS} other node(s)"))?;
+        }
         // New peers, one at a time, the two stores in turn.
         let mut new = [Vec::new(), Vec::new()];
         let mut writer = [Vec::new(), Vec::new()];
@@ -394,7 +397,7 @@ impl Bench<'_> {
         let mut command = self.curl(&url, tls);
         command.args(["-o", "/dev/null", "-H", "Content-Type: application/json"]);
         command.args(["--data-binary", "@-"]);
-        let programmed = agent.log_lines("change(s) programmed");
+        let programmed = agent.log_lines(NODE_ADDED);
         let started = Instant::now();
         let output = output_with_input(&mut command, body.as_bytes())?;
         let alone = started.elapsed().as_secs_f64();
@@ -405,12 +408,7 @@ impl Bench<'_> {
                 String::from_utf8_lossy(&output.stderr).trim()
             );
         }
-        wait_log(
-            agent,
-            "change(s) programmed",
-            programmed + 1,
-            Duration::from_secs(30),
-        )?;
+        wait_log(agent, NODE_ADDED, programmed + 1, Duration::from_secs(30))?;
         Ok((started.elapsed().as_secs_f64(), alone))
     }
 
@@ -666,9 +664,11 @@ fn report(figures: &[Figures; 2], rounds: usize, setup: &Setup) -> Report {
          datapath). A new peer: {SAMPLES} per store per round, the two stores in turn, each \
          written by one curl in the switch namespace (etcd: `/v3/kv/put` of a lease; kube: \
          `POST /api/v1/nodes` of a Node with its podCIDR and flannel annotations, as the \
-         admin) and timed from starting curl to the agent's log saying programmed; the p50 \
-         and p99 rows are per round. Memory from /proc/PID/status right after the join and \
-         after the new peers."
+         admin) and timed from starting curl to the agent's debug line saying it programmed \
+         the node (each agent is restarted with that line on after its join, and follows \
+         again before the first); the p50 and p99 rows are per round. Memory from \
+         /proc/PID/status right after the join, and after the new peers (of the restarted \
+         agent)."
     )];
     let mut pooled = String::from("Pooled over every round:");
     for mode in [Mode::Etcd, Mode::Kube] {

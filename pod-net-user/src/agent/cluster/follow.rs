@@ -18,7 +18,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use log::{debug, error, info, warn};
+use log::{error, info, warn};
 
 use super::{
     Joined,
@@ -30,11 +30,9 @@ use super::{
     target::{Session, Target},
 };
 use crate::{
+    agent::change_log::ChangeLog,
     node::remotes::NodeSpec,
-    ops::{
-        apply,
-        cluster_status::{SKIPPED_SHOWN, SkippedRecord, unix_seconds},
-    },
+    ops::cluster_status::{SKIPPED_SHOWN, SkippedRecord, unix_seconds},
 };
 
 /// How often a failed reconcile is tried again.
@@ -74,6 +72,8 @@ struct View {
     problems: BTreeMap<&'static str, String>,
     /// How many leases the last admission took.
     admitted: usize,
+    /// What was programmed, for the log.
+    change_log: ChangeLog,
 }
 
 /// Follows the store until the task is aborted. Never returns an error:
@@ -171,10 +171,12 @@ async fn follow_once<S: Store>(
         tokio::select! {
             update = watch.next() => match update? {
                 WatchUpdate::Lost(why) => return Ok(why),
-                WatchUpdate::Changes { changes, revision } => {                    if let Some(why) = changed(joined, target, view, changes).await? {
+                WatchUpdate::Changes { changes, revision } => {
+                    if let Some(why) = changed(joined, target, view, changes).await? {
                         return Ok(why);
                     }
-                    view.revision = view.revision.max(revision);                    reconciled = program(joined, target, view, revision);
+                    view.revision = view.revision.max(revision);
+                    reconciled = program(joined, target, view, revision);
                 }
             },
             () = tokio::time::sleep_until(renew_at), if joined.lease.id != 0 => {
@@ -185,11 +187,16 @@ async fn follow_once<S: Store>(
                 renew_at = tokio::time::Instant::now() + joined.lease.renew_interval();
             },
             () = tokio::time::sleep(RETRY_RECONCILE), if !reconciled => {
-                view.programmed = None;                reconciled = program(joined, target, view, 0);
+                view.programmed = None;
+                reconciled = program(joined, target, view, 0);
+            },
+            () = sleep_until_some(view.change_log.due()) => {
+                view.change_log.flush(joined.layout.store_name());
             },
             () = tokio::time::sleep_until(resync_at) => {
                 view.programmed = None;
-                view.verdicts.clear();                reconciled = program(joined, target, view, 0);
+                view.verdicts.clear();
+                reconciled = program(joined, target, view, 0);
                 resync_at = tokio::time::Instant::now() + RESYNC;
             },
         }
@@ -442,7 +449,12 @@ fn program<S>(
     };
     match result {
         Ok(changes) => {
-            report(joined.layout.store_name(), &changes, wanted.len(), revision);
+            view.change_log.programmed(
+                joined.layout.store_name(),
+                &changes,
+                wanted.len(),
+                (revision > 0).then_some(revision),
+            );
             joined.board.update(|status| {
                 status.peers = wanted.len();
                 status.last_sync = Some(unix_seconds(SystemTime::now()));
@@ -562,17 +574,10 @@ fn report_skipped<S>(joined: &Joined<S>, view: &mut View, admission: &Admission)
     });
 }
 
-/// Says what a reconcile changed: one line per batch; each change at
-/// debug level (at a churn of 20 leases a second, a line per change is
-/// 12 MB of log an hour).
-fn report(store: &str, changes: &[apply::Change], peers: usize, revision: i64) {
-    for change in changes {
-        debug!("{store}: {change}");
-    }
-    if !changes.is_empty() {
-        info!(
-            "{store}: {} change(s) programmed, {peers} other node(s) at revision {revision}",
-            changes.len()
-        );
+/// Sleeps until `deadline`; forever when there is none.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -163,6 +163,9 @@ pub enum WatchUpdate {
 }
 
 /// A running watch.
+/// Updates already received are handed over together, up to this many.
+pub const WATCH_BATCH: usize = 1024;
+
 pub trait Watch {
     /// The next update; an error when the connection is gone.
     fn next(&mut self) -> impl Future<Output = Result<WatchUpdate, StoreError>> + Send;

@@ -3,6 +3,7 @@
 //! that this node takes the way flannel does (`lease`) and keeps alive
 //! under an etcd lease.
 mod store;
+mod watch;
 
 use std::{net::Ipv4Addr, time::Duration};
 

@@ -2,19 +2,20 @@
 //! gRPC keep-alive no tighter than 5 s (3.4 drops faster pingers), and a
 //! deadline on every call, so a hung etcd is noticed instead of waited on
 //! forever. Lists go page by page at one revision and watches take big
-//! revisions in fragments, so no answer has to fit one gRPC message
-//! whatever the records hold.
+//! revisions in fragments (`watch`), so no answer has to fit one gRPC
+//! message whatever the records hold.
 use std::{path::PathBuf, time::Duration};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use thiserror::Error;
 
+use super::watch::EtcdWatch;
 use crate::agent::cluster::backoff::Backoff;
 use crate::agent::cluster::store::{
-    Change, LeaseGrant, Listing, Record, Store, StoreError, Value, Watch, WatchUpdate, bounded_key,
+    LeaseGrant, Listing, Record, Store, StoreError, Value, bounded_key,
 };
 
 /// gRPC keep-alive: a ping every 10 s, the connection dead after 5 s
@@ -83,7 +84,7 @@ pub struct Etcd {
     tls: Option<TlsOptions>,
 }
 
-fn store_error(err: etcd_client::Error) -> StoreError {
+pub(super) fn store_error(err: etcd_client::Error) -> StoreError {
     match err {
         etcd_client::Error::TransportError(err) => StoreError::Unreachable(err.to_string()),
         etcd_client::Error::GRpcStatus(status) => {
@@ -147,7 +148,7 @@ impl Etcd {
     }
 }
 
-fn record(kv: &etcd_client::KeyValue) -> Record {
+pub(super) fn record(kv: &etcd_client::KeyValue) -> Record {
     Record {
         key: bounded_key(kv.key()),
         value: Value::bounded(kv.value()),
@@ -188,64 +189,6 @@ fn successor(key: &[u8]) -> Vec<u8> {
     let mut next = key.to_vec();
     next.push(0);
     next
-}
-
-/// A prefix watch.
-pub struct EtcdWatch {
-    stream: WatchStream,
-}
-
-impl Watch for EtcdWatch {
-    async fn next(&mut self) -> Result<WatchUpdate, StoreError> {
-        // A revision too big for one message comes in fragments (the watch
-        // asks for them): gathered here, so an update is whole revisions.
-        let mut changes = Vec::new();
-        let mut revision = 0;
-        loop {
-            let Some(response) = self.stream.message().await.map_err(store_error)? else {
-                return Err(StoreError::Unreachable("the watch stream ended".into()));
-            };
-            if response.canceled() {
-                // A compacted start revision arrives as a cancel after
-                // "created", with the compaction's revision.
-                let why = if response.compact_revision() > 0 {
-                    format!("compacted up to revision {}", response.compact_revision())
-                } else {
-                    format!("cancelled: {}", response.cancel_reason())
-                };
-                return Ok(WatchUpdate::Lost(why));
-            }
-            if response.created() && response.events().is_empty() {
-                continue;
-            }
-            // The last event's revision, not the header's: etcd may send a
-            // catch-up batch stamped with the current revision while more
-            // events are still to come, and a resume must not skip them.
-            revision = response
-                .events()
-                .iter()
-                .filter_map(|event| event.kv().map(etcd_client::KeyValue::mod_revision))
-                .max()
-                .unwrap_or_else(|| {
-                    response
-                        .header()
-                        .map_or(0, etcd_client::ResponseHeader::revision)
-                })
-                .max(revision);
-            changes.extend(response.events().iter().filter_map(|event| {
-                let kv = event.kv()?;
-                Some(match event.event_type() {
-                    EventType::Put => Change::Put(record(kv)),
-                    EventType::Delete => Change::Delete {
-                        key: bounded_key(kv.key()),
-                    },
-                })
-            }));
-            if !response.0.fragment {
-                return Ok(WatchUpdate::Changes { changes, revision });
-            }
-        }
-    }
 }
 
 /// Records per page of a list. Halved while a page is too big for one gRPC
@@ -345,7 +288,7 @@ impl Store for Etcd {
             .with_start_revision(revision)
             .with_fragment();
         let stream = timed(self.client.watch(prefix, Some(options))).await?;
-        Ok(EtcdWatch { stream })
+        Ok(EtcdWatch::new(stream))
     }
 
     async fn grant(&mut self, ttl: Duration) -> Result<LeaseGrant, StoreError> {

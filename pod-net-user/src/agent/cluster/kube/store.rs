@@ -25,7 +25,10 @@ use serde::Deserialize;
 use super::node::{NodeObject, NodeRecord, created_seconds, node_key};
 use crate::agent::cluster::{
     backoff::Backoff,
-    store::{Change, LeaseGrant, Listing, Record, Store, StoreError, Value, Watch, WatchUpdate},
+    store::{
+        Change, LeaseGrant, Listing, Record, Store, StoreError, Value, WATCH_BATCH, Watch,
+        WatchUpdate,
+    },
 };
 
 /// Deadline of one call (get, patch, one page of a list).
@@ -40,8 +43,6 @@ const WATCH_SECONDS: u32 = 60;
 /// With no event, no bookmark and no end of the watch in this long, the
 /// connection is taken for dead.
 const WATCH_SILENCE: Duration = Duration::from_secs(WATCH_SECONDS as u64 + 15);
-/// Changes already received are handed over together, up to this many.
-const BATCH: usize = 1024;
 
 const NODES: &str = "/api/v1/nodes";
 
@@ -463,7 +464,7 @@ impl Watch for NodeWatch {
             }; // Whatever else has arrived goes in the same update.
             let mut items = vec![first];
             let mut ended = false;
-            while items.len() < BATCH {
+            while items.len() < WATCH_BATCH {
                 match stream.next().now_or_never() {
                     Some(Some(item)) => items.push(item),
                     Some(None) => {

@@ -3,7 +3,7 @@
 //! namespace, flannel's schema. No `node add` anywhere.
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicU8, Ordering},
     time::Duration,
 };
 
@@ -11,8 +11,9 @@ use pod_net_tests::{
     Node, Rig, RigSpec,
     cluster::{
         Agent, CONFIG, ClusterPod, Etcd, PREFIX, SOON, TlsFiles, agent_dir, cluster_metric, entry,
-        flood, flood_result, lease_key, ping, pod_via_conflist, remote_nodes, rig, start,
-        store_status, synthetic_lease, tunnel_routes, wait_modes, wait_programmed,
+        flood, flood_result, lease_key, lease_value, ping, pod_via_conflist, remote_nodes, rig,
+        start, store_status, synthetic_lease, synthetic_peer, tunnel_routes, wait_modes,
+        wait_programmed,
     },
     require_root, wait_for,
 };
@@ -996,8 +997,89 @@ fn routed(node: &Node) -> HashSet<String> {
 const SYNTHETIC_CONFIG: &str =
     r#"{"Network":"10.0.0.0/7","SubnetMin":"11.0.0.0","Backend":{"Type":"vxlan"}}"#;
 
+/// The prefixes routed through `node`'s tunnel device, with their node.
+fn routed_via(node: &Node) -> BTreeMap<String, String> {
+    tunnel_routes(node)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let cidr = words.next()?;
+            let via = words.skip_while(|word| *word != "via").nth(1)?;
+            Some((cidr.to_owned(), via.to_owned()))
+        })
+        .collect()
+}
+
+/// Synthetic lease `index` moved to another node: node IP 172.17.x.y and
+/// a VTEP MAC of its own.
+fn moved_lease(index: u32) -> (String, String) {
+    let (subnet, ip, _) = synthetic_peer(index);
+    let [_, _, high, low] = ip.octets();
+    (
+        lease_key(&subnet),
+        lease_value(
+            &format!("172.17.{high}.{low}"),
+            &format!("0e:6e:ac:11:{high:02x}:{low:02x}"),
+        ),
+    )
+}
+
+/// What one look at the node saw: its routes, then its entries, then its
+/// routes again.
+struct Look {
+    before: BTreeMap<String, String>,
+    entries: Vec<(String, String, String)>,
+    after: BTreeMap<String, String>,
+}
+
+impl Look {
+    fn take(node: &Node) -> Self {
+        Self {
+            before: routed_via(node),
+            entries: remote_nodes(node).unwrap(),
+            after: routed_via(node),
+        }
+    }
+
+    /// Entries with a route in neither read of the routes.
+    fn unrouted(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(cidr, _, _)| {
+                !self.before.contains_key(cidr) && !self.after.contains_key(cidr)
+            })
+            .map(|(cidr, _, _)| cidr.clone())
+            .collect()
+    }
+
+    fn sizes(&self) -> [usize; 3] {
+        [self.before.len(), self.entries.len(), self.after.len()]
+    }
+
+    /// How many entries point at a node IP starting with `prefix`.
+    fn entries_via(&self, prefix: &str) -> usize {
+        self.entries
+            .iter()
+            .filter(|(_, node_ip, _)| node_ip.starts_with(prefix))
+            .count()
+    }
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+const ADDING: u8 = 1;
+const MOVING: u8 = 2;
+const DELETING: u8 = 3;
+
 #[test]
-fn readers_never_see_an_entry_without_its_route_while_thousands_of_leases_come_and_go() {
+fn readers_never_see_an_entry_without_its_route_while_thousands_of_leases_come_move_and_go() {
     const LEASES: u32 = 20_000;
     require_root!();
     let rig = rig(3);
@@ -1012,59 +1094,97 @@ fn readers_never_see_an_entry_without_its_route_while_thousands_of_leases_come_a
     etcd.put_many(&leases).unwrap();
 
     // The documented order: a route goes in before its entry and out after
-    // it. So an entry read between two reads of the routes is in one of
-    // them, whichever way the batch goes.
+    // it, so an entry read between two reads of the routes is in one of
+    // them, whichever way a batch goes. A lease that moves to another
+    // node is replaced in place: its prefix never lacks either.
+    let phase = AtomicU8::new(ADDING);
     let stop = AtomicBool::new(false);
-    let (reads, mid_batch, violations) = std::thread::scope(|scope| {
+    let all = LEASES as usize;
+    let (looks, violations) = std::thread::scope(|scope| {
         let reader = scope.spawn(|| {
-            let (mut reads, mut mid_batch, mut violations) = (0, 0, Vec::new());
+            let mut looks: BTreeMap<u8, (usize, usize)> = BTreeMap::new();
+            let mut violations = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                let before = routed(node);
-                let entries = entry_cidrs(node);
-                let after = routed(node);
-                for cidr in &entries {
-                    if !before.contains(cidr) && !after.contains(cidr) {
-                        violations.push(cidr.clone());
+                let during = phase.load(Ordering::Relaxed);
+                let look = Look::take(node);
+                let whole = during == phase.load(Ordering::Relaxed);
+                for cidr in look.unrouted() {
+                    violations.push(format!("{cidr}: an entry without its route"));
+                }
+                let mid = match during {
+                    MOVING => {
+                        if whole && look.sizes() != [all; 3] {
+                            violations.push(format!(
+                                "while moving: {:?} routes, entries, routes",
+                                look.sizes()
+                            ));
+                        }
+                        look.entries_via("172.16.") > 0 && look.entries_via("172.17.") > 0
                     }
-                }
-                if before.len() != entries.len() || after.len() != entries.len() {
-                    mid_batch += 1;
-                }
-                reads += 1;
+                    _ => look.sizes().iter().any(|size| *size != look.before.len()),
+                };
+                let seen = looks.entry(during).or_default();
+                seen.0 += 1;
+                seen.1 += usize::from(mid);
             }
-            (reads, mid_batch, violations)
+            (looks, violations)
         });
+        // The reader stops however this ends (a failed wait too).
+        let stopper = StopOnDrop(&stop);
         // 20,000 leases in one batch: the restarted agent's first list.
         agent.restart().unwrap();
         let batch = Duration::from_mins(2);
         wait_for("every lease programmed", batch, || {
-            (entry_cidrs(node).len() == LEASES as usize).then_some(())
+            (entry_cidrs(node).len() == all).then_some(())
         })
         .unwrap();
+        // Every lease moved to another node, in transactions of 128.
+        phase.store(MOVING, Ordering::Relaxed);
+        let moved: Vec<(String, String)> = (0..LEASES).map(moved_lease).collect();
+        etcd.put_many(&moved).unwrap();
+        wait_for("every lease moved", batch, || {
+            let entries = remote_nodes(node).unwrap();
+            (entries.len() == all
+                && entries
+                    .iter()
+                    .all(|(_, node_ip, _)| node_ip.starts_with("172.17.")))
+            .then_some(())
+        })
+        .unwrap();
+        let routes = routed_via(node);
+        assert_eq!(routes.len(), all);
+        assert!(
+            routes.values().all(|via| via.starts_with("172.17.")),
+            "routes via their old nodes: {:?}",
+            routes.iter().find(|(_, via)| !via.starts_with("172.17."))
+        );
         // And out again in one watch update.
+        phase.store(DELETING, Ordering::Relaxed);
         etcd.etcdctl(&["del", "--prefix", &format!("{PREFIX}/subnets/10.")])
             .unwrap();
         wait_for("every lease gone", batch, || {
             entry_cidrs(node).is_empty().then_some(())
         })
         .unwrap();
-        stop.store(true, Ordering::Relaxed);
+        drop(stopper);
         reader.join().unwrap()
     });
     assert!(
         violations.is_empty(),
-        "entries without routes: {violations:?}"
+        "{} violations, the first: {:?}",
+        violations.len(),
+        &violations[..violations.len().min(10)]
     );
-    println!("{reads} reads, {mid_batch} mid-batch");
-    assert!(
-        mid_batch > 0,
-        "no read saw a batch under way ({reads} reads)"
-    );
+    println!("looks (all, mid-batch) while adding, moving, deleting: {looks:?}");
+    for during in [ADDING, MOVING, DELETING] {
+        let (_, mid) = looks.get(&during).copied().unwrap_or_default();
+        assert!(mid > 0, "no look saw phase {during} under way: {looks:?}");
+    }
     wait_for("the routes gone too", SOON, || {
         routed(node).is_empty().then_some(())
     })
     .unwrap();
-    // One log line per batch, none per lease.
+    // The batches are a few log lines, none per lease.
     let log = agent.log_text();
     assert_eq!(agent.log_lines("etcd: + node"), 0, "{log}");
     assert!(log.lines().count() < 60, "{log}");

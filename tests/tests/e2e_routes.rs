@@ -2,7 +2,7 @@
 //! takes over, replaces or deletes a route that is not its own, never
 //! leaves neighbour or FDB entries behind when an add fails, keeps one
 //! VTEP MAC per node, and reads IPv4-mapped prefixes as IPv4.
-use std::process::Output;
+use std::{fmt::Write as _, process::Output};
 
 use pod_net_tests::{Node, Rig, RigSpec, require_root};
 
@@ -859,4 +859,98 @@ fn direct_routes_lost_with_the_underlay_are_reported_and_repaired() {
         "{}",
         String::from_utf8_lossy(&status.stdout)
     );
+}
+
+/// `apply` of the prefixes `nodes` (`(cidr, node IP, direct)`) on `node`;
+/// what it printed.
+fn apply_nodes(rig: &Rig, node: &Node, nodes: &[(&str, &str, bool)]) -> String {
+    let mut text = String::new();
+    for (cidr, node_ip, direct) in nodes {
+        let _ = write!(
+            text,
+            "[[nodes]]\ncidr = \"{cidr}\"\nnode_ip = \"{node_ip}\"\ndirect = {direct}\n\n"
+        );
+    }
+    let file = rig.scratch_dir().unwrap().join("nodes.toml");
+    std::fs::write(&file, text).unwrap();
+    node.pod_net(&["apply", "-f", file.to_str().unwrap()])
+        .unwrap()
+}
+
+/// A prefix moved to another node or mode is replaced in place, make before
+/// break: the kernel never reports its route deleted, and what only the
+/// old node used (its neighbour, FDB entry and peer) goes afterwards.
+#[test]
+fn apply_moves_prefixes_to_other_nodes_and_modes_in_place() {
+    require_root!();
+    let rig = rig();
+    let node = rig.node(1);
+    apply_nodes(
+        &rig,
+        node,
+        &[
+            ("10.244.2.0/24", "192.168.100.2", false),
+            ("10.244.3.0/24", "192.168.100.3", false),
+        ],
+    );
+    assert_eq!(
+        node.ip(&["-4", "route", "show", "proto", "112"]).unwrap(),
+        "10.244.2.0/24 via 192.168.100.2 dev pnvxlan1 onlink \n\
+         10.244.3.0/24 via 192.168.100.3 dev pnvxlan1 onlink \n"
+    );
+    assert_eq!(
+        node.peer_nodes().unwrap(),
+        ["192.168.100.2", "192.168.100.3"]
+    );
+
+    let mut monitor = node
+        .command(&["ip", "-4", "monitor", "route"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the monitor subscribe before anything changes.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let said = apply_nodes(
+        &rig,
+        node,
+        &[
+            ("10.244.2.0/24", "192.168.100.2", true),
+            ("10.244.3.0/24", "192.168.100.4", false),
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = monitor.kill();
+    let events = String::from_utf8(monitor.wait_with_output().unwrap().stdout).unwrap();
+    assert_eq!(
+        said,
+        "- node 10.244.2.0/24\n- node 10.244.3.0/24\n\
+         + node 10.244.2.0/24 via 192.168.100.2 (direct)\n\
+         + node 10.244.3.0/24 via 192.168.100.4\n4 change(s) applied\n"
+    );
+    assert!(
+        events.contains("10.244.2.0/24 via 192.168.100.2 dev eth0")
+            && events.contains("10.244.3.0/24 via 192.168.100.4 dev pnvxlan1"),
+        "{events}"
+    );
+    assert!(!events.contains("Deleted"), "{events}");
+
+    let [_, routes, neighbours, fdb] = kernel(node);
+    assert_eq!(
+        node.ip(&["-4", "route", "show", "proto", "112"]).unwrap(),
+        "10.244.2.0/24 via 192.168.100.2 dev eth0 onlink \n\
+         10.244.3.0/24 via 192.168.100.4 dev pnvxlan1 onlink \n"
+    );
+    assert_eq!(
+        routes,
+        "10.244.3.0/24 via 192.168.100.4 proto 112 onlink \n"
+    );
+    assert_eq!(
+        neighbours,
+        "192.168.100.4 lladdr 0e:6e:c0:a8:64:04 PERMANENT \n"
+    );
+    assert_eq!(fdb, "0e:6e:c0:a8:64:04 dst 192.168.100.4 self permanent\n");
+    assert_eq!(node.peer_nodes().unwrap(), ["192.168.100.4"]);
+    let listed = remote_entries(node);
+    assert_eq!(listed[0]["mode"], serde_json::json!("direct"));
+    assert_eq!(listed[1]["node_ip"], serde_json::json!("192.168.100.4"));
 }

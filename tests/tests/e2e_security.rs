@@ -155,47 +155,6 @@ fn a_forged_source_in_a_broadcast_frame_is_dropped_not_flooded() {
     }
 }
 
-/// The keys of `peer_nodes` on `node`, as bpftool prints them.
-fn peers(node: &Node) -> Vec<String> {
-    let path = node.pin_dir.join("peer_nodes");
-    let text = node
-        .exec(&[
-            "bpftool",
-            "-j",
-            "map",
-            "dump",
-            "pinned",
-            path.to_str().unwrap(),
-        ])
-        .unwrap();
-    let entries: serde_json::Value = serde_json::from_str(&text).unwrap();
-    entries
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|entry| {
-            // With BTF, bpftool adds the typed form beside the raw bytes.
-            let key = entry
-                .get("formatted")
-                .map_or(&entry["key"], |typed| &typed["key"]);
-            let octets: Vec<String> = key
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|byte| match byte {
-                    serde_json::Value::String(hex) => {
-                        u8::from_str_radix(hex.trim_start_matches("0x"), 16)
-                            .unwrap()
-                            .to_string()
-                    }
-                    number => number.as_u64().unwrap().to_string(),
-                })
-                .collect();
-            octets.join(".")
-        })
-        .collect()
-}
-
 #[test]
 fn peers_follow_the_node_entries_and_drift_is_reported_and_repaired() {
     require_root!();
@@ -209,12 +168,12 @@ fn peers_follow_the_node_entries_and_drift_is_reported_and_repaired() {
     rig.pod_net_mesh().unwrap();
     let (node_1, node_2) = (rig.node(1), rig.node(2));
     let (a, b) = (rig.pod(1, 1), rig.pod(2, 1));
-    assert_eq!(peers(node_1), ["192.168.100.2"]);
+    assert_eq!(node_1.peer_nodes().unwrap(), ["192.168.100.2"]);
     let cidr = node_2.pod_cidr();
     node_1.pod_net(&["node", "del", "--cidr", &cidr]).unwrap();
-    assert_eq!(peers(node_1), Vec::<String>::new());
+    assert_eq!(node_1.peer_nodes().unwrap(), Vec::<String>::new());
     node_1.add_peer(node_2, None).unwrap();
-    assert_eq!(peers(node_1), ["192.168.100.2"]);
+    assert_eq!(node_1.peer_nodes().unwrap(), ["192.168.100.2"]);
     a.ping(b.ip, 1).unwrap();
 
     // Lost by hand: node 2's VXLAN is dropped, status says so, gc repairs.
@@ -251,7 +210,7 @@ fn peers_follow_the_node_entries_and_drift_is_reported_and_repaired() {
     // A pin dir from a build without `peer_nodes`: load fills it in.
     std::fs::remove_file(&path).unwrap();
     node_1.pod_net(&["load"]).unwrap();
-    assert_eq!(peers(node_1), ["192.168.100.2"]);
+    assert_eq!(node_1.peer_nodes().unwrap(), ["192.168.100.2"]);
     a.ping(b.ip, 1).unwrap();
 }
 

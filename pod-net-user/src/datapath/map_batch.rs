@@ -23,6 +23,8 @@ const ENOTSUPP: i32 = 524;
 
 /// Fail instead of overwriting an existing entry.
 pub const BPF_NOEXIST: u64 = 1;
+/// Fail instead of creating an entry.
+const BPF_EXIST: u64 = 2;
 
 /// A batch that stopped part way: `done` entries were written (or
 /// deleted) before entry `done` failed with `error`.
@@ -160,6 +162,20 @@ pub fn insert_new<K: Pod, V: Pod>(
     same_length(keys, values)?;
     one_by_one(keys.len(), |index| {
         update_elem(map, &keys[index], &values[index], BPF_NOEXIST)
+    })
+}
+
+/// Overwrites `keys[i] -> values[i]` for every i, failing with ENOENT on
+/// the first key not present. One syscall per entry, each entry replaced
+/// whole in one step (no moment without it).
+pub fn overwrite<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), BatchError> {
+    same_length(keys, values)?;
+    one_by_one(keys.len(), |index| {
+        update_elem(map, &keys[index], &values[index], BPF_EXIST)
     })
 }
 

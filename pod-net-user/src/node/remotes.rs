@@ -131,11 +131,7 @@ fn add_checked(
     checked: &Checked,
 ) -> Result<()> {
     let cidrs: Vec<Cidr> = specs.iter().map(|spec| spec.cidr).collect();
-    let routes: Vec<RemoteRoute> = cidrs
-        .iter()
-        .zip(&checked.values)
-        .map(|(cidr, value)| remote_route(*cidr, value))
-        .collect();
+    let routes = remote_routes(&cidrs, &checked.values);
     let new_peers = peers::admit(datapath, &peers_of(specs))?;
     if let Err(err) = links.add_routes(&datapath.config()?, &routes, &checked.routed) {
         // Leave the node as it was.
@@ -172,6 +168,84 @@ pub fn add_many(datapath: &mut Locked, specs: &[NodeSpec]) -> Result<()> {
         bail!("{cidr} already has a remote entry; nothing was added");
     }
     add_checked(datapath, &links, specs, &checked)
+}
+
+/// Points existing entries at new values (a lease whose node, VTEP MAC or
+/// mode changed), make before break: the new nodes' peer, neighbour and
+/// FDB entries first, then each route replaced in place, then each map
+/// entry overwritten; only then goes what the old values alone used. So no
+/// prefix is ever without its route or its entry, where removing and
+/// adding would leave it to the kernel's other routes in between. A
+/// failure puts the old routes and values back.
+pub fn replace_many(datapath: &mut Locked, specs: &[NodeSpec]) -> Result<()> {
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let config = datapath.config()?;
+    let links = Links::of(&config)?;
+    let cidrs: Vec<Cidr> = specs.iter().map(|spec| spec.cidr).collect();
+    let mut current: HashMap<Cidr, RemoteNode> = entries(datapath)?.into_iter().collect();
+    let old: Vec<RemoteNode> = cidrs
+        .iter()
+        .map(|cidr| {
+            current
+                .get(cidr)
+                .copied()
+                .with_context(|| format!("no remote node entry for {cidr} to replace"))
+        })
+        .collect::<Result<_>>()?;
+    let checked = check(datapath, &config, &links, specs, &cidrs)?;
+    let routes = remote_routes(&cidrs, &checked.values);
+    let old_routes = remote_routes(&cidrs, &old);
+    let new_peers = peers::admit(datapath, &peers_of(specs))?;
+    let replaced = links
+        .add_routes(&config, &routes, &checked.routed)
+        .and_then(|()| overwrite(datapath, &cidrs, &checked.values));
+    if let Err(err) = replaced {
+        // Put back what was there (the routes replaced in place again).
+        let _ = overwrite(datapath, &cidrs, &old);
+        let _ = links.add_routes(&config, &old_routes, &checked.routed);
+        let _ = peers::remove(datapath, new_peers);
+        return Err(if specs.len() > 1 {
+            err.context("nothing was replaced")
+        } else {
+            err
+        });
+    }
+    // What only the old values used: their nodes' neighbour and FDB
+    // entries, and peers that no entry names any more.
+    current.extend(cidrs.iter().copied().zip(checked.values.iter().copied()));
+    let remaining: Vec<RemoteRoute> = current
+        .iter()
+        .map(|(cidr, node)| remote_route(*cidr, node))
+        .collect();
+    let (gone, restore) = gone_nodes(&old_routes, &remaining);
+    links.remove_routes(&[], &gone)?;
+    links.set_nodes(&restore)?;
+    let still_peers = peers_of_routes(&remaining);
+    let gone_peers: BTreeSet<Ipv4Addr> = peers_of_routes(&old_routes)
+        .into_iter()
+        .filter(|node_ip| !still_peers.contains(node_ip))
+        .collect();
+    peers::remove(datapath, gone_peers)
+}
+
+/// The nodes of `routes` that send VXLAN.
+fn peers_of_routes(routes: &[RemoteRoute]) -> BTreeSet<Ipv4Addr> {
+    routes
+        .iter()
+        .filter(|route| !route.direct)
+        .map(|route| route.node_ip)
+        .collect()
+}
+
+/// The route of each `cidrs[i] -> values[i]`.
+fn remote_routes(cidrs: &[Cidr], values: &[RemoteNode]) -> Vec<RemoteRoute> {
+    cidrs
+        .iter()
+        .zip(values)
+        .map(|(cidr, value)| remote_route(*cidr, value))
+        .collect()
 }
 
 /// Checks new entries without changing anything: against this node (see
@@ -681,6 +755,32 @@ fn insert_new(
             });
         }
         written.extend(selected);
+    }
+    Ok(())
+}
+
+/// Overwrites `cidrs[i] -> values[i]`, each in its table; every prefix
+/// must be there.
+fn overwrite(datapath: &Datapath, cidrs: &[Cidr], values: &[RemoteNode]) -> Result<()> {
+    for table in [Table::Pods, Table::Cidrs] {
+        let (selected, table_values): (Vec<Cidr>, Vec<RemoteNode>) = cidrs
+            .iter()
+            .zip(values)
+            .filter(|(cidr, _)| Table::of(**cidr) == table)
+            .map(|(cidr, value)| (*cidr, *value))
+            .unzip();
+        let fd = table.fd(datapath);
+        let result = match table {
+            Table::Pods => map_batch::overwrite(fd, &pod_keys(&selected), &table_values),
+            Table::Cidrs => map_batch::overwrite(fd, &trie_keys(&selected), &table_values),
+        };
+        if let Err(BatchError { done, error }) = result {
+            return Err(anyhow::Error::new(error).context(format!(
+                "replacing {} in {}",
+                selected[done],
+                table.map_name()
+            )));
+        }
     }
     Ok(())
 }

@@ -14,7 +14,7 @@
 //! Pods owned by a CNI runtime (those with a container ID) are the
 //! runtime's; apply leaves them alone.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fmt,
     net::{IpAddr, Ipv4Addr},
     path::Path,
@@ -465,8 +465,21 @@ fn execute(datapath: &mut Locked, changes: &[Change]) -> Result<()> {
             Change::AddPod(_) | Change::Tunnel { .. } => {}
         }
     }
+    // A prefix both removed and added is replaced in place.
+    let added: HashSet<Cidr> = new_nodes.iter().map(|node: &NodeSpec| node.cidr).collect();
+    let replaced: HashSet<Cidr> = gone_nodes
+        .iter()
+        .copied()
+        .filter(|cidr| added.contains(cidr))
+        .collect();
+    gone_nodes.retain(|cidr| !replaced.contains(cidr));
+    let (replacements, new_nodes): (Vec<NodeSpec>, Vec<NodeSpec>) = new_nodes
+        .into_iter()
+        .partition(|node| replaced.contains(&node.cidr));
     remotes::del_many(datapath, &gone_nodes)
         .with_context(|| format!("removing {} remote entries", gone_nodes.len()))?;
+    remotes::replace_many(datapath, &replacements)
+        .with_context(|| format!("replacing {} remote entries", replacements.len()))?;
     for change in changes {
         if let Change::AddPod(pod) = change {
             let spec = PodSpec {

@@ -151,6 +151,44 @@ impl Node {
         run_command(&mut self.pod_net_command(args))
     }
 
+    /// The node IPs in `peer_nodes` (the VXLAN this node opens), sorted.
+    pub fn peer_nodes(&self) -> Result<Vec<String>> {
+        let path = self.pin_dir.join("peer_nodes");
+        let path = path.to_str().context("pin dir path")?;
+        let text = self.exec(&["bpftool", "-j", "map", "dump", "pinned", path])?;
+        let entries: Vec<serde_json::Value> =
+            serde_json::from_str(&text).with_context(|| format!("parsing {text:?}"))?;
+        entries
+            .iter()
+            .map(|entry| {
+                // With BTF, bpftool adds the typed form beside the raw bytes.
+                let key = entry
+                    .get("formatted")
+                    .map_or(&entry["key"], |typed| &typed["key"]);
+                let octets = key
+                    .as_array()
+                    .with_context(|| format!("a key that is not bytes: {entry}"))?
+                    .iter()
+                    .map(|byte| match byte {
+                        serde_json::Value::String(hex) => {
+                            u8::from_str_radix(hex.trim_start_matches("0x"), 16)
+                                .with_context(|| format!("a byte that is not hex: {hex}"))
+                        }
+                        number => number
+                            .as_u64()
+                            .and_then(|byte| u8::try_from(byte).ok())
+                            .with_context(|| format!("a byte that is not one: {number}")),
+                    })
+                    .collect::<Result<Vec<u8>>>()?;
+                let quad: [u8; 4] = octets
+                    .try_into()
+                    .map_err(|octets| anyhow::anyhow!("a key of {octets:?} is no IPv4 address"))?;
+                Ok(std::net::Ipv4Addr::from(quad))
+            })
+            .collect::<Result<std::collections::BTreeSet<_>>>()
+            .map(|peers| peers.iter().map(ToString::to_string).collect())
+    }
+
     /// Runs `pod-net args..` here and returns how it ended, whatever its
     /// exit status: for tests of refusals.
     pub fn pod_net_output(&self, args: &[&str]) -> Result<Output> {

@@ -250,7 +250,7 @@ fn remote_routes(cidrs: &[Cidr], values: &[RemoteNode]) -> Vec<RemoteRoute> {
 
 /// Checks new entries without changing anything: against this node (see
 /// [`crate::node::overlap`]) and against the entries already there, less `replaced`
-/// (which the caller removes first, as `apply` does). One node IP has one
+/// (which the caller removes or replaces). One node IP has one
 /// VTEP MAC and one mode, and one VTEP MAC one node IP; a node IP must not
 /// lie inside a remote prefix, or the tunnel would carry its own underlay;
 /// a direct node must be on an underlay subnet.

@@ -8,6 +8,7 @@ mod install;
 mod peers;
 mod run;
 mod setup;
+mod soak;
 mod test;
 mod toolchain;
 
@@ -42,6 +43,9 @@ enum Command {
     },
     /// Measure pod-net against the kernel path, side by side in one run.
     Bench(bench::BenchArgs),
+    /// The agent under an operator's soak: churn, etcd and agents killed,
+    /// pings all along; fails on a lost ping or a node not equal to etcd.
+    Soak(soak::SoakArgs),
     /// Build the OCI image archive (static binaries, FROM scratch) for
     /// `ctr images import` or `podman load`; no docker, no registry.
     Image(image::ImageArgs),
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Test { args } => setup::run().and_then(|()| test::run(&args)),
         Command::Rig { action } => rig(&action),
         Command::Bench(args) => setup::run().and_then(|()| bench::run(&args)),
+        Command::Soak(args) => setup::run().and_then(|()| soak::run(&args)),
         Command::Image(args) => setup::run().and_then(|()| image::run(&args)),
         Command::Install {
             bin_dir,

@@ -61,6 +61,22 @@ pub struct BenchOptions {
     pub durations: measure::Durations,
 }
 
+/// Builds the release binaries and points the rig at them: what
+/// operators run, measured. `who` says who asked.
+pub fn release_binaries(who: &str) -> Result<()> {
+    println!("{who}: building pod-net (release)");
+    show(&mut cargo(&["build", "--release", "--bins"]))?;
+    // SAFETY: called before any thread starts; the rig reads it to find
+    // the binary.
+    unsafe {
+        std::env::set_var(
+            "POD_NET_BIN",
+            workspace_root().join("target/release/pod-net"),
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.kube && args.suite != Suite::Cluster {
         bail!("--kube goes with the cluster bench only");
@@ -68,15 +84,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.profile && !matches!(args.suite, Suite::SameNode | Suite::CrossNode) {
         bail!("--profile goes with the same-node and cross-node benches only");
     }
-    println!("bench: building pod-net (release)");
-    show(&mut cargo(&["build", "--release", "--bins"]))?;
-    // SAFETY: single-threaded here; the rig reads it to find the binary.
-    unsafe {
-        std::env::set_var(
-            "POD_NET_BIN",
-            workspace_root().join("target/release/pod-net"),
-        );
-    }
+    release_binaries("bench")?;
     let options = BenchOptions {
         rounds: args.rounds.max(1),
         profile: args.profile,

@@ -752,16 +752,20 @@ pub fn ping_counts(text: &str) -> Option<(u64, u64)> {
 /// bridge plugin gives it the leased subnet's gateway.
 #[must_use]
 pub fn rig(nodes: u8) -> Rig {
+    try_rig(nodes).unwrap()
+}
+
+/// [`rig`], for callers that report errors rather than panic.
+pub fn try_rig(nodes: u8) -> Result<Rig> {
     let rig = Rig::build(&RigSpec {
         nodes,
         pods_per_node: 0,
         ..RigSpec::default()
-    })
-    .unwrap();
+    })?;
     for node in rig.nodes() {
-        node.ip(&["addr", "flush", "dev", "cni0"]).unwrap();
+        node.ip(&["addr", "flush", "dev", "cni0"])?;
     }
-    rig
+    Ok(rig)
 }
 
 /// Where the agent of `node` keeps its files and log.

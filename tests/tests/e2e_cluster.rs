@@ -997,6 +997,17 @@ fn routed(node: &Node) -> HashSet<String> {
 const SYNTHETIC_CONFIG: &str =
     r#"{"Network":"10.0.0.0/7","SubnetMin":"11.0.0.0","Backend":{"Type":"vxlan"}}"#;
 
+/// A rig of 3, its etcd with [`SYNTHETIC_CONFIG`], and node 1's agent,
+/// joined.
+fn synthetic_cluster() -> (Rig, Etcd, Agent) {
+    let rig = rig(3);
+    let etcd = Etcd::start(&rig).unwrap();
+    etcd.put_config(SYNTHETIC_CONFIG).unwrap();
+    let agent = start(&rig, rig.node(1), &[]);
+    agent.wait_subnet(SOON).unwrap();
+    (rig, etcd, agent)
+}
+
 /// The prefixes routed through `node`'s tunnel device, with their node.
 fn routed_via(node: &Node) -> BTreeMap<String, String> {
     tunnel_routes(node)
@@ -1082,13 +1093,8 @@ const DELETING: u8 = 3;
 fn readers_never_see_an_entry_without_its_route_while_thousands_of_leases_come_move_and_go() {
     const LEASES: u32 = 20_000;
     require_root!();
-    let rig = rig(3);
-    let etcd = Etcd::start(&rig).unwrap();
-    // The synthetic leases in 10/8, this node's own in 11/8.
-    etcd.put_config(SYNTHETIC_CONFIG).unwrap();
+    let (rig, etcd, mut agent) = synthetic_cluster();
     let node = rig.node(1);
-    let mut agent = start(&rig, node, &[]);
-    agent.wait_subnet(SOON).unwrap();
     agent.kill();
     let leases: Vec<(String, String)> = (0..LEASES).map(synthetic_lease).collect();
     etcd.put_many(&leases).unwrap();
@@ -1203,13 +1209,8 @@ fn logged_changes(log: &str) -> usize {
 fn lease_churn_is_one_log_line_per_window_and_every_change_is_counted() {
     const LEASES: u32 = 100;
     require_root!();
-    let rig = rig(3);
-    let etcd = Etcd::start(&rig).unwrap();
-    // The synthetic leases in 10/8, this node's own in 11/8.
-    etcd.put_config(SYNTHETIC_CONFIG).unwrap();
+    let (rig, etcd, agent) = synthetic_cluster();
     let node = rig.node(1);
-    let agent = start(&rig, node, &[]);
-    agent.wait_subnet(SOON).unwrap();
     wait_for("the agent to follow", SOON, || {
         (agent.log_lines("following 0 other node(s)") == 1).then_some(())
     })

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use pod_net_tests::{
-    Rig, RigSpec,
-    cluster::{Agent, Etcd, PREFIX},
+    cluster::{Agent, Etcd, PREFIX, try_rig},
     cni::{self, Attachment, Runtime, result_ipv4},
 };
 
@@ -16,15 +15,9 @@ const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#
 
 pub fn run() -> Result<()> {
     println!("\ndemo: a cluster through etcd: 3 nodes, no node add");
-    let rig = Rig::build(&RigSpec {
-        nodes: 3,
-        pods_per_node: 0,
-        ..RigSpec::default()
-    })?;
-    for node in rig.nodes() {
-        // The bridge plugin gives cni0 the leased subnet's gateway.
-        node.ip(&["addr", "flush", "dev", "cni0"])?;
-    }
+    // cni0 without an address: the bridge plugin gives it the leased
+    // subnet's gateway.
+    let rig = try_rig(3)?;
     let etcd = Etcd::start(&rig)?;
     println!("\n$ etcdctl put {PREFIX}/config '{CONFIG}'   # etcd in the switch namespace");
     etcd.put_config(CONFIG)?;

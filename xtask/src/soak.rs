@@ -25,10 +25,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use pod_net_tests::{
-    Node, Rig, RigSpec,
+    Node, Rig,
     cluster::{
         Agent, ClusterPod, Etcd, PREFIX, agent_dir, ping_counts, pod_via_conflist, remote_nodes,
-        synthetic_lease, tunnel_routes,
+        synthetic_lease, try_rig, tunnel_routes,
     },
 };
 
@@ -89,15 +89,9 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         "soak: {} min, {} lease changes a second, 3 nodes, 2 pods each",
         args.minutes, args.churn
     );
-    let rig = Rig::build(&RigSpec {
-        nodes: 3,
-        pods_per_node: 0,
-        ..RigSpec::default()
-    })?;
-    for node in rig.nodes() {
-        // The bridge plugin gives cni0 the leased subnet's gateway.
-        node.ip(&["addr", "flush", "dev", "cni0"])?;
-    }
+    // cni0 without an address: the bridge plugin gives it the leased
+    // subnet's gateway.
+    let rig = try_rig(3)?;
     let etcd = Mutex::new(Etcd::start(&rig)?);
     lock(&etcd).put_config(CONFIG)?;
     let mut agents = Vec::new();

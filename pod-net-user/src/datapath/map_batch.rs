@@ -159,23 +159,30 @@ pub fn insert_new<K: Pod, V: Pod>(
     keys: &[K],
     values: &[V],
 ) -> Result<(), BatchError> {
-    same_length(keys, values)?;
-    one_by_one(keys.len(), |index| {
-        update_elem(map, &keys[index], &values[index], BPF_NOEXIST)
-    })
+    update_each(map, keys, values, BPF_NOEXIST)
 }
 
 /// Overwrites `keys[i] -> values[i]` for every i, failing with ENOENT on
-/// the first key not present. One syscall per entry, each entry replaced
-/// whole in one step (no moment without it).
+/// the first key not present; each entry is replaced whole in one step
+/// (there is no moment without it).
 pub fn overwrite<K: Pod, V: Pod>(
     map: BorrowedFd<'_>,
     keys: &[K],
     values: &[V],
 ) -> Result<(), BatchError> {
+    update_each(map, keys, values, BPF_EXIST)
+}
+
+/// `BPF_MAP_UPDATE_ELEM` with `flags` for each entry in turn.
+fn update_each<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+    flags: u64,
+) -> Result<(), BatchError> {
     same_length(keys, values)?;
     one_by_one(keys.len(), |index| {
-        update_elem(map, &keys[index], &values[index], BPF_EXIST)
+        update_elem(map, &keys[index], &values[index], flags)
     })
 }
 

@@ -2,6 +2,7 @@
 //! `<prefix>/config`, and a lease per node at `<prefix>/subnets/<subnet>`
 //! that this node takes the way flannel does (`lease`) and keeps alive
 //! under an etcd lease.
+mod convert;
 mod store;
 mod watch;
 

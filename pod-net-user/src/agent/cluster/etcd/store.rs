@@ -12,11 +12,12 @@ use etcd_client::{
 };
 use thiserror::Error;
 
-use super::watch::EtcdWatch;
-use crate::agent::cluster::backoff::Backoff;
-use crate::agent::cluster::store::{
-    LeaseGrant, Listing, Record, Store, StoreError, Value, bounded_key,
+use super::{
+    convert::{record, store_error},
+    watch::EtcdWatch,
 };
+use crate::agent::cluster::backoff::Backoff;
+use crate::agent::cluster::store::{LeaseGrant, Listing, Record, Store, StoreError, Value};
 
 /// gRPC keep-alive: a ping every 10 s, the connection dead after 5 s
 /// without an answer.
@@ -84,16 +85,6 @@ pub struct Etcd {
     tls: Option<TlsOptions>,
 }
 
-pub(super) fn store_error(err: etcd_client::Error) -> StoreError {
-    match err {
-        etcd_client::Error::TransportError(err) => StoreError::Unreachable(err.to_string()),
-        etcd_client::Error::GRpcStatus(status) => {
-            StoreError::Other(format!("{:?}: {}", status.code(), status.message()))
-        }
-        other => StoreError::Other(other.to_string()),
-    }
-}
-
 async fn timed<T>(
     call: impl Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, StoreError> {
@@ -145,16 +136,6 @@ impl Etcd {
                 }
             }
         }
-    }
-}
-
-pub(super) fn record(kv: &etcd_client::KeyValue) -> Record {
-    Record {
-        key: bounded_key(kv.key()),
-        value: Value::bounded(kv.value()),
-        lease: kv.lease(),
-        created: kv.create_revision(),
-        modified: kv.mod_revision(),
     }
 }
 

@@ -9,7 +9,7 @@
 use etcd_client::{EventType, WatchResponse, WatchStream};
 use futures_util::FutureExt as _;
 
-use super::store::{record, store_error};
+use super::convert::{record, store_error};
 use crate::agent::cluster::store::{
     Change, StoreError, WATCH_BATCH, Watch, WatchUpdate, bounded_key,
 };

@@ -123,30 +123,12 @@ pub fn run(args: &SoakArgs) -> Result<()> {
     let stop = AtomicBool::new(false);
     let (done, failed) = (AtomicU64::new(0), AtomicU64::new(0));
     let mut samples: Vec<Samples> = agents.iter().map(|_| Samples::default()).collect();
-    thread::scope(|scope| -> Result<()> {
+    thread::scope(|scope| {
         scope.spawn(|| churn(&etcd, args.churn, &stop, &done, &failed));
-        let mut faults = FAULTS.iter().peekable();
-        let mut sample_at = Duration::ZERO;
-        while started.elapsed() < length {
-            let now = started.elapsed();
-            if now >= sample_at {
-                for (agent, samples) in agents.iter().zip(&mut samples) {
-                    if let Some(pid) = agent.pid() {
-                        samples.rss_kib.push(agent.memory_kib("VmRSS")?);
-                        samples
-                            .fds
-                            .push(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count());
-                    }
-                }
-                sample_at += Duration::from_secs(10);
-            }
-            if let Some((_, fault)) = faults.next_if(|(at, _)| now >= length.mul_f64(*at)) {
-                inject(*fault, &etcd, &mut agents, started)?;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        let faulted = faults_and_samples(length, started, &etcd, &mut agents, &mut samples);
+        // The churn ends however the faults went.
         stop.store(true, Ordering::Relaxed);
-        Ok(())
+        faulted
     })?;
 
     // Once churn stops, every node holds exactly etcd's leases.
@@ -196,6 +178,38 @@ pub fn run(args: &SoakArgs) -> Result<()> {
         bail!("a reconnect did not start at the first wait: {wrong_waits:?}");
     }
     println!("soak: passed");
+    Ok(())
+}
+
+/// Injects [`FAULTS`] at their times and samples each agent every 10 s,
+/// until `length` has passed since `started`.
+fn faults_and_samples(
+    length: Duration,
+    started: Instant,
+    etcd: &Mutex<Etcd>,
+    agents: &mut [Agent],
+    samples: &mut [Samples],
+) -> Result<()> {
+    let mut faults = FAULTS.iter().peekable();
+    let mut sample_at = Duration::ZERO;
+    while started.elapsed() < length {
+        let now = started.elapsed();
+        if now >= sample_at {
+            for (agent, samples) in agents.iter().zip(samples.iter_mut()) {
+                if let Some(pid) = agent.pid() {
+                    samples.rss_kib.push(agent.memory_kib("VmRSS")?);
+                    samples
+                        .fds
+                        .push(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count());
+                }
+            }
+            sample_at += Duration::from_secs(10);
+        }
+        if let Some((_, fault)) = faults.next_if(|(at, _)| now >= length.mul_f64(*at)) {
+            inject(*fault, etcd, agents, started)?;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
     Ok(())
 }
 

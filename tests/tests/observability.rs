@@ -1010,3 +1010,79 @@ fn events_a_killed_monitor_left_on_are_reported_and_turned_off_and_one_monitor_r
     assert_eq!(config_flags(node), 0);
     assert!(node.pod_net_output(&["status"]).unwrap().status.success());
 }
+
+/// Holds `node`'s pin dir lock (as a change under way does) for `seconds`
+/// with `flock`, in the background; returns once it holds it. The file
+/// `released` appears when it lets go.
+fn hold_pin_dir(node: &Node, seconds: u32, released: &std::path::Path) -> std::process::Child {
+    let holding = released.with_extension("holding");
+    let script = format!(
+        "touch {}; sleep {seconds}; touch {}",
+        holding.display(),
+        released.display()
+    );
+    let holder = node
+        .command(&["flock", node.pin_dir.to_str().unwrap(), "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    wait_until("flock to hold the pin dir", Duration::from_secs(5), || {
+        holding.exists()
+    })
+    .unwrap();
+    holder
+}
+
+/// `node list`, `pod list` and `status` read between two changes: a change
+/// under way is waited for (it could otherwise be read half made, and a map
+/// walked while it is written can miss entries); one that goes on past
+/// 5 s is read as it is, and they say so.
+#[test]
+fn lists_and_status_wait_for_a_change_under_way_and_say_when_they_did_not() {
+    require_root!();
+    let rig = Rig::loaded(&RigSpec::default()).unwrap();
+    let node = rig.node(1);
+    let scratch = rig.scratch_dir().unwrap();
+    let reads: [&[&str]; 3] = [&["node", "list"], &["pod", "list"], &["status"]];
+
+    // A short change: each read comes after it, with no warning.
+    for read in reads {
+        let released = scratch.join(format!("released-{}", read[0]));
+        let mut holder = hold_pin_dir(node, 1, &released);
+        let output = node.pod_net_output(read).unwrap();
+        assert!(output.status.success(), "{output:?}");
+        assert!(released.exists(), "{read:?} read before the change ended");
+        assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+        assert!(!String::from_utf8_lossy(&output.stdout).contains("converging"));
+        holder.wait().unwrap();
+    }
+
+    // A change held past the wait: all three read anyway, and say so.
+    let released = scratch.join("released-long");
+    let mut holder = hold_pin_dir(node, 10, &released);
+    let readers: Vec<std::process::Child> = reads
+        .iter()
+        .map(|read| {
+            node.pod_net_command(read)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<std::process::Output> = readers
+        .into_iter()
+        .map(|reader| reader.wait_with_output().unwrap())
+        .collect();
+    let warning = format!(
+        "pod-net: warning: a change held {} for 5 s; listing the maps as they are (run again \
+         for a list between changes)\n",
+        node.pin_dir.display()
+    );
+    for output in &outputs[..2] {
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(String::from_utf8_lossy(&output.stderr), warning);
+    }
+    let status = String::from_utf8_lossy(&outputs[2].stdout);
+    assert!(status.contains("state:     converging"), "{status}");
+    holder.wait().unwrap();
+}

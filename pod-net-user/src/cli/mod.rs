@@ -24,6 +24,22 @@ macro_rules! outln {
     }};
 }
 
+/// The pin dir's lock for a list read between two changes (see
+/// [`PinDir::settle`]); past the wait, a warning that the list is read as
+/// it is, mid-change.
+fn settled_or_warn(pins: &PinDir) -> Result<Option<crate::datapath::pins::PinDirLock>> {
+    let settled = pins.settle()?;
+    if settled.is_none() {
+        eprintln!(
+            "pod-net: warning: a change held {} for {} s; listing the maps as they are (run \
+             again for a list between changes)",
+            pins.root().display(),
+            crate::datapath::pins::SETTLE_WAIT.as_secs()
+        );
+    }
+    Ok(settled)
+}
+
 /// Whether `err` is a write to a stdout whose reader went away. The command
 /// then ends as coreutils do: quietly, by the SIGPIPE it would have died of
 /// (see [`end_by_sigpipe`]).

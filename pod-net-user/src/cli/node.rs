@@ -88,7 +88,9 @@ pub(super) fn run(pins: &PinDir, command: NodeCommand) -> Result<()> {
             );
         }
         NodeCommand::List { json } => {
-            let nodes = remotes::list(&Datapath::open(pins)?)?;
+            let datapath = Datapath::open(pins)?;
+            let _settled = super::settled_or_warn(pins)?;
+            let nodes = remotes::list(&datapath)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&nodes)?);
             } else {

@@ -99,7 +99,9 @@ pub(super) fn run(pins: &PinDir, command: PodCommand) -> Result<()> {
             }
         }
         PodCommand::List { json } => {
-            let pods = endpoints::list(&Datapath::open(pins)?)?;
+            let datapath = Datapath::open(pins)?;
+            let _settled = super::settled_or_warn(pins)?;
+            let pods = endpoints::list(&datapath)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&pods)?);
             } else {

@@ -247,7 +247,20 @@ impl PinDir {
             }
         }
     }
+
+    /// The lock for a read between two changes: a change under way (an
+    /// agent applying 10,000 leases holds it for a second or two) finishes
+    /// first. Readers need it: a map walked while it is written can miss
+    /// entries (the kernel's LPM trie walk skips a subtree whose node was
+    /// replaced under it). `None` when a change held it for all of
+    /// [`SETTLE_WAIT`]: the caller reads anyway and says so.
+    pub fn settle(&self) -> Result<Option<PinDirLock>> {
+        self.lock_within(SETTLE_WAIT)
+    }
 }
+
+/// How long a reader waits for a change under way before it reads anyway.
+pub const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Held while a command changes pinned state; the lock is released on drop
 /// (closing the descriptor releases the flock, also when the process dies).

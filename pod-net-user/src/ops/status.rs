@@ -35,10 +35,6 @@ use crate::{
     },
 };
 
-/// How long `status` waits for a change under way to finish before it
-/// reads anyway (and says the node is converging).
-const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// The most a cluster status file can be (it names at most 50 records).
 const STATUS_FILE_LIMIT: u64 = 1024 * 1024;
 
@@ -209,10 +205,9 @@ pub fn check(pins: &PinDir) -> Result<Status> {
         return Ok(finish(status));
     }
     status.loaded = true;
-    // Read under the lock, so the maps and the kernel path are seen between
-    // changes, not in the middle of one (an agent applying 10,000 leases
-    // holds it for a second or two); past the wait, read as it is.
-    let settled = pins.lock_within(SETTLE_WAIT)?;
+    // The maps and the kernel path seen between changes, not in the middle
+    // of one; past the wait, read as they are (and said so).
+    let settled = pins.settle()?;
     status.converging = settled.is_none();
     for name in PROGRAMS {
         status.programs.push(ProgramStatus {

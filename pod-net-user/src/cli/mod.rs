@@ -8,7 +8,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Result;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
-use crate::datapath::pins::{DEFAULT_PIN_DIR, PinDir};
+use crate::datapath::pins::{DEFAULT_PIN_DIR, PinDir, PinDirLock, SETTLE_WAIT};
 
 /// `print!` and `println!` that hand a failed write back with `?`: a
 /// reader that went away (`pod-net pod list | head -1`) ends the command
@@ -27,14 +27,14 @@ macro_rules! outln {
 /// The pin dir's lock for a list read between two changes (see
 /// [`PinDir::settle`]); past the wait, a warning that the list is read as
 /// it is, mid-change.
-fn settled_or_warn(pins: &PinDir) -> Result<Option<crate::datapath::pins::PinDirLock>> {
+fn settled_or_warn(pins: &PinDir) -> Result<Option<PinDirLock>> {
     let settled = pins.settle()?;
     if settled.is_none() {
         eprintln!(
             "pod-net: warning: a change held {} for {} s; listing the maps as they are (run \
              again for a list between changes)",
             pins.root().display(),
-            crate::datapath::pins::SETTLE_WAIT.as_secs()
+            SETTLE_WAIT.as_secs()
         );
     }
     Ok(settled)

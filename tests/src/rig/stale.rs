@@ -22,8 +22,9 @@ fn netns_names() -> Result<Vec<String>> {
         .collect())
 }
 
-/// Removes every namespace and pin dir of rig `id`. Deleting a namespace
-/// deletes its veths, and with them the peers and TCX links on them.
+/// Removes every namespace, process inside one, pin dir and scratch or
+/// etcd data dir of rig `id`. Deleting a namespace deletes its veths, and
+/// with them the peers and TCX links on them.
 pub(super) fn remove_rig(id: &str) -> Result<()> {
     let ours = |name: &str| name == id || name.starts_with(&format!("{id}-"));
     // Pods first: a node's veths go with its pods' namespaces.
@@ -33,6 +34,13 @@ pub(super) fn remove_rig(id: &str) -> Result<()> {
         .collect();
     names.sort_by_key(|name| std::cmp::Reverse(name.len()));
     let mut failures = Vec::new();
+    for name in &names {
+        // What the rig ran inside (its etcd, agents, daemons) would outlive
+        // the namespace: it goes first.
+        for pid in run("ip", ["netns", "pids", name])?.split_whitespace() {
+            let _ = output_of(Command::new("kill").args(["-KILL", pid]));
+        }
+    }
     for name in names {
         let output = output_of(Command::new("ip").args(["netns", "del", &name]))?;
         // Another clearer may have won the race; only a namespace that is
@@ -44,7 +52,11 @@ pub(super) fn remove_rig(id: &str) -> Result<()> {
             ));
         }
     }
-    for dir in [PathBuf::from(BPFFS), std::env::temp_dir()] {
+    for dir in [
+        PathBuf::from(BPFFS),
+        std::env::temp_dir(),
+        PathBuf::from(SHARED_MEMORY),
+    ] {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
@@ -66,6 +78,9 @@ pub(super) fn remove_rig(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where a rig's etcd keeps its data (`<rig id>-etcd`).
+const SHARED_MEMORY: &str = "/dev/shm";
+
 /// Serializes clearing: the tests of one binary build rigs on parallel
 /// threads, and two of them must not delete the same leftover at once.
 static CLEARING: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -76,15 +91,23 @@ pub fn clear_stale() -> Result<()> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut dead = std::collections::BTreeSet::new();
-    let bpffs_names = fs::read_dir(BPFFS)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    for name in netns_names()?.into_iter().chain(bpffs_names) {
+    let file_names = |dir: &str| {
+        fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let temp_dir = std::env::temp_dir();
+    let names = netns_names()?
+        .into_iter()
+        .chain(file_names(BPFFS))
+        .chain(file_names(SHARED_MEMORY))
+        .chain(file_names(&temp_dir.to_string_lossy()));
+    for name in names {
         if let Some(id) = stale_rig_id(&name) {
             dead.insert(id);
         }
@@ -118,5 +141,45 @@ mod tests {
         assert_eq!(stale_rig_id("other"), None);
         let live = format!("pnr-{}-0-n1", std::process::id());
         assert_eq!(stale_rig_id(&live), None);
+    }
+
+    /// A rig left by a dead process (PID 0 is never alive): the process
+    /// inside its namespace, the namespace, and its etcd data and scratch
+    /// dirs all go with the next clearing.
+    #[test]
+    fn a_dead_rigs_processes_and_dirs_are_cleared() {
+        crate::require_root!();
+        let id = "pnr-0-77";
+        let etcd_data = Path::new(SHARED_MEMORY).join(format!("{id}-etcd"));
+        let scratch = std::env::temp_dir().join(id);
+        let _ = remove_rig(id);
+        run("ip", ["netns", "add", id]).unwrap();
+        let mut left = Command::new("ip")
+            .args(["netns", "exec", id, "sleep", "600"])
+            .spawn()
+            .unwrap();
+        crate::wait_until(
+            "sleep in the namespace",
+            std::time::Duration::from_secs(5),
+            || run("ip", ["netns", "pids", id]).is_ok_and(|pids| !pids.trim().is_empty()),
+        )
+        .unwrap();
+        fs::create_dir_all(&etcd_data).unwrap();
+        fs::create_dir_all(&scratch).unwrap();
+
+        clear_stale().unwrap();
+        // Killed: it ends now, not in 600 s.
+        let status = crate::wait_for(
+            "the rig's process to end",
+            std::time::Duration::from_secs(5),
+            || left.try_wait().ok().flatten(),
+        );
+        if status.is_err() {
+            let _ = left.kill();
+        }
+        assert!(!status.unwrap().success());
+        assert!(!netns_names().unwrap().contains(&id.to_owned()));
+        assert!(!etcd_data.exists());
+        assert!(!scratch.exists());
     }
 }

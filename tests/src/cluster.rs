@@ -19,7 +19,7 @@ use crate::{
     RigSpec,
     cmd::{output_of, run_command},
     cni::{self, Attachment, Runtime, result_ipv4},
-    rig::{Node, Rig, pod_net_binary, sibling_binary},
+    rig::{Node, Rig, SHARED_MEMORY, pod_net_binary, sibling_binary},
     wait::wait_for,
 };
 
@@ -172,7 +172,7 @@ impl Etcd {
             netns,
             // tmpfs: fsync on a disk shared with builds can outlast etcd's
             // proposal deadline.
-            data_dir: PathBuf::from("/dev/shm").join(format!("{}-etcd", rig.id())),
+            data_dir: PathBuf::from(SHARED_MEMORY).join(format!("{}-etcd", rig.id())),
             child: None,
             log: scratch.join("etcd.log"),
             tls,
@@ -822,6 +822,21 @@ pub fn entry(node: &Node, subnet: &str) -> (String, String, String) {
         node.underlay_ip.to_string(),
         node.derived_vtep_mac(),
     )
+}
+
+/// The prefixes routed through `node`'s tunnel device, each with the node
+/// it goes via.
+#[must_use]
+pub fn tunnel_prefixes(node: &Node) -> BTreeMap<String, String> {
+    tunnel_routes(node)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let cidr = words.next()?;
+            let via = words.skip_while(|word| *word != "via").nth(1)?;
+            Some((cidr.to_owned(), via.to_owned()))
+        })
+        .collect()
 }
 
 /// The routes through the tunnel device in `node`, as `ip route` prints them.

@@ -2,7 +2,7 @@
 //! --etcd-endpoints` on every node, a real etcd in the rig's switch
 //! namespace, flannel's schema. No `node add` anywhere.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet},
     sync::atomic::{AtomicBool, AtomicU8, Ordering},
     time::Duration,
 };
@@ -12,8 +12,8 @@ use pod_net_tests::{
     cluster::{
         Agent, CONFIG, ClusterPod, Etcd, PREFIX, SOON, TlsFiles, agent_dir, cluster_metric, entry,
         flood, flood_result, lease_key, lease_value, ping, pod_via_conflist, remote_nodes, rig,
-        start, store_status, synthetic_lease, synthetic_peer, tunnel_routes, wait_modes,
-        wait_programmed,
+        start, store_status, synthetic_lease, synthetic_peer, tunnel_prefixes, tunnel_routes,
+        wait_modes, wait_programmed,
     },
     require_root, wait_for,
 };
@@ -984,15 +984,6 @@ fn entry_cidrs(node: &Node) -> Vec<String> {
         .collect()
 }
 
-/// The prefixes routed through `node`'s tunnel device.
-fn routed(node: &Node) -> HashSet<String> {
-    tunnel_routes(node)
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .map(str::to_owned)
-        .collect()
-}
-
 /// A network holding the synthetic leases (10/8) and this node's (11/8).
 const SYNTHETIC_CONFIG: &str =
     r#"{"Network":"10.0.0.0/7","SubnetMin":"11.0.0.0","Backend":{"Type":"vxlan"}}"#;
@@ -1006,19 +997,6 @@ fn synthetic_cluster() -> (Rig, Etcd, Agent) {
     let agent = start(&rig, rig.node(1), &[]);
     agent.wait_subnet(SOON).unwrap();
     (rig, etcd, agent)
-}
-
-/// The prefixes routed through `node`'s tunnel device, with their node.
-fn routed_via(node: &Node) -> BTreeMap<String, String> {
-    tunnel_routes(node)
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            let cidr = words.next()?;
-            let via = words.skip_while(|word| *word != "via").nth(1)?;
-            Some((cidr.to_owned(), via.to_owned()))
-        })
-        .collect()
 }
 
 /// Synthetic lease `index` moved to another node: node IP 172.17.x.y and
@@ -1046,9 +1024,9 @@ struct Look {
 impl Look {
     fn take(node: &Node) -> Self {
         Self {
-            before: routed_via(node),
+            before: tunnel_prefixes(node),
             entries: remote_nodes(node).unwrap(),
-            after: routed_via(node),
+            after: tunnel_prefixes(node),
         }
     }
 
@@ -1157,7 +1135,7 @@ fn readers_never_see_an_entry_without_its_route_while_thousands_of_leases_come_m
             .then_some(())
         })
         .unwrap();
-        let routes = routed_via(node);
+        let routes = tunnel_prefixes(node);
         assert_eq!(routes.len(), all);
         assert!(
             routes.values().all(|via| via.starts_with("172.17.")),
@@ -1187,7 +1165,7 @@ fn readers_never_see_an_entry_without_its_route_while_thousands_of_leases_come_m
         assert!(mid > 0, "no look saw phase {during} under way: {looks:?}");
     }
     wait_for("the routes gone too", SOON, || {
-        routed(node).is_empty().then_some(())
+        tunnel_prefixes(node).is_empty().then_some(())
     })
     .unwrap();
     // The batches are a few log lines, none per lease.

@@ -28,7 +28,7 @@ use pod_net_tests::{
     Node, Rig,
     cluster::{
         Agent, ClusterPod, Etcd, PREFIX, agent_dir, ping_counts, pod_via_conflist, remote_nodes,
-        synthetic_lease, try_rig, tunnel_routes,
+        synthetic_lease, try_rig, tunnel_prefixes,
     },
 };
 
@@ -406,11 +406,7 @@ fn node_view(node: &Node) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
         .into_iter()
         .map(|(cidr, _, _)| cidr)
         .collect();
-    let routes = tunnel_routes(node)
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .map(str::to_owned)
-        .collect();
+    let routes = tunnel_prefixes(node).into_keys().collect();
     Ok((entries, routes))
 }
 

@@ -111,7 +111,7 @@ pub fn add(datapath: &mut Locked, spec: &NodeSpec) -> Result<AddOutcome> {
             );
         }
         // The same entry again: make sure the kernel's side is there too.
-        peers::admit(datapath, &peers_of(std::slice::from_ref(spec)))?;
+        peers::admit(datapath, &peers_of(&route))?;
         links.add_routes(&config, &route, &checked.routed)?;
         return Ok(AddOutcome::Unchanged);
     }
@@ -132,7 +132,7 @@ fn add_checked(
 ) -> Result<()> {
     let cidrs: Vec<Cidr> = specs.iter().map(|spec| spec.cidr).collect();
     let routes = remote_routes(&cidrs, &checked.values);
-    let new_peers = peers::admit(datapath, &peers_of(specs))?;
+    let new_peers = peers::admit(datapath, &peers_of(&routes))?;
     if let Err(err) = links.add_routes(&datapath.config()?, &routes, &checked.routed) {
         // Leave the node as it was.
         checked.undo(links, &routes);
@@ -197,7 +197,7 @@ pub fn replace_many(datapath: &mut Locked, specs: &[NodeSpec]) -> Result<()> {
     let checked = check(datapath, &config, &links, specs, &cidrs)?;
     let routes = remote_routes(&cidrs, &checked.values);
     let old_routes = remote_routes(&cidrs, &old);
-    let new_peers = peers::admit(datapath, &peers_of(specs))?;
+    let new_peers = peers::admit(datapath, &peers_of(&routes))?;
     let replaced = links
         .add_routes(&config, &routes, &checked.routed)
         .and_then(|()| overwrite(datapath, &cidrs, &checked.values));
@@ -222,16 +222,16 @@ pub fn replace_many(datapath: &mut Locked, specs: &[NodeSpec]) -> Result<()> {
     let (gone, restore) = gone_nodes(&old_routes, &remaining);
     links.remove_routes(&[], &gone)?;
     links.set_nodes(&restore)?;
-    let still_peers = peers_of_routes(&remaining);
-    let gone_peers: BTreeSet<Ipv4Addr> = peers_of_routes(&old_routes)
+    let still_peers = peers_of(&remaining);
+    let gone_peers: BTreeSet<Ipv4Addr> = peers_of(&old_routes)
         .into_iter()
         .filter(|node_ip| !still_peers.contains(node_ip))
         .collect();
     peers::remove(datapath, gone_peers)
 }
 
-/// The nodes of `routes` that send VXLAN.
-fn peers_of_routes(routes: &[RemoteRoute]) -> BTreeSet<Ipv4Addr> {
+/// The nodes of `routes` that `peer_nodes` must hold: those sending VXLAN.
+fn peers_of(routes: &[RemoteRoute]) -> BTreeSet<Ipv4Addr> {
     routes
         .iter()
         .filter(|route| !route.direct)
@@ -260,15 +260,6 @@ pub fn validate(datapath: &Datapath, specs: &[NodeSpec], replaced: &[Cidr]) -> R
     }
     let config = datapath.config()?;
     check(datapath, &config, &Links::of(&config)?, specs, replaced).map(drop)
-}
-
-/// The nodes of `specs` that `peer_nodes` must hold: those sending VXLAN.
-fn peers_of(specs: &[NodeSpec]) -> BTreeSet<Ipv4Addr> {
-    specs
-        .iter()
-        .filter(|spec| spec.mode == Mode::Vxlan)
-        .map(|spec| spec.node_ip)
-        .collect()
 }
 
 /// What [`check`] learnt: the values to store, and what to undo with.

@@ -47,6 +47,8 @@ const PREFIX: &str = "pnr-";
 /// Id of the long-lived rig that `cargo xtask rig up` makes.
 pub const MANUAL_ID: &str = "pnr-manual";
 const BPFFS: &str = "/sys/fs/bpf";
+/// Where a rig's etcd keeps its data (`<rig id>-etcd`): memory, not disk.
+pub const SHARED_MEMORY: &str = "/dev/shm";
 
 static NEXT_SEQ: AtomicU32 = AtomicU32::new(0);
 

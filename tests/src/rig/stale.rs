@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cmd::{output_of, run};
 
-use super::{BPFFS, PREFIX};
+use super::{BPFFS, PREFIX, SHARED_MEMORY};
 
 /// Namespace names currently present.
 fn netns_names() -> Result<Vec<String>> {
@@ -52,11 +52,7 @@ pub(super) fn remove_rig(id: &str) -> Result<()> {
             ));
         }
     }
-    for dir in [
-        PathBuf::from(BPFFS),
-        std::env::temp_dir(),
-        PathBuf::from(SHARED_MEMORY),
-    ] {
+    for dir in leftover_dirs() {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
@@ -78,8 +74,15 @@ pub(super) fn remove_rig(id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Where a rig's etcd keeps its data (`<rig id>-etcd`).
-const SHARED_MEMORY: &str = "/dev/shm";
+/// Where a rig keeps files named by its id: its pin dirs, its scratch dir
+/// and its etcd's data.
+fn leftover_dirs() -> [PathBuf; 3] {
+    [
+        PathBuf::from(BPFFS),
+        std::env::temp_dir(),
+        PathBuf::from(SHARED_MEMORY),
+    ]
+}
 
 /// Serializes clearing: the tests of one binary build rigs on parallel
 /// threads, and two of them must not delete the same leftover at once.
@@ -91,23 +94,14 @@ pub fn clear_stale() -> Result<()> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut dead = std::collections::BTreeSet::new();
-    let file_names = |dir: &str| {
+    let file_names = leftover_dirs().into_iter().flat_map(|dir| {
         fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-    };
-    let temp_dir = std::env::temp_dir();
-    let names = netns_names()?
-        .into_iter()
-        .chain(file_names(BPFFS))
-        .chain(file_names(SHARED_MEMORY))
-        .chain(file_names(&temp_dir.to_string_lossy()));
-    for name in names {
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
+    });
+    for name in netns_names()?.into_iter().chain(file_names) {
         if let Some(id) = stale_rig_id(&name) {
             dead.insert(id);
         }
